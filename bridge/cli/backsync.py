@@ -1,0 +1,107 @@
+"""Commands of the backsync side: check and try the home's OMBackSync.pl."""
+
+from __future__ import annotations
+
+import re
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import rich_click as click
+
+from .. import protocol
+from ..errors import ScriptSyntaxError
+from ..perlhost import DEFAULT_TIMEOUT, Outcome, PerlHost, check_syntax
+from . import fail, home_of, main, print_json, setup_logging
+
+
+def shown(event_id: str | bytes) -> str:
+    """An ID as the operator can read it on one line (control characters as \\xNN)."""
+    text = protocol.id_bytes(event_id).decode("utf-8", "backslashreplace")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def permission_warning(script: Path) -> str | None:
+    """A warning when the script is readable by group or others (it may hold credentials)."""
+    mode = stat.S_IMODE(script.stat().st_mode)
+    if mode & 0o077:
+        return (f"{script} is accessible by group or others (mode {mode:04o}); it may hold "
+                f"credentials: chmod 600 {script}")
+    return None
+
+
+@main.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Check the home's `conf/backsync/OMBackSync.pl` with `perl -c`.
+
+    Exit 0 when it compiles, 1 with perl's own message when it does not.
+
+    Example: `ombridge check`
+    """
+    home = home_of(ctx)
+    try:
+        text = check_syntax(home.script, home)
+    except ScriptSyntaxError as exc:
+        click.echo(exc.message, err=True)
+        sys.exit(1)
+    warning = permission_warning(home.script)
+    if warning:
+        click.echo(f"ombridge: warning: {warning}", err=True)
+    click.echo(text.rstrip("\n"))
+
+
+def _stdin_ids() -> Iterator[bytes]:
+    for line in sys.stdin.buffer:
+        event_id = line.rstrip(b"\n").rstrip(b"\r")
+        if event_id:
+            yield event_id
+
+
+def _print_outcome(outcome: Outcome) -> None:
+    if outcome.ok:
+        click.echo(f"OK   {shown(outcome.id)}")
+    else:
+        click.echo(f"ERR  {shown(outcome.id)}: {outcome.error}")
+
+
+@main.command("try")
+@click.argument("ids", nargs=-1, required=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds one call may take before the child is killed and restarted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Log the child's life (start, faults, restarts).")
+@click.pass_context
+def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool, verbose: bool) -> None:
+    """Run the home's script in a throwaway perl child: Init, then Close each ID in order.
+
+    Prints one outcome per ID; exits 1 if any failed. `-` reads IDs from stdin, one per line,
+    closing each as it arrives (blank lines are skipped). What the script prints goes to stderr.
+
+    Example: `ombridge try EVT-1 "ticket 42"` or `tail -f ids.txt | ombridge try -`
+    """
+    home = home_of(ctx)
+    setup_logging(verbose)
+    if any(i == "" for i in ids):
+        fail("an ID must not be empty", 2)
+    streaming = ids == ("-",)
+    failed = False
+    results: list[Outcome] = []
+    with PerlHost(home, timeout=timeout) as host:
+        host.start()
+        batches = ([i] for i in _stdin_ids()) if streaming else iter([list(ids)])
+        for batch in batches:
+            for outcome in host.deliver_all(batch):
+                failed = failed or not outcome.ok
+                if as_json:
+                    results.append(outcome)
+                else:
+                    _print_outcome(outcome)
+                    sys.stdout.flush()
+    if as_json:
+        print_json([{"id": shown(o.id), "ok": o.ok, "error": o.error} for o in results])
+    sys.exit(1 if failed else 0)

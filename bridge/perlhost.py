@@ -1,0 +1,495 @@
+"""PerlHost: one persistent ``perl`` child running the user's ``OMBackSync.pl``, supervised.
+
+The child is ``perl -I <script dir> perl/ombridge_host.pl <reply fd> <script>`` (see
+:mod:`bridge.protocol`). PerlHost checks the script with ``perl -c`` before every start, does the
+READY/Init handshake, serves ``close``/``close_many`` (pipelined), and on a fault (the child
+exits, times out or writes garbage) kills the child's whole process group, reports the calls in
+flight as failed and restarts with capped exponential backoff. States are values of
+:class:`HostState`, changed only by :meth:`PerlHost._change_state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from . import protocol
+from .errors import BridgeError, PerlFault, PerlStartError, ProtocolError, ScriptSyntaxError
+from .home import Home
+
+HOST_SCRIPT = Path(__file__).resolve().parent.parent / "perl" / "ombridge_host.pl"
+DEFAULT_TIMEOUT = 30.0
+_CHUNK = 65536
+
+log = logging.getLogger("ombridge.perl")
+script_log = logging.getLogger("ombridge.script")  # what the user's script prints or warns
+
+
+class HostState(str, Enum):
+    """The life of ombacksync, as ``status`` shows it."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"  # waiting to restart after a fault or a failed start
+    FATAL = "fatal"  # too many failed starts in a row: an operator must act
+    SYNTAX_ERROR = "syntax-error"  # perl -c refused the script: an operator must act
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Restart delays: the first restart is immediate, then ``base * 2**n`` up to ``cap``.
+
+    After ``fatal_after`` failed starts in a row the host is FATAL until an operator acts.
+    """
+
+    base: float = 0.5
+    cap: float = 30.0
+    fatal_after: int = 5
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before the next start after ``failures`` faults in a row."""
+        if failures <= 1:
+            return 0.0
+        return min(self.cap, self.base * 2 ** (failures - 2))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one Close: delivered (``ok``), or why not.
+
+    ``attempted`` is False when the call never reached ``OMBackSync`` (the child was down or
+    restarted before it), so a retry of it is no duplicate.
+    """
+
+    id: str | bytes
+    ok: bool
+    error: str | None = None
+    attempted: bool = True
+
+
+def check_syntax(script: Path, home: Home, perl: str = "perl") -> str:
+    """``perl -c`` the script with the child's own ``@INC`` and environment; returns perl's text.
+
+    Raises :class:`ScriptSyntaxError` with perl's message, verbatim, when it does not compile.
+    """
+    import sh  # one-shot tool calls; imported here to keep `ombridge send` light
+
+    if not script.is_file():
+        raise BridgeError(f"no script at {script}")
+    try:
+        result = sh.Command(perl)(
+            *_include_args(script), "-c", str(script),
+            _env=home.perl_env(), _err_to_out=True, _ok_code=range(256), _return_cmd=True,
+        )
+    except sh.CommandNotFound as exc:
+        raise BridgeError(f"perl not found: {perl}") from exc
+    text = str(result)
+    if result.exit_code != 0:
+        raise ScriptSyntaxError(str(script), text.strip())
+    return text
+
+
+def _include_args(script: Path) -> list[str]:
+    # The script's folder is on @INC, so helpers beside OMBackSync.pl load as they did.
+    return ["-I", str(script.resolve().parent)]
+
+
+def _describe_exit(pid: int, status: int | None) -> str:
+    if status is None:
+        return f"perl child {pid} closed its reply channel"
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"perl child {pid} was killed by {name}"
+    return f"perl child {pid} exited with status {status}"
+
+
+class _Child:
+    """One running perl host process and the two ends of its protocol."""
+
+    def __init__(self, perl: str, script: Path, home: Home) -> None:
+        reply_r, reply_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [perl, *_include_args(script), str(HOST_SCRIPT), str(reply_w), str(script)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                pass_fds=(reply_w,), start_new_session=True, env=home.perl_env(),
+                cwd=str(home.root), bufsize=0,
+            )
+        except OSError as exc:
+            os.close(reply_r)
+            raise PerlStartError(f"cannot run {perl}: {exc}") from exc
+        finally:
+            os.close(reply_w)
+        self.pid = self.proc.pid
+        self._reply = reply_r
+        os.set_blocking(reply_r, False)
+        assert self.proc.stdin is not None
+        self._stdin = self.proc.stdin.fileno()
+        os.set_blocking(self._stdin, False)
+        self._buf = bytearray()
+        self._pump = threading.Thread(
+            target=_pump_output, args=(self.proc, script_log), daemon=True, name=f"perl-{self.pid}-out"
+        )
+        self._pump.start()
+
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self.proc.poll() is None
+
+    def exchange(self, requests: Sequence[bytes], timeout: float) -> tuple[list[protocol.Reply], PerlFault | None]:
+        """Send ``requests`` pipelined; collect one reply each, in order, until done or a fault.
+
+        Each call has ``timeout`` seconds from the previous reply. Returns the replies received
+        and the fault that stopped the exchange (None when every request was answered).
+        """
+        payload = memoryview(b"".join(requests))
+        sent = 0
+        replies: list[protocol.Reply] = []
+        wanted = len(requests)
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._reply, selectors.EVENT_READ)
+            if payload:
+                sel.register(self._stdin, selectors.EVENT_WRITE)
+            deadline = time.monotonic() + timeout
+            while len(replies) < wanted:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return replies, PerlFault(f"call timed out after {timeout:g}s", self.pid)
+                for key, _ in sel.select(remaining):
+                    if key.fd == self._stdin:
+                        try:
+                            sent += os.write(self._stdin, payload[sent:sent + _CHUNK])
+                        except BrokenPipeError:
+                            sent = len(payload)  # the child is gone; its reply channel says how
+                        except BlockingIOError:
+                            continue
+                        if sent >= len(payload):
+                            sel.unregister(self._stdin)
+                        continue
+                    lines = self._read_lines()
+                    if lines is None:
+                        return replies, self._exit_fault()
+                    for line in lines:
+                        try:
+                            replies.append(protocol.parse_reply(line, self.pid))
+                        except ProtocolError as exc:
+                            return replies, exc
+                    if lines:
+                        deadline = time.monotonic() + timeout
+        return replies, None
+
+    def read_line(self, timeout: float) -> bytes:
+        """Read exactly one line (the greeting); raises :class:`PerlFault` on EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._reply, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    raise PerlFault(f"perl did not load the script within {timeout:g}s", self.pid)
+                chunk = os.read(self._reply, _CHUNK)
+                if not chunk:
+                    raise self._exit_fault()
+                self._buf += chunk
+        line, _, rest = bytes(self._buf).partition(b"\n")
+        self._buf = bytearray(rest)
+        return line
+
+    def _read_lines(self) -> list[bytes] | None:
+        try:
+            chunk = os.read(self._reply, _CHUNK)
+        except BlockingIOError:
+            return []
+        if not chunk:
+            return None
+        self._buf += chunk
+        if b"\n" not in chunk:
+            return []
+        *lines, rest = bytes(self._buf).split(b"\n")
+        self._buf = bytearray(rest)
+        return lines
+
+    def _exit_fault(self) -> PerlFault:
+        try:
+            status = self.proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            status = None
+        return PerlFault(_describe_exit(self.pid, status), self.pid, status)
+
+    def kill(self) -> None:
+        """Kill the child's whole process group at once and reap it."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._reap(5.0)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Close STDIN (the host exits on EOF); kill the group if it has not exited in ``grace``."""
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log.warning("perl child %d did not exit within %gs; killing it", self.pid, grace)
+        self.kill()
+
+    def _reap(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
+            log.error("perl child %d survived SIGKILL", self.pid)
+        for f in (self.proc.stdin,):
+            try:
+                if f:
+                    f.close()
+            except OSError:
+                pass
+        try:
+            os.close(self._reply)
+        except OSError:
+            pass
+        self._pump.join(timeout=1.0)
+
+
+def _pump_output(proc: subprocess.Popen[bytes], logger: logging.Logger) -> None:
+    """Copy whatever the script prints or warns to the log, a line at a time."""
+    assert proc.stdout is not None
+    with proc.stdout:
+        for line in iter(proc.stdout.readline, b""):
+            text = line.rstrip(b"\r\n")[:4000].decode("utf-8", "backslashreplace")
+            logger.info("perl[%d]: %s", proc.pid, text)
+
+
+StateListener = Callable[[HostState, HostState, str], None]
+
+
+class PerlHost:
+    """Runs one ``OMBackSync.pl`` in a persistent perl child and serves Init and Close."""
+
+    def __init__(
+        self,
+        home: Home,
+        *,
+        script: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        perl: str = "perl",
+        backoff: Backoff = Backoff(),
+        logger: logging.Logger = log,
+        clock: Callable[[], float] = time.monotonic,
+        on_state: StateListener | None = None,
+    ) -> None:
+        self.home = home
+        self.script = script or home.script
+        self.timeout = timeout
+        self.perl = perl
+        self.backoff = backoff
+        self.log = logger
+        self.clock = clock
+        self.on_state = on_state
+        self.state = HostState.STOPPED
+        self.last_error: str | None = None
+        self.retry_at: float | None = None
+        self.restarts = 0
+        self.perl_version: str | None = None
+        self._failures = 0  # faults and failed starts in a row
+        self._failed_starts = 0
+        self._child: _Child | None = None
+        self._lock = threading.RLock()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _change_state(self, new: HostState, reason: str = "") -> None:
+        old, self.state = self.state, new
+        if old is not new:
+            level = logging.WARNING if new in (HostState.BACKOFF, HostState.FATAL, HostState.SYNTAX_ERROR) else logging.INFO
+            self.log.log(level, "ombacksync %s -> %s%s", old.value, new.value, f": {reason}" if reason else "")
+        if self.on_state:
+            self.on_state(old, new, reason)
+
+    @property
+    def pid(self) -> int | None:
+        """The child's pid while one runs."""
+        return self._child.pid if self._child else None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def check(self) -> str:
+        """``perl -c`` the script (see :func:`check_syntax`)."""
+        return check_syntax(self.script, self.home, self.perl)
+
+    def start(self) -> None:
+        """Check, spawn, wait for READY, call Init. Raises on failure, leaving the state set.
+
+        # STOPPED/BACKOFF/FATAL/SYNTAX_ERROR -> STARTING -> RUNNING
+        #                                     STARTING -> SYNTAX_ERROR  (perl -c refused it)
+        #                                     STARTING -> BACKOFF|FATAL (load or Init failed)
+        """
+        with self._lock:
+            if self._child:
+                self._child.stop()
+                self._child = None
+            self._change_state(HostState.STARTING)
+            try:
+                self.check()
+            except ScriptSyntaxError as exc:
+                self.last_error = exc.message
+                self._change_state(HostState.SYNTAX_ERROR, exc.message)
+                raise
+            child = None
+            try:
+                child = _Child(self.perl, self.script, self.home)
+                ready, text = protocol.parse_greeting(child.read_line(self.timeout), child.pid)
+                if not ready:
+                    raise PerlStartError(f"{self.script} could not be loaded: {text}", child.pid)
+                replies, fault = child.exchange([protocol.INIT_REQUEST], self.timeout)
+                if fault:
+                    raise PerlStartError(f"Init failed: {fault.reason}", child.pid)
+                if not replies[0].ok:
+                    raise PerlStartError(f"OMBackSync('Init') died: {replies[0].message}", child.pid)
+            except (PerlStartError, PerlFault) as exc:
+                if child:
+                    child.kill()
+                self._failed_starts += 1
+                self._after_fault(str(exc), fatal=self._failed_starts >= self.backoff.fatal_after)
+                raise exc if isinstance(exc, PerlStartError) else PerlStartError(str(exc), exc.pid) from exc
+            self._child = child
+            self.perl_version = text
+            self._failed_starts = 0
+            self.last_error = None
+            self.retry_at = None
+            self._change_state(HostState.RUNNING, f"pid {child.pid}")
+
+    def stop(self) -> None:
+        """Stop the child gracefully (EOF on its STDIN), killing its group if it lingers."""
+        with self._lock:
+            if self._child:
+                self._child.stop()
+                self._child = None
+            self.retry_at = None
+            self._change_state(HostState.STOPPED)
+
+    def restart(self) -> None:
+        """Check the script first: a broken one leaves the running child serving (and raises)."""
+        with self._lock:
+            self.check()
+            self.stop()
+            self._failures = self._failed_starts = 0
+            self.start()
+
+    def ensure_running(self) -> bool:
+        """Start the child if it is stopped or its backoff is over; True when it is running.
+
+        FATAL and SYNTAX_ERROR wait for an operator (:meth:`start` or :meth:`restart`).
+        """
+        with self._lock:
+            if self.state is HostState.RUNNING and self._child and self._child.alive():
+                return True
+            if self.state is HostState.RUNNING:
+                assert self._child is not None
+                self._child.kill()
+                self._fault(self._child_exit_reason())
+            if self.state is HostState.BACKOFF and self.retry_at is not None and self.clock() < self.retry_at:
+                return False
+            if self.state in (HostState.STOPPED, HostState.BACKOFF):
+                try:
+                    self.start()
+                except BridgeError:
+                    return False
+                return True
+            return False
+
+    def _child_exit_reason(self) -> str:
+        assert self._child is not None
+        return _describe_exit(self._child.pid, self._child.proc.returncode)
+
+    def _fault(self, reason: str) -> None:
+        self.restarts += 1
+        if self._child:
+            self._child.kill()
+            self._child = None
+        self._after_fault(reason)
+
+    def _after_fault(self, reason: str, fatal: bool = False) -> None:
+        # RUNNING|STARTING -> BACKOFF, or -> FATAL after too many failed starts in a row
+        self.last_error = reason
+        self._failures += 1
+        if fatal:
+            self.retry_at = None
+            self._change_state(HostState.FATAL, reason)
+            return
+        self.retry_at = self.clock() + self.backoff.delay(self._failures)
+        self._change_state(HostState.BACKOFF, reason)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def close(self, event_id: str | bytes) -> Outcome:
+        """Call ``OMBackSync('Close', event_id)``."""
+        return self.close_many([event_id])[0]
+
+    def close_many(self, ids: Sequence[str | bytes]) -> list[Outcome]:
+        """Close every ID, pipelined, and return one outcome per ID in order.
+
+        On a fault the call in flight fails with the reason, the ones after it come back
+        ``attempted=False``, and the child is restarted (after backoff) on the next call.
+        """
+        requests = [protocol.close_request(i) for i in ids]  # refuses an empty ID up front
+        if not requests:
+            return []
+        with self._lock:
+            if not self.ensure_running():
+                reason = f"ombacksync is {self.state.value}" + (f": {self.last_error}" if self.last_error else "")
+                return [Outcome(i, False, reason, attempted=False) for i in ids]
+            assert self._child is not None
+            replies, fault = self._child.exchange(requests, self.timeout)
+            outcomes = [Outcome(i, r.ok, r.message) for i, r in zip(ids, replies)]
+            if replies:
+                self._failures = 0
+            if fault:
+                self.log.error("ombacksync fault: %s", fault.reason)
+                self._fault(fault.reason)
+                done = len(replies)
+                outcomes.append(Outcome(ids[done], False, fault.reason))
+                outcomes.extend(
+                    Outcome(i, False, f"not attempted: {fault.reason}", attempted=False) for i in ids[done + 1:]
+                )
+            return outcomes
+
+    def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep) -> list[Outcome]:
+        """Close every ID once, waiting out restarts, until each was attempted or the host gave up."""
+        pending = list(ids)
+        for i in pending:
+            protocol.id_bytes(i)
+        results: list[Outcome] = []
+        while pending:
+            outcomes = self.close_many(pending)
+            results.extend(o for o in outcomes if o.attempted)
+            pending = [o.id for o in outcomes if not o.attempted]
+            if pending and self.state in (HostState.FATAL, HostState.SYNTAX_ERROR, HostState.STOPPED):
+                results.extend(o for o in outcomes if not o.attempted)
+                break
+            if pending and self.retry_at is not None:
+                sleep(max(0.0, self.retry_at - self.clock()))
+        return results
+
+    def __enter__(self) -> PerlHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
