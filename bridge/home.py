@@ -60,6 +60,10 @@ class Home:
         env["OvDataDir"] = str(self.root)
         return env
 
+    def ensure_layout(self) -> None:
+        """Create the folders scripts written for the connector expect (``tmp/``)."""
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
     def private_dir(self, path: Path) -> Path:
         """Create ``path`` (and parents) if missing, owner-only; returns it."""
         path.mkdir(parents=True, exist_ok=True)

@@ -119,11 +119,11 @@ def _describe_exit(pid: int, status: int | None) -> str:
 class _Child:
     """One running perl host process and the two ends of its protocol."""
 
-    def __init__(self, perl: str, script: Path, home: Home) -> None:
+    def __init__(self, perl: str, host_script: Path, script: Path, home: Home) -> None:
         reply_r, reply_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [perl, *_include_args(script), str(HOST_SCRIPT), str(reply_w), str(script)],
+                [perl, *_include_args(script), str(host_script), str(reply_w), str(script)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 pass_fds=(reply_w,), start_new_session=True, env=home.perl_env(),
                 cwd=str(home.root), bufsize=0,
@@ -290,6 +290,7 @@ class PerlHost:
         script: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         perl: str = "perl",
+        host_script: Path = HOST_SCRIPT,
         backoff: Backoff = Backoff(),
         logger: logging.Logger = log,
         clock: Callable[[], float] = time.monotonic,
@@ -299,6 +300,7 @@ class PerlHost:
         self.script = script or home.script
         self.timeout = timeout
         self.perl = perl
+        self.host_script = host_script  # tests put a scripted stand-in here
         self.backoff = backoff
         self.log = logger
         self.clock = clock
@@ -346,6 +348,7 @@ class PerlHost:
                 self._child.stop()
                 self._child = None
             self._change_state(HostState.STARTING)
+            self.home.ensure_layout()
             try:
                 self.check()
             except ScriptSyntaxError as exc:
@@ -354,7 +357,7 @@ class PerlHost:
                 raise
             child = None
             try:
-                child = _Child(self.perl, self.script, self.home)
+                child = _Child(self.perl, self.host_script, self.script, self.home)
                 ready, text = protocol.parse_greeting(child.read_line(self.timeout), child.pid)
                 if not ready:
                     raise PerlStartError(f"{self.script} could not be loaded: {text}", child.pid)

@@ -49,17 +49,18 @@ def print_json(data: Any) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr: what the script prints, and the bridge's warnings (everything with -v)."""
+    """Log to stderr what the script prints; with ``verbose``, the bridge's own account too."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("ombridge")
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # Outcomes and errors are printed by the command itself; the log would only repeat them.
+    root.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     logging.getLogger("ombridge.script").setLevel(logging.INFO)
 
 
 @click.group(cls=BridgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", "home", type=click.Path(file_okay=False), default=None,
+@click.option("--home", "home", metavar="DIR", default=None,
               help="Home directory (default: $OMBRIDGE_HOME, then $OvDataDir, then the current directory).")
 @click.version_option(package_name="ombridge")
 @click.pass_context

@@ -1,0 +1,50 @@
+"""Shared fixtures: a home in tmp_path with a real script, and paths to the fixture scripts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.home import Home
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+EXAMPLE = ROOT / "conf" / "backsync" / "OMBackSync.pl"
+SCRIPTED_HOST = FIXTURES / "hosts" / "scripted_host.pl"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OMBRIDGE_HOME", "OvDataDir", "OMBRIDGE_TEST_PLAN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    """A home in tmp_path holding the bundled example script."""
+    root = tmp_path / "home"
+    (root / "conf" / "backsync").mkdir(parents=True)
+    shutil.copy(EXAMPLE, root / "conf" / "backsync" / "OMBackSync.pl")
+    os.chmod(root / "conf" / "backsync" / "OMBackSync.pl", 0o600)
+    return Home(root)
+
+
+@pytest.fixture
+def use_script(home: Home) -> Callable[[str], Path]:
+    """Install fixture script NAME (tests/fixtures/NAME.pl) as the home's OMBackSync.pl."""
+
+    def install(name: str) -> Path:
+        shutil.copy(FIXTURES / f"{name}.pl", home.script)
+        os.chmod(home.script, 0o600)
+        return home.script
+
+    return install
+
+
+def hex_lines(path: Path) -> list[str]:
+    """The first column of a fixture's hex record file."""
+    return [line.split()[0] for line in path.read_text().splitlines()]

@@ -1,0 +1,109 @@
+"""`ombridge check` and `ombridge try`, end to end through the installed command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.home import Home, resolve_home
+from conftest import hex_lines
+
+OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
+
+
+def run(home: Home | None, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [OMBRIDGE, *(["--home", str(home.root)] if home else []), *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_check_ok(home: Home) -> None:
+    r = run(home, "check")
+    assert r.returncode == 0 and r.stdout.strip().endswith("syntax OK") and r.stderr == ""
+
+
+def test_check_syntax_error_gives_perls_message(home: Home, use_script: Callable[[str], Path]) -> None:
+    script = use_script("syntax_error")
+    r = run(home, "check")
+    assert r.returncode == 1
+    assert f'syntax error at {script} line 6, near "= ;"' in r.stderr
+    assert "had compilation errors" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_warns_when_the_script_is_readable_by_others(home: Home) -> None:
+    os.chmod(home.script, 0o644)
+    r = run(home, "check")
+    assert r.returncode == 0
+    assert "accessible by group or others (mode 0644)" in r.stderr and "chmod 600" in r.stderr
+
+
+def test_check_without_a_script(tmp_path: Path) -> None:
+    r = run(Home(tmp_path), "check")
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"ombridge: error: no script at {tmp_path}/conf/backsync/OMBackSync.pl"
+
+
+def test_try_third_party_script(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("third_party")
+    r = run(home, "try", "A 1", "die-2", "exit-3", "ü'4\"")
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        "OK   A 1",
+        "ERR  die-2: ticket system refused die-2",
+        "ERR  exit-3: OMBackSync called exit(3)",
+        "OK   ü'4\"",
+    ]
+    assert "closing ticket for event A 1" in r.stderr  # the script's chatter, kept off stdout
+    assert hex_lines(home.tmp / "closed.hex") == ["A 1".encode().hex(), "ü'4\"".encode().hex()]
+
+
+def test_try_all_ok_exits_zero_and_writes_the_example_lines(home: Home) -> None:
+    r = run(home, "try", "EVT-1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"ok": true' in r.stdout
+    assert home.output.read_text().splitlines()[-1].endswith(" Close EVT-1")
+
+
+def test_try_reads_ids_from_stdin(home: Home) -> None:
+    r = run(home, "try", "-", stdin="one\n\ntwo\r\n")
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == ["OK   one", "OK   two"]
+
+
+def test_try_refuses_an_empty_id_before_running_anything(home: Home) -> None:
+    r = run(home, "try", "A", "")
+    assert r.returncode == 2 and r.stderr.strip() == "ombridge: error: an ID must not be empty"
+    assert not home.output.exists()
+
+
+def test_try_with_init_that_dies(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("init_dies")
+    r = run(home, "try", "A")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "ombridge: error: OMBackSync('Init') died: cannot reach the ticket system"
+
+
+def test_home_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    monkeypatch.chdir(c)
+    assert resolve_home().root == c
+    monkeypatch.setenv("OvDataDir", str(b))
+    assert resolve_home().root == b
+    monkeypatch.setenv("OMBRIDGE_HOME", str(a))
+    assert resolve_home().root == a
+    assert resolve_home(str(c)).root == c
+
+
+def test_home_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("")
+    r = subprocess.run([OMBRIDGE, "--home", str(f), "check"], capture_output=True, text=True)
+    assert r.returncode == 2 and "is not a directory" in r.stderr and "Traceback" not in r.stderr

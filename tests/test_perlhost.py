@@ -1,0 +1,242 @@
+"""PerlHost against real perl: the bundled example, byte-exact IDs, and every script fault."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import PerlStartError, ScriptSyntaxError
+from bridge.home import Home
+from bridge.perlhost import Backoff, HostState, PerlHost
+from conftest import ROOT, hex_lines
+
+HOSTILE_IDS = [
+    "EVT-1",
+    "with spaces  and  more",
+    "quote's \"double\" `back`",
+    "ünïcødé ✓ 事件",
+    "100% %0A %25 %",
+    "cr\rlf\nboth\r\n",
+    "tab\tnul\x00del\x7f",
+    "$(reboot); rm -rf ~ '",
+    " leading and trailing ",
+    "x" * 10000,
+]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_bundled_example_writes_its_lines(home: Home) -> None:
+    with PerlHost(home) as host:
+        host.start()
+        assert host.state is HostState.RUNNING
+        outcomes = host.close_many(["EVT-1", "EVT 2"])
+    assert [o.ok for o in outcomes] == [True, True]
+    lines = home.output.read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    assert re.fullmatch(rf"{stamp} Init", lines[0])
+    assert re.fullmatch(rf"{stamp} Close EVT-1", lines[1])
+    assert re.fullmatch(rf"{stamp} Close EVT 2", lines[2])
+    assert host.state is HostState.STOPPED
+
+
+def test_ids_reach_the_script_byte_identical(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("third_party")
+    raw_invalid_utf8 = b"\xff\xfe raw bytes"
+    ids: list[str | bytes] = [*HOSTILE_IDS, raw_invalid_utf8]
+    with PerlHost(home) as host:
+        outcomes = host.close_many(ids)
+    assert all(o.ok for o in outcomes), outcomes
+    expected = [(i if isinstance(i, bytes) else i.encode()).hex() for i in ids]
+    assert hex_lines(home.tmp / "closed.hex") == expected
+
+
+def test_third_party_script_die_and_exit_do_not_stop_the_others(
+    home: Home, use_script: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    use_script("third_party")
+    caplog.set_level(logging.INFO, logger="ombridge.script")
+    with PerlHost(home) as host:
+        host.start()
+        pid = host.pid
+        outcomes = host.close_many(["T-1", "die-2", "T-3", "exit-4", "T-5"])
+        assert host.pid == pid and host.restarts == 0  # exit was trapped: same child
+    assert [o.ok for o in outcomes] == [True, False, True, False, True]
+    assert outcomes[1].error == "ticket system refused die-2"
+    assert outcomes[3].error == "OMBackSync called exit(3)"
+    records = (home.tmp / "closed.hex").read_text().splitlines()
+    assert [bytes.fromhex(r.split()[0]).decode() for r in records] == ["T-1", "T-3", "T-5"]
+    # state from Init survived, and the call counter kept counting across the die and the exit
+    assert {r.split()[1] for r in records} == {f"session-{pid}"}
+    assert [r.split()[2] for r in records] == ["1", "3", "5"]
+    assert "closing ticket for event T-1 (call 1)" in caplog.text
+    assert "about to close exit-4" in caplog.text
+
+
+def test_state_survives_between_calls(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("stateful")
+    with PerlHost(home) as host:
+        for i in range(3):
+            assert host.close(f"S{i}").ok
+        pid = host.pid
+    assert (home.tmp / "state.txt").read_text().splitlines() == [f"1 {n} {pid}" for n in (1, 2, 3)]
+
+
+def test_die_is_an_error_reply(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("dies")
+    with PerlHost(home) as host:
+        outcome = host.close("A")
+        assert host.state is HostState.RUNNING
+    assert not outcome.ok and outcome.attempted and outcome.error == "always dies on Close"
+
+
+def test_exit_is_trapped_and_globals_survive(
+    home: Home, use_script: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    use_script("exits")
+    caplog.set_level(logging.INFO, logger="ombridge.script")
+    with PerlHost(home) as host:
+        first = host.close("bye")
+        second = host.close("after")
+        assert host.restarts == 0
+    assert first.error == "OMBackSync called exit(7)"
+    assert second.ok
+    assert "inits=1" in caplog.text and "inits=2" not in caplog.text
+
+
+def test_hang_times_out_kills_and_restarts(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("hangs")
+    with PerlHost(home, timeout=0.5) as host:
+        host.start()
+        hung_pid = host.pid
+        assert hung_pid is not None
+        outcomes = host.deliver_all(["A", "hang-1", "B"])
+        assert [o.ok for o in outcomes] == [True, False, True]
+        assert outcomes[1].error == "call timed out after 0.5s"
+        assert host.restarts == 1 and host.pid != hung_pid
+        assert not pid_alive(hung_pid)
+
+
+def test_segfault_restarts_and_goes_on(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("segfault")
+    with PerlHost(home) as host:
+        outcomes = host.deliver_all(["A", "segv-1", "B", "C"])
+    assert [o.ok for o in outcomes] == [True, False, True, True]
+    assert "killed by SIGSEGV" in (outcomes[1].error or "")
+
+
+def test_script_output_cannot_corrupt_the_protocol(
+    home: Home, use_script: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    use_script("chatty")
+    caplog.set_level(logging.INFO, logger="ombridge.script")
+    with PerlHost(home) as host:
+        outcomes = host.close_many(["A", "flood", "B"])
+        assert host.restarts == 0
+    assert all(o.ok for o in outcomes)
+    wait_for(lambda: "stderr line" in caplog.text and "ERR fake" in caplog.text)
+    assert "warning from Close" in caplog.text
+
+
+def test_syntax_error_gives_perls_message_with_the_users_line(home: Home, use_script: Callable[[str], Path]) -> None:
+    script = use_script("syntax_error")
+    host = PerlHost(home)
+    with pytest.raises(ScriptSyntaxError) as info:
+        host.start()
+    assert f"syntax error at {script} line 6" in info.value.message
+    assert host.state is HostState.SYNTAX_ERROR and host.pid is None
+    assert not host.ensure_running()  # waits for an operator
+
+
+def test_missing_sub_is_refused(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("no_sub")
+    host = PerlHost(home)
+    with pytest.raises(PerlStartError, match="OMBackSync is not defined"):
+        host.start()
+    host.stop()
+
+
+def test_exit_while_loading_with_status_zero_still_loads(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("exit_at_load")
+    with PerlHost(home) as host:
+        assert host.close("A").ok
+
+
+def test_init_that_dies_is_a_failed_start_then_fatal(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("init_dies")
+    now = [0.0]
+    host = PerlHost(home, backoff=Backoff(base=1, cap=4, fatal_after=3), clock=lambda: now[0])
+    with pytest.raises(PerlStartError, match=r"OMBackSync\('Init'\) died: cannot reach the ticket system"):
+        host.start()
+    assert host.state is HostState.BACKOFF and host.retry_at == 0.0  # first restart is immediate
+    outcome = host.close("A")  # tries to start again, fails again
+    assert not outcome.ok and not outcome.attempted
+    assert host.state is HostState.BACKOFF and host.retry_at == 1.0
+    assert not host.close("A").attempted and host.state is HostState.BACKOFF  # backoff not over
+    now[0] = 1.0
+    host.close("A")
+    assert host.state is HostState.FATAL
+    assert "cannot reach" in (host.last_error or "")
+    assert not host.ensure_running()
+
+
+def test_restart_with_a_broken_script_keeps_the_old_child(home: Home) -> None:
+    with PerlHost(home) as host:
+        host.start()
+        pid = host.pid
+        home.script.write_text("sub OMBackSync { my $x = ; }\n")
+        with pytest.raises(ScriptSyntaxError):
+            host.restart()
+        assert host.state is HostState.RUNNING and host.pid == pid
+        assert host.close("still-served").ok
+
+
+def test_pipelined_batch_keeps_order(home: Home, use_script: Callable[[str], Path]) -> None:
+    use_script("third_party")
+    ids = [f"ID-{n}" for n in range(5000)]
+    with PerlHost(home) as host:
+        outcomes = host.close_many(ids)
+    assert [o.id for o in outcomes] == ids and all(o.ok for o in outcomes)
+    assert hex_lines(home.tmp / "closed.hex") == [i.encode().hex() for i in ids]
+
+
+def test_child_exits_when_stdin_closes_and_when_the_parent_dies(home: Home) -> None:
+    program = (
+        "import os, sys; sys.path.insert(0, %r)\n"
+        "from pathlib import Path; from bridge.home import Home; from bridge.perlhost import PerlHost\n"
+        "h = PerlHost(Home(Path(%r))); h.start(); print(h.pid, flush=True); os._exit(0)\n"
+    ) % (str(ROOT), str(home.root))
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    orphan = int(out.stdout)
+    wait_for(lambda: not pid_alive(orphan))
+
+
+def test_backoff_is_capped_exponential() -> None:
+    b = Backoff(base=0.5, cap=4, fatal_after=5)
+    assert [b.delay(n) for n in range(1, 8)] == [0, 0.5, 1, 2, 4, 4, 4]
