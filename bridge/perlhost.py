@@ -29,6 +29,8 @@ from .home import Home
 HOST_SCRIPT = Path(__file__).resolve().parent.parent / "perl" / "ombridge_host.pl"
 DEFAULT_TIMEOUT = 30.0
 _CHUNK = 65536
+_COALESCE_ABOVE = 256  # outstanding replies above which the reader naps between reads
+_COALESCE_SLEEP = 0.0005
 
 log = logging.getLogger("ombridge.perl")
 script_log = logging.getLogger("ombridge.script")  # what the user's script prints or warns
@@ -189,6 +191,10 @@ class _Child:
                             return replies, exc
                     if lines:
                         deadline = time.monotonic() + timeout
+                        if wanted - len(replies) > _COALESCE_ABOVE:
+                            # Many replies still to come: let them pile up in the pipe, so perl
+                            # writes without waking us for every one (bench: 134k -> 165k closes/s).
+                            time.sleep(_COALESCE_SLEEP)
         return replies, None
 
     def read_line(self, timeout: float) -> bytes:

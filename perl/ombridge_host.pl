@@ -108,20 +108,18 @@ sub load_script {
 
 sub call {
     my @args = @_;
-    my $ok = eval { main::OMBackSync(@args); 1 };
-    my $err = $@;
-    STDOUT->flush;
-    STDERR->flush;
-    return 'OK' if $ok;
-    return 'ERR ' . escape(message_of($err));
+    # STDOUT and STDERR autoflush: what the call printed is in the log before its reply.
+    return 'OK' if eval { main::OMBackSync(@args); 1 };
+    return 'ERR ' . escape(message_of($@));
 }
 
 sub handle {
     my ($line) = @_;
-    return call('Init') if $line eq 'Init';
-    if ($line =~ /\AClose (.+)\z/s) {
-        return call('Close', unescape($1));
+    if (substr($line, 0, 6) eq 'Close ' && length $line > 6) {
+        my $id = substr($line, 6);
+        return call('Close', index($id, '%') < 0 ? $id : unescape($id));
     }
+    return call('Init') if $line eq 'Init';
     return 'ERR ' . escape('Close needs an ID') if $line =~ /\AClose ?\z/;
     return 'ERR ' . escape("unknown request: $line");
 }

@@ -1,0 +1,24 @@
+"""`make bench`: every benchmark, one table each, measured in one run on this machine."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_backsync  # noqa: E402
+from common import machine  # noqa: E402
+
+BENCHES = [bench_backsync]
+
+
+def main() -> None:
+    """Run each benchmark and print its table."""
+    print(f"machine: {machine()}\n")
+    for bench in BENCHES:
+        print(bench.run(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
