@@ -1,10 +1,66 @@
-"""Console-script entry point of ``ombridge``."""
+"""Console-script entry point of ``ombridge``.
+
+``send`` and ``key get`` are called from scripts and subscribers, often in loops: when their
+arguments are plain, they run here without importing the CLI framework (rich-click costs more
+than the whole send). Anything else, help included, goes to the full CLI in :mod:`bridge.cli`.
+"""
 
 from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from . import events
+
+
+def _fast(argv: list[str]) -> int | None:
+    """Run a plain ``send``/``key get``; None when the full CLI must handle ``argv``."""
+    home = None
+    if len(argv) >= 2 and argv[0] == "--home":
+        home, argv = argv[1], argv[2:]
+    elif argv and argv[0].startswith("--home="):
+        home, argv = argv[0].split("=", 1)[1], argv[1:]
+    force = False
+    if argv[:1] == ["send"] and argv[-1:] == ["--force"]:
+        force, argv = True, argv[:-1]
+    plain = all(not a.startswith("-") for a in argv[1:])
+    if len(argv) == 3 and argv[0] == "send" and plain:
+        from . import events, store
+        from .home import resolve_home
+
+        root = resolve_home(home)
+        result = events.send(store.connect(root), argv[1], argv[2], force, cwd=str(root.root))
+        print_report(result)
+        return 0
+    if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:
+        from .events import key_field
+
+        print(key_field(argv[2], argv[3]))
+        return 0
+    return None
+
+
+def print_report(result: events.SendResult) -> None:
+    """Print what ``send`` did: the event id on stdout, notes on stderr."""
+    line, notes = result.report()
+    if line is not None:
+        print(line, flush=True)
+    for note in notes:
+        print(note, file=sys.stderr)
 
 
 def main() -> None:
     """Run the command line."""
+    from .errors import BridgeError
+
+    try:
+        code = _fast(sys.argv[1:])
+    except BridgeError as exc:
+        print(f"ombridge: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    if code is not None:
+        sys.exit(code)
     from .cli import main as cli_main
 
     cli_main()

@@ -1,0 +1,170 @@
+"""Subscriber actions: a command string, an event program, or a web call.
+
+Every action runs with a timeout that kills its whole process group, captures a bounded tail of
+its output, and carries the event in its environment:
+
+    OMBRIDGE_EVENT   the event id          OMBRIDGE_TOPIC   the topic
+    OMBRIDGE_KEY     the key as JSON       OMBRIDGE_DEPTH   the event's depth in a chain
+    OMB_V_<NAME>     each &NAME variable (see bridge.substitution)
+
+An event sent from inside an action finds OMBRIDGE_EVENT and OMBRIDGE_DEPTH there and records
+its parent (bridge.events, loop protection).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import substitution
+
+OUTPUT_TAIL = 4096  # bytes of output kept per attempt
+
+
+@dataclass(frozen=True)
+class EventContext:
+    """What an action knows of the event it delivers."""
+
+    id: int
+    topic: str
+    key: Mapping[str, Any]
+    key_json: str
+    depth: int
+
+    def variables(self) -> dict[str, str]:
+        """Every &VAR of this event: the key fields, then TOPIC, EVENT and KEY."""
+        values = {name: value_text(v) for name, v in self.key.items()}
+        values.update(TOPIC=self.topic, EVENT=str(self.id), KEY=self.key_json)
+        return values
+
+    def environment(self) -> dict[str, str]:
+        """The environment an action runs in."""
+        env = dict(os.environ)
+        env.update(substitution.environment(self.variables()))
+        env.update(OMBRIDGE_EVENT=str(self.id), OMBRIDGE_TOPIC=self.topic, OMBRIDGE_KEY=self.key_json,
+                   OMBRIDGE_DEPTH=str(self.depth))
+        return env
+
+
+def value_text(value: Any) -> str:
+    """A key value as the text a &VAR or a filter sees (numbers as in JSON)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """The outcome of one attempt."""
+
+    ok: bool
+    started_at: float
+    ended_at: float
+    exit_status: int | None = None
+    output: str = ""
+    error: str | None = None
+
+
+def run_command(command: str, event: EventContext, timeout: float, cwd: str | None = None) -> ActionResult:
+    """Run a command string through ``/bin/sh -c`` with its &VARs rewritten to safe expansions."""
+    variables = event.variables()
+    script = substitution.rewrite(command, variables.keys())
+    return run_process(["/bin/sh", "-c", script], event.environment(), timeout, cwd)
+
+
+def run_program(program: str, event: EventContext, timeout: float, cwd: str | None = None) -> ActionResult:
+    """Run an event program without a shell: ``argv = [program, topic, key JSON]``."""
+    return run_process([program, event.topic, event.key_json], event.environment(), timeout, cwd)
+
+
+def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: str | None = None) -> ActionResult:
+    """Run ``argv``; keep the last :data:`OUTPUT_TAIL` bytes of stdout+stderr; kill the process
+    group at ``timeout``. Success is exit status 0."""
+    started = time.time()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=dict(env), cwd=cwd, start_new_session=True)
+    except OSError as exc:
+        return ActionResult(False, started, time.time(), error=f"cannot run {argv[0]}: {exc.strerror or exc}")
+    assert proc.stdout is not None
+    tail = bytearray()
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    fd = proc.stdout.fileno()
+    with proc.stdout, selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            # Wake now and then: a background job may hold the pipe open after the command exits.
+            if sel.select(min(remaining, 0.25)):
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                tail += chunk
+                if len(tail) > 2 * OUTPUT_TAIL:
+                    del tail[:-OUTPUT_TAIL]
+            elif proc.poll() is not None:
+                break
+    if timed_out:
+        _kill_group(proc.pid)
+    status = proc.wait()
+    output = bytes(tail[-OUTPUT_TAIL:]).decode("utf-8", "replace")
+    ended = time.time()
+    if timed_out:
+        return ActionResult(False, started, ended, None, output, f"timed out after {timeout:g}s (process group killed)")
+    if status != 0:
+        reason = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+        return ActionResult(False, started, ended, status, output, reason)
+    return ActionResult(True, started, ended, 0, output)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_web(url: str, event: EventContext, timeout: float) -> ActionResult:
+    """POST ``{"event": id, "topic": ..., "key": {...}}`` as JSON; any 2xx status is success."""
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"event": event.id, "topic": event.topic, "key": dict(event.key)}).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "User-Agent": "ombridge",
+        "X-Ombridge-Event": str(event.id), "X-Ombridge-Topic": event.topic})
+    started = time.time()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status = response.status
+            text = response.read(OUTPUT_TAIL).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        text = exc.read(OUTPUT_TAIL).decode("utf-8", "replace") if exc.fp else ""
+        return ActionResult(False, started, time.time(), exc.code, text, f"HTTP {exc.code} {exc.reason}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return ActionResult(False, started, time.time(), None, "", f"web call failed: {reason}")
+    if 200 <= status < 300:
+        return ActionResult(True, started, time.time(), status, text)
+    return ActionResult(False, started, time.time(), status, text, f"HTTP {status}")
+
+
+def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None) -> ActionResult:
+    """Run one subscriber action of kind ``action`` (command, program or web) for ``event``."""
+    if action == "command":
+        return run_command(target, event, timeout, cwd)
+    if action == "program":
+        return run_program(target, event, timeout, cwd)
+    if action == "web":
+        return run_web(target, event, timeout)
+    now = time.time()
+    return ActionResult(False, now, now, error=f"action {action!r} is run by the supervisor, not here")

@@ -1,0 +1,354 @@
+"""What the event core knows: topics, subscribers, subscriber topics and event filters.
+
+Every function validates its input and refuses a bad one with a :class:`UsageError` (or
+:class:`NotFound`) before anything is written. The vocabulary is the seed's: a Topic has a Key
+(JSON fields), a Subscriber runs an action, a Subscriber Topic attaches it to a qualified
+(``task/add``) or generic (``task/*``, ``*``) topic, an Event Filter is a regex on a variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .errors import NotFound, UsageError
+from .store import now, transaction
+
+TOPIC_RE = re.compile(r"[a-z][a-z0-9_-]*(?:/[a-z][a-z0-9_-]*)+")
+PREFIX_RE = re.compile(r"[a-z][a-z0-9_-]*(?:/[a-z][a-z0-9_-]*)*")
+FIELD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_FIELDS = frozenset({"TOPIC", "EVENT", "KEY"})  # variables every event has
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_RETRIES = 5
+
+
+class Action(str, Enum):
+    """What a subscriber does with an event."""
+
+    COMMAND = "command"  # a command string with &VAR substitution, run by /bin/sh -c
+    PROGRAM = "program"  # an event program: argv = [program, topic, key JSON], no shell
+    WEB = "web"  # HTTP POST of the event as JSON
+    BACKSYNC = "backsync"  # the built-in: OMBackSync('Close', &ID) in the persistent perl child
+
+
+# -- topics ---------------------------------------------------------------------------------------
+
+
+def check_topic_name(name: str) -> str:
+    """Refuse a topic name that is not ``subject{/subject}/action`` in lower-case words."""
+    if not TOPIC_RE.fullmatch(name):
+        raise UsageError(
+            f"bad topic {name!r}: a topic is subject{{/subject}}/action in lower-case words, e.g. task/add"
+        )
+    return name
+
+
+def check_field_name(name: str) -> str:
+    """Refuse a key field name that cannot be a &VAR."""
+    if not FIELD_RE.fullmatch(name):
+        raise UsageError(f"bad key field {name!r}: use letters, digits and _ (it becomes the variable &{name})")
+    if name in RESERVED_FIELDS:
+        raise UsageError(f"key field {name} is reserved: &{name} is set on every event")
+    return name
+
+
+def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str = "") -> None:
+    """Define a topic with the names of its key fields."""
+    check_topic_name(name)
+    for field in key_fields:
+        check_field_name(field)
+    if len(set(key_fields)) != len(key_fields):
+        raise UsageError(f"topic {name}: a key field is named twice")
+    with transaction(conn):
+        if conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
+            raise UsageError(f"topic {name} is already defined")
+        conn.execute(
+            "INSERT INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)",
+            (name, description, json.dumps(key_fields), now()),
+        )
+
+
+def ensure_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str) -> None:
+    """Define a built-in topic if it is missing (no error when it exists)."""
+    with transaction(conn):
+        conn.execute(
+            "INSERT OR IGNORE INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)",
+            (name, description, json.dumps(key_fields), now()),
+        )
+
+
+def get_topic(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
+    """One topic as a dict (key_fields decoded); :class:`NotFound` if it is not defined."""
+    row = conn.execute("SELECT * FROM topics WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise NotFound(f"topic {name} is not defined (define it with: ombridge topic add {name} --key FIELD)")
+    topic = dict(row)
+    topic["key_fields"] = json.loads(topic["key_fields"])
+    return topic
+
+
+def list_topics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """All topics, by name, each with the number of subscriber topics naming it exactly."""
+    rows = conn.execute(
+        "SELECT t.*, (SELECT count(*) FROM subscriber_topics st WHERE st.pattern = t.name) AS subscribers "
+        "FROM topics t ORDER BY t.name"
+    ).fetchall()
+    return [{**dict(r), "key_fields": json.loads(r["key_fields"])} for r in rows]
+
+
+def remove_topic(conn: sqlite3.Connection, name: str, force: bool = False) -> None:
+    """Remove a topic; refused while subscribers are attached to it by name, unless ``force``
+    (which detaches them). Stored events keep their topic."""
+    with transaction(conn):
+        get_topic(conn, name)
+        users = [r[0] for r in conn.execute(
+            "SELECT DISTINCT subscriber_id FROM subscriber_topics WHERE pattern = ? ORDER BY 1", (name,))]
+        if users and not force:
+            raise UsageError(
+                f"topic {name} is used by subscriber(s) {', '.join(map(str, users))}: "
+                "detach them first, or remove with --force"
+            )
+        for (st_id,) in conn.execute("SELECT id FROM subscriber_topics WHERE pattern = ?", (name,)).fetchall():
+            _delete_subscriber_topic(conn, st_id)
+        conn.execute("DELETE FROM topics WHERE name = ?", (name,))
+
+
+# -- subscribers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """One subscriber row."""
+
+    id: int
+    description: str
+    system: bool
+    disabled: bool
+    action: Action
+    target: str
+    timeout: float
+    retries: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Subscriber:
+        """Build from a ``subscribers`` row."""
+        return cls(row["id"], row["description"], bool(row["system"]), bool(row["disabled"]),
+                   Action(row["action"]), row["target"], row["timeout"], row["retries"])
+
+
+def _check_target(action: Action, target: str) -> str:
+    if action is Action.COMMAND:
+        if not target.strip():
+            raise UsageError("the command string is empty")
+    elif action is Action.PROGRAM:
+        if not os.path.isabs(target):
+            raise UsageError(f"program {target!r} must be an absolute path")
+        if not (os.path.isfile(target) and os.access(target, os.X_OK)):
+            raise UsageError(f"program {target} is not an executable file")
+    elif action is Action.WEB:
+        if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", target):
+            raise UsageError(f"bad URL {target!r}: use http://HOST/PATH or https://HOST/PATH")
+    return target
+
+
+def add_subscriber(conn: sqlite3.Connection, action: Action, target: str, *, description: str = "",
+                   timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                   system: bool = False) -> int:
+    """Create a subscriber; returns its id."""
+    _check_target(action, target)
+    if not timeout > 0:
+        raise UsageError("the timeout must be more than 0 seconds")
+    if retries < 0:
+        raise UsageError("retries must be 0 or more")
+    with transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
+            "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+            (description, int(system), action.value, target, float(timeout), int(retries), now()),
+        )
+        return int(cur.lastrowid or 0)
+
+
+def get_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> Subscriber:
+    """One subscriber; :class:`NotFound` if there is none with that id."""
+    row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no subscriber {subscriber_id}")
+    return Subscriber.from_row(row)
+
+
+def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """All subscribers with their topic patterns and open/failed delivery counts."""
+    rows = conn.execute(
+        "SELECT s.*, "
+        " (SELECT group_concat(pattern || CASE synchronized WHEN 1 THEN ' (sync)' ELSE '' END, ', ') "
+        "  FROM subscriber_topics st WHERE st.subscriber_id = s.id) AS topics, "
+        " (SELECT count(*) FROM subscriber_events se WHERE se.subscriber_id = s.id AND se.status = 'open') AS open, "
+        " (SELECT count(*) FROM subscriber_events se WHERE se.subscriber_id = s.id AND se.status = 'failed') AS failed "
+        "FROM subscribers s ORDER BY s.id"
+    ).fetchall()
+    return [dict(r) for r in rows]
+
+
+def show_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any]:
+    """A subscriber with its topics and their filters."""
+    sub = dict(conn.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+               or _missing(subscriber_id))
+    sub["topics"] = []
+    for st in conn.execute("SELECT * FROM subscriber_topics WHERE subscriber_id = ? ORDER BY id", (subscriber_id,)):
+        filters = conn.execute(
+            "SELECT variable, regex, description FROM event_filters WHERE subscriber_topic_id = ? ORDER BY id",
+            (st["id"],)).fetchall()
+        sub["topics"].append({**dict(st), "filters": [dict(f) for f in filters]})
+    return sub
+
+
+def _missing(subscriber_id: int) -> Any:
+    raise NotFound(f"no subscriber {subscriber_id}")
+
+
+def set_disabled(conn: sqlite3.Connection, subscriber_id: int, disabled: bool) -> None:
+    """Enable or disable a subscriber (a disabled one is not matched by new events)."""
+    with transaction(conn):
+        get_subscriber(conn, subscriber_id)
+        conn.execute("UPDATE subscribers SET disabled = ? WHERE id = ?", (int(disabled), subscriber_id))
+
+
+def remove_subscriber(conn: sqlite3.Connection, subscriber_id: int, force: bool = False) -> None:
+    """Remove a subscriber with its topics, filters and delivery history.
+
+    Refused for system subscribers, and while it has open deliveries unless ``force``.
+    """
+    with transaction(conn):
+        sub = get_subscriber(conn, subscriber_id)
+        if sub.system:
+            raise UsageError(f"subscriber {subscriber_id} is a system subscriber and cannot be removed "
+                             "(disable it instead)")
+        open_count = conn.execute(
+            "SELECT count(*) FROM subscriber_events WHERE subscriber_id = ? AND status = 'open'",
+            (subscriber_id,)).fetchone()[0]
+        if open_count and not force:
+            raise UsageError(f"subscriber {subscriber_id} has {open_count} open deliveries: "
+                             "purge them first (ombridge subscriber purge) or remove with --force")
+        for (st_id,) in conn.execute("SELECT id FROM subscriber_topics WHERE subscriber_id = ?",
+                                     (subscriber_id,)).fetchall():
+            _delete_subscriber_topic(conn, st_id)
+        conn.execute("DELETE FROM attempts WHERE subscriber_event_id IN "
+                     "(SELECT id FROM subscriber_events WHERE subscriber_id = ?)", (subscriber_id,))
+        conn.execute("DELETE FROM subscriber_events WHERE subscriber_id = ?", (subscriber_id,))
+        conn.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
+
+
+def purge_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
+    """Drop a subscriber's open deliveries (status ``purged``); returns how many."""
+    with transaction(conn):
+        get_subscriber(conn, subscriber_id)
+        cur = conn.execute(
+            "UPDATE subscriber_events SET status = 'purged', updated_at = ? WHERE subscriber_id = ? AND status = 'open'",
+            (now(), subscriber_id))
+        return cur.rowcount
+
+
+# -- subscriber topics and filters ----------------------------------------------------------------
+
+
+def check_pattern(pattern: str) -> str:
+    """Refuse a subscriber topic that is neither a topic, ``prefix/*`` nor ``*``."""
+    if pattern == "*" or TOPIC_RE.fullmatch(pattern):
+        return pattern
+    if pattern.endswith("/*") and PREFIX_RE.fullmatch(pattern[:-2]):
+        return pattern
+    raise UsageError(f"bad topic pattern {pattern!r}: use a topic (task/add), a generic topic (task/*) or *")
+
+
+def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, synchronized: bool = False,
+                 description: str = "") -> int:
+    """Attach a subscriber to a qualified or generic topic; returns the subscriber topic id."""
+    check_pattern(pattern)
+    with transaction(conn):
+        if get_subscriber(conn, subscriber_id).system:
+            raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its topics are fixed")
+        if "*" not in pattern:
+            get_topic(conn, pattern)  # a qualified topic must be defined: catches typos
+        if conn.execute("SELECT 1 FROM subscriber_topics WHERE subscriber_id = ? AND pattern = ?",
+                        (subscriber_id, pattern)).fetchone():
+            raise UsageError(f"subscriber {subscriber_id} is already attached to {pattern}")
+        cur = conn.execute(
+            "INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) VALUES (?, ?, ?, ?)",
+            (subscriber_id, pattern, int(synchronized), description))
+        return int(cur.lastrowid or 0)
+
+
+def _subscriber_topic_id(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> int:
+    row = conn.execute("SELECT id FROM subscriber_topics WHERE subscriber_id = ? AND pattern = ?",
+                       (subscriber_id, pattern)).fetchone()
+    if row is None:
+        get_subscriber(conn, subscriber_id)
+        raise NotFound(f"subscriber {subscriber_id} is not attached to {pattern}")
+    return int(row[0])
+
+
+def _delete_subscriber_topic(conn: sqlite3.Connection, st_id: int) -> None:
+    conn.execute("DELETE FROM event_filters WHERE subscriber_topic_id = ?", (st_id,))
+    conn.execute("DELETE FROM subscriber_topics WHERE id = ?", (st_id,))
+
+
+def detach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> None:
+    """Detach a subscriber from a topic pattern (its filters go with it)."""
+    with transaction(conn):
+        st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
+        if get_subscriber(conn, subscriber_id).system:
+            raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its topics are fixed")
+        _delete_subscriber_topic(conn, st_id)
+
+
+def variable_name(variable: str) -> str:
+    """``&APPC`` or ``APPC`` -> ``APPC``; refuses anything that is not a variable name."""
+    name = variable[1:] if variable.startswith("&") else variable
+    if not FIELD_RE.fullmatch(name):
+        raise UsageError(f"bad variable {variable!r}: use &NAME with letters, digits and _")
+    return name
+
+
+def compile_filter(regex: str) -> re.Pattern[str]:
+    """Compile a filter's regular expression (matched against the whole value)."""
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise UsageError(f"bad regular expression {regex!r}: {exc}") from exc
+
+
+def add_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, variable: str, regex: str,
+               description: str = "") -> None:
+    """Add an event filter: the subscriber topic fires only when every filter's regex matches
+    the whole value of its variable (``KE.*`` = starts with KE)."""
+    name = variable_name(variable)
+    compile_filter(regex)
+    with transaction(conn):
+        st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
+        if get_subscriber(conn, subscriber_id).system:
+            raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its filters are fixed")
+        if conn.execute("SELECT 1 FROM event_filters WHERE subscriber_topic_id = ? AND variable = ?",
+                        (st_id, name)).fetchone():
+            raise UsageError(f"subscriber {subscriber_id} already filters &{name} on {pattern}: remove it first")
+        conn.execute(
+            "INSERT INTO event_filters (subscriber_topic_id, variable, regex, description) VALUES (?, ?, ?, ?)",
+            (st_id, name, regex, description))
+
+
+def remove_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, variable: str) -> None:
+    """Remove the filter on ``variable`` from a subscriber topic."""
+    name = variable_name(variable)
+    with transaction(conn):
+        st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
+        if get_subscriber(conn, subscriber_id).system:
+            raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its filters are fixed")
+        cur = conn.execute("DELETE FROM event_filters WHERE subscriber_topic_id = ? AND variable = ?", (st_id, name))
+        if not cur.rowcount:
+            raise NotFound(f"subscriber {subscriber_id} has no filter on &{name} for {pattern}")

@@ -1,0 +1,350 @@
+"""Commands of the event core: topics, subscribers, subscriber topics, filters, send, listings."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+import rich_click as click
+
+from .. import catalog, deliveries, events, store
+from ..catalog import Action
+from ..entry import print_report
+from ..errors import UsageError
+from . import home_of, main, print_json
+
+
+def core(ctx: click.Context) -> sqlite3.Connection:
+    """The home's event core, opened once per invocation."""
+    obj = ctx.find_root().obj
+    if "conn" not in obj:
+        obj["conn"] = store.connect(home_of(ctx))
+    return obj["conn"]
+
+
+def when(ts: float | None) -> str:
+    """A stored time as local ``YYYY-MM-DD HH:MM:SS``."""
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print a rich table (the human form of a listing)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    Console().print(t)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+# -- topics ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def topic() -> None:
+    """Define the topics events are sent to (`subject{/subject}/action`) and their key fields."""
+
+
+@topic.command("add")
+@click.argument("name")
+@click.option("--key", "keys", multiple=True, metavar="FIELD", help="A key field (repeat for each); becomes &FIELD.")
+@click.option("--description", default="", help="What the topic means.")
+@click.pass_context
+def topic_add(ctx: click.Context, name: str, keys: tuple[str, ...], description: str) -> None:
+    """Define a topic and the fields its key must carry.
+
+    Example: `ombridge topic add task/change --key APPC --key TASK --description "a task was changed"`
+    """
+    catalog.add_topic(core(ctx), name, list(keys), description)
+    click.echo(f"topic {name} defined")
+
+
+@topic.command("list")
+@json_option
+@click.pass_context
+def topic_list(ctx: click.Context, as_json: bool) -> None:
+    """List the topics. Example: `ombridge topic list --json`"""
+    rows = catalog.list_topics(core(ctx))
+    if as_json:
+        print_json(rows)
+        return
+    table("Topics", ["topic", "key fields", "subscribers", "description"],
+          [[r["name"], ", ".join(r["key_fields"]), r["subscribers"], r["description"]] for r in rows])
+
+
+@topic.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def topic_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Show one topic. Example: `ombridge topic show task/change`"""
+    t = catalog.get_topic(core(ctx), name)
+    if as_json:
+        print_json(t)
+        return
+    click.echo(f"topic:       {t['name']}\nkey fields:  {', '.join(t['key_fields']) or '(none)'}\n"
+               f"description: {t['description']}\ndefined:     {when(t['created_at'])}")
+
+
+@topic.command("remove")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Also detach the subscribers attached to it by name.")
+@click.pass_context
+def topic_remove(ctx: click.Context, name: str, force: bool) -> None:
+    """Remove a topic (refused while subscribers use it). Stored events keep their topic.
+
+    Example: `ombridge topic remove task/change`
+    """
+    catalog.remove_topic(core(ctx), name, force)
+    click.echo(f"topic {name} removed")
+
+
+# -- subscribers ----------------------------------------------------------------------------------
+
+
+@main.group()
+def subscriber() -> None:
+    """Subscribers: actions run for the events of their topics."""
+
+
+@subscriber.command("add")
+@click.option("--command", "command", metavar="CMD", help="A command string run by /bin/sh -c; &VARs are substituted safely.")
+@click.option("--program", metavar="PATH", help="An event program, run without a shell as: PATH TOPIC KEY_JSON.")
+@click.option("--url", metavar="URL", help="A web call: the event is POSTed as JSON.")
+@click.option("--description", default="", help="What the subscriber does.")
+@click.option("--timeout", type=float, default=catalog.DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds an attempt may take; then its process group is killed.")
+@click.option("--retries", type=int, default=catalog.DEFAULT_RETRIES, show_default=True,
+              help="Retries after a failed attempt, with backoff, before the delivery is failed.")
+@click.pass_context
+def subscriber_add(ctx: click.Context, command: str | None, program: str | None, url: str | None,
+                   description: str, timeout: float, retries: int) -> None:
+    """Create a subscriber; prints its id alone, so scripts can capture it.
+
+    Example: `ombridge subscriber add --command "logger 'Task &TASK was changed in application &APPC.'"`
+    """
+    given = [(Action.COMMAND, command), (Action.PROGRAM, program), (Action.WEB, url)]
+    chosen = [(a, t) for a, t in given if t is not None]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one of --command, --program or --url")
+    action, target = chosen[0]
+    click.echo(catalog.add_subscriber(core(ctx), action, target, description=description,
+                                      timeout=timeout, retries=retries))
+
+
+@subscriber.command("list")
+@json_option
+@click.pass_context
+def subscriber_list(ctx: click.Context, as_json: bool) -> None:
+    """List the subscribers. Example: `ombridge subscriber list`"""
+    rows = catalog.list_subscribers(core(ctx))
+    if as_json:
+        print_json(rows)
+        return
+    table("Subscribers", ["id", "action", "target", "topics", "sys", "disabled", "open", "failed", "description"],
+          [[r["id"], r["action"], r["target"], r["topics"], r["system"], r["disabled"], r["open"], r["failed"],
+            r["description"]] for r in rows])
+
+
+@subscriber.command("show")
+@click.argument("subscriber_id", metavar="ID", type=int)
+@json_option
+@click.pass_context
+def subscriber_show(ctx: click.Context, subscriber_id: int, as_json: bool) -> None:
+    """Show a subscriber with its topics and filters. Example: `ombridge subscriber show 2`"""
+    s = catalog.show_subscriber(core(ctx), subscriber_id)
+    if as_json:
+        print_json(s)
+        return
+    click.echo(f"subscriber {s['id']}: {s['description']}\n  {s['action']}: {s['target']}\n"
+               f"  system {s['system']}, disabled {s['disabled']}, timeout {s['timeout']:g}s, retries {s['retries']}")
+    for t in s["topics"]:
+        click.echo(f"  topic {t['pattern']}{' (synchronized)' if t['synchronized'] else ''}")
+        for f in t["filters"]:
+            click.echo(f"    filter &{f['variable']} = {f['regex']}")
+
+
+def _simple(name: str, doc: str, fn: Any, message: str) -> None:
+    @subscriber.command(name, help=doc)
+    @click.argument("subscriber_id", metavar="ID", type=int)
+    @click.pass_context
+    def command(ctx: click.Context, subscriber_id: int) -> None:
+        result = fn(core(ctx), subscriber_id)
+        click.echo(message.format(id=subscriber_id, n=result))
+
+
+_simple("enable", "Enable a subscriber. Example: `ombridge subscriber enable 2`",
+        lambda c, i: catalog.set_disabled(c, i, False), "subscriber {id} enabled")
+_simple("disable", "Disable a subscriber: new events no longer match it. Example: `ombridge subscriber disable 2`",
+        lambda c, i: catalog.set_disabled(c, i, True), "subscriber {id} disabled")
+_simple("purge", "Drop a subscriber's open deliveries (they become `purged`). Example: `ombridge subscriber purge 2`",
+        catalog.purge_subscriber, "subscriber {id}: {n} open deliveries purged")
+
+
+@subscriber.command("remove")
+@click.argument("subscriber_id", metavar="ID", type=int)
+@click.option("--force", is_flag=True, help="Remove even with open deliveries (they are dropped).")
+@click.pass_context
+def subscriber_remove(ctx: click.Context, subscriber_id: int, force: bool) -> None:
+    """Remove a subscriber with its topics, filters and delivery history.
+
+    Refused for system subscribers and while deliveries are open. Example: `ombridge subscriber remove 2`
+    """
+    catalog.remove_subscriber(core(ctx), subscriber_id, force)
+    click.echo(f"subscriber {subscriber_id} removed")
+
+
+@subscriber.group("topic")
+def subscriber_topic() -> None:
+    """Attach subscribers to qualified (`task/add`) or generic (`task/*`, `*`) topics."""
+
+
+@subscriber_topic.command("add")
+@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("pattern")
+@click.option("--sync", is_flag=True, help="Synchronized: called before `send` returns, not by the Event Manager.")
+@click.option("--description", default="")
+@click.pass_context
+def subscriber_topic_add(ctx: click.Context, subscriber_id: int, pattern: str, sync: bool, description: str) -> None:
+    """Attach a subscriber to a topic pattern. `task/*` matches `task/add` and `task/x/y`; `*` matches all.
+
+    Example: `ombridge subscriber topic add 2 task/change`
+    """
+    catalog.attach_topic(core(ctx), subscriber_id, pattern, sync, description)
+    click.echo(f"subscriber {subscriber_id} attached to {pattern}{' (synchronized)' if sync else ''}")
+
+
+@subscriber_topic.command("remove")
+@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("pattern")
+@click.pass_context
+def subscriber_topic_remove(ctx: click.Context, subscriber_id: int, pattern: str) -> None:
+    """Detach a subscriber from a topic pattern. Example: `ombridge subscriber topic remove 2 task/change`"""
+    catalog.detach_topic(core(ctx), subscriber_id, pattern)
+    click.echo(f"subscriber {subscriber_id} detached from {pattern}")
+
+
+@subscriber.group("filter")
+def subscriber_filter() -> None:
+    """Event filters: a regular expression on a variable; all filters of a subscriber topic must match."""
+
+
+@subscriber_filter.command("add")
+@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("pattern")
+@click.argument("variable")
+@click.argument("regex")
+@click.option("--description", default="")
+@click.pass_context
+def subscriber_filter_add(ctx: click.Context, subscriber_id: int, pattern: str, variable: str, regex: str,
+                          description: str) -> None:
+    """Fire only when REGEX matches the whole value of VARIABLE (`KE.*` = starts with KE).
+
+    Example: `ombridge subscriber filter add 2 task/change '&APPC' 'KE.*'`
+    """
+    catalog.add_filter(core(ctx), subscriber_id, pattern, variable, regex, description)
+    click.echo(f"subscriber {subscriber_id} on {pattern}: filter {variable} = {regex}")
+
+
+@subscriber_filter.command("remove")
+@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("pattern")
+@click.argument("variable")
+@click.pass_context
+def subscriber_filter_remove(ctx: click.Context, subscriber_id: int, pattern: str, variable: str) -> None:
+    """Remove a filter. Example: `ombridge subscriber filter remove 2 task/change '&APPC'`"""
+    catalog.remove_filter(core(ctx), subscriber_id, pattern, variable)
+    click.echo(f"subscriber {subscriber_id} on {pattern}: filter {variable} removed")
+
+
+# -- sending and reading --------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("topic_name", metavar="TOPIC")
+@click.argument("key", metavar="KEY_JSON")
+@click.option("--force", is_flag=True, help="Store the event even when no subscriber listens.")
+@click.pass_context
+def send(ctx: click.Context, topic_name: str, key: str, force: bool) -> None:
+    """Send an event; prints its id alone, or says on stderr that nobody listens.
+
+    Example: `ombridge send task/change '{"APPC": "KE1", "TASK": "T0123"}'`
+    """
+    print_report(events.send(core(ctx), topic_name, key, force, cwd=str(home_of(ctx).root)))
+
+
+@main.group()
+def key() -> None:
+    """The key-retrieval API, for shell event programs."""
+
+
+@key.command("get")
+@click.argument("key_json", metavar="KEY_JSON")
+@click.argument("name")
+def key_get(key_json: str, name: str) -> None:
+    """Print one field of a key. Example: `APPC=$(ombridge key get "$2" APPC)`"""
+    click.echo(events.key_field(key_json, name))
+
+
+@main.group("events")
+def events_group() -> None:
+    """Stored events."""
+
+
+@events_group.command("list")
+@click.option("--topic", "topic_name", default=None, help="Only this topic.")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@click.pass_context
+def events_list(ctx: click.Context, topic_name: str | None, limit: int, as_json: bool) -> None:
+    """List events, newest first. Example: `ombridge events list --topic task/change`"""
+    rows = events.list_events(core(ctx), topic_name, limit)
+    if as_json:
+        print_json([{**r, "key": json.loads(r["key"])} for r in rows])
+        return
+    table("Events", ["id", "topic", "key", "deliveries", "open", "forced", "parent", "depth", "created"],
+          [[r["id"], r["topic"], r["key"], r["deliveries"], r["open"], r["forced"], r["parent_id"], r["depth"],
+            when(r["created_at"])] for r in rows])
+
+
+@main.group("deliveries")
+def deliveries_group() -> None:
+    """Subscriber events: one per subscriber per event, with status and attempts."""
+
+
+@deliveries_group.command("list")
+@click.option("--status", type=click.Choice(deliveries.STATUSES), default=None)
+@click.option("--subscriber", "subscriber_id", type=int, default=None)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@click.pass_context
+def deliveries_list(ctx: click.Context, status: str | None, subscriber_id: int | None, limit: int,
+                    as_json: bool) -> None:
+    """List deliveries, newest first. Example: `ombridge deliveries list --status failed`"""
+    rows = deliveries.list_deliveries(core(ctx), status, subscriber_id, limit)
+    if as_json:
+        print_json([{**r, "key": json.loads(r["key"])} for r in rows])
+        return
+    table("Deliveries", ["id", "event", "topic", "key", "subscriber", "status", "attempts", "next attempt",
+                         "last error"],
+          [[r["id"], r["event_id"], r["topic"], r["key"], f"{r['subscriber_id']} {r['subscriber']}".strip(),
+            r["status"], r["attempts"], when(r["next_attempt_at"]) if r["status"] == "open" else "",
+            r["last_error"]] for r in rows])
+
+
+@main.command()
+@click.option("--subscriber", "subscriber_id", type=int, default=None, help="Only this subscriber's.")
+@click.option("--event", "event_id", type=int, default=None, help="Only this event's.")
+@click.pass_context
+def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None) -> None:
+    """Put failed deliveries back to open, due now. Example: `ombridge retry --subscriber 2`"""
+    n = deliveries.retry_failed(core(ctx), subscriber_id, event_id)
+    click.echo(f"{n} failed deliveries reopened")

@@ -1,0 +1,174 @@
+"""Subscriber events as a durable queue: claim under a lease, then acknowledge.
+
+A subscriber event is ``open`` until it is ``done``, ``failed`` (retries used up) or ``purged``.
+Claiming one moves its ``next_attempt_at`` past now by a lease and counts the attempt *at claim
+time*; so a claimer that dies (kill -9 at any instant) leaves a row that is simply due again when
+the lease runs out, and its attempt still counts. Finishing is fenced by the attempt number: a
+claimer whose lease was lost and re-claimed cannot overwrite the newer claim's outcome.
+Nothing is deleted on read. Every attempt is recorded in ``attempts``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .actions import ActionResult, EventContext
+from .errors import UsageError
+from .store import now as wall_now
+from .store import transaction
+
+LEASE_MARGIN = 30.0  # seconds a claim outlives the subscriber's own timeout
+RETRY_BASE = 1.0
+RETRY_CAP = 300.0
+STATUSES = ("open", "done", "failed", "purged")
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One claimed subscriber event with what is needed to deliver it."""
+
+    id: int
+    attempt: int  # the attempt number this claim holds (the fencing token)
+    event: EventContext
+    subscriber_id: int
+    action: str
+    target: str
+    timeout: float
+    retries: int
+
+
+_CLAIMED_SELECT = (
+    "SELECT se.id, se.attempts, se.subscriber_id, e.id AS event_id, e.topic, e.key, e.depth, "
+    "s.action, s.target, s.timeout, s.retries "
+    "FROM subscriber_events se JOIN events e ON e.id = se.event_id JOIN subscribers s ON s.id = se.subscriber_id "
+)
+
+
+def _take(conn: sqlite3.Connection, rows: list[sqlite3.Row], at: float) -> list[Claimed]:
+    # Inside the caller's transaction: count the attempt now and hold the row for a lease.
+    conn.executemany(
+        "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
+        [(at + r["timeout"] + LEASE_MARGIN, at, r["id"]) for r in rows],
+    )
+    claimed = []
+    for r in rows:
+        event = EventContext(r["event_id"], r["topic"], json.loads(r["key"]), r["key"], r["depth"])
+        claimed.append(Claimed(r["id"], r["attempts"] + 1, event, r["subscriber_id"], r["action"], r["target"],
+                               r["timeout"], r["retries"]))
+    return claimed
+
+
+def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None,
+          action: str | None = None, exclude_action: str | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due open subscriber events, oldest due first."""
+    at = wall_now() if at is None else at
+    where, args = "se.status = 'open' AND se.next_attempt_at <= ?", [at]
+    if action is not None:
+        where += " AND s.action = ?"
+        args.append(action)
+    if exclude_action is not None:
+        where += " AND s.action != ?"
+        args.append(exclude_action)
+    with transaction(conn):
+        rows = conn.execute(
+            _CLAIMED_SELECT + f"WHERE {where} ORDER BY se.next_attempt_at, se.id LIMIT ?", (*args, limit)
+        ).fetchall()
+        return _take(conn, rows, at)
+
+
+def claim_ids(conn: sqlite3.Connection, ids: Sequence[int], at: float | None = None) -> list[Claimed]:
+    """Claim the given open subscriber events now, due or not (synchronized delivery)."""
+    at = wall_now() if at is None else at
+    with transaction(conn):
+        rows = conn.execute(
+            _CLAIMED_SELECT + f"WHERE se.status = 'open' AND se.id IN ({','.join('?' * len(ids))})", tuple(ids)
+        ).fetchall()
+        return _take(conn, rows, at)
+
+
+def retry_delay(attempt: int) -> float:
+    """Capped exponential backoff with jitter before the attempt after ``attempt``."""
+    return min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, ActionResult]]) -> list[str]:
+    """Record attempts and their outcomes in one transaction; returns each new status.
+
+    Success -> done. Failure -> open again after backoff, or failed once the subscriber's
+    retries are used up (attempts > retries). A claim whose lease was taken over meanwhile
+    (its attempt number is no longer current) only records its attempt ("stale").
+    """
+    statuses: list[str] = []
+    at = wall_now()
+    with transaction(conn):
+        for c, result in done:
+            conn.execute(
+                "INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (c.id, c.attempt, result.started_at, result.ended_at, int(result.ok), result.exit_status,
+                 result.output, result.error),
+            )
+            if result.ok:
+                status, next_at = "done", at
+            elif c.attempt > c.retries:
+                status, next_at = "failed", at
+            else:
+                status, next_at = "open", at + retry_delay(c.attempt)
+            cur = conn.execute(
+                "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, updated_at = ? "
+                "WHERE id = ? AND attempts = ? AND status = 'open'",
+                (status, next_at, result.error, at, c.id, c.attempt),
+            )
+            statuses.append(status if cur.rowcount else "stale")
+    return statuses
+
+
+def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None) -> int:
+    """Put failed deliveries back to open, due now, with a fresh count; returns how many."""
+    where, args = ["status = 'failed'"], []
+    if subscriber_id is not None:
+        where.append("subscriber_id = ?")
+        args.append(subscriber_id)
+    if event_id is not None:
+        where.append("event_id = ?")
+        args.append(event_id)
+    at = wall_now()
+    with transaction(conn):
+        cur = conn.execute(
+            f"UPDATE subscriber_events SET status = 'open', attempts = 0, next_attempt_at = ?, updated_at = ? "
+            f"WHERE {' AND '.join(where)}", (at, at, *args))
+        return cur.rowcount
+
+
+def list_deliveries(conn: sqlite3.Connection, status: str | None = None, subscriber_id: int | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+    """Subscriber events, newest first, with the event's topic and key and the last error."""
+    if status is not None and status not in STATUSES:
+        raise UsageError(f"bad status {status!r}: one of {', '.join(STATUSES)}")
+    where, args = [], []
+    if status is not None:
+        where.append("se.status = ?")
+        args.append(status)
+    if subscriber_id is not None:
+        where.append("se.subscriber_id = ?")
+        args.append(subscriber_id)
+    sql = ("SELECT se.id, se.event_id, e.topic, e.key, se.subscriber_id, s.description AS subscriber, "
+           "se.status, se.attempts, se.next_attempt_at, se.last_error, se.created_at, se.updated_at "
+           "FROM subscriber_events se JOIN events e ON e.id = se.event_id "
+           "JOIN subscribers s ON s.id = se.subscriber_id "
+           + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY se.id DESC LIMIT ?")
+    return [dict(r) for r in conn.execute(sql, (*args, limit))]
+
+
+def backlog(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many deliveries are open and failed."""
+    counts = dict.fromkeys(("open", "failed"), 0)
+    for status, count in conn.execute(
+            "SELECT status, count(*) FROM subscriber_events WHERE status IN ('open', 'failed') GROUP BY status"):
+        counts[status] = count
+    return counts

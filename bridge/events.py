@@ -1,0 +1,280 @@
+"""Sending events: validate the key, match subscriber topics, apply filters, store, deliver sync.
+
+``send`` writes the event and one open subscriber event per matching subscriber in one
+transaction, and stores nothing when nobody listens unless forced. Synchronized subscribers are
+called before it returns; a failed synchronized call stays open for the Event Manager.
+
+Matching looks up only the patterns that can match a topic (``a/b/c`` -> ``a/b/c``, ``a/b/*``,
+``a/*``, ``*``) through an index, so its cost does not grow with subscriber topics that cannot match.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import actions
+from .catalog import FIELD_RE, RESERVED_FIELDS, check_topic_name
+from .deliveries import LEASE_MARGIN, Claimed, finish
+from .errors import NotFound, UsageError
+from .store import now, transaction
+
+MAX_DEPTH = 8  # events in a chain of deliveries (loop protection)
+MAX_KEY_BYTES = 65536
+
+KeyInput = str | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What ``send`` did: the event id (None when nobody listened), the deliveries created, and
+    the status of each synchronized call made before returning."""
+
+    event_id: int | None
+    deliveries: int
+    synchronized: list[tuple[int, str]] = field(default_factory=list)
+
+    def report(self) -> tuple[str | None, list[str]]:
+        """What ``ombridge send`` prints: the id for stdout (None if not stored), and notes for stderr."""
+        if self.event_id is None:
+            return None, ["nobody listens: the event was not stored (use --force to store it anyway)"]
+        notes = [f"synchronized subscriber {sid} failed; the Event Manager will retry it"
+                 for sid, status in self.synchronized if status != "done"]
+        return str(self.event_id), notes
+
+
+@dataclass(frozen=True)
+class _Subscription:
+    subscriber_topic_id: int
+    subscriber_id: int
+    synchronized: bool
+    action: str
+    target: str
+    timeout: float
+    retries: int
+    filters: tuple[tuple[str, re.Pattern[str]], ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(regex: str) -> re.Pattern[str]:
+    return re.compile(regex)
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+def parse_key(key: KeyInput) -> dict[str, Any]:
+    """A key as a dict of string/number fields; anything else is a :class:`UsageError`."""
+    if isinstance(key, str):
+        try:
+            key = json.loads(key, parse_constant=_no_constant)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"bad key JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(key, Mapping):
+        raise UsageError('a key is a JSON object, e.g. {"APPC": "DEMO", "TASK": "T0123"}')
+    for name, value in key.items():
+        if not isinstance(name, str) or not FIELD_RE.fullmatch(name):
+            raise UsageError(f"bad key field {name!r}: use letters, digits and _")
+        if name in RESERVED_FIELDS:
+            raise UsageError(f"key field {name} is reserved: &{name} is set on every event")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise UsageError(f"key field {name} must be a string or a number, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"key field {name} must be a finite number")
+    return dict(key)
+
+
+def _no_constant(name: str) -> None:
+    raise UsageError(f"bad key JSON: {name} is not a number")
+
+
+def canonical_key(key: Mapping[str, Any]) -> str:
+    """The stored form of a key: compact JSON, UTF-8 kept as is."""
+    text = json.dumps(key, ensure_ascii=False, separators=(",", ":"))
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise UsageError(f"the key is larger than {MAX_KEY_BYTES} bytes")
+    return text
+
+
+def key_field(key: KeyInput, name: str) -> str:
+    """One field of a key as text (the key-retrieval API); :class:`NotFound` when missing."""
+    fields = parse_key(key)
+    if name.startswith("&"):
+        name = name[1:]
+    if name not in fields:
+        raise NotFound(f"the key has no field {name}")
+    return actions.value_text(fields[name])
+
+
+def _require_fields(topic: str, key: Mapping[str, Any], key_fields: Sequence[str]) -> None:
+    missing = [f for f in key_fields if f not in key]
+    if missing:
+        raise UsageError(f"the key of topic {topic} needs field(s) {', '.join(missing)}")
+
+
+# -- matching -------------------------------------------------------------------------------------
+
+
+def candidate_patterns(topic: str) -> list[str]:
+    """Every subscriber topic that can match ``topic``, most specific first."""
+    parts = topic.split("/")
+    return [topic, *("/".join(parts[:i]) + "/*" for i in range(len(parts) - 1, 0, -1)), "*"]
+
+
+def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
+    patterns = candidate_patterns(topic)
+    rows = conn.execute(
+        "SELECT st.id, st.subscriber_id, st.synchronized, st.pattern, s.action, s.target, s.timeout, s.retries "
+        "FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id "
+        f"WHERE st.pattern IN ({','.join('?' * len(patterns))}) AND s.disabled = 0",
+        patterns,
+    ).fetchall()
+    filters: dict[int, list[tuple[str, re.Pattern[str]]]] = {}
+    if rows:
+        ids = [r["id"] for r in rows]
+        for f in conn.execute(
+                f"SELECT subscriber_topic_id, variable, regex FROM event_filters "
+                f"WHERE subscriber_topic_id IN ({','.join('?' * len(ids))}) ORDER BY id", ids):
+            filters.setdefault(f[0], []).append((f[1], _compiled(f[2])))
+    rank = {p: i for i, p in enumerate(patterns)}
+    rows = sorted(rows, key=lambda r: (r["subscriber_id"], rank[r["pattern"]]))
+    return [_Subscription(r["id"], r["subscriber_id"], bool(r["synchronized"]), r["action"], r["target"],
+                          r["timeout"], r["retries"], tuple(filters.get(r["id"], ())))
+            for r in rows]
+
+
+def _passes(sub: _Subscription, variables: Mapping[str, str]) -> bool:
+    for name, regex in sub.filters:
+        value = variables.get(name)
+        if value is None or regex.fullmatch(value) is None:
+            return False
+    return True
+
+
+def select_subscribers(subscriptions: Iterable[_Subscription], variables: Mapping[str, str]) -> list[_Subscription]:
+    """One subscription per subscriber: its most specific topic whose filters all match."""
+    chosen: dict[int, _Subscription] = {}
+    for sub in subscriptions:
+        if sub.subscriber_id not in chosen and _passes(sub, variables):
+            chosen[sub.subscriber_id] = sub
+    return list(chosen.values())
+
+
+def filter_variables(topic: str, key: Mapping[str, Any]) -> dict[str, str]:
+    """The variables an event filter can test: the key fields and TOPIC."""
+    values = {name: actions.value_text(v) for name, v in key.items()}
+    values["TOPIC"] = topic
+    return values
+
+
+# -- sending --------------------------------------------------------------------------------------
+
+
+def chain_from(environ: Mapping[str, str]) -> tuple[int | None, int]:
+    """(parent event id, depth of a new event) from the environment of a delivery, if any."""
+    try:
+        parent = int(environ["OMBRIDGE_EVENT"])
+        depth = int(environ.get("OMBRIDGE_DEPTH", "0")) + 1
+    except (KeyError, ValueError):
+        return None, 0
+    return parent, depth
+
+
+@dataclass
+class _Prepared:
+    topic: str
+    key: dict[str, Any]
+    key_json: str
+    matches: list[_Subscription]
+
+
+def _prepare(conn: sqlite3.Connection, topic: str, key: KeyInput, topics: dict[str, list[str]],
+             subs: dict[str, list[_Subscription]]) -> _Prepared:
+    check_topic_name(topic)
+    if topic not in topics:
+        row = conn.execute("SELECT key_fields FROM topics WHERE name = ?", (topic,)).fetchone()
+        if row is None:
+            raise NotFound(f"topic {topic} is not defined (define it with: ombridge topic add {topic} --key FIELD)")
+        topics[topic] = json.loads(row[0])
+        subs[topic] = _subscriptions(conn, topic)
+    fields = parse_key(key)
+    _require_fields(topic, fields, topics[topic])
+    matches = select_subscribers(subs[topic], filter_variables(topic, fields))
+    return _Prepared(topic, fields, canonical_key(fields), matches)
+
+
+def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
+              environ: Mapping[str, str] | None = None, cwd: str | None = None,
+              on_stored: Callable[[], None] | None = None) -> list[SendResult]:
+    """Send many events in one transaction (all or none); see :func:`send`."""
+    parent, depth = chain_from(os.environ if environ is None else environ)
+    if depth > MAX_DEPTH:
+        raise UsageError(f"event chain too deep: this event would be at depth {depth} (limit {MAX_DEPTH}); "
+                         f"a subscriber is probably sending the event that triggers it (parent event {parent})")
+    topics: dict[str, list[str]] = {}
+    subs: dict[str, list[_Subscription]] = {}
+    prepared = [_prepare(conn, topic, key, topics, subs) for topic, key in items]  # refuse before writing
+    results: list[SendResult] = []
+    sync_calls: list[Claimed] = []
+    at = now()
+    with transaction(conn):
+        for p in prepared:
+            if not p.matches and not force:
+                results.append(SendResult(None, 0))
+                continue
+            event_id = conn.execute(
+                "INSERT INTO events (topic, key, forced, parent_id, depth, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (p.topic, p.key_json, int(force), parent, depth, at)).lastrowid
+            assert event_id is not None
+            context = actions.EventContext(event_id, p.topic, p.key, p.key_json, depth)
+            for m in p.matches:
+                sync = m.synchronized and m.action != "backsync"
+                # A synchronized delivery is inserted already claimed by this sender (attempt 1,
+                # under a lease), so the Event Manager cannot deliver it at the same time.
+                se_id = conn.execute(
+                    "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, synchronized, "
+                    "status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+                    (event_id, m.subscriber_id, m.subscriber_topic_id, int(sync), int(sync),
+                     at + m.timeout + LEASE_MARGIN if sync else at, at, at)).lastrowid
+                if sync:
+                    assert se_id is not None
+                    sync_calls.append(Claimed(se_id, 1, context, m.subscriber_id, m.action, m.target,
+                                              m.timeout, m.retries))
+            results.append(SendResult(event_id, len(p.matches)))
+    if on_stored and any(r.deliveries for r in results):
+        on_stored()
+    if sync_calls:
+        statuses = finish(conn, [(c, actions.perform(c.action, c.target, c.event, c.timeout, cwd))
+                                 for c in sync_calls])
+        by_event: dict[int, list[tuple[int, str]]] = {}
+        for c, status in zip(sync_calls, statuses):
+            by_event.setdefault(c.event.id, []).append((c.subscriber_id, status))
+        results = [SendResult(r.event_id, r.deliveries, by_event.get(r.event_id or -1, [])) for r in results]
+    return results
+
+
+def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = False, **options: Any) -> SendResult:
+    """Send one event: the topic must be defined and the key must carry its fields.
+
+    Stores the event and one open subscriber event per matching subscriber, or nothing when
+    nobody listens (unless ``force``). Raises :class:`UsageError` for bad input, before writing.
+    """
+    return send_many(conn, [(topic, key)], force, **options)[0]
+
+
+def list_events(conn: sqlite3.Connection, topic: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """Events, newest first, with how many deliveries each has by status."""
+    where, args = ("WHERE e.topic = ? ", [topic]) if topic else ("", [])
+    rows = conn.execute(
+        "SELECT e.*, "
+        " (SELECT count(*) FROM subscriber_events se WHERE se.event_id = e.id) AS deliveries, "
+        " (SELECT count(*) FROM subscriber_events se WHERE se.event_id = e.id AND se.status = 'open') AS open "
+        f"FROM events e {where}ORDER BY e.id DESC LIMIT ?", (*args, limit)).fetchall()
+    return [dict(r) for r in rows]

@@ -1,0 +1,140 @@
+"""The event core's SQLite file: connection settings, schema and migrations.
+
+One file under the home (``datafiles/ombridge.db``), WAL, a busy timeout, owner-only. The schema
+is created and migrated with sqlite-utils (imported only when a migration is due, so that
+``ombridge send`` stays light); the hot paths (send, claim) use the stdlib connection directly.
+docs/store.md describes every table for operators.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .errors import StoreError
+from .home import Home
+
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another before "database is locked"
+
+
+def now() -> float:
+    """Wall-clock time as stored in the event core (seconds since the epoch)."""
+    return time.time()
+
+
+def _v1(db: Any) -> None:
+    db["topics"].create(
+        {"name": str, "description": str, "key_fields": str, "created_at": float},
+        pk="name", not_null={"key_fields", "created_at"}, defaults={"description": ""}, if_not_exists=True,
+    )
+    db["subscribers"].create(
+        {"id": int, "description": str, "system": int, "disabled": int, "action": str, "target": str,
+         "timeout": float, "retries": int, "created_at": float},
+        pk="id", not_null={"action", "system", "disabled", "timeout", "retries", "created_at"},
+        defaults={"description": "", "system": 0, "disabled": 0, "target": ""}, if_not_exists=True,
+    )
+    db["subscriber_topics"].create(
+        {"id": int, "subscriber_id": int, "pattern": str, "synchronized": int, "description": str},
+        pk="id", foreign_keys=[("subscriber_id", "subscribers", "id")],
+        not_null={"subscriber_id", "pattern", "synchronized"}, defaults={"synchronized": 0, "description": ""},
+        if_not_exists=True,
+    )
+    db["event_filters"].create(
+        {"id": int, "subscriber_topic_id": int, "variable": str, "regex": str, "description": str},
+        pk="id", foreign_keys=[("subscriber_topic_id", "subscriber_topics", "id")],
+        not_null={"subscriber_topic_id", "variable", "regex"}, defaults={"description": ""}, if_not_exists=True,
+    )
+    db["events"].create(
+        {"id": int, "topic": str, "key": str, "forced": int, "parent_id": int, "depth": int, "created_at": float},
+        pk="id", not_null={"topic", "key", "forced", "depth", "created_at"}, defaults={"forced": 0, "depth": 0},
+        if_not_exists=True,
+    )
+    db["subscriber_events"].create(
+        {"id": int, "event_id": int, "subscriber_id": int, "subscriber_topic_id": int, "synchronized": int,
+         "status": str, "attempts": int, "next_attempt_at": float, "last_error": str,
+         "created_at": float, "updated_at": float},
+        pk="id", foreign_keys=[("event_id", "events", "id"), ("subscriber_id", "subscribers", "id")],
+        not_null={"event_id", "subscriber_id", "status", "attempts", "next_attempt_at", "created_at", "updated_at"},
+        defaults={"status": "open", "attempts": 0, "synchronized": 0}, if_not_exists=True,
+    )
+    db["attempts"].create(
+        {"id": int, "subscriber_event_id": int, "number": int, "started_at": float, "ended_at": float,
+         "ok": int, "exit_status": int, "output": str, "error": str},
+        pk="id", foreign_keys=[("subscriber_event_id", "subscriber_events", "id")],
+        not_null={"subscriber_event_id", "number", "started_at", "ended_at", "ok"}, if_not_exists=True,
+    )
+    # The claim query: due open deliveries, oldest due first (see bridge/deliveries.py).
+    db["subscriber_events"].create_index(["status", "next_attempt_at", "id"], if_not_exists=True,
+                                         index_name="subscriber_events_due")
+    db["subscriber_events"].create_index(["event_id"], if_not_exists=True)
+    db["subscriber_events"].create_index(["subscriber_id", "status"], if_not_exists=True)
+    db["subscriber_topics"].create_index(["pattern"], if_not_exists=True)
+    db["subscriber_topics"].create_index(["subscriber_id", "pattern"], unique=True, if_not_exists=True)
+    db["event_filters"].create_index(["subscriber_topic_id", "variable"], unique=True, if_not_exists=True)
+    db["events"].create_index(["topic", "id"], if_not_exists=True)
+    db["attempts"].create_index(["subscriber_event_id", "number"], if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(home: Home, *, create: bool = True) -> sqlite3.Connection:
+    """Open the home's event core, creating or migrating it first when needed.
+
+    The connection is in autocommit mode; write through :func:`transaction`.
+    """
+    path = home.db
+    if not path.exists():
+        if not create:
+            raise StoreError(f"no event core at {path}")
+        home.private_dir(home.datafiles)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)  # owner-only before sqlite writes a byte
+        os.close(fd)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")  # a send that returned an id survives a power cut
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a usable event core: {exc}") from exc
+    if version > SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(f"{path} has schema version {version}; this ombridge knows up to {SCHEMA_VERSION}: upgrade ombridge")
+    if version < SCHEMA_VERSION:
+        _migrate(home, conn)
+    return conn
+
+
+def _migrate(home: Home, conn: sqlite3.Connection) -> None:
+    import sqlite_utils
+
+    lock_path = home.datafiles / ".migrate.lock"
+    with open(lock_path, "a") as lock:
+        os.chmod(lock_path, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one migrator at a time; the others wait, then see it done
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.execute("PRAGMA journal_mode = WAL")
+        db = sqlite_utils.Database(conn)
+        for number in range(version, SCHEMA_VERSION):
+            MIGRATIONS[number](db)  # each step is idempotent: an interrupted one re-runs cleanly
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction (``BEGIN IMMEDIATE``: writers queue on the busy timeout, not fail)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
