@@ -48,3 +48,18 @@ def use_script(home: Home) -> Callable[[str], Path]:
 def hex_lines(path: Path) -> list[str]:
     """The first column of a fixture's hex record file."""
     return [line.split()[0] for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def conn(home: Home):
+    """The home's event core (a real SQLite file in tmp_path)."""
+    from bridge import store
+
+    c = store.connect(home)
+    yield c
+    c.close()
+
+
+def snapshot(conn) -> list[str]:
+    """Everything stored, as SQL: equal snapshots mean nothing changed."""
+    return list(conn.iterdump())

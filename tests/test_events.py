@@ -1,0 +1,310 @@
+"""The event core through the library: topics, matching, filters, send, sync delivery, loops."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from bridge import catalog, deliveries, events, store
+from bridge.catalog import Action
+from bridge.errors import NotFound, StoreError, UsageError
+from bridge.home import Home
+from conftest import snapshot
+
+
+def listen(conn: sqlite3.Connection, pattern: str, command: str = "true", sync: bool = False,
+           **options) -> int:
+    sid = catalog.add_subscriber(conn, Action.COMMAND, command, **options)
+    catalog.attach_topic(conn, sid, pattern, sync)
+    return sid
+
+
+def open_for(conn: sqlite3.Connection, event_id: int) -> list[int]:
+    return [r[0] for r in conn.execute(
+        "SELECT subscriber_id FROM subscriber_events WHERE event_id = ? ORDER BY subscriber_id", (event_id,))]
+
+
+@pytest.fixture
+def topics(conn: sqlite3.Connection) -> sqlite3.Connection:
+    for name in ("task/add", "task/change", "task/x/y", "comment/task/reply", "request/task/connect"):
+        catalog.add_topic(conn, name, ["APPC", "TASK"] if name.startswith("task/") else [])
+    return conn
+
+
+def test_store_is_owner_only_wal_and_versioned(home: Home, conn: sqlite3.Connection) -> None:
+    assert stat.S_IMODE(home.db.stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.datafiles.stat().st_mode) == 0o700
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    indexes = {r[1] for r in conn.execute("PRAGMA index_list(subscriber_events)")}
+    assert "subscriber_events_due" in indexes
+
+
+def test_newer_schema_is_refused(home: Home, conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="upgrade ombridge"):
+        store.connect(home)
+
+
+def test_garbage_file_is_a_clear_error(home: Home) -> None:
+    home.datafiles.mkdir()
+    home.db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable event core"):
+        store.connect(home)
+
+
+@pytest.mark.parametrize("pattern,topic,matches", [
+    ("task/add", "task/add", True),
+    ("task/add", "task/change", False),
+    ("task/*", "task/add", True),
+    ("task/*", "task/x/y", True),
+    ("task/*", "comment/task/reply", False),
+    ("comment/task/*", "comment/task/reply", True),
+    ("comment/*", "comment/task/reply", True),
+    ("task/x/*", "task/x/y", True),
+    ("task/x/*", "task/add", False),
+    ("*", "request/task/connect", True),
+    ("*", "task/add", True),
+])
+def test_generic_matching(topics: sqlite3.Connection, pattern: str, topic: str, matches: bool) -> None:
+    listen(topics, pattern)
+    key = {"APPC": "A", "TASK": "T"} if topic.startswith("task/") else {}
+    result = events.send(topics, topic, key)
+    assert (result.event_id is not None) is matches
+    assert result.deliveries == int(matches)
+
+
+def test_nobody_listens_stores_nothing_unless_forced(topics: sqlite3.Connection) -> None:
+    assert events.send(topics, "task/add", {"APPC": "A", "TASK": "T"}) == events.SendResult(None, 0)
+    assert topics.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+    forced = events.send(topics, "task/add", {"APPC": "A", "TASK": "T"}, force=True)
+    assert forced.event_id is not None and forced.deliveries == 0
+    row = topics.execute("SELECT forced, key FROM events").fetchone()
+    assert row[0] == 1 and json.loads(row[1]) == {"APPC": "A", "TASK": "T"}
+
+
+def test_one_delivery_per_subscriber_even_when_several_topics_match(topics: sqlite3.Connection) -> None:
+    sid = listen(topics, "task/*")
+    catalog.attach_topic(topics, sid, "task/add")
+    other = listen(topics, "*")
+    result = events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
+    assert result.deliveries == 2 and open_for(topics, result.event_id) == [sid, other]
+
+
+def test_filters_all_must_match_the_whole_value(topics: sqlite3.Connection) -> None:
+    sid = listen(topics, "task/change")
+    catalog.add_filter(topics, sid, "task/change", "&APPC", "KE.*")
+    assert events.send(topics, "task/change", {"APPC": "KE1", "TASK": "T"}).deliveries == 1
+    assert events.send(topics, "task/change", {"APPC": "XKE", "TASK": "T"}).deliveries == 0
+    catalog.add_filter(topics, sid, "task/change", "TASK", "T[0-9]+")
+    assert events.send(topics, "task/change", {"APPC": "KE1", "TASK": "T12"}).deliveries == 1
+    assert events.send(topics, "task/change", {"APPC": "KE1", "TASK": "T12x"}).deliveries == 0
+    catalog.remove_filter(topics, sid, "task/change", "&TASK")
+    assert events.send(topics, "task/change", {"APPC": "KE1", "TASK": "T12x"}).deliveries == 1
+
+
+def test_filter_on_a_number_and_on_a_missing_variable(topics: sqlite3.Connection) -> None:
+    catalog.add_topic(topics, "job/end", ["RC"])
+    sid = listen(topics, "job/*")
+    catalog.add_filter(topics, sid, "job/*", "RC", "[1-9][0-9]*")
+    catalog.add_filter(topics, sid, "job/*", "TOPIC", "job/end")
+    assert events.send(topics, "job/end", {"RC": 0}).deliveries == 0
+    assert events.send(topics, "job/end", {"RC": 12}).deliveries == 1
+    other = listen(topics, "task/add")
+    catalog.add_filter(topics, other, "task/add", "NOPE", ".*")
+    assert events.send(topics, "task/add", {"APPC": "A", "TASK": "T"}).deliveries == 0
+
+
+def test_disabled_subscribers_are_not_matched(topics: sqlite3.Connection) -> None:
+    sid = listen(topics, "task/add")
+    catalog.set_disabled(topics, sid, True)
+    assert events.send(topics, "task/add", {"APPC": "A", "TASK": "T"}).deliveries == 0
+    catalog.set_disabled(topics, sid, False)
+    assert events.send(topics, "task/add", {"APPC": "A", "TASK": "T"}).deliveries == 1
+
+
+@pytest.mark.parametrize("topic,key,message", [
+    ("task/nope", {"APPC": "A", "TASK": "T"}, "topic task/nope is not defined"),
+    ("Task/Add", {}, "bad topic"),
+    ("task/add", '{"APPC": "A", "TASK": ', "bad key JSON"),
+    ("task/add", '["APPC"]', "a key is a JSON object"),
+    ("task/add", {"APPC": "A"}, r"needs field\(s\) TASK"),
+    ("task/add", {"APPC": "A", "TASK": None}, "must be a string or a number"),
+    ("task/add", {"APPC": "A", "TASK": True}, "must be a string or a number"),
+    ("task/add", {"APPC": "A", "TASK": {"x": 1}}, "must be a string or a number"),
+    ("task/add", '{"APPC": "A", "TASK": NaN}', "NaN is not a number"),
+    ("task/add", {"APPC": "A", "TASK": "T", "bad-name": 1}, "bad key field"),
+    ("task/add", {"APPC": "A", "TASK": "T", "EVENT": 1}, "reserved"),
+    ("task/add", {"APPC": "A", "TASK": "x" * 70000}, "larger than"),
+])
+def test_bad_sends_are_refused_and_store_nothing(topics: sqlite3.Connection, topic, key, message) -> None:
+    listen(topics, "*")
+    before = snapshot(topics)
+    with pytest.raises(UsageError, match=message):
+        events.send(topics, topic, key)
+    assert snapshot(topics) == before
+
+
+def test_send_many_is_all_or_nothing(topics: sqlite3.Connection) -> None:
+    listen(topics, "task/*")
+    before = snapshot(topics)
+    with pytest.raises(UsageError):
+        events.send_many(topics, [("task/add", {"APPC": "A", "TASK": "1"}), ("task/add", {"APPC": "A"})])
+    assert snapshot(topics) == before
+    results = events.send_many(topics, [("task/add", {"APPC": "A", "TASK": str(i)}) for i in range(100)])
+    assert [r.deliveries for r in results] == [1] * 100
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda c: catalog.add_topic(c, "task", []), "bad topic"),
+    (lambda c: catalog.add_topic(c, "task/add", []), "already defined"),
+    (lambda c: catalog.add_topic(c, "a/b", ["X", "X"]), "named twice"),
+    (lambda c: catalog.add_topic(c, "a/b", ["1X"]), "bad key field"),
+    (lambda c: catalog.add_topic(c, "a/b", ["TOPIC"]), "reserved"),
+    (lambda c: catalog.attach_topic(c, 1, "task/**"), "bad topic pattern"),
+    (lambda c: catalog.attach_topic(c, 1, "task*"), "bad topic pattern"),
+    (lambda c: catalog.attach_topic(c, 1, "*/add"), "bad topic pattern"),
+    (lambda c: catalog.attach_topic(c, 1, "task/nope"), "not defined"),
+    (lambda c: catalog.attach_topic(c, 99, "task/add"), "no subscriber 99"),
+    (lambda c: catalog.attach_topic(c, 1, "task/add"), "already attached"),
+    (lambda c: catalog.add_filter(c, 1, "task/add", "&APPC", "KE(.*"), "bad regular expression"),
+    (lambda c: catalog.add_filter(c, 1, "task/add", "&AP PC", ".*"), "bad variable"),
+    (lambda c: catalog.add_filter(c, 1, "task/change", "&APPC", ".*"), "not attached"),
+    (lambda c: catalog.remove_filter(c, 1, "task/add", "&APPC"), "no filter"),
+    (lambda c: catalog.add_subscriber(c, Action.COMMAND, "  "), "empty"),
+    (lambda c: catalog.add_subscriber(c, Action.PROGRAM, "relative/prog"), "absolute path"),
+    (lambda c: catalog.add_subscriber(c, Action.PROGRAM, "/nonexistent/prog"), "not an executable"),
+    (lambda c: catalog.add_subscriber(c, Action.WEB, "ftp://x/y"), "bad URL"),
+    (lambda c: catalog.add_subscriber(c, Action.COMMAND, "true", timeout=0), "timeout"),
+    (lambda c: catalog.add_subscriber(c, Action.COMMAND, "true", retries=-1), "retries"),
+    (lambda c: catalog.remove_topic(c, "task/add"), "used by subscriber"),
+    (lambda c: catalog.get_topic(c, "x/y"), "not defined"),
+])
+def test_bad_catalog_input_is_refused_and_changes_nothing(topics: sqlite3.Connection, call, message) -> None:
+    listen(topics, "task/add")
+    before = snapshot(topics)
+    with pytest.raises(UsageError, match=message):
+        call(topics)
+    assert snapshot(topics) == before
+
+
+def test_remove_topic_with_force_detaches_subscribers(topics: sqlite3.Connection) -> None:
+    sid = listen(topics, "task/add")
+    catalog.add_filter(topics, sid, "task/add", "APPC", "A")
+    catalog.remove_topic(topics, "task/add", force=True)
+    assert catalog.show_subscriber(topics, sid)["topics"] == []
+    with pytest.raises(NotFound):
+        catalog.get_topic(topics, "task/add")
+
+
+def test_remove_subscriber_refuses_open_deliveries_then_purge(topics: sqlite3.Connection) -> None:
+    sid = listen(topics, "task/add")
+    events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
+    with pytest.raises(UsageError, match="1 open deliveries"):
+        catalog.remove_subscriber(topics, sid)
+    assert catalog.purge_subscriber(topics, sid) == 1
+    catalog.remove_subscriber(topics, sid)
+    with pytest.raises(NotFound):
+        catalog.get_subscriber(topics, sid)
+
+
+def test_system_subscribers_cannot_be_removed_or_rewired(topics: sqlite3.Connection) -> None:
+    sid = catalog.add_subscriber(topics, Action.BACKSYNC, "", system=True)
+    for call in (lambda: catalog.remove_subscriber(topics, sid, force=True),
+                 lambda: catalog.attach_topic(topics, sid, "task/add"),
+                 lambda: catalog.add_filter(topics, sid, "task/add", "A", "b")):
+        with pytest.raises(UsageError):
+            call()
+
+
+def test_synchronized_subscriber_runs_before_send_returns(home: Home, topics: sqlite3.Connection) -> None:
+    out = home.root / "sync.txt"
+    listen(topics, "task/add", f"printf '%s %s' &TASK \"$OMBRIDGE_DEPTH\" > {out}", sync=True)
+    result = events.send(topics, "task/add", {"APPC": "A", "TASK": "T 1"})
+    assert out.read_text() == "T 1 0"
+    assert result.synchronized and result.synchronized[0][1] == "done"
+    row = topics.execute("SELECT status, attempts FROM subscriber_events").fetchone()
+    assert tuple(row) == ("done", 1)
+    attempt = topics.execute("SELECT ok, exit_status, number FROM attempts").fetchone()
+    assert tuple(attempt) == (1, 0, 1)
+
+
+def test_failed_synchronized_call_stays_open_for_the_manager(topics: sqlite3.Connection) -> None:
+    listen(topics, "task/add", "echo nope >&2; exit 3", sync=True)
+    result = events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
+    assert result.synchronized[0][1] == "open"
+    row = topics.execute("SELECT status, attempts, last_error, next_attempt_at FROM subscriber_events").fetchone()
+    assert row["status"] == "open" and row["attempts"] == 1 and row["last_error"] == "exit status 3"
+    assert row["next_attempt_at"] > store.now()  # backoff before the manager retries it
+    assert topics.execute("SELECT output FROM attempts").fetchone()[0] == "nope\n"
+
+
+def test_async_subscribers_are_left_open_and_claimable(topics: sqlite3.Connection) -> None:
+    listen(topics, "task/add", "true")
+    events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
+    claimed = deliveries.claim(topics, limit=10)
+    assert len(claimed) == 1 and claimed[0].attempt == 1
+    assert deliveries.claim(topics, limit=10) == []  # under lease
+    later = deliveries.claim(topics, limit=10, at=store.now() + claimed[0].timeout + deliveries.LEASE_MARGIN + 1)
+    assert len(later) == 1 and later[0].attempt == 2  # lease ran out: claimed again, attempt counted
+    # the first claimer finishes late: fenced out, only its attempt is recorded
+    from bridge.actions import ActionResult
+    assert deliveries.finish(topics, [(claimed[0], ActionResult(True, 0, 0, 0))]) == ["stale"]
+    assert deliveries.finish(topics, [(later[0], ActionResult(True, 0, 0, 0))]) == ["done"]
+    assert topics.execute("SELECT count(*) FROM attempts").fetchone()[0] == 2
+
+
+def test_retries_run_out_then_failed_then_retry_reopens(topics: sqlite3.Connection) -> None:
+    from bridge.actions import ActionResult
+    listen(topics, "task/add", "false", retries=1)
+    events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
+    far = store.now() + 10_000
+    bad = ActionResult(False, 0, 0, 1, "", "exit status 1")
+    assert deliveries.finish(topics, [(deliveries.claim(topics)[0], bad)]) == ["open"]
+    assert deliveries.finish(topics, [(deliveries.claim(topics, at=far)[0], bad)]) == ["failed"]
+    assert deliveries.backlog(topics) == {"open": 0, "failed": 1}
+    assert deliveries.retry_failed(topics) == 1
+    assert deliveries.backlog(topics) == {"open": 1, "failed": 0}
+
+
+def test_events_sent_from_a_delivery_record_parent_and_depth(topics: sqlite3.Connection) -> None:
+    listen(topics, "task/add")
+    result = events.send(topics, "task/add", {"APPC": "A", "TASK": "T"},
+                         environ={"OMBRIDGE_EVENT": "41", "OMBRIDGE_DEPTH": "2"})
+    row = topics.execute("SELECT parent_id, depth FROM events WHERE id = ?", (result.event_id,)).fetchone()
+    assert tuple(row) == (41, 3)
+    before = snapshot(topics)
+    with pytest.raises(UsageError, match="event chain too deep"):
+        events.send(topics, "task/add", {"APPC": "A", "TASK": "T"},
+                    environ={"OMBRIDGE_EVENT": "41", "OMBRIDGE_DEPTH": str(events.MAX_DEPTH)})
+    assert snapshot(topics) == before
+
+
+def test_a_synchronized_loop_is_stopped_at_the_depth_limit(home: Home, topics: sqlite3.Connection) -> None:
+    import sys
+    ombridge = Path(sys.executable).parent / "ombridge"
+    listen(topics, "task/change",
+           f"{ombridge} --home {home.root} send task/change '{{\"APPC\": \"&APPC\", \"TASK\": \"&TASK\"}}'",
+           sync=True)
+    events.send(topics, "task/change", {"APPC": "A", "TASK": "T"})
+    depths = [r[0] for r in topics.execute("SELECT depth FROM events ORDER BY id")]
+    assert depths == list(range(events.MAX_DEPTH + 1))
+    # the innermost delivery finished first: its send was refused, so it failed
+    innermost = topics.execute("SELECT output, ok FROM attempts ORDER BY id LIMIT 1").fetchone()
+    assert "event chain too deep" in innermost[0] and innermost[1] == 0
+
+
+def test_key_field_retrieval() -> None:
+    assert events.key_field('{"APPC": "DEMO", "N": 12}', "APPC") == "DEMO"
+    assert events.key_field('{"APPC": "DEMO", "N": 12}', "&N") == "12"
+    with pytest.raises(NotFound, match="no field TASK"):
+        events.key_field('{"APPC": "DEMO"}', "TASK")
+
+
+def test_matching_queries_only_candidate_patterns() -> None:
+    assert events.candidate_patterns("a/b/c") == ["a/b/c", "a/b/*", "a/*", "*"]
