@@ -4,28 +4,33 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench check clean
+.PHONY: run test soak bench check clean bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
 	touch $(STAMP)
 
+# Bytecode is compiled here because PYTHONDONTWRITEBYTECODE may be set (it is on CI): without
+# .pyc files every `ombridge send` would compile the package from source.
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q bridge
+
 ## the bridge on the bundled example, in the foreground (the repository is the home)
-run: $(STAMP)
+run: bytecode
 	$(BIN)/ombridge --home . try -
 
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
-test: $(STAMP)
+test: bytecode
 	$(BIN)/python -m pytest -q -m "not slow"
 
-soak: $(STAMP)
+soak: bytecode
 	$(BIN)/python -m pytest -q -m slow
 
-bench: $(STAMP)
+bench: bytecode
 	$(BIN)/python bench/run.py
 
-check: $(STAMP)
+check: bytecode
 	$(BIN)/ombridge --home . check
 
 clean:

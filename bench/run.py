@@ -8,9 +8,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_backsync  # noqa: E402
+import bench_events  # noqa: E402
 from common import machine  # noqa: E402
 
-BENCHES = [bench_backsync]
+BENCHES = [bench_backsync, bench_events]
 
 
 def main() -> None:

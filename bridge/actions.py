@@ -20,16 +20,15 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import substitution
+from .names import value_text
 
 OUTPUT_TAIL = 4096  # bytes of output kept per attempt
 
 
-@dataclass(frozen=True)
-class EventContext:
+class EventContext(NamedTuple):
     """What an action knows of the event it delivers."""
 
     id: int
@@ -53,13 +52,7 @@ class EventContext:
         return env
 
 
-def value_text(value: Any) -> str:
-    """A key value as the text a &VAR or a filter sees (numbers as in JSON)."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-@dataclass(frozen=True)
-class ActionResult:
+class ActionResult(NamedTuple):
     """The outcome of one attempt."""
 
     ok: bool

@@ -12,17 +12,12 @@ import json
 import os
 import re
 import sqlite3
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import NotFound, UsageError
+from .names import check_field_name, check_pattern, check_topic_name, variable_name
 from .store import now, transaction
-
-TOPIC_RE = re.compile(r"[a-z][a-z0-9_-]*(?:/[a-z][a-z0-9_-]*)+")
-PREFIX_RE = re.compile(r"[a-z][a-z0-9_-]*(?:/[a-z][a-z0-9_-]*)*")
-FIELD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RESERVED_FIELDS = frozenset({"TOPIC", "EVENT", "KEY"})  # variables every event has
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 5
@@ -40,22 +35,8 @@ class Action(str, Enum):
 # -- topics ---------------------------------------------------------------------------------------
 
 
-def check_topic_name(name: str) -> str:
-    """Refuse a topic name that is not ``subject{/subject}/action`` in lower-case words."""
-    if not TOPIC_RE.fullmatch(name):
-        raise UsageError(
-            f"bad topic {name!r}: a topic is subject{{/subject}}/action in lower-case words, e.g. task/add"
-        )
-    return name
 
 
-def check_field_name(name: str) -> str:
-    """Refuse a key field name that cannot be a &VAR."""
-    if not FIELD_RE.fullmatch(name):
-        raise UsageError(f"bad key field {name!r}: use letters, digits and _ (it becomes the variable &{name})")
-    if name in RESERVED_FIELDS:
-        raise UsageError(f"key field {name} is reserved: &{name} is set on every event")
-    return name
 
 
 def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str = "") -> None:
@@ -122,8 +103,7 @@ def remove_topic(conn: sqlite3.Connection, name: str, force: bool = False) -> No
 # -- subscribers ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Subscriber:
+class Subscriber(NamedTuple):
     """One subscriber row."""
 
     id: int
@@ -258,13 +238,6 @@ def purge_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
 # -- subscriber topics and filters ----------------------------------------------------------------
 
 
-def check_pattern(pattern: str) -> str:
-    """Refuse a subscriber topic that is neither a topic, ``prefix/*`` nor ``*``."""
-    if pattern == "*" or TOPIC_RE.fullmatch(pattern):
-        return pattern
-    if pattern.endswith("/*") and PREFIX_RE.fullmatch(pattern[:-2]):
-        return pattern
-    raise UsageError(f"bad topic pattern {pattern!r}: use a topic (task/add), a generic topic (task/*) or *")
 
 
 def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, synchronized: bool = False,
@@ -308,12 +281,6 @@ def detach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> 
         _delete_subscriber_topic(conn, st_id)
 
 
-def variable_name(variable: str) -> str:
-    """``&APPC`` or ``APPC`` -> ``APPC``; refuses anything that is not a variable name."""
-    name = variable[1:] if variable.startswith("&") else variable
-    if not FIELD_RE.fullmatch(name):
-        raise UsageError(f"bad variable {variable!r}: use &NAME with letters, digits and _")
-    return name
 
 
 def compile_filter(regex: str) -> re.Pattern[str]:

@@ -14,8 +14,7 @@ import json
 import random
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .actions import ActionResult, EventContext
 from .errors import UsageError
@@ -28,8 +27,7 @@ RETRY_CAP = 300.0
 STATUSES = ("open", "done", "failed", "purged")
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """One claimed subscriber event with what is needed to deliver it."""
 
     id: int

@@ -8,8 +8,8 @@ than the whole send). Anything else, help included, goes to the full CLI in :mod
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing itself is not imported at run time
 if TYPE_CHECKING:
     from . import events
 
@@ -27,10 +27,10 @@ def _fast(argv: list[str]) -> int | None:
     plain = all(not a.startswith("-") for a in argv[1:])
     if len(argv) == 3 and argv[0] == "send" and plain:
         from . import events, store
-        from .home import resolve_home
+        from .home import resolve_root
 
-        root = resolve_home(home)
-        result = events.send(store.connect(root), argv[1], argv[2], force, cwd=str(root.root))
+        root = resolve_root(home)
+        result = events.send(store.connect(root), argv[1], argv[2], force, cwd=root)
         print_report(result)
         return 0
     if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:

@@ -16,30 +16,47 @@ import math
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
-from . import actions
-from .catalog import FIELD_RE, RESERVED_FIELDS, check_topic_name
-from .deliveries import LEASE_MARGIN, Claimed, finish
 from .errors import NotFound, UsageError
+from .names import FIELD_RE, RESERVED_FIELDS, check_topic_name, value_text
 from .store import now, transaction
+
+# `ombridge send` imports this module on every call: typing, the actions and the delivery queue
+# are imported only where they are needed (see bench/bench_events.py for the startup figure).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
+    from .deliveries import Claimed
+
+    KeyInput = str | Mapping[str, Any]
 
 MAX_DEPTH = 8  # events in a chain of deliveries (loop protection)
 MAX_KEY_BYTES = 65536
 
-KeyInput = str | Mapping[str, Any]
 
-
-@dataclass(frozen=True)
 class SendResult:
-    """What ``send`` did: the event id (None when nobody listened), the deliveries created, and
-    the status of each synchronized call made before returning."""
+    """What ``send`` did: ``event_id`` (None when nobody listened), ``deliveries`` created, and
+    ``synchronized``, a ``(subscriber id, status)`` pair per synchronized call made before returning.
 
-    event_id: int | None
-    deliveries: int
-    synchronized: list[tuple[int, str]] = field(default_factory=list)
+    (A plain class, not a dataclass or namedtuple: building those costs ``ombridge send`` ~1 ms.)
+    """
+
+    __slots__ = ("event_id", "deliveries", "synchronized")
+
+    def __init__(self, event_id: int | None, deliveries: int, synchronized: tuple[tuple[int, str], ...] = ()) -> None:
+        self.event_id = event_id
+        self.deliveries = deliveries
+        self.synchronized = synchronized
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SendResult) and (self.event_id, self.deliveries, self.synchronized) == (
+            other.event_id, other.deliveries, other.synchronized)
+
+    def __repr__(self) -> str:
+        return f"SendResult({self.event_id!r}, {self.deliveries!r}, {self.synchronized!r})"
 
     def report(self) -> tuple[str | None, list[str]]:
         """What ``ombridge send`` prints: the id for stdout (None if not stored), and notes for stderr."""
@@ -50,16 +67,15 @@ class SendResult:
         return str(self.event_id), notes
 
 
-@dataclass(frozen=True)
 class _Subscription:
-    subscriber_topic_id: int
-    subscriber_id: int
-    synchronized: bool
-    action: str
-    target: str
-    timeout: float
-    retries: int
-    filters: tuple[tuple[str, re.Pattern[str]], ...]
+    __slots__ = ("subscriber_topic_id", "subscriber_id", "synchronized", "action", "target", "timeout", "retries",
+                 "filters")
+
+    def __init__(self, subscriber_topic_id: int, subscriber_id: int, synchronized: bool, action: str, target: str,
+                 timeout: float, retries: int, filters: tuple[tuple[str, re.Pattern[str]], ...]) -> None:
+        self.subscriber_topic_id, self.subscriber_id, self.synchronized = subscriber_topic_id, subscriber_id, synchronized
+        self.action, self.target, self.timeout, self.retries = action, target, timeout, retries
+        self.filters = filters  # ((variable, compiled regex), ...)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -110,7 +126,7 @@ def key_field(key: KeyInput, name: str) -> str:
         name = name[1:]
     if name not in fields:
         raise NotFound(f"the key has no field {name}")
-    return actions.value_text(fields[name])
+    return value_text(fields[name])
 
 
 def _require_fields(topic: str, key: Mapping[str, Any], key_fields: Sequence[str]) -> None:
@@ -169,7 +185,7 @@ def select_subscribers(subscriptions: Iterable[_Subscription], variables: Mappin
 
 def filter_variables(topic: str, key: Mapping[str, Any]) -> dict[str, str]:
     """The variables an event filter can test: the key fields and TOPIC."""
-    values = {name: actions.value_text(v) for name, v in key.items()}
+    values = {name: value_text(v) for name, v in key.items()}
     values["TOPIC"] = topic
     return values
 
@@ -187,12 +203,11 @@ def chain_from(environ: Mapping[str, str]) -> tuple[int | None, int]:
     return parent, depth
 
 
-@dataclass
 class _Prepared:
-    topic: str
-    key: dict[str, Any]
-    key_json: str
-    matches: list[_Subscription]
+    __slots__ = ("topic", "key", "key_json", "matches")
+
+    def __init__(self, topic: str, key: dict[str, Any], key_json: str, matches: list[_Subscription]) -> None:
+        self.topic, self.key, self.key_json, self.matches = topic, key, key_json, matches
 
 
 def _prepare(conn: sqlite3.Connection, topic: str, key: KeyInput, topics: dict[str, list[str]],
@@ -210,6 +225,11 @@ def _prepare(conn: sqlite3.Connection, topic: str, key: KeyInput, topics: dict[s
     return _Prepared(topic, fields, canonical_key(fields), matches)
 
 
+def match(conn: sqlite3.Connection, topic: str, key: KeyInput) -> list[int]:
+    """The subscribers an event would be delivered to; validates like :func:`send`, writes nothing."""
+    return [m.subscriber_id for m in _prepare(conn, topic, key, {}, {}).matches]
+
+
 def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
               environ: Mapping[str, str] | None = None, cwd: str | None = None,
               on_stored: Callable[[], None] | None = None) -> list[SendResult]:
@@ -223,6 +243,9 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
     prepared = [_prepare(conn, topic, key, topics, subs) for topic, key in items]  # refuse before writing
     results: list[SendResult] = []
     sync_calls: list[Claimed] = []
+    if any(m.synchronized for p in prepared for m in p.matches):
+        from .actions import EventContext
+        from .deliveries import LEASE_MARGIN, Claimed
     at = now()
     with transaction(conn):
         for p in prepared:
@@ -233,7 +256,6 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                 "INSERT INTO events (topic, key, forced, parent_id, depth, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (p.topic, p.key_json, int(force), parent, depth, at)).lastrowid
             assert event_id is not None
-            context = actions.EventContext(event_id, p.topic, p.key, p.key_json, depth)
             for m in p.matches:
                 sync = m.synchronized and m.action != "backsync"
                 # A synchronized delivery is inserted already claimed by this sender (attempt 1,
@@ -245,18 +267,22 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                      at + m.timeout + LEASE_MARGIN if sync else at, at, at)).lastrowid
                 if sync:
                     assert se_id is not None
+                    context = EventContext(event_id, p.topic, p.key, p.key_json, depth)
                     sync_calls.append(Claimed(se_id, 1, context, m.subscriber_id, m.action, m.target,
                                               m.timeout, m.retries))
             results.append(SendResult(event_id, len(p.matches)))
     if on_stored and any(r.deliveries for r in results):
         on_stored()
     if sync_calls:
-        statuses = finish(conn, [(c, actions.perform(c.action, c.target, c.event, c.timeout, cwd))
+        from .actions import perform
+        from .deliveries import finish
+
+        statuses = finish(conn, [(c, perform(c.action, c.target, c.event, c.timeout, cwd))
                                  for c in sync_calls])
         by_event: dict[int, list[tuple[int, str]]] = {}
         for c, status in zip(sync_calls, statuses):
             by_event.setdefault(c.event.id, []).append((c.subscriber_id, status))
-        results = [SendResult(r.event_id, r.deliveries, by_event.get(r.event_id or -1, [])) for r in results]
+        results = [SendResult(r.event_id, r.deliveries, tuple(by_event.get(r.event_id or -1, ()))) for r in results]
     return results
 
 

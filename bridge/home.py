@@ -7,17 +7,34 @@ Laid out like the connector's data directory (``$OvDataDir``), so scripts writte
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
 from .errors import UsageError
 
+TYPE_CHECKING = False  # pathlib and typing cost more than a whole `ombridge send`: imported late
+if TYPE_CHECKING:
+    from pathlib import Path
 
-@dataclass(frozen=True)
+DB_FILE = os.path.join("datafiles", "ombridge.db")
+
+
 class Home:
-    """Paths under one ombridge home."""
+    """Paths under one ombridge home (a value: equal when the roots are equal)."""
 
-    root: Path
+    __slots__ = ("root",)
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        from pathlib import Path
+
+        self.root = Path(root)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Home) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"Home({str(self.root)!r})"
 
     @property
     def script(self) -> Path:
@@ -42,7 +59,7 @@ class Home:
     @property
     def db(self) -> Path:
         """The event core's SQLite file."""
-        return self.datafiles / "ombridge.db"
+        return self.root / DB_FILE
 
     @property
     def log_dir(self) -> Path:
@@ -71,14 +88,19 @@ class Home:
         return path
 
 
-def resolve_home(option: str | os.PathLike[str] | None = None) -> Home:
-    """Resolve the home: ``--home`` > ``$OMBRIDGE_HOME`` > ``$OvDataDir`` > the current directory."""
+def resolve_root(option: str | os.PathLike[str] | None = None) -> str:
+    """The home's absolute path: ``--home`` > ``$OMBRIDGE_HOME`` > ``$OvDataDir`` > the current directory."""
     for candidate in (option, os.environ.get("OMBRIDGE_HOME"), os.environ.get("OvDataDir")):
         if candidate:
-            root = Path(candidate).expanduser()
+            root = os.path.expanduser(os.fspath(candidate))
             break
     else:
-        root = Path.cwd()
-    if root.exists() and not root.is_dir():
+        root = os.getcwd()
+    if os.path.exists(root) and not os.path.isdir(root):
         raise UsageError(f"home {root} is not a directory")
-    return Home(root.resolve())
+    return os.path.realpath(root)
+
+
+def resolve_home(option: str | os.PathLike[str] | None = None) -> Home:
+    """The home, resolved as :func:`resolve_root` does."""
+    return Home(resolve_root(option))
