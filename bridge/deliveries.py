@@ -126,15 +126,15 @@ def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, ActionResult]
     return statuses
 
 
+def _equal(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
+    """``column = ?`` conditions and their arguments for the pairs whose value is not None."""
+    given = [(column, value) for column, value in pairs if value is not None]
+    return [f"{column} = ?" for column, _ in given], [value for _, value in given]
+
+
 def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None) -> int:
     """Put failed deliveries back to open, due now, with a fresh count; returns how many."""
-    where, args = ["status = 'failed'"], []
-    if subscriber_id is not None:
-        where.append("subscriber_id = ?")
-        args.append(subscriber_id)
-    if event_id is not None:
-        where.append("event_id = ?")
-        args.append(event_id)
+    where, args = _equal([("status", "failed"), ("subscriber_id", subscriber_id), ("event_id", event_id)])
     at = wall_now()
     with transaction(conn):
         cur = conn.execute(
@@ -148,13 +148,7 @@ def list_deliveries(conn: sqlite3.Connection, status: str | None = None, subscri
     """Subscriber events, newest first, with the event's topic and key and the last error."""
     if status is not None and status not in STATUSES:
         raise UsageError(f"bad status {status!r}: one of {', '.join(STATUSES)}")
-    where, args = [], []
-    if status is not None:
-        where.append("se.status = ?")
-        args.append(status)
-    if subscriber_id is not None:
-        where.append("se.subscriber_id = ?")
-        args.append(subscriber_id)
+    where, args = _equal([("se.status", status), ("se.subscriber_id", subscriber_id)])
     sql = ("SELECT se.id, se.event_id, e.topic, e.key, se.subscriber_id, s.description AS subscriber, "
            "se.status, se.attempts, se.next_attempt_at, se.last_error, se.created_at, se.updated_at "
            "FROM subscriber_events se JOIN events e ON e.id = se.event_id "
