@@ -18,7 +18,7 @@ bytecode: $(STAMP)
 
 ## the bridge on the bundled example, in the foreground (the repository is the home)
 run: bytecode
-	$(BIN)/ombridge --home . try -
+	$(BIN)/ombridge --home . start --foreground
 
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
 test: bytecode

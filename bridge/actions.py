@@ -18,6 +18,7 @@ import os
 import selectors
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -26,6 +27,8 @@ from . import substitution
 from .names import value_text
 
 OUTPUT_TAIL = 4096  # bytes of output kept per attempt
+_running: set[int] = set()  # process groups of actions in flight (for an immediate stop)
+_running_lock = threading.Lock()
 
 
 class EventContext(NamedTuple):
@@ -85,6 +88,17 @@ def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: st
     except OSError as exc:
         return ActionResult(False, started, time.time(), error=f"cannot run {argv[0]}: {exc.strerror or exc}")
     assert proc.stdout is not None
+    with _running_lock:
+        _running.add(proc.pid)
+    try:
+        return _collect(proc, timeout, started)
+    finally:
+        with _running_lock:
+            _running.discard(proc.pid)
+
+
+def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> ActionResult:
+    assert proc.stdout is not None
     tail = bytearray()
     deadline = time.monotonic() + timeout
     timed_out = False
@@ -117,6 +131,15 @@ def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: st
         reason = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
         return ActionResult(False, started, ended, status, output, reason)
     return ActionResult(True, started, ended, 0, output)
+
+
+def kill_running() -> int:
+    """Kill the process group of every action in flight (an immediate stop); returns how many."""
+    with _running_lock:
+        groups = list(_running)
+    for pid in groups:
+        _kill_group(pid)
+    return len(groups)
 
 
 def _kill_group(pid: int) -> None:

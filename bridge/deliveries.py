@@ -47,11 +47,12 @@ _CLAIMED_SELECT = (
 )
 
 
-def _take(conn: sqlite3.Connection, rows: list[sqlite3.Row], at: float) -> list[Claimed]:
+def _take(conn: sqlite3.Connection, rows: list[sqlite3.Row], at: float, owner: str | None) -> list[Claimed]:
     # Inside the caller's transaction: count the attempt now and hold the row for a lease.
     conn.executemany(
-        "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ? WHERE id = ?",
-        [(at + r["timeout"] + LEASE_MARGIN, at, r["id"]) for r in rows],
+        "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ?, claimed_by = ? "
+        "WHERE id = ?",
+        [(at + r["timeout"] + LEASE_MARGIN, at, owner, r["id"]) for r in rows],
     )
     claimed = []
     for r in rows:
@@ -61,9 +62,9 @@ def _take(conn: sqlite3.Connection, rows: list[sqlite3.Row], at: float) -> list[
     return claimed
 
 
-def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None,
-          action: str | None = None, exclude_action: str | None = None) -> list[Claimed]:
-    """Claim up to ``limit`` due open subscriber events, oldest due first."""
+def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, action: str | None = None,
+          exclude_action: str | None = None, owner: str | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due open subscriber events, oldest due first, for ``owner``."""
     at = wall_now() if at is None else at
     where, args = "se.status = 'open' AND se.next_attempt_at <= ?", [at]
     if action is not None:
@@ -76,17 +77,7 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None,
         rows = conn.execute(
             _CLAIMED_SELECT + f"WHERE {where} ORDER BY se.next_attempt_at, se.id LIMIT ?", (*args, limit)
         ).fetchall()
-        return _take(conn, rows, at)
-
-
-def claim_ids(conn: sqlite3.Connection, ids: Sequence[int], at: float | None = None) -> list[Claimed]:
-    """Claim the given open subscriber events now, due or not (synchronized delivery)."""
-    at = wall_now() if at is None else at
-    with transaction(conn):
-        rows = conn.execute(
-            _CLAIMED_SELECT + f"WHERE se.status = 'open' AND se.id IN ({','.join('?' * len(ids))})", tuple(ids)
-        ).fetchall()
-        return _take(conn, rows, at)
+        return _take(conn, rows, at, owner)
 
 
 def retry_delay(attempt: int) -> float:
@@ -130,6 +121,41 @@ def _equal(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
     """``column = ?`` conditions and their arguments for the pairs whose value is not None."""
     given = [(column, value) for column, value in pairs if value is not None]
     return [f"{column} = ?" for column, _ in given], [value for _, value in given]
+
+
+def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
+    """Give back claims that were never attempted (the attempt is not counted), due at ``at``."""
+    at = wall_now() if at is None else at
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE subscriber_events SET attempts = attempts - 1, next_attempt_at = ?, claimed_by = NULL, "
+            "updated_at = ? WHERE id = ? AND attempts = ? AND status = 'open'",
+            [(at, at, c.id, c.attempt) for c in claims])
+
+
+def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) -> int:
+    """Make due now the claims of owners named ``owner_prefix*`` other than ``keep``: the claims
+    of a supervisor that died (only one runs per home). Their attempts stay counted."""
+    at = wall_now()
+    with transaction(conn):
+        return conn.execute(
+            "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, updated_at = ? "
+            "WHERE status = 'open' AND next_attempt_at > ? AND claimed_by LIKE ? AND claimed_by != ?",
+            (at, at, at, owner_prefix + "%", keep)).rowcount
+
+
+def next_due(conn: sqlite3.Connection, action: str | None = None, exclude_action: str | None = None) -> float | None:
+    """When the next open delivery (of ``action``, or not of ``exclude_action``) is due, if any."""
+    sql = ("SELECT min(se.next_attempt_at) FROM subscriber_events se JOIN subscribers s ON s.id = se.subscriber_id "
+           "WHERE se.status = 'open'")
+    args: list[Any] = []
+    if action is not None:
+        sql += " AND s.action = ?"
+        args.append(action)
+    if exclude_action is not None:
+        sql += " AND s.action != ?"
+        args.append(exclude_action)
+    return conn.execute(sql, args).fetchone()[0]
 
 
 def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None) -> int:

@@ -30,7 +30,7 @@ def _fast(argv: list[str]) -> int | None:
         from .home import resolve_root
 
         root = resolve_root(home)
-        result = events.send(store.connect(root), argv[1], argv[2], force, cwd=root)
+        result = events.send(store.connect(root), argv[1], argv[2], force, cwd=root, on_stored=lambda: _ring(root))
         print_report(result)
         return 0
     if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:
@@ -39,6 +39,12 @@ def _fast(argv: list[str]) -> int | None:
         print(key_field(argv[2], argv[3]))
         return 0
     return None
+
+
+def _ring(root: str) -> None:
+    from .control import ring  # sockets are imported only when there is someone to wake
+
+    ring(root)
 
 
 def print_report(result: events.SendResult) -> None:

@@ -104,7 +104,19 @@ def parse_key(key: KeyInput) -> dict[str, Any]:
             raise UsageError(f"key field {name} must be a string or a number, not {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"key field {name} must be a finite number")
+        if isinstance(value, str):
+            _check_text(name, value)
     return dict(key)
+
+
+def _check_text(name: str, value: str) -> None:
+    # Values travel through SQLite (UTF-8 text) and the environment of actions (no NUL there).
+    if "\x00" in value:
+        raise UsageError(f"key field {name} contains a NUL character, which no action could receive")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UsageError(f"key field {name} is not valid UTF-8 text") from exc
 
 
 def _no_constant(name: str) -> None:
@@ -262,9 +274,11 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                 # under a lease), so the Event Manager cannot deliver it at the same time.
                 se_id = conn.execute(
                     "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, synchronized, "
-                    "status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+                    "status, attempts, next_attempt_at, created_at, updated_at, claimed_by) "
+                    "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)",
                     (event_id, m.subscriber_id, m.subscriber_topic_id, int(sync), int(sync),
-                     at + m.timeout + LEASE_MARGIN if sync else at, at, at)).lastrowid
+                     at + m.timeout + LEASE_MARGIN if sync else at, at, at,
+                     f"send:{os.getpid()}" if sync else None)).lastrowid
                 if sync:
                     assert se_id is not None
                     context = EventContext(event_id, p.topic, p.key, p.key_json, depth)

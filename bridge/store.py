@@ -81,7 +81,14 @@ def _v1(db: Any) -> None:
     db["attempts"].create_index(["subscriber_event_id", "number"], if_not_exists=True)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1]
+def _v2(db: Any) -> None:
+    # Who holds a claim ("supervisor:<pid>" or "send:<pid>"): a supervisor that starts (one per
+    # home) takes back at once what a dead supervisor had claimed, instead of waiting out leases.
+    if "claimed_by" not in db["subscriber_events"].columns_dict:
+        db["subscriber_events"].add_column("claimed_by", str)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

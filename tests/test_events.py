@@ -141,6 +141,8 @@ def test_disabled_subscribers_are_not_matched(topics: sqlite3.Connection) -> Non
     ("task/add", {"APPC": "A", "TASK": "T", "bad-name": 1}, "bad key field"),
     ("task/add", {"APPC": "A", "TASK": "T", "EVENT": 1}, "reserved"),
     ("task/add", {"APPC": "A", "TASK": "x" * 70000}, "larger than"),
+    ("task/add", {"APPC": "A", "TASK": "nul\x00"}, "NUL character"),
+    ("task/add", {"APPC": "A", "TASK": b"\xff".decode("utf-8", "surrogateescape")}, "not valid UTF-8"),
 ])
 def test_bad_sends_are_refused_and_store_nothing(topics: sqlite3.Connection, topic, key, message) -> None:
     listen(topics, "*")

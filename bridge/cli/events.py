@@ -11,6 +11,7 @@ import rich_click as click
 
 from .. import catalog, deliveries, events, store
 from ..catalog import Action
+from ..control import ring
 from ..entry import print_report
 from ..errors import UsageError
 from . import home_of, main, print_json
@@ -278,7 +279,8 @@ def send(ctx: click.Context, topic_name: str, key: str, force: bool) -> None:
 
     Example: `ombridge send task/change '{"APPC": "KE1", "TASK": "T0123"}'`
     """
-    print_report(events.send(core(ctx), topic_name, key, force, cwd=str(home_of(ctx).root)))
+    root = home_of(ctx).root
+    print_report(events.send(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))
 
 
 @main.group()

@@ -1,0 +1,141 @@
+"""Commands of the supervisor: start, stop, status, restart, close."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import rich_click as click
+
+from .. import backsync, control, supervisor
+from ..errors import NotRunning
+from . import home_of, main, print_json
+from .events import core
+
+
+@main.command()
+@click.option("--foreground", is_flag=True, help="Stay attached and log to stderr (for systemd and `make run`).")
+@click.option("--no-stderr-log", "no_stderr_log", is_flag=True, hidden=True)
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=2, show_default=True,
+              help="Action lanes delivering command, program and web subscribers in parallel.")
+@click.option("--poll", type=click.FloatRange(min=0.05), default=30.0, show_default=True,
+              help="Seconds between looks for due work when no doorbell rings (the seed's 30-second cycle).")
+@click.pass_context
+def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float) -> None:
+    """Start the supervisor: the Event Manager and ombacksync.
+
+    Returns once it is up, or fails with the reason. Example: `ombridge start`
+    """
+    home = home_of(ctx)
+    if foreground:
+        sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log)
+        sys.exit(sup.run())
+    try:
+        status = supervisor.spawn(home, workers=workers, poll=poll)
+    except supervisor.AlreadyRunning as exc:
+        click.echo(f"ombridge: {exc}", err=True)
+        return
+    _report_started(status)
+
+
+def _report_started(status: dict) -> None:
+    ob = status["ombacksync"]
+    click.echo(f"ombridge started (pid {status['supervisor']['pid']}); ombacksync {ob['state']}")
+    if ob["state"] not in ("running", "starting"):
+        click.echo(f"ombridge: warning: ombacksync is {ob['state']}: {ob['last_error']}\n"
+                   "Close deliveries wait until the script is fixed and `ombridge restart ombacksync`.", err=True)
+
+
+@main.command()
+@click.pass_context
+def stop(ctx: click.Context) -> None:
+    """Stop the supervisor after the deliveries in flight; the rest stay open.
+
+    A second `stop` while it is stopping stops it at once. Example: `ombridge stop`
+    """
+    try:
+        pid = supervisor.stop(home_of(ctx))
+    except NotRunning:
+        click.echo("ombridge is not running")
+        return
+    click.echo(f"ombridge stopped (pid {pid})")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the supervisor, ombacksync, the Event Manager and the backlog; exit 3 when not running.
+
+    Example: `ombridge status --json`
+    """
+    home = home_of(ctx)
+    try:
+        result = control.request(home.root, "status", timeout=10)
+        code = 0
+    except NotRunning:
+        from .. import deliveries
+
+        backlog = deliveries.backlog(core(ctx)) if home.db.exists() else {"open": 0, "failed": 0}
+        result = {"supervisor": {"state": "stopped", "pid": None}, "ombacksync": {"state": "stopped"},
+                  "eventmanager": {"state": "stopped"}, "backlog": backlog}
+        code = 3
+    if as_json:
+        print_json(result)
+    else:
+        _print_status(result)
+    sys.exit(code)
+
+
+def _print_status(s: dict) -> None:
+    sup, ob, em, bl = s["supervisor"], s["ombacksync"], s["eventmanager"], s["backlog"]
+    if sup["state"] == "stopped":
+        click.echo("supervisor    stopped (not running)")
+    else:
+        up = time.time() - sup["started_at"]
+        click.echo(f"supervisor    {sup['state']}, pid {sup['pid']}, up {up:.0f}s, home {sup['home']}")
+        line = f"ombacksync    {ob['state']}"
+        if ob.get("pid"):
+            line += f", pid {ob['pid']}, perl {ob['perl']}"
+        line += f", restarts {ob['restarts']}"
+        click.echo(line)
+        if ob.get("last_error") and ob["state"] != "running":
+            click.echo("              " + ob["last_error"].replace("\n", "\n              "))
+        click.echo(f"eventmanager  {em['state']}, {em['workers']} action lane(s), delivered {em['delivered']}, "
+                   f"failed attempts {em['failed_attempts']}")
+    click.echo(f"backlog       {bl['open']} open, {bl['failed']} failed")
+
+
+@main.command()
+@click.argument("what", type=click.Choice(supervisor.RESTARTABLE), default="ombacksync", required=False)
+@click.pass_context
+def restart(ctx: click.Context, what: str) -> None:
+    """Restart ombacksync (the connector's `ovc -restart ombacksync`), the Event Manager, or all.
+
+    The script is checked first: a broken one is refused with perl's message and the running
+    ombacksync keeps serving. Example: `ombridge restart ombacksync`
+    """
+    result = control.request(home_of(ctx).root, "restart", timeout=300, what=what)
+    ob = result["ombacksync"]
+    click.echo(f"{what} restarted; ombacksync {ob['state']}" + (f" (pid {ob['pid']})" if ob.get("pid") else ""))
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_context
+def close(ctx: click.Context, ids: tuple[str, ...]) -> None:
+    """Close events: send `event/update {"ID": ID, "STATE": "closed"}` for each ID.
+
+    Prints one event id per ID. `-` reads IDs from stdin, one per line, and sends them all in
+    one transaction (prints how many). Example: `ombridge close EVT-1` or `ombridge close - < ids.txt`
+    """
+    home = home_of(ctx)
+    from_stdin = ids == ("-",)
+    if from_stdin:
+        ids = tuple(line.rstrip("\r\n") for line in sys.stdin if line.rstrip("\r\n"))
+    results = backsync.close_events(core(ctx), ids, cwd=str(home.root), on_stored=lambda: control.ring(home.root))
+    if from_stdin:
+        click.echo(f"{len(results)} closed events sent")
+    else:
+        for r in results:
+            click.echo(r.event_id)

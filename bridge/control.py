@@ -1,0 +1,99 @@
+"""The supervisor's control channel and doorbell, both Unix sockets in the home's ``run/``.
+
+``run/`` is owner-only (0700) and so are the sockets: nothing listens on a network address.
+
+- ``run/control.sock`` (stream): one JSON request line, one JSON reply line:
+  ``{"command": "status"}`` -> ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": "..."}``.
+  Commands: ``status``, ``stop`` (``"now": true`` to stop at once), ``restart`` (``"what"``).
+- ``run/doorbell.sock`` (datagram): any datagram wakes the Event Manager. ``send`` rings it after
+  storing deliveries, so they start within milliseconds; polling is only the fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from .errors import BridgeError, NotRunning
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+CONTROL = "control.sock"
+DOORBELL = "doorbell.sock"
+PIDFILE = "ombridge.pid"
+_MAX_PATH = 100  # sun_path holds 108 bytes
+
+
+def run_dir(root: str | os.PathLike[str]) -> str:
+    """The home's ``run/`` folder."""
+    return os.path.join(os.fspath(root), "run")
+
+
+class SocketAddress:
+    """A socket path usable even when longer than ``sun_path`` allows.
+
+    A long path is reached through ``/proc/self/fd/N/NAME``, N being an open descriptor of its
+    folder (the socket file is still created in, and protected by, the real folder).
+    """
+
+    def __init__(self, folder: str, name: str) -> None:
+        self.path = os.path.join(folder, name)
+        self._fd: int | None = None
+        if len(self.path.encode()) > _MAX_PATH:
+            self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            self.address = f"/proc/self/fd/{self._fd}/{name}"
+        else:
+            self.address = self.path
+
+    def close(self) -> None:
+        """Close the folder descriptor, if one was opened."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SocketAddress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def request(root: str | os.PathLike[str], command: str, timeout: float = 120.0, **args: Any) -> Any:
+    """Send one command to the running supervisor and return its result.
+
+    Raises :class:`NotRunning` when no supervisor answers, :class:`BridgeError` with the
+    supervisor's message when the command failed.
+    """
+    with SocketAddress(run_dir(root), CONTROL) as addr, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr.address)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
+            raise NotRunning(f"ombridge is not running in {os.fspath(root)}") from exc
+        sock.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            try:
+                chunk = sock.recv(65536)
+            except socket.timeout as exc:
+                raise BridgeError(f"the supervisor did not answer {command!r} within {timeout:g}s") from exc
+            if not chunk:
+                raise BridgeError(f"the supervisor closed the connection without answering {command!r}")
+            data += chunk
+    reply = json.loads(data)
+    if not reply.get("ok"):
+        raise BridgeError(reply.get("error") or f"{command} failed")
+    return reply.get("result")
+
+
+def ring(root: str | os.PathLike[str]) -> None:
+    """Wake the Event Manager, if a supervisor runs; never blocks, never fails."""
+    try:
+        with SocketAddress(run_dir(root), DOORBELL) as addr, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(b"!", addr.address)
+    except OSError:
+        pass  # not running, or its queue is full (then it is awake anyway)

@@ -1,0 +1,426 @@
+"""The supervisor: one long-running process per home that owns the Event Manager and ombacksync.
+
+``ombridge start`` runs it in the background (``--foreground`` keeps it attached, for systemd and
+``make run``). It holds ``run/ombridge.pid`` locked while it lives (one supervisor per home),
+logs to ``log/ombridge.log`` (rotated), answers the control channel and listens to the doorbell
+(:mod:`bridge.control`). Signals only set flags for the main loop: SIGTERM or SIGINT once stops
+gracefully (the deliveries in flight finish, the rest stay open), twice stops at once; SIGHUP
+restarts ombacksync.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import logging.handlers
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from . import __version__, actions, backsync, control, deliveries, store
+from .errors import BridgeError, NotRunning, PerlStartError, ScriptSyntaxError, UsageError
+from .home import Home
+from .manager import EventManager
+from .perlhost import HostState, PerlHost
+
+log = logging.getLogger("ombridge.supervisor")
+OWNER_PREFIX = "supervisor:"
+START_TIMEOUT = 30.0
+RESTARTABLE = ("ombacksync", "eventmanager", "all")
+
+
+class AlreadyRunning(BridgeError):
+    """Another supervisor holds this home."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"ombridge is already running in this home (pid {pid})")
+        self.pid = pid
+
+
+def read_pid(home: Home) -> int | None:
+    """The pid in the pid file, if any (it may be stale)."""
+    try:
+        return int((home.run_dir / control.PIDFILE).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def setup_logging(home: Home, to_stderr: bool) -> None:
+    """Log to ``log/ombridge.log`` (10 MB x 5, rotated), and to stderr in the foreground."""
+    home.log_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger("ombridge")
+    root.setLevel(logging.INFO)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    file_handler = logging.handlers.RotatingFileHandler(home.log_dir / "ombridge.log", maxBytes=10 << 20,
+                                                        backupCount=5, encoding="utf-8")
+    file_handler.setFormatter(fmt)
+    root.addHandler(file_handler)
+    if to_stderr:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(fmt)
+        root.addHandler(stream)
+    root.propagate = False
+
+
+class Supervisor:
+    """The daemon: run it with :meth:`run`; everything else is reached through the control channel."""
+
+    def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True) -> None:
+        self.home = home
+        self.workers = workers
+        self.poll = poll
+        self.log_to_stderr = log_to_stderr
+        self.owner = f"{OWNER_PREFIX}{os.getpid()}"
+        self.started_at = time.time()
+        self.state = "starting"
+        self.host: PerlHost | None = None
+        self.manager: EventManager | None = None
+        self._stop = threading.Event()  # asked to stop
+        self._done = threading.Event()  # stopped: the main loop may end
+        self._stop_requests = 0
+        self._wake_r, self._wake_w = os.pipe()
+        self._lock_fd: int | None = None
+        self._restart_lock = threading.Lock()
+
+    # -- life ----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        self._take_lock()
+        setup_logging(self.home, self.log_to_stderr)
+        try:
+            return self._run()
+        finally:
+            self._cleanup()
+
+    def _take_lock(self) -> None:
+        run = self.home.private_dir(self.home.run_dir)
+        fd = os.open(run / control.PIDFILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AlreadyRunning(read_pid(self.home)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def _run(self) -> int:
+        conn = store.connect(self.home)
+        sid = backsync.ensure_backsync(conn)
+        timeout = conn.execute("SELECT timeout FROM subscribers WHERE id = ?", (sid,)).fetchone()[0]
+        taken = deliveries.reclaim_abandoned(conn, OWNER_PREFIX, self.owner)
+        if taken:
+            log.warning("took back %d deliveries claimed by a supervisor that died", taken)
+        conn.close()
+        control_sock, doorbell = self._bind()
+        self.host = PerlHost(self.home, timeout=timeout, on_state=self._on_host_state)
+        self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        log.info("supervisor %d started in %s (ombridge %s)", os.getpid(), self.home.root, __version__)
+        self._start_ombacksync()
+        self.manager.start()
+        self.state = "running"
+        try:
+            self._loop(control_sock, doorbell)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        log.info("supervisor %d stopped", os.getpid())
+        return 0
+
+    def _shutdown(self) -> None:
+        # In its own thread, so that the control channel keeps answering (status says
+        # "stopping", and a second stop stops at once) while the deliveries in flight finish.
+        self.state = "stopping"
+        log.info("stopping: finishing the deliveries in flight")
+        assert self.manager is not None and self.host is not None
+        self.manager.stop()
+        self.host.stop()
+        self._done.set()
+        os.write(self._wake_w, b"!")
+
+    def _bind(self) -> tuple[socket.socket, socket.socket]:
+        run = str(self.home.run_dir)
+        socks = []
+        for name, kind in ((control.CONTROL, socket.SOCK_STREAM), (control.DOORBELL, socket.SOCK_DGRAM)):
+            with control.SocketAddress(run, name) as addr:
+                try:
+                    os.unlink(addr.path)  # stale: we hold the lock, so no one else uses it
+                except FileNotFoundError:
+                    pass
+                sock = socket.socket(socket.AF_UNIX, kind)
+                old = os.umask(0o077)
+                try:
+                    sock.bind(addr.address)
+                finally:
+                    os.umask(old)
+                os.chmod(addr.path, 0o600)
+                if kind == socket.SOCK_STREAM:
+                    sock.listen(16)
+                sock.setblocking(False)
+                socks.append(sock)
+        return socks[0], socks[1]
+
+    def _loop(self, control_sock: socket.socket, doorbell: socket.socket) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(control_sock, selectors.EVENT_READ, "control")
+            sel.register(doorbell, selectors.EVENT_READ, "doorbell")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            shutdown: threading.Thread | None = None
+            while not self._done.is_set():
+                if self._stop.is_set() and shutdown is None:
+                    shutdown = threading.Thread(target=self._shutdown, name="shutdown", daemon=True)
+                    shutdown.start()
+                for key, _ in sel.select(timeout=1.0):
+                    if key.data == "control":
+                        try:
+                            client, _ = control_sock.accept()
+                        except BlockingIOError:
+                            continue
+                        threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+                    elif key.data == "doorbell":
+                        _drain(doorbell)
+                        assert self.manager is not None
+                        self.manager.wake()
+                    else:
+                        os.read(self._wake_r, 4096)
+            control_sock.close()
+            doorbell.close()
+
+    def _cleanup(self) -> None:
+        for name in (control.CONTROL, control.DOORBELL):
+            try:
+                os.unlink(self.home.run_dir / name)
+            except OSError:
+                pass
+        if self._lock_fd is not None:
+            try:
+                os.unlink(self.home.run_dir / control.PIDFILE)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """First call: stop gracefully. Second call: stop at once."""
+        self._stop_requests += 1
+        if self._stop_requests > 1:
+            self.stop_now()
+        self._stop.set()
+        os.write(self._wake_w, b"!")
+
+    def stop_now(self) -> None:
+        """Kill the perl child and every action in flight, and exit; claims are taken back on the next start."""
+        log.warning("stopping at once: killing the perl child and %d action(s) in flight", len(actions._running))
+        if self.host and self.host._child:
+            self.host._child.kill()
+        actions.kill_running()
+        self._cleanup()
+        logging.shutdown()
+        os._exit(0)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:
+            threading.Thread(target=self._restart_quietly, daemon=True).start()
+            return
+        self.request_stop()
+
+    def _restart_quietly(self) -> None:
+        try:
+            self.restart("ombacksync")
+        except BridgeError as exc:
+            log.error("restart on SIGHUP refused: %s", exc)
+
+    # -- ombacksync ----------------------------------------------------------------------------
+
+    def _start_ombacksync(self) -> None:
+        assert self.host is not None
+        try:
+            self.host.start()
+        except ScriptSyntaxError:
+            pass  # reported by _on_host_state; Close deliveries wait, open
+        except PerlStartError as exc:
+            log.error("ombacksync did not start: %s", exc)  # the backsync lane retries after backoff
+
+    def _on_host_state(self, old: HostState, new: HostState, reason: str) -> None:
+        if new in (HostState.SYNTAX_ERROR, HostState.FATAL) and old is not new:
+            log.error("ombacksync stopped (%s): %s", new.value, reason)
+            try:
+                conn = store.connect(self.home)
+                try:
+                    event_id = backsync.report_error(conn, str(self.host.script if self.host else ""), reason,
+                                                     cwd=str(self.home.root),
+                                                     on_stored=self.manager.wake if self.manager else None)
+                finally:
+                    conn.close()
+                log.error("ombacksync/error event %d sent; Close deliveries wait until `ombridge restart ombacksync`",
+                          event_id)
+            except BridgeError as exc:
+                log.error("could not store the ombacksync/error event: %s", exc)
+
+    def restart(self, what: str) -> dict[str, Any]:
+        """Restart ombacksync (checking the script first), the Event Manager, or both."""
+        if what not in RESTARTABLE:
+            raise UsageError(f"cannot restart {what!r}: one of {', '.join(RESTARTABLE)}")
+        assert self.host is not None and self.manager is not None
+        with self._restart_lock:
+            if what in ("ombacksync", "all"):
+                if self.host.state is HostState.RUNNING:
+                    self.host.restart()  # a broken script raises here, the old child serving on
+                else:
+                    self.host.start()
+                log.info("ombacksync restarted by the operator (pid %s)", self.host.pid)
+            if what in ("eventmanager", "all"):
+                self.manager.stop()
+                self.manager.start()
+            self.manager.wake()
+        return self.status()
+
+    # -- control -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What ``ombridge status`` shows."""
+        host, manager = self.host, self.manager
+        conn = store.connect(self.home)
+        try:
+            backlog = deliveries.backlog(conn)
+        finally:
+            conn.close()
+        return {
+            "supervisor": {"state": self.state, "pid": os.getpid(), "home": str(self.home.root),
+                           "started_at": self.started_at, "version": __version__},
+            "ombacksync": {"state": host.state.value if host else "stopped", "pid": host.pid if host else None,
+                           "script": str(host.script) if host else None, "restarts": host.restarts if host else 0,
+                           "last_error": host.last_error if host else None,
+                           "perl": host.perl_version if host else None},
+            "eventmanager": manager.status() if manager else {"state": "stopped"},
+            "backlog": backlog,
+        }
+
+    def _serve(self, client: socket.socket) -> None:
+        with client:
+            client.settimeout(10.0)
+            try:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                req = json.loads(data)
+                command = req.get("command")
+                if command == "status":
+                    reply: dict[str, Any] = {"ok": True, "result": self.status()}
+                elif command == "stop":
+                    reply = {"ok": True, "result": {"pid": os.getpid(), "stopping": True}}
+                    client.sendall(json.dumps(reply).encode() + b"\n")
+                    if req.get("now"):
+                        self.stop_now()
+                    self.request_stop()
+                    return
+                elif command == "restart":
+                    reply = {"ok": True, "result": self.restart(str(req.get("what", "ombacksync")))}
+                else:
+                    reply = {"ok": False, "error": f"unknown command {command!r}"}
+            except ScriptSyntaxError as exc:
+                reply = {"ok": False, "error": f"{exc.script} does not compile; the running ombacksync was kept:\n"
+                                               f"{exc.message}"}
+            except BridgeError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            except (OSError, ValueError) as exc:
+                log.warning("control request failed: %s", exc)
+                return
+            try:
+                client.sendall(json.dumps(reply, default=str).encode() + b"\n")
+            except OSError:
+                pass
+
+
+def _drain(sock: socket.socket) -> None:
+    while True:
+        try:
+            sock.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+
+
+# -- the client side of starting and stopping -------------------------------------------------------
+
+
+def spawn(home: Home, *, workers: int = 2, poll: float = 30.0, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+    """Start a supervisor in the background; returns its status once it answers.
+
+    Raises :class:`AlreadyRunning`, or :class:`BridgeError` with the reason it did not start.
+    """
+    try:
+        status = control.request(home.root, "status", timeout=5)
+        raise AlreadyRunning(status["supervisor"]["pid"])
+    except NotRunning:
+        pass
+    home.log_dir.mkdir(parents=True, exist_ok=True)
+    out_path = home.log_dir / "ombridge.out"
+    with open(out_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "--home", str(home.root), "start", "--foreground", "--no-stderr-log",
+             "--workers", str(workers), "--poll", str(poll)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BridgeError(f"the supervisor did not start: {_last_line(out_path) or f'exit status {proc.returncode}'}")
+        try:
+            return control.request(home.root, "status", timeout=5)
+        except NotRunning:
+            time.sleep(0.02)
+    proc.kill()
+    raise BridgeError(f"the supervisor did not answer within {timeout:g}s (see {home.log_dir / 'ombridge.log'})")
+
+
+def _last_line(path: Any) -> str:
+    try:
+        lines = [line for line in open(path, encoding="utf-8", errors="replace").read().splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("ombridge: error: ") if lines else ""
+
+
+def stop(home: Home, timeout: float = 120.0) -> int | None:
+    """Ask the supervisor to stop and wait until it has exited; returns its pid (None: not running).
+
+    Asked while it is already stopping, it stops at once.
+    """
+    result = control.request(home.root, "stop", timeout=10)
+    pid = int(result["pid"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return pid
+        time.sleep(0.02)
+    raise BridgeError(f"the supervisor (pid {pid}) is still stopping after {timeout:g}s; `ombridge stop` again stops it at once")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
