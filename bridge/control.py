@@ -15,6 +15,7 @@ import json
 import os
 import socket
 
+from .doorbell import DOORBELL, MAX_PATH, ring  # noqa: F401  (ring: the doorbell, re-exported)
 from .errors import BridgeError, NotRunning
 
 TYPE_CHECKING = False
@@ -22,9 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 CONTROL = "control.sock"
-DOORBELL = "doorbell.sock"
 PIDFILE = "ombridge.pid"
-_MAX_PATH = 100  # sun_path holds 108 bytes
 
 
 def run_dir(root: str | os.PathLike[str]) -> str:
@@ -42,7 +41,7 @@ class SocketAddress:
     def __init__(self, folder: str, name: str) -> None:
         self.path = os.path.join(folder, name)
         self._fd: int | None = None
-        if len(self.path.encode()) > _MAX_PATH:
+        if len(self.path.encode()) > MAX_PATH:
             self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
             self.address = f"/proc/self/fd/{self._fd}/{name}"
         else:
@@ -87,13 +86,3 @@ def request(root: str | os.PathLike[str], command: str, timeout: float = 120.0, 
     if not reply.get("ok"):
         raise BridgeError(reply.get("error") or f"{command} failed")
     return reply.get("result")
-
-
-def ring(root: str | os.PathLike[str]) -> None:
-    """Wake the Event Manager, if a supervisor runs; never blocks, never fails."""
-    try:
-        with SocketAddress(run_dir(root), DOORBELL) as addr, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.setblocking(False)
-            sock.sendto(b"!", addr.address)
-    except OSError:
-        pass  # not running, or its queue is full (then it is awake anyway)

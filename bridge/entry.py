@@ -42,7 +42,7 @@ def _fast(argv: list[str]) -> int | None:
 
 
 def _ring(root: str) -> None:
-    from .control import ring  # sockets are imported only when there is someone to wake
+    from .doorbell import ring  # imported only when there is someone to wake
 
     ring(root)
 

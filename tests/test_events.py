@@ -310,3 +310,12 @@ def test_key_field_retrieval() -> None:
 
 def test_matching_queries_only_candidate_patterns() -> None:
     assert events.candidate_patterns("a/b/c") == ["a/b/c", "a/b/*", "a/*", "*"]
+
+
+def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    migrated = store.connect(home)
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+    assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]

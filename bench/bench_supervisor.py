@@ -1,0 +1,91 @@
+"""The supervisor end to end (issue 4 targets), measured in one run:
+
+- latency from `send` returning to the action starting, p50 and p99 over 1,000 sends, one at a
+  time on an idle system (target p50 <= 5 ms, p99 <= 25 ms): the doorbell, not the poll;
+- a burst of 100,000 closes, `ombridge close -` to the last OMBSOutput.txt line (target >= 20,000
+  events/s end to end), beside spawning perl per event in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench_backsync import spawn_per_event_rate
+from common import bench_home, table
+
+from bridge import catalog, control, events, store, supervisor
+from bridge.catalog import Action
+
+SENDS = 1_000
+BURST = 100_000
+OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
+
+
+def _latency(home) -> tuple[float, float]:
+    fifo = home.root / "started.fifo"
+    os.mkfifo(fifo)
+    conn = store.connect(home)
+    catalog.add_topic(conn, "bench/ping", ["N"])
+    sid = catalog.add_subscriber(conn, Action.COMMAND, f"echo &N > {fifo}")
+    catalog.attach_topic(conn, sid, "bench/ping")
+    supervisor.spawn(home)
+    returned: dict[int, float] = {}
+    try:
+        with open(fifo, "r+b", buffering=0) as reader:  # r+ keeps the FIFO open between writers
+            for n in range(SENDS):
+                result = events.send(conn, "bench/ping", {"N": n}, on_stored=lambda: control.ring(home.root))
+                returned[result.event_id] = time.time()
+                reader.read(64)  # the action has run: wait for it, then send the next
+    finally:
+        supervisor.stop(home)
+    started = dict(conn.execute(
+        "SELECT se.event_id, a.started_at FROM attempts a JOIN subscriber_events se ON se.id = a.subscriber_event_id"))
+    samples = sorted((started[e] - t) * 1e3 for e, t in returned.items())
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def _burst(home) -> float:
+    ids = "".join(f"BURST-{n}\n" for n in range(BURST)).encode()
+    last = f" Close BURST-{BURST - 1}\n".encode()
+    supervisor.spawn(home)
+    try:
+        start = time.perf_counter()
+        subprocess.run([OMBRIDGE, "--home", str(home.root), "close", "-"], input=ids, check=True,
+                       stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        with open(home.output, "rb") as out:
+            while time.monotonic() < deadline:
+                out.seek(max(0, os.fstat(out.fileno()).st_size - 100))
+                if out.read().endswith(last):
+                    break
+                time.sleep(0.005)
+        elapsed = time.perf_counter() - start
+    finally:
+        supervisor.stop(home)
+    closes = sum(1 for line in open(home.output, "rb") if b" Close BURST-" in line)
+    assert closes >= BURST, f"only {closes} of {BURST} closes arrived"
+    return BURST / elapsed
+
+
+def run() -> str:
+    with bench_home() as home:
+        p50, p99 = _latency(home)
+    with bench_home() as home:
+        rate = _burst(home)
+        spawn = spawn_per_event_rate(home, 200)
+    rows = [
+        ["`send` returned -> action started (1,000 sends, idle)", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+         "targets p50 <= 5 ms, p99 <= 25 ms"],
+        [f"burst: `close -` of {BURST:,} IDs -> last OMBSOutput line", f"{rate:,.0f} events/s end to end",
+         f"target >= 20,000; {rate / spawn:,.0f}x spawn-per-event ({spawn:,.0f}/s)"],
+    ]
+    return table("Supervisor end to end", ["what", "measured", "against"], rows)
+
+
+if __name__ == "__main__":
+    print(run())
