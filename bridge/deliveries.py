@@ -66,16 +66,11 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, 
           exclude_action: str | None = None, owner: str | None = None) -> list[Claimed]:
     """Claim up to ``limit`` due open subscriber events, oldest due first, for ``owner``."""
     at = wall_now() if at is None else at
-    where, args = "se.status = 'open' AND se.next_attempt_at <= ?", [at]
-    if action is not None:
-        where += " AND s.action = ?"
-        args.append(action)
-    if exclude_action is not None:
-        where += " AND s.action != ?"
-        args.append(exclude_action)
+    kind, args = _of_action(action, exclude_action)
     with transaction(conn):
         rows = conn.execute(
-            _CLAIMED_SELECT + f"WHERE {where} ORDER BY se.next_attempt_at, se.id LIMIT ?", (*args, limit)
+            _CLAIMED_SELECT + f"WHERE se.status = 'open' AND se.next_attempt_at <= ?{kind} "
+            "ORDER BY se.next_attempt_at, se.id LIMIT ?", (at, *args, limit)
         ).fetchall()
         return _take(conn, rows, at, owner)
 
@@ -146,16 +141,20 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
 
 def next_due(conn: sqlite3.Connection, action: str | None = None, exclude_action: str | None = None) -> float | None:
     """When the next open delivery (of ``action``, or not of ``exclude_action``) is due, if any."""
-    sql = ("SELECT min(se.next_attempt_at) FROM subscriber_events se JOIN subscribers s ON s.id = se.subscriber_id "
-           "WHERE se.status = 'open'")
-    args: list[Any] = []
+    kind, args = _of_action(action, exclude_action)
+    return conn.execute("SELECT min(se.next_attempt_at) FROM subscriber_events se "
+                        f"JOIN subscribers s ON s.id = se.subscriber_id WHERE se.status = 'open'{kind}",
+                        args).fetchone()[0]
+
+
+def _of_action(action: str | None, exclude_action: str | None) -> tuple[str, list[str]]:
+    # Lanes split the work by action: the backsync lane takes "backsync", the others the rest.
+    sql, args = "", []
     if action is not None:
-        sql += " AND s.action = ?"
-        args.append(action)
+        sql, args = sql + " AND s.action = ?", [*args, action]
     if exclude_action is not None:
-        sql += " AND s.action != ?"
-        args.append(exclude_action)
-    return conn.execute(sql, args).fetchone()[0]
+        sql, args = sql + " AND s.action != ?", [*args, exclude_action]
+    return sql, args
 
 
 def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None) -> int:

@@ -16,7 +16,7 @@ import pytest
 from bridge.errors import PerlStartError, ScriptSyntaxError
 from bridge.home import Home
 from bridge.perlhost import Backoff, HostState, PerlHost
-from conftest import ROOT, hex_lines
+from conftest import ROOT, alive, hex_lines, wait_for
 
 HOSTILE_IDS = [
     "EVT-1",
@@ -30,26 +30,6 @@ HOSTILE_IDS = [
     " leading and trailing ",
     "x" * 10000,
 ]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_bundled_example_writes_its_lines(home: Home) -> None:
@@ -140,7 +120,7 @@ def test_hang_times_out_kills_and_restarts(home: Home, use_script: Callable[[str
         assert [o.ok for o in outcomes] == [True, False, True]
         assert outcomes[1].error == "call timed out after 0.5s"
         assert host.restarts == 1 and host.pid != hung_pid
-        assert not pid_alive(hung_pid)
+        assert not alive(hung_pid)
 
 
 def test_segfault_restarts_and_goes_on(home: Home, use_script: Callable[[str], Path]) -> None:
@@ -234,7 +214,7 @@ def test_child_exits_when_stdin_closes_and_when_the_parent_dies(home: Home) -> N
     ) % (str(ROOT), str(home.root))
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     orphan = int(out.stdout)
-    wait_for(lambda: not pid_alive(orphan))
+    wait_for(lambda: not alive(orphan))
 
 
 def test_backoff_is_capped_exponential() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge.home import Home
-from conftest import EXAMPLE, FIXTURES
+from conftest import EXAMPLE, FIXTURES, alive, wait_for
 
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
@@ -26,25 +26,6 @@ def omb(home: Home, *args: str, stdin: str | None = None, check: bool = True,
     if check:
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout}s")
-        time.sleep(0.02)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def status(home: Home) -> dict:
