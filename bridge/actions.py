@@ -39,10 +39,12 @@ class EventContext(NamedTuple):
     key: Mapping[str, Any]
     key_json: str
     depth: int
+    context: Mapping[str, str] = {}  # context variables looked up when the event was sent
 
     def variables(self) -> dict[str, str]:
-        """Every &VAR of this event: the key fields, then TOPIC, EVENT and KEY."""
-        values = {name: value_text(v) for name, v in self.key.items()}
+        """Every &VAR of this event: context columns, the key fields (which win), TOPIC, EVENT, KEY."""
+        values = dict(self.context)
+        values.update((name, value_text(v)) for name, v in self.key.items())
         values.update(TOPIC=self.topic, EVENT=str(self.id), KEY=self.key_json)
         return values
 

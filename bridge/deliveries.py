@@ -41,7 +41,7 @@ class Claimed(NamedTuple):
 
 
 _CLAIMED_SELECT = (
-    "SELECT se.id, se.attempts, se.subscriber_id, e.id AS event_id, e.topic, e.key, e.depth, "
+    "SELECT se.id, se.attempts, se.subscriber_id, e.id AS event_id, e.topic, e.key, e.depth, e.context, "
     "s.action, s.target, s.timeout, s.retries "
     "FROM subscriber_events se JOIN events e ON e.id = se.event_id JOIN subscribers s ON s.id = se.subscriber_id "
 )
@@ -56,7 +56,8 @@ def _take(conn: sqlite3.Connection, rows: list[sqlite3.Row], at: float, owner: s
     )
     claimed = []
     for r in rows:
-        event = EventContext(r["event_id"], r["topic"], json.loads(r["key"]), r["key"], r["depth"])
+        event = EventContext(r["event_id"], r["topic"], json.loads(r["key"]), r["key"], r["depth"],
+                             json.loads(r["context"]) if r["context"] else {})
         claimed.append(Claimed(r["id"], r["attempts"] + 1, event, r["subscriber_id"], r["action"], r["target"],
                                r["timeout"], r["retries"]))
     return claimed

@@ -18,6 +18,7 @@ import re
 import sqlite3
 from collections.abc import Mapping
 
+from . import contexts
 from .errors import NotFound, UsageError
 from .names import FIELD_RE, RESERVED_FIELDS, check_topic_name, value_text
 from .store import now, transaction
@@ -216,30 +217,53 @@ def chain_from(environ: Mapping[str, str]) -> tuple[int | None, int]:
 
 
 class _Prepared:
-    __slots__ = ("topic", "key", "key_json", "matches")
+    __slots__ = ("topic", "key", "key_json", "context", "matches")
 
-    def __init__(self, topic: str, key: dict[str, Any], key_json: str, matches: list[_Subscription]) -> None:
-        self.topic, self.key, self.key_json, self.matches = topic, key, key_json, matches
+    def __init__(self, topic: str, key: dict[str, Any], key_json: str, context: dict[str, str],
+                 matches: list[_Subscription]) -> None:
+        self.topic, self.key, self.key_json, self.context, self.matches = topic, key, key_json, context, matches
 
 
-def _prepare(conn: sqlite3.Connection, topic: str, key: KeyInput, topics: dict[str, list[str]],
-             subs: dict[str, list[_Subscription]]) -> _Prepared:
+class _Lookups:
+    """What one send_many looks up once per topic (and connections to context files)."""
+
+    __slots__ = ("fields", "subs", "contexts", "sources")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, list[str]] = {}
+        self.subs: dict[str, list[_Subscription]] = {}
+        self.contexts: dict[str, list[sqlite3.Row]] = {}
+        self.sources: dict[str, sqlite3.Connection] = {}
+
+    def close(self) -> None:
+        for source in self.sources.values():
+            source.close()
+
+
+def _prepare(conn: sqlite3.Connection, topic: str, key: KeyInput, seen: _Lookups) -> _Prepared:
     check_topic_name(topic)
-    if topic not in topics:
+    if topic not in seen.fields:
         row = conn.execute("SELECT key_fields FROM topics WHERE name = ?", (topic,)).fetchone()
         if row is None:
             raise NotFound(f"topic {topic} is not defined (define it with: ombridge topic add {topic} --key FIELD)")
-        topics[topic] = json.loads(row[0])
-        subs[topic] = _subscriptions(conn, topic)
+        seen.fields[topic] = json.loads(row[0])
+        seen.subs[topic] = _subscriptions(conn, topic)
+        seen.contexts[topic] = contexts.for_patterns(conn, candidate_patterns(topic))
     fields = parse_key(key)
-    _require_fields(topic, fields, topics[topic])
-    matches = select_subscribers(subs[topic], filter_variables(topic, fields))
-    return _Prepared(topic, fields, canonical_key(fields), matches)
+    _require_fields(topic, fields, seen.fields[topic])
+    context = contexts.lookup(conn, seen.contexts[topic], fields, seen.sources) if seen.contexts[topic] else {}
+    variables = {**context, **filter_variables(topic, fields)}
+    matches = select_subscribers(seen.subs[topic], variables)
+    return _Prepared(topic, fields, canonical_key(fields), context, matches)
 
 
 def match(conn: sqlite3.Connection, topic: str, key: KeyInput) -> list[int]:
     """The subscribers an event would be delivered to; validates like :func:`send`, writes nothing."""
-    return [m.subscriber_id for m in _prepare(conn, topic, key, {}, {}).matches]
+    seen = _Lookups()
+    try:
+        return [m.subscriber_id for m in _prepare(conn, topic, key, seen).matches]
+    finally:
+        seen.close()
 
 
 def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
@@ -250,9 +274,11 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
     if depth > MAX_DEPTH:
         raise UsageError(f"event chain too deep: this event would be at depth {depth} (limit {MAX_DEPTH}); "
                          f"a subscriber is probably sending the event that triggers it (parent event {parent})")
-    topics: dict[str, list[str]] = {}
-    subs: dict[str, list[_Subscription]] = {}
-    prepared = [_prepare(conn, topic, key, topics, subs) for topic, key in items]  # refuse before writing
+    seen = _Lookups()
+    try:
+        prepared = [_prepare(conn, topic, key, seen) for topic, key in items]  # refuse before writing
+    finally:
+        seen.close()
     results: list[SendResult] = []
     sync_calls: list[Claimed] = []
     if any(m.synchronized for p in prepared for m in p.matches):
@@ -265,8 +291,10 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                 results.append(SendResult(None, 0))
                 continue
             event_id = conn.execute(
-                "INSERT INTO events (topic, key, forced, parent_id, depth, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (p.topic, p.key_json, int(force), parent, depth, at)).lastrowid
+                "INSERT INTO events (topic, key, forced, parent_id, depth, created_at, context) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (p.topic, p.key_json, int(force), parent, depth, at,
+                 json.dumps(p.context, ensure_ascii=False) if p.context else None)).lastrowid
             assert event_id is not None
             for m in p.matches:
                 sync = m.synchronized and m.action != "backsync"
@@ -281,7 +309,7 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                      f"send:{os.getpid()}" if sync else None)).lastrowid
                 if sync:
                     assert se_id is not None
-                    context = EventContext(event_id, p.topic, p.key, p.key_json, depth)
+                    context = EventContext(event_id, p.topic, p.key, p.key_json, depth, p.context)
                     sync_calls.append(Claimed(se_id, 1, context, m.subscriber_id, m.action, m.target,
                                               m.timeout, m.retries))
             results.append(SendResult(event_id, len(p.matches)))

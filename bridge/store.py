@@ -88,7 +88,19 @@ def _v2(db: Any) -> None:
         db["subscriber_events"].add_column("claimed_by", str)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2]
+def _v3(db: Any) -> None:
+    # Context variables (the seed's table substitution variables): declared per topic pattern,
+    # looked up when an event is sent, stored with the event so filters and actions agree.
+    db["contexts"].create(
+        {"id": int, "pattern": str, "table_name": str, "db_path": str, "matches": str, "created_at": float},
+        pk="id", not_null={"pattern", "table_name", "matches", "created_at"}, if_not_exists=True,
+    )
+    db["contexts"].create_index(["pattern"], if_not_exists=True)
+    if "context" not in db["events"].columns_dict:
+        db["events"].add_column("context", str)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

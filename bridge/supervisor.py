@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from . import __version__, actions, backsync, control, deliveries, store
+from . import __version__, actions, backsync, control, deliveries, metrics, retention, store
 from .errors import BridgeError, NotRunning, PerlStartError, ScriptSyntaxError, UsageError
 from .home import Home
 from .manager import EventManager
@@ -33,6 +33,8 @@ from .perlhost import HostState, PerlHost
 log = logging.getLogger("ombridge.supervisor")
 OWNER_PREFIX = "supervisor:"
 START_TIMEOUT = 30.0
+DEFAULT_RETENTION = 30 * 86400.0
+PRUNE_EVERY = 3600.0
 RESTARTABLE = ("ombacksync", "eventmanager", "all")
 
 
@@ -74,10 +76,17 @@ def setup_logging(home: Home, to_stderr: bool) -> None:
 class Supervisor:
     """The daemon: run it with :meth:`run`; everything else is reached through the control channel."""
 
-    def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True) -> None:
+    def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
+                 retention: float | None = DEFAULT_RETENTION, metrics_textfile: str | None = None,
+                 metrics_interval: float = 15.0) -> None:
         self.home = home
         self.workers = workers
         self.poll = poll
+        self.retention = retention  # seconds; None or 0: keep everything
+        self.metrics_textfile = metrics_textfile
+        self.metrics_interval = metrics_interval
+        self._chores: dict[str, float] = {"prune": time.monotonic() + 60, "metrics": time.monotonic()}
+        self._chore_running = threading.Lock()
         self.log_to_stderr = log_to_stderr
         self.owner = f"{OWNER_PREFIX}{os.getpid()}"
         self.started_at = time.time()
@@ -194,8 +203,39 @@ class Supervisor:
                         self.manager.wake()
                     else:
                         os.read(self._wake_r, 4096)
+                self._chores_due()
             control_sock.close()
             doorbell.close()
+
+    def _chores_due(self) -> None:
+        """Pruning and the metrics textfile, when due, in a thread of their own (never two at once)."""
+        clock = time.monotonic()
+        due = []
+        if self.retention and clock >= self._chores["prune"]:
+            due.append("prune")
+            self._chores["prune"] = clock + PRUNE_EVERY
+        if self.metrics_textfile and clock >= self._chores["metrics"]:
+            due.append("metrics")
+            self._chores["metrics"] = clock + self.metrics_interval
+        if due and self._chore_running.acquire(blocking=False):
+            threading.Thread(target=self._run_chores, args=(due,), name="chores", daemon=True).start()
+
+    def _run_chores(self, due: list[str]) -> None:
+        try:
+            conn = store.connect(self.home)
+            try:
+                if "prune" in due and self.retention:
+                    counts = retention.prune(conn, self.retention)
+                    if any(counts.values()):
+                        log.info("pruned %(deliveries)d deliveries, %(attempts)d attempts, %(events)d events", counts)
+                if "metrics" in due and self.metrics_textfile:
+                    metrics.write_textfile(self.metrics_textfile, metrics.render(conn, self.status()))
+            finally:
+                conn.close()
+        except Exception:  # a chore never takes the supervisor down
+            log.exception("periodic %s failed", " and ".join(due))
+        finally:
+            self._chore_running.release()
 
     def _cleanup(self) -> None:
         for name in (control.CONTROL, control.DOORBELL):
@@ -300,7 +340,8 @@ class Supervisor:
             conn.close()
         return {
             "supervisor": {"state": self.state, "pid": os.getpid(), "home": str(self.home.root),
-                           "started_at": self.started_at, "version": __version__},
+                           "started_at": self.started_at, "version": __version__,
+                           "retention_seconds": self.retention or None, "metrics_textfile": self.metrics_textfile},
             "ombacksync": {"state": host.state.value if host else "stopped", "pid": host.pid if host else None,
                            "script": str(host.script) if host else None, "restarts": host.restarts if host else 0,
                            "last_error": host.last_error if host else None,
@@ -359,8 +400,9 @@ def _drain(sock: socket.socket) -> None:
 # -- the client side of starting and stopping -------------------------------------------------------
 
 
-def spawn(home: Home, *, workers: int = 2, poll: float = 30.0, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-    """Start a supervisor in the background; returns its status once it answers.
+def spawn(home: Home, options: list[str] | None = None, timeout: float = START_TIMEOUT) -> dict[str, Any]:
+    """Start a supervisor in the background with ``ombridge start`` ``options``; returns its
+    status once it answers.
 
     Raises :class:`AlreadyRunning`, or :class:`BridgeError` with the reason it did not start.
     """
@@ -374,7 +416,7 @@ def spawn(home: Home, *, workers: int = 2, poll: float = 30.0, timeout: float = 
     with open(out_path, "ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "--home", str(home.root), "start", "--foreground", "--no-stderr-log",
-             "--workers", str(workers), "--poll", str(poll)],
+             *(options or [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -312,9 +312,13 @@ def test_matching_queries_only_candidate_patterns() -> None:
 
 
 def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> None:
-    conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")
+    conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")  # back to what version 1 had
+    conn.execute("ALTER TABLE events DROP COLUMN context")
+    conn.execute("DROP TABLE contexts")
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 2
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
     assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]
+    assert "context" in [r[1] for r in migrated.execute("PRAGMA table_info(events)")]
+    assert migrated.execute("SELECT count(*) FROM contexts").fetchone()[0] == 0

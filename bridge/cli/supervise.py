@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -9,29 +10,43 @@ import rich_click as click
 
 from .. import backsync, control, supervisor
 from ..errors import NotRunning
+from ..retention import parse_age
 from . import home_of, main, print_json
 from .events import core
 
 
-@main.command()
+@main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--foreground", is_flag=True, help="Stay attached and log to stderr (for systemd and `make run`).")
 @click.option("--no-stderr-log", "no_stderr_log", is_flag=True, hidden=True)
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=2, show_default=True,
               help="Action lanes delivering command, program and web subscribers in parallel.")
 @click.option("--poll", type=click.FloatRange(min=0.05), default=30.0, show_default=True,
               help="Seconds between looks for due work when no doorbell rings (the seed's 30-second cycle).")
+@click.option("--retention", default="30d", show_default=True, metavar="AGE",
+              help="Prune done deliveries and finished events older than this, hourly; 0 keeps everything.")
+@click.option("--metrics-textfile", type=click.Path(dir_okay=False), default=None,
+              help="Keep this Prometheus textfile up to date (node_exporter's textfile collector).")
+@click.option("--metrics-interval", type=click.FloatRange(min=1), default=15.0, show_default=True,
+              help="Seconds between refreshes of the metrics textfile.")
 @click.pass_context
-def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float) -> None:
+def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float, retention: str,
+          metrics_textfile: str | None, metrics_interval: float) -> None:
     """Start the supervisor: the Event Manager and ombacksync.
 
     Returns once it is up, or fails with the reason. Example: `ombridge start`
     """
     home = home_of(ctx)
+    keep = parse_age(retention)
+    textfile = os.path.abspath(metrics_textfile) if metrics_textfile else None
     if foreground:
-        sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log)
+        sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
+                                    retention=keep or None, metrics_textfile=textfile,
+                                    metrics_interval=metrics_interval)
         sys.exit(sup.run())
+    options = ["--workers", str(workers), "--poll", str(poll), "--retention", retention,
+               "--metrics-interval", str(metrics_interval), *(["--metrics-textfile", textfile] if textfile else [])]
     try:
-        status = supervisor.spawn(home, workers=workers, poll=poll)
+        status = supervisor.spawn(home, options)
     except supervisor.AlreadyRunning as exc:
         click.echo(f"ombridge: {exc}", err=True)
         return

@@ -1,0 +1,160 @@
+"""Operator commands: integrations, context variables, pruning, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import rich_click as click
+
+from .. import control, integrations
+from ..errors import BridgeError, NotRunning, UsageError
+from . import home_of, main, print_json
+from .events import core, table
+
+
+def _tell_supervisor(ctx: click.Context) -> None:
+    """Restart a running ombacksync so that it loads the changed script."""
+    try:
+        result = control.request(home_of(ctx).root, "restart", timeout=300, what="ombacksync")
+    except NotRunning:
+        click.echo("the supervisor is not running: ombacksync loads the script when it starts")
+        return
+    except BridgeError as exc:
+        click.echo(f"ombridge: warning: the script was changed, but restarting ombacksync failed: {exc}", err=True)
+        raise SystemExit(1) from exc
+    click.echo(f"ombacksync restarted with the new script (pid {result['ombacksync']['pid']})")
+
+
+@main.group()
+def integration() -> None:
+    """Integrations merged into the one `OMBackSync.pl`, added and removed by name."""
+
+
+@integration.command("add")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def integration_add(ctx: click.Context, name: str, file: Path) -> None:
+    """Merge FILE, a standalone `OMBackSync.pl`, into the home's script as integration NAME.
+
+    Adding a name again replaces it. Refused, with perl's message and the script untouched, when
+    the result would not compile. Example: `ombridge integration add vendor-a /opt/vendor-a/OMBackSync.pl`
+    """
+    replaced = integrations.add(home_of(ctx), name, file)
+    click.echo(f"integration {name} {'replaced' if replaced else 'added'}")
+    _tell_supervisor(ctx)
+
+
+@integration.command("remove")
+@click.argument("name")
+@click.pass_context
+def integration_remove(ctx: click.Context, name: str) -> None:
+    """Take integration NAME out of the home's script. Example: `ombridge integration remove vendor-a`"""
+    integrations.remove(home_of(ctx), name)
+    click.echo(f"integration {name} removed")
+    _tell_supervisor(ctx)
+
+
+@integration.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def integration_list(ctx: click.Context, as_json: bool) -> None:
+    """List the integrations merged into the home's script. Example: `ombridge integration list`"""
+    found = integrations.list_integrations(home_of(ctx))
+    if as_json:
+        print_json([{"name": i.name, "package": integrations.package_of(i.name), "info": i.info} for i in found])
+        return
+    table("Integrations", ["name", "package", "merged"], [[i.name, integrations.package_of(i.name), i.info]
+                                                          for i in found])
+
+
+@main.group()
+def context() -> None:
+    """Context variables: columns of a table row as extra `&VAR`s of matching events."""
+
+
+def _pair(text: str) -> tuple[str, str]:
+    field, sep, column = text.partition("=")
+    if not sep or not field or not column:
+        raise UsageError(f"bad --match {text!r}: use KEYFIELD=COLUMN")
+    return field, column
+
+
+@context.command("add")
+@click.argument("pattern")
+@click.argument("table_name", metavar="TABLE")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), default=None,
+              help="The SQLite file holding TABLE (default: the event core's own file).")
+@click.option("--match", "pairs", multiple=True, required=True, metavar="KEYFIELD=COLUMN",
+              help="The row is the one whose COLUMN equals the key's KEYFIELD (repeat for more).")
+@click.pass_context
+def context_add(ctx: click.Context, pattern: str, table_name: str, db_path: str | None, pairs: tuple[str, ...]) -> None:
+    """For events of PATTERN, every other column of the matching TABLE row becomes a `&COLUMN`
+    variable, usable in commands and event filters. Prints the context's id.
+
+    Example: `ombridge context add 'task/*' applications --db apps.db --match APPC=APAPPL`
+    """
+    from ..contexts import add_context
+
+    click.echo(add_context(core(ctx), pattern, table_name, dict(_pair(p) for p in pairs), db_path))
+
+
+@context.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def context_list(ctx: click.Context, as_json: bool) -> None:
+    """List the contexts. Example: `ombridge context list`"""
+    from ..contexts import list_contexts
+
+    rows = list_contexts(core(ctx))
+    if as_json:
+        print_json(rows)
+        return
+    table("Contexts", ["id", "pattern", "table", "file", "match"],
+          [[r["id"], r["pattern"], r["table_name"], r["db_path"] or "(event core)",
+            ", ".join(f"{k}={v}" for k, v in r["matches"].items())] for r in rows])
+
+
+@context.command("remove")
+@click.argument("context_id", metavar="ID", type=int)
+@click.pass_context
+def context_remove(ctx: click.Context, context_id: int) -> None:
+    """Forget a context (stored events keep their variables). Example: `ombridge context remove 1`"""
+    from ..contexts import remove_context
+
+    remove_context(core(ctx), context_id)
+    click.echo(f"context {context_id} removed")
+
+
+@main.command()
+@click.option("--older-than", "age", required=True, metavar="AGE", help="e.g. 7d, 12h, 30m.")
+@click.pass_context
+def prune(ctx: click.Context, age: str) -> None:
+    """Delete done deliveries, their attempts and finished events older than AGE.
+
+    Open and failed deliveries are never pruned. Example: `ombridge prune --older-than 7d`
+    """
+    from ..retention import parse_age
+    from ..retention import prune as prune_store
+
+    counts = prune_store(core(ctx), parse_age(age))
+    click.echo(f"pruned {counts['deliveries']} deliveries, {counts['attempts']} attempts, {counts['events']} events")
+
+
+@main.command()
+@click.option("--textfile", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file atomically (node_exporter's textfile collector) instead of stdout.")
+@click.pass_context
+def metrics(ctx: click.Context, textfile: str | None) -> None:
+    """Print metrics in Prometheus text format. Example: `ombridge metrics --textfile /var/lib/node_exporter/ombridge.prom`"""
+    from ..metrics import render, write_textfile
+
+    try:
+        status = control.request(home_of(ctx).root, "status", timeout=10)
+    except NotRunning:
+        status = None
+    text = render(core(ctx), status)
+    if textfile:
+        write_textfile(textfile, text)
+    else:
+        click.echo(text, nl=False)
