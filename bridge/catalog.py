@@ -193,6 +193,20 @@ def _missing(subscriber_id: int) -> Any:
     raise NotFound(f"no subscriber {subscriber_id}")
 
 
+def update_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, timeout: float | None = None,
+                      retries: int | None = None, description: str | None = None) -> None:
+    """Change a subscriber's timeout, retry limit or description (system subscribers too)."""
+    if timeout is not None and not timeout > 0:
+        raise UsageError("the timeout must be more than 0 seconds")
+    if retries is not None and retries < 0:
+        raise UsageError("retries must be 0 or more")
+    with transaction(conn):
+        get_subscriber(conn, subscriber_id)
+        for column, value in (("timeout", timeout), ("retries", retries), ("description", description)):
+            if value is not None:
+                conn.execute(f"UPDATE subscribers SET {column} = ? WHERE id = ?", (value, subscriber_id))
+
+
 def set_disabled(conn: sqlite3.Connection, subscriber_id: int, disabled: bool) -> None:
     """Enable or disable a subscriber (a disabled one is not matched by new events)."""
     with transaction(conn):

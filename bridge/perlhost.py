@@ -87,7 +87,8 @@ def check_syntax(script: Path, home: Home, perl: str = "perl") -> str:
     import sh  # one-shot tool calls; imported here to keep `ombridge send` light
 
     if not script.is_file():
-        raise BridgeError(f"no script at {script}")
+        # A script deleted under a running bridge is, for the next start, as bad as a broken one.
+        raise ScriptSyntaxError(str(script), f"no script at {script}")
     try:
         result = sh.Command(perl)(
             *_include_args(script), "-c", str(script),

@@ -125,14 +125,13 @@ class Supervisor:
 
     def _run(self) -> int:
         conn = store.connect(self.home)
-        sid = backsync.ensure_backsync(conn)
-        timeout = conn.execute("SELECT timeout FROM subscribers WHERE id = ?", (sid,)).fetchone()[0]
+        backsync.ensure_backsync(conn)
         taken = deliveries.reclaim_abandoned(conn, OWNER_PREFIX, self.owner)
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
         conn.close()
         control_sock, doorbell = self._bind()
-        self.host = PerlHost(self.home, timeout=timeout, on_state=self._on_host_state)
+        self.host = PerlHost(self.home, timeout=self._close_timeout(), on_state=self._on_host_state)
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         log.info("supervisor %d started in %s (ombridge %s)", os.getpid(), self.home.root, __version__)
@@ -146,6 +145,15 @@ class Supervisor:
                 signal.signal(s, handler)
         log.info("supervisor %d stopped", os.getpid())
         return 0
+
+    def _close_timeout(self) -> float:
+        """The backsync subscriber's timeout: how long one OMBackSync call may take."""
+        conn = store.connect(self.home)
+        try:
+            sid = backsync.ensure_backsync(conn)
+            return float(conn.execute("SELECT timeout FROM subscribers WHERE id = ?", (sid,)).fetchone()[0])
+        finally:
+            conn.close()
 
     def _shutdown(self) -> None:
         # In its own thread, so that the control channel keeps answering (status says
@@ -317,6 +325,7 @@ class Supervisor:
         assert self.host is not None and self.manager is not None
         with self._restart_lock:
             if what in ("ombacksync", "all"):
+                self.host.timeout = self._close_timeout()  # `subscriber set 1 --timeout` takes effect here
                 if self.host.state is HostState.RUNNING:
                     self.host.restart()  # a broken script raises here, the old child serving on
                 else:

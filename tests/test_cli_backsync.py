@@ -46,7 +46,7 @@ def test_check_warns_when_the_script_is_readable_by_others(home: Home) -> None:
 def test_check_without_a_script(tmp_path: Path) -> None:
     r = run(Home(tmp_path), "check")
     assert r.returncode == 1
-    assert r.stderr.strip() == f"ombridge: error: no script at {tmp_path}/conf/backsync/OMBackSync.pl"
+    assert r.stderr.strip() == f"no script at {tmp_path}/conf/backsync/OMBackSync.pl"
 
 
 def test_try_third_party_script(home: Home, use_script: Callable[[str], Path]) -> None:

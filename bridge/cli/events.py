@@ -141,6 +141,22 @@ def subscriber_add(ctx: click.Context, command: str | None, program: str | None,
                                       timeout=timeout, retries=retries))
 
 
+@subscriber.command("set")
+@click.argument("subscriber_id", metavar="ID", type=int)
+@click.option("--timeout", type=float, default=None, help="Seconds an attempt may take (for backsync: one Close).")
+@click.option("--retries", type=int, default=None, help="Retries after a failed attempt before it is failed.")
+@click.option("--description", default=None)
+@click.pass_context
+def subscriber_set(ctx: click.Context, subscriber_id: int, timeout: float | None, retries: int | None,
+                   description: str | None) -> None:
+    """Change a subscriber's timeout, retries or description; system subscribers too.
+
+    A new backsync timeout applies when ombacksync next starts. Example: `ombridge subscriber set 1 --retries 20`
+    """
+    catalog.update_subscriber(core(ctx), subscriber_id, timeout=timeout, retries=retries, description=description)
+    click.echo(f"subscriber {subscriber_id} updated")
+
+
 @subscriber.command("list")
 @json_option
 @click.pass_context

@@ -1,0 +1,130 @@
+"""The perl fault matrix, end to end through a running supervisor.
+
+For each fault: the other events are delivered, the faulty delivery is retried and then failed
+with a readable reason, ombacksync recovers, and no perl process outlives the supervisor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge.home import Home
+from conftest import EXAMPLE, FIXTURES, alive, wait_for
+
+OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
+
+
+def omb(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
+
+
+def status(home: Home) -> dict:
+    return json.loads(omb(home, "status", "--json", check=False).stdout)
+
+
+def by_id(home: Home) -> dict[str, dict]:
+    rows = json.loads(omb(home, "deliveries", "list", "--subscriber", "1", "--json", "--limit", "1000").stdout)
+    return {r["key"]["ID"]: r for r in rows}
+
+
+def perls_of(home: Home) -> list[int]:
+    """Live perl processes running a script of this home."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(home.root).encode() in cmdline and b"perl" in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def faulty(home: Home):
+    home.script.write_bytes((FIXTURES / "faulty.pl").read_bytes())
+    omb(home, "topic", "list")  # create the store, then make faults fail fast
+    omb(home, "close", "warm-up")  # creates the backsync subscriber (id 1)
+    omb(home, "subscriber", "set", "1", "--retries", "1", "--timeout", "2")
+    omb(home, "start")
+    yield home
+    omb(home, "stop", check=False)
+    wait_for(lambda: not perls_of(home), what="no perl process left behind")
+
+
+@pytest.mark.parametrize("fault,reason", [
+    ("die-1", r"^ticket system refused die-1$"),
+    ("exit-1", r"^OMBackSync called exit\(5\)$"),
+    ("hang-1", r"^call timed out after 2s$"),
+    ("segv-1", r"^perl child \d+ was killed by SIGSEGV$"),
+    ("corrupt-1", r"^protocol error: unexpected line b'GARBAGE"),
+])
+def test_fault_is_retried_then_failed_and_the_rest_delivered(faulty: Home, fault: str, reason: str) -> None:
+    import re
+
+    home = faulty
+    omb(home, "close", "ok-1", fault, "ok-2", "flood-1", "ok-3")
+    wait_for(lambda: by_id(home)[fault]["status"] == "failed", timeout=60, what=f"{fault} failed after its retry")
+    rows = by_id(home)
+    assert rows[fault]["attempts"] == 2 and re.search(reason, rows[fault]["last_error"]), rows[fault]
+    wait_for(lambda: all(by_id(home)[i]["status"] == "done" for i in ("ok-1", "ok-2", "flood-1", "ok-3")),
+             what="the other closes delivered")
+    ok = (home.tmp / "ok.txt").read_text().splitlines()
+    assert {"warm-up", "ok-1", "ok-2", "flood-1", "ok-3"} <= set(ok) and fault not in ok
+    wait_for(lambda: status(home)["ombacksync"]["state"] == "running", what="ombacksync recovered")
+    omb(home, "close", "after")
+    wait_for(lambda: "after" in (home.tmp / "ok.txt").read_text().splitlines(), what="serving after the fault")
+
+
+def test_init_that_dies_goes_fatal_with_an_event_and_recovers_on_restart(home: Home) -> None:
+    home.script.write_bytes((FIXTURES / "init_dies.pl").read_bytes())
+    omb(home, "start")
+    try:
+        wait_for(lambda: status(home)["ombacksync"]["state"] == "fatal", timeout=30, what="fatal after failed starts")
+        assert "cannot reach the ticket system" in status(home)["ombacksync"]["last_error"]
+        errors = json.loads(omb(home, "events", "list", "--topic", "ombacksync/error", "--json").stdout)
+        assert errors and "cannot reach the ticket system" in errors[0]["key"]["MESSAGE"]
+        omb(home, "close", "C-1")
+        assert by_id(home)["C-1"]["status"] == "open"
+        home.script.write_bytes(EXAMPLE.read_bytes())
+        omb(home, "restart", "ombacksync")
+        wait_for(lambda: by_id(home)["C-1"]["status"] == "done", what="the waiting close delivered")
+    finally:
+        omb(home, "stop", check=False)
+    wait_for(lambda: not perls_of(home), what="no perl process left behind")
+
+
+def test_script_deleted_while_running(faulty: Home) -> None:
+    home = faulty
+    original = home.script.read_bytes()
+    home.script.unlink()
+    omb(home, "close", "still-1")  # the loaded script keeps serving
+    wait_for(lambda: by_id(home)["still-1"]["status"] == "done")
+    omb(home, "close", "segv-2", "waits-1")  # a crash: the restart finds no script
+    wait_for(lambda: status(home)["ombacksync"]["state"] == "syntax-error", what="stopped for want of a script")
+    assert "no script at" in status(home)["ombacksync"]["last_error"]
+    assert by_id(home)["waits-1"]["status"] == "open"
+    home.script.write_bytes(original)
+    omb(home, "restart", "ombacksync")
+    wait_for(lambda: by_id(home)["waits-1"]["status"] == "done", what="delivered after the script is back")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: an unreadable script cannot be made")
+def test_script_made_unreadable_while_running(faulty: Home) -> None:
+    home = faulty
+    os.chmod(home.script, 0)
+    omb(home, "close", "segv-3")
+    wait_for(lambda: status(home)["ombacksync"]["state"] == "syntax-error")
+    os.chmod(home.script, 0o600)
+    omb(home, "restart", "ombacksync")
+    assert status(home)["ombacksync"]["state"] == "running"
