@@ -456,13 +456,14 @@ def stop(home: Home, timeout: float = 120.0) -> int | None:
     pid = int(result["pid"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not is_alive(pid):
             return pid
         time.sleep(0.02)
     raise BridgeError(f"the supervisor (pid {pid}) is still stopping after {timeout:g}s; `ombridge stop` again stops it at once")
 
 
-def _alive(pid: int) -> bool:
+def is_alive(pid: int) -> bool:
+    """True while process ``pid`` runs (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

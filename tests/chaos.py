@@ -1,0 +1,186 @@
+"""Chaos: events sent through a real supervisor while it (and sometimes its perl child) is killed
+with SIGKILL at random instants and started again. Afterwards every event must have reached every
+subscriber at least once.
+
+Two subscribers listen to every close: the built-in backsync (the perl script records each ID) and
+a command subscriber (appends &ID to a file). A trial reports lost deliveries (must be 0) and
+duplicates (deliveries repeated because a crash hit them in flight) per crash.
+
+    python tests/chaos.py --trials 20 --events 10000     # `make chaos`
+    (tests/test_chaos.py runs a bounded trial inside `make test`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bridge import backsync, catalog, control, deliveries, store, supervisor  # noqa: E402
+from bridge.catalog import Action  # noqa: E402
+from bridge.errors import BridgeError, NotRunning  # noqa: E402
+from bridge.home import Home  # noqa: E402
+
+RECORDER = r"""
+use strict;
+use warnings;
+sub OMBackSync {
+    my ($op, $id) = @_;
+    return 1 if $op eq 'Init';
+    open(my $fh, '>>', "$ENV{OvDataDir}/tmp/backsync.txt") or die $!;
+    print {$fh} "$id\n";
+    close $fh or die $!;
+    return 1;
+}
+1;
+"""
+
+
+@dataclass
+class Trial:
+    """What one trial found."""
+
+    events: int
+    crashes: int
+    perl_kills: int
+    lost: int
+    duplicates: int
+    seconds: float
+    orphans: int
+
+
+def _status(home: Home) -> dict | None:
+    try:
+        return control.request(home.root, "status", timeout=10)
+    except (NotRunning, BridgeError):
+        return None
+
+
+def _lines(path: Path) -> Counter[str]:
+    return Counter(path.read_text().splitlines()) if path.exists() else Counter()
+
+
+def _perls(home: Home) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if str(home.root).encode() in cmdline and b"perl" in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> Trial:
+    """One trial in a fresh home: send ``events`` closes in batches while killing ``crashes`` times."""
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="ombridge-chaos-"))
+    home = Home(tmp)
+    (tmp / "conf" / "backsync").mkdir(parents=True)
+    home.script.write_text(RECORDER)
+    out = tmp / "tmp" / "command.txt"
+    (tmp / "tmp").mkdir()
+    conn = store.connect(home)
+    backsync.ensure_backsync(conn)
+    sid = catalog.add_subscriber(conn, Action.COMMAND, f"echo &ID >> {out}", retries=50)
+    catalog.attach_topic(conn, sid, "event/update")
+    catalog.add_filter(conn, sid, "event/update", "STATE", "closed")
+    catalog.update_subscriber(conn, 1, retries=50)
+    ids = [f"CHAOS-{seed}-{n}" for n in range(events)]
+    started = time.monotonic()
+    supervisor.spawn(home)
+    done_sending = threading.Event()
+    kills = {"supervisor": 0, "perl": 0}
+
+    def send() -> None:
+        c = store.connect(home)
+        for i in range(0, events, 100):
+            backsync.close_events(c, ids[i:i + 100], on_stored=lambda: control.ring(home.root))
+            time.sleep(rng.uniform(0, 0.01))
+        c.close()
+        done_sending.set()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    for _ in range(crashes):
+        time.sleep(rng.uniform(0.05, 0.6))
+        st = _status(home)
+        if st is None:
+            supervisor.spawn(home)
+            continue
+        if rng.random() < 0.3 and st["ombacksync"]["pid"]:
+            os.kill(st["ombacksync"]["pid"], signal.SIGKILL)  # the perl child alone
+            kills["perl"] += 1
+            continue
+        os.kill(st["supervisor"]["pid"], signal.SIGKILL)
+        kills["supervisor"] += 1
+        deadline = time.monotonic() + 10
+        while supervisor.is_alive(st["supervisor"]["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))
+        supervisor.spawn(home)
+    sender.join()
+    if _status(home) is None:
+        supervisor.spawn(home)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if deliveries.backlog(conn)["open"] == 0:
+            break
+        time.sleep(0.05)
+    elapsed = time.monotonic() - started
+    supervisor.stop(home)
+    orphan_deadline = time.monotonic() + 5
+    while _perls(home) and time.monotonic() < orphan_deadline:
+        time.sleep(0.05)
+    orphans = len(_perls(home))
+    got_backsync, got_command = _lines(tmp / "tmp" / "backsync.txt"), _lines(out)
+    lost = sum(1 for i in ids if not got_backsync[i]) + sum(1 for i in ids if not got_command[i])
+    duplicates = sum(n - 1 for n in got_backsync.values() if n > 1) + sum(n - 1 for n in got_command.values() if n > 1)
+    conn.close()
+    if not keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Trial(events, kills["supervisor"], kills["perl"], lost, duplicates, elapsed, orphans)
+
+
+def main() -> None:
+    """Run the trials and print a table of the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--crashes", type=int, default=4, help="kills per trial")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    print("| trial | events | supervisor kills | perl kills | lost | duplicates | dup/crash | orphans | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    total = Trial(0, 0, 0, 0, 0, 0.0, 0)
+    for n in range(args.trials):
+        t = run_trial(args.events, args.seed + n, args.crashes)
+        kills = t.crashes + t.perl_kills
+        print(f"| {n + 1} | {t.events:,} | {t.crashes} | {t.perl_kills} | {t.lost} | {t.duplicates} | "
+              f"{t.duplicates / max(1, kills):.1f} | {t.orphans} | {t.seconds:.1f} |", flush=True)
+        total = Trial(total.events + t.events, total.crashes + t.crashes, total.perl_kills + t.perl_kills,
+                      total.lost + t.lost, total.duplicates + t.duplicates, total.seconds + t.seconds,
+                      total.orphans + t.orphans)
+    kills = total.crashes + total.perl_kills
+    print(f"| all | {total.events:,} | {total.crashes} | {total.perl_kills} | **{total.lost}** | {total.duplicates} | "
+          f"{total.duplicates / max(1, kills):.1f} | {total.orphans} | {total.seconds:.1f} |")
+    sys.exit(1 if total.lost or total.orphans else 0)
+
+
+if __name__ == "__main__":
+    main()

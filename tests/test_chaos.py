@@ -1,0 +1,21 @@
+"""A bounded chaos trial inside `make test`; `make chaos` runs the full 20 x 10,000."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos import run_trial
+
+
+def test_kill_9_at_random_instants_loses_nothing() -> None:
+    trial = run_trial(events=1500, seed=7, crashes=3)
+    assert trial.crashes + trial.perl_kills == 3
+    assert trial.lost == 0
+    assert trial.orphans == 0
+
+
+@pytest.mark.slow
+def test_chaos_soak() -> None:
+    for seed in range(5):
+        trial = run_trial(events=10_000, seed=100 + seed, crashes=6)
+        assert trial.lost == 0 and trial.orphans == 0
