@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak bench check clean bytecode
+.PHONY: run test soak chaos bench check clean bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ run: bytecode
 test: bytecode
 	$(BIN)/python -m pytest -q -m "not slow"
 
+## the long runs: slow tests (chaos and load soaks), then RSS over 1,000,000 closes
 soak: bytecode
 	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python bench/soak_rss.py
+
+## the full chaos suite: 20 trials x 10,000 events, SIGKILLs at random instants
+chaos: bytecode
+	$(BIN)/python tests/chaos.py --trials 20 --events 10000
 
 bench: bytecode
 	$(BIN)/python bench/run.py

@@ -34,6 +34,7 @@ log = logging.getLogger("ombridge.manager")
 
 BACKSYNC = "backsync"
 MAX_BATCH = 2000
+RECORD_EVERY = 100  # Closes pipelined between two records of outcomes
 BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
 
 
@@ -90,7 +91,11 @@ class EventManager:
         return True
 
     def step_backsync(self, conn: sqlite3.Connection) -> int:
-        """Claim a batch of due backsync deliveries and close them through the perl child."""
+        """Claim a batch of due backsync deliveries and close them through the perl child.
+
+        The batch is pipelined in chunks of :data:`RECORD_EVERY`, each chunk's outcomes recorded
+        before the next is sent: a crash repeats at most one chunk's Closes (at-least-once).
+        """
         if not self.backsync_ready():
             return 0
         assert self.host is not None
@@ -99,35 +104,56 @@ class EventManager:
             self.host.ensure_running()  # notice a child that died while idle; restart after backoff
             return 0
         started = time.time()
-        ids = [value_text(c.event.key.get("ID", "")) for c in claims]
+        attempted = failed = released = 0
+        first_error = None
+        for n in range(0, len(claims), RECORD_EVERY):
+            chunk = claims[n:n + RECORD_EVERY]
+            if released:  # the child went down earlier in this batch: give the rest back untouched
+                deliveries.release(conn, chunk)
+                released += len(chunk)
+                continue
+            done, given_back = self._close_chunk(chunk)
+            deliveries.finish(conn, done)
+            if given_back:
+                deliveries.release(conn, given_back)
+            for _, result in done:
+                self._count(result.ok)
+                if not result.ok:
+                    failed += 1
+                    first_error = first_error or result.error
+            attempted += len(done)
+            released += len(given_back)
+        ended = time.time()
+        if attempted and ended > started:
+            # Size the next batch so that it takes about BATCH_SECONDS (a slow script gets small
+            # batches, so a stop or a restart never waits long behind one).
+            self._batch = max(1, min(MAX_BATCH, int(attempted / (ended - started) * BATCH_SECONDS)))
+        log.info("backsync: %d closed, %d failed, %d released%s", attempted - failed, failed, released,
+                 f" (first error: {first_error})" if first_error else "")
+        return len(claims)
+
+    def _close_chunk(self, chunk: list[deliveries.Claimed]
+                     ) -> tuple[list[tuple[deliveries.Claimed, ActionResult]], list[deliveries.Claimed]]:
+        """Close one chunk: (attempted claims with their results, claims never attempted)."""
+        assert self.host is not None
+        started = time.time()
         done: list[tuple[deliveries.Claimed, ActionResult]] = []
-        usable = [(c, i) for c, i in zip(claims, ids) if i != ""]
-        for c, i in zip(claims, ids):
-            if i == "":
+        usable = []
+        for c in chunk:
+            event_id = value_text(c.event.key.get("ID", ""))
+            if event_id == "":
                 done.append((c, ActionResult(False, started, started, error="the event has no ID to close")))
+            else:
+                usable.append((c, event_id))
         outcomes = self.host.close_many([i for _, i in usable]) if usable else []
         ended = time.time()
-        released = []
+        given_back = []
         for (c, _), outcome in zip(usable, outcomes):
             if outcome.attempted:
                 done.append((c, ActionResult(outcome.ok, started, ended, None, "", outcome.error)))
             else:
-                released.append(c)
-        deliveries.finish(conn, done)
-        if released:
-            deliveries.release(conn, released)
-        for _, result in done:
-            self._count(result.ok)
-        attempted = len(done)
-        if attempted and ended > started:
-            # Size the next batch so that it takes about BATCH_SECONDS (a slow script gets small
-            # batches, so a stop or a restart never waits long behind one).
-            rate = attempted / (ended - started)
-            self._batch = max(1, min(MAX_BATCH, int(rate * BATCH_SECONDS)))
-        failures = [r.error for _, r in done if not r.ok]
-        log.info("backsync: %d closed, %d failed, %d released%s", attempted - len(failures), len(failures),
-                 len(released), f" (first error: {failures[0]})" if failures else "")
-        return len(claims)
+                given_back.append(c)
+        return done, given_back
 
     def _count(self, ok: bool) -> None:
         with self._counter_lock:
