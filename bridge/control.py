@@ -72,16 +72,18 @@ def request(root: str | os.PathLike[str], command: str, timeout: float = 120.0, 
             sock.connect(addr.address)
         except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as exc:
             raise NotRunning(f"ombridge is not running in {os.fspath(root)}") from exc
-        sock.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
         data = b""
-        while not data.endswith(b"\n"):
-            try:
+        try:
+            sock.sendall(json.dumps({"command": command, **args}).encode() + b"\n")
+            while not data.endswith(b"\n"):
                 chunk = sock.recv(65536)
-            except socket.timeout as exc:
-                raise BridgeError(f"the supervisor did not answer {command!r} within {timeout:g}s") from exc
-            if not chunk:
-                raise BridgeError(f"the supervisor closed the connection without answering {command!r}")
-            data += chunk
+                if not chunk:
+                    raise BridgeError(f"the supervisor closed the connection without answering {command!r}")
+                data += chunk
+        except socket.timeout as exc:
+            raise BridgeError(f"the supervisor did not answer {command!r} within {timeout:g}s") from exc
+        except (ConnectionResetError, BrokenPipeError) as exc:  # it died while we asked
+            raise NotRunning(f"the supervisor in {os.fspath(root)} went away while answering {command!r}") from exc
     reply = json.loads(data)
     if not reply.get("ok"):
         raise BridgeError(reply.get("error") or f"{command} failed")

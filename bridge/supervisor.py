@@ -419,7 +419,7 @@ def spawn(home: Home, options: list[str] | None = None, timeout: float = START_T
         status = control.request(home.root, "status", timeout=5)
         raise AlreadyRunning(status["supervisor"]["pid"])
     except NotRunning:
-        pass
+        pass  # (or a dying one: the pid file's lock decides who runs)
     home.log_dir.mkdir(parents=True, exist_ok=True)
     out_path = home.log_dir / "ombridge.out"
     with open(out_path, "ab") as out:
@@ -434,7 +434,7 @@ def spawn(home: Home, options: list[str] | None = None, timeout: float = START_T
         try:
             return control.request(home.root, "status", timeout=5)
         except NotRunning:
-            time.sleep(0.02)
+            time.sleep(0.02)  # not listening yet
     proc.kill()
     raise BridgeError(f"the supervisor did not answer within {timeout:g}s (see {home.log_dir / 'ombridge.log'})")
 
