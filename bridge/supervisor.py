@@ -55,8 +55,11 @@ def read_pid(home: Home) -> int | None:
 
 
 def setup_logging(home: Home, to_stderr: bool) -> None:
-    """Log to ``log/ombridge.log`` (10 MB x 5, rotated), and to stderr in the foreground."""
-    home.log_dir.mkdir(parents=True, exist_ok=True)
+    """Log to ``log/ombridge.log`` (10 MB x 5, rotated), and to stderr in the foreground.
+
+    ``log/`` is owner-only: what the script prints lands there, and scripts may print secrets.
+    """
+    home.private_dir(home.log_dir)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("ombridge")
     root.setLevel(logging.INFO)

@@ -106,3 +106,13 @@ def test_web_call_failures(web: str) -> None:
     assert not slow.ok and "web call failed" in (slow.error or "")
     refused = actions.perform("web", "http://127.0.0.1:9/", EVENT, 2)
     assert not refused.ok and "web call failed" in (refused.error or "")
+
+
+def test_a_fork_that_fails_is_a_failed_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Hard to cause for real (it takes exhausting the process table): fake it at Popen.
+    def no_fork(*args: object, **kwargs: object) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(actions.subprocess, "Popen", no_fork)
+    result = actions.perform("command", "true", EVENT, 10)
+    assert not result.ok and result.error == "cannot run /bin/sh: Resource temporarily unavailable"
