@@ -72,7 +72,8 @@ def _lines(path: Path) -> Counter[str]:
     return Counter(path.read_text().splitlines()) if path.exists() else Counter()
 
 
-def _perls(home: Home) -> list[int]:
+def perls_of(home: Home) -> list[int]:
+    """Live perl processes running a script of this home (a zombie counts as gone)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -145,9 +146,9 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> T
     elapsed = time.monotonic() - started
     supervisor.stop(home)
     orphan_deadline = time.monotonic() + 5
-    while _perls(home) and time.monotonic() < orphan_deadline:
+    while perls_of(home) and time.monotonic() < orphan_deadline:
         time.sleep(0.05)
-    orphans = len(_perls(home))
+    orphans = len(perls_of(home))
     got_backsync, got_command = _lines(tmp / "tmp" / "backsync.txt"), _lines(out)
     lost = sum(1 for i in ids if not got_backsync[i]) + sum(1 for i in ids if not got_command[i])
     duplicates = sum(n - 1 for n in got_backsync.values() if n > 1) + sum(n - 1 for n in got_command.values() if n > 1)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from bridge.home import Home
-from conftest import EXAMPLE, FIXTURES, alive, wait_for
+from chaos import perls_of
+from conftest import EXAMPLE, FIXTURES, wait_for
 
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
@@ -34,20 +35,6 @@ def status(home: Home) -> dict:
 def by_id(home: Home) -> dict[str, dict]:
     rows = json.loads(omb(home, "deliveries", "list", "--subscriber", "1", "--json", "--limit", "1000").stdout)
     return {r["key"]["ID"]: r for r in rows}
-
-
-def perls_of(home: Home) -> list[int]:
-    """Live perl processes running a script of this home."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(home.root).encode() in cmdline and b"perl" in cmdline and alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture
