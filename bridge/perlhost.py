@@ -483,9 +483,7 @@ class PerlHost:
 
     def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep) -> list[Outcome]:
         """Close every ID once, waiting out restarts, until each was attempted or the host gave up."""
-        pending = list(ids)
-        for i in pending:
-            protocol.id_bytes(i)
+        pending = list(ids)  # close_many refuses an empty ID before anything is sent
         results: list[Outcome] = []
         while pending:
             outcomes = self.close_many(pending)
