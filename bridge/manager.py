@@ -59,7 +59,7 @@ class EventManager:
         self.state = ManagerState.STOPPED
         self.delivered = 0
         self.failed_attempts = 0
-        self._batch = 100
+        self._batch = 10  # grows to about BATCH_SECONDS worth of Closes after the first batch
         self._stopping = threading.Event()
         self._wakes: list[threading.Event] = []
         self._threads: list[threading.Thread] = []
@@ -106,9 +106,12 @@ class EventManager:
         started = time.time()
         attempted = failed = released = 0
         first_error = None
-        for n in range(0, len(claims), RECORD_EVERY):
-            chunk = claims[n:n + RECORD_EVERY]
-            if released:  # the child went down earlier in this batch: give the rest back untouched
+        size = min(RECORD_EVERY, self._batch)
+        for n in range(0, len(claims), size):
+            chunk = claims[n:n + size]
+            if released or self._stopping.is_set():
+                # The child went down earlier in this batch, or we are stopping: give the rest
+                # back untouched (open, no attempt counted).
                 deliveries.release(conn, chunk)
                 released += len(chunk)
                 continue

@@ -220,3 +220,17 @@ def test_foreground_supervisor_stops_on_sigterm(home: Home) -> None:
         if proc.poll() is None:
             proc.kill()
     assert "supervisor" in proc.stderr.read()
+
+
+def test_stop_does_not_wait_behind_a_batch_of_slow_closes(home: Home, running) -> None:
+    install(home, "slow")
+    running()
+    omb(home, "close", *[f"SLOW-{n}" for n in range(40)])
+    wait_for(lambda: (home.tmp / "slow.txt").exists(), what="the first slow close")
+    started = time.monotonic()
+    omb(home, "stop")
+    assert time.monotonic() - started < 5  # 40 x 0.3 s would be 12 s
+    done = (home.tmp / "slow.txt").read_text().splitlines()
+    rows = json.loads(omb(home, "deliveries", "list", "--subscriber", "1", "--json").stdout)
+    assert sum(r["status"] == "done" for r in rows) == len(done) < 40
+    assert all(r["attempts"] == 0 for r in rows if r["status"] == "open")
