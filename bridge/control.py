@@ -15,7 +15,7 @@ import json
 import os
 import socket
 
-from .doorbell import DOORBELL, MAX_PATH, ring  # noqa: F401  (ring: the doorbell, re-exported)
+from .doorbell import DOORBELL, SocketAddress, ring, run_dir  # noqa: F401  (re-exported)
 from .errors import BridgeError, NotRunning
 
 TYPE_CHECKING = False
@@ -24,40 +24,6 @@ if TYPE_CHECKING:
 
 CONTROL = "control.sock"
 PIDFILE = "ombridge.pid"
-
-
-def run_dir(root: str | os.PathLike[str]) -> str:
-    """The home's ``run/`` folder."""
-    return os.path.join(os.fspath(root), "run")
-
-
-class SocketAddress:
-    """A socket path usable even when longer than ``sun_path`` allows.
-
-    A long path is reached through ``/proc/self/fd/N/NAME``, N being an open descriptor of its
-    folder (the socket file is still created in, and protected by, the real folder).
-    """
-
-    def __init__(self, folder: str, name: str) -> None:
-        self.path = os.path.join(folder, name)
-        self._fd: int | None = None
-        if len(self.path.encode()) > MAX_PATH:
-            self._fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            self.address = f"/proc/self/fd/{self._fd}/{name}"
-        else:
-            self.address = self.path
-
-    def close(self) -> None:
-        """Close the folder descriptor, if one was opened."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> SocketAddress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def request(root: str | os.PathLike[str], command: str, timeout: float = 120.0, **args: Any) -> Any:
