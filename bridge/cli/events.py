@@ -43,6 +43,14 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     Console().print(t)
 
 
+def listing(as_json: bool, data: Any, title: str, columns: list[str], cells: list[list[Any]]) -> None:
+    """What every listing prints: ``data`` as JSON with ``--json``, else ``cells`` as a table."""
+    if as_json:
+        print_json(data)
+    else:
+        table(title, columns, cells)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
@@ -74,11 +82,8 @@ def topic_add(ctx: click.Context, name: str, keys: tuple[str, ...], description:
 def topic_list(ctx: click.Context, as_json: bool) -> None:
     """List the topics. Example: `ombridge topic list --json`"""
     rows = catalog.list_topics(core(ctx))
-    if as_json:
-        print_json(rows)
-        return
-    table("Topics", ["topic", "key fields", "subscribers", "description"],
-          [[r["name"], ", ".join(r["key_fields"]), r["subscribers"], r["description"]] for r in rows])
+    listing(as_json, rows, "Topics", ["topic", "key fields", "subscribers", "description"],
+            [[r["name"], ", ".join(r["key_fields"]), r["subscribers"], r["description"]] for r in rows])
 
 
 @topic.command("show")
@@ -163,12 +168,10 @@ def subscriber_set(ctx: click.Context, subscriber_id: int, timeout: float | None
 def subscriber_list(ctx: click.Context, as_json: bool) -> None:
     """List the subscribers. Example: `ombridge subscriber list`"""
     rows = catalog.list_subscribers(core(ctx))
-    if as_json:
-        print_json(rows)
-        return
-    table("Subscribers", ["id", "action", "target", "topics", "sys", "disabled", "open", "failed", "description"],
-          [[r["id"], r["action"], r["target"], r["topics"], r["system"], r["disabled"], r["open"], r["failed"],
-            r["description"]] for r in rows])
+    listing(as_json, rows, "Subscribers",
+            ["id", "action", "target", "topics", "sys", "disabled", "open", "failed", "description"],
+            [[r["id"], r["action"], r["target"], r["topics"], r["system"], r["disabled"], r["open"], r["failed"],
+              r["description"]] for r in rows])
 
 
 @subscriber.command("show")
@@ -325,12 +328,10 @@ def events_group() -> None:
 def events_list(ctx: click.Context, topic_name: str | None, limit: int, as_json: bool) -> None:
     """List events, newest first. Example: `ombridge events list --topic task/change`"""
     rows = events.list_events(core(ctx), topic_name, limit)
-    if as_json:
-        print_json([{**r, "key": json.loads(r["key"])} for r in rows])
-        return
-    table("Events", ["id", "topic", "key", "deliveries", "open", "forced", "parent", "depth", "created"],
-          [[r["id"], r["topic"], r["key"], r["deliveries"], r["open"], r["forced"], r["parent_id"], r["depth"],
-            when(r["created_at"])] for r in rows])
+    listing(as_json, [{**r, "key": json.loads(r["key"])} for r in rows], "Events",
+            ["id", "topic", "key", "deliveries", "open", "forced", "parent", "depth", "created"],
+            [[r["id"], r["topic"], r["key"], r["deliveries"], r["open"], r["forced"], r["parent_id"], r["depth"],
+              when(r["created_at"])] for r in rows])
 
 
 @main.group("deliveries")
@@ -348,14 +349,11 @@ def deliveries_list(ctx: click.Context, status: str | None, subscriber_id: int |
                     as_json: bool) -> None:
     """List deliveries, newest first. Example: `ombridge deliveries list --status failed`"""
     rows = deliveries.list_deliveries(core(ctx), status, subscriber_id, limit)
-    if as_json:
-        print_json([{**r, "key": json.loads(r["key"])} for r in rows])
-        return
-    table("Deliveries", ["id", "event", "topic", "key", "subscriber", "status", "attempts", "next attempt",
-                         "last error"],
-          [[r["id"], r["event_id"], r["topic"], r["key"], f"{r['subscriber_id']} {r['subscriber']}".strip(),
-            r["status"], r["attempts"], when(r["next_attempt_at"]) if r["status"] == "open" else "",
-            r["last_error"]] for r in rows])
+    listing(as_json, [{**r, "key": json.loads(r["key"])} for r in rows], "Deliveries",
+            ["id", "event", "topic", "key", "subscriber", "status", "attempts", "next attempt", "last error"],
+            [[r["id"], r["event_id"], r["topic"], r["key"], f"{r['subscriber_id']} {r['subscriber']}".strip(),
+              r["status"], r["attempts"], when(r["next_attempt_at"]) if r["status"] == "open" else "",
+              r["last_error"]] for r in rows])
 
 
 @main.command()

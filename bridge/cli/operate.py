@@ -8,8 +8,8 @@ import rich_click as click
 
 from .. import control, integrations
 from ..errors import BridgeError, NotRunning, UsageError
-from . import home_of, main, print_json
-from .events import core, table
+from . import home_of, main
+from .events import core, listing
 
 
 def _tell_supervisor(ctx: click.Context) -> None:
@@ -61,11 +61,9 @@ def integration_remove(ctx: click.Context, name: str) -> None:
 def integration_list(ctx: click.Context, as_json: bool) -> None:
     """List the integrations merged into the home's script. Example: `ombridge integration list`"""
     found = integrations.list_integrations(home_of(ctx))
-    if as_json:
-        print_json([{"name": i.name, "package": integrations.package_of(i.name), "info": i.info} for i in found])
-        return
-    table("Integrations", ["name", "package", "merged"], [[i.name, integrations.package_of(i.name), i.info]
-                                                          for i in found])
+    listing(as_json, [{"name": i.name, "package": integrations.package_of(i.name), "info": i.info} for i in found],
+            "Integrations", ["name", "package", "merged"],
+            [[i.name, integrations.package_of(i.name), i.info] for i in found])
 
 
 @main.group()
@@ -107,12 +105,9 @@ def context_list(ctx: click.Context, as_json: bool) -> None:
     from ..contexts import list_contexts
 
     rows = list_contexts(core(ctx))
-    if as_json:
-        print_json(rows)
-        return
-    table("Contexts", ["id", "pattern", "table", "file", "match"],
-          [[r["id"], r["pattern"], r["table_name"], r["db_path"] or "(event core)",
-            ", ".join(f"{k}={v}" for k, v in r["matches"].items())] for r in rows])
+    listing(as_json, rows, "Contexts", ["id", "pattern", "table", "file", "match"],
+            [[r["id"], r["pattern"], r["table_name"], r["db_path"] or "(event core)",
+              ", ".join(f"{k}={v}" for k, v in r["matches"].items())] for r in rows])
 
 
 @context.command("remove")
