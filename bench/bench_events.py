@@ -17,7 +17,7 @@ from pathlib import Path
 from common import bench_home, table, timed
 
 from bridge import actions, catalog, events, store
-from bridge.catalog import Action
+from bridge.model import ActionKind
 
 SENDS = 2_000
 BATCH = 20_000
@@ -38,7 +38,7 @@ def _median_wall(argv: list[str], runs: int) -> float:
 def _core(home):
     conn = store.connect(home)
     catalog.add_topic(conn, "task/change", ["APPC", "TASK"])
-    sid = catalog.add_subscriber(conn, Action.COMMAND, "true")
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
     catalog.attach_topic(conn, sid, "task/*")
     catalog.add_filter(conn, sid, "task/*", "APPC", "KE.*")
     return conn
@@ -59,7 +59,7 @@ def run() -> str:
         def per_send(n_other: int) -> float:
             with bench_home() as h:
                 c = _core(h)
-                other = catalog.add_subscriber(c, Action.COMMAND, "true")
+                other = catalog.add_subscriber(c, ActionKind.COMMAND, "true")
                 for i in range(n_other):
                     name = f"other{i}/change"
                     catalog.add_topic(c, name, [])

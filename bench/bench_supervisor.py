@@ -19,7 +19,7 @@ from bench_backsync import spawn_per_event_rate
 from common import bench_home, table
 
 from bridge import catalog, control, events, store, supervisor
-from bridge.catalog import Action
+from bridge.model import ActionKind
 
 SENDS = 1_000
 BURST = 100_000
@@ -31,7 +31,7 @@ def _latency(home) -> tuple[float, float]:
     os.mkfifo(fifo)
     conn = store.connect(home)
     catalog.add_topic(conn, "bench/ping", ["N"])
-    sid = catalog.add_subscriber(conn, Action.COMMAND, f"echo &N > {fifo}")
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"echo &N > {fifo}")
     catalog.attach_topic(conn, sid, "bench/ping")
     supervisor.spawn(home)
     returned: dict[int, float] = {}

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from . import substitution
+from .model import ActionKind, Attempt
 from .names import value_text
 
 OUTPUT_TAIL = 4096  # bytes of output kept per attempt
@@ -57,30 +58,19 @@ class EventContext(NamedTuple):
         return env
 
 
-class ActionResult(NamedTuple):
-    """The outcome of one attempt."""
-
-    ok: bool
-    started_at: float
-    ended_at: float
-    exit_status: int | None = None
-    output: str = ""
-    error: str | None = None
-
-
-def run_command(command: str, event: EventContext, timeout: float, cwd: str | None = None) -> ActionResult:
+def run_command(command: str, event: EventContext, timeout: float, cwd: str | None = None) -> Attempt:
     """Run a command string through ``/bin/sh -c`` with its &VARs rewritten to safe expansions."""
     variables = event.variables()
     script = substitution.rewrite(command, variables.keys())
     return run_process(["/bin/sh", "-c", script], event.environment(), timeout, cwd)
 
 
-def run_program(program: str, event: EventContext, timeout: float, cwd: str | None = None) -> ActionResult:
+def run_program(program: str, event: EventContext, timeout: float, cwd: str | None = None) -> Attempt:
     """Run an event program without a shell: ``argv = [program, topic, key JSON]``."""
     return run_process([program, event.topic, event.key_json], event.environment(), timeout, cwd)
 
 
-def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: str | None = None) -> ActionResult:
+def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: str | None = None) -> Attempt:
     """Run ``argv``; keep the last :data:`OUTPUT_TAIL` bytes of stdout+stderr; kill the process
     group at ``timeout``. Success is exit status 0."""
     started = time.time()
@@ -88,7 +78,7 @@ def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: st
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=dict(env), cwd=cwd, start_new_session=True)
     except OSError as exc:
-        return ActionResult(False, started, time.time(), error=f"cannot run {argv[0]}: {exc.strerror or exc}")
+        return Attempt(False, started, time.time(), error=f"cannot run {argv[0]}: {exc.strerror or exc}")
     assert proc.stdout is not None
     with _running_lock:
         _running.add(proc.pid)
@@ -99,7 +89,7 @@ def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: st
             _running.discard(proc.pid)
 
 
-def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> ActionResult:
+def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> Attempt:
     assert proc.stdout is not None
     tail = bytearray()
     deadline = time.monotonic() + timeout
@@ -128,11 +118,17 @@ def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> A
     output = bytes(tail[-OUTPUT_TAIL:]).decode("utf-8", "replace")
     ended = time.time()
     if timed_out:
-        return ActionResult(False, started, ended, None, output, f"timed out after {timeout:g}s (process group killed)")
+        return Attempt(False, started, ended, None, output, f"timed out after {timeout:g}s (process group killed)")
     if status != 0:
         reason = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
-        return ActionResult(False, started, ended, status, output, reason)
-    return ActionResult(True, started, ended, 0, output)
+        return Attempt(False, started, ended, status, output, reason)
+    return Attempt(True, started, ended, 0, output)
+
+
+def running_count() -> int:
+    """How many actions are in flight now."""
+    with _running_lock:
+        return len(_running)
 
 
 def kill_running() -> int:
@@ -151,7 +147,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def run_web(url: str, event: EventContext, timeout: float) -> ActionResult:
+def run_web(url: str, event: EventContext, timeout: float) -> Attempt:
     """POST ``{"event": id, "topic": ..., "key": {...}}`` as JSON; any 2xx status is success."""
     import urllib.error
     import urllib.request
@@ -167,22 +163,22 @@ def run_web(url: str, event: EventContext, timeout: float) -> ActionResult:
             text = response.read(OUTPUT_TAIL).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         text = exc.read(OUTPUT_TAIL).decode("utf-8", "replace") if exc.fp else ""
-        return ActionResult(False, started, time.time(), exc.code, text, f"HTTP {exc.code} {exc.reason}")
+        return Attempt(False, started, time.time(), exc.code, text, f"HTTP {exc.code} {exc.reason}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return ActionResult(False, started, time.time(), None, "", f"web call failed: {reason}")
+        return Attempt(False, started, time.time(), None, "", f"web call failed: {reason}")
     if 200 <= status < 300:
-        return ActionResult(True, started, time.time(), status, text)
-    return ActionResult(False, started, time.time(), status, text, f"HTTP {status}")
+        return Attempt(True, started, time.time(), status, text)
+    return Attempt(False, started, time.time(), status, text, f"HTTP {status}")
 
 
-def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None) -> ActionResult:
+def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None) -> Attempt:
     """Run one subscriber action of kind ``action`` (command, program or web) for ``event``."""
-    if action == "command":
+    if action == ActionKind.COMMAND:
         return run_command(target, event, timeout, cwd)
-    if action == "program":
+    if action == ActionKind.PROGRAM:
         return run_program(target, event, timeout, cwd)
-    if action == "web":
+    if action == ActionKind.WEB:
         return run_web(target, event, timeout)
     now = time.time()
-    return ActionResult(False, now, now, error=f"action {action!r} is run by the supervisor, not here")
+    return Attempt(False, now, now, error=f"action {action!r} is run by the supervisor, not here")

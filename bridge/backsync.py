@@ -9,12 +9,12 @@ event (stored even when nobody listens), as the connector's ombacksync did.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
+from . import catalog
 from .errors import UsageError
 from .events import SendResult, send, send_many
-from .store import now, transaction
+from .model import ActionKind
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,25 +34,14 @@ _TOPICS = [
 
 def ensure_backsync(conn: sqlite3.Connection) -> int:
     """Create the built-in topics and the backsync system subscriber if missing; returns its id."""
-    row = conn.execute("SELECT id FROM subscribers WHERE system = 1 AND action = 'backsync'").fetchone()
-    if row is not None:
-        return int(row[0])
-    at = now()
-    with transaction(conn):
-        row = conn.execute("SELECT id FROM subscribers WHERE system = 1 AND action = 'backsync'").fetchone()
-        if row is not None:  # another process created it meanwhile
-            return int(row[0])
-        for name, fields, description in _TOPICS:
-            conn.execute("INSERT OR IGNORE INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)",
-                         (name, description, json.dumps(fields), at))
-        sid = conn.execute(
-            "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
-            "VALUES (?, 1, 0, 'backsync', '', ?, ?, ?)", (DESCRIPTION, CLOSE_TIMEOUT, CLOSE_RETRIES, at)).lastrowid
-        st = conn.execute("INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) "
-                          "VALUES (?, ?, 0, 'closed events')", (sid, UPDATE_TOPIC)).lastrowid
-        conn.execute("INSERT INTO event_filters (subscriber_topic_id, variable, regex, description) "
-                     "VALUES (?, 'STATE', 'closed', 'only closed events')", (st,))
-        return int(sid or 0)
+    return catalog.ensure_system_subscriber(
+        conn, ActionKind.BACKSYNC, description=DESCRIPTION, timeout=CLOSE_TIMEOUT, retries=CLOSE_RETRIES,
+        topics=_TOPICS, pattern=UPDATE_TOPIC, filters=[("STATE", "closed", "only closed events")])
+
+
+def close_timeout(conn: sqlite3.Connection) -> float:
+    """How long one OMBackSync call may take: the backsync subscriber's timeout."""
+    return catalog.get_subscriber(conn, ensure_backsync(conn)).timeout
 
 
 def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | None = None,

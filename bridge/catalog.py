@@ -12,10 +12,11 @@ import json
 import os
 import re
 import sqlite3
-from enum import Enum
 from typing import Any, NamedTuple
 
+from . import deliveries
 from .errors import NotFound, UsageError
+from .model import ActionKind, DeliveryStatus
 from .names import check_field_name, check_pattern, check_topic_name, variable_name
 from .store import now, transaction
 
@@ -23,20 +24,7 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_RETRIES = 5
 
 
-class Action(str, Enum):
-    """What a subscriber does with an event."""
-
-    COMMAND = "command"  # a command string with &VAR substitution, run by /bin/sh -c
-    PROGRAM = "program"  # an event program: argv = [program, topic, key JSON], no shell
-    WEB = "web"  # HTTP POST of the event as JSON
-    BACKSYNC = "backsync"  # the built-in: OMBackSync('Close', &ID) in the persistent perl child
-
-
 # -- topics ---------------------------------------------------------------------------------------
-
-
-
-
 
 
 def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str = "") -> None:
@@ -49,19 +37,14 @@ def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], descri
     with transaction(conn):
         if conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
             raise UsageError(f"topic {name} is already defined")
-        conn.execute(
-            "INSERT INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)",
-            (name, description, json.dumps(key_fields), now()),
-        )
+        _insert_topic(conn, name, key_fields, description)
 
 
-def ensure_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str) -> None:
-    """Define a built-in topic if it is missing (no error when it exists)."""
-    with transaction(conn):
-        conn.execute(
-            "INSERT OR IGNORE INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)",
-            (name, description, json.dumps(key_fields), now()),
-        )
+def _insert_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str,
+                  ignore_existing: bool = False) -> None:
+    conn.execute(
+        f"INSERT {'OR IGNORE ' if ignore_existing else ''}INTO topics (name, description, key_fields, created_at) "
+        "VALUES (?, ?, ?, ?)", (name, description, json.dumps(key_fields), now()))
 
 
 def get_topic(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
@@ -110,7 +93,7 @@ class Subscriber(NamedTuple):
     description: str
     system: bool
     disabled: bool
-    action: Action
+    action: ActionKind
     target: str
     timeout: float
     retries: int
@@ -119,40 +102,75 @@ class Subscriber(NamedTuple):
     def from_row(cls, row: sqlite3.Row) -> Subscriber:
         """Build from a ``subscribers`` row."""
         return cls(row["id"], row["description"], bool(row["system"]), bool(row["disabled"]),
-                   Action(row["action"]), row["target"], row["timeout"], row["retries"])
+                   ActionKind(row["action"]), row["target"], row["timeout"], row["retries"])
 
 
-def _check_target(action: Action, target: str) -> str:
-    if action is Action.COMMAND:
+def _check_target(action: ActionKind, target: str) -> str:
+    if action is ActionKind.COMMAND:
         if not target.strip():
             raise UsageError("the command string is empty")
-    elif action is Action.PROGRAM:
+    elif action is ActionKind.PROGRAM:
         if not os.path.isabs(target):
             raise UsageError(f"program {target!r} must be an absolute path")
         if not (os.path.isfile(target) and os.access(target, os.X_OK)):
             raise UsageError(f"program {target} is not an executable file")
-    elif action is Action.WEB:
+    elif action is ActionKind.WEB:
         if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", target):
             raise UsageError(f"bad URL {target!r}: use http://HOST/PATH or https://HOST/PATH")
     return target
 
 
-def add_subscriber(conn: sqlite3.Connection, action: Action, target: str, *, description: str = "",
-                   timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                   system: bool = False) -> int:
+def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *, description: str = "",
+                   timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES) -> int:
     """Create a subscriber; returns its id."""
     _check_target(action, target)
+    with transaction(conn):
+        return _insert_subscriber(conn, action, target, description, timeout, retries, system=False)
+
+
+def _insert_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, description: str,
+                       timeout: float, retries: int, system: bool) -> int:
     if not timeout > 0:
         raise UsageError("the timeout must be more than 0 seconds")
     if retries < 0:
         raise UsageError("retries must be 0 or more")
+    cur = conn.execute(
+        "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
+        "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+        (description, int(system), action.value, target, float(timeout), int(retries), now()),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def system_subscriber(conn: sqlite3.Connection, action: ActionKind) -> int | None:
+    """The id of the system subscriber of ``action``, if it exists."""
+    row = conn.execute("SELECT id FROM subscribers WHERE system = 1 AND action = ? ORDER BY id LIMIT 1",
+                       (action.value,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, description: str, timeout: float,
+                             retries: int, topics: list[tuple[str, list[str], str]], pattern: str,
+                             filters: list[tuple[str, str, str]]) -> int:
+    """Create a built-in subscriber with its topics, subscriber topic and filters unless it exists;
+    returns its id. ``topics`` are (name, key fields, description); ``filters`` (variable, regex,
+    description). One transaction: a concurrent creator is seen, not duplicated."""
+    sid = system_subscriber(conn, action)
+    if sid is not None:
+        return sid
     with transaction(conn):
-        cur = conn.execute(
-            "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
-            "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
-            (description, int(system), action.value, target, float(timeout), int(retries), now()),
-        )
-        return int(cur.lastrowid or 0)
+        sid = system_subscriber(conn, action)
+        if sid is not None:  # another process created it meanwhile
+            return sid
+        for name, fields, topic_description in topics:
+            _insert_topic(conn, name, fields, topic_description, ignore_existing=True)
+        sid = _insert_subscriber(conn, action, "", description, timeout, retries, system=True)
+        st = conn.execute("INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) "
+                          "VALUES (?, ?, 0, ?)", (sid, pattern, topics[0][2])).lastrowid
+        for variable, regex, filter_description in filters:
+            conn.execute("INSERT INTO event_filters (subscriber_topic_id, variable, regex, description) "
+                         "VALUES (?, ?, ?, ?)", (st, variable, regex, filter_description))
+        return sid
 
 
 def get_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> Subscriber:
@@ -168,12 +186,12 @@ def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         "SELECT s.*, "
         " (SELECT group_concat(pattern || CASE synchronized WHEN 1 THEN ' (sync)' ELSE '' END, ', ') "
-        "  FROM subscriber_topics st WHERE st.subscriber_id = s.id) AS topics, "
-        " (SELECT count(*) FROM subscriber_events se WHERE se.subscriber_id = s.id AND se.status = 'open') AS open, "
-        " (SELECT count(*) FROM subscriber_events se WHERE se.subscriber_id = s.id AND se.status = 'failed') AS failed "
+        "  FROM subscriber_topics st WHERE st.subscriber_id = s.id) AS topics "
         "FROM subscribers s ORDER BY s.id"
     ).fetchall()
-    return [dict(r) for r in rows]
+    counts = deliveries.per_subscriber(conn)
+    empty = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
+    return [{**dict(r), **counts.get(r["id"], empty)} for r in rows]
 
 
 def show_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any]:
@@ -224,18 +242,10 @@ def remove_subscriber(conn: sqlite3.Connection, subscriber_id: int, force: bool 
         if sub.system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber and cannot be removed "
                              "(disable it instead)")
-        open_count = conn.execute(
-            "SELECT count(*) FROM subscriber_events WHERE subscriber_id = ? AND status = 'open'",
-            (subscriber_id,)).fetchone()[0]
-        if open_count and not force:
-            raise UsageError(f"subscriber {subscriber_id} has {open_count} open deliveries: "
-                             "purge them first (ombridge subscriber purge) or remove with --force")
+        deliveries.delete_for_subscriber(conn, subscriber_id, force=force)
         for (st_id,) in conn.execute("SELECT id FROM subscriber_topics WHERE subscriber_id = ?",
                                      (subscriber_id,)).fetchall():
             _delete_subscriber_topic(conn, st_id)
-        conn.execute("DELETE FROM attempts WHERE subscriber_event_id IN "
-                     "(SELECT id FROM subscriber_events WHERE subscriber_id = ?)", (subscriber_id,))
-        conn.execute("DELETE FROM subscriber_events WHERE subscriber_id = ?", (subscriber_id,))
         conn.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
 
 
@@ -243,15 +253,10 @@ def purge_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """Drop a subscriber's open deliveries (status ``purged``); returns how many."""
     with transaction(conn):
         get_subscriber(conn, subscriber_id)
-        cur = conn.execute(
-            "UPDATE subscriber_events SET status = 'purged', updated_at = ? WHERE subscriber_id = ? AND status = 'open'",
-            (now(), subscriber_id))
-        return cur.rowcount
+        return deliveries.purge(conn, subscriber_id)
 
 
 # -- subscriber topics and filters ----------------------------------------------------------------
-
-
 
 
 def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, synchronized: bool = False,
@@ -293,8 +298,6 @@ def detach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> 
         if get_subscriber(conn, subscriber_id).system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its topics are fixed")
         _delete_subscriber_topic(conn, st_id)
-
-
 
 
 def compile_filter(regex: str) -> re.Pattern[str]:

@@ -1,43 +1,100 @@
-"""Subscriber events as a durable queue: claim under a lease, then acknowledge.
+"""Subscriber events as a durable queue: the only writer of ``subscriber_events`` and ``attempts``.
 
-A subscriber event is ``open`` until it is ``done``, ``failed`` (retries used up) or ``purged``.
-Claiming one moves its ``next_attempt_at`` past now by a lease and counts the attempt *at claim
-time*; so a claimer that dies (kill -9 at any instant) leaves a row that is simply due again when
-the lease runs out, and its attempt still counts. Finishing is fenced by the attempt number: a
-claimer whose lease was lost and re-claimed cannot overwrite the newer claim's outcome.
-Nothing is deleted on read. Every attempt is recorded in ``attempts``.
+A subscriber event is ``open`` until it is ``done``, ``failed`` (retries used up) or ``purged``
+(:class:`bridge.model.DeliveryStatus`). Claiming one moves its ``next_attempt_at`` past now by a
+lease, names its claimer and counts the attempt *at claim time*; so a claimer that dies (kill -9
+at any instant) leaves a row that is simply due again when the lease runs out (or at once, when
+the next supervisor takes back a dead one's claims), and its attempt still counts. Finishing is
+fenced by the attempt number: a claimer whose lease was lost and re-claimed cannot overwrite the
+newer claim's outcome. Nothing is deleted on read; a row that is claimed cannot be deleted
+(removing its subscriber is refused until the claim is released). Every attempt is recorded.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
-from collections.abc import Sequence
-from typing import Any, NamedTuple
 
-from .actions import ActionResult, EventContext
 from .errors import UsageError
+from .model import ActionKind, Attempt, DeliveryStatus, Settlement
 from .store import now as wall_now
 from .store import transaction
+
+# `ombridge send` enqueues through this module: typing, random and the actions are imported only
+# where they are needed (see bench/bench_events.py for the startup figure).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
+    from .actions import EventContext
 
 LEASE_MARGIN = 30.0  # seconds a claim outlives the subscriber's own timeout
 RETRY_BASE = 1.0
 RETRY_CAP = 300.0
-STATUSES = ("open", "done", "failed", "purged")
+
+_OPEN = DeliveryStatus.OPEN.value
+_FAILED = DeliveryStatus.FAILED.value
+_FINISHED = (DeliveryStatus.DONE.value, DeliveryStatus.PURGED.value)  # what retention may delete
 
 
-class Claimed(NamedTuple):
+class Claimed:
     """One claimed subscriber event with what is needed to deliver it."""
 
-    id: int
-    attempt: int  # the attempt number this claim holds (the fencing token)
-    event: EventContext
-    subscriber_id: int
-    action: str
-    target: str
-    timeout: float
-    retries: int
+    __slots__ = ("id", "attempt", "event", "subscriber_id", "action", "target", "timeout", "retries")
+
+    def __init__(self, id: int, attempt: int, event: EventContext, subscriber_id: int, action: ActionKind,
+                 target: str, timeout: float, retries: int) -> None:
+        self.id = id
+        self.attempt = attempt  # the attempt number this claim holds (the fencing token)
+        self.event = event
+        self.subscriber_id = subscriber_id
+        self.action = action
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+
+    def __repr__(self) -> str:
+        return f"Claimed(id={self.id}, attempt={self.attempt}, subscriber_id={self.subscriber_id})"
+
+
+class Delivery:
+    """A subscriber event to create: :func:`enqueue` writes one row per delivery. A synchronized
+    one is created already claimed by its sender (``claimed_by``)."""
+
+    __slots__ = ("event_id", "subscriber_id", "subscriber_topic_id", "timeout", "claimed_by")
+
+    def __init__(self, event_id: int, subscriber_id: int, subscriber_topic_id: int, timeout: float,
+                 claimed_by: str | None = None) -> None:
+        self.event_id = event_id
+        self.subscriber_id = subscriber_id
+        self.subscriber_topic_id = subscriber_topic_id
+        self.timeout = timeout
+        self.claimed_by = claimed_by
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> list[int]:
+    """Create one open subscriber event per row, inside the caller's transaction; returns the ids
+    of the rows created already claimed (attempt 1, under a lease), in order."""
+    claimed: list[int] = []
+    free = [(r.event_id, r.subscriber_id, r.subscriber_topic_id, at, at, at) for r in rows if r.claimed_by is None]
+    if free:
+        conn.executemany(
+            "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, synchronized, status, "
+            f"attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, 0, '{_OPEN}', 0, ?, ?, ?)", free)
+    for r in rows:
+        if r.claimed_by is not None:
+            cur = conn.execute(
+                "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, synchronized, status, "
+                "attempts, next_attempt_at, created_at, updated_at, claimed_by) "
+                f"VALUES (?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?)",
+                (r.event_id, r.subscriber_id, r.subscriber_topic_id, at + r.timeout + LEASE_MARGIN, at, at,
+                 r.claimed_by))
+            claimed.append(int(cur.lastrowid or 0))
+    return claimed
 
 
 _CLAIMED_SELECT = (
@@ -47,76 +104,76 @@ _CLAIMED_SELECT = (
 )
 
 
-def _take(conn: sqlite3.Connection, rows: list[sqlite3.Row], at: float, owner: str | None) -> list[Claimed]:
-    # Inside the caller's transaction: count the attempt now and hold the row for a lease.
-    conn.executemany(
-        "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ?, claimed_by = ? "
-        "WHERE id = ?",
-        [(at + r["timeout"] + LEASE_MARGIN, at, owner, r["id"]) for r in rows],
-    )
+def _claims(rows: list[sqlite3.Row]) -> list[Claimed]:
+    from .actions import EventContext
+
     claimed = []
     for r in rows:
         event = EventContext(r["event_id"], r["topic"], json.loads(r["key"]), r["key"], r["depth"],
                              json.loads(r["context"]) if r["context"] else {})
-        claimed.append(Claimed(r["id"], r["attempts"] + 1, event, r["subscriber_id"], r["action"], r["target"],
-                               r["timeout"], r["retries"]))
+        claimed.append(Claimed(r["id"], r["attempts"] + 1, event, r["subscriber_id"], ActionKind(r["action"]),
+                               r["target"], r["timeout"], r["retries"]))
     return claimed
 
 
-def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, action: str | None = None,
-          exclude_action: str | None = None, owner: str | None = None) -> list[Claimed]:
+def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, action: ActionKind | None = None,
+          exclude_action: ActionKind | None = None, owner: str | None = None) -> list[Claimed]:
     """Claim up to ``limit`` due open subscriber events, oldest due first, for ``owner``."""
     at = wall_now() if at is None else at
     kind, args = _of_action(action, exclude_action)
     with transaction(conn):
         rows = conn.execute(
-            _CLAIMED_SELECT + f"WHERE se.status = 'open' AND se.next_attempt_at <= ?{kind} "
+            _CLAIMED_SELECT + f"WHERE se.status = '{_OPEN}' AND se.next_attempt_at <= ?{kind} "
             "ORDER BY se.next_attempt_at, se.id LIMIT ?", (at, *args, limit)
         ).fetchall()
-        return _take(conn, rows, at, owner)
+        # Count the attempt now and hold the row for a lease.
+        conn.executemany(
+            "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ?, "
+            "claimed_by = ? WHERE id = ?",
+            [(at + r["timeout"] + LEASE_MARGIN, at, owner, r["id"]) for r in rows])
+    return _claims(rows)
 
 
 def retry_delay(attempt: int) -> float:
     """Capped exponential backoff with jitter before the attempt after ``attempt``."""
+    import random
+
     return min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
 
 
-def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, ActionResult]]) -> list[str]:
-    """Record attempts and their outcomes in one transaction; returns each new status.
+def settle(claim: Claimed, result: Attempt) -> Settlement:
+    """What an attempt's result makes of its delivery (before the fence is checked)."""
+    if result.ok:
+        return Settlement.DONE
+    return Settlement.FAILED if claim.attempt > claim.retries else Settlement.RETRY
+
+
+def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) -> list[Settlement]:
+    """Record attempts and their outcomes in one transaction; returns what each became.
 
     Success -> done. Failure -> open again after backoff, or failed once the subscriber's
     retries are used up (attempts > retries). A claim whose lease was taken over meanwhile
-    (its attempt number is no longer current) only records its attempt ("stale").
+    (its attempt number is no longer current), or whose row is gone, is ``stale``: its attempt
+    is recorded if the row still exists, and nothing else of the batch is affected.
     """
-    statuses: list[str] = []
     at = wall_now()
+    wanted = [settle(c, r) for c, r in done]
     with transaction(conn):
-        for c, result in done:
-            conn.execute(
-                "INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (c.id, c.attempt, result.started_at, result.ended_at, int(result.ok), result.exit_status,
-                 result.output, result.error),
-            )
-            if result.ok:
-                status, next_at = "done", at
-            elif c.attempt > c.retries:
-                status, next_at = "failed", at
-            else:
-                status, next_at = "open", at + retry_delay(c.attempt)
+        # Attempts of rows that no longer exist are skipped rather than failing the whole batch.
+        conn.executemany(
+            "INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error) "
+            "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriber_events WHERE id = ?)",
+            [(c.id, c.attempt, r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error, c.id)
+             for c, r in done])
+        settled = []
+        for (c, r), s in zip(done, wanted):
+            next_at = at + retry_delay(c.attempt) if s is Settlement.RETRY else at
             cur = conn.execute(
-                "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, updated_at = ? "
-                "WHERE id = ? AND attempts = ? AND status = 'open'",
-                (status, next_at, result.error, at, c.id, c.attempt),
-            )
-            statuses.append(status if cur.rowcount else "stale")
-    return statuses
-
-
-def _equal(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
-    """``column = ?`` conditions and their arguments for the pairs whose value is not None."""
-    given = [(column, value) for column, value in pairs if value is not None]
-    return [f"{column} = ?" for column, _ in given], [value for _, value in given]
+                "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, updated_at = ?, "
+                f"claimed_by = NULL WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
+                (s.value, next_at, r.error, at, c.id, c.attempt))
+            settled.append(s if cur.rowcount else Settlement.STALE)
+    return settled
 
 
 def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
@@ -125,7 +182,7 @@ def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | Non
     with transaction(conn):
         conn.executemany(
             "UPDATE subscriber_events SET attempts = attempts - 1, next_attempt_at = ?, claimed_by = NULL, "
-            "updated_at = ? WHERE id = ? AND attempts = ? AND status = 'open'",
+            f"updated_at = ? WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
             [(at, at, c.id, c.attempt) for c in claims])
 
 
@@ -136,44 +193,106 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
     with transaction(conn):
         return conn.execute(
             "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, updated_at = ? "
-            "WHERE status = 'open' AND next_attempt_at > ? AND claimed_by LIKE ? AND claimed_by != ?",
+            f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND claimed_by LIKE ? AND claimed_by != ?",
             (at, at, at, owner_prefix + "%", keep)).rowcount
 
 
-def next_due(conn: sqlite3.Connection, action: str | None = None, exclude_action: str | None = None) -> float | None:
+def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None,
+                 delivery_id: int | None = None) -> int:
+    """Put failed deliveries back to open, due now, with a fresh count; returns how many."""
+    where, args = _equal([("status", _FAILED), ("subscriber_id", subscriber_id), ("event_id", event_id),
+                          ("id", delivery_id)])
+    at = wall_now()
+    with transaction(conn):
+        return conn.execute(
+            f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
+            f"claimed_by = NULL WHERE {' AND '.join(where)}", (at, at, *args)).rowcount
+
+
+def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
+    """Drop a subscriber's open deliveries (status ``purged``) inside the caller's transaction;
+    returns how many. A delivery in flight finishes, but its outcome no longer changes the row."""
+    return conn.execute(
+        f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', updated_at = ?, claimed_by = NULL "
+        f"WHERE subscriber_id = ? AND status = '{_OPEN}'", (wall_now(), subscriber_id)).rowcount
+
+
+def in_flight(conn: sqlite3.Connection, subscriber_id: int) -> int:
+    """How many of a subscriber's deliveries are claimed under a lease that has not run out."""
+    return conn.execute(
+        f"SELECT count(*) FROM subscriber_events WHERE subscriber_id = ? AND status = '{_OPEN}' "
+        "AND claimed_by IS NOT NULL AND next_attempt_at > ?", (subscriber_id, wall_now())).fetchone()[0]
+
+
+def delete_for_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, force: bool = False) -> None:
+    """Delete a subscriber's deliveries and attempts, inside the caller's transaction.
+
+    Refused while any is open (unless ``force``) and, always, while any is in flight: deleting a
+    claimed row would make its claimer's acknowledgement fail.
+    """
+    flying = in_flight(conn, subscriber_id)
+    if flying:
+        raise UsageError(f"subscriber {subscriber_id} has {flying} deliveries in flight: try again when they "
+                         "have finished (ombridge deliveries list --subscriber ID shows them)")
+    open_count = counts(conn, subscriber_id=subscriber_id)[_OPEN]
+    if open_count and not force:
+        raise UsageError(f"subscriber {subscriber_id} has {open_count} open deliveries: "
+                         "purge them first (ombridge subscriber purge) or remove with --force")
+    conn.execute("DELETE FROM attempts WHERE subscriber_event_id IN "
+                 "(SELECT id FROM subscriber_events WHERE subscriber_id = ?)", (subscriber_id,))
+    conn.execute("DELETE FROM subscriber_events WHERE subscriber_id = ?", (subscriber_id,))
+
+
+def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> tuple[int, int]:
+    """Delete up to ``chunk`` done or purged deliveries last changed before ``cutoff``, with their
+    attempts, in one transaction; returns (deliveries, attempts) deleted."""
+    with transaction(conn):
+        ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM subscriber_events WHERE status IN {_FINISHED!r} AND updated_at < ? LIMIT ?",
+            (cutoff, chunk))]
+        if not ids:
+            return 0, 0
+        marks = ",".join("?" * len(ids))
+        attempts = conn.execute(f"DELETE FROM attempts WHERE subscriber_event_id IN ({marks})", ids).rowcount
+        return conn.execute(f"DELETE FROM subscriber_events WHERE id IN ({marks})", ids).rowcount, attempts
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def next_due(conn: sqlite3.Connection, action: ActionKind | None = None,
+             exclude_action: ActionKind | None = None) -> float | None:
     """When the next open delivery (of ``action``, or not of ``exclude_action``) is due, if any."""
     kind, args = _of_action(action, exclude_action)
     return conn.execute("SELECT min(se.next_attempt_at) FROM subscriber_events se "
-                        f"JOIN subscribers s ON s.id = se.subscriber_id WHERE se.status = 'open'{kind}",
+                        f"JOIN subscribers s ON s.id = se.subscriber_id WHERE se.status = '{_OPEN}'{kind}",
                         args).fetchone()[0]
 
 
-def _of_action(action: str | None, exclude_action: str | None) -> tuple[str, list[str]]:
-    # Lanes split the work by action: the backsync lane takes "backsync", the others the rest.
+def _of_action(action: ActionKind | None, exclude_action: ActionKind | None) -> tuple[str, list[str]]:
+    # Lanes split the work by action: the backsync lane takes the backsync, the others the rest.
     sql, args = "", []
     if action is not None:
-        sql, args = sql + " AND s.action = ?", [*args, action]
+        sql, args = sql + " AND s.action = ?", [*args, action.value]
     if exclude_action is not None:
-        sql, args = sql + " AND s.action != ?", [*args, exclude_action]
+        sql, args = sql + " AND s.action != ?", [*args, exclude_action.value]
     return sql, args
 
 
-def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None) -> int:
-    """Put failed deliveries back to open, due now, with a fresh count; returns how many."""
-    where, args = _equal([("status", "failed"), ("subscriber_id", subscriber_id), ("event_id", event_id)])
-    at = wall_now()
-    with transaction(conn):
-        cur = conn.execute(
-            f"UPDATE subscriber_events SET status = 'open', attempts = 0, next_attempt_at = ?, updated_at = ? "
-            f"WHERE {' AND '.join(where)}", (at, at, *args))
-        return cur.rowcount
+def _equal(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
+    """``column = ?`` conditions and their arguments for the pairs whose value is not None."""
+    given = [(column, value) for column, value in pairs if value is not None]
+    return [f"{column} = ?" for column, _ in given], [value for _, value in given]
 
 
-def list_deliveries(conn: sqlite3.Connection, status: str | None = None, subscriber_id: int | None = None,
-                    limit: int = 100) -> list[dict[str, Any]]:
+def list_deliveries(conn: sqlite3.Connection, status: DeliveryStatus | str | None = None,
+                    subscriber_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Subscriber events, newest first, with the event's topic and key and the last error."""
-    if status is not None and status not in STATUSES:
-        raise UsageError(f"bad status {status!r}: one of {', '.join(STATUSES)}")
+    if status is not None:
+        try:
+            status = DeliveryStatus(status).value
+        except ValueError:
+            raise UsageError(f"bad status {status!r}: one of {', '.join(s.value for s in DeliveryStatus)}") from None
     where, args = _equal([("se.status", status), ("se.subscriber_id", subscriber_id)])
     sql = ("SELECT se.id, se.event_id, e.topic, e.key, se.subscriber_id, s.description AS subscriber, "
            "se.status, se.attempts, se.next_attempt_at, se.last_error, se.created_at, se.updated_at "
@@ -183,10 +302,53 @@ def list_deliveries(conn: sqlite3.Connection, status: str | None = None, subscri
     return [dict(r) for r in conn.execute(sql, (*args, limit))]
 
 
+def counts(conn: sqlite3.Connection, *, subscriber_id: int | None = None) -> dict[str, int]:
+    """How many deliveries there are in each status (of one subscriber, or of all)."""
+    where, args = _equal([("subscriber_id", subscriber_id)])
+    result = dict.fromkeys((s.value for s in DeliveryStatus), 0)
+    for status, count in conn.execute(
+            "SELECT status, count(*) FROM subscriber_events " + (f"WHERE {' AND '.join(where)} " if where else "")
+            + "GROUP BY status", args):
+        result[status] = count
+    return result
+
+
 def backlog(conn: sqlite3.Connection) -> dict[str, int]:
     """How many deliveries are open and failed."""
-    counts = dict.fromkeys(("open", "failed"), 0)
-    for status, count in conn.execute(
-            "SELECT status, count(*) FROM subscriber_events WHERE status IN ('open', 'failed') GROUP BY status"):
-        counts[status] = count
-    return counts
+    counts_now = counts(conn)
+    return {_OPEN: counts_now[_OPEN], _FAILED: counts_now[_FAILED]}
+
+
+def oldest_open(conn: sqlite3.Connection) -> float | None:
+    """When the oldest open delivery was created, if any."""
+    return conn.execute(f"SELECT min(created_at) FROM subscriber_events WHERE status = '{_OPEN}'").fetchone()[0]
+
+
+def attempt_totals(conn: sqlite3.Connection) -> dict[bool, int]:
+    """Recorded attempts by result (True: succeeded)."""
+    totals = {True: 0, False: 0}
+    for ok, count in conn.execute("SELECT ok, count(*) FROM attempts GROUP BY ok"):
+        totals[bool(ok)] = count
+    return totals
+
+
+def per_subscriber(conn: sqlite3.Connection) -> dict[int, dict[str, int]]:
+    """Open and failed deliveries of every subscriber that has any."""
+    result: dict[int, dict[str, int]] = {}
+    for sid, status, count in conn.execute(
+            "SELECT subscriber_id, status, count(*) FROM subscriber_events "
+            f"WHERE status IN ('{_OPEN}', '{_FAILED}') GROUP BY subscriber_id, status"):
+        result.setdefault(sid, {_OPEN: 0, _FAILED: 0})[status] = count
+    return result
+
+
+def per_event(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+    """How many deliveries each of ``event_ids`` has, and how many are open."""
+    ids = list(event_ids)
+    result = {i: {"deliveries": 0, _OPEN: 0} for i in ids}
+    if ids:
+        for event_id, total, open_count in conn.execute(
+                f"SELECT event_id, count(*), sum(status = '{_OPEN}') FROM subscriber_events "
+                f"WHERE event_id IN ({','.join('?' * len(ids))}) GROUP BY event_id", ids):
+            result[event_id] = {"deliveries": total, _OPEN: open_count}
+    return result

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import sys
 
-TYPE_CHECKING = False  # typing itself is not imported at run time
-if TYPE_CHECKING:
-    from . import events
-
 
 def _fast(argv: list[str]) -> int | None:
     """Run a plain ``send``/``key get``; None when the full CLI must handle ``argv``."""
@@ -30,8 +26,9 @@ def _fast(argv: list[str]) -> int | None:
         from .home import resolve_root
 
         root = resolve_root(home)
-        result = events.send(store.connect(root), argv[1], argv[2], force, cwd=root, on_stored=lambda: _ring(root))
-        print_report(result)
+        from .cli.report import print_send
+
+        print_send(events.send(store.connect(root), argv[1], argv[2], force, cwd=root, on_stored=lambda: _ring(root)))
         return 0
     if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:
         from .events import key_field
@@ -47,15 +44,6 @@ def _ring(root: str) -> None:
     ring(root)
 
 
-def print_report(result: events.SendResult) -> None:
-    """Print what ``send`` did: the event id on stdout, notes on stderr."""
-    line, notes = result.report()
-    if line is not None:
-        print(line, flush=True)
-    for note in notes:
-        print(note, file=sys.stderr)
-
-
 def main() -> None:
     """Run the command line."""
     from .errors import BridgeError
@@ -63,10 +51,11 @@ def main() -> None:
     try:
         code = _fast(sys.argv[1:])
     except BridgeError as exc:
-        print(f"ombridge: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        from .cli.report import fail_with
+
+        fail_with(exc)
     if code is not None:
         sys.exit(code)
-    from .cli import main as cli_main
+    from .cli.app import main as cli_main
 
     cli_main()

@@ -32,6 +32,14 @@ class ScriptSyntaxError(BridgeError):
         self.message = message
 
 
+class RestartRefused(ScriptSyntaxError):
+    """A restart found the new script broken; the running ombacksync was kept."""
+
+    def __init__(self, script: str, message: str) -> None:
+        super().__init__(script, message)
+        self.args = (f"{script} does not compile; the running ombacksync was kept:\n{message}",)
+
+
 class PerlStartError(BridgeError):
     """The perl child could not be started: the script failed to load or Init died."""
 

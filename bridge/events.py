@@ -19,7 +19,9 @@ import sqlite3
 from collections.abc import Mapping
 
 from . import contexts
+from .deliveries import Delivery, enqueue
 from .errors import NotFound, UsageError
+from .model import ActionKind, Settlement
 from .names import FIELD_RE, RESERVED_FIELDS, check_topic_name, value_text
 from .store import now, transaction
 
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from typing import Any
 
-    from .deliveries import Claimed
 
     KeyInput = str | Mapping[str, Any]
 
@@ -40,14 +41,15 @@ MAX_KEY_BYTES = 65536
 
 class SendResult:
     """What ``send`` did: ``event_id`` (None when nobody listened), ``deliveries`` created, and
-    ``synchronized``, a ``(subscriber id, status)`` pair per synchronized call made before returning.
+    ``synchronized``, a ``(subscriber id, settlement)`` pair per synchronized call made before returning.
 
     (A plain class, not a dataclass or namedtuple: building those costs ``ombridge send`` ~1 ms.)
     """
 
     __slots__ = ("event_id", "deliveries", "synchronized")
 
-    def __init__(self, event_id: int | None, deliveries: int, synchronized: tuple[tuple[int, str], ...] = ()) -> None:
+    def __init__(self, event_id: int | None, deliveries: int,
+                 synchronized: tuple[tuple[int, Settlement], ...] = ()) -> None:
         self.event_id = event_id
         self.deliveries = deliveries
         self.synchronized = synchronized
@@ -59,13 +61,9 @@ class SendResult:
     def __repr__(self) -> str:
         return f"SendResult({self.event_id!r}, {self.deliveries!r}, {self.synchronized!r})"
 
-    def report(self) -> tuple[str | None, list[str]]:
-        """What ``ombridge send`` prints: the id for stdout (None if not stored), and notes for stderr."""
-        if self.event_id is None:
-            return None, ["nobody listens: the event was not stored (use --force to store it anyway)"]
-        notes = [f"synchronized subscriber {sid} failed; the Event Manager will retry it"
-                 for sid, status in self.synchronized if status != "done"]
-        return str(self.event_id), notes
+    def failed_synchronized(self) -> list[int]:
+        """The synchronized subscribers whose call before returning did not succeed."""
+        return [sid for sid, status in self.synchronized if status != Settlement.DONE]
 
 
 class _Subscription:
@@ -280,10 +278,9 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
     finally:
         seen.close()
     results: list[SendResult] = []
-    sync_calls: list[Claimed] = []
-    if any(m.synchronized for p in prepared for m in p.matches):
-        from .actions import EventContext
-        from .deliveries import LEASE_MARGIN, Claimed
+    rows: list[Delivery] = []
+    synchronized: list[tuple[int, _Prepared, _Subscription]] = []
+    sender = f"send:{os.getpid()}"
     at = now()
     with transaction(conn):
         for p in prepared:
@@ -297,35 +294,37 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                  json.dumps(p.context, ensure_ascii=False) if p.context else None)).lastrowid
             assert event_id is not None
             for m in p.matches:
-                sync = m.synchronized and m.action != "backsync"
-                # A synchronized delivery is inserted already claimed by this sender (attempt 1,
+                # A synchronized delivery is created already claimed by this sender (attempt 1,
                 # under a lease), so the Event Manager cannot deliver it at the same time.
-                se_id = conn.execute(
-                    "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, synchronized, "
-                    "status, attempts, next_attempt_at, created_at, updated_at, claimed_by) "
-                    "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?)",
-                    (event_id, m.subscriber_id, m.subscriber_topic_id, int(sync), int(sync),
-                     at + m.timeout + LEASE_MARGIN if sync else at, at, at,
-                     f"send:{os.getpid()}" if sync else None)).lastrowid
+                sync = m.synchronized and m.action != ActionKind.BACKSYNC
+                rows.append(Delivery(event_id, m.subscriber_id, m.subscriber_topic_id, m.timeout,
+                                     sender if sync else None))
                 if sync:
-                    assert se_id is not None
-                    context = EventContext(event_id, p.topic, p.key, p.key_json, depth, p.context)
-                    sync_calls.append(Claimed(se_id, 1, context, m.subscriber_id, m.action, m.target,
-                                              m.timeout, m.retries))
+                    synchronized.append((event_id, p, m))
             results.append(SendResult(event_id, len(p.matches)))
-    if on_stored and any(r.deliveries for r in results):
+        claimed_ids = enqueue(conn, rows, at)
+    if on_stored and rows:
         on_stored()
-    if sync_calls:
-        from .actions import perform
-        from .deliveries import finish
-
-        statuses = finish(conn, [(c, perform(c.action, c.target, c.event, c.timeout, cwd))
-                                 for c in sync_calls])
-        by_event: dict[int, list[tuple[int, str]]] = {}
-        for c, status in zip(sync_calls, statuses):
-            by_event.setdefault(c.event.id, []).append((c.subscriber_id, status))
-        results = [SendResult(r.event_id, r.deliveries, tuple(by_event.get(r.event_id or -1, ()))) for r in results]
+    if synchronized:
+        results = _deliver_synchronized(conn, results, list(zip(claimed_ids, synchronized)), depth, cwd)
     return results
+
+
+def _deliver_synchronized(conn: sqlite3.Connection, results: list[SendResult],
+                          calls: list[tuple[int, tuple[int, _Prepared, _Subscription]]], depth: int,
+                          cwd: str | None) -> list[SendResult]:
+    # Synchronized subscribers run here, before send returns; a failure stays open for the manager.
+    from .actions import EventContext, perform
+    from .deliveries import Claimed, finish
+
+    claims = [Claimed(se_id, 1, EventContext(event_id, p.topic, p.key, p.key_json, depth, p.context),
+                      m.subscriber_id, ActionKind(m.action), m.target, m.timeout, m.retries)
+              for se_id, (event_id, p, m) in calls]
+    settled = finish(conn, [(c, perform(c.action, c.target, c.event, c.timeout, cwd)) for c in claims])
+    by_event: dict[int, list[tuple[int, Settlement]]] = {}
+    for c, status in zip(claims, settled):
+        by_event.setdefault(c.event.id, []).append((c.subscriber_id, status))
+    return [SendResult(r.event_id, r.deliveries, tuple(by_event.get(r.event_id or -1, ()))) for r in results]
 
 
 def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = False, **options: Any) -> SendResult:
@@ -338,11 +337,19 @@ def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = Fals
 
 
 def list_events(conn: sqlite3.Connection, topic: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Events, newest first, with how many deliveries each has by status."""
-    where, args = ("WHERE e.topic = ? ", [topic]) if topic else ("", [])
-    rows = conn.execute(
-        "SELECT e.*, "
-        " (SELECT count(*) FROM subscriber_events se WHERE se.event_id = e.id) AS deliveries, "
-        " (SELECT count(*) FROM subscriber_events se WHERE se.event_id = e.id AND se.status = 'open') AS open "
-        f"FROM events e {where}ORDER BY e.id DESC LIMIT ?", (*args, limit)).fetchall()
-    return [dict(r) for r in rows]
+    """Events, newest first, with how many deliveries each has and how many are open."""
+    from .deliveries import per_event
+
+    where, args = ("WHERE topic = ? ", [topic]) if topic else ("", [])
+    rows = [dict(r) for r in conn.execute(f"SELECT * FROM events {where}ORDER BY id DESC LIMIT ?", (*args, limit))]
+    counts = per_event(conn, [r["id"] for r in rows])
+    return [{**r, **counts[r["id"]]} for r in rows]
+
+
+def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
+    """Delete up to ``chunk`` events created before ``cutoff`` that have no delivery left, in one
+    transaction; returns how many."""
+    with transaction(conn):
+        return conn.execute(
+            "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.created_at < ? AND NOT EXISTS "
+            "(SELECT 1 FROM subscriber_events se WHERE se.event_id = e.id) LIMIT ?)", (cutoff, chunk)).rowcount

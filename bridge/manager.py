@@ -21,29 +21,22 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 from . import deliveries, store
-from .actions import ActionResult, perform
+from .actions import perform
+from .errors import BridgeError
 from .home import Home
+from .model import ActionKind, Attempt, HostState, ManagerState, Settlement
 from .names import value_text
-from .perlhost import HostState, PerlHost
+from .perlhost import PerlHost
 
 log = logging.getLogger("ombridge.manager")
 
-BACKSYNC = "backsync"
+BACKSYNC = ActionKind.BACKSYNC
 MAX_BATCH = 2000
 RECORD_EVERY = 100  # Closes pipelined between two records of outcomes
 BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
-
-
-class ManagerState(str, Enum):
-    """The Event Manager's state, as ``status`` shows it."""
-
-    STOPPED = "stopped"
-    RUNNING = "running"
-    STOPPING = "stopping"
 
 
 class EventManager:
@@ -75,11 +68,21 @@ class EventManager:
             return 0
         c = claims[0]
         result = perform(c.action, c.target, c.event, c.timeout, str(self.home.root))
-        status = deliveries.finish(conn, [(c, result)])[0]
+        settled = deliveries.finish(conn, [(c, result)])[0]
         self._count(result.ok)
-        log.log(logging.INFO if result.ok else logging.WARNING, "delivery %d (event %d, subscriber %d, attempt %d): %s%s",
-                c.id, c.event.id, c.subscriber_id, c.attempt, status, f": {result.error}" if result.error else "")
+        self._log_settled(c, result, settled)
         return 1
+
+    @staticmethod
+    def _log_settled(c: deliveries.Claimed, result: Attempt, settled: Settlement) -> None:
+        if result.ok:
+            log.info("delivery %d (event %d, subscriber %d, attempt %d): %s", c.id, c.event.id, c.subscriber_id,
+                     c.attempt, settled.value)
+            return
+        level = logging.ERROR if settled is Settlement.FAILED else logging.WARNING
+        log.log(level, "delivery %d (event %d, subscriber %d, attempt %d) %s: %s", c.id, c.event.id,
+                c.subscriber_id, c.attempt, "failed for good" if settled is Settlement.FAILED else settled.value,
+                result.error)
 
     def backsync_ready(self) -> bool:
         """True when the backsync lane may claim work now."""
@@ -116,14 +119,15 @@ class EventManager:
                 released += len(chunk)
                 continue
             done, given_back = self._close_chunk(chunk)
-            deliveries.finish(conn, done)
+            settled = deliveries.finish(conn, done)
             if given_back:
                 deliveries.release(conn, given_back)
-            for _, result in done:
+            for (c, result), settlement in zip(done, settled):
                 self._count(result.ok)
                 if not result.ok:
                     failed += 1
                     first_error = first_error or result.error
+                    self._log_settled(c, result, settlement)
             attempted += len(done)
             released += len(given_back)
         ended = time.time()
@@ -136,24 +140,23 @@ class EventManager:
         return len(claims)
 
     def _close_chunk(self, chunk: list[deliveries.Claimed]
-                     ) -> tuple[list[tuple[deliveries.Claimed, ActionResult]], list[deliveries.Claimed]]:
+                     ) -> tuple[list[tuple[deliveries.Claimed, Attempt]], list[deliveries.Claimed]]:
         """Close one chunk: (attempted claims with their results, claims never attempted)."""
         assert self.host is not None
         started = time.time()
-        done: list[tuple[deliveries.Claimed, ActionResult]] = []
+        done: list[tuple[deliveries.Claimed, Attempt]] = []
         usable = []
         for c in chunk:
-            event_id = value_text(c.event.key.get("ID", ""))
-            if event_id == "":
-                done.append((c, ActionResult(False, started, started, error="the event has no ID to close")))
+            close_id = value_text(c.event.key.get("ID", ""))  # the key's ID field, not the event's row id
+            if close_id == "":
+                done.append((c, Attempt(False, started, started, error="the event has no ID to close")))
             else:
-                usable.append((c, event_id))
-        outcomes = self.host.close_many([i for _, i in usable]) if usable else []
-        ended = time.time()
+                usable.append(c)
+        outcomes = self.host.close_many([value_text(c.event.key["ID"]) for c in usable]) if usable else []
         given_back = []
-        for (c, _), outcome in zip(usable, outcomes):
+        for c, outcome in zip(usable, outcomes):
             if outcome.attempted:
-                done.append((c, ActionResult(outcome.ok, started, ended, None, "", outcome.error)))
+                done.append((c, outcome))
             else:
                 given_back.append(c)
         return done, given_back
@@ -168,9 +171,12 @@ class EventManager:
     # -- lanes -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the lanes (``workers`` action lanes and, with a host, the backsync lane)."""
-        if self.state is ManagerState.RUNNING:
-            return
+        """Start the lanes (``workers`` action lanes and, with a host, the backsync lane).
+
+        # STOPPED -> RUNNING (a running or stopping manager is not started again)
+        """
+        if self.state is not ManagerState.STOPPED:
+            raise BridgeError(f"the event manager is {self.state.value}; it starts only when stopped")
         self._stopping.clear()
         lanes: list[tuple[str, Callable[[sqlite3.Connection], int], dict[str, Any]]] = [
             (f"actions-{n}", self.step_actions, {"exclude_action": BACKSYNC}) for n in range(self.workers)]

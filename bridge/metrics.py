@@ -11,10 +11,9 @@ import sqlite3
 import tempfile
 from typing import Any
 
-from .deliveries import STATUSES
+from . import deliveries
+from .model import DeliveryStatus, HostState
 from .store import now
-
-HOST_STATES = ("stopped", "starting", "running", "backoff", "fatal", "syntax-error")
 
 
 def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -26,26 +25,24 @@ def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: lis
 
 def render(conn: sqlite3.Connection, status: dict[str, Any] | None) -> str:
     """The metrics text; ``status`` is the supervisor's (None when it is not running)."""
-    by_status = dict.fromkeys(STATUSES, 0)
-    for state, count in conn.execute("SELECT status, count(*) FROM subscriber_events GROUP BY status"):
-        by_status[state] = count
-    oldest = conn.execute("SELECT min(created_at) FROM subscriber_events WHERE status = 'open'").fetchone()[0]
-    attempts = dict(conn.execute("SELECT ok, count(*) FROM attempts GROUP BY ok").fetchall())
+    by_status = deliveries.counts(conn)
+    oldest = deliveries.oldest_open(conn)
+    attempts = deliveries.attempt_totals(conn)
     events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     lines: list[str] = []
     _metric(lines, "ombridge_up", "gauge", "1 when the supervisor answers.", [("", int(status is not None))])
     _metric(lines, "ombridge_deliveries", "gauge", "Subscriber events stored, by status.",
             [(f'{{status="{s}"}}', n) for s, n in by_status.items()])
-    _metric(lines, "ombridge_backlog_open", "gauge", "Deliveries still to make.", [("", by_status["open"])])
+    _metric(lines, "ombridge_backlog_open", "gauge", "Deliveries still to make.", [("", by_status[DeliveryStatus.OPEN.value])])
     _metric(lines, "ombridge_oldest_open_age_seconds", "gauge", "Age of the oldest open delivery (0 when none).",
             [("", round(now() - oldest, 3) if oldest else 0.0)])
     _metric(lines, "ombridge_attempts", "gauge", "Delivery attempts stored, by result.",
-            [('{result="ok"}', attempts.get(1, 0)), ('{result="failed"}', attempts.get(0, 0))])
+            [('{result="ok"}', attempts[True]), ('{result="failed"}', attempts[False])])
     _metric(lines, "ombridge_events", "gauge", "Events stored.", [("", events)])
     if status is not None:
         ob, em = status["ombacksync"], status["eventmanager"]
         _metric(lines, "ombridge_ombacksync_state", "gauge", "1 for ombacksync's current state.",
-                [(f'{{state="{s}"}}', int(ob["state"] == s)) for s in HOST_STATES])
+                [(f'{{state="{s.value}"}}', int(ob["state"] == s.value)) for s in HostState])
         _metric(lines, "ombridge_perl_restarts_total", "counter", "Restarts of the perl child after a fault, "
                 "since the supervisor started.", [("", ob["restarts"])])
         _metric(lines, "ombridge_delivered_total", "counter", "Deliveries made since the supervisor started.",

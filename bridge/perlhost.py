@@ -19,12 +19,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from . import protocol
 from .errors import BridgeError, PerlFault, PerlStartError, ProtocolError, ScriptSyntaxError
 from .home import Home
+from .model import Attempt, HostState
 
 HOST_SCRIPT = Path(__file__).resolve().parent.parent / "perl" / "ombridge_host.pl"
 DEFAULT_TIMEOUT = 30.0
@@ -34,17 +34,6 @@ _COALESCE_SLEEP = 0.0005
 
 log = logging.getLogger("ombridge.perl")
 script_log = logging.getLogger("ombridge.script")  # what the user's script prints or warns
-
-
-class HostState(str, Enum):
-    """The life of ombacksync, as ``status`` shows it."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"  # waiting to restart after a fault or a failed start
-    FATAL = "fatal"  # too many failed starts in a row: an operator must act
-    SYNTAX_ERROR = "syntax-error"  # perl -c refused the script: an operator must act
 
 
 @dataclass(frozen=True)
@@ -63,20 +52,6 @@ class Backoff:
         if failures <= 1:
             return 0.0
         return min(self.cap, self.base * 2 ** (failures - 2))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one Close: delivered (``ok``), or why not.
-
-    ``attempted`` is False when the call never reached ``OMBackSync`` (the child was down or
-    restarted before it), so a retry of it is no duplicate.
-    """
-
-    id: str | bytes
-    ok: bool
-    error: str | None = None
-    attempted: bool = True
 
 
 def check_syntax(script: Path, home: Home, perl: str = "perl") -> str:
@@ -332,6 +307,12 @@ class PerlHost:
         if self.on_state:
             self.on_state(old, new, reason)
 
+    def kill(self) -> None:
+        """Kill the child's process group at once, without waiting for the lock (an immediate stop)."""
+        child = self._child
+        if child is not None:
+            child.kill()
+
     @property
     def pid(self) -> int | None:
         """The child's pid while one runs."""
@@ -449,12 +430,12 @@ class PerlHost:
 
     # -- calls -------------------------------------------------------------------------------
 
-    def close(self, event_id: str | bytes) -> Outcome:
+    def close(self, event_id: str | bytes) -> Attempt:
         """Call ``OMBackSync('Close', event_id)``."""
         return self.close_many([event_id])[0]
 
-    def close_many(self, ids: Sequence[str | bytes]) -> list[Outcome]:
-        """Close every ID, pipelined, and return one outcome per ID in order.
+    def close_many(self, ids: Sequence[str | bytes]) -> list[Attempt]:
+        """Close every ID, pipelined, and return one attempt per ID in order (``subject`` = the ID).
 
         On a fault the call in flight fails with the reason, the ones after it come back
         ``attempted=False``, and the child is restarted (after backoff) on the next call.
@@ -463,32 +444,33 @@ class PerlHost:
         if not requests:
             return []
         with self._lock:
+            started = time.time()
             if not self.ensure_running():
                 reason = f"ombacksync is {self.state.value}" + (f": {self.last_error}" if self.last_error else "")
-                return [Outcome(i, False, reason, attempted=False) for i in ids]
+                return [Attempt(False, started, started, error=reason, attempted=False, subject=i) for i in ids]
             assert self._child is not None
             replies, fault = self._child.exchange(requests, self.timeout)
-            outcomes = [Outcome(i, r.ok, r.message) for i, r in zip(ids, replies)]
+            ended = time.time()
+            outcomes = [Attempt(r.ok, started, ended, error=r.message, subject=i) for i, r in zip(ids, replies)]
             if replies:
                 self._failures = 0
             if fault:
                 self.log.error("ombacksync fault: %s", fault.reason)
                 self._fault(fault.reason)
                 done = len(replies)
-                outcomes.append(Outcome(ids[done], False, fault.reason))
-                outcomes.extend(
-                    Outcome(i, False, f"not attempted: {fault.reason}", attempted=False) for i in ids[done + 1:]
-                )
+                outcomes.append(Attempt(False, started, ended, error=fault.reason, subject=ids[done]))
+                outcomes.extend(Attempt(False, started, ended, error=f"not attempted: {fault.reason}",
+                                        attempted=False, subject=i) for i in ids[done + 1:])
             return outcomes
 
-    def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep) -> list[Outcome]:
+    def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep) -> list[Attempt]:
         """Close every ID once, waiting out restarts, until each was attempted or the host gave up."""
         pending = list(ids)  # close_many refuses an empty ID before anything is sent
-        results: list[Outcome] = []
+        results: list[Attempt] = []
         while pending:
             outcomes = self.close_many(pending)
             results.extend(o for o in outcomes if o.attempted)
-            pending = [o.id for o in outcomes if not o.attempted]
+            pending = [o.subject for o in outcomes if not o.attempted]
             if pending and self.state in (HostState.FATAL, HostState.SYNTAX_ERROR, HostState.STOPPED):
                 results.extend(o for o in outcomes if not o.attempted)
                 break

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 import sqlite3
 
+from . import deliveries, events
 from .errors import UsageError
-from .store import now, transaction
+from .store import now
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -31,22 +32,14 @@ def prune(conn: sqlite3.Connection, older_than: float, at: float | None = None) 
     cutoff = (now() if at is None else at) - older_than
     counts = {"deliveries": 0, "attempts": 0, "events": 0}
     while True:
-        with transaction(conn):
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM subscriber_events WHERE status IN ('done', 'purged') AND updated_at < ? LIMIT ?",
-                (cutoff, CHUNK))]
-            if not ids:
-                break
-            marks = ",".join("?" * len(ids))
-            counts["attempts"] += conn.execute(f"DELETE FROM attempts WHERE subscriber_event_id IN ({marks})",
-                                               ids).rowcount
-            counts["deliveries"] += conn.execute(f"DELETE FROM subscriber_events WHERE id IN ({marks})", ids).rowcount
+        gone, attempts = deliveries.prune(conn, cutoff, CHUNK)
+        counts["deliveries"] += gone
+        counts["attempts"] += attempts
+        if not gone:
+            break
     while True:
-        with transaction(conn):
-            n = conn.execute(
-                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.created_at < ? AND NOT EXISTS "
-                "(SELECT 1 FROM subscriber_events se WHERE se.event_id = e.id) LIMIT ?)", (cutoff, CHUNK)).rowcount
-        counts["events"] += n
-        if n < CHUNK:
+        gone = events.prune(conn, cutoff, CHUNK)
+        counts["events"] += gone
+        if gone < CHUNK:
             break
     return counts

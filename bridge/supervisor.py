@@ -5,7 +5,7 @@
 logs to ``log/ombridge.log`` (rotated), answers the control channel and listens to the doorbell
 (:mod:`bridge.control`). Signals only set flags for the main loop: SIGTERM or SIGINT once stops
 gracefully (the deliveries in flight finish, the rest stay open), twice stops at once; SIGHUP
-restarts ombacksync.
+restarts ombacksync. Lifecycle transitions are applied by the main loop only (see :class:`Supervisor`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import logging
 import logging.handlers
 import os
+import queue
 import selectors
 import signal
 import socket
@@ -22,17 +23,23 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from enum import Enum
 from typing import Any
 
 from . import __version__, actions, backsync, control, deliveries, metrics, retention, store
-from .errors import BridgeError, NotRunning, PerlStartError, ScriptSyntaxError, UsageError
+from .errors import BridgeError, NotRunning, PerlStartError, RestartRefused, ScriptSyntaxError, UsageError
 from .home import Home
 from .manager import EventManager
-from .perlhost import HostState, PerlHost
+from .model import HostState, ManagerState, SupervisorState
+from .perlhost import PerlHost
 
 log = logging.getLogger("ombridge.supervisor")
 OWNER_PREFIX = "supervisor:"
 START_TIMEOUT = 30.0
+STARTING_GRACE = 3.0  # seconds `start` waits for ombacksync to leave "starting" before it returns
 DEFAULT_RETENTION = 30 * 86400.0
 PRUNE_EVERY = 3600.0
 RESTARTABLE = ("ombacksync", "eventmanager", "all")
@@ -76,8 +83,33 @@ def setup_logging(home: Home, to_stderr: bool) -> None:
     root.propagate = False
 
 
+class Command(str, Enum):
+    """What signals, control requests and the perl host ask of the main loop."""
+
+    STOP = "stop"  # graceful; a second one stops at once
+    STOP_NOW = "stop-now"
+    RESTART = "restart"  # with what to restart and a future for the answer
+    HOST_CHANGED = "host-changed"  # ombacksync changed state (old, new, reason)
+
+
+# SupervisorState transitions; anything else is a bug, refused by _change_state.
+_TRANSITIONS = {
+    SupervisorState.STARTING: {SupervisorState.RUNNING, SupervisorState.STOPPING},
+    SupervisorState.RUNNING: {SupervisorState.STOPPING},
+    SupervisorState.STOPPING: {SupervisorState.STOPPED},
+    SupervisorState.STOPPED: set(),
+}
+
+
 class Supervisor:
-    """The daemon: run it with :meth:`run`; everything else is reached through the control channel."""
+    """The daemon: run it with :meth:`run`; everything else is reached through the control channel.
+
+    One thread, the main loop, owns every lifecycle decision: signal handlers, control requests
+    and the perl host's state changes only put a :class:`Command` on a queue and wake it. The
+    work a decision starts (checking and starting ombacksync, a restart, the shutdown) runs in
+    one lifecycle thread, one job after another, so that two of them never overlap and the
+    control channel keeps answering meanwhile. Once stopping began, nothing is started again.
+    """
 
     def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
                  retention: float | None = DEFAULT_RETENTION, metrics_textfile: str | None = None,
@@ -93,15 +125,32 @@ class Supervisor:
         self.log_to_stderr = log_to_stderr
         self.owner = f"{OWNER_PREFIX}{os.getpid()}"
         self.started_at = time.time()
-        self.state = "starting"
+        self.state = SupervisorState.STARTING
         self.host: PerlHost | None = None
         self.manager: EventManager | None = None
-        self._stop = threading.Event()  # asked to stop
+        self._commands: queue.SimpleQueue[tuple[Command, Any]] = queue.SimpleQueue()  # put() is reentrant
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any] | None] | None] = queue.SimpleQueue()
         self._done = threading.Event()  # stopped: the main loop may end
-        self._stop_requests = 0
         self._wake_r, self._wake_w = os.pipe()
         self._lock_fd: int | None = None
-        self._restart_lock = threading.Lock()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _change_state(self, new: SupervisorState) -> None:
+        """The one place the supervisor's state changes (guarded, logged)."""
+        old = self.state
+        if new not in _TRANSITIONS[old]:
+            raise BridgeError(f"supervisor cannot go from {old.value} to {new.value}")
+        self.state = new
+        log.info("supervisor %s -> %s", old.value, new.value)
+
+    def _command(self, command: Command, arg: Any = None) -> None:
+        """Queue a command for the main loop and wake it (safe in a signal handler)."""
+        self._commands.put((command, arg))
+        try:
+            os.write(self._wake_w, b"!")
+        except OSError:
+            pass  # the pipe is full: the loop is awake anyway
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -128,44 +177,63 @@ class Supervisor:
 
     def _run(self) -> int:
         conn = store.connect(self.home)
-        backsync.ensure_backsync(conn)
-        taken = deliveries.reclaim_abandoned(conn, OWNER_PREFIX, self.owner)
+        try:
+            backsync.ensure_backsync(conn)
+            taken = deliveries.reclaim_abandoned(conn, OWNER_PREFIX, self.owner)
+            timeout = backsync.close_timeout(conn)
+        finally:
+            conn.close()
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
-        conn.close()
         control_sock, doorbell = self._bind()
-        self.host = PerlHost(self.home, timeout=self._close_timeout(), on_state=self._on_host_state)
+        self.host = PerlHost(self.home, timeout=timeout,
+                             on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll)
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         log.info("supervisor %d started in %s (ombridge %s)", os.getpid(), self.home.root, __version__)
-        self._start_ombacksync()
+        lifecycle = threading.Thread(target=self._lifecycle, name="lifecycle", daemon=True)
+        lifecycle.start()
         self.manager.start()
-        self.state = "running"
+        self._change_state(SupervisorState.RUNNING)
+        self._jobs.put((self._start_ombacksync, None))
         try:
             self._loop(control_sock, doorbell)
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        self._change_state(SupervisorState.STOPPED)
         log.info("supervisor %d stopped", os.getpid())
         return 0
 
-    def _close_timeout(self) -> float:
-        """The backsync subscriber's timeout: how long one OMBackSync call may take."""
-        conn = store.connect(self.home)
-        try:
-            sid = backsync.ensure_backsync(conn)
-            return float(conn.execute("SELECT timeout FROM subscribers WHERE id = ?", (sid,)).fetchone()[0])
-        finally:
-            conn.close()
+    def _lifecycle(self) -> None:
+        # Lifecycle jobs, one at a time, in order; the shutdown job is the last one.
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            work, answer = job
+            try:
+                result = work()
+            except BridgeError as exc:
+                if answer is None:
+                    log.error("%s", exc)
+                else:
+                    answer.set_exception(exc)
+            except Exception as exc:  # a job never takes the supervisor down
+                log.exception("lifecycle job failed")
+                if answer is not None:
+                    answer.set_exception(BridgeError(f"internal error: {exc}"))
+            else:
+                if answer is not None:
+                    answer.set_result(result)
 
     def _shutdown(self) -> None:
-        # In its own thread, so that the control channel keeps answering (status says
-        # "stopping", and a second stop stops at once) while the deliveries in flight finish.
-        self.state = "stopping"
+        # The last lifecycle job: the deliveries in flight finish, the rest stay open.
         log.info("stopping: finishing the deliveries in flight")
         assert self.manager is not None and self.host is not None
         self.manager.stop()
         self.host.stop()
+        self._jobs.put(None)
         self._done.set()
         os.write(self._wake_w, b"!")
 
@@ -196,11 +264,7 @@ class Supervisor:
             sel.register(control_sock, selectors.EVENT_READ, "control")
             sel.register(doorbell, selectors.EVENT_READ, "doorbell")
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-            shutdown: threading.Thread | None = None
             while not self._done.is_set():
-                if self._stop.is_set() and shutdown is None:
-                    shutdown = threading.Thread(target=self._shutdown, name="shutdown", daemon=True)
-                    shutdown.start()
                 for key, _ in sel.select(timeout=1.0):
                     if key.data == "control":
                         try:
@@ -214,9 +278,32 @@ class Supervisor:
                         self.manager.wake()
                     else:
                         os.read(self._wake_r, 4096)
+                self._apply_commands()
                 self._chores_due()
             control_sock.close()
             doorbell.close()
+
+    def _apply_commands(self) -> None:
+        """Apply what was asked since the last turn of the loop (the main loop's thread only)."""
+        while True:
+            try:
+                command, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command is Command.STOP_NOW or (command is Command.STOP and self.state is SupervisorState.STOPPING):
+                self.stop_now()
+            elif command is Command.STOP:
+                # RUNNING|STARTING -> STOPPING: queued behind a restart in progress, never beside it
+                self._change_state(SupervisorState.STOPPING)
+                self._jobs.put((self._shutdown, None))
+            elif command is Command.RESTART:
+                what, answer = arg
+                if self.state is not SupervisorState.RUNNING:
+                    answer.set_exception(BridgeError(f"ombridge is {self.state.value}: nothing is restarted"))
+                else:
+                    self._jobs.put((lambda what=what: self._restart(what), answer))
+            elif command is Command.HOST_CHANGED:
+                self._host_changed(*arg)
 
     def _chores_due(self) -> None:
         """Pruning and the metrics textfile, when due, in a thread of their own (never two at once)."""
@@ -264,56 +351,51 @@ class Supervisor:
 
     # -- stopping ------------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """First call: stop gracefully. Second call: stop at once."""
-        self._stop_requests += 1
-        if self._stop_requests > 1:
-            self.stop_now()
-        self._stop.set()
-        os.write(self._wake_w, b"!")
+    def request_stop(self, now: bool = False) -> None:
+        """Ask for a stop: graceful the first time, at once the second time (or with ``now``)."""
+        self._command(Command.STOP_NOW if now else Command.STOP)
 
     def stop_now(self) -> None:
         """Kill the perl child and every action in flight, and exit; claims are taken back on the next start."""
-        log.warning("stopping at once: killing the perl child and %d action(s) in flight", len(actions._running))
-        if self.host and self.host._child:
-            self.host._child.kill()
+        log.warning("stopping at once: killing the perl child and %d action(s) in flight", actions.running_count())
+        if self.host is not None:
+            self.host.kill()
         actions.kill_running()
         self._cleanup()
         logging.shutdown()
         os._exit(0)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only queue: the main loop acts on it.
         if signum == signal.SIGHUP:
-            threading.Thread(target=self._restart_quietly, daemon=True).start()
-            return
-        self.request_stop()
-
-    def _restart_quietly(self) -> None:
-        try:
-            self.restart("ombacksync")
-        except BridgeError as exc:
-            log.error("restart on SIGHUP refused: %s", exc)
+            self._command(Command.RESTART, ("ombacksync", _LoggedAnswer("restart on SIGHUP")))
+        else:
+            self._command(Command.STOP)
 
     # -- ombacksync ----------------------------------------------------------------------------
 
     def _start_ombacksync(self) -> None:
         assert self.host is not None
+        if self.state is not SupervisorState.RUNNING:
+            return  # stopping began before this job ran: nothing starts
         try:
             self.host.start()
         except ScriptSyntaxError:
-            pass  # reported by _on_host_state; Close deliveries wait, open
+            pass  # reported through HOST_CHANGED; Close deliveries wait, open
         except PerlStartError as exc:
             log.error("ombacksync did not start: %s", exc)  # the backsync lane retries after backoff
 
-    def _on_host_state(self, old: HostState, new: HostState, reason: str) -> None:
+    def _host_changed(self, old: HostState, new: HostState, reason: str) -> None:
+        assert self.manager is not None
+        if new is HostState.RUNNING:
+            self.manager.wake()  # Close deliveries may have waited for it
         if new in (HostState.SYNTAX_ERROR, HostState.FATAL) and old is not new:
             log.error("ombacksync stopped (%s): %s", new.value, reason)
             try:
                 conn = store.connect(self.home)
                 try:
-                    event_id = backsync.report_error(conn, str(self.host.script if self.host else ""), reason,
-                                                     cwd=str(self.home.root),
-                                                     on_stored=self.manager.wake if self.manager else None)
+                    event_id = backsync.report_error(conn, str(self.home.script), reason, cwd=str(self.home.root),
+                                                     on_stored=self.manager.wake)
                 finally:
                     conn.close()
                 log.error("ombacksync/error event %d sent; Close deliveries wait until `ombridge restart ombacksync`",
@@ -321,29 +403,46 @@ class Supervisor:
             except BridgeError as exc:
                 log.error("could not store the ombacksync/error event: %s", exc)
 
-    def restart(self, what: str) -> dict[str, Any]:
-        """Restart ombacksync (checking the script first), the Event Manager, or both."""
+    def restart(self, what: str, timeout: float = 600.0) -> dict[str, Any]:
+        """Ask the main loop for a restart and wait for its answer (any thread but the main loop's)."""
         if what not in RESTARTABLE:
             raise UsageError(f"cannot restart {what!r}: one of {', '.join(RESTARTABLE)}")
+        answer: Future[dict[str, Any]] = Future()
+        self._command(Command.RESTART, (what, answer))
+        try:
+            return answer.result(timeout)
+        except FutureTimeout:
+            raise BridgeError(f"the restart of {what} did not finish within {timeout:g}s") from None
+
+    def _restart(self, what: str) -> dict[str, Any]:
+        # A lifecycle job: restart ombacksync (checking the script first), the Event Manager, or both.
         assert self.host is not None and self.manager is not None
-        with self._restart_lock:
-            if what in ("ombacksync", "all"):
-                self.host.timeout = self._close_timeout()  # `subscriber set 1 --timeout` takes effect here
-                if self.host.state is HostState.RUNNING:
+        if self.state is not SupervisorState.RUNNING:
+            raise BridgeError(f"ombridge is {self.state.value}: nothing is restarted")
+        if what in ("ombacksync", "all"):
+            conn = store.connect(self.home)
+            try:
+                self.host.timeout = backsync.close_timeout(conn)  # `subscriber set 1 --timeout` applies here
+            finally:
+                conn.close()
+            if self.host.state is HostState.RUNNING:
+                try:
                     self.host.restart()  # a broken script raises here, the old child serving on
-                else:
-                    self.host.start()
-                log.info("ombacksync restarted by the operator (pid %s)", self.host.pid)
-            if what in ("eventmanager", "all"):
-                self.manager.stop()
-                self.manager.start()
-            self.manager.wake()
+                except ScriptSyntaxError as exc:
+                    raise RestartRefused(exc.script, exc.message) from exc
+            else:
+                self.host.start()
+            log.info("ombacksync restarted by the operator (pid %s)", self.host.pid)
+        if what in ("eventmanager", "all"):
+            self.manager.stop()
+            self.manager.start()
+        self.manager.wake()
         return self.status()
 
     # -- control -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What ``ombridge status`` shows."""
+        """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         conn = store.connect(self.home)
         try:
@@ -351,14 +450,15 @@ class Supervisor:
         finally:
             conn.close()
         return {
-            "supervisor": {"state": self.state, "pid": os.getpid(), "home": str(self.home.root),
+            "supervisor": {"state": self.state.value, "pid": os.getpid(), "home": str(self.home.root),
                            "started_at": self.started_at, "version": __version__,
                            "retention_seconds": self.retention or None, "metrics_textfile": self.metrics_textfile},
-            "ombacksync": {"state": host.state.value if host else "stopped", "pid": host.pid if host else None,
+            "ombacksync": {"state": (host.state if host else HostState.STOPPED).value,
+                           "pid": host.pid if host else None,
                            "script": str(host.script) if host else None, "restarts": host.restarts if host else 0,
                            "last_error": host.last_error if host else None,
                            "perl": host.perl_version if host else None},
-            "eventmanager": manager.status() if manager else {"state": "stopped"},
+            "eventmanager": manager.status() if manager else {"state": ManagerState.STOPPED.value},
             "backlog": backlog,
         }
 
@@ -379,17 +479,13 @@ class Supervisor:
                 elif command == "stop":
                     reply = {"ok": True, "result": {"pid": os.getpid(), "stopping": True}}
                     client.sendall(json.dumps(reply).encode() + b"\n")
-                    if req.get("now"):
-                        self.stop_now()
-                    self.request_stop()
+                    self.request_stop(now=bool(req.get("now")))
                     return
                 elif command == "restart":
+                    client.settimeout(None)  # a restart waits for perl -c and Init
                     reply = {"ok": True, "result": self.restart(str(req.get("what", "ombacksync")))}
                 else:
                     reply = {"ok": False, "error": f"unknown command {command!r}"}
-            except ScriptSyntaxError as exc:
-                reply = {"ok": False, "error": f"{exc.script} does not compile; the running ombacksync was kept:\n"
-                                               f"{exc.message}"}
             except BridgeError as exc:
                 reply = {"ok": False, "error": str(exc)}
             except (OSError, ValueError) as exc:
@@ -399,6 +495,18 @@ class Supervisor:
                 client.sendall(json.dumps(reply, default=str).encode() + b"\n")
             except OSError:
                 pass
+
+
+class _LoggedAnswer(Future):  # type: ignore[type-arg]
+    """An answer nobody waits for (a restart on SIGHUP): a refusal is logged."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        log.error("%s refused: %s", self.what, exception)
+        super().set_exception(exception)
 
 
 def _drain(sock: socket.socket) -> None:
@@ -431,13 +539,21 @@ def spawn(home: Home, options: list[str] | None = None, timeout: float = START_T
              *(options or [])],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + timeout
+    settled_by = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise BridgeError(f"the supervisor did not start: {_last_line(out_path) or f'exit status {proc.returncode}'}")
         try:
-            return control.request(home.root, "status", timeout=5)
+            status = control.request(home.root, "status", timeout=5)
         except NotRunning:
             time.sleep(0.02)  # not listening yet
+            continue
+        # Up. ombacksync starts beside it: wait a moment for the quick answers (a script that does
+        # not compile), not for a slow Init.
+        settled_by = settled_by or time.monotonic() + STARTING_GRACE
+        if status["ombacksync"]["state"] != HostState.STARTING or time.monotonic() > settled_by:
+            return status
+        time.sleep(0.05)
     proc.kill()
     raise BridgeError(f"the supervisor did not answer within {timeout:g}s (see {home.log_dir / 'ombridge.log'})")
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge import backsync, catalog, control, deliveries, store, supervisor  # noqa: E402
-from bridge.catalog import Action  # noqa: E402
+from bridge.model import ActionKind  # noqa: E402
 from bridge.errors import BridgeError, NotRunning  # noqa: E402
 from bridge.home import Home  # noqa: E402
 
@@ -98,7 +98,7 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> T
     (tmp / "tmp").mkdir()
     conn = store.connect(home)
     backsync.ensure_backsync(conn)
-    sid = catalog.add_subscriber(conn, Action.COMMAND, f"echo &ID >> {out}", retries=50)
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"echo &ID >> {out}", retries=50)
     catalog.attach_topic(conn, sid, "event/update")
     catalog.add_filter(conn, sid, "event/update", "STATE", "closed")
     catalog.update_subscriber(conn, 1, retries=50)

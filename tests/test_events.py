@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import catalog, deliveries, events, store
-from bridge.catalog import Action
+from bridge import backsync, catalog, deliveries, events, store
+from bridge.model import ActionKind
 from bridge.errors import NotFound, StoreError, UsageError
 from bridge.home import Home
 from conftest import snapshot
@@ -18,7 +18,7 @@ from conftest import snapshot
 
 def listen(conn: sqlite3.Connection, pattern: str, command: str = "true", sync: bool = False,
            **options) -> int:
-    sid = catalog.add_subscriber(conn, Action.COMMAND, command, **options)
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, command, **options)
     catalog.attach_topic(conn, sid, pattern, sync)
     return sid
 
@@ -177,12 +177,12 @@ def test_send_many_is_all_or_nothing(topics: sqlite3.Connection) -> None:
     (lambda c: catalog.add_filter(c, 1, "task/add", "&AP PC", ".*"), "bad variable"),
     (lambda c: catalog.add_filter(c, 1, "task/change", "&APPC", ".*"), "not attached"),
     (lambda c: catalog.remove_filter(c, 1, "task/add", "&APPC"), "no filter"),
-    (lambda c: catalog.add_subscriber(c, Action.COMMAND, "  "), "empty"),
-    (lambda c: catalog.add_subscriber(c, Action.PROGRAM, "relative/prog"), "absolute path"),
-    (lambda c: catalog.add_subscriber(c, Action.PROGRAM, "/nonexistent/prog"), "not an executable"),
-    (lambda c: catalog.add_subscriber(c, Action.WEB, "ftp://x/y"), "bad URL"),
-    (lambda c: catalog.add_subscriber(c, Action.COMMAND, "true", timeout=0), "timeout"),
-    (lambda c: catalog.add_subscriber(c, Action.COMMAND, "true", retries=-1), "retries"),
+    (lambda c: catalog.add_subscriber(c, ActionKind.COMMAND, "  "), "empty"),
+    (lambda c: catalog.add_subscriber(c, ActionKind.PROGRAM, "relative/prog"), "absolute path"),
+    (lambda c: catalog.add_subscriber(c, ActionKind.PROGRAM, "/nonexistent/prog"), "not an executable"),
+    (lambda c: catalog.add_subscriber(c, ActionKind.WEB, "ftp://x/y"), "bad URL"),
+    (lambda c: catalog.add_subscriber(c, ActionKind.COMMAND, "true", timeout=0), "timeout"),
+    (lambda c: catalog.add_subscriber(c, ActionKind.COMMAND, "true", retries=-1), "retries"),
     (lambda c: catalog.remove_topic(c, "task/add"), "used by subscriber"),
     (lambda c: catalog.get_topic(c, "x/y"), "not defined"),
 ])
@@ -215,7 +215,7 @@ def test_remove_subscriber_refuses_open_deliveries_then_purge(topics: sqlite3.Co
 
 
 def test_system_subscribers_cannot_be_removed_or_rewired(topics: sqlite3.Connection) -> None:
-    sid = catalog.add_subscriber(topics, Action.BACKSYNC, "", system=True)
+    sid = backsync.ensure_backsync(topics)
     for call in (lambda: catalog.remove_subscriber(topics, sid, force=True),
                  lambda: catalog.attach_topic(topics, sid, "task/add"),
                  lambda: catalog.add_filter(topics, sid, "task/add", "A", "b")):
@@ -254,18 +254,18 @@ def test_async_subscribers_are_left_open_and_claimable(topics: sqlite3.Connectio
     later = deliveries.claim(topics, limit=10, at=store.now() + claimed[0].timeout + deliveries.LEASE_MARGIN + 1)
     assert len(later) == 1 and later[0].attempt == 2  # lease ran out: claimed again, attempt counted
     # the first claimer finishes late: fenced out, only its attempt is recorded
-    from bridge.actions import ActionResult
-    assert deliveries.finish(topics, [(claimed[0], ActionResult(True, 0, 0, 0))]) == ["stale"]
-    assert deliveries.finish(topics, [(later[0], ActionResult(True, 0, 0, 0))]) == ["done"]
+    from bridge.model import Attempt
+    assert deliveries.finish(topics, [(claimed[0], Attempt(True, 0, 0, 0))]) == ["stale"]
+    assert deliveries.finish(topics, [(later[0], Attempt(True, 0, 0, 0))]) == ["done"]
     assert topics.execute("SELECT count(*) FROM attempts").fetchone()[0] == 2
 
 
 def test_retries_run_out_then_failed_then_retry_reopens(topics: sqlite3.Connection) -> None:
-    from bridge.actions import ActionResult
+    from bridge.model import Attempt
     listen(topics, "task/add", "false", retries=1)
     events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
     far = store.now() + 10_000
-    bad = ActionResult(False, 0, 0, 1, "", "exit status 1")
+    bad = Attempt(False, 0, 0, 1, "", "exit status 1")
     assert deliveries.finish(topics, [(deliveries.claim(topics)[0], bad)]) == ["open"]
     assert deliveries.finish(topics, [(deliveries.claim(topics, at=far)[0], bad)]) == ["failed"]
     assert deliveries.backlog(topics) == {"open": 0, "failed": 1}

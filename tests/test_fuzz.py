@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import backsync, catalog, events, store, substitution
-from bridge.catalog import Action
+from bridge.model import ActionKind
 from bridge.errors import BridgeError, UsageError
 from bridge.home import Home
 from bridge.manager import EventManager
@@ -40,10 +40,10 @@ def core(tmp_path_factory):
     home = Home(root)
     conn = store.connect(home)
     catalog.add_topic(conn, "fuzz/value", ["V"])
-    sid = catalog.add_subscriber(conn, Action.COMMAND, f"printf '%s' \"&V\" > {root}/value.out")
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"printf '%s' \"&V\" > {root}/value.out")
     catalog.attach_topic(conn, sid, "fuzz/value", synchronized=True)
     catalog.add_topic(conn, "fuzz/any", [])
-    catalog.attach_topic(conn, catalog.add_subscriber(conn, Action.COMMAND, "true"), "fuzz/*")
+    catalog.attach_topic(conn, catalog.add_subscriber(conn, ActionKind.COMMAND, "true"), "fuzz/*")
     backsync.ensure_backsync(conn)
     host = PerlHost(home)
     host.start()
@@ -83,7 +83,7 @@ def test_any_topic_and_key_is_sent_or_refused(core, topic: str, key: object) -> 
 @given(variable=any_text, regex=any_text)
 def test_any_filter_is_added_or_refused_and_sends_go_on(core, variable: str, regex: str) -> None:
     _, conn, _ = core
-    sid = catalog.add_subscriber(conn, Action.COMMAND, "true")
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
     catalog.attach_topic(conn, sid, "fuzz/any")
     try:
         catalog.add_filter(conn, sid, "fuzz/any", variable, regex)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge import catalog, deliveries, events, metrics, store
-from bridge.catalog import Action
+from bridge.model import ActionKind
 from bridge.home import Home
 from bridge.retention import parse_age, prune
 from conftest import ROOT, snapshot, wait_for
@@ -167,7 +167,7 @@ def test_context_from_the_event_core_and_async_delivery(home: Home, conn) -> Non
     catalog.add_topic(conn, "task/add", ["APPC", "TASK"])
     from bridge.contexts import add_context
     add_context(conn, "task/add", "tasks", {"APPC": "FIAPPL", "TASK": "FIFIXN"})
-    catalog.attach_topic(conn, catalog.add_subscriber(conn, Action.COMMAND, "printf '%s/%s' &FISHFD &FIPGMR"), "task/add")
+    catalog.attach_topic(conn, catalog.add_subscriber(conn, ActionKind.COMMAND, "printf '%s/%s' &FISHFD &FIPGMR"), "task/add")
     events.send(conn, "task/add", {"APPC": "KE1", "TASK": "T1"})
     from bridge.manager import EventManager
     EventManager(home, None, owner="test").drain(conn)
@@ -194,11 +194,11 @@ def test_bad_operator_input_is_refused(home: Home, args: list[str], message: str
 
 
 def test_prune_keeps_open_and_failed(home: Home, conn) -> None:
-    from bridge.actions import ActionResult
+    from bridge.model import Attempt
     catalog.add_topic(conn, "job/end", ["N"])
-    catalog.attach_topic(conn, catalog.add_subscriber(conn, Action.COMMAND, "true", retries=0), "job/end")
+    catalog.attach_topic(conn, catalog.add_subscriber(conn, ActionKind.COMMAND, "true", retries=0), "job/end")
     ids = [events.send(conn, "job/end", {"N": n}).event_id for n in range(3)]
-    ok, bad = ActionResult(True, 0, 0, 0), ActionResult(False, 0, 0, 1, "", "exit status 1")
+    ok, bad = Attempt(True, 0, 0, 0), Attempt(False, 0, 0, 1, "", "exit status 1")
     first, second = deliveries.claim(conn, limit=2)
     deliveries.finish(conn, [(first, ok), (second, bad)])  # event 0 done, event 1 failed, event 2 open
     assert prune(conn, parse_age("1h")) == {"deliveries": 0, "attempts": 0, "events": 0}  # too young
@@ -212,7 +212,7 @@ def test_prune_keeps_open_and_failed(home: Home, conn) -> None:
 
 def test_metrics_text_and_textfile(home: Home, conn, tmp_path: Path) -> None:
     catalog.add_topic(conn, "job/end", ["N"])
-    catalog.attach_topic(conn, catalog.add_subscriber(conn, Action.COMMAND, "true"), "job/end")
+    catalog.attach_topic(conn, catalog.add_subscriber(conn, ActionKind.COMMAND, "true"), "job/end")
     events.send(conn, "job/end", {"N": 1})
     text = metrics.render(conn, None)
     assert 'ombridge_deliveries{status="open"} 1' in text and "ombridge_up 0" in text
@@ -226,8 +226,9 @@ def test_the_supervisor_keeps_the_metrics_textfile_fresh(home: Home, tmp_path: P
     prom = tmp_path / "ombridge.prom"
     omb(home, "start", "--metrics-textfile", str(prom), "--metrics-interval", "1")
     try:
-        wait_for(lambda: prom.exists() and "ombridge_up 1" in prom.read_text(), what="metrics textfile")
-        assert 'ombridge_ombacksync_state{state="running"} 1' in prom.read_text()
+        # ombacksync starts beside the supervisor: a later refresh shows it running
+        wait_for(lambda: prom.exists() and "ombridge_up 1" in prom.read_text()
+                 and 'ombridge_ombacksync_state{state="running"} 1' in prom.read_text(), what="metrics textfile")
         first = prom.stat().st_mtime_ns
         wait_for(lambda: prom.stat().st_mtime_ns != first, what="a refresh")
     finally:

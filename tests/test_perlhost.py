@@ -200,7 +200,7 @@ def test_pipelined_batch_keeps_order(home: Home, use_script: Callable[[str], Pat
     ids = [f"ID-{n}" for n in range(5000)]
     with PerlHost(home) as host:
         outcomes = host.close_many(ids)
-    assert [o.id for o in outcomes] == ids and all(o.ok for o in outcomes)
+    assert [o.subject for o in outcomes] == ids and all(o.ok for o in outcomes)
     assert hex_lines(home.tmp / "closed.hex") == [i.encode().hex() for i in ids]
 
 

@@ -12,8 +12,10 @@ import rich_click as click
 
 from .. import protocol
 from ..errors import ScriptSyntaxError
-from ..perlhost import DEFAULT_TIMEOUT, Outcome, PerlHost, check_syntax
-from . import fail, home_of, main, print_json, setup_logging
+from ..model import Attempt
+from ..perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
+from .base import home_of, main, print_json, setup_logging
+from .report import fail
 
 
 def shown(event_id: str | bytes) -> str:
@@ -62,11 +64,11 @@ def _stdin_ids() -> Iterator[bytes]:
             yield event_id
 
 
-def _print_outcome(outcome: Outcome) -> None:
+def _print_outcome(outcome: Attempt) -> None:
     if outcome.ok:
-        click.echo(f"OK   {shown(outcome.id)}")
+        click.echo(f"OK   {shown(outcome.subject)}")
     else:
-        click.echo(f"ERR  {shown(outcome.id)}: {outcome.error}")
+        click.echo(f"ERR  {shown(outcome.subject)}: {outcome.error}")
 
 
 @main.command("try")
@@ -90,7 +92,7 @@ def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool
         fail("an ID must not be empty", 2)
     streaming = ids == ("-",)
     failed = False
-    results: list[Outcome] = []
+    results: list[Attempt] = []
     with PerlHost(home, timeout=timeout) as host:
         host.start()
         batches = ([i] for i in _stdin_ids()) if streaming else iter([list(ids)])
@@ -103,5 +105,5 @@ def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool
                     _print_outcome(outcome)
                     sys.stdout.flush()
     if as_json:
-        print_json([{"id": shown(o.id), "ok": o.ok, "error": o.error} for o in results])
+        print_json([{"id": shown(o.subject), "ok": o.ok, "error": o.error} for o in results])
     sys.exit(1 if failed else 0)

@@ -3,55 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 from typing import Any
 
 import rich_click as click
 
-from .. import catalog, deliveries, events, store
-from ..catalog import Action
+from .. import catalog, deliveries, events
 from ..control import ring
-from ..entry import print_report
 from ..errors import UsageError
-from . import home_of, main, print_json
-
-
-def core(ctx: click.Context) -> sqlite3.Connection:
-    """The home's event core, opened once per invocation."""
-    obj = ctx.find_root().obj
-    if "conn" not in obj:
-        obj["conn"] = store.connect(home_of(ctx))
-    return obj["conn"]
-
-
-def when(ts: float | None) -> str:
-    """A stored time as local ``YYYY-MM-DD HH:MM:SS``."""
-    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Print a rich table (the human form of a listing)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
-    Console().print(t)
-
-
-def listing(as_json: bool, data: Any, title: str, columns: list[str], cells: list[list[Any]]) -> None:
-    """What every listing prints: ``data`` as JSON with ``--json``, else ``cells`` as a table."""
-    if as_json:
-        print_json(data)
-    else:
-        table(title, columns, cells)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+from ..model import ActionKind, DeliveryStatus
+from .base import core, home_of, json_option, listing, main, print_json, when
+from .report import print_send
 
 
 # -- topics ---------------------------------------------------------------------------------------
@@ -137,7 +98,7 @@ def subscriber_add(ctx: click.Context, command: str | None, program: str | None,
 
     Example: `ombridge subscriber add --command "logger 'Task &TASK was changed in application &APPC.'"`
     """
-    given = [(Action.COMMAND, command), (Action.PROGRAM, program), (Action.WEB, url)]
+    given = [(ActionKind.COMMAND, command), (ActionKind.PROGRAM, program), (ActionKind.WEB, url)]
     chosen = [(a, t) for a, t in given if t is not None]
     if len(chosen) != 1:
         raise UsageError("give exactly one of --command, --program or --url")
@@ -299,7 +260,7 @@ def send(ctx: click.Context, topic_name: str, key: str, force: bool) -> None:
     Example: `ombridge send task/change '{"APPC": "KE1", "TASK": "T0123"}'`
     """
     root = home_of(ctx).root
-    print_report(events.send(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))
+    print_send(events.send(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))
 
 
 @main.group()
@@ -340,7 +301,7 @@ def deliveries_group() -> None:
 
 
 @deliveries_group.command("list")
-@click.option("--status", type=click.Choice(deliveries.STATUSES), default=None)
+@click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), default=None)
 @click.option("--subscriber", "subscriber_id", type=int, default=None)
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @json_option
@@ -352,7 +313,7 @@ def deliveries_list(ctx: click.Context, status: str | None, subscriber_id: int |
     listing(as_json, [{**r, "key": json.loads(r["key"])} for r in rows], "Deliveries",
             ["id", "event", "topic", "key", "subscriber", "status", "attempts", "next attempt", "last error"],
             [[r["id"], r["event_id"], r["topic"], r["key"], f"{r['subscriber_id']} {r['subscriber']}".strip(),
-              r["status"], r["attempts"], when(r["next_attempt_at"]) if r["status"] == "open" else "",
+              r["status"], r["attempts"], when(r["next_attempt_at"]) if r["status"] == DeliveryStatus.OPEN else "",
               r["last_error"]] for r in rows])
 
 

@@ -8,8 +8,7 @@ import rich_click as click
 
 from .. import control, integrations
 from ..errors import BridgeError, NotRunning, UsageError
-from . import home_of, main
-from .events import core, listing
+from .base import core, home_of, listing, main
 
 
 def _tell_supervisor(ctx: click.Context) -> None:

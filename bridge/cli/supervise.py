@@ -11,8 +11,7 @@ import rich_click as click
 from .. import backsync, control, supervisor
 from ..errors import NotRunning
 from ..retention import parse_age
-from . import home_of, main, print_json
-from .events import core
+from .base import core, home_of, main, print_json
 
 
 @main.command(context_settings={"ignore_unknown_options": False})

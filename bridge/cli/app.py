@@ -1,0 +1,8 @@
+"""The whole ``ombridge`` command line: the root group with every command registered."""
+
+from __future__ import annotations
+
+from . import backsync, events, operate, supervise  # noqa: F401  (each registers its commands)
+from .base import main
+
+__all__ = ["main"]

@@ -1,0 +1,107 @@
+"""The root of the command line: the ``ombridge`` group, the home, and what every command shares
+(the event core connection, listings as tables or JSON). Commands live in the sibling modules;
+:mod:`bridge.cli.app` puts them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import sys
+import time
+from typing import Any
+
+import rich_click as click
+
+from .. import store
+from ..errors import BridgeError
+from ..home import Home, resolve_home
+from .report import fail, fail_with
+
+click.rich_click.USE_MARKDOWN = True
+click.rich_click.SHOW_ARGUMENTS = True
+
+
+class BridgeGroup(click.RichGroup):
+    """The root group: the one place where library errors become messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BridgeError as exc:
+            fail_with(exc)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+def home_of(ctx: click.Context) -> Home:
+    """The resolved home of this invocation."""
+    return ctx.find_root().obj["home"]
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as JSON on stdout."""
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr what the script prints; with ``verbose``, the bridge's own account too."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("ombridge")
+    root.addHandler(handler)
+    # Outcomes and errors are printed by the command itself; the log would only repeat them.
+    root.setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    logging.getLogger("ombridge.script").setLevel(logging.INFO)
+
+
+@click.group(cls=BridgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", "home", metavar="DIR", default=None,
+              help="Home directory (default: $OMBRIDGE_HOME, then $OvDataDir, then the current directory).")
+@click.version_option(package_name="ombridge")
+@click.pass_context
+def main(ctx: click.Context, home: str | None) -> None:
+    """**ombridge** runs `OMBackSync.pl` unchanged in a persistent perl child, fed by a durable
+    event core of topics, subscribers and an event manager.
+
+    Example: `ombridge --home /var/opt/OV check`
+    """
+    ctx.obj = {"home": resolve_home(home)}
+
+
+def core(ctx: click.Context) -> sqlite3.Connection:
+    """The home's event core, opened once per invocation."""
+    obj = ctx.find_root().obj
+    if "conn" not in obj:
+        obj["conn"] = store.connect(home_of(ctx))
+    return obj["conn"]
+
+
+def when(ts: float | None) -> str:
+    """A stored time as local ``YYYY-MM-DD HH:MM:SS``."""
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """Print a rich table (the human form of a listing)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    Console().print(t)
+
+
+def listing(as_json: bool, data: Any, title: str, columns: list[str], cells: list[list[Any]]) -> None:
+    """What every listing prints: ``data`` as JSON with ``--json``, else ``cells`` as a table."""
+    if as_json:
+        print_json(data)
+    else:
+        table(title, columns, cells)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

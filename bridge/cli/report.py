@@ -1,0 +1,38 @@
+"""How results and errors are worded for the operator: the one place a library error becomes a
+message and an exit code.
+
+Kept free of the CLI framework: ``ombridge send`` and ``key get`` use it on their fast path.
+"""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+    from ..errors import BridgeError
+    from ..events import SendResult
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one clear error sentence to stderr and exit with ``code``."""
+    print(f"ombridge: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def fail_with(exc: BridgeError) -> NoReturn:
+    """A library error as the command line reports it: its sentence and its exit code."""
+    fail(str(exc), exc.exit_code)
+
+
+def print_send(result: SendResult) -> None:
+    """What ``send`` did: the event id on stdout, or on stderr that nobody listens; a note for
+    each synchronized subscriber that failed."""
+    if result.event_id is None:
+        print("nobody listens: the event was not stored (use --force to store it anyway)", file=sys.stderr)
+        return
+    print(result.event_id, flush=True)
+    for sid in result.failed_synchronized():
+        print(f"synchronized subscriber {sid} failed; the Event Manager will retry it", file=sys.stderr)

@@ -1,0 +1,98 @@
+"""The model: every state and status ombridge knows, as ``str`` Enums, and the result of one attempt.
+
+Nothing else in the package spells a state or a status as a literal: the values below are
+stored in SQLite as they are (``DeliveryStatus.OPEN == "open"``) and shown by ``status``.
+The module is imported by ``ombridge send``, so it stays free of typing and dataclasses.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class DeliveryStatus(str, Enum):
+    """A subscriber event (one delivery of one event to one subscriber)."""
+
+    OPEN = "open"  # due now or later (or claimed under a lease)
+    DONE = "done"  # an attempt succeeded
+    FAILED = "failed"  # its retries were used up; `ombridge retry` reopens it
+    PURGED = "purged"  # dropped by the operator (`ombridge subscriber purge`)
+
+
+class Settlement(str, Enum):
+    """What recording an attempt did to its delivery."""
+
+    DONE = "done"
+    RETRY = "open"  # failed, open again after a backoff
+    FAILED = "failed"
+    STALE = "stale"  # the claim was no longer current: only the attempt was recorded
+
+
+class ActionKind(str, Enum):
+    """What a subscriber does with an event."""
+
+    COMMAND = "command"  # a command string with &VAR substitution, run by /bin/sh -c
+    PROGRAM = "program"  # an event program: argv = [program, topic, key JSON], no shell
+    WEB = "web"  # HTTP POST of the event as JSON
+    BACKSYNC = "backsync"  # the built-in: OMBackSync('Close', &ID) in the persistent perl child
+
+
+class SupervisorState(str, Enum):
+    """The supervisor's life: STARTING -> RUNNING -> STOPPING -> STOPPED, never back."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class HostState(str, Enum):
+    """The life of ombacksync (the persistent perl child), as ``status`` shows it."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"  # waiting to restart after a fault or a failed start
+    FATAL = "fatal"  # too many failed starts in a row: an operator must act
+    SYNTAX_ERROR = "syntax-error"  # perl -c refused the script: an operator must act
+
+
+class ManagerState(str, Enum):
+    """The Event Manager's life: STOPPED -> RUNNING -> STOPPING -> STOPPED."""
+
+    STOPPED = "stopped"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+class Attempt:
+    """The one result type of one attempt, whatever ran it (a command, a web call, a Close).
+
+    ``attempted`` is False when the call never reached its target (the perl child was down or
+    restarted before it): recording it would count an attempt that did not happen, so it is
+    given back instead. ``subject`` names what was attempted where the caller needs it (the ID
+    of a Close). A plain class: a dataclass or NamedTuple would cost ``ombridge send`` its import.
+    """
+
+    __slots__ = ("ok", "started_at", "ended_at", "exit_status", "output", "error", "attempted", "subject")
+
+    def __init__(self, ok: bool, started_at: float, ended_at: float, exit_status: int | None = None,
+                 output: str = "", error: str | None = None, *, attempted: bool = True,
+                 subject: str | bytes | None = None) -> None:
+        self.ok = ok
+        self.started_at = started_at
+        self.ended_at = ended_at
+        self.exit_status = exit_status
+        self.output = output
+        self.error = error
+        self.attempted = attempted
+        self.subject = subject
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Attempt) and self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        return "Attempt(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"
