@@ -181,7 +181,7 @@ class EventManager:
         lanes: list[tuple[str, Callable[[sqlite3.Connection], int], dict[str, Any]]] = [
             (f"actions-{n}", self.step_actions, {"exclude_action": BACKSYNC}) for n in range(self.workers)]
         if self.host is not None:
-            lanes.append(("backsync", self.step_backsync, {"action": BACKSYNC}))
+            lanes.append((BACKSYNC.value, self.step_backsync, {"action": BACKSYNC}))
         self._wakes = []
         self._threads = []
         for name, step, due in lanes:

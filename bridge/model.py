@@ -88,11 +88,12 @@ class Attempt:
         self.attempted = attempted
         self.subject = subject
 
-    def _fields(self) -> tuple[object, ...]:
+    def values(self) -> tuple[object, ...]:
+        """Every field, in order."""
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Attempt) and self._fields() == other._fields()
+        return isinstance(other, Attempt) and self.values() == other.values()
 
     def __repr__(self) -> str:
         return "Attempt(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__) + ")"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 from .errors import StoreError
 from .home import DB_FILE, Home
+from .model import DeliveryStatus
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another before "database is locked"
 
@@ -61,7 +62,7 @@ def _v1(db: Any) -> None:
          "created_at": float, "updated_at": float},
         pk="id", foreign_keys=[("event_id", "events", "id"), ("subscriber_id", "subscribers", "id")],
         not_null={"event_id", "subscriber_id", "status", "attempts", "next_attempt_at", "created_at", "updated_at"},
-        defaults={"status": "open", "attempts": 0, "synchronized": 0}, if_not_exists=True,
+        defaults={"status": DeliveryStatus.OPEN.value, "attempts": 0, "synchronized": 0}, if_not_exists=True,
     )
     db["attempts"].create(
         {"id": int, "subscriber_event_id": int, "number": int, "started_at": float, "ended_at": float,

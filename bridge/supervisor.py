@@ -33,7 +33,7 @@ from . import __version__, actions, backsync, control, deliveries, metrics, rete
 from .errors import BridgeError, NotRunning, PerlStartError, RestartRefused, ScriptSyntaxError, UsageError
 from .home import Home
 from .manager import EventManager
-from .model import HostState, ManagerState, SupervisorState
+from .model import DeliveryStatus, HostState, ManagerState, SupervisorState
 from .perlhost import PerlHost
 
 log = logging.getLogger("ombridge.supervisor")
@@ -477,7 +477,7 @@ class Supervisor:
                 if command == "status":
                     reply: dict[str, Any] = {"ok": True, "result": self.status()}
                 elif command == "stop":
-                    reply = {"ok": True, "result": {"pid": os.getpid(), "stopping": True}}
+                    reply = {"ok": True, "result": {"pid": os.getpid()}}
                     client.sendall(json.dumps(reply).encode() + b"\n")
                     self.request_stop(now=bool(req.get("now")))
                     return
@@ -579,6 +579,21 @@ def stop(home: Home, timeout: float = 120.0) -> int | None:
             return pid
         time.sleep(0.02)
     raise BridgeError(f"the supervisor (pid {pid}) is still stopping after {timeout:g}s; `ombridge stop` again stops it at once")
+
+
+def offline_status(home: Home) -> dict[str, Any]:
+    """What ``status`` shows when no supervisor runs: everything stopped, and the stored backlog."""
+    if home.db.exists():
+        conn = store.connect(home)
+        try:
+            backlog = deliveries.backlog(conn)
+        finally:
+            conn.close()
+    else:
+        backlog = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
+    return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
+            "ombacksync": {"state": HostState.STOPPED.value},
+            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog}
 
 
 def is_alive(pid: int) -> bool:

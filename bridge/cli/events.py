@@ -15,6 +15,9 @@ from .base import core, home_of, json_option, listing, main, print_json, when
 from .report import print_send
 
 
+OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
+
+
 # -- topics ---------------------------------------------------------------------------------------
 
 
@@ -130,8 +133,8 @@ def subscriber_list(ctx: click.Context, as_json: bool) -> None:
     """List the subscribers. Example: `ombridge subscriber list`"""
     rows = catalog.list_subscribers(core(ctx))
     listing(as_json, rows, "Subscribers",
-            ["id", "action", "target", "topics", "sys", "disabled", "open", "failed", "description"],
-            [[r["id"], r["action"], r["target"], r["topics"], r["system"], r["disabled"], r["open"], r["failed"],
+            ["id", "action", "target", "topics", "sys", "disabled", OPEN, FAILED, "description"],
+            [[r["id"], r["action"], r["target"], r["topics"], r["system"], r["disabled"], r[OPEN], r[FAILED],
               r["description"]] for r in rows])
 
 
@@ -290,8 +293,8 @@ def events_list(ctx: click.Context, topic_name: str | None, limit: int, as_json:
     """List events, newest first. Example: `ombridge events list --topic task/change`"""
     rows = events.list_events(core(ctx), topic_name, limit)
     listing(as_json, [{**r, "key": json.loads(r["key"])} for r in rows], "Events",
-            ["id", "topic", "key", "deliveries", "open", "forced", "parent", "depth", "created"],
-            [[r["id"], r["topic"], r["key"], r["deliveries"], r["open"], r["forced"], r["parent_id"], r["depth"],
+            ["id", "topic", "key", "deliveries", OPEN, "forced", "parent", "depth", "created"],
+            [[r["id"], r["topic"], r["key"], r["deliveries"], r[OPEN], r["forced"], r["parent_id"], r["depth"],
               when(r["created_at"])] for r in rows])
 
 

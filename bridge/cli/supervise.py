@@ -10,8 +10,12 @@ import rich_click as click
 
 from .. import backsync, control, supervisor
 from ..errors import NotRunning
+from ..model import DeliveryStatus, HostState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json
+
+
+OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -55,7 +59,7 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
 def _report_started(status: dict) -> None:
     ob = status["ombacksync"]
     click.echo(f"ombridge started (pid {status['supervisor']['pid']}); ombacksync {ob['state']}")
-    if ob["state"] not in ("running", "starting"):
+    if ob["state"] not in (HostState.RUNNING.value, HostState.STARTING.value):
         click.echo(f"ombridge: warning: ombacksync is {ob['state']}: {ob['last_error']}\n"
                    "Close deliveries wait until the script is fixed and `ombridge restart ombacksync`.", err=True)
 
@@ -88,11 +92,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         result = control.request(home.root, "status", timeout=10)
         code = 0
     except NotRunning:
-        from .. import deliveries
-
-        backlog = deliveries.backlog(core(ctx)) if home.db.exists() else {"open": 0, "failed": 0}
-        result = {"supervisor": {"state": "stopped", "pid": None}, "ombacksync": {"state": "stopped"},
-                  "eventmanager": {"state": "stopped"}, "backlog": backlog}
+        result = supervisor.offline_status(home)
         code = 3
     if as_json:
         print_json(result)
@@ -103,7 +103,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 def _print_status(s: dict) -> None:
     sup, ob, em, bl = s["supervisor"], s["ombacksync"], s["eventmanager"], s["backlog"]
-    if sup["state"] == "stopped":
+    if sup["state"] == SupervisorState.STOPPED.value:
         click.echo("supervisor    stopped (not running)")
     else:
         up = time.time() - sup["started_at"]
@@ -113,11 +113,11 @@ def _print_status(s: dict) -> None:
             line += f", pid {ob['pid']}, perl {ob['perl']}"
         line += f", restarts {ob['restarts']}"
         click.echo(line)
-        if ob.get("last_error") and ob["state"] != "running":
+        if ob.get("last_error") and ob["state"] != HostState.RUNNING.value:
             click.echo("              " + ob["last_error"].replace("\n", "\n              "))
         click.echo(f"eventmanager  {em['state']}, {em['workers']} action lane(s), delivered {em['delivered']}, "
                    f"failed attempts {em['failed_attempts']}")
-    click.echo(f"backlog       {bl['open']} open, {bl['failed']} failed")
+    click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed")
 
 
 @main.command()

@@ -1,0 +1,113 @@
+"""The house rules of the package, checked on its source: one owner per state and per table.
+
+- no state or status is spelled as a literal outside ``bridge/model.py``;
+- only ``bridge/deliveries.py`` writes ``subscriber_events`` and ``attempts`` (the schema aside);
+- no import cycle between the package's modules, lazy imports inside functions included;
+- no module reads another object's private attributes.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from bridge import model
+
+PACKAGE = Path(model.__file__).resolve().parent
+MODULES = {p: ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
+STATES = {m.value for enum in (model.DeliveryStatus, model.Settlement, model.SupervisorState, model.HostState,
+                                model.ManagerState) for m in enum}
+SQL_STATUS = re.compile(r"'(%s)'" % "|".join(re.escape(s) for s in STATES | {model.ActionKind.BACKSYNC.value}))
+
+
+def name_of(path: Path) -> str:
+    parts = ["bridge", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def test_no_state_literal_outside_the_model() -> None:
+    found = []
+    for path, tree in MODULES.items():
+        if path.name == "model.py":
+            continue
+        skip = docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+                if node.value in STATES or SQL_STATUS.search(node.value):
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.value!r}")
+    assert not found, "state literals outside bridge/model.py:\n" + "\n".join(found)
+
+
+def test_only_the_queue_writes_its_tables() -> None:
+    write = re.compile(r"\b(INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+(subscriber_events|attempts)\b", re.I)
+    writers = sorted({str(p.relative_to(PACKAGE)) for p, tree in MODULES.items()
+                      for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and isinstance(node.value, str) and write.search(node.value)})
+    assert writers == ["deliveries.py"]
+
+
+def imports_of(path: Path, tree: ast.AST) -> set[str]:
+    here = name_of(path)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rsplit(".", 1)[0]
+            module = (f"{base}.{node.module}" if node.module else base) if node.level else (node.module or "")
+            if not module.startswith("bridge"):
+                continue
+            for alias in node.names:
+                candidate = f"{module}.{alias.name}"
+                found.add(candidate if candidate in NAMES else module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("bridge"))
+    return {m for m in found if m in NAMES and m != here}
+
+
+NAMES = {name_of(p) for p in MODULES}
+
+
+def test_no_import_cycles() -> None:
+    graph = {name_of(p): imports_of(p, tree) for p, tree in MODULES.items()}
+    # a package imports its own __init__ implicitly: that is no cycle of ours
+    for name in graph:
+        graph[name].discard(name.rsplit(".", 1)[0])
+    cycles = []
+
+    def visit(node: str, stack: list[str], done: set[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in stack:
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [nxt]))
+            elif nxt not in done:
+                visit(nxt, stack + [nxt], done)
+        done.add(node)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name], done)
+    assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_no_private_attribute_read_across_objects() -> None:
+    allowed_bases = {"self", "cls", "os", "sys"}
+    found = []
+    for path, tree in MODULES.items():
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in allowed_bases)):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: .{node.attr}")
+    assert not found, "private attributes read from outside their object:\n" + "\n".join(found)
