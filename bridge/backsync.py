@@ -13,7 +13,7 @@ import sqlite3
 
 from . import catalog
 from .errors import UsageError
-from .events import SendResult, send, send_many
+from .events import SendResult, check_text, send, send_many
 from .model import ActionKind
 
 TYPE_CHECKING = False
@@ -45,17 +45,27 @@ def close_timeout(conn: sqlite3.Connection) -> float:
 
 
 def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | None = None,
-                 on_stored: Callable[[], None] | None = None) -> list[SendResult]:
-    """Send ``event/update {"ID": id, "STATE": "closed"}`` for every ID, all in one transaction."""
+                 on_stored: Callable[[], None] | None = None, commit_every: int | None = None) -> list[SendResult]:
+    """Send ``event/update {"ID": id, "STATE": "closed"}`` for every ID.
+
+    Every ID is checked before anything is written. By default all go in one transaction; with
+    ``commit_every``, every that many are committed (and ``on_stored`` wakes the Event Manager),
+    so that deliveries start while the rest is still being stored.
+    """
     items = []
     for event_id in ids:
         if event_id == "":
             raise UsageError("an ID must not be empty")
+        check_text("ID", event_id)
         items.append((UPDATE_TOPIC, {"ID": event_id, "STATE": "closed"}))
     if not items:
         raise UsageError("no IDs to close")
     ensure_backsync(conn)
-    return send_many(conn, items, cwd=cwd, on_stored=on_stored)
+    step = commit_every or len(items)
+    results: list[SendResult] = []
+    for n in range(0, len(items), step):
+        results += send_many(conn, items[n:n + step], cwd=cwd, on_stored=on_stored)
+    return results
 
 
 def report_error(conn: sqlite3.Connection, script: str, message: str, *, cwd: str | None = None,

@@ -126,12 +126,23 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, 
             _CLAIMED_SELECT + f"WHERE se.status = '{_OPEN}' AND se.next_attempt_at <= ?{kind} "
             "ORDER BY se.next_attempt_at, se.id LIMIT ?", (at, *args, limit)
         ).fetchall()
-        # Count the attempt now and hold the row for a lease.
-        conn.executemany(
-            "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, updated_at = ?, "
-            "claimed_by = ? WHERE id = ?",
-            [(at + r["timeout"] + LEASE_MARGIN, at, owner, r["id"]) for r in rows])
+        # Count the attempt now and hold the rows for a lease: one statement per lease length.
+        by_lease: dict[float, list[int]] = {}
+        for r in rows:
+            by_lease.setdefault(at + r["timeout"] + LEASE_MARGIN, []).append(r["id"])
+        for lease, ids in by_lease.items():
+            _where_ids(conn, "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, "
+                             "updated_at = ?, claimed_by = ? WHERE id IN ({ids})", (lease, at, owner), ids)
     return _claims(rows)
+
+
+def _where_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> sqlite3.Cursor | None:
+    """Run ``sql`` (with ``{ids}`` for a list of placeholders) over ``ids``, 500 at a time."""
+    cur = None
+    for n in range(0, len(ids), 500):
+        part = ids[n:n + 500]
+        cur = conn.execute(sql.format(ids=",".join("?" * len(part))), (*args, *part))
+    return cur
 
 
 def retry_delay(attempt: int) -> float:
@@ -157,23 +168,47 @@ def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) ->
     is recorded if the row still exists, and nothing else of the batch is affected.
     """
     at = wall_now()
-    wanted = [settle(c, r) for c, r in done]
+    if not done:
+        return []
     with transaction(conn):
-        # Attempts of rows that no longer exist are skipped rather than failing the whole batch.
+        # Which claims are still current: one read, then batched writes, instead of statements
+        # per row (the backsync records chunks of a hundred Closes at a time).
+        current = set()
+        ids = [c.id for c, _ in done]
+        for n in range(0, len(ids), 500):
+            part = ids[n:n + 500]
+            current.update((r[0], r[1]) for r in conn.execute(
+                f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' "
+                f"AND id IN ({','.join('?' * len(part))})", part))
         conn.executemany(
             "INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error) "
-            "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM subscriber_events WHERE id = ?)",
-            [(c.id, c.attempt, r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error, c.id)
-             for c, r in done])
-        settled = []
-        for (c, r), s in zip(done, wanted):
-            next_at = at + retry_delay(c.attempt) if s is Settlement.RETRY else at
-            cur = conn.execute(
-                "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, updated_at = ?, "
-                f"claimed_by = NULL WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
-                (s.value, next_at, r.error, at, c.id, c.attempt))
-            settled.append(s if cur.rowcount else Settlement.STALE)
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(c.id, c.attempt, r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error)
+             for c, r in done if (c.id, c.attempt) in current or _exists(conn, c.id)])
+        settled, succeeded, failures = [], [], []
+        for c, r in done:
+            if (c.id, c.attempt) not in current:
+                settled.append(Settlement.STALE)
+                continue
+            s = settle(c, r)
+            settled.append(s)
+            if s is Settlement.DONE:
+                succeeded.append(c.id)
+            else:
+                failures.append((s.value, at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at,
+                                 c.id))
+        if succeeded:  # the common case, in one statement
+            _where_ids(conn, "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = NULL, "
+                             "updated_at = ?, claimed_by = NULL WHERE id IN ({ids})",
+                       (Settlement.DONE.value, at, at), succeeded)
+        conn.executemany("UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, "
+                         "updated_at = ?, claimed_by = NULL WHERE id = ?", failures)
     return settled
+
+
+def _exists(conn: sqlite3.Connection, delivery_id: int) -> bool:
+    # A stale claim's attempt is still recorded, unless its row is gone (its subscriber removed).
+    return conn.execute("SELECT 1 FROM subscriber_events WHERE id = ?", (delivery_id,)).fetchone() is not None
 
 
 def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:

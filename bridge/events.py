@@ -104,11 +104,12 @@ def parse_key(key: KeyInput) -> dict[str, Any]:
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"key field {name} must be a finite number")
         if isinstance(value, str):
-            _check_text(name, value)
+            check_text(name, value)
     return dict(key)
 
 
-def _check_text(name: str, value: str) -> None:
+def check_text(name: str, value: str) -> None:
+    """Refuse a key value no action could receive: one with NUL, or not valid UTF-8."""
     # Values travel through SQLite (UTF-8 text) and the environment of actions (no NUL there).
     if "\x00" in value:
         raise UsageError(f"key field {name} contains a NUL character, which no action could receive")

@@ -39,6 +39,15 @@ RECORD_EVERY = 100  # Closes pipelined between two records of outcomes
 BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
 
 
+class _Tally:
+    """What one backsync batch did, for its log line."""
+
+    def __init__(self) -> None:
+        self.attempted = 0
+        self.failed = 0
+        self.first_error: str | None = None
+
+
 class EventManager:
     """Delivers subscriber events: action lanes and one backsync lane."""
 
@@ -87,7 +96,8 @@ class EventManager:
     def backsync_ready(self) -> bool:
         """True when the backsync lane may claim work now."""
         host = self.host
-        if host is None or host.state in (HostState.SYNTAX_ERROR, HostState.FATAL, HostState.STARTING):
+        if host is None or host.state in (HostState.STOPPED, HostState.SYNTAX_ERROR, HostState.FATAL,
+                                          HostState.STARTING):
             return False
         if host.state is HostState.BACKOFF and host.retry_at is not None:
             return host.clock() >= host.retry_at
@@ -96,8 +106,11 @@ class EventManager:
     def step_backsync(self, conn: sqlite3.Connection) -> int:
         """Claim a batch of due backsync deliveries and close them through the perl child.
 
-        The batch is pipelined in chunks of :data:`RECORD_EVERY`, each chunk's outcomes recorded
-        before the next is sent: a crash repeats at most one chunk's Closes (at-least-once).
+        The whole batch is pipelined; outcomes are recorded :data:`RECORD_EVERY` at a time as
+        they arrive, while perl goes on with the next ones (never more than twice that many
+        ahead): recording overlaps perl's work, and a crash repeats at most that many Closes
+        (at-least-once). Batches are sized to take about :data:`BATCH_SECONDS`, so a stop or a
+        restart never waits long behind one.
         """
         if not self.backsync_ready():
             return 0
@@ -107,59 +120,44 @@ class EventManager:
             self.host.ensure_running()  # notice a child that died while idle; restart after backoff
             return 0
         started = time.time()
-        attempted = failed = released = 0
-        first_error = None
-        size = min(RECORD_EVERY, self._batch)
-        for n in range(0, len(claims), size):
-            chunk = claims[n:n + size]
-            if released or self._stopping.is_set():
-                # The child went down earlier in this batch, or we are stopping: give the rest
-                # back untouched (open, no attempt counted).
-                deliveries.release(conn, chunk)
-                released += len(chunk)
-                continue
-            done, given_back = self._close_chunk(chunk)
-            settled = deliveries.finish(conn, done)
-            if given_back:
-                deliveries.release(conn, given_back)
-            for (c, result), settlement in zip(done, settled):
-                self._count(result.ok)
-                if not result.ok:
-                    failed += 1
-                    first_error = first_error or result.error
-                    self._log_settled(c, result, settlement)
-            attempted += len(done)
-            released += len(given_back)
-        ended = time.time()
-        if attempted and ended > started:
-            # Size the next batch so that it takes about BATCH_SECONDS (a slow script gets small
-            # batches, so a stop or a restart never waits long behind one).
-            self._batch = max(1, min(MAX_BATCH, int(attempted / (ended - started) * BATCH_SECONDS)))
-        log.info("backsync: %d closed, %d failed, %d released%s", attempted - failed, failed, released,
-                 f" (first error: {first_error})" if first_error else "")
-        return len(claims)
-
-    def _close_chunk(self, chunk: list[deliveries.Claimed]
-                     ) -> tuple[list[tuple[deliveries.Claimed, Attempt]], list[deliveries.Claimed]]:
-        """Close one chunk: (attempted claims with their results, claims never attempted)."""
-        assert self.host is not None
-        started = time.time()
-        done: list[tuple[deliveries.Claimed, Attempt]] = []
+        tally = _Tally()
         usable = []
-        for c in chunk:
-            close_id = value_text(c.event.key.get("ID", ""))  # the key's ID field, not the event's row id
-            if close_id == "":
-                done.append((c, Attempt(False, started, started, error="the event has no ID to close")))
+        for c in claims:
+            if value_text(c.event.key.get("ID", "")) == "":  # the key's ID field, not the event's row id
+                self._record(conn, [(c, Attempt(False, started, started, error="the event has no ID to close"))],
+                             tally)
             else:
                 usable.append(c)
-        outcomes = self.host.close_many([value_text(c.event.key["ID"]) for c in usable]) if usable else []
-        given_back = []
-        for c, outcome in zip(usable, outcomes):
-            if outcome.attempted:
-                done.append((c, outcome))
-            else:
-                given_back.append(c)
-        return done, given_back
+        recorded = 0
+
+        def record(batch: list[Attempt]) -> None:
+            nonlocal recorded
+            self._record(conn, list(zip(usable[recorded:recorded + len(batch)], batch)), tally)
+            recorded += len(batch)
+
+        outcomes = self.host.close_many([value_text(c.event.key["ID"]) for c in usable], progress=record,
+                                        every=RECORD_EVERY) if usable else []
+        rest = list(zip(usable[recorded:], outcomes[recorded:]))
+        self._record(conn, [(c, o) for c, o in rest if o.attempted], tally)
+        given_back = [c for c, o in rest if not o.attempted]
+        if given_back:
+            deliveries.release(conn, given_back)  # never reached the script: no attempt counted
+        ended = time.time()
+        if tally.attempted and ended > started:
+            self._batch = max(1, min(MAX_BATCH, int(tally.attempted / (ended - started) * BATCH_SECONDS)))
+        log.info("backsync: %d closed, %d failed, %d released%s", tally.attempted - tally.failed, tally.failed,
+                 len(given_back), f" (first error: {tally.first_error})" if tally.first_error else "")
+        return len(claims)
+
+    def _record(self, conn: sqlite3.Connection, done: list[tuple[deliveries.Claimed, Attempt]], tally: _Tally) -> None:
+        settled = deliveries.finish(conn, done)
+        for (c, result), settlement in zip(done, settled):
+            self._count(result.ok)
+            tally.attempted += 1
+            if not result.ok:
+                tally.failed += 1
+                tally.first_error = tally.first_error or result.error
+                self._log_settled(c, result, settlement)
 
     def _count(self, ok: bool) -> None:
         with self._counter_lock:
@@ -217,7 +215,7 @@ class EventManager:
 
     def _lane(self, name: str, step: Callable[[sqlite3.Connection], int], due: dict[str, Any],
               wake: threading.Event) -> None:
-        conn = store.connect(self.home)
+        conn = store.connect(self.home, durable=False)  # acknowledgements: see store.connect
         try:
             while not self._stopping.is_set():
                 wake.clear()

@@ -10,6 +10,7 @@ flight as failed and restarts with capped exponential backoff. States are values
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import selectors
@@ -127,19 +128,33 @@ class _Child:
         """True while the process has not exited."""
         return self.proc.poll() is None
 
-    def exchange(self, requests: Sequence[bytes], timeout: float) -> tuple[list[protocol.Reply], PerlFault | None]:
+    def exchange(self, requests: Sequence[bytes], timeout: float, *, window: int | None = None,
+                 on_replies: Callable[[list[protocol.Reply]], None] | None = None,
+                 every: int = 100) -> tuple[list[protocol.Reply], PerlFault | None]:
         """Send ``requests`` pipelined; collect one reply each, in order, until done or a fault.
 
         Each call has ``timeout`` seconds from the previous reply. Returns the replies received
-        and the fault that stopped the exchange (None when every request was answered).
+        and the fault that stopped the exchange (None when every request was answered). With
+        ``on_replies``, every ``every`` new replies are handed over as they arrive (the caller
+        records them while perl works on), and at most ``window`` requests are ever sent ahead
+        of the replies handed over: a crash of the caller repeats no more than that many.
         """
+        ends = list(itertools.accumulate(len(r) for r in requests))
         payload = memoryview(b"".join(requests))
         sent = 0
         replies: list[protocol.Reply] = []
+        handed = 0  # replies given to on_replies so far
         wanted = len(requests)
+        ahead = wanted if window is None else window
+
+        def allowed() -> int:  # bytes that may be sent now
+            last = min(wanted, handed + ahead)
+            return ends[last - 1] if last else 0
+
         with selectors.DefaultSelector() as sel:
             sel.register(self._reply, selectors.EVENT_READ)
-            if payload:
+            writing = bool(payload)
+            if writing:
                 sel.register(self._stdin, selectors.EVENT_WRITE)
             deadline = time.monotonic() + timeout
             while len(replies) < wanted:
@@ -148,14 +163,16 @@ class _Child:
                     return replies, PerlFault(f"call timed out after {timeout:g}s", self.pid)
                 for key, _ in sel.select(remaining):
                     if key.fd == self._stdin:
+                        limit = allowed()
                         try:
-                            sent += os.write(self._stdin, payload[sent:sent + _CHUNK])
+                            sent += os.write(self._stdin, payload[sent:min(limit, sent + _CHUNK)])
                         except BrokenPipeError:
                             sent = len(payload)  # the child is gone; its reply channel says how
                         except BlockingIOError:
                             continue
-                        if sent >= len(payload):
+                        if sent >= limit:
                             sel.unregister(self._stdin)
+                            writing = False
                         continue
                     lines = self._read_lines()
                     if lines is None:
@@ -165,12 +182,19 @@ class _Child:
                             replies.append(protocol.parse_reply(line, self.pid))
                         except ProtocolError as exc:
                             return replies, exc
-                    if lines:
-                        deadline = time.monotonic() + timeout
-                        if wanted - len(replies) > _COALESCE_ABOVE:
-                            # Many replies still to come: let them pile up in the pipe, so perl
-                            # writes without waking us for every one (bench: 134k -> 165k closes/s).
-                            time.sleep(_COALESCE_SLEEP)
+                    if not lines:
+                        continue
+                    deadline = time.monotonic() + timeout
+                    if on_replies is not None and len(replies) - handed >= every:
+                        on_replies(replies[handed:])
+                        handed = len(replies)
+                        if not writing and sent < len(payload):
+                            sel.register(self._stdin, selectors.EVENT_WRITE)
+                            writing = True
+                    elif wanted - len(replies) > _COALESCE_ABOVE:
+                        # Many replies still to come: let them pile up in the pipe, so perl
+                        # writes without waking us for every one (bench: 134k -> 165k closes/s).
+                        time.sleep(_COALESCE_SLEEP)
         return replies, None
 
     def read_line(self, timeout: float) -> bytes:
@@ -387,7 +411,8 @@ class PerlHost:
     def ensure_running(self) -> bool:
         """Start the child if it is stopped or its backoff is over; True when it is running.
 
-        FATAL and SYNTAX_ERROR wait for an operator (:meth:`start` or :meth:`restart`).
+        FATAL and SYNTAX_ERROR wait for an operator (:meth:`start` or :meth:`restart`). (The
+        supervisor's backsync lane never calls this on a STOPPED host: there, stopped is a decision.)
         """
         with self._lock:
             if self.state is HostState.RUNNING and self._child and self._child.alive():
@@ -434,11 +459,15 @@ class PerlHost:
         """Call ``OMBackSync('Close', event_id)``."""
         return self.close_many([event_id])[0]
 
-    def close_many(self, ids: Sequence[str | bytes]) -> list[Attempt]:
+    def close_many(self, ids: Sequence[str | bytes], *, progress: Callable[[list[Attempt]], None] | None = None,
+                   every: int = 100) -> list[Attempt]:
         """Close every ID, pipelined, and return one attempt per ID in order (``subject`` = the ID).
 
-        On a fault the call in flight fails with the reason, the ones after it come back
-        ``attempted=False``, and the child is restarted (after backoff) on the next call.
+        With ``progress``, the attempts are also handed over ``every`` at a time as they
+        complete, while perl goes on with at most ``2 * every`` more (see :meth:`_Child.exchange`);
+        the returned list still holds them all. On a fault the call in flight fails with the
+        reason, the ones after it come back ``attempted=False``, and the child is restarted
+        (after backoff) on the next call.
         """
         requests = [protocol.close_request(i) for i in ids]  # refuses an empty ID up front
         if not requests:
@@ -449,15 +478,34 @@ class PerlHost:
                 reason = f"ombacksync is {self.state.value}" + (f": {self.last_error}" if self.last_error else "")
                 return [Attempt(False, started, started, error=reason, attempted=False, subject=i) for i in ids]
             assert self._child is not None
-            replies, fault = self._child.exchange(requests, self.timeout)
+            done = 0
+
+            def attempts(replies: list[protocol.Reply]) -> list[Attempt]:
+                nonlocal done, started
+                ended = time.time()
+                out = [Attempt(r.ok, started, ended, error=r.message, subject=i)
+                       for i, r in zip(ids[done:done + len(replies)], replies)]
+                done, started = done + len(replies), ended
+                return out
+
+            handed: list[Attempt] = []
+
+            def hand_over(replies: list[protocol.Reply]) -> None:
+                batch = attempts(replies)
+                handed.extend(batch)
+                assert progress is not None
+                progress(batch)
+
+            replies, fault = self._child.exchange(
+                requests, self.timeout, window=2 * every if progress else None,
+                on_replies=hand_over if progress else None, every=every)
+            outcomes = handed + attempts(replies[done:])
             ended = time.time()
-            outcomes = [Attempt(r.ok, started, ended, error=r.message, subject=i) for i, r in zip(ids, replies)]
             if replies:
                 self._failures = 0
             if fault:
                 self.log.error("ombacksync fault: %s", fault.reason)
                 self._fault(fault.reason)
-                done = len(replies)
                 outcomes.append(Attempt(False, started, ended, error=fault.reason, subject=ids[done]))
                 outcomes.extend(Attempt(False, started, ended, error=f"not attempted: {fault.reason}",
                                         attempted=False, subject=i) for i in ids[done + 1:])

@@ -387,8 +387,7 @@ class Supervisor:
 
     def _host_changed(self, old: HostState, new: HostState, reason: str) -> None:
         assert self.manager is not None
-        if new is HostState.RUNNING:
-            self.manager.wake()  # Close deliveries may have waited for it
+        self.manager.wake()  # the backsync lane waits on ombacksync's state: let it look again
         if new in (HostState.SYNTAX_ERROR, HostState.FATAL) and old is not new:
             log.error("ombacksync stopped (%s): %s", new.value, reason)
             try:

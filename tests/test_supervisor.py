@@ -105,6 +105,9 @@ def test_syntax_error_stores_an_event_and_closes_wait_for_the_fix(home: Home, ru
     st = running()
     assert st["ombacksync"]["state"] == "syntax-error"
     assert "line 6" in st["ombacksync"]["last_error"]
+    # the event is stored by the supervisor's main loop, right after the state changed
+    wait_for(lambda: json.loads(omb(home, "events", "list", "--topic", "ombacksync/error", "--json").stdout),
+             what="the ombacksync/error event")
     errors = json.loads(omb(home, "events", "list", "--topic", "ombacksync/error", "--json").stdout)
     assert len(errors) == 1 and errors[0]["forced"] == 1
     assert errors[0]["key"]["FILE"] == str(home.script) and "line 6" in errors[0]["key"]["MESSAGE"]

@@ -16,6 +16,7 @@ from .base import core, home_of, main, print_json
 
 
 OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
+CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Event Manager)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -140,14 +141,16 @@ def restart(ctx: click.Context, what: str) -> None:
 def close(ctx: click.Context, ids: tuple[str, ...]) -> None:
     """Close events: send `event/update {"ID": ID, "STATE": "closed"}` for each ID.
 
-    Prints one event id per ID. `-` reads IDs from stdin, one per line, and sends them all in
-    one transaction (prints how many). Example: `ombridge close EVT-1` or `ombridge close - < ids.txt`
+    Prints one event id per ID. `-` reads IDs from stdin, one per line, checks them all, then
+    stores them a few thousand per commit so that the first Closes run while the rest are stored
+    (prints how many). Example: `ombridge close EVT-1` or `ombridge close - < ids.txt`
     """
     home = home_of(ctx)
     from_stdin = ids == ("-",)
     if from_stdin:
         ids = tuple(line.rstrip("\r\n") for line in sys.stdin if line.rstrip("\r\n"))
-    results = backsync.close_events(core(ctx), ids, cwd=str(home.root), on_stored=lambda: control.ring(home.root))
+    results = backsync.close_events(core(ctx), ids, cwd=str(home.root), on_stored=lambda: control.ring(home.root),
+                                    commit_every=CLOSE_COMMIT_EVERY if from_stdin else None)
     if from_stdin:
         click.echo(f"{len(results)} closed events sent")
     else:
