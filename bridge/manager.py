@@ -35,7 +35,7 @@ log = logging.getLogger("ombridge.manager")
 
 BACKSYNC = ActionKind.BACKSYNC
 MAX_BATCH = 2000
-RECORD_EVERY = 100  # Closes pipelined between two records of outcomes
+RECORD_EVERY = 50  # Closes between two records of outcomes; perl runs at most twice that ahead
 BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
 
 
