@@ -39,11 +39,15 @@ def spawn_per_event_rate(home, count: int) -> float:
     return count / timed(spawn_all)
 
 
+def in_process_rate(home, count: int) -> float:
+    """Closes per second of one perl that loads the script and calls OMBackSync in a loop."""
+    out = subprocess.run(["perl", "-e", IN_PROCESS, str(home.script), str(count)], env=home.perl_env(),
+                         check=True, capture_output=True, text=True)
+    return count / float(out.stdout)
+
+
 def run() -> str:
     with bench_home() as home:
-        env = home.perl_env()
-        script = str(home.script)
-
         with PerlHost(home) as host:
             host.start()
             ids = [f"BRIDGE-{i}" for i in range(N)]
@@ -51,15 +55,13 @@ def run() -> str:
             bridge_s = timed(lambda: outcomes.extend(host.close_many(ids)))
             assert all(o.ok for o in outcomes), "bridge run failed"
 
-        out = subprocess.run(["perl", "-e", IN_PROCESS, script, str(N)], env=env, check=True,
-                             capture_output=True, text=True)
-        inproc_s = float(out.stdout)
+        inproc_rate = in_process_rate(home, N)
 
         spawn_rate = spawn_per_event_rate(home, SPAWNS)
         lines = sum(1 for _ in home.output.open())
         assert lines == N + 1 + N + 1 + SPAWNS, f"unexpected line count {lines}"
 
-    bridge_rate, inproc_rate = N / bridge_s, N / inproc_s
+    bridge_rate = N / bridge_s
     rows = [
         ["bridge `close_many` (persistent child, pipelined)", f"{N:,}", f"{bridge_rate:,.0f}", "1.00"],
         ["in-process (one perl calling OMBackSync in a loop)", f"{N:,}", f"{inproc_rate:,.0f}",
