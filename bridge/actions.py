@@ -18,8 +18,10 @@ import os
 import selectors
 import signal
 import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -52,10 +54,19 @@ class EventContext(NamedTuple):
     def environment(self) -> dict[str, str]:
         """The environment an action runs in."""
         env = dict(os.environ)
+        # `ombridge` itself is on the PATH of every action (to send follow-up events), even when
+        # the supervisor was started with a bare PATH, as systemd does.
+        env["PATH"] = _with_own_bin(env.get("PATH", ""))
         env.update(substitution.environment(self.variables()))
         env.update(OMBRIDGE_EVENT=str(self.id), OMBRIDGE_TOPIC=self.topic, OMBRIDGE_KEY=self.key_json,
                    OMBRIDGE_DEPTH=str(self.depth))
         return env
+
+
+def _with_own_bin(path: str) -> str:
+    own = os.path.dirname(sys.executable)
+    parts = [p for p in path.split(os.pathsep) if p]
+    return os.pathsep.join(parts if own in parts else [*parts, own])
 
 
 def run_command(command: str, event: EventContext, timeout: float, cwd: str | None = None) -> Attempt:
@@ -148,7 +159,11 @@ def _kill_group(pid: int) -> None:
 
 
 def run_web(url: str, event: EventContext, timeout: float) -> Attempt:
-    """POST ``{"event": id, "topic": ..., "key": {...}}`` as JSON; any 2xx status is success."""
+    """POST ``{"event": id, "topic": ..., "key": {...}}`` as JSON; any 2xx status is success.
+
+    Redirects are not followed: a 3xx is a failed attempt naming where it pointed (following it
+    would resend the event, or drop its body, to a place nobody configured).
+    """
     import urllib.error
     import urllib.request
 
@@ -156,13 +171,18 @@ def run_web(url: str, event: EventContext, timeout: float) -> Attempt:
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "Content-Type": "application/json", "User-Agent": "ombridge",
         "X-Ombridge-Event": str(event.id), "X-Ombridge-Topic": event.topic})
+    opener = urllib.request.build_opener(_NoRedirect)
     started = time.time()
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             status = response.status
             text = response.read(OUTPUT_TAIL).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         text = exc.read(OUTPUT_TAIL).decode("utf-8", "replace") if exc.fp else ""
+        if 300 <= exc.code < 400:
+            target = exc.headers.get("Location", "nowhere") if exc.headers else "nowhere"
+            return Attempt(False, started, time.time(), exc.code, text,
+                           f"HTTP {exc.code} redirect to {target} not followed: configure the subscriber's URL")
         return Attempt(False, started, time.time(), exc.code, text, f"HTTP {exc.code} {exc.reason}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -170,6 +190,11 @@ def run_web(url: str, event: EventContext, timeout: float) -> Attempt:
     if 200 <= status < 300:
         return Attempt(True, started, time.time(), status, text)
     return Attempt(False, started, time.time(), status, text, f"HTTP {status}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError
 
 
 def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None) -> Attempt:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from . import catalog
-from .errors import UsageError
+from .errors import BridgeError, UsageError
 from .events import SendResult, check_text, send, send_many
 from .model import ActionKind
 
@@ -30,6 +30,10 @@ _TOPICS = [
     (UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
     (ERROR_TOPIC, ["FILE", "MESSAGE"], "ombacksync stopped: its script does not compile or Init failed"),
 ]
+
+
+class BackSyncDisabled(BridgeError):
+    """Closes refused because the backsync subscriber is disabled (nothing would deliver them)."""
 
 
 def ensure_backsync(conn: sqlite3.Connection) -> int:
@@ -60,7 +64,11 @@ def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | Non
         items.append((UPDATE_TOPIC, {"ID": event_id, "STATE": "closed"}))
     if not items:
         raise UsageError("no IDs to close")
-    ensure_backsync(conn)
+    sid = ensure_backsync(conn)
+    if catalog.get_subscriber(conn, sid).disabled:
+        # Stored, they would match nobody and be dropped: refuse them all, loudly, instead.
+        raise BackSyncDisabled(f"the backsync subscriber ({sid}) is disabled, so closes would not reach "
+                               f"OMBackSync: nothing was sent; `ombridge subscriber enable {sid}` first")
     step = commit_every or len(items)
     results: list[SendResult] = []
     for n in range(0, len(items), step):

@@ -14,10 +14,11 @@ import re
 import sqlite3
 from typing import Any, NamedTuple
 
-from . import deliveries
+from . import contexts, deliveries, substitution
 from .errors import NotFound, UsageError
+from .filters import compile_filter
 from .model import ActionKind, DeliveryStatus
-from .names import check_field_name, check_pattern, check_topic_name, variable_name
+from .names import RESERVED_FIELDS, check_field_name, check_pattern, check_topic_name, variable_name
 from .store import now, transaction
 
 DEFAULT_TIMEOUT = 60.0
@@ -71,6 +72,12 @@ def remove_topic(conn: sqlite3.Connection, name: str, force: bool = False) -> No
     (which detaches them). Stored events keep their topic."""
     with transaction(conn):
         get_topic(conn, name)
+        system = [r[0] for r in conn.execute(
+            "SELECT DISTINCT st.subscriber_id FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id "
+            "WHERE st.pattern = ? AND s.system = 1 ORDER BY 1", (name,))]
+        if system:
+            raise UsageError(f"topic {name} belongs to system subscriber {system[0]} (events of it reach "
+                             "OMBackSync): it cannot be removed")
         users = [r[0] for r in conn.execute(
             "SELECT DISTINCT subscriber_id FROM subscriber_topics WHERE pattern = ? ORDER BY 1", (name,))]
         if users and not force:
@@ -117,29 +124,54 @@ def _check_target(action: ActionKind, target: str) -> str:
     elif action is ActionKind.WEB:
         if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", target):
             raise UsageError(f"bad URL {target!r}: use http://HOST/PATH or https://HOST/PATH")
+        if "@" in target.split("/", 3)[2]:
+            # A password in the URL would be shown by every listing and kept in every log line.
+            raise UsageError("the URL holds credentials (user:password@): they would be shown by `subscriber "
+                             "list`; let the receiver authenticate ombridge another way (a token in the path "
+                             "it checks, or a network rule)")
     return target
 
 
 def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *, description: str = "",
-                   timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES) -> int:
-    """Create a subscriber; returns its id."""
+                   timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
+                   allow_nested_shell: bool = False) -> int:
+    """Create a subscriber; returns its id.
+
+    A command whose &VARs stand after a construct that re-parses text in a second shell
+    (``sh -c``, ``ssh``, ``su -c``, ``eval``) is refused unless ``allow_nested_shell``: there a
+    key value could become shell syntax (see :mod:`bridge.substitution`).
+    """
     _check_target(action, target)
+    nested = substitution.nested_shell(target) if action is ActionKind.COMMAND else None
+    if nested and not allow_nested_shell:
+        raise UsageError(
+            f"the command passes &VARs to a second shell ({nested!r}), which would parse key values as shell "
+            "syntax: use an event program (--program PATH: it gets TOPIC and KEY_JSON as arguments; "
+            "`ombridge key get \"$2\" NAME` reads a field), or --allow-nested-shell if the values are trusted")
     with transaction(conn):
         return _insert_subscriber(conn, action, target, description, timeout, retries, system=False)
 
 
 def _insert_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, description: str,
                        timeout: float, retries: int, system: bool) -> int:
-    if not timeout > 0:
-        raise UsageError("the timeout must be more than 0 seconds")
-    if retries < 0:
-        raise UsageError("retries must be 0 or more")
+    _check_limits(timeout, retries)
     cur = conn.execute(
         "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
         "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
         (description, int(system), action.value, target, float(timeout), int(retries), now()),
     )
     return int(cur.lastrowid or 0)
+
+
+MAX_TIMEOUT = 7 * 86400.0
+MAX_RETRIES = 1000
+
+
+def _check_limits(timeout: float | None, retries: int | None) -> None:
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:  # nan and inf fail too
+        raise UsageError(f"the timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
+    if retries is not None and not 0 <= retries <= MAX_RETRIES:
+        raise UsageError(f"retries must be from 0 to {MAX_RETRIES}")
 
 
 def system_subscriber(conn: sqlite3.Connection, action: ActionKind) -> int | None:
@@ -214,10 +246,7 @@ def _missing(subscriber_id: int) -> Any:
 def update_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, timeout: float | None = None,
                       retries: int | None = None, description: str | None = None) -> None:
     """Change a subscriber's timeout, retry limit or description (system subscribers too)."""
-    if timeout is not None and not timeout > 0:
-        raise UsageError("the timeout must be more than 0 seconds")
-    if retries is not None and retries < 0:
-        raise UsageError("retries must be 0 or more")
+    _check_limits(timeout, retries)
     with transaction(conn):
         get_subscriber(conn, subscriber_id)
         for column, value in (("timeout", timeout), ("retries", retries), ("description", description)):
@@ -241,7 +270,7 @@ def remove_subscriber(conn: sqlite3.Connection, subscriber_id: int, force: bool 
         sub = get_subscriber(conn, subscriber_id)
         if sub.system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber and cannot be removed "
-                             "(disable it instead)")
+                             "(its deliveries can be purged; it can be disabled, but then closes are refused)")
         deliveries.delete_for_subscriber(conn, subscriber_id, force=force)
         for (st_id,) in conn.execute("SELECT id FROM subscriber_topics WHERE subscriber_id = ?",
                                      (subscriber_id,)).fetchall():
@@ -261,13 +290,20 @@ def purge_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
 
 def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, synchronized: bool = False,
                  description: str = "") -> int:
-    """Attach a subscriber to a qualified or generic topic; returns the subscriber topic id."""
+    """Attach a subscriber to a qualified or generic topic; returns the subscriber topic id.
+
+    A command subscriber's &VARs must all be variables of the events of ``pattern``.
+    """
     check_pattern(pattern)
     with transaction(conn):
-        if get_subscriber(conn, subscriber_id).system:
+        sub = get_subscriber(conn, subscriber_id)
+        if sub.system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its topics are fixed")
         if "*" not in pattern:
             get_topic(conn, pattern)  # a qualified topic must be defined: catches typos
+        if sub.action is ActionKind.COMMAND:
+            _check_variables(conn, pattern, substitution.references(sub.target), "the command uses",
+                             variables_of(conn, pattern))
         if conn.execute("SELECT 1 FROM subscriber_topics WHERE subscriber_id = ? AND pattern = ?",
                         (subscriber_id, pattern)).fetchone():
             raise UsageError(f"subscriber {subscriber_id} is already attached to {pattern}")
@@ -275,6 +311,31 @@ def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, syn
             "INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) VALUES (?, ?, ?, ?)",
             (subscriber_id, pattern, int(synchronized), description))
         return int(cur.lastrowid or 0)
+
+
+def variables_of(conn: sqlite3.Connection, pattern: str) -> set[str]:
+    """Every &VAR an event of topic ``pattern`` (qualified or generic) can have: the key fields of
+    the topics it matches, their context variables, and TOPIC, EVENT and KEY."""
+    topics = [(r[0], json.loads(r[1])) for r in conn.execute("SELECT name, key_fields FROM topics")]
+    prefix = pattern[:-1]  # "task/*" -> "task/", "*" -> ""
+    matched = [(name, fields) for name, fields in topics
+               if name == pattern or ("*" in pattern and name.startswith(prefix) and name != prefix[:-1])]
+    found = set(RESERVED_FIELDS)
+    patterns = {pattern}
+    for name, fields in matched:
+        found.update(fields)
+        parts = name.split("/")
+        patterns.update([name, *("/".join(parts[:i]) + "/*" for i in range(1, len(parts))), "*"])
+    return found | contexts.variables(conn, sorted(patterns))
+
+
+def _check_variables(conn: sqlite3.Connection, pattern: str, names: list[str], what: str, known: set[str]) -> None:
+    unknown = [n for n in dict.fromkeys(names) if n not in known]
+    if unknown:
+        raise UsageError(
+            f"{what} {', '.join('&' + n for n in unknown)}, which events of {pattern} do not have; "
+            f"their variables are {', '.join('&' + n for n in sorted(known))} "
+            "(write '& ' with a space for the shell's own &)")
 
 
 def _subscriber_topic_id(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> int:
@@ -300,14 +361,6 @@ def detach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> 
         _delete_subscriber_topic(conn, st_id)
 
 
-def compile_filter(regex: str) -> re.Pattern[str]:
-    """Compile a filter's regular expression (matched against the whole value)."""
-    try:
-        return re.compile(regex)
-    except re.error as exc:
-        raise UsageError(f"bad regular expression {regex!r}: {exc}") from exc
-
-
 def add_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, variable: str, regex: str,
                description: str = "") -> None:
     """Add an event filter: the subscriber topic fires only when every filter's regex matches
@@ -318,6 +371,8 @@ def add_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, varia
         st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
         if get_subscriber(conn, subscriber_id).system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its filters are fixed")
+        # a filter sees the key fields, the context and TOPIC (not EVENT or KEY: see events.filter_variables)
+        _check_variables(conn, pattern, [name], "the filter tests", variables_of(conn, pattern) - {"EVENT", "KEY"})
         if conn.execute("SELECT 1 FROM event_filters WHERE subscriber_topic_id = ? AND variable = ?",
                         (st_id, name)).fetchone():
             raise UsageError(f"subscriber {subscriber_id} already filters &{name} on {pattern}: remove it first")

@@ -99,6 +99,23 @@ def for_patterns(conn: sqlite3.Connection, patterns: Sequence[str]) -> list[sqli
                         list(patterns)).fetchall()
 
 
+def variables(conn: sqlite3.Connection, patterns: Sequence[str]) -> set[str]:
+    """The context variables events of ``patterns`` can get: the columns of their context tables."""
+    found: set[str] = set()
+    for ctx in for_patterns(conn, patterns):
+        source = None
+        try:
+            source = _open(ctx["db_path"], conn)
+            found.update(c for c in _columns(source, ctx["table_name"])
+                         if FIELD_RE.fullmatch(c) and c not in RESERVED_FIELDS)
+        except UsageError:
+            continue  # the file or table went away: it gives no variables now
+        finally:
+            if source is not None and source is not conn:
+                source.close()
+    return found
+
+
 def lookup(conn: sqlite3.Connection, declared: Sequence[sqlite3.Row], key: Mapping[str, Any],
            sources: dict[str, sqlite3.Connection]) -> dict[str, str]:
     """The context variables of one event (``sources`` caches connections to other files)."""

@@ -337,6 +337,22 @@ def list_deliveries(conn: sqlite3.Connection, status: DeliveryStatus | str | Non
     return [dict(r) for r in conn.execute(sql, (*args, limit))]
 
 
+def show(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any]:
+    """One delivery with its event and every attempt (start, end, exit status, output tail, error)."""
+    from .errors import NotFound
+
+    row = conn.execute(
+        "SELECT se.*, e.topic, e.key, s.description AS subscriber, s.action, s.target "
+        "FROM subscriber_events se JOIN events e ON e.id = se.event_id "
+        "JOIN subscribers s ON s.id = se.subscriber_id WHERE se.id = ?", (delivery_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no delivery {delivery_id} (ombridge deliveries list shows them)")
+    attempts = conn.execute(
+        "SELECT number, started_at, ended_at, ok, exit_status, output, error FROM attempts "
+        "WHERE subscriber_event_id = ? ORDER BY number, id", (delivery_id,)).fetchall()
+    return {**dict(row), "key": json.loads(row["key"]), "attempt_log": [dict(a) for a in attempts]}
+
+
 def counts(conn: sqlite3.Connection, *, subscriber_id: int | None = None) -> dict[str, int]:
     """How many deliveries there are in each status (of one subscriber, or of all)."""
     where, args = _equal([("subscriber_id", subscriber_id)])

@@ -28,8 +28,8 @@ def _fast(argv: list[str]) -> int | None:
         root = resolve_root(home)
         from .cli.report import print_send
 
-        print_send(events.send(store.connect(root), argv[1], argv[2], force, cwd=root, on_stored=lambda: _ring(root)))
-        return 0
+        return print_send(events.send(store.connect(root), argv[1], argv[2], force, cwd=root,
+                                      on_stored=lambda: _ring(root)))
     if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:
         from .events import key_field
 

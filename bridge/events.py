@@ -10,7 +10,6 @@ Matching looks up only the patterns that can match a topic (``a/b/c`` -> ``a/b/c
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from collections.abc import Mapping
 from . import contexts
 from .deliveries import Delivery, enqueue
 from .errors import NotFound, UsageError
+from .filters import Filter, compile_filter
 from .model import ActionKind, Settlement
 from .names import FIELD_RE, RESERVED_FIELDS, check_topic_name, value_text
 from .store import now, transaction
@@ -71,15 +71,28 @@ class _Subscription:
                  "filters")
 
     def __init__(self, subscriber_topic_id: int, subscriber_id: int, synchronized: bool, action: str, target: str,
-                 timeout: float, retries: int, filters: tuple[tuple[str, re.Pattern[str]], ...]) -> None:
+                 timeout: float, retries: int, filters: tuple[tuple[str, Filter | _LegacyFilter], ...]) -> None:
         self.subscriber_topic_id, self.subscriber_id, self.synchronized = subscriber_topic_id, subscriber_id, synchronized
         self.action, self.target, self.timeout, self.retries = action, target, timeout, retries
         self.filters = filters  # ((variable, compiled regex), ...)
 
 
-@functools.lru_cache(maxsize=4096)
-def _compiled(regex: str) -> re.Pattern[str]:
-    return re.compile(regex)
+def _compiled(regex: str) -> Filter:
+    try:
+        return compile_filter(regex)
+    except UsageError:
+        # Stored before filters were checked against RE2: still matched, as then, by Python's re.
+        return _LegacyFilter(regex)
+
+
+class _LegacyFilter:
+    __slots__ = ("regex",)
+
+    def __init__(self, regex: str) -> None:
+        self.regex = re.compile(regex)
+
+    def matches(self, value: str) -> bool:
+        return self.regex.fullmatch(value) is not None
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -164,7 +177,7 @@ def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
         f"WHERE st.pattern IN ({','.join('?' * len(patterns))}) AND s.disabled = 0",
         patterns,
     ).fetchall()
-    filters: dict[int, list[tuple[str, re.Pattern[str]]]] = {}
+    filters: dict[int, list[tuple[str, Filter | _LegacyFilter]]] = {}
     if rows:
         ids = [r["id"] for r in rows]
         for f in conn.execute(
@@ -181,7 +194,7 @@ def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
 def _passes(sub: _Subscription, variables: Mapping[str, str]) -> bool:
     for name, regex in sub.filters:
         value = variables.get(name)
-        if value is None or regex.fullmatch(value) is None:
+        if value is None or not regex.matches(value):
             return False
     return True
 

@@ -36,7 +36,8 @@ log = logging.getLogger("ombridge.manager")
 BACKSYNC = ActionKind.BACKSYNC
 MAX_BATCH = 2000
 RECORD_EVERY = 50  # Closes between two records of outcomes; perl runs at most twice that ahead
-BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
+BATCH_SECONDS = 0.5
+ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status  # aim for backsync batches that take about this long
 
 
 class _Tally:
@@ -67,6 +68,7 @@ class EventManager:
         self._threads: list[threading.Thread] = []
         self._counter_lock = threading.Lock()
         self._on_error = on_error
+        self.last_error: tuple[float, str] | None = None  # (when, what) a lane last failed
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -225,6 +227,7 @@ class EventManager:
                     wait = self._idle_wait(conn, due)
                 except Exception as exc:  # a lane never dies: log, pause, go on
                     log.exception("%s: unexpected error", name)
+                    self.last_error = (time.time(), f"{name}: {exc}")  # status shows it (a full disk, ...)
                     if self._on_error:
                         self._on_error(exc)
                     wait = 1.0
@@ -259,5 +262,7 @@ class EventManager:
 
     def status(self) -> dict[str, Any]:
         """The Event Manager's part of ``status``."""
+        recent = self.last_error if self.last_error and time.time() - self.last_error[0] < ERROR_FRESH else None
         return {"state": self.state.value, "workers": self.workers, "poll_seconds": self.poll,
-                "delivered": self.delivered, "failed_attempts": self.failed_attempts}
+                "delivered": self.delivered, "failed_attempts": self.failed_attempts,
+                "last_error": recent[1] if recent else None, "last_error_at": recent[0] if recent else None}

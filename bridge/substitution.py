@@ -13,6 +13,12 @@ text. The rewrite depends on where ``&NAME`` stands:
 so the value is one word wherever it stands (nothing lost to field splitting or globbing).
 ``&&``, ``&>``, ``\\&NAME`` and names that are not variables are left alone; a value that itself
 contains ``&OTHER`` is not substituted again (it is never scanned).
+
+What this cannot protect: a command that hands its text to a *second* shell parses the value
+again there — ``sh -c "echo &V"``, ``bash -c``, ``ssh host "... &V"``, ``su -c``, ``eval``.
+:func:`nested_shell` finds those, and a subscriber whose &VARs stand after one is refused unless
+the operator says otherwise; an event program (which gets the key as an argument, and reads
+fields with ``ombridge key get``) is the safe way to do such things.
 """
 
 from __future__ import annotations
@@ -70,6 +76,46 @@ def rewrite(command: str, names: Collection[str]) -> str:
         out.append(c)
         i += 1
     return "".join(out)
+
+
+class _Recorder:
+    """A stand-in for the variable names that says yes to every name and remembers it."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __contains__(self, name: object) -> bool:
+        self.seen.append(str(name))
+        return True
+
+    def __iter__(self):  # noqa: ANN204 - only to be a Collection
+        return iter(self.seen)
+
+    def __len__(self) -> int:
+        return len(self.seen)
+
+
+def references(command: str) -> list[str]:
+    """The names of the ``&NAME`` references in ``command``, in order, as :func:`rewrite` sees them."""
+    recorder = _Recorder()
+    rewrite(command, recorder)
+    return recorder.seen
+
+
+_NESTED = re.compile(
+    r"(?<![\w/.-])(?:(?:/\S*/)?(?:ba|da|z|k|a)?sh\s+(?:-\w+\s+)*-\w*c\b"  # sh -c, bash -c, /bin/sh -ec
+    r"|(?:/\S*/)?ssh\b"  # ssh host "..."
+    r"|(?:/\S*/)?su\b[^|;&]*\s-c\b"  # su - user -c "..."
+    r"|eval\b)")  # eval "..."
+
+
+def nested_shell(command: str) -> str | None:
+    """The first construct of ``command`` that re-parses text in a second shell, if a &VAR
+    reference stands after it (see the module docstring); None when there is none."""
+    m = _NESTED.search(command)
+    if m and references(command[m.end():]):
+        return m[0].strip()
+    return None
 
 
 def environment(variables: Mapping[str, str]) -> dict[str, str]:

@@ -19,6 +19,7 @@ import queue
 import selectors
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -443,11 +444,25 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
-        conn = store.connect(self.home)
+        degraded = []
         try:
-            backlog = deliveries.backlog(conn)
-        finally:
-            conn.close()
+            conn = store.connect(self.home)
+            try:
+                backlog: dict[str, int] | None = deliveries.backlog(conn)
+            finally:
+                conn.close()
+        except (BridgeError, sqlite3.Error) as exc:
+            backlog = None
+            degraded.append(f"the event core cannot be read: {exc}")
+        host_state = host.state if host else HostState.STOPPED
+        manager_status = manager.status() if manager else {"state": ManagerState.STOPPED.value}
+        if self.state is SupervisorState.RUNNING:
+            if host_state is not HostState.RUNNING:
+                degraded.append(f"ombacksync is {host_state.value}")
+            if manager_status["state"] != ManagerState.RUNNING.value:
+                degraded.append(f"the event manager is {manager_status['state']}")
+            if manager_status.get("last_error"):
+                degraded.append(f"the event manager failed: {manager_status['last_error']}")
         return {
             "supervisor": {"state": self.state.value, "pid": os.getpid(), "home": str(self.home.root),
                            "started_at": self.started_at, "version": __version__,
@@ -457,8 +472,9 @@ class Supervisor:
                            "script": str(host.script) if host else None, "restarts": host.restarts if host else 0,
                            "last_error": host.last_error if host else None,
                            "perl": host.perl_version if host else None},
-            "eventmanager": manager.status() if manager else {"state": ManagerState.STOPPED.value},
+            "eventmanager": manager_status,
             "backlog": backlog,
+            "degraded": degraded,
         }
 
     def _serve(self, client: socket.socket) -> None:
@@ -582,17 +598,19 @@ def stop(home: Home, timeout: float = 120.0) -> int | None:
 
 def offline_status(home: Home) -> dict[str, Any]:
     """What ``status`` shows when no supervisor runs: everything stopped, and the stored backlog."""
+    backlog: dict[str, int] | None = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
     if home.db.exists():
-        conn = store.connect(home)
         try:
-            backlog = deliveries.backlog(conn)
-        finally:
-            conn.close()
-    else:
-        backlog = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
+            conn = store.connect(home)
+            try:
+                backlog = deliveries.backlog(conn)
+            finally:
+                conn.close()
+        except (BridgeError, sqlite3.Error):
+            backlog = None  # unreadable: `ombridge check --db` says why
     return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
             "ombacksync": {"state": HostState.STOPPED.value},
-            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog}
+            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "degraded": []}
 
 
 def is_alive(pid: int) -> bool:

@@ -107,7 +107,7 @@ def test_filters_all_must_match_the_whole_value(topics: sqlite3.Connection) -> N
     assert events.send(topics, "task/change", {"APPC": "KE1", "TASK": "T12x"}).deliveries == 1
 
 
-def test_filter_on_a_number_and_on_a_missing_variable(topics: sqlite3.Connection) -> None:
+def test_filter_on_a_number_and_a_filter_on_an_unknown_variable_refused(topics: sqlite3.Connection) -> None:
     catalog.add_topic(topics, "job/end", ["RC"])
     sid = listen(topics, "job/*")
     catalog.add_filter(topics, sid, "job/*", "RC", "[1-9][0-9]*")
@@ -115,8 +115,9 @@ def test_filter_on_a_number_and_on_a_missing_variable(topics: sqlite3.Connection
     assert events.send(topics, "job/end", {"RC": 0}).deliveries == 0
     assert events.send(topics, "job/end", {"RC": 12}).deliveries == 1
     other = listen(topics, "task/add")
-    catalog.add_filter(topics, other, "task/add", "NOPE", ".*")
-    assert events.send(topics, "task/add", {"APPC": "A", "TASK": "T"}).deliveries == 0
+    with pytest.raises(UsageError, match=r"the filter tests &NOPE, .* variables are &APPC, &TASK, &TOPIC"):
+        catalog.add_filter(topics, other, "task/add", "NOPE", ".*")
+    assert events.send(topics, "task/add", {"APPC": "A", "TASK": "T"}).deliveries == 1
 
 
 def test_disabled_subscribers_are_not_matched(topics: sqlite3.Connection) -> None:

@@ -152,8 +152,9 @@ def test_context_variables_in_a_command_and_a_filter(home: Home, tmp_path: Path)
     omb(home, "subscriber", "topic", "add", sid, "task/change", "--sync")
     omb(home, "subscriber", "filter", "add", sid, "task/change", "&APERPR", "ali.*")
     omb(home, "send", "task/change", '{"APPC": "KE1", "TASK": "T1"}')
-    omb(home, "send", "task/change", '{"APPC": "KE2", "TASK": "T2"}')  # filtered out by the context column
-    omb(home, "send", "task/change", '{"APPC": "NONE", "TASK": "T3"}')  # no row: no variable, no match
+    # filtered out by the context column; no row: no variable, no match (exit 3: nobody listened)
+    assert omb(home, "send", "task/change", '{"APPC": "KE2", "TASK": "T2"}', check=False).returncode == 3
+    assert omb(home, "send", "task/change", '{"APPC": "NONE", "TASK": "T3"}', check=False).returncode == 3
     assert out.read_text() == "T1 of Kernel for alice\n"
     ctx = json.loads(omb(home, "context", "list", "--json").stdout)
     assert ctx[0]["matches"] == {"APPC": "APAPPL"} and ctx[0]["db_path"] == str(apps)

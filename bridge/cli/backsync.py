@@ -14,7 +14,7 @@ from .. import protocol
 from ..errors import ScriptSyntaxError
 from ..model import Attempt
 from ..perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
-from .base import home_of, main, print_json, setup_logging
+from .base import SECONDS, home_of, main, print_json, setup_logging
 from .report import fail
 
 
@@ -73,7 +73,7 @@ def _print_outcome(outcome: Attempt) -> None:
 
 @main.command("try")
 @click.argument("ids", nargs=-1, required=True)
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds one call may take before the child is killed and restarted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the child's life (start, faults, restarts).")

@@ -26,6 +26,18 @@ click.rich_click.SHOW_ARGUMENTS = True
 class BridgeGroup(click.RichGroup):
     """The root group: the one place where library errors become messages."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run; a usage error is one line too (``ombridge: error: ...``), with its exit code."""
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+            fail(f"{exc.format_message()}{hint}", exc.exit_code)
+        except click.Abort:
+            fail("aborted", 1)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -84,15 +96,21 @@ def when(ts: float | None) -> str:
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Print a rich table (the human form of a listing)."""
+    """Print a listing: a rich table on a terminal; piped, plain tab-separated lines with a header
+    (a table squeezed to 80 columns folds every cell into slivers; scripts want lines)."""
+    cells = [["" if v is None else str(v) for v in r] for r in rows]
+    if not sys.stdout.isatty():
+        for line in [columns, *cells]:
+            click.echo("\t".join(c.replace("\t", " ").replace("\n", " ") for c in line))
+        return
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
     for c in columns:
         t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+    for r in cells:
+        t.add_row(*r)
     Console().print(t)
 
 
@@ -103,5 +121,11 @@ def listing(as_json: bool, data: Any, title: str, columns: list[str], cells: lis
     else:
         table(title, columns, cells)
 
+
+# Numbers an operator types, refused outside sane, finite ranges before anything is stored.
+ROW_ID = click.IntRange(min=1, max=2**63 - 1)
+SECONDS = click.FloatRange(min=0.001, max=7 * 86400)  # timeouts: a week at most, never inf or nan
+RETRIES = click.IntRange(min=0, max=1000)
+LIMIT = click.IntRange(min=1, max=1_000_000)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import rich_click as click
@@ -11,7 +12,7 @@ from .. import catalog, deliveries, events
 from ..control import ring
 from ..errors import UsageError
 from ..model import ActionKind, DeliveryStatus
-from .base import core, home_of, json_option, listing, main, print_json, when
+from .base import LIMIT, RETRIES, ROW_ID, SECONDS, core, home_of, json_option, listing, main, print_json, when
 from .report import print_send
 
 
@@ -90,13 +91,15 @@ def subscriber() -> None:
 @click.option("--program", metavar="PATH", help="An event program, run without a shell as: PATH TOPIC KEY_JSON.")
 @click.option("--url", metavar="URL", help="A web call: the event is POSTed as JSON.")
 @click.option("--description", default="", help="What the subscriber does.")
-@click.option("--timeout", type=float, default=catalog.DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=catalog.DEFAULT_TIMEOUT, show_default=True,
               help="Seconds an attempt may take; then its process group is killed.")
-@click.option("--retries", type=int, default=catalog.DEFAULT_RETRIES, show_default=True,
+@click.option("--retries", type=RETRIES, default=catalog.DEFAULT_RETRIES, show_default=True,
               help="Retries after a failed attempt, with backoff, before the delivery is failed.")
+@click.option("--allow-nested-shell", is_flag=True,
+              help="Accept &VARs after sh -c / ssh / su -c / eval, where a value is parsed as shell syntax.")
 @click.pass_context
 def subscriber_add(ctx: click.Context, command: str | None, program: str | None, url: str | None,
-                   description: str, timeout: float, retries: int) -> None:
+                   description: str, timeout: float, retries: int, allow_nested_shell: bool) -> None:
     """Create a subscriber; prints its id alone, so scripts can capture it.
 
     Example: `ombridge subscriber add --command "logger 'Task &TASK was changed in application &APPC.'"`
@@ -107,13 +110,13 @@ def subscriber_add(ctx: click.Context, command: str | None, program: str | None,
         raise UsageError("give exactly one of --command, --program or --url")
     action, target = chosen[0]
     click.echo(catalog.add_subscriber(core(ctx), action, target, description=description,
-                                      timeout=timeout, retries=retries))
+                                      timeout=timeout, retries=retries, allow_nested_shell=allow_nested_shell))
 
 
 @subscriber.command("set")
-@click.argument("subscriber_id", metavar="ID", type=int)
-@click.option("--timeout", type=float, default=None, help="Seconds an attempt may take (for backsync: one Close).")
-@click.option("--retries", type=int, default=None, help="Retries after a failed attempt before it is failed.")
+@click.argument("subscriber_id", metavar="ID", type=ROW_ID)
+@click.option("--timeout", type=SECONDS, default=None, help="Seconds an attempt may take (for backsync: one Close).")
+@click.option("--retries", type=RETRIES, default=None, help="Retries after a failed attempt before it is failed.")
 @click.option("--description", default=None)
 @click.pass_context
 def subscriber_set(ctx: click.Context, subscriber_id: int, timeout: float | None, retries: int | None,
@@ -139,7 +142,7 @@ def subscriber_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @subscriber.command("show")
-@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("subscriber_id", metavar="ID", type=ROW_ID)
 @json_option
 @click.pass_context
 def subscriber_show(ctx: click.Context, subscriber_id: int, as_json: bool) -> None:
@@ -156,17 +159,19 @@ def subscriber_show(ctx: click.Context, subscriber_id: int, as_json: bool) -> No
             click.echo(f"    filter &{f['variable']} = {f['regex']}")
 
 
-def _simple(name: str, doc: str, fn: Any, message: str) -> None:
+def _simple(name: str, doc: str, fn: Any, message: str, wake: bool = False) -> None:
     @subscriber.command(name, help=doc)
-    @click.argument("subscriber_id", metavar="ID", type=int)
+    @click.argument("subscriber_id", metavar="ID", type=ROW_ID)
     @click.pass_context
     def command(ctx: click.Context, subscriber_id: int) -> None:
         result = fn(core(ctx), subscriber_id)
+        if wake:
+            ring(home_of(ctx).root)  # work may be due now: the Event Manager looks at once
         click.echo(message.format(id=subscriber_id, n=result))
 
 
 _simple("enable", "Enable a subscriber. Example: `ombridge subscriber enable 2`",
-        lambda c, i: catalog.set_disabled(c, i, False), "subscriber {id} enabled")
+        lambda c, i: catalog.set_disabled(c, i, False), "subscriber {id} enabled", wake=True)
 _simple("disable", "Disable a subscriber: new events no longer match it. Example: `ombridge subscriber disable 2`",
         lambda c, i: catalog.set_disabled(c, i, True), "subscriber {id} disabled")
 _simple("purge", "Drop a subscriber's open deliveries (they become `purged`). Example: `ombridge subscriber purge 2`",
@@ -174,7 +179,7 @@ _simple("purge", "Drop a subscriber's open deliveries (they become `purged`). Ex
 
 
 @subscriber.command("remove")
-@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("subscriber_id", metavar="ID", type=ROW_ID)
 @click.option("--force", is_flag=True, help="Remove even with open deliveries (they are dropped).")
 @click.pass_context
 def subscriber_remove(ctx: click.Context, subscriber_id: int, force: bool) -> None:
@@ -192,7 +197,7 @@ def subscriber_topic() -> None:
 
 
 @subscriber_topic.command("add")
-@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("subscriber_id", metavar="ID", type=ROW_ID)
 @click.argument("pattern")
 @click.option("--sync", is_flag=True, help="Synchronized: called before `send` returns, not by the Event Manager.")
 @click.option("--description", default="")
@@ -207,7 +212,7 @@ def subscriber_topic_add(ctx: click.Context, subscriber_id: int, pattern: str, s
 
 
 @subscriber_topic.command("remove")
-@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("subscriber_id", metavar="ID", type=ROW_ID)
 @click.argument("pattern")
 @click.pass_context
 def subscriber_topic_remove(ctx: click.Context, subscriber_id: int, pattern: str) -> None:
@@ -222,7 +227,7 @@ def subscriber_filter() -> None:
 
 
 @subscriber_filter.command("add")
-@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("subscriber_id", metavar="ID", type=ROW_ID)
 @click.argument("pattern")
 @click.argument("variable")
 @click.argument("regex")
@@ -239,7 +244,7 @@ def subscriber_filter_add(ctx: click.Context, subscriber_id: int, pattern: str, 
 
 
 @subscriber_filter.command("remove")
-@click.argument("subscriber_id", metavar="ID", type=int)
+@click.argument("subscriber_id", metavar="ID", type=ROW_ID)
 @click.argument("pattern")
 @click.argument("variable")
 @click.pass_context
@@ -258,12 +263,14 @@ def subscriber_filter_remove(ctx: click.Context, subscriber_id: int, pattern: st
 @click.option("--force", is_flag=True, help="Store the event even when no subscriber listens.")
 @click.pass_context
 def send(ctx: click.Context, topic_name: str, key: str, force: bool) -> None:
-    """Send an event; prints its id alone, or says on stderr that nobody listens.
+    """Send an event; prints its id alone, or says on stderr that nobody listens (exit 3: not stored).
 
     Example: `ombridge send task/change '{"APPC": "KE1", "TASK": "T0123"}'`
     """
     root = home_of(ctx).root
-    print_send(events.send(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))
+    code = print_send(events.send(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))
+    if code:
+        sys.exit(code)
 
 
 @main.group()
@@ -286,7 +293,7 @@ def events_group() -> None:
 
 @events_group.command("list")
 @click.option("--topic", "topic_name", default=None, help="Only this topic.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
 @json_option
 @click.pass_context
 def events_list(ctx: click.Context, topic_name: str | None, limit: int, as_json: bool) -> None:
@@ -305,8 +312,8 @@ def deliveries_group() -> None:
 
 @deliveries_group.command("list")
 @click.option("--status", type=click.Choice([s.value for s in DeliveryStatus]), default=None)
-@click.option("--subscriber", "subscriber_id", type=int, default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--subscriber", "subscriber_id", type=ROW_ID, default=None)
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
 @json_option
 @click.pass_context
 def deliveries_list(ctx: click.Context, status: str | None, subscriber_id: int | None, limit: int,
@@ -320,11 +327,43 @@ def deliveries_list(ctx: click.Context, status: str | None, subscriber_id: int |
               r["last_error"]] for r in rows])
 
 
-@main.command()
-@click.option("--subscriber", "subscriber_id", type=int, default=None, help="Only this subscriber's.")
-@click.option("--event", "event_id", type=int, default=None, help="Only this event's.")
+@deliveries_group.command("show")
+@click.argument("delivery_id", metavar="ID", type=ROW_ID)
+@json_option
 @click.pass_context
-def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None) -> None:
-    """Put failed deliveries back to open, due now. Example: `ombridge retry --subscriber 2`"""
-    n = deliveries.retry_failed(core(ctx), subscriber_id, event_id)
+def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None:
+    """Show one delivery with every attempt: start, end, exit status, output tail, error.
+
+    Example: `ombridge deliveries show 42`
+    """
+    d = deliveries.show(core(ctx), delivery_id)
+    if as_json:
+        print_json(d)
+        return
+    click.echo(f"delivery {d['id']}: event {d['event_id']} {d['topic']} {json.dumps(d['key'], ensure_ascii=False)}\n"
+               f"  subscriber {d['subscriber_id']} ({d['action']}) {d['subscriber']}\n"
+               f"  status {d['status']}, {d['attempts']} attempt(s)"
+               + (f", next {when(d['next_attempt_at'])}" if d["status"] == DeliveryStatus.OPEN else ""))
+    for a in d["attempt_log"]:
+        outcome = "ok" if a["ok"] else f"failed: {a['error']}"
+        status = "" if a["exit_status"] is None else f", exit status {a['exit_status']}"
+        click.echo(f"  attempt {a['number']}: {when(a['started_at'])} -> {when(a['ended_at'])} "
+                   f"({a['ended_at'] - a['started_at']:.3f}s){status}, {outcome}")
+        if a["output"]:
+            click.echo("    output: " + a["output"].rstrip("\n").replace("\n", "\n            "))
+
+
+@main.command()
+@click.option("--subscriber", "subscriber_id", type=ROW_ID, default=None, help="Only this subscriber's.")
+@click.option("--event", "event_id", type=ROW_ID, default=None, help="Only this event's.")
+@click.option("--delivery", "delivery_id", type=ROW_ID, default=None, help="Only this delivery.")
+@click.pass_context
+def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None, delivery_id: int | None) -> None:
+    """Put failed deliveries back to open, due now; the Event Manager runs them at once.
+
+    Example: `ombridge retry --subscriber 2`
+    """
+    n = deliveries.retry_failed(core(ctx), subscriber_id, event_id, delivery_id)
+    if n:
+        ring(home_of(ctx).root)
     click.echo(f"{n} failed deliveries reopened")

@@ -8,7 +8,7 @@ import rich_click as click
 
 from .. import control, integrations
 from ..errors import BridgeError, NotRunning, UsageError
-from .base import core, home_of, listing, main
+from .base import ROW_ID, core, home_of, listing, main
 
 
 def _tell_supervisor(ctx: click.Context) -> None:
@@ -110,7 +110,7 @@ def context_list(ctx: click.Context, as_json: bool) -> None:
 
 
 @context.command("remove")
-@click.argument("context_id", metavar="ID", type=int)
+@click.argument("context_id", metavar="ID", type=ROW_ID)
 @click.pass_context
 def context_remove(ctx: click.Context, context_id: int) -> None:
     """Forget a context (stored events keep their variables). Example: `ombridge context remove 1`"""
@@ -121,17 +121,23 @@ def context_remove(ctx: click.Context, context_id: int) -> None:
 
 
 @main.command()
-@click.option("--older-than", "age", required=True, metavar="AGE", help="e.g. 7d, 12h, 30m.")
+@click.option("--older-than", "age", metavar="AGE", help="e.g. 7d, 12h, 30m.")
+@click.option("--all", "everything", is_flag=True, help="Every done delivery and finished event, whatever its age.")
 @click.pass_context
-def prune(ctx: click.Context, age: str) -> None:
-    """Delete done deliveries, their attempts and finished events older than AGE.
+def prune(ctx: click.Context, age: str | None, everything: bool) -> None:
+    """Delete done deliveries, their attempts and finished events older than AGE (or all of them).
 
     Open and failed deliveries are never pruned. Example: `ombridge prune --older-than 7d`
     """
     from ..retention import parse_age
     from ..retention import prune as prune_store
 
-    counts = prune_store(core(ctx), parse_age(age))
+    if everything == (age is not None):
+        raise UsageError("give either --older-than AGE or --all")
+    older_than = 0.0 if everything else parse_age(age or "")
+    if not everything and older_than <= 0:
+        raise UsageError("--older-than 0 would prune everything: say --all for that")
+    counts = prune_store(core(ctx), older_than)
     click.echo(f"pruned {counts['deliveries']} deliveries, {counts['attempts']} attempts, {counts['events']} events")
 
 

@@ -27,12 +27,18 @@ def fail_with(exc: BridgeError) -> NoReturn:
     fail(str(exc), exc.exit_code)
 
 
-def print_send(result: SendResult) -> None:
+NOT_STORED = 3  # the exit code of `send` when nobody listens and nothing was stored
+
+
+def print_send(result: SendResult) -> int:
     """What ``send`` did: the event id on stdout, or on stderr that nobody listens; a note for
-    each synchronized subscriber that failed."""
+    each synchronized subscriber that failed. Returns the exit code (:data:`NOT_STORED` when
+    nothing was stored, so that scripts can tell)."""
     if result.event_id is None:
-        print("nobody listens: the event was not stored (use --force to store it anyway)", file=sys.stderr)
-        return
+        print("ombridge: nobody listens: the event was not stored (use --force to store it anyway)",
+              file=sys.stderr)
+        return NOT_STORED
     print(result.event_id, flush=True)
     for sid in result.failed_synchronized():
         print(f"synchronized subscriber {sid} failed; the Event Manager will retry it", file=sys.stderr)
+    return 0

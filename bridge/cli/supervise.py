@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import rich_click as click
 
 from .. import backsync, control, supervisor
-from ..errors import NotRunning
+from ..errors import BridgeError, NotRunning
 from ..model import DeliveryStatus, HostState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json
@@ -24,13 +25,13 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
 @click.option("--no-stderr-log", "no_stderr_log", is_flag=True, hidden=True)
 @click.option("--workers", type=click.IntRange(min=1, max=64), default=2, show_default=True,
               help="Action lanes delivering command, program and web subscribers in parallel.")
-@click.option("--poll", type=click.FloatRange(min=0.05), default=30.0, show_default=True,
+@click.option("--poll", type=click.FloatRange(min=0.05, max=3600), default=30.0, show_default=True,
               help="Seconds between looks for due work when no doorbell rings (the seed's 30-second cycle).")
 @click.option("--retention", default="30d", show_default=True, metavar="AGE",
               help="Prune done deliveries and finished events older than this, hourly; 0 keeps everything.")
 @click.option("--metrics-textfile", type=click.Path(dir_okay=False), default=None,
               help="Keep this Prometheus textfile up to date (node_exporter's textfile collector).")
-@click.option("--metrics-interval", type=click.FloatRange(min=1), default=15.0, show_default=True,
+@click.option("--metrics-interval", type=click.FloatRange(min=1, max=86400), default=15.0, show_default=True,
               help="Seconds between refreshes of the metrics textfile.")
 @click.pass_context
 def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float, retention: str,
@@ -80,21 +81,36 @@ def stop(ctx: click.Context) -> None:
     click.echo(f"ombridge stopped (pid {pid})")
 
 
-@main.command()
+class LsbCommand(click.RichCommand):
+    """A command whose usage errors exit 4 ("unknown"), not 2, as LSB asks of a status command."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = 4
+            raise
+
+
+@main.command(cls=LsbCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the supervisor, ombacksync, the Event Manager and the backlog; exit 3 when not running.
+    """Show the supervisor, ombacksync, the Event Manager and the backlog.
 
-    Example: `ombridge status --json`
+    Exit codes (LSB): 0 running, 1 running but degraded (the reasons are shown), 3 not running,
+    4 unknown. Example: `ombridge status --json`
     """
     home = home_of(ctx)
     try:
         result = control.request(home.root, "status", timeout=10)
-        code = 0
+        code = 1 if result.get("degraded") else 0
     except NotRunning:
         result = supervisor.offline_status(home)
         code = 3
+    except BridgeError as exc:  # it did not answer: nobody can say
+        click.echo(f"ombridge: error: {exc}", err=True)
+        sys.exit(4)
     if as_json:
         print_json(result)
     else:
@@ -118,7 +134,10 @@ def _print_status(s: dict) -> None:
             click.echo("              " + ob["last_error"].replace("\n", "\n              "))
         click.echo(f"eventmanager  {em['state']}, {em['workers']} action lane(s), delivered {em['delivered']}, "
                    f"failed attempts {em['failed_attempts']}")
-    click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed")
+    click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed" if bl else "backlog       unknown (the event core "
+               "cannot be read)")
+    for reason in s.get("degraded") or ():
+        click.echo(f"degraded      {reason}")
 
 
 @main.command()
