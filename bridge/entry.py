@@ -54,6 +54,13 @@ def main() -> None:
         from .cli.report import fail_with
 
         fail_with(exc)
+    except Exception as exc:  # a full disk, a read-only home, a damaged event core: one sentence
+        from .cli.report import describe_fault, fail
+
+        message = describe_fault(exc)
+        if message is None:
+            raise
+        fail(message, 1)
     if code is not None:
         sys.exit(code)
     from .cli.app import main as cli_main

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 DB_FILE = os.path.join("datafiles", "ombridge.db")
+SCRIPT = os.path.join("conf", "backsync", "OMBackSync.pl")
 
 
 class Home:
@@ -39,7 +40,7 @@ class Home:
     @property
     def script(self) -> Path:
         """The user's ``OMBackSync.pl``."""
-        return self.root / "conf" / "backsync" / "OMBackSync.pl"
+        return self.root / SCRIPT
 
     @property
     def tmp(self) -> Path:
@@ -88,19 +89,37 @@ class Home:
         return path
 
 
-def resolve_root(option: str | os.PathLike[str] | None = None) -> str:
-    """The home's absolute path: ``--home`` > ``$OMBRIDGE_HOME`` > ``$OvDataDir`` > the current directory."""
-    for candidate in (option, os.environ.get("OMBRIDGE_HOME"), os.environ.get("OvDataDir")):
+def is_home(root: str | os.PathLike[str]) -> bool:
+    """True when ``root`` holds ``conf/backsync/OMBackSync.pl`` or an event core."""
+    return any(os.path.exists(os.path.join(root, part)) for part in (SCRIPT, DB_FILE))
+
+
+class NotAHome(UsageError):
+    """A directory that holds neither a script nor an event core: most likely a typo."""
+
+
+def resolve_root(option: str | os.PathLike[str] | None = None, *, existing: bool = True) -> str:
+    """The home's absolute path: ``--home`` > ``$OMBRIDGE_HOME`` > ``$OvDataDir`` > the current directory.
+
+    With ``existing`` (the default) the directory must already be a home (:func:`is_home`): a
+    mistyped path must not quietly become a second, empty bridge.
+    """
+    for source, candidate in (("--home", option), ("$OMBRIDGE_HOME", os.environ.get("OMBRIDGE_HOME")),
+                              ("$OvDataDir", os.environ.get("OvDataDir"))):
         if candidate:
             root = os.path.expanduser(os.fspath(candidate))
             break
     else:
-        root = os.getcwd()
+        source, root = "the current directory", os.getcwd()
     if os.path.exists(root) and not os.path.isdir(root):
-        raise UsageError(f"home {root} is not a directory")
-    return os.path.realpath(root)
+        raise UsageError(f"home {root} ({source}) is not a directory")
+    root = os.path.realpath(root)
+    if existing and not is_home(root):
+        raise NotAHome(f"{root} ({source}) is not an ombridge home: it has no {SCRIPT} and no {DB_FILE}; "
+                       f"give --home DIR, or create one with `ombridge init {root}`")
+    return root
 
 
-def resolve_home(option: str | os.PathLike[str] | None = None) -> Home:
+def resolve_home(option: str | os.PathLike[str] | None = None, *, existing: bool = True) -> Home:
     """The home, resolved as :func:`resolve_root` does."""
-    return Home(resolve_root(option))
+    return Home(resolve_root(option, existing=existing))

@@ -91,9 +91,11 @@ class EventManager:
                      c.attempt, settled.value)
             return
         level = logging.ERROR if settled is Settlement.FAILED else logging.WARNING
-        log.log(level, "delivery %d (event %d, subscriber %d, attempt %d) %s: %s", c.id, c.event.id,
-                c.subscriber_id, c.attempt, "failed for good" if settled is Settlement.FAILED else settled.value,
-                result.error)
+        close_id = f", ID {value_text(c.event.key['ID'])!r}" if "ID" in c.event.key else ""
+        log.log(level, "delivery %d (event %d%s, subscriber %d, attempt %d) %s: %s", c.id, c.event.id, close_id,
+                c.subscriber_id, c.attempt,
+                "failed, retries used up" if settled is Settlement.FAILED else "failed, will retry"
+                if settled is Settlement.RETRY else settled.value, result.error)
 
     def backsync_ready(self) -> bool:
         """True when the backsync lane may claim work now."""

@@ -195,3 +195,26 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
         self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+
+
+def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
+    """What SQLite's integrity check finds wrong with the event core ([] when it is sound)."""
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    # one problem a line ("*** in database main ***" is a heading, not a problem)
+    problems = [line for row in rows for line in str(row).splitlines() if line and not line.startswith("***")]
+    return [] if rows == ["ok"] else problems or rows
+
+
+def backup(conn: sqlite3.Connection, target: str) -> None:
+    """Copy the event core to ``target`` with SQLite's online backup (consistent while it is in
+    use); the copy is owner-only. Refuses to overwrite an existing file."""
+    fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # FileExistsError: never overwrite
+    os.close(fd)
+    copy = sqlite3.connect(target)
+    try:
+        conn.backup(copy)
+    finally:
+        copy.close()

@@ -31,7 +31,8 @@ from enum import Enum
 from typing import Any
 
 from . import __version__, actions, backsync, control, deliveries, metrics, retention, store
-from .errors import BridgeError, NotRunning, PerlStartError, RestartRefused, ScriptSyntaxError, UsageError
+from .errors import (BridgeError, NotRunning, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
+                     UsageError)
 from .home import Home
 from .manager import EventManager
 from .model import DeliveryStatus, HostState, ManagerState, SupervisorState
@@ -179,6 +180,11 @@ class Supervisor:
     def _run(self) -> int:
         conn = store.connect(self.home)
         try:
+            damage = store.integrity(conn, quick=True)
+            if damage:
+                # Refuse rather than half-run on a damaged core (and log errors every second).
+                raise StoreError(f"the event core {self.home.db} is damaged ({damage[0]}); nothing was started: "
+                                 "see `ombridge check --db` and the recovery procedure in docs/operations.md")
             backsync.ensure_backsync(conn)
             taken = deliveries.reclaim_abandoned(conn, OWNER_PREFIX, self.owner)
             timeout = backsync.close_timeout(conn)
@@ -331,6 +337,8 @@ class Supervisor:
                     metrics.write_textfile(self.metrics_textfile, metrics.render(conn, self.status()))
             finally:
                 conn.close()
+        except (BridgeError, OSError, sqlite3.Error) as exc:  # a full disk, a missing folder: one line each time
+            log.error("periodic %s failed: %s", " and ".join(due), exc)
         except Exception:  # a chore never takes the supervisor down
             log.exception("periodic %s failed", " and ".join(due))
         finally:

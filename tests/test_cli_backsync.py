@@ -44,6 +44,11 @@ def test_check_warns_when_the_script_is_readable_by_others(home: Home) -> None:
 
 
 def test_check_without_a_script(tmp_path: Path) -> None:
+    r = run(Home(tmp_path), "check")  # neither a script nor an event core: not a home at all
+    assert r.returncode == 2 and "is not an ombridge home" in r.stderr
+    from bridge import store
+
+    store.connect(Home(tmp_path)).close()  # a home with an event core whose script went missing
     r = run(Home(tmp_path), "check")
     assert r.returncode == 1
     assert r.stderr.strip() == f"no script at {tmp_path}/conf/backsync/OMBackSync.pl"
@@ -91,8 +96,9 @@ def test_try_with_init_that_dies(home: Home, use_script: Callable[[str], Path]) 
 
 def test_home_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b, c = (tmp_path / n for n in "abc")
-    for d in (a, b, c):
-        d.mkdir()
+    for d in (a, b, c):  # each a home (it holds a script)
+        (d / "conf" / "backsync").mkdir(parents=True)
+        (d / "conf" / "backsync" / "OMBackSync.pl").write_text("sub OMBackSync {} 1;\n")
     monkeypatch.chdir(c)
     assert resolve_home().root == c
     monkeypatch.setenv("OvDataDir", str(b))

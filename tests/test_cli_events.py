@@ -56,10 +56,10 @@ def test_listings_and_json(home: Home) -> None:
     omb(home, "subscriber", "topic", "add", sid, "job/*", "--sync")
     omb(home, "send", "job/end", '{"RC": 3}')
     omb(home, "send", "job/end", '{"RC": 4}', "--force")
-    topics = json.loads(omb(home, "topic", "list", "--json").stdout)
-    assert topics[0]["name"] == "job/end" and topics[0]["key_fields"] == ["RC"]
-    subs = json.loads(omb(home, "subscriber", "list", "--json").stdout)
-    assert subs[0]["failed"] == 2 and subs[0]["topics"] == "job/* (sync)"
+    topics = {t["name"]: t for t in json.loads(omb(home, "topic", "list", "--json").stdout)}
+    assert topics["job/end"]["key_fields"] == ["RC"] and "event/update" in topics  # system topics are there too
+    subs = {str(s["id"]): s for s in json.loads(omb(home, "subscriber", "list", "--json").stdout)}
+    assert subs[sid]["failed"] == 2 and subs[sid]["topics"] == "job/* (sync)"
     evs = json.loads(omb(home, "events", "list", "--json", "--topic", "job/end").stdout)
     assert [e["key"] for e in evs] == [{"RC": 4}, {"RC": 3}]
     failed = json.loads(omb(home, "deliveries", "list", "--status", "failed", "--json").stdout)
@@ -95,20 +95,20 @@ def test_event_program_uses_key_get(home: Home, tmp_path: Path) -> None:
     (["send", "task/add", '{"APPC": "A", "TASK": []}'], "must be a string or a number"),
     (["topic", "add", "Task/Add"], "bad topic"),
     (["topic", "add", "task/add", "--key", "APPC"], "already defined"),
-    (["topic", "remove", "task/add"], "used by subscriber(s) 1"),
+    (["topic", "remove", "task/add"], "used by subscriber(s) 2"),
     (["topic", "show", "x/y"], "topic x/y is not defined"),
     (["subscriber", "add", "--command", "true", "--url", "http://x/"], "exactly one of"),
     (["subscriber", "add", "--url", "file:///etc/passwd"], "bad URL"),
     (["subscriber", "show", "42"], "no subscriber 42"),
-    (["subscriber", "topic", "add", "1", "task/**"], "bad topic pattern"),
-    (["subscriber", "filter", "add", "1", "task/add", "&APPC", "KE(["], "bad regular expression"),
-    (["subscriber", "filter", "remove", "1", "task/add", "&APPC"], "no filter on &APPC"),
-    (["subscriber", "remove", "1"], "1 open deliveries"),
+    (["subscriber", "topic", "add", "2", "task/**"], "bad topic pattern"),
+    (["subscriber", "filter", "add", "2", "task/add", "&APPC", "KE(["], "bad regular expression"),
+    (["subscriber", "filter", "remove", "2", "task/add", "&APPC"], "no filter on &APPC"),
+    (["subscriber", "remove", "2"], "1 open deliveries"),
 ])
 def test_bad_input_gets_one_clear_error_and_changes_nothing(home: Home, args: list[str], message: str) -> None:
     omb(home, "topic", "add", "task/add", "--key", "APPC", "--key", "TASK")
-    omb(home, "subscriber", "add", "--command", "true")
-    omb(home, "subscriber", "topic", "add", "1", "task/add")
+    assert omb(home, "subscriber", "add", "--command", "true").stdout.strip() == "2"  # 1 is the backsync
+    omb(home, "subscriber", "topic", "add", "2", "task/add")
     omb(home, "send", "task/add", '{"APPC": "A", "TASK": "T"}')
     conn = store.connect(home)
     before = snapshot(conn)

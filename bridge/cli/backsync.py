@@ -10,7 +10,7 @@ from pathlib import Path
 
 import rich_click as click
 
-from .. import protocol
+from .. import protocol, store
 from ..errors import ScriptSyntaxError
 from ..model import Attempt
 from ..perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
@@ -37,15 +37,23 @@ def permission_warning(script: Path) -> str | None:
 
 
 @main.command()
+@click.option("--db", "database", is_flag=True, help="Check the event core (SQLite's integrity check) instead.")
 @click.pass_context
-def check(ctx: click.Context) -> None:
-    """Check the home's `conf/backsync/OMBackSync.pl` with `perl -c`.
+def check(ctx: click.Context, database: bool) -> None:
+    """Check the home's `conf/backsync/OMBackSync.pl` with `perl -c` (or, with `--db`, the event core).
 
-    Exit 0 when it compiles, 1 with perl's own message when it does not.
+    Exit 0 when it compiles (is sound), 1 with perl's (SQLite's) own message when it does not.
 
-    Example: `ombridge check`
+    Example: `ombridge check` or `ombridge check --db`
     """
     home = home_of(ctx)
+    if database:
+        damage = store.integrity(store.connect(home))
+        if damage:
+            click.echo("\n".join(damage[:20]), err=True)
+            fail(f"the event core {home.db} is damaged: see the recovery procedure in docs/operations.md", 1)
+        click.echo(f"{home.db}: ok")
+        return
     try:
         text = check_syntax(home.script, home)
     except ScriptSyntaxError as exc:
@@ -107,3 +115,4 @@ def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool
     if as_json:
         print_json([{"id": shown(o.subject), "ok": o.ok, "error": o.error} for o in results])
     sys.exit(1 if failed else 0)
+

@@ -14,10 +14,10 @@ from typing import Any
 
 import rich_click as click
 
-from .. import store
+from .. import backsync, store
 from ..errors import BridgeError
 from ..home import Home, resolve_home
-from .report import fail, fail_with
+from .report import describe_fault, fail, fail_with
 
 click.rich_click.USE_MARKDOWN = True
 click.rich_click.SHOW_ARGUMENTS = True
@@ -43,13 +43,21 @@ class BridgeGroup(click.RichGroup):
             return super().invoke(ctx)
         except BridgeError as exc:
             fail_with(exc)
+        except (OSError, sqlite3.Error) as exc:  # a full disk, a read-only home, a damaged core
+            message = describe_fault(exc)
+            if message is None:
+                raise
+            fail(message, 1)
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
 
 def home_of(ctx: click.Context) -> Home:
-    """The resolved home of this invocation."""
-    return ctx.find_root().obj["home"]
+    """The home of this invocation, resolved when a command first needs it (``init`` never does)."""
+    obj = ctx.find_root().obj
+    if "home" not in obj:
+        obj["home"] = resolve_home(obj.get("home_option"))
+    return obj["home"]
 
 
 def print_json(data: Any) -> None:
@@ -79,14 +87,17 @@ def main(ctx: click.Context, home: str | None) -> None:
 
     Example: `ombridge --home /var/opt/OV check`
     """
-    ctx.obj = {"home": resolve_home(home)}
+    ctx.obj = {"home_option": home}
 
 
 def core(ctx: click.Context) -> sqlite3.Connection:
-    """The home's event core, opened once per invocation."""
+    """The home's event core, opened once per invocation (with its built-in topics and the
+    backsync subscriber, which exist as soon as a home does)."""
     obj = ctx.find_root().obj
     if "conn" not in obj:
-        obj["conn"] = store.connect(home_of(ctx))
+        conn = store.connect(home_of(ctx))
+        backsync.ensure_backsync(conn)
+        obj["conn"] = conn
     return obj["conn"]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import rich_click as click
 
-from .. import control, integrations
+from .. import control, integrations, store
 from ..errors import BridgeError, NotRunning, UsageError
 from .base import ROW_ID, core, home_of, listing, main
 
@@ -158,3 +158,14 @@ def metrics(ctx: click.Context, textfile: str | None) -> None:
         write_textfile(textfile, text)
     else:
         click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("target", metavar="FILE", type=click.Path(dir_okay=False))
+@click.pass_context
+def backup(ctx: click.Context, target: str) -> None:
+    """Copy the event core to FILE with SQLite's online backup, while ombridge runs (owner-only;
+    an existing FILE is never overwritten). Example: `ombridge backup /var/backups/ombridge.db`
+    """
+    store.backup(store.connect(home_of(ctx)), target)
+    click.echo(f"event core copied to {target}")

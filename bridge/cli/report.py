@@ -42,3 +42,26 @@ def print_send(result: SendResult) -> int:
     for sid in result.failed_synchronized():
         print(f"synchronized subscriber {sid} failed; the Event Manager will retry it", file=sys.stderr)
     return 0
+
+
+def describe_fault(exc: BaseException) -> str | None:
+    """One sentence for a fault of the machine that reached the command line (a full disk, a
+    read-only home, a damaged event core); None for anything else (a bug: let it show)."""
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        if "full" in text:
+            return "the disk holding the event core is full: nothing was stored; free some space and try again"
+        if "readonly" in text or "read-only" in text:
+            return "the event core is read-only (check the owner and mode of the home's datafiles/)"
+        if "malformed" in text or "not a database" in text:
+            return ("the event core is damaged (" + text + "): `ombridge check --db` tells more; "
+                    "docs/operations.md has the recovery procedure")
+        if "unable to open" in text:
+            return "the event core cannot be opened (check that the home's datafiles/ exists and is writable)"
+        return f"the event core failed: {text}"
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    return None

@@ -10,10 +10,11 @@ from typing import Any
 import rich_click as click
 
 from .. import backsync, control, supervisor
-from ..errors import BridgeError, NotRunning
+from ..errors import BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json
+from .report import fail
 
 
 OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
@@ -43,6 +44,8 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
     home = home_of(ctx)
     keep = parse_age(retention)
     textfile = os.path.abspath(metrics_textfile) if metrics_textfile else None
+    if textfile and not os.path.isdir(os.path.dirname(textfile)):
+        raise UsageError(f"--metrics-textfile {textfile}: the folder {os.path.dirname(textfile)} does not exist")
     if foreground:
         sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
                                     retention=keep or None, metrics_textfile=textfile,
@@ -101,7 +104,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Exit codes (LSB): 0 running, 1 running but degraded (the reasons are shown), 3 not running,
     4 unknown. Example: `ombridge status --json`
     """
-    home = home_of(ctx)
+    try:
+        home = home_of(ctx)
+    except BridgeError as exc:
+        fail(str(exc), 4)  # LSB: status unknown
     try:
         result = control.request(home.root, "status", timeout=10)
         code = 1 if result.get("degraded") else 0
@@ -109,8 +115,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         result = supervisor.offline_status(home)
         code = 3
     except BridgeError as exc:  # it did not answer: nobody can say
-        click.echo(f"ombridge: error: {exc}", err=True)
-        sys.exit(4)
+        fail(str(exc), 4)
     if as_json:
         print_json(result)
     else:
