@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 UPDATE_TOPIC = "event/update"
 ERROR_TOPIC = "ombacksync/error"
+OMI_EVENT_TOPIC = "omi/event"
 DESCRIPTION = "ombacksync: OMBackSync('Close', &ID) for closed events, in the persistent perl child"
 CLOSE_TIMEOUT = 30.0  # seconds one OMBackSync call may take (the perl host's per-call timeout)
 CLOSE_RETRIES = 10
@@ -29,7 +30,25 @@ CLOSE_RETRIES = 10
 _TOPICS = [
     (UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
     (ERROR_TOPIC, ["FILE", "MESSAGE"], "ombacksync stopped: its script does not compile or Init failed"),
+    (OMI_EVENT_TOPIC, ["ID"], "OMi forwarded an event (POST <base>/event); ID is the external id ombridge answered"),
 ]
+
+
+def ensure_topics(conn: sqlite3.Connection) -> None:
+    """Define the built-in topics that are missing (a home created by an older ombridge lacks the newer ones)."""
+    known = {r[0] for r in conn.execute("SELECT name FROM topics WHERE name IN (%s)" % ",".join("?" * len(_TOPICS)),
+                                        [name for name, _, _ in _TOPICS])}
+    if len(known) == len(_TOPICS):
+        return
+    with transaction(conn):
+        _insert_topics(conn)
+
+
+def _insert_topics(conn: sqlite3.Connection) -> None:
+    at = now()
+    for name, fields, description in _TOPICS:
+        conn.execute("INSERT OR IGNORE INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)",
+                     (name, description, json.dumps(fields), at))
 
 
 def ensure_backsync(conn: sqlite3.Connection) -> int:
@@ -42,9 +61,7 @@ def ensure_backsync(conn: sqlite3.Connection) -> int:
         row = conn.execute("SELECT id FROM subscribers WHERE system = 1 AND action = 'backsync'").fetchone()
         if row is not None:  # another process created it meanwhile
             return int(row[0])
-        for name, fields, description in _TOPICS:
-            conn.execute("INSERT OR IGNORE INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)",
-                         (name, description, json.dumps(fields), at))
+        _insert_topics(conn)
         sid = conn.execute(
             "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
             "VALUES (?, 1, 0, 'backsync', '', ?, ?, ?)", (DESCRIPTION, CLOSE_TIMEOUT, CLOSE_RETRIES, at)).lastrowid

@@ -100,7 +100,13 @@ def _v3(db: Any) -> None:
         db["events"].add_column("context", str)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3]
+def _v4(db: Any) -> None:
+    # Users of the HTTP listener (bridge/web/users.py): a name and a scrypt hash, never a password.
+    db["users"].create({"name": str, "hash": str, "created_at": float, "updated_at": float},
+                       pk="name", not_null={"hash", "created_at", "updated_at"}, if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

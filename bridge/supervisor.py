@@ -30,6 +30,11 @@ from .home import Home
 from .manager import EventManager
 from .perlhost import HostState, PerlHost
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .web.config import ListenConfig
+    from .web.listener import Listener
+
 log = logging.getLogger("ombridge.supervisor")
 OWNER_PREFIX = "supervisor:"
 START_TIMEOUT = 30.0
@@ -81,8 +86,10 @@ class Supervisor:
 
     def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
                  retention: float | None = DEFAULT_RETENTION, metrics_textfile: str | None = None,
-                 metrics_interval: float = 15.0) -> None:
+                 metrics_interval: float = 15.0, listen: ListenConfig | None = None) -> None:
         self.home = home
+        self.listen = listen  # the HTTP listener's settings; None: nothing listens
+        self.listener: Listener | None = None
         self.workers = workers
         self.poll = poll
         self.retention = retention  # seconds; None or 0: keep everything
@@ -136,6 +143,13 @@ class Supervisor:
         control_sock, doorbell = self._bind()
         self.host = PerlHost(self.home, timeout=self._close_timeout(), on_state=self._on_host_state)
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll)
+        if self.listen is not None:
+            # Before perl starts, so that a busy port or a bad certificate fails the start at once.
+            # (The web stack is imported only here: nothing of it loads unless asked to listen.)
+            from .web.listener import Listener
+
+            self.listener = Listener(self.home, self.listen, wake=self.manager.wake, status=self.status)
+            self.listener.start()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         log.info("supervisor %d started in %s (ombridge %s)", os.getpid(), self.home.root, __version__)
         self._start_ombacksync()
@@ -164,6 +178,8 @@ class Supervisor:
         self.state = "stopping"
         log.info("stopping: finishing the deliveries in flight")
         assert self.manager is not None and self.host is not None
+        if self.listener is not None:
+            self.listener.stop()  # drain first: the requests in flight are committed and answered
         self.manager.stop()
         self.host.stop()
         self._done.set()
@@ -359,6 +375,7 @@ class Supervisor:
                            "last_error": host.last_error if host else None,
                            "perl": host.perl_version if host else None},
             "eventmanager": manager.status() if manager else {"state": "stopped"},
+            "listener": self.listener.status() if self.listener else {"state": "off"},
             "backlog": backlog,
         }
 

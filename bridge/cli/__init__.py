@@ -76,4 +76,4 @@ def main(ctx: click.Context, home: str | None) -> None:
         fail(str(exc), exc.exit_code)
 
 
-from . import backsync, events, operate, supervise  # noqa: E402,F401  (registers the commands)
+from . import backsync, events, operate, supervise, users  # noqa: E402,F401  (registers the commands)

@@ -1,0 +1,303 @@
+"""The ASGI application: OMi's Event Synchronization target, the JSON event API, health and metrics.
+
+Routes (all behind HTTP Basic authentication but ``/healthz``; docs/omi.md describes each):
+
+- ``HEAD|GET <base>``: OMi's Test Connection (200 once the credentials are good);
+- ``POST <base>/event``: ``<event>`` or ``<event_list>`` -> ``omi/event`` events, answered with the
+  external ids and sequence numbers;
+- ``POST <base>/event_change/<id>``: ``<event_change>`` -> ``event/update {"ID": <id>, ...}``;
+- ``POST /api/v1/events``: JSON ``{"topic", "key", "force"}`` -> the event core's send;
+- ``GET /healthz`` (no authentication), ``GET /metrics`` (Prometheus text).
+
+Every request that stores events is answered only after :class:`GroupCommitter` has committed
+them. Bad input stores nothing: 400 malformed (XML, JSON, DOCTYPE/entities), 413 body over the
+limit (refused from ``Content-Length`` before reading it, or as soon as a chunked body passes it),
+415 wrong media type, 404 unknown path or topic, 405 wrong method, 422 missing key fields.
+
+Other pages (the operator console) mount their routes on the same app through
+:func:`create_app`'s ``extra_routes`` and get the same users.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from .. import events, metrics, store
+from ..backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
+from ..errors import NotFound, UsageError
+from ..home import Home
+from ..names import check_topic_name
+from . import omi
+from .auth import Authenticator, BasicAuthMiddleware
+from .committer import CommitFailed, GroupCommitter
+
+log = logging.getLogger("ombridge.web")
+
+XML_TYPE = "application/xml; charset=utf-8"
+
+
+class _AnyConvertor(Convertor[str]):
+    """The rest of the path, newlines included (an id may hold %0A); decoded again from the raw path."""
+
+    regex = r"[\s\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anything", _AnyConvertor())
+
+
+@dataclass
+class WebContext:
+    """What the routes need: the home, the committer, the settings, the supervisor's status."""
+
+    home: Home
+    committer: GroupCommitter
+    authenticator: Authenticator
+    omi_base: str = "/omi"
+    max_body: int = 1 << 20
+    status: Callable[[], dict[str, Any]] | None = None
+    requests: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+
+
+class Refused(Exception):
+    """A request answered with an error status and a one-line reason; nothing was stored."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return PlainTextResponse(message + "\n", status_code=status, headers=headers)
+
+
+def refusing(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Turn :class:`Refused` (and a client that went away) into an error answer."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Refused as exc:
+            return _error(request, exc.status, exc.message, exc.headers)
+        except ClientDisconnect:
+            return _error(request, 400, "the client went away before sending the whole body",
+                          {"Connection": "close"})
+        except CommitFailed as exc:
+            return _error(request, 503, str(exc), {"Retry-After": "5"})
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def require_media(request: Request, kind: str) -> None:
+    """415 unless the body is ``kind`` ("xml" or "json"); parameters (charset, type=collection) are fine."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind == "xml":
+        ok = media in ("application/xml", "text/xml") or media.endswith("+xml")
+    else:
+        ok = media == "application/json" or media.endswith("+json")
+    if not ok:
+        expected = "application/xml or text/xml" if kind == "xml" else "application/json"
+        raise Refused(415, f"unsupported media type {media or '(none)'!r}: send {expected}")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to pass ``limit`` bytes."""
+    length = request.headers.get("content-length")
+    too_large = Refused(413, f"the body is larger than {limit} bytes", {"Connection": "close"})
+    if length is not None:
+        if not length.strip().isdigit():
+            raise Refused(400, "bad Content-Length", {"Connection": "close"})
+        if int(length) > limit:
+            raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> Any:
+    """The ASGI application: routes, authentication, request counting."""
+    base = ctx.omi_base
+
+    async def healthz(request: Request) -> Response:
+        """Load balancers: 200 while the listener serves (no authentication)."""
+        return PlainTextResponse("ok\n")
+
+    async def metrics_text(request: Request) -> Response:
+        """The Prometheus text of ``ombridge metrics``."""
+        def render() -> str:
+            conn = store.connect(ctx.home)
+            try:
+                return metrics.render(conn, ctx.status() if ctx.status else None)
+            finally:
+                conn.close()
+        return PlainTextResponse(await run_in_threadpool(render), media_type="text/plain; version=0.0.4")
+
+    async def omi_ping(request: Request) -> Response:
+        """OMi's Test Connection: the credentials were good."""
+        return PlainTextResponse("ombridge: OMi event synchronization target\n")
+
+    @refusing
+    async def omi_event_change(request: Request) -> Response:
+        """``<event_change>`` -> ``event/update`` with the URL's id, committed before the answer."""
+        event_id = path_id(request, base + "/event_change/")
+        require_media(request, "xml")
+        root = _parse_xml(await read_body(request, ctx.max_body))
+        try:
+            key = omi.change_key(event_id, root)
+            await ctx.committer.commit([(UPDATE_TOPIC, key)], force=True)
+        except UsageError as exc:
+            raise Refused(400, str(exc)) from exc
+        return Response(omi.change_answer(event_id), media_type=XML_TYPE)
+
+    @refusing
+    async def omi_event(request: Request) -> Response:
+        """``<event>`` / ``<event_list>`` -> ``omi/event`` events, answered with their external ids."""
+        require_media(request, "xml")
+        root = _parse_xml(await read_body(request, ctx.max_body))
+        try:
+            forwarded, as_list = omi.events(root)
+            await ctx.committer.commit([(OMI_EVENT_TOPIC, f.key) for f in forwarded], force=True)
+        except UsageError as exc:
+            raise Refused(400, str(exc)) from exc
+        return Response(omi.events_answer(forwarded, as_list), media_type=XML_TYPE)
+
+    @refusing
+    async def api_events(request: Request) -> Response:
+        """JSON ``{"topic", "key", "force"}`` -> the event core's send."""
+        require_media(request, "json")
+        topic, key, force = _event_request(await read_body(request, ctx.max_body))
+        try:
+            (result,) = await ctx.committer.commit([(topic, key)], force=force)
+        except NotFound as exc:
+            raise Refused(404, str(exc)) from exc
+        except UsageError as exc:
+            raise Refused(422, str(exc)) from exc
+        if result.event_id is None:
+            return JSONResponse({"stored": False, "event_id": None, "deliveries": 0,
+                                 "message": result.report()[1][0]}, status_code=200)
+        return JSONResponse({"stored": True, "event_id": result.event_id, "deliveries": result.deliveries,
+                             "synchronized": [{"subscriber": s, "status": st} for s, st in result.synchronized]},
+                            status_code=201)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
+        Route("/api/v1/events", api_events, methods=["POST"]),
+        Route(base, omi_ping, methods=["GET"]),
+        Route(base + "/", omi_ping, methods=["GET"]),
+        Route(base + "/event", omi_event, methods=["POST"]),
+        Route(base + "/event_change/{event_id:anything}", omi_event_change, methods=["POST"]),
+        *(extra_routes or []),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(request, exc.status_code, exc.detail, exc.headers)
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app.router.redirect_slashes = False  # a redirected POST would lose its body
+    return CountingMiddleware(BasicAuthMiddleware(app, ctx.authenticator), ctx)
+
+
+class CountingMiddleware:
+    """Counts requests served, by status (``status`` and ``/metrics`` show them)."""
+
+    def __init__(self, app: Any, ctx: WebContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = self.ctx
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                ctx.requests += 1
+                ctx.by_status[message["status"]] = ctx.by_status.get(message["status"], 0) + 1
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+def path_id(request: Request, prefix: str) -> str:
+    """The event id after ``prefix`` in the raw path, percent-decoded (``%2F`` is a ``/`` of the id)."""
+    raw = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+    encoded = prefix.encode("ascii")
+    if not raw.startswith(encoded) or len(raw) == len(encoded):
+        raise Refused(404, "no event id in the path: POST <base>/event_change/<external id>")
+    try:
+        event_id = unquote_to_bytes(raw[len(encoded):]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refused(400, "the event id in the path is not UTF-8 once percent-decoded") from exc
+    if "\x00" in event_id:
+        raise Refused(400, "the event id in the path contains a NUL character")
+    return event_id
+
+
+def _parse_xml(body: bytes) -> Any:
+    try:
+        return omi.parse(body)
+    except omi.BadDocument as exc:
+        raise Refused(400, str(exc)) from exc
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _event_request(body: bytes) -> tuple[str, dict[str, Any], bool]:
+    """(topic, key, force) from a JSON event request; 400 for anything malformed."""
+    try:
+        data = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(400, f"malformed JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise Refused(400, 'the body is a JSON object: {"topic": "...", "key": {...}, "force": false}')
+    unknown = set(data) - {"topic", "key", "force"}
+    if unknown:
+        raise Refused(400, f"unknown member(s) {', '.join(sorted(unknown))}: use topic, key and force")
+    topic, key, force = data.get("topic"), data.get("key"), data.get("force", False)
+    if not isinstance(topic, str):
+        raise Refused(400, "topic must be a string")
+    if not isinstance(force, bool):
+        raise Refused(400, "force must be true or false")
+    if not isinstance(key, (dict, str)):
+        raise Refused(400, "key must be a JSON object")
+    try:
+        check_topic_name(topic)
+        fields = events.parse_key(key)
+    except UsageError as exc:
+        raise Refused(400, str(exc)) from exc
+    if any(isinstance(v, float) and not math.isfinite(v) for v in fields.values()):
+        raise Refused(400, "key values must be finite")
+    return topic, fields, force
