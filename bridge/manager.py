@@ -211,7 +211,7 @@ class EventManager:
 
     def _lane(self, name: str, step: Callable[[sqlite3.Connection], int], due: dict[str, Any],
               wake: threading.Event) -> None:
-        conn = store.connect(self.home)
+        conn = store.connect(self.home, durable=False)
         try:
             while not self._stopping.is_set():
                 wake.clear()

@@ -133,13 +133,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise Refused(400, "bad Content-Length", {"Connection": "close"})
         if int(length) > limit:
             raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+    body = bytearray()
+    while True:  # (request.stream() without its async generator: this is on every request's path)
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
+        if len(body) > limit:
             raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return bytes(body)
 
 
 def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> Any:
@@ -207,14 +210,14 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
                              "synchronized": [{"subscriber": s, "status": st} for s, st in result.synchronized]},
                             status_code=201)
 
-    routes: list[BaseRoute] = [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics_text, methods=["GET"]),
+    routes: list[BaseRoute] = [  # the busiest first: routes are tried in order
+        Route(base + "/event_change/{event_id:anything}", omi_event_change, methods=["POST"]),
+        Route(base + "/event", omi_event, methods=["POST"]),
         Route("/api/v1/events", api_events, methods=["POST"]),
         Route(base, omi_ping, methods=["GET"]),
         Route(base + "/", omi_ping, methods=["GET"]),
-        Route(base + "/event", omi_event, methods=["POST"]),
-        Route(base + "/event_change/{event_id:anything}", omi_event_change, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
         *(extra_routes or []),
     ]
 

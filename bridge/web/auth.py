@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import logging
 import secrets
@@ -111,7 +110,7 @@ class Authenticator:
         name, password = _credentials(header)
         if name is not None and password is not None:
             stored = self.users().get(name)
-            token = hmac.new(self._key, name.encode() + b"\0" + password, hashlib.sha256).digest()
+            token = hmac.digest(self._key, name.encode() + b"\0" + password, "sha256")
             if stored is not None and self._matched.get(token) == stored:
                 self._matched.move_to_end(token)
                 self.throttle.succeeded(address)

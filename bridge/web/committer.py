@@ -131,36 +131,44 @@ class GroupCommitter:
         stored = False
         for force in (True, False):
             group = [w for w in batch if w.force is force]
-            if not group:
-                continue
-            items = [item for w in group for item in w.items]
-            try:
-                results = self._send(conn, items, force)
-            except UsageError as refused:
-                if len(group) == 1:
-                    group[0].error = refused
-                    continue
-                for w in group:  # one bad request: store the others, each on its own
-                    try:
-                        w.results = self._send(conn, w.items, force)
-                        stored = stored or any(r.deliveries for r in w.results)
-                    except UsageError as exc:
-                        w.error = exc
-                    except Exception as exc:  # noqa: BLE001 - reported to the waiting request
-                        w.error = self._failed(exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - the disk, the database: nothing was stored
-                error = self._failed(exc)
-                for w in group:
-                    w.error = error
-                continue
-            n = 0
-            for w in group:
-                w.results = results[n:n + len(w.items)]
-                n += len(w.items)
-            stored = stored or any(r.deliveries for r in results)
+            if group:
+                stored = self._commit(conn, group, force) or stored
         if stored and self.wake is not None:
             self.wake()
+
+    def _commit(self, conn: Any, group: list[_Work], force: bool, sift: bool = True) -> bool:
+        """Store ``group`` in one transaction; True when deliveries were created."""
+        items = [item for w in group for item in w.items]
+        try:
+            results = self._send(conn, items, force)
+        except UsageError as refused:
+            if len(group) == 1:
+                group[0].error = refused
+                return False
+            if sift:  # find the refused requests without writing, store the others together
+                good = [w for w in group if not self._refused(conn, w)]
+                return bool(good) and self._commit(conn, good, force, sift=False)
+            return any([self._commit(conn, [w], force, sift=False) for w in group])
+        except Exception as exc:  # noqa: BLE001 - the disk, the database: nothing was stored
+            error = self._failed(exc)
+            for w in group:
+                w.error = error
+            return False
+        n = 0
+        for w in group:
+            w.results = results[n:n + len(w.items)]
+            n += len(w.items)
+        return any(r.deliveries for r in results)
+
+    @staticmethod
+    def _refused(conn: Any, work: _Work) -> bool:
+        try:
+            for topic, key in work.items:
+                events.match(conn, topic, key)
+        except UsageError as exc:
+            work.error = exc
+            return True
+        return False
 
     def _send(self, conn: Any, items: list[tuple[str, Any]], force: bool) -> list[events.SendResult]:
         results = events.send_many(conn, items, force, environ={}, cwd=str(self.home.root))

@@ -1,0 +1,139 @@
+"""The HTTP listener (issue 12 targets), measured side by side in one run against one supervisor:
+
+- 16 concurrent keep-alive clients posting OMi ``event_change`` closes, each answered only after
+  its event is committed (durable acknowledgement, group commit), against the same clients
+  calling the same server's no-op authenticated endpoint (OMi's ping, ``GET /omi``): goal >= 0.5x
+  the no-op rate and >= 2,000 acknowledged closes/s; p50/p99 request latency of both;
+- acknowledged -> ``OMBackSync('Close')`` started (the attempt's start), p50 and p99.
+
+The load comes from this process over loopback: raw HTTP/1.1 on asyncio streams, requests
+prepared in advance, so the client costs little beside the server. Bounded: a fixed number of
+requests per client, well under a minute in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import statistics
+import sys
+import time
+from urllib.parse import quote
+
+from common import bench_home, table
+
+from bridge import control, store, supervisor
+from bridge.web import users
+
+CLIENTS = 16
+NOOP_PER_CLIENT = 1500
+CLOSES_PER_CLIENT = 1000
+USER, PASSWORD = "bench", "bench-password-1"
+CLOSE_BODY = (b'<event_change xmlns="http://www.hp.com/2009/software/opr/data_model"><changed_properties>'
+              b"<state_change><property_name>state</property_name><current_value>closed</current_value>"
+              b"</state_change></changed_properties></event_change>")
+
+
+def _request(method: str, path: str, body: bytes = b"") -> bytes:
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Basic {auth}\r\n"
+    if body:
+        head += f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def _client(port: int, requests: list[tuple[str, bytes]], latencies: list[float],
+                  acked: dict[str, float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for tag, req in requests:
+            t0 = time.perf_counter()
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            t1 = time.perf_counter()
+            if status != 200:
+                raise RuntimeError(f"{tag}: HTTP {status}")
+            latencies.append(t1 - t0)
+            if tag:
+                acked[tag] = time.time()
+    finally:
+        writer.close()
+
+
+async def _load(port: int, per_client: list[list[tuple[str, bytes]]]) -> tuple[float, list[float], dict[str, float]]:
+    latencies: list[float] = []
+    acked: dict[str, float] = {}
+    start = time.perf_counter()
+    await asyncio.gather(*(_client(port, reqs, latencies, acked) for reqs in per_client))
+    return time.perf_counter() - start, latencies, acked
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3
+
+
+def measure() -> dict[str, float]:
+    """Run both loads against one supervisor; figures in a dict."""
+    with bench_home() as home:
+        conn = store.connect(home)
+        users.add_user(conn, USER, PASSWORD)
+        st = supervisor.spawn(home, ["--listen", "127.0.0.1:0"])
+        port = st["listener"]["port"]
+        try:
+            noop = [[("", _request("GET", "/omi"))] * NOOP_PER_CLIENT for _ in range(CLIENTS)]
+            asyncio.run(_load(port, [r[:50] for r in noop]))  # warm up: credentials checked once, connections
+            noop_s, noop_lat, _ = asyncio.run(_load(port, noop))
+            closes = [[(f"BENCH-{c}-{n}", _request("POST", f"/omi/event_change/{quote(f'BENCH-{c}-{n}', safe='')}",
+                                                   CLOSE_BODY)) for n in range(CLOSES_PER_CLIENT)]
+                      for c in range(CLIENTS)]
+            close_s, close_lat, acked = asyncio.run(_load(port, closes))
+            deadline = time.monotonic() + 60
+            while control.request(home.root, "status")["backlog"]["open"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            web = control.request(home.root, "status")["listener"]
+        finally:
+            supervisor.stop(home)
+        started = {}
+        for key, at in conn.execute(
+                "SELECT e.key, a.started_at FROM attempts a JOIN subscriber_events se ON se.id = a.subscriber_event_id "
+                "JOIN events e ON e.id = se.event_id WHERE e.topic = 'event/update' AND a.number = 1"):
+            started[json.loads(key)["ID"]] = at
+        conn.close()
+    missing = [i for i in acked if i not in started]
+    assert not missing, f"{len(missing)} acknowledged closes never reached OMBackSync"
+    to_close = [max(0.0, started[i] - t) for i, t in acked.items()]
+    n_noop, n_close = CLIENTS * NOOP_PER_CLIENT, CLIENTS * CLOSES_PER_CLIENT
+    return {"noop_rate": n_noop / noop_s, "close_rate": n_close / close_s,
+            "noop_p50": _pct(noop_lat, 0.5), "noop_p99": _pct(noop_lat, 0.99),
+            "close_p50": _pct(close_lat, 0.5), "close_p99": _pct(close_lat, 0.99),
+            "to_close_p50": _pct(to_close, 0.5), "to_close_p99": _pct(to_close, 0.99),
+            "per_commit": web["events_per_commit"] or 0.0, "closes": n_close}
+
+
+def run() -> str:
+    """The table for `make bench`."""
+    m = measure()
+    ratio = m["close_rate"] / m["noop_rate"]
+    rows = [
+        [f"no-op authenticated `GET /omi`, {CLIENTS} keep-alive clients", f"{m['noop_rate']:,.0f} requests/s",
+         f"p50 {m['noop_p50']:.2f} ms, p99 {m['noop_p99']:.2f} ms", "1.00"],
+        [f"`event_change` closes, durable ack ({m['closes']:,}; {m['per_commit']:.0f} events per commit)",
+         f"{m['close_rate']:,.0f} closes/s", f"p50 {m['close_p50']:.2f} ms, p99 {m['close_p99']:.2f} ms",
+         f"{ratio:.2f} (targets >= 0.5 and >= 2,000/s)"],
+        ["acknowledged -> `OMBackSync('Close')` started", "", f"p50 {m['to_close_p50']:.2f} ms, "
+         f"p99 {m['to_close_p99']:.2f} ms", ""],
+    ]
+    return table("HTTP listener: OMi event_change closes", ["what", "rate", "latency", "closes ÷ no-op"], rows)
+
+
+if __name__ == "__main__":
+    print(run())
+    sys.exit(0)
