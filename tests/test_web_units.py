@@ -106,8 +106,9 @@ def test_answers_carry_any_id_as_valid_xml() -> None:
 # -- settings ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, parsed", [("0.0.0.0:8443", ("0.0.0.0", 8443)), ("[::1]:80", ("::1", 80)),
-                                          ("localhost:0", ("localhost", 0)), ("omi.example.com:443", ("omi.example.com", 443))])
+@pytest.mark.parametrize("text, parsed", [
+    ("0.0.0.0:8443", ("0.0.0.0", 8443)), ("[::1]:80", ("::1", 80)), ("localhost:0", ("localhost", 0)),
+    ("omi.example.com:443", ("omi.example.com", 443))])
 def test_listen_addresses(text: str, parsed: tuple[str, int]) -> None:
     assert config.parse_address(text) == parsed
 

@@ -7,18 +7,15 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-import pytest
 
 from bridge.home import Home
-from conftest import FIXTURES, alive
+from conftest import FIXTURES
 
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 USER = "omi"
@@ -117,29 +114,6 @@ class Listening:
     def client(self, auth: tuple[str, str] | None = (USER, PASSWORD), **kw: object) -> httpx.Client:
         """An HTTP client (keep-alive) of the listener."""
         return httpx.Client(base_url=self.url, auth=auth, verify=self.verify, timeout=60, **kw)
-
-
-@pytest.fixture
-def listening(home: Home) -> Iterator[Callable[..., Listening]]:
-    """Call with ``start`` options to start a supervisor listening on 127.0.0.1 (a free port);
-    a user omi/PASSWORD exists. Always stopped (or killed) afterwards."""
-    pids: list[int] = []
-    omb(home, "user", "add", USER, stdin=PASSWORD + "\n")
-
-    def start(*options: str, verify: object = False) -> Listening:
-        opts = options if any(o.startswith("--listen") for o in options) else ("--listen", "127.0.0.1:0", *options)
-        r = omb(home, "start", *opts)
-        assert "listening on" in r.stdout, r.stdout
-        st = status(home)
-        pids.append(st["supervisor"]["pid"])
-        return Listening(home, st, verify)
-
-    yield start
-    if omb(home, "status", check=False).returncode == 0:
-        omb(home, "stop", check=False)
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def event_count(home: Home) -> int:

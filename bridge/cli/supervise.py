@@ -102,14 +102,15 @@ def stop(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the supervisor, ombacksync, the Event Manager and the backlog; exit 3 when not running.
+    """Show the supervisor, ombacksync, the Event Manager, the listener and the backlog; exit 3 when
+    not running, 1 when the HTTP listener has failed.
 
     Example: `ombridge status --json`
     """
     home = home_of(ctx)
     try:
         result = control.request(home.root, "status", timeout=10)
-        code = 0
+        code = 1 if result.get("listener", {}).get("state") == "failed" else 0  # LSB 1: running, degraded
     except NotRunning:
         from .. import deliveries
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ from ..home import Home
 log = logging.getLogger("ombridge.web")
 
 MAX_BATCH = 5000  # events in one transaction
+WAKE_EVERY = 0.002  # seconds: the Event Manager is woken at most this often
 
 
 class CommitFailed(BridgeError):
@@ -55,9 +57,10 @@ def _resolve(works: list[_Work]) -> None:
 class GroupCommitter:
     """One thread that stores what concurrent requests hand it, a batch per transaction."""
 
-    def __init__(self, home: Home, wake: Callable[[], None] | None = None) -> None:
+    def __init__(self, home: Home, wake: Callable[[], None] | None = None, wake_every: float = WAKE_EVERY) -> None:
         self.home = home
         self.wake = wake
+        self.wake_every = wake_every
         self.commits = 0
         self.events = 0
         self._pending: deque[_Work] = deque()
@@ -99,12 +102,13 @@ class GroupCommitter:
                 self._cond.notify()
         return await work.future
 
-    def _take(self) -> list[_Work] | None:
+    def _take(self, timeout: float | None) -> list[_Work] | None:
+        """What is pending ([] when ``timeout`` passed first; None once stopping with nothing left)."""
         with self._cond:
-            while not self._pending:
+            if not self._pending:
                 if self._stopping:
                     return None
-                self._cond.wait()
+                self._cond.wait(timeout)
             batch, size = [], 0
             while self._pending and (not batch or size + len(self._pending[0].items) <= MAX_BATCH):
                 w = self._pending.popleft()
@@ -113,9 +117,23 @@ class GroupCommitter:
             return batch
 
     def _run(self, conn: Any) -> None:
+        wake_at: float | None = None  # when the Event Manager is to be woken for what was stored
+        last_wake = 0.0
         try:
-            while (batch := self._take()) is not None:
-                self._store(conn, batch)
+            while True:
+                timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+                batch = self._take(timeout)
+                if batch is None:
+                    break
+                if batch and self._store(conn, batch) and wake_at is None:
+                    wake_at = max(time.monotonic(), last_wake + self.wake_every)
+                if wake_at is not None and time.monotonic() >= wake_at:
+                    # Before the answers: the deliveries may start while the answers travel.
+                    # Coalesced (at most one wake every wake_every seconds) so that under load the
+                    # lanes find bigger batches instead of waking for every commit.
+                    if self.wake is not None:
+                        self.wake()
+                    last_wake, wake_at = time.monotonic(), None
                 by_loop: dict[asyncio.AbstractEventLoop, list[_Work]] = {}
                 for w in batch:
                     by_loop.setdefault(w.loop, []).append(w)
@@ -124,17 +142,20 @@ class GroupCommitter:
                         loop.call_soon_threadsafe(_resolve, works)
                     except RuntimeError:  # that loop is closed: nobody waits any more
                         pass
+            if wake_at is not None and self.wake is not None:
+                self.wake()
         finally:
             conn.close()
 
-    def _store(self, conn: Any, batch: list[_Work]) -> None:
+    def _store(self, conn: Any, batch: list[_Work]) -> bool:
+        """Store a batch (forced and unforced requests in a transaction each); True when
+        deliveries were created."""
         stored = False
         for force in (True, False):
             group = [w for w in batch if w.force is force]
             if group:
                 stored = self._commit(conn, group, force) or stored
-        if stored and self.wake is not None:
-            self.wake()
+        return stored
 
     def _commit(self, conn: Any, group: list[_Work], force: bool, sift: bool = True) -> bool:
         """Store ``group`` in one transaction; True when deliveries were created."""

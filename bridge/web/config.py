@@ -94,7 +94,8 @@ def resolve(home: Home, address: str | None = None, tls_cert: str | None = None,
         max_body = raw
     if not address:
         if cert or key:
-            raise UsageError("--tls-cert and --tls-key need --listen HOST:PORT (or listen.address in conf/ombridge.conf)")
+            raise UsageError("--tls-cert and --tls-key need --listen HOST:PORT "
+                             "(or listen.address in conf/ombridge.conf)")
         return None
     host, port = parse_address(address)
     if bool(cert) != bool(key):

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .. import store
 from ..errors import BridgeError
@@ -39,6 +40,66 @@ from .config import ListenConfig
 log = logging.getLogger("ombridge.web")
 START_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 30.0
+MAX_HEAD = 64 << 10  # bytes of request line and headers
+HEAD_TIMEOUT = 30.0  # seconds from a connection or a request's first byte to the end of its headers
+
+
+class HeadTooLarge(Exception):
+    """A request's line and headers pass :data:`MAX_HEAD` (answered 400 by uvicorn, then closed)."""
+
+
+class _BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits it lacks: the request line and headers are
+    parsed before authentication, and httptools would buffer them without bound; a client that
+    never finishes its headers would hold its connection forever."""
+
+    _head = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head = 0
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _count(self, n: int) -> None:
+        self._head += n
+        if self._head > MAX_HEAD:
+            raise HeadTooLarge(f"request line and headers over {MAX_HEAD} bytes")
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
 
 
 class _Server(uvicorn.Server):
@@ -93,7 +154,7 @@ class Listener:
         cfg = self.config
         sock = self._bind()
         try:
-            uv = uvicorn.Config(create_app(self.ctx), http="httptools", lifespan="off", log_config=None,
+            uv = uvicorn.Config(create_app(self.ctx), http=_BoundedProtocol, lifespan="off", log_config=None,
                                 access_log=False, server_header=False, timeout_keep_alive=30,
                                 timeout_graceful_shutdown=DRAIN_TIMEOUT, limit_concurrency=2048,
                                 ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key)

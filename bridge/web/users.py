@@ -69,7 +69,8 @@ DUMMY_HASH = f"scrypt${LOG2_N}${R}${P}${_b64(b'ombridge-no-user')}${_b64(bytes(D
 def check_name(name: str) -> str:
     """Refuse a user name HTTP Basic cannot carry or an operator cannot type."""
     if not NAME_RE.fullmatch(name):
-        raise UsageError(f"bad user name {name!r}: 1 to 64 letters, digits and . _ @ -, starting with a letter or digit")
+        raise UsageError(f"bad user name {name!r}: 1 to 64 letters, digits and . _ @ -, "
+                         "starting with a letter or digit")
     return name
 
 
