@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import sys
 import time
 from urllib.parse import quote
@@ -77,6 +78,26 @@ async def _load(port: int, per_client: list[list[tuple[str, bytes]]]) -> tuple[f
     return time.perf_counter() - start, latencies, acked
 
 
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its children that ended."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _perl_cpu(pid: int) -> float:
+    """CPU seconds of the supervisor's running children (the perl child)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def _pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3
@@ -88,18 +109,22 @@ def measure() -> dict[str, float]:
         conn = store.connect(home)
         users.add_user(conn, USER, PASSWORD)
         st = supervisor.spawn(home, ["--listen", "127.0.0.1:0"])
-        port = st["listener"]["port"]
+        port, pid = st["listener"]["port"], st["supervisor"]["pid"]
         try:
             noop = [[("", _request("GET", "/omi"))] * NOOP_PER_CLIENT for _ in range(CLIENTS)]
             asyncio.run(_load(port, [r[:50] for r in noop]))  # warm up: credentials checked once, connections
+            cpu = _cpu(pid)
             noop_s, noop_lat, _ = asyncio.run(_load(port, noop))
+            noop_cpu = _cpu(pid) - cpu
             closes = [[(f"BENCH-{c}-{n}", _request("POST", f"/omi/event_change/{quote(f'BENCH-{c}-{n}', safe='')}",
                                                    CLOSE_BODY)) for n in range(CLOSES_PER_CLIENT)]
                       for c in range(CLIENTS)]
+            cpu, perl = _cpu(pid), _perl_cpu(pid)
             close_s, close_lat, acked = asyncio.run(_load(port, closes))
             deadline = time.monotonic() + 60
             while control.request(home.root, "status")["backlog"]["open"] and time.monotonic() < deadline:
                 time.sleep(0.05)
+            close_cpu, perl_cpu = _cpu(pid) - cpu, _perl_cpu(pid) - perl
             web = control.request(home.root, "status")["listener"]
         finally:
             supervisor.stop(home)
@@ -121,7 +146,9 @@ def measure() -> dict[str, float]:
             "close_p50": _pct(close_lat, 0.5), "close_p99": _pct(close_lat, 0.99),
             "to_close_p50": _pct(to_close, 0.5), "to_close_p99": _pct(to_close, 0.99),
             "stored_p50": _pct(stored_to_close, 0.5), "stored_p99": _pct(stored_to_close, 0.99),
-            "per_commit": web["events_per_commit"] or 0.0, "closes": n_close}
+            "per_commit": web["events_per_commit"] or 0.0, "closes": n_close,
+            "noop_cpu": noop_cpu / n_noop * 1e6, "close_cpu": close_cpu / n_close * 1e6,
+            "perl_cpu": perl_cpu / n_close * 1e6}
 
 
 def run() -> str:
@@ -131,6 +158,8 @@ def run() -> str:
     rows = [
         [f"no-op authenticated `GET /omi`, {CLIENTS} keep-alive clients", f"{m['noop_rate']:,.0f} requests/s",
          f"p50 {m['noop_p50']:.2f} ms, p99 {m['noop_p99']:.2f} ms", "1.00"],
+        ["supervisor CPU per request: no-op vs close (HTTP, commit, delivery; + perl)", "",
+         f"{m['noop_cpu']:.0f} µs vs {m['close_cpu']:.0f} µs (+ {m['perl_cpu']:.0f} µs perl)", ""],
         [f"`event_change` closes, durable ack ({m['closes']:,}; {m['per_commit']:.0f} events per commit)",
          f"{m['close_rate']:,.0f} closes/s", f"p50 {m['close_p50']:.2f} ms, p99 {m['close_p99']:.2f} ms",
          f"{ratio:.2f} (targets >= 0.5 and >= 2,000/s)"],
