@@ -276,7 +276,7 @@ def test_concurrent_clients_all_closes_delivered(home: Home, listening) -> None:
     expected = {f"C{c}/{n}" for c in range(8) for n in range(100)}
     wait_for(lambda: set(recorded(home)) >= expected, timeout=60, what="800 closes delivered")
     web = status(home)["listener"]
-    assert web["events"] == 800 and web["commits"] <= 800
+    assert web["events"] == 800 and web["commits"] < 800  # concurrent requests shared commits
 
 
 def test_kill_9_after_acknowledgement_loses_no_close(home: Home, listening) -> None:

@@ -276,3 +276,31 @@ def test_commit_refused_once_stopping(home: Home) -> None:
     with pytest.raises(Exception, match="stopping"):
         asyncio.run(late())
     assert os.path.exists(home.db)
+
+
+# -- reading bodies -----------------------------------------------------------------------------------
+
+
+def test_a_body_that_never_arrives_or_grows_too_large_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bridge.web import app as web_app
+
+    class Slow:
+        headers = {"content-length": "100"}
+
+        async def receive(self) -> dict:
+            await asyncio.sleep(3600)
+            return {}
+
+    class Chunked:
+        headers: dict[str, str] = {}
+
+        async def receive(self) -> dict:
+            return {"type": "http.request", "body": b"x" * 1000, "more_body": True}
+
+    monkeypatch.setattr(web_app, "BODY_TIMEOUT", 0.1)
+    with pytest.raises(web_app.Refused) as slow:
+        asyncio.run(web_app.read_body(Slow(), 4096))
+    assert slow.value.status == 408 and slow.value.headers == {"Connection": "close"}
+    with pytest.raises(web_app.Refused) as large:
+        asyncio.run(web_app.read_body(Chunked(), 4096))
+    assert large.value.status == 413

@@ -23,6 +23,7 @@ routes on that Starlette app through :func:`create_app`'s ``extra_routes`` and g
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from .committer import CommitFailed, GroupCommitter
 log = logging.getLogger("ombridge.web")
 
 XML_TYPE = "application/xml; charset=utf-8"
+BODY_TIMEOUT = 60.0  # seconds a request body may take to arrive
 
 
 
@@ -114,7 +116,16 @@ def require_media(request: Any, kind: str) -> None:
 
 
 async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to pass ``limit`` bytes."""
+    """The request body, refused with 413 as soon as it is known to pass ``limit`` bytes, and
+    with 408 when it has not arrived within :data:`BODY_TIMEOUT` seconds."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await _read_body(request, limit)
+    except TimeoutError as exc:
+        raise Refused(408, f"the body did not arrive within {BODY_TIMEOUT:g} s", {"Connection": "close"}) from exc
+
+
+async def _read_body(request: Any, limit: int) -> bytes:
     length = request.headers.get("content-length")
     too_large = Refused(413, f"the body is larger than {limit} bytes", {"Connection": "close"})
     if length is not None:
