@@ -54,8 +54,6 @@ XML_TYPE = "application/xml; charset=utf-8"
 BODY_TIMEOUT = 60.0  # seconds a request body may take to arrive
 
 
-
-
 @dataclass
 class WebContext:
     """What the routes need: the home, the committer, the settings, the supervisor's status."""
