@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 UPDATE_TOPIC = "event/update"
 ERROR_TOPIC = "ombacksync/error"
+OMI_EVENT_TOPIC = "omi/event"
 DESCRIPTION = "ombacksync: OMBackSync('Close', &ID) for closed events, in the persistent perl child"
 CLOSE_TIMEOUT = 30.0  # seconds one OMBackSync call may take (the perl host's per-call timeout)
 CLOSE_RETRIES = 10
@@ -29,6 +30,7 @@ CLOSE_RETRIES = 10
 _TOPICS = [
     (UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
     (ERROR_TOPIC, ["FILE", "MESSAGE"], "ombacksync stopped: its script does not compile or Init failed"),
+    (OMI_EVENT_TOPIC, ["ID"], "OMi forwarded an event (POST <base>/event); ID is the external id ombridge answered"),
 ]
 
 

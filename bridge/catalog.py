@@ -188,14 +188,18 @@ def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, de
     returns its id. ``topics`` are (name, key fields, description); ``filters`` (variable, regex,
     description). One transaction: a concurrent creator is seen, not duplicated."""
     sid = system_subscriber(conn, action)
-    if sid is not None:
+    names = [name for name, _, _ in topics]
+    known = conn.execute(f"SELECT count(*) FROM topics WHERE name IN ({','.join('?' * len(names))})",
+                         names).fetchone()[0]
+    if sid is not None and known == len(names):
         return sid
     with transaction(conn):
-        sid = system_subscriber(conn, action)
-        if sid is not None:  # another process created it meanwhile
-            return sid
+        # (a home made by an older ombridge lacks the newer built-in topics: they are added)
         for name, fields, topic_description in topics:
             _insert_topic(conn, name, fields, topic_description, ignore_existing=True)
+        sid = system_subscriber(conn, action)
+        if sid is not None:  # it existed, or another process created it meanwhile
+            return sid
         sid = _insert_subscriber(conn, action, "", description, timeout, retries, system=True)
         st = conn.execute("INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) "
                           "VALUES (?, ?, 0, ?)", (sid, pattern, topics[0][2])).lastrowid

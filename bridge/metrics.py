@@ -49,6 +49,16 @@ def render(conn: sqlite3.Connection, status: dict[str, Any] | None) -> str:
                 [("", em["delivered"])])
         _metric(lines, "ombridge_failed_attempts_total", "counter", "Failed attempts since the supervisor started.",
                 [("", em["failed_attempts"])])
+        web = status.get("listener", {})
+        if web.get("state", "off") != "off":
+            _metric(lines, "ombridge_http_requests_total", "counter", "HTTP requests answered, by status code.",
+                    [(f'{{code="{code}"}}', n) for code, n in web["by_status"].items()])
+            _metric(lines, "ombridge_http_auth_failures_total", "counter", "Requests refused for bad credentials.",
+                    [("", web["auth_failures"])])
+            _metric(lines, "ombridge_http_events_total", "counter", "Events stored from HTTP requests.",
+                    [("", web["events"])])
+            _metric(lines, "ombridge_http_commits_total", "counter", "Transactions that stored them (group commit).",
+                    [("", web["commits"])])
     return "\n".join(lines) + "\n"
 
 

@@ -65,6 +65,16 @@ class ManagerState(str, Enum):
     STOPPING = "stopping"
 
 
+class ListenerState(str, Enum):
+    """The HTTP listener's life (``start --listen``): OFF when nobody asked for one."""
+
+    OFF = "off"
+    STOPPED = "stopped"
+    LISTENING = "listening"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
 class Attempt:
     """The one result type of one attempt, whatever ran it (a command, a web call, a Close).
 

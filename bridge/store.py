@@ -8,6 +8,7 @@ docs/store.md describes every table for operators.
 
 from __future__ import annotations
 
+import _thread  # (C-level, free to import: `ombridge send` pays nothing for the write lock)
 import os
 import sqlite3
 import time
@@ -23,6 +24,18 @@ from .model import DeliveryStatus
 
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another before "database is locked"
 _BUSY_TIMEOUT = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}"
+
+# One write lock per event core per process. Threads of one process (the supervisor's lanes and
+# the HTTP listener's committer) queue on it and are handed the write lock the instant it is
+# free, instead of meeting in SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between
+# retries and so turns contention into idle milliseconds. Other processes still meet there.
+_WRITE_LOCKS: dict[str, Any] = {}
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that knows its event core's in-process write lock."""
+
+    write_lock: Any = None
 
 
 def now() -> float:
@@ -102,7 +115,13 @@ def _v3(db: Any) -> None:
         db["events"].add_column("context", str)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3]
+def _v4(db: Any) -> None:
+    # Users of the HTTP listener (bridge/web/users.py): a name and a scrypt hash, never a password.
+    db["users"].create({"name": str, "hash": str, "created_at": float, "updated_at": float},
+                       pk="name", not_null={"hash", "created_at", "updated_at"}, if_not_exists=True)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -127,7 +146,9 @@ def connect(home: Home | str, *, create: bool = True, durable: bool = True) -> s
         fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)  # owner-only before sqlite writes a byte
         os.close(fd)
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False,
+                               factory=_Connection)
+        conn.write_lock = _WRITE_LOCKS.setdefault(path, _thread.RLock())
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
@@ -163,17 +184,32 @@ def _migrate(datafiles: str, conn: sqlite3.Connection) -> None:
 class transaction:  # noqa: N801 - used like a function: `with transaction(conn):`
     """One write transaction (``BEGIN IMMEDIATE``: writers queue for the lock, they do not fail).
 
-    Waiting for the write lock is done here, polling every fraction of a millisecond, rather
-    than by SQLite's busy handler, which sleeps 10 to 100 ms at a time once a wait gets long:
-    a sender committing thousands of events and the Event Manager recording outcomes take
-    turns in milliseconds instead of naps. A class rather than a contextlib generator:
-    contextlib alone costs ``ombridge send`` ~1 ms.
+    Waiting for the write lock never happens in SQLite's busy handler, which sleeps 10 to 100 ms
+    at a time once a wait gets long: threads of one process queue on the event core's in-process
+    lock (handed over the instant it is free), and a writer of another process polls for
+    SQLite's lock every fraction of a millisecond. So a sender committing thousands of events
+    and the Event Manager recording outcomes take turns in milliseconds instead of naps. A class
+    rather than a contextlib generator: contextlib alone costs ``ombridge send`` ~1 ms.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.lock = getattr(conn, "write_lock", None)
 
     def __enter__(self) -> sqlite3.Connection:
+        conn = self.conn
+        if self.lock is not None:
+            self.lock.acquire()  # threads of this process queue here, handed the lock at once
+        try:
+            self._begin()
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+        return conn
+
+    def _begin(self) -> None:
+        # Other processes: poll for SQLite's write lock (see the class docstring).
         conn = self.conn
         conn.execute("PRAGMA busy_timeout = 0")
         try:
@@ -181,7 +217,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             while True:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    return conn
+                    return
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) and "busy" not in str(exc):
                         raise
@@ -194,7 +230,11 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             conn.execute(_BUSY_TIMEOUT)
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+        try:
+            self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:

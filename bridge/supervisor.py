@@ -35,8 +35,13 @@ from .errors import (BridgeError, NotRunning, PerlStartError, RestartRefused, Sc
                      UsageError)
 from .home import Home
 from .manager import EventManager
-from .model import DeliveryStatus, HostState, ManagerState, SupervisorState
+from .model import DeliveryStatus, HostState, ListenerState, ManagerState, SupervisorState
 from .perlhost import PerlHost
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .web.config import ListenConfig
+    from .web.listener import Listener
 
 log = logging.getLogger("ombridge.supervisor")
 OWNER_PREFIX = "supervisor:"
@@ -115,8 +120,10 @@ class Supervisor:
 
     def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
                  retention: float | None = DEFAULT_RETENTION, metrics_textfile: str | None = None,
-                 metrics_interval: float = 15.0) -> None:
+                 metrics_interval: float = 15.0, listen: ListenConfig | None = None) -> None:
         self.home = home
+        self.listen = listen  # the HTTP listener's settings; None: nothing listens
+        self.listener: Listener | None = None
         self.workers = workers
         self.poll = poll
         self.retention = retention  # seconds; None or 0: keep everything
@@ -196,6 +203,13 @@ class Supervisor:
         self.host = PerlHost(self.home, timeout=timeout,
                              on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll)
+        if self.listen is not None:
+            # Before perl starts, so that a busy port or a bad certificate fails the start at once.
+            # (The web stack is imported only here: nothing of it loads unless asked to listen.)
+            from .web.listener import Listener
+
+            self.listener = Listener(self.home, self.listen, wake=self.manager.wake, status=self.status)
+            self.listener.start()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         log.info("supervisor %d started in %s (ombridge %s)", os.getpid(), self.home.root, __version__)
         lifecycle = threading.Thread(target=self._lifecycle, name="lifecycle", daemon=True)
@@ -238,6 +252,8 @@ class Supervisor:
         # The last lifecycle job: the deliveries in flight finish, the rest stay open.
         log.info("stopping: finishing the deliveries in flight")
         assert self.manager is not None and self.host is not None
+        if self.listener is not None:
+            self.listener.stop()  # drain first: the requests in flight are committed and answered
         self.manager.stop()
         self.host.stop()
         self._jobs.put(None)
@@ -463,6 +479,9 @@ class Supervisor:
             backlog = None
             degraded.append(f"the event core cannot be read: {exc}")
         host_state = host.state if host else HostState.STOPPED
+        listener_status = self.listener.status() if self.listener else {"state": ListenerState.OFF.value}
+        if listener_status["state"] == ListenerState.FAILED.value:
+            degraded.append(f"the HTTP listener failed: {listener_status.get('error') or 'see the log'}")
         manager_status = manager.status() if manager else {"state": ManagerState.STOPPED.value}
         if self.state is SupervisorState.RUNNING:
             if host_state is not HostState.RUNNING:
@@ -481,6 +500,7 @@ class Supervisor:
                            "last_error": host.last_error if host else None,
                            "perl": host.perl_version if host else None},
             "eventmanager": manager_status,
+            "listener": listener_status,
             "backlog": backlog,
             "degraded": degraded,
         }

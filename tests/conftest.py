@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,28 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.fixture
+def listening(home: Home) -> Iterator[Callable[..., Any]]:
+    """Call with ``start`` options to start a supervisor listening on 127.0.0.1 (a free port);
+    a user omi/PASSWORD exists. Always stopped (or killed) afterwards."""
+    from web_support import PASSWORD, USER, Listening, omb, status
+
+    pids: list[int] = []
+    omb(home, "user", "add", USER, stdin=PASSWORD + "\n")
+
+    def start(*options: str, verify: object = False) -> Any:
+        opts = options if any(o.startswith("--listen") for o in options) else ("--listen", "127.0.0.1:0", *options)
+        r = omb(home, "start", *opts)
+        assert "listening on" in r.stdout, r.stdout
+        st = status(home)
+        pids.append(st["supervisor"]["pid"])
+        return Listening(home, st, verify)
+
+    yield start
+    if omb(home, "status", check=False).returncode == 0:
+        omb(home, "stop", check=False)
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -319,7 +319,7 @@ def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> 
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
     assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]
     assert "context" in [r[1] for r in migrated.execute("PRAGMA table_info(events)")]
     assert migrated.execute("SELECT count(*) FROM contexts").fetchone()[0] == 0

@@ -11,7 +11,7 @@ import rich_click as click
 
 from .. import backsync, control, supervisor
 from ..errors import BridgeError, NotRunning, UsageError
-from ..model import DeliveryStatus, HostState, SupervisorState
+from ..model import DeliveryStatus, HostState, ListenerState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json
 from .report import fail
@@ -34,25 +34,44 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
               help="Keep this Prometheus textfile up to date (node_exporter's textfile collector).")
 @click.option("--metrics-interval", type=click.FloatRange(min=1, max=86400), default=15.0, show_default=True,
               help="Seconds between refreshes of the metrics textfile.")
+@click.option("--listen", metavar="HOST:PORT", default=None,
+              help="Serve OMi's Event Synchronization interface and the event API on this address "
+                   "(default: listen.address in conf/ombridge.conf; nothing listens unless asked).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, resolve_path=True), default=None,
+              help="PEM certificate (chain) for HTTPS; with it, plain HTTP is refused.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, resolve_path=True), default=None,
+              help="PEM private key of --tls-cert (keep it chmod 600).")
+@click.option("--max-body", type=click.IntRange(min=1024), default=None, metavar="BYTES",
+              help="Largest request body accepted (default 1048576); larger ones get 413.")
 @click.pass_context
 def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float, retention: str,
-          metrics_textfile: str | None, metrics_interval: float) -> None:
-    """Start the supervisor: the Event Manager and ombacksync.
+          metrics_textfile: str | None, metrics_interval: float, listen: str | None, tls_cert: str | None,
+          tls_key: str | None, max_body: int | None) -> None:
+    """Start the supervisor: the Event Manager, ombacksync and, when asked, the HTTP listener.
 
-    Returns once it is up, or fails with the reason. Example: `ombridge start`
+    Returns once it is up, or fails with the reason. The listener's settings may also live in the
+    home's `conf/ombridge.conf` (docs/omi.md). Example: `ombridge start --listen 0.0.0.0:8443
+    --tls-cert /etc/ombridge/cert.pem --tls-key /etc/ombridge/key.pem`
     """
+    from ..web import config as web_config
+
     home = home_of(ctx)
     keep = parse_age(retention)
     textfile = os.path.abspath(metrics_textfile) if metrics_textfile else None
     if textfile and not os.path.isdir(os.path.dirname(textfile)):
         raise UsageError(f"--metrics-textfile {textfile}: the folder {os.path.dirname(textfile)} does not exist")
+    listen_config = web_config.resolve(home, listen, tls_cert, tls_key, max_body)  # refused here, before spawning
     if foreground:
         sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
                                     retention=keep or None, metrics_textfile=textfile,
-                                    metrics_interval=metrics_interval)
+                                    metrics_interval=metrics_interval, listen=listen_config)
         sys.exit(sup.run())
+    listen_options = [*(["--listen", listen] if listen else []), *(["--tls-cert", tls_cert] if tls_cert else []),
+                      *(["--tls-key", tls_key] if tls_key else []),
+                      *(["--max-body", str(max_body)] if max_body is not None else [])]
     options = ["--workers", str(workers), "--poll", str(poll), "--retention", retention,
-               "--metrics-interval", str(metrics_interval), *(["--metrics-textfile", textfile] if textfile else [])]
+               "--metrics-interval", str(metrics_interval), *(["--metrics-textfile", textfile] if textfile else []),
+               *listen_options]
     try:
         status = supervisor.spawn(home, options)
     except supervisor.AlreadyRunning as exc:
@@ -64,6 +83,9 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
 def _report_started(status: dict) -> None:
     ob = status["ombacksync"]
     click.echo(f"ombridge started (pid {status['supervisor']['pid']}); ombacksync {ob['state']}")
+    web = status.get("listener", {})
+    if web.get("state") == ListenerState.LISTENING.value:
+        click.echo(f"listening on {web['url']} (OMi base {web['url']}{web['omi_base']})")
     if ob["state"] not in (HostState.RUNNING.value, HostState.STARTING.value):
         click.echo(f"ombridge: warning: ombacksync is {ob['state']}: {ob['last_error']}\n"
                    "Close deliveries wait until the script is fixed and `ombridge restart ombacksync`.", err=True)
@@ -99,7 +121,7 @@ class LsbCommand(click.RichCommand):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Show the supervisor, ombacksync, the Event Manager and the backlog.
+    """Show the supervisor, ombacksync, the Event Manager, the listener and the backlog.
 
     Exit codes (LSB): 0 running, 1 running but degraded (the reasons are shown), 3 not running,
     4 unknown. Example: `ombridge status --json`
@@ -139,6 +161,13 @@ def _print_status(s: dict) -> None:
             click.echo("              " + ob["last_error"].replace("\n", "\n              "))
         click.echo(f"eventmanager  {em['state']}, {em['workers']} action lane(s), delivered {em['delivered']}, "
                    f"failed attempts {em['failed_attempts']}")
+        web = s.get("listener", {"state": ListenerState.OFF.value})
+        if web["state"] == ListenerState.OFF.value:
+            click.echo("listener      off (ombridge start --listen HOST:PORT)")
+        else:
+            click.echo(f"listener      {web['state']}, {web['url']}{web['omi_base']}, "
+                       f"{'TLS' if web['tls'] else 'plain HTTP'}, {web['requests']} requests served, "
+                       f"{web['events']} events in {web['commits']} commits, {web['auth_failures']} auth failures")
     click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed" if bl else "backlog       unknown (the event core "
                "cannot be read)")
     for reason in s.get("degraded") or ():

@@ -1,0 +1,176 @@
+"""The HTTP listener (issue 12 targets), measured side by side in one run against one supervisor:
+
+- 16 concurrent keep-alive clients posting OMi ``event_change`` closes, each answered only after
+  its event is committed (durable acknowledgement, group commit), against the same clients
+  calling the same server's no-op authenticated endpoint (OMi's ping, ``GET /omi``): goal >= 0.5x
+  the no-op rate and >= 2,000 acknowledged closes/s; p50/p99 request latency of both;
+- acknowledged -> ``OMBackSync('Close')`` started (the attempt's start), p50 and p99, signed: the
+  Event Manager is woken at the commit, before the answer is written, so a Close often starts
+  before the client has read its 2xx (negative figures); and stored (the event's creation time,
+  taken just before its transaction) -> Close started.
+
+The load comes from this process over loopback: raw HTTP/1.1 on asyncio streams, requests
+prepared in advance, so the client costs little beside the server. Bounded: a fixed number of
+requests per client, well under a minute in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import sys
+import time
+from urllib.parse import quote
+
+from common import bench_home, table
+
+from bridge import control, store, supervisor
+from bridge.web import users
+
+CLIENTS = 16
+NOOP_PER_CLIENT = 1500
+CLOSES_PER_CLIENT = 1000
+USER, PASSWORD = "bench", "bench-password-1"
+CLOSE_BODY = (b'<event_change xmlns="http://www.hp.com/2009/software/opr/data_model"><changed_properties>'
+              b"<state_change><property_name>state</property_name><current_value>closed</current_value>"
+              b"</state_change></changed_properties></event_change>")
+
+
+def _request(method: str, path: str, body: bytes = b"") -> bytes:
+    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Basic {auth}\r\n"
+    if body:
+        head += f"Content-Type: application/xml\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def _client(port: int, requests: list[tuple[str, bytes]], latencies: list[float],
+                  acked: dict[str, float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for tag, req in requests:
+            t0 = time.perf_counter()
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            t1 = time.perf_counter()
+            if status != 200:
+                raise RuntimeError(f"{tag}: HTTP {status}")
+            latencies.append(t1 - t0)
+            if tag:
+                acked[tag] = time.time()
+    finally:
+        writer.close()
+
+
+async def _load(port: int, per_client: list[list[tuple[str, bytes]]]) -> tuple[float, list[float], dict[str, float]]:
+    latencies: list[float] = []
+    acked: dict[str, float] = {}
+    start = time.perf_counter()
+    await asyncio.gather(*(_client(port, reqs, latencies, acked) for reqs in per_client))
+    return time.perf_counter() - start, latencies, acked
+
+
+def _cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and its children that ended."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _perl_cpu(pid: int) -> float:
+    """CPU seconds of the supervisor's running children (the perl child)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3
+
+
+def measure() -> dict[str, float]:
+    """Run both loads against one supervisor; figures in a dict."""
+    with bench_home() as home:
+        conn = store.connect(home)
+        users.add_user(conn, USER, PASSWORD)
+        st = supervisor.spawn(home, ["--listen", "127.0.0.1:0"])
+        port, pid = st["listener"]["port"], st["supervisor"]["pid"]
+        try:
+            noop = [[("", _request("GET", "/omi"))] * NOOP_PER_CLIENT for _ in range(CLIENTS)]
+            asyncio.run(_load(port, [r[:50] for r in noop]))  # warm up: credentials checked once, connections
+            cpu = _cpu(pid)
+            noop_s, noop_lat, _ = asyncio.run(_load(port, noop))
+            noop_cpu = _cpu(pid) - cpu
+            closes = [[(f"BENCH-{c}-{n}", _request("POST", f"/omi/event_change/{quote(f'BENCH-{c}-{n}', safe='')}",
+                                                   CLOSE_BODY)) for n in range(CLOSES_PER_CLIENT)]
+                      for c in range(CLIENTS)]
+            cpu, perl = _cpu(pid), _perl_cpu(pid)
+            close_s, close_lat, acked = asyncio.run(_load(port, closes))
+            deadline = time.monotonic() + 60
+            while control.request(home.root, "status")["backlog"]["open"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            close_cpu, perl_cpu = _cpu(pid) - cpu, _perl_cpu(pid) - perl
+            web = control.request(home.root, "status")["listener"]
+        finally:
+            supervisor.stop(home)
+        started, created = {}, {}
+        for key, at, made in conn.execute(
+                "SELECT e.key, a.started_at, e.created_at FROM attempts a "
+                "JOIN subscriber_events se ON se.id = a.subscriber_event_id "
+                "JOIN events e ON e.id = se.event_id WHERE e.topic = 'event/update' AND a.number = 1"):
+            event_id = json.loads(key)["ID"]
+            started[event_id], created[event_id] = at, made
+        conn.close()
+    missing = [i for i in acked if i not in started]
+    assert not missing, f"{len(missing)} acknowledged closes never reached OMBackSync"
+    to_close = [started[i] - t for i, t in acked.items()]
+    stored_to_close = [started[i] - created[i] for i in acked]
+    n_noop, n_close = CLIENTS * NOOP_PER_CLIENT, CLIENTS * CLOSES_PER_CLIENT
+    return {"noop_rate": n_noop / noop_s, "close_rate": n_close / close_s,
+            "noop_p50": _pct(noop_lat, 0.5), "noop_p99": _pct(noop_lat, 0.99),
+            "close_p50": _pct(close_lat, 0.5), "close_p99": _pct(close_lat, 0.99),
+            "to_close_p50": _pct(to_close, 0.5), "to_close_p99": _pct(to_close, 0.99),
+            "stored_p50": _pct(stored_to_close, 0.5), "stored_p99": _pct(stored_to_close, 0.99),
+            "per_commit": web["events_per_commit"] or 0.0, "closes": n_close,
+            "noop_cpu": noop_cpu / n_noop * 1e6, "close_cpu": close_cpu / n_close * 1e6,
+            "perl_cpu": perl_cpu / n_close * 1e6}
+
+
+def run() -> str:
+    """The table for `make bench`."""
+    m = measure()
+    ratio = m["close_rate"] / m["noop_rate"]
+    rows = [
+        [f"no-op authenticated `GET /omi`, {CLIENTS} keep-alive clients", f"{m['noop_rate']:,.0f} requests/s",
+         f"p50 {m['noop_p50']:.2f} ms, p99 {m['noop_p99']:.2f} ms", "1.00"],
+        ["supervisor CPU per request: no-op vs close (HTTP, commit, delivery; + perl)", "",
+         f"{m['noop_cpu']:.0f} µs vs {m['close_cpu']:.0f} µs (+ {m['perl_cpu']:.0f} µs perl)", ""],
+        [f"`event_change` closes, durable ack ({m['closes']:,}; {m['per_commit']:.0f} events per commit)",
+         f"{m['close_rate']:,.0f} closes/s", f"p50 {m['close_p50']:.2f} ms, p99 {m['close_p99']:.2f} ms",
+         f"{ratio:.2f} (targets >= 0.5 and >= 2,000/s)"],
+        ["acknowledged -> `OMBackSync('Close')` started (negative: before the client read its 2xx)", "",
+         f"p50 {m['to_close_p50']:+.2f} ms, p99 {m['to_close_p99']:+.2f} ms", ""],
+        ["stored -> `OMBackSync('Close')` started", "", f"p50 {m['stored_p50']:.2f} ms, p99 {m['stored_p99']:.2f} ms",
+         ""],
+    ]
+    return table("HTTP listener: OMi event_change closes", ["what", "rate", "latency", "closes ÷ no-op"], rows)
+
+
+if __name__ == "__main__":
+    print(run())
+    sys.exit(0)

@@ -1,0 +1,86 @@
+"""Commands for the users of the HTTP listener: user add, list, remove, passwd.
+
+Passwords come from a prompt (asked twice) or, when stdin is not a terminal, from its first line;
+never from the command line, where any user of the machine could read them in the process list.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+
+import rich_click as click
+
+from ..errors import UsageError
+from .base import core, json_option, listing, main, when
+
+
+def read_password() -> str:
+    """A new password from the terminal (twice) or from stdin's first line."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != first:
+            raise UsageError("the two passwords differ")
+        return first
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError("no password on stdin (give it as the first line)")
+    return line.rstrip("\r\n")
+
+
+@main.group()
+def user() -> None:
+    """Users of the HTTP listener (OMi's connected server, the event API): HTTP Basic credentials."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.pass_context
+def user_add(ctx: click.Context, name: str) -> None:
+    """Create user NAME; the password is asked for (or read from stdin's first line).
+
+    Stored only as a salted scrypt hash in the event core. Example:
+    `ombridge user add omi` or `printf '%s\\n' "$PW" | ombridge user add omi`
+    """
+    from ..web.users import add_user, check_name
+
+    check_name(name)
+    add_user(core(ctx), name, read_password())
+    click.echo(f"user {name} added")
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.pass_context
+def user_passwd(ctx: click.Context, name: str) -> None:
+    """Change the password of user NAME (a running listener uses it within a second).
+
+    Example: `ombridge user passwd omi`
+    """
+    from ..web.users import set_password
+
+    set_password(core(ctx), name, read_password())
+    click.echo(f"password of {name} changed")
+
+
+@user.command("list")
+@json_option
+@click.pass_context
+def user_list(ctx: click.Context, as_json: bool) -> None:
+    """List the users (names and dates; never a hash). Example: `ombridge user list --json`"""
+    from ..web.users import list_users
+
+    rows = list_users(core(ctx))
+    listing(as_json, rows, "Users", ["name", "created", "password changed"],
+            [[r["name"], when(r["created_at"]), when(r["updated_at"])] for r in rows])
+
+
+@user.command("remove")
+@click.argument("name")
+@click.pass_context
+def user_remove(ctx: click.Context, name: str) -> None:
+    """Delete user NAME; its requests are refused within a second. Example: `ombridge user remove omi`"""
+    from ..web.users import remove_user
+
+    remove_user(core(ctx), name)
+    click.echo(f"user {name} removed")

@@ -1,0 +1,126 @@
+"""What the HTTP listener is asked to do: address, TLS, OMi base path, body limit.
+
+From ``ombridge start --listen HOST:PORT [--tls-cert F --tls-key F] [--max-body BYTES]`` and from
+the home's ``conf/ombridge.conf`` (TOML, section ``[listen]``), the command line winning option
+by option. Nothing listens unless one of them names an address. Imports nothing of the web stack.
+
+```toml
+[listen]
+address  = "0.0.0.0:8443"          # HOST:PORT; [::1]:8443 for IPv6; port 0 picks a free one
+tls_cert = "conf/tls/cert.pem"     # relative paths are under the home
+tls_key  = "conf/tls/key.pem"
+omi_base = "/omi"                  # where OMi's connected server points
+max_body = 1048576                 # bytes; a larger request body is refused with 413
+```
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from ..home import Home
+
+CONF_FILE = os.path.join("conf", "ombridge.conf")
+DEFAULT_BASE = "/omi"
+DEFAULT_MAX_BODY = 1 << 20
+_KEYS = {"address", "tls_cert", "tls_key", "omi_base", "max_body"}
+_BASE_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+_ADDRESS_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})")
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """One listener's settings (validated)."""
+
+    host: str
+    port: int
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    omi_base: str = DEFAULT_BASE
+    max_body: int = DEFAULT_MAX_BODY
+
+    @property
+    def tls(self) -> bool:
+        """True when the listener speaks HTTPS only."""
+        return self.tls_cert is not None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
+    m = _ADDRESS_RE.fullmatch(text.strip())
+    if not m or int(m["port"]) > 65535:
+        raise UsageError(f"bad listen address {text!r}: use HOST:PORT, e.g. 0.0.0.0:8443 or [::1]:8443")
+    return (m["v6"] or m["host"]), int(m["port"])
+
+
+def read_file(home: Home) -> dict[str, object]:
+    """The ``[listen]`` section of the home's ``conf/ombridge.conf`` ({} when there is none)."""
+    path = home.root / CONF_FILE
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    unknown = set(data) - {"listen"}
+    section = data.get("listen", {})
+    if not isinstance(section, dict):
+        raise UsageError(f"{path}: [listen] must be a table")
+    unknown |= {f"listen.{k}" for k in set(section) - _KEYS}
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(f'listen.{k}' for k in sorted(_KEYS))})")
+    return section
+
+
+def resolve(home: Home, address: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
+            max_body: int | None = None, omi_base: str | None = None) -> ListenConfig | None:
+    """The listener to run: the command line's options over the config file's; None when neither
+    names an address. Raises :class:`UsageError` for anything inconsistent."""
+    conf = read_file(home)
+    address = address or _text(conf, "address")
+    cert = tls_cert or _text(conf, "tls_cert")
+    key = tls_key or _text(conf, "tls_key")
+    base = omi_base or _text(conf, "omi_base") or DEFAULT_BASE
+    if max_body is None:
+        raw = conf.get("max_body", DEFAULT_MAX_BODY)
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise UsageError(f"{CONF_FILE}: listen.max_body is a number of bytes")
+        max_body = raw
+    if not address:
+        if cert or key:
+            raise UsageError("--tls-cert and --tls-key need --listen HOST:PORT "
+                             "(or listen.address in conf/ombridge.conf)")
+        return None
+    host, port = parse_address(address)
+    if bool(cert) != bool(key):
+        raise UsageError("TLS needs both --tls-cert and --tls-key")
+    if not 1024 <= max_body <= 1 << 30:
+        raise UsageError(f"the body limit must be between 1024 bytes and 1 GiB, not {max_body}")
+    base = "/" + base.strip("/")
+    if not _BASE_RE.fullmatch(base):
+        raise UsageError(f"bad OMi base path {base!r}: one or more /segments of letters, digits, . _ ~ -")
+    if base.startswith(("/api/", "/healthz", "/metrics")) or base == "/api":
+        raise UsageError(f"the OMi base path {base} would hide one of ombridge's own paths")
+    return ListenConfig(host, port, _under(home, cert), _under(home, key), base, max_body)
+
+
+def _text(conf: dict[str, object], name: str) -> str | None:
+    value = conf.get(name)
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"{CONF_FILE}: listen.{name} must be a string")
+    return value or None
+
+
+def _under(home: Home, path: str | None) -> str | None:
+    if path is None:
+        return None
+    full = os.path.join(str(home.root), os.path.expanduser(path))
+    if not os.path.isfile(full):
+        raise UsageError(f"TLS file {full} does not exist")
+    return full

@@ -1,0 +1,262 @@
+"""The HTTP listener inside the supervisor: uvicorn serving :mod:`bridge.web.app` in a thread.
+
+Why uvicorn + Starlette: a well-kept ASGI server with TLS, keep-alive, HTTP/1.1 pipelining and
+graceful shutdown, on the C parser httptools; Starlette is a small toolkit whose routes and
+middleware the operator console can share. ``http.server`` has none of that.
+
+The supervisor owns the process and its signals: uvicorn runs in a thread of its own with its own
+asyncio loop and installs no signal handler (it installs them only in the main thread). The
+socket is bound in :meth:`Listener.start`, in the supervisor's thread, so a busy port or a bad
+certificate fails ``ombridge start`` with the reason. :meth:`Listener.stop` drains: it stops
+accepting, lets the requests in flight finish (their events committed and answered), closes idle
+keep-alive connections, then stores what the committer still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+import stat
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .. import store
+from ..model import ListenerState
+from ..errors import BridgeError
+from ..home import Home
+from . import users
+from .app import WebContext, create_app
+from .auth import Authenticator
+from .committer import GroupCommitter
+from .config import ListenConfig
+
+log = logging.getLogger("ombridge.web")
+START_TIMEOUT = 10.0
+DRAIN_TIMEOUT = 30.0
+MAX_HEAD = 64 << 10  # bytes of request line and headers
+HEAD_TIMEOUT = 30.0  # seconds from a connection or a request's first byte to the end of its headers
+
+
+class HeadTooLarge(Exception):
+    """A request's line and headers pass :data:`MAX_HEAD` (answered 400 by uvicorn, then closed)."""
+
+
+class _BoundedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits it lacks: the request line and headers are
+    parsed before authentication, and httptools would buffer them without bound; a client that
+    never finishes its headers would hold its connection forever."""
+
+    _head = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head = 0
+        if self._head_timer is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def _count(self, n: int) -> None:
+        self._head += n
+        if self._head > MAX_HEAD:
+            raise HeadTooLarge(f"request line and headers over {MAX_HEAD} bytes")
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timeout)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, never touching signals (the supervisor owns them)."""
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        pass
+
+    def capture_signals(self) -> Any:  # newer uvicorn (it already skips them outside the main thread)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _route_uvicorn_logs() -> None:
+    """uvicorn's warnings and errors go to ombridge's own log (never request headers: no access log)."""
+    ours = logging.getLogger("ombridge")
+    for name in ("uvicorn", "uvicorn.error"):
+        lg = logging.getLogger(name)
+        lg.handlers = list(ours.handlers)
+        lg.setLevel(logging.WARNING)
+        lg.propagate = False
+
+
+class Listener:
+    """start() / stop() / status() of the HTTP listener; the supervisor calls nothing else."""
+
+    def __init__(self, home: Home, config: ListenConfig, *, wake: Callable[[], None] | None = None,
+                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.home = home
+        self.config = config
+        self.state = ListenerState.STOPPED
+        self.committer = GroupCommitter(home, wake)
+        self._users_conn = None
+        self.authenticator = Authenticator(self._load_users)
+        self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self.address: tuple[str, int] | None = None
+        self.started_at: float | None = None
+
+    def _load_users(self) -> dict[str, str]:
+        if self._users_conn is None:
+            self._users_conn = store.connect(self.home)
+        return users.hashes(self._users_conn)
+
+    # -- life ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind, load TLS, start serving; raises :class:`BridgeError` with the reason it cannot."""
+        cfg = self.config
+        sock = self._bind()
+        try:
+            uv = uvicorn.Config(create_app(self.ctx), http=_BoundedProtocol, lifespan="off", log_config=None,
+                                access_log=False, server_header=False, timeout_keep_alive=30,
+                                timeout_graceful_shutdown=DRAIN_TIMEOUT, limit_concurrency=2048,
+                                ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key)
+            uv.load()  # here, so that a bad certificate or key fails the start
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            sock.close()
+            raise BridgeError(f"cannot use the TLS certificate and key ({cfg.tls_cert}, {cfg.tls_key}): {exc}") from exc
+        if cfg.tls_key:
+            self._warn_if_readable(cfg.tls_key)
+        _route_uvicorn_logs()
+        self.committer.start()
+        self._server = _Server(uv)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="http-listener", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.committer.stop()
+                raise BridgeError(f"the HTTP listener on {self.url} did not start (see the log)")
+            time.sleep(0.005)
+        self.state = ListenerState.LISTENING
+        self.started_at = time.time()
+        log.info("listening on %s (OMi base %s, body limit %d bytes)", self.url, cfg.omi_base, cfg.max_body)
+
+    def _bind(self) -> socket.socket:
+        cfg = self.config
+        try:
+            infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, kind, proto, _, addr = infos[0]
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(addr)
+                sock.listen(1024)
+            except OSError:
+                sock.close()
+                raise
+        except OSError as exc:
+            raise BridgeError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
+        sock.setblocking(False)
+        self.address = sock.getsockname()[:2]
+        return sock
+
+    @staticmethod
+    def _warn_if_readable(path: str) -> None:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("the TLS key %s is readable by group or others: chmod 600 it", path)
+
+    def _serve(self) -> None:
+        assert self._server is not None and self._sock is not None
+        try:
+            asyncio.run(self._server.serve(sockets=[self._sock]))
+        except BaseException:  # noqa: BLE001 - a dead listener is reported by status, never kills the supervisor
+            log.exception("the HTTP listener stopped with an error")
+            self.state = ListenerState.FAILED
+
+    def stop(self, timeout: float = DRAIN_TIMEOUT + 5) -> None:
+        """Drain: stop accepting, finish the requests in flight, then stop the committer."""
+        if self._server is None:
+            return
+        self.state = ListenerState.STOPPING
+        log.info("HTTP listener: draining")
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self._server.force_exit = True
+                self._thread.join(5)
+        self.committer.stop()
+        if self._users_conn is not None:
+            self._users_conn.close()
+            self._users_conn = None
+        self._server = None
+        if self.state is not ListenerState.FAILED:
+            self.state = ListenerState.STOPPED
+        log.info("HTTP listener stopped after %d requests", self.ctx.requests)
+
+    # -- status --------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Where OMi reaches the listener (the base of the connected server is this + the OMi base)."""
+        host, port = self.address or (self.config.host, self.config.port)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.config.tls else 'http'}://{host}:{port}"
+
+    def status(self) -> dict[str, Any]:
+        """The listener's part of ``ombridge status``."""
+        state = self.state
+        if state is ListenerState.LISTENING and self._thread is not None and not self._thread.is_alive():
+            state = ListenerState.FAILED
+        host, port = self.address or (self.config.host, self.config.port)
+        return {"state": state.value, "host": host, "port": port, "url": self.url, "tls": self.config.tls,
+                "omi_base": self.config.omi_base, "max_body": self.config.max_body,
+                "requests": self.ctx.requests, "by_status": {str(k): v for k, v in sorted(self.ctx.by_status.items())},
+                "auth_failures": self.authenticator.failures, **self.committer.status()}
