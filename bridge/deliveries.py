@@ -16,7 +16,7 @@ import json
 import sqlite3
 
 from .errors import UsageError
-from .model import ActionKind, Attempt, DeliveryStatus, Settlement
+from .model import ActionKind, Attempt, DeliveryStatus, Lane, Settlement
 from .store import now as wall_now
 from .store import transaction
 
@@ -62,14 +62,15 @@ class Delivery:
     """A subscriber event to create: :func:`enqueue` writes one row per delivery. A synchronized
     one is created already claimed by its sender (``claimed_by``)."""
 
-    __slots__ = ("event_id", "subscriber_id", "subscriber_topic_id", "timeout", "claimed_by")
+    __slots__ = ("event_id", "subscriber_id", "subscriber_topic_id", "timeout", "lane", "claimed_by")
 
-    def __init__(self, event_id: int, subscriber_id: int, subscriber_topic_id: int, timeout: float,
+    def __init__(self, event_id: int, subscriber_id: int, subscriber_topic_id: int, timeout: float, lane: Lane,
                  claimed_by: str | None = None) -> None:
         self.event_id = event_id
         self.subscriber_id = subscriber_id
         self.subscriber_topic_id = subscriber_topic_id
         self.timeout = timeout
+        self.lane = lane
         self.claimed_by = claimed_by
 
 
@@ -80,19 +81,20 @@ def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> li
     """Create one open subscriber event per row, inside the caller's transaction; returns the ids
     of the rows created already claimed (attempt 1, under a lease), in order."""
     claimed: list[int] = []
-    free = [(r.event_id, r.subscriber_id, r.subscriber_topic_id, at, at, at) for r in rows if r.claimed_by is None]
+    free = [(r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at, at, at)
+            for r in rows if r.claimed_by is None]
     if free:
         conn.executemany(
-            "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, synchronized, status, "
-            f"attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, 0, '{_OPEN}', 0, ?, ?, ?)", free)
+            "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, status, "
+            f"attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 0, '{_OPEN}', 0, ?, ?, ?)", free)
     for r in rows:
         if r.claimed_by is not None:
             cur = conn.execute(
-                "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, synchronized, status, "
-                "attempts, next_attempt_at, created_at, updated_at, claimed_by) "
-                f"VALUES (?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?)",
-                (r.event_id, r.subscriber_id, r.subscriber_topic_id, at + r.timeout + LEASE_MARGIN, at, at,
-                 r.claimed_by))
+                "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, "
+                "status, attempts, next_attempt_at, created_at, updated_at, claimed_by) "
+                f"VALUES (?, ?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?)",
+                (r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at + r.timeout + LEASE_MARGIN,
+                 at, at, r.claimed_by))
             claimed.append(int(cur.lastrowid or 0))
     return claimed
 
@@ -116,15 +118,16 @@ def _claims(rows: list[sqlite3.Row]) -> list[Claimed]:
     return claimed
 
 
-def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, action: ActionKind | None = None,
-          exclude_action: ActionKind | None = None, owner: str | None = None) -> list[Claimed]:
-    """Claim up to ``limit`` due open subscriber events, oldest due first, for ``owner``."""
+def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, lane: Lane | None = None,
+          owner: str | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due open subscriber events (of ``lane``, or of any), oldest due
+    first, for ``owner``."""
     at = wall_now() if at is None else at
-    kind, args = _of_action(action, exclude_action)
+    of_lane, args = _of_lane(lane)
     with transaction(conn):
         rows = conn.execute(
-            _CLAIMED_SELECT + f"WHERE se.status = '{_OPEN}' AND se.next_attempt_at <= ?{kind} "
-            "ORDER BY se.next_attempt_at, se.id LIMIT ?", (at, *args, limit)
+            _CLAIMED_SELECT + f"WHERE {of_lane}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
+            "ORDER BY se.next_attempt_at, se.id LIMIT ?", (*args, at, limit)
         ).fetchall()
         # Count the attempt now and hold the rows for a lease: one statement per lease length.
         by_lease: dict[float, list[int]] = {}
@@ -295,23 +298,16 @@ def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> tuple[int, int
 # -- reading ------------------------------------------------------------------------------------
 
 
-def next_due(conn: sqlite3.Connection, action: ActionKind | None = None,
-             exclude_action: ActionKind | None = None) -> float | None:
-    """When the next open delivery (of ``action``, or not of ``exclude_action``) is due, if any."""
-    kind, args = _of_action(action, exclude_action)
-    return conn.execute("SELECT min(se.next_attempt_at) FROM subscriber_events se "
-                        f"JOIN subscribers s ON s.id = se.subscriber_id WHERE se.status = '{_OPEN}'{kind}",
-                        args).fetchone()[0]
+def next_due(conn: sqlite3.Connection, lane: Lane | None = None) -> float | None:
+    """When the next open delivery (of ``lane``, or of any) is due, if any."""
+    of_lane, args = _of_lane(lane)
+    return conn.execute(f"SELECT min(se.next_attempt_at) FROM subscriber_events se "
+                        f"WHERE {of_lane}se.status = '{_OPEN}'", args).fetchone()[0]
 
 
-def _of_action(action: ActionKind | None, exclude_action: ActionKind | None) -> tuple[str, list[str]]:
-    # Lanes split the work by action: the backsync lane takes the backsync, the others the rest.
-    sql, args = "", []
-    if action is not None:
-        sql, args = sql + " AND s.action = ?", [*args, action.value]
-    if exclude_action is not None:
-        sql, args = sql + " AND s.action != ?", [*args, exclude_action.value]
-    return sql, args
+def _of_lane(lane: Lane | None) -> tuple[str, list[str]]:
+    # The claim index starts with the lane: each lane reads only its own rows.
+    return ("se.lane = ? AND ", [lane.value]) if lane is not None else ("", [])
 
 
 def _equal(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:

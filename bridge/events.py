@@ -21,7 +21,7 @@ from . import contexts
 from .deliveries import Delivery, enqueue
 from .errors import NotFound, UsageError
 from .filters import Filter, compile_filter
-from .model import ActionKind, Settlement
+from .model import ActionKind, Lane, Settlement
 from .names import FIELD_RE, RESERVED_FIELDS, check_topic_name, value_text
 from .store import now, transaction
 
@@ -311,7 +311,7 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                 # A synchronized delivery is created already claimed by this sender (attempt 1,
                 # under a lease), so the Event Manager cannot deliver it at the same time.
                 sync = m.synchronized and m.action != ActionKind.BACKSYNC
-                rows.append(Delivery(event_id, m.subscriber_id, m.subscriber_topic_id, m.timeout,
+                rows.append(Delivery(event_id, m.subscriber_id, m.subscriber_topic_id, m.timeout, Lane.of(m.action),
                                      sender if sync else None))
                 if sync:
                     synchronized.append((event_id, p, m))

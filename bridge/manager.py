@@ -27,13 +27,12 @@ from . import deliveries, store
 from .actions import perform
 from .errors import BridgeError
 from .home import Home
-from .model import ActionKind, Attempt, HostState, ManagerState, Settlement
+from .model import Attempt, HostState, Lane, ManagerState, Settlement
 from .names import value_text
 from .perlhost import PerlHost
 
 log = logging.getLogger("ombridge.manager")
 
-BACKSYNC = ActionKind.BACKSYNC
 MAX_BATCH = 2000
 RECORD_EVERY = 50  # Closes between two records of outcomes; perl runs at most twice that ahead
 BATCH_SECONDS = 0.5
@@ -74,7 +73,7 @@ class EventManager:
 
     def step_actions(self, conn: sqlite3.Connection) -> int:
         """Claim and deliver one due command/program/web delivery; returns how many (0 or 1)."""
-        claims = deliveries.claim(conn, limit=1, exclude_action=BACKSYNC, owner=self.owner)
+        claims = deliveries.claim(conn, limit=1, lane=Lane.ACTIONS, owner=self.owner)
         if not claims:
             return 0
         c = claims[0]
@@ -119,7 +118,7 @@ class EventManager:
         if not self.backsync_ready():
             return 0
         assert self.host is not None
-        claims = deliveries.claim(conn, limit=self._batch, action=BACKSYNC, owner=self.owner)
+        claims = deliveries.claim(conn, limit=self._batch, lane=Lane.BACKSYNC, owner=self.owner)
         if not claims:
             self.host.ensure_running()  # notice a child that died while idle; restart after backoff
             return 0
@@ -180,16 +179,16 @@ class EventManager:
         if self.state is not ManagerState.STOPPED:
             raise BridgeError(f"the event manager is {self.state.value}; it starts only when stopped")
         self._stopping.clear()
-        lanes: list[tuple[str, Callable[[sqlite3.Connection], int], dict[str, Any]]] = [
-            (f"actions-{n}", self.step_actions, {"exclude_action": BACKSYNC}) for n in range(self.workers)]
+        lanes: list[tuple[str, Callable[[sqlite3.Connection], int], Lane]] = [
+            (f"actions-{n}", self.step_actions, Lane.ACTIONS) for n in range(self.workers)]
         if self.host is not None:
-            lanes.append((BACKSYNC.value, self.step_backsync, {"action": BACKSYNC}))
+            lanes.append((Lane.BACKSYNC.value, self.step_backsync, Lane.BACKSYNC))
         self._wakes = []
         self._threads = []
-        for name, step, due in lanes:
+        for name, step, lane in lanes:
             wake = threading.Event()
             self._wakes.append(wake)
-            thread = threading.Thread(target=self._lane, args=(name, step, due, wake), name=name, daemon=True)
+            thread = threading.Thread(target=self._lane, args=(name, step, lane, wake), name=name, daemon=True)
             self._threads.append(thread)
         self.state = ManagerState.RUNNING
         for thread in self._threads:
@@ -217,7 +216,7 @@ class EventManager:
             log.info("event manager stopped")
         return stopped
 
-    def _lane(self, name: str, step: Callable[[sqlite3.Connection], int], due: dict[str, Any],
+    def _lane(self, name: str, step: Callable[[sqlite3.Connection], int], lane: Lane,
               wake: threading.Event) -> None:
         conn = store.connect(self.home, durable=False)  # acknowledgements: see store.connect
         try:
@@ -226,7 +225,7 @@ class EventManager:
                 try:
                     if step(conn):
                         continue
-                    wait = self._idle_wait(conn, due)
+                    wait = self._idle_wait(conn, lane)
                 except Exception as exc:  # a lane never dies: log, pause, go on
                     log.exception("%s: unexpected error", name)
                     self.last_error = (time.time(), f"{name}: {exc}")  # status shows it (a full disk, ...)
@@ -237,16 +236,16 @@ class EventManager:
         finally:
             conn.close()
 
-    def _idle_wait(self, conn: sqlite3.Connection, due: dict[str, Any]) -> float:
+    def _idle_wait(self, conn: sqlite3.Connection, lane: Lane) -> float:
         wait = self.poll
-        if due.get("action") == BACKSYNC:
+        if lane is Lane.BACKSYNC:
             assert self.host is not None
             if not self.backsync_ready():
                 if self.host.state is HostState.BACKOFF and self.host.retry_at is not None:
                     return max(0.0, min(wait, self.host.retry_at - self.host.clock()))
                 return wait  # waits for an operator: a restart wakes the lane
             wait = min(wait, 2.0)  # look at the child now and then, even with nothing to close
-        next_at = deliveries.next_due(conn, **due)
+        next_at = deliveries.next_due(conn, lane)
         if next_at is not None:
             wait = min(wait, max(0.0, next_at - time.time()) + 0.001)
         return wait

@@ -37,6 +37,18 @@ class ActionKind(str, Enum):
     BACKSYNC = "backsync"  # the built-in: OMBackSync('Close', &ID) in the persistent perl child
 
 
+class Lane(str, Enum):
+    """Which lanes of the Event Manager deliver a subscriber event (stored with it, indexed)."""
+
+    ACTIONS = "actions"  # commands, programs and web calls, one at a time per lane
+    BACKSYNC = "backsync"  # Closes in the persistent perl child, in batches
+
+    @classmethod
+    def of(cls, action: str) -> Lane:
+        """The lane of a subscriber's action."""
+        return cls.BACKSYNC if action == ActionKind.BACKSYNC else cls.ACTIONS
+
+
 class SupervisorState(str, Enum):
     """The supervisor's life: STARTING -> RUNNING -> STOPPING -> STOPPED, never back."""
 

@@ -41,7 +41,7 @@ def test_store_is_owner_only_wal_and_versioned(home: Home, conn: sqlite3.Connect
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(subscriber_events)")}
-    assert "subscriber_events_due" in indexes
+    assert "subscriber_events_lane_due" in indexes  # the claim query's: lane, status, next_attempt_at, id
 
 
 def test_newer_schema_is_refused(home: Home, conn: sqlite3.Connection) -> None:
@@ -313,13 +313,20 @@ def test_matching_queries_only_candidate_patterns() -> None:
 
 
 def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> None:
-    conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")  # back to what version 1 had
+    backsync.close_events(conn, ["OLD-1"])  # a Close waiting in an old store
+    conn.execute("DROP INDEX subscriber_events_lane_due")  # back to what version 1 had
+    conn.execute("CREATE INDEX subscriber_events_due ON subscriber_events (status, next_attempt_at, id)")
+    conn.execute("ALTER TABLE subscriber_events DROP COLUMN lane")
+    conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")
     conn.execute("ALTER TABLE events DROP COLUMN context")
     conn.execute("DROP TABLE contexts")
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 4
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 5
+    assert [r[0] for r in migrated.execute("SELECT lane FROM subscriber_events")] == ["backsync"]
+    indexes = {r[1] for r in migrated.execute("PRAGMA index_list(subscriber_events)")}
+    assert "subscriber_events_lane_due" in indexes and "subscriber_events_due" not in indexes
     assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]
     assert "context" in [r[1] for r in migrated.execute("PRAGMA table_info(events)")]
     assert migrated.execute("SELECT count(*) FROM contexts").fetchone()[0] == 0
