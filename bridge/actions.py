@@ -158,7 +158,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def run_web(url: str, event: EventContext, timeout: float) -> Attempt:
+def run_web(url: str, event: EventContext, timeout: float, headers: Mapping[str, str] | None = None) -> Attempt:
     """POST ``{"event": id, "topic": ..., "key": {...}}`` as JSON; any 2xx status is success.
 
     Redirects are not followed: a 3xx is a failed attempt naming where it pointed (following it
@@ -169,6 +169,7 @@ def run_web(url: str, event: EventContext, timeout: float) -> Attempt:
 
     body = json.dumps({"event": event.id, "topic": event.topic, "key": dict(event.key)}).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={
+        **(headers or {}),  # the subscriber's secret headers (Authorization, ...); ours below win
         "Content-Type": "application/json", "User-Agent": "ombridge",
         "X-Ombridge-Event": str(event.id), "X-Ombridge-Topic": event.topic})
     opener = urllib.request.build_opener(_NoRedirect)
@@ -197,13 +198,14 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises the 3xx as an HTTPError
 
 
-def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None) -> Attempt:
+def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None,
+            headers: Mapping[str, str] | None = None) -> Attempt:
     """Run one subscriber action of kind ``action`` (command, program or web) for ``event``."""
     if action == ActionKind.COMMAND:
         return run_command(target, event, timeout, cwd)
     if action == ActionKind.PROGRAM:
         return run_program(target, event, timeout, cwd)
     if action == ActionKind.WEB:
-        return run_web(target, event, timeout)
+        return run_web(target, event, timeout, headers)
     now = time.time()
     return Attempt(False, now, now, error=f"action {action!r} is run by the supervisor, not here")

@@ -127,14 +127,14 @@ def _check_target(action: ActionKind, target: str) -> str:
         if "@" in target.split("/", 3)[2]:
             # A password in the URL would be shown by every listing and kept in every log line.
             raise UsageError("the URL holds credentials (user:password@): they would be shown by `subscriber "
-                             "list`; let the receiver authenticate ombridge another way (a token in the path "
-                             "it checks, or a network rule)")
+                             "list`; give them as a header instead: --secret-header Authorization (its value is "
+                             "asked for, stored owner-only and never listed)")
     return target
 
 
 def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *, description: str = "",
                    timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                   allow_nested_shell: bool = False) -> int:
+                   allow_nested_shell: bool = False, secret_headers: dict[str, str] | None = None) -> int:
     """Create a subscriber; returns its id.
 
     A command whose &VARs stand after a construct that re-parses text in a second shell
@@ -148,8 +148,26 @@ def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *,
             f"the command passes &VARs to a second shell ({nested!r}), which would parse key values as shell "
             "syntax: use an event program (--program PATH: it gets TOPIC and KEY_JSON as arguments; "
             "`ombridge key get \"$2\" NAME` reads a field), or --allow-nested-shell if the values are trusted")
+    secrets = _check_secret_headers(action, secret_headers or {})
     with transaction(conn):
-        return _insert_subscriber(conn, action, target, description, timeout, retries, system=False)
+        sid = _insert_subscriber(conn, action, target, description, timeout, retries, system=False)
+        if secrets:
+            conn.execute("UPDATE subscribers SET secret_headers = ? WHERE id = ?", (json.dumps(secrets), sid))
+        return sid
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+
+
+def _check_secret_headers(action: ActionKind, headers: dict[str, str]) -> dict[str, str]:
+    if headers and action is not ActionKind.WEB:
+        raise UsageError("secret headers are for web subscribers (--url)")
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise UsageError(f"bad header name {name!r}")
+        if not value or any(c in value for c in "\r\n\x00"):
+            raise UsageError(f"the value of header {name} must be one non-empty line")
+    return headers
 
 
 def _insert_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, description: str,
@@ -227,13 +245,20 @@ def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     ).fetchall()
     counts = deliveries.per_subscriber(conn)
     empty = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
-    return [{**dict(r), **counts.get(r["id"], empty)} for r in rows]
+    return [{**_shown(r), **counts.get(r["id"], empty)} for r in rows]
+
+
+def _shown(row: sqlite3.Row) -> dict[str, Any]:
+    # A subscriber as listings show it: the names of its secret headers, never their values.
+    shown = dict(row)
+    shown["secret_headers"] = sorted(json.loads(shown["secret_headers"])) if shown.get("secret_headers") else []
+    return shown
 
 
 def show_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any]:
     """A subscriber with its topics and their filters."""
-    sub = dict(conn.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
-               or _missing(subscriber_id))
+    sub = _shown(conn.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+                 or _missing(subscriber_id))
     sub["topics"] = []
     for st in conn.execute("SELECT * FROM subscriber_topics WHERE subscriber_id = ? ORDER BY id", (subscriber_id,)):
         filters = conn.execute(

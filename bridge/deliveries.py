@@ -41,10 +41,10 @@ _FINISHED = (DeliveryStatus.DONE.value, DeliveryStatus.PURGED.value)  # what ret
 class Claimed:
     """One claimed subscriber event with what is needed to deliver it."""
 
-    __slots__ = ("id", "attempt", "event", "subscriber_id", "action", "target", "timeout", "retries")
+    __slots__ = ("id", "attempt", "event", "subscriber_id", "action", "target", "timeout", "retries", "headers")
 
     def __init__(self, id: int, attempt: int, event: EventContext, subscriber_id: int, action: ActionKind,
-                 target: str, timeout: float, retries: int) -> None:
+                 target: str, timeout: float, retries: int, headers: dict[str, str] | None = None) -> None:
         self.id = id
         self.attempt = attempt  # the attempt number this claim holds (the fencing token)
         self.event = event
@@ -53,6 +53,7 @@ class Claimed:
         self.target = target
         self.timeout = timeout
         self.retries = retries
+        self.headers = headers or {}  # a web subscriber's secret headers
 
     def __repr__(self) -> str:
         return f"Claimed(id={self.id}, attempt={self.attempt}, subscriber_id={self.subscriber_id})"
@@ -101,7 +102,7 @@ def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> li
 
 _CLAIMED_SELECT = (
     "SELECT se.id, se.attempts, se.subscriber_id, e.id AS event_id, e.topic, e.key, e.depth, e.context, "
-    "s.action, s.target, s.timeout, s.retries "
+    "s.action, s.target, s.timeout, s.retries, s.secret_headers "
     "FROM subscriber_events se JOIN events e ON e.id = se.event_id JOIN subscribers s ON s.id = se.subscriber_id "
 )
 
@@ -114,7 +115,8 @@ def _claims(rows: list[sqlite3.Row]) -> list[Claimed]:
         event = EventContext(r["event_id"], r["topic"], json.loads(r["key"]), r["key"], r["depth"],
                              json.loads(r["context"]) if r["context"] else {})
         claimed.append(Claimed(r["id"], r["attempts"] + 1, event, r["subscriber_id"], ActionKind(r["action"]),
-                               r["target"], r["timeout"], r["retries"]))
+                               r["target"], r["timeout"], r["retries"],
+                               json.loads(r["secret_headers"]) if r["secret_headers"] else None))
     return claimed
 
 

@@ -68,13 +68,15 @@ class SendResult:
 
 class _Subscription:
     __slots__ = ("subscriber_topic_id", "subscriber_id", "synchronized", "action", "target", "timeout", "retries",
-                 "filters")
+                 "filters", "secret_headers")
 
     def __init__(self, subscriber_topic_id: int, subscriber_id: int, synchronized: bool, action: str, target: str,
-                 timeout: float, retries: int, filters: tuple[tuple[str, Filter | _LegacyFilter], ...]) -> None:
+                 timeout: float, retries: int, filters: tuple[tuple[str, Filter | _LegacyFilter], ...],
+                 secret_headers: str | None = None) -> None:
         self.subscriber_topic_id, self.subscriber_id, self.synchronized = subscriber_topic_id, subscriber_id, synchronized
         self.action, self.target, self.timeout, self.retries = action, target, timeout, retries
         self.filters = filters  # ((variable, compiled regex), ...)
+        self.secret_headers = secret_headers  # JSON, for a synchronized web call
 
 
 def _compiled(regex: str) -> Filter:
@@ -172,7 +174,8 @@ def candidate_patterns(topic: str) -> list[str]:
 def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
     patterns = candidate_patterns(topic)
     rows = conn.execute(
-        "SELECT st.id, st.subscriber_id, st.synchronized, st.pattern, s.action, s.target, s.timeout, s.retries "
+        "SELECT st.id, st.subscriber_id, st.synchronized, st.pattern, s.action, s.target, s.timeout, s.retries, "
+        "s.secret_headers "
         "FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id "
         f"WHERE st.pattern IN ({','.join('?' * len(patterns))}) AND s.disabled = 0",
         patterns,
@@ -187,7 +190,7 @@ def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
     rank = {p: i for i, p in enumerate(patterns)}
     rows = sorted(rows, key=lambda r: (r["subscriber_id"], rank[r["pattern"]]))
     return [_Subscription(r["id"], r["subscriber_id"], bool(r["synchronized"]), r["action"], r["target"],
-                          r["timeout"], r["retries"], tuple(filters.get(r["id"], ())))
+                          r["timeout"], r["retries"], tuple(filters.get(r["id"], ())), r["secret_headers"])
             for r in rows]
 
 
@@ -332,9 +335,10 @@ def _deliver_synchronized(conn: sqlite3.Connection, results: list[SendResult],
     from .deliveries import Claimed, finish
 
     claims = [Claimed(se_id, 1, EventContext(event_id, p.topic, p.key, p.key_json, depth, p.context),
-                      m.subscriber_id, ActionKind(m.action), m.target, m.timeout, m.retries)
+                      m.subscriber_id, ActionKind(m.action), m.target, m.timeout, m.retries,
+                      json.loads(m.secret_headers) if m.secret_headers else None)
               for se_id, (event_id, p, m) in calls]
-    settled = finish(conn, [(c, perform(c.action, c.target, c.event, c.timeout, cwd)) for c in claims])
+    settled = finish(conn, [(c, perform(c.action, c.target, c.event, c.timeout, cwd, c.headers)) for c in claims])
     by_event: dict[int, list[tuple[int, Settlement]]] = {}
     for c, status in zip(claims, settled):
         by_event.setdefault(c.event.id, []).append((c.subscriber_id, status))

@@ -77,7 +77,7 @@ class EventManager:
         if not claims:
             return 0
         c = claims[0]
-        result = perform(c.action, c.target, c.event, c.timeout, str(self.home.root))
+        result = perform(c.action, c.target, c.event, c.timeout, str(self.home.root), c.headers)
         settled = deliveries.finish(conn, [(c, result)])[0]
         self._count(result.ok)
         self._log_settled(c, result, settled)

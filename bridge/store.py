@@ -134,7 +134,14 @@ def _v5(db: Any) -> None:
     db.execute("DROP INDEX IF EXISTS subscriber_events_due")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: Any) -> None:
+    # Headers a web subscriber sends, e.g. Authorization (JSON object): the credentials that are
+    # refused in URLs live here, in the owner-only event core, and no listing ever shows them.
+    if "secret_headers" not in db["subscribers"].columns_dict:
+        db["subscribers"].add_column("secret_headers", str)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -97,7 +97,8 @@ def web() -> Iterator[tuple[str, list[str]]]:
             self.do_GET()
 
         def do_GET(self) -> None:  # noqa: N802
-            hits.append(f"{self.command} {self.path}")
+            hits.append(f"{self.command} {self.path}" + (f" auth={self.headers['Authorization']}"
+                                                         if self.headers.get("Authorization") else ""))
             if self.path == "/redirect":
                 self.send_response(302)
                 self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/landing")
@@ -135,10 +136,22 @@ def test_a_redirect_is_a_failed_attempt_not_followed(home: Home, web: tuple[str,
     assert "exit status 302" in shown and "redirect to" in shown
 
 
-def test_credentials_in_a_url_are_refused(home: Home) -> None:
+def test_credentials_go_in_a_secret_header_never_in_a_url(home: Home, web: tuple[str, list[str]]) -> None:
+    base, hits = web
     one_error(omb(home, "subscriber", "add", "--url", "https://bob:s3cret@example.invalid/x", check=False), 2,
-              "credentials")
-    assert "s3cret" not in omb(home, "subscriber", "list").stdout
+              "credentials", "--secret-header Authorization")
+    omb(home, "topic", "add", "task/add", "--key", "TASK")
+    sid = omb(home, "subscriber", "add", "--url", f"{base}/hook", "--secret-header", "Authorization",
+              stdin="Bearer s3cret-token\n").stdout.strip()
+    omb(home, "subscriber", "topic", "add", sid, "task/add", "--sync")
+    omb(home, "send", "task/add", '{"TASK": "T1"}')
+    assert hits == ["POST /hook auth=Bearer s3cret-token"]
+    for listing in (["subscriber", "list"], ["subscriber", "list", "--json"], ["subscriber", "show", sid, "--json"]):
+        out = omb(home, *listing).stdout
+        assert "s3cret" not in out, listing
+    assert json.loads(omb(home, "subscriber", "show", sid, "--json").stdout)["secret_headers"] == ["Authorization"]
+    one_error(omb(home, "subscriber", "add", "--command", "true", "--secret-header", "X", stdin="v\n", check=False),
+              2, "web subscribers")
 
 
 # -- a home is recognised, not invented -----------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import rich_click as click
 
 from .. import backsync, store
-from ..errors import BridgeError
+from ..errors import BridgeError, UsageError
 from ..home import Home, resolve_home
 from .report import describe_fault, fail, fail_with
 
@@ -58,6 +58,22 @@ def home_of(ctx: click.Context) -> Home:
     if "home" not in obj:
         obj["home"] = resolve_home(obj.get("home_option"))
     return obj["home"]
+
+
+def read_secret(what: str, confirm: bool = False) -> str:
+    """A secret from the terminal (asked for, not echoed; twice with ``confirm``) or, when stdin is
+    not a terminal, from its next line: never from the command line, where `ps` would show it."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"{what}: ")
+        if confirm and getpass.getpass(f"{what} again: ") != first:
+            raise UsageError(f"the two {what.lower()}s differ")
+        return first
+    line = sys.stdin.readline()
+    if not line:
+        raise UsageError(f"no {what.lower()} on stdin (give it as a line of its own)")
+    return line.rstrip("\r\n")
 
 
 def print_json(data: Any) -> None:

@@ -12,7 +12,8 @@ from .. import catalog, deliveries, events
 from ..control import ring
 from ..errors import UsageError
 from ..model import ActionKind, DeliveryStatus
-from .base import LIMIT, RETRIES, ROW_ID, SECONDS, core, home_of, json_option, listing, main, print_json, when
+from .base import (LIMIT, RETRIES, ROW_ID, SECONDS, core, home_of, json_option, listing, main, print_json,
+                   read_secret, when)
 from .report import print_send
 
 
@@ -97,9 +98,13 @@ def subscriber() -> None:
               help="Retries after a failed attempt, with backoff, before the delivery is failed.")
 @click.option("--allow-nested-shell", is_flag=True,
               help="Accept &VARs after sh -c / ssh / su -c / eval, where a value is parsed as shell syntax.")
+@click.option("--secret-header", "secret_headers", multiple=True, metavar="NAME",
+              help="A header the web call sends (e.g. Authorization); its value is asked for, or read from "
+                   "stdin, one line per header, and is never shown by a listing.")
 @click.pass_context
 def subscriber_add(ctx: click.Context, command: str | None, program: str | None, url: str | None,
-                   description: str, timeout: float, retries: int, allow_nested_shell: bool) -> None:
+                   description: str, timeout: float, retries: int, allow_nested_shell: bool,
+                   secret_headers: tuple[str, ...]) -> None:
     """Create a subscriber; prints its id alone, so scripts can capture it.
 
     Example: `ombridge subscriber add --command "logger 'Task &TASK was changed in application &APPC.'"`
@@ -109,8 +114,10 @@ def subscriber_add(ctx: click.Context, command: str | None, program: str | None,
     if len(chosen) != 1:
         raise UsageError("give exactly one of --command, --program or --url")
     action, target = chosen[0]
+    secrets = {name: read_secret(f"Value of header {name}") for name in secret_headers}
     click.echo(catalog.add_subscriber(core(ctx), action, target, description=description,
-                                      timeout=timeout, retries=retries, allow_nested_shell=allow_nested_shell))
+                                      timeout=timeout, retries=retries, allow_nested_shell=allow_nested_shell,
+                                      secret_headers=secrets))
 
 
 @subscriber.command("set")

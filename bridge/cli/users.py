@@ -6,26 +6,11 @@ never from the command line, where any user of the machine could read them in th
 
 from __future__ import annotations
 
-import getpass
-import sys
 
 import rich_click as click
 
 from ..errors import UsageError
-from .base import core, json_option, listing, main, when
-
-
-def read_password() -> str:
-    """A new password from the terminal (twice) or from stdin's first line."""
-    if sys.stdin.isatty():
-        first = getpass.getpass("Password: ")
-        if getpass.getpass("Password again: ") != first:
-            raise UsageError("the two passwords differ")
-        return first
-    line = sys.stdin.readline()
-    if not line:
-        raise UsageError("no password on stdin (give it as the first line)")
-    return line.rstrip("\r\n")
+from .base import core, json_option, listing, main, read_secret, when
 
 
 @main.group()
@@ -45,7 +30,7 @@ def user_add(ctx: click.Context, name: str) -> None:
     from ..web.users import add_user, check_name
 
     check_name(name)
-    add_user(core(ctx), name, read_password())
+    add_user(core(ctx), name, read_secret("Password", confirm=True))
     click.echo(f"user {name} added")
 
 
@@ -59,7 +44,7 @@ def user_passwd(ctx: click.Context, name: str) -> None:
     """
     from ..web.users import set_password
 
-    set_password(core(ctx), name, read_password())
+    set_password(core(ctx), name, read_secret("Password", confirm=True))
     click.echo(f"password of {name} changed")
 
 
