@@ -321,6 +321,9 @@ def test_retry_and_a_fixed_cause_are_delivered_at_once_with_output_shown(home: H
     finally:
         omb(home, "stop")
     assert omb(home, "deliveries", "show", str(row["id"])).stdout.count("attempt ") == 2
+    log = (home.log_dir / "ombridge.log").read_text()
+    assert (f"ERROR ombridge.manager: delivery {row['id']} (event {row['event_id']}, subscriber {sid}, attempt 1) "
+            "failed, retries used up: exit status 7") in log
 
 
 def test_actions_find_ombridge_on_a_bare_path(home: Home, tmp_path: Path) -> None:
