@@ -13,7 +13,7 @@ import sqlite3
 
 from . import catalog
 from .errors import BridgeError, UsageError
-from .events import SendResult, check_text, send, send_many
+from .events import SendResult, canonical_key, check_text, parse_key, send, send_many
 from .model import ActionKind
 
 TYPE_CHECKING = False
@@ -76,6 +76,27 @@ def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | Non
     for n in range(0, len(items), step):
         results += send_many(conn, items[n:n + step], cwd=cwd, on_stored=on_stored)
     return results
+
+
+def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the IDs that can be stored as closed events, [(ID, why not)] for the others).
+
+    ``close`` sends the first and names each of the second: one ID that is not valid UTF-8
+    must not keep the others from being closed.
+    """
+    good: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for event_id in ids:
+        if event_id == "":
+            refused.append((event_id, "an ID must not be empty"))
+            continue
+        try:
+            canonical_key(parse_key({"ID": event_id, "STATE": "closed"}))
+        except UsageError as exc:
+            refused.append((event_id, str(exc).replace("key field ID", "the ID").replace("the key", "the ID")))
+            continue
+        good.append(event_id)
+    return good, refused
 
 
 def report_error(conn: sqlite3.Connection, script: str, message: str, *, cwd: str | None = None,

@@ -65,7 +65,7 @@ class HostState(str, Enum):
     STARTING = "starting"
     RUNNING = "running"
     BACKOFF = "backoff"  # waiting to restart after a fault or a failed start
-    FATAL = "fatal"  # too many failed starts in a row: an operator must act
+    FATAL = "fatal"  # no longer entered: a failing start is tried again forever, with capped backoff
     SYNTAX_ERROR = "syntax-error"  # perl -c refused the script: an operator must act
 
 

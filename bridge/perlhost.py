@@ -1,11 +1,16 @@
 """PerlHost: one persistent ``perl`` child running the user's ``OMBackSync.pl``, supervised.
 
-The child is ``perl -I <script dir> perl/ombridge_host.pl <reply fd> <script>`` (see
-:mod:`bridge.protocol`). PerlHost checks the script with ``perl -c`` before every start, does the
-READY/Init handshake, serves ``close``/``close_many`` (pipelined), and on a fault (the child
-exits, times out or writes garbage) kills the child's whole process group, reports the calls in
-flight as failed and restarts with capped exponential backoff. States are values of
-:class:`HostState`, changed only by :meth:`PerlHost._change_state`.
+The child is ``perl [#! switches] perl/ombridge_host.pl <reply fd> <script>`` (see
+:mod:`bridge.protocol` and :mod:`bridge.perlenv`). PerlHost checks the script with ``perl -c``
+before every start, does the READY/Init handshake (with its own, longer timeout), serves
+``close``/``close_many`` (pipelined), and on a fault (the child exits, times out or writes
+garbage) kills the child's whole process group at once, reports the calls in flight as failed
+and restarts with capped exponential backoff. A start that fails (the script does not load,
+Init dies or times out) is tried again forever, with backoff capped at
+``HostSettings.start_backoff_cap``. A stop is graceful: EOF, the script's TERM handler and END
+blocks, then a grace period for what the script started, then the group is killed. States are
+values of :class:`HostState`, changed only by :meth:`PerlHost._change_state`; :meth:`PerlHost.snapshot`
+reads them without waiting for a start in progress.
 """
 
 from __future__ import annotations
@@ -21,13 +26,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import protocol
 from .errors import BridgeError, PerlFault, PerlStartError, ProtocolError, ScriptSyntaxError
 from .home import Home
 from .model import Attempt, HostState
+from .perlenv import HOST_SCRIPT, HostSettings, check_syntax, host_command, perl_env
 
-HOST_SCRIPT = Path(__file__).resolve().parent.parent / "perl" / "ombridge_host.pl"
+__all__ = ["HOST_SCRIPT", "Backoff", "HostSettings", "PerlHost", "check_syntax"]
+
 DEFAULT_TIMEOUT = 30.0
 _CHUNK = 65536
 _COALESCE_ABOVE = 256  # outstanding replies above which the reader naps between reads
@@ -41,46 +49,23 @@ script_log = logging.getLogger("ombridge.script")  # what the user's script prin
 class Backoff:
     """Restart delays: the first restart is immediate, then ``base * 2**n`` up to ``cap``.
 
-    After ``fatal_after`` failed starts in a row the host is FATAL until an operator acts.
+    ``cap`` bounds the wait after faults of a running child; ``start_cap`` the wait after
+    starts that failed (a ticket system unreachable at boot): those are tried again forever.
     """
 
     base: float = 0.5
     cap: float = 30.0
-    fatal_after: int = 5
+    start_cap: float = 300.0
 
-    def delay(self, failures: int) -> float:
-        """Seconds to wait before the next start after ``failures`` faults in a row."""
+    def delay(self, failures: int, failed_starts: int = 0) -> float:
+        """Seconds to wait before the next start after ``failures`` faults in a row, of which
+        the last ``failed_starts`` were starts that failed."""
         if failures <= 1:
             return 0.0
-        return min(self.cap, self.base * 2 ** (failures - 2))
+        cap = max(self.cap, self.start_cap) if failed_starts else self.cap
+        return min(cap, self.base * 2 ** min(failures - 2, 30))
 
 
-def check_syntax(script: Path, home: Home, perl: str = "perl") -> str:
-    """``perl -c`` the script with the child's own ``@INC`` and environment; returns perl's text.
-
-    Raises :class:`ScriptSyntaxError` with perl's message, verbatim, when it does not compile.
-    """
-    import sh  # one-shot tool calls; imported here to keep `ombridge send` light
-
-    if not script.is_file():
-        # A script deleted under a running bridge is, for the next start, as bad as a broken one.
-        raise ScriptSyntaxError(str(script), f"no script at {script}")
-    try:
-        result = sh.Command(perl)(
-            *_include_args(script), "-c", str(script),
-            _env=home.perl_env(), _err_to_out=True, _ok_code=range(256), _return_cmd=True,
-        )
-    except sh.CommandNotFound as exc:
-        raise BridgeError(f"perl not found: {perl}") from exc
-    text = str(result)
-    if result.exit_code != 0:
-        raise ScriptSyntaxError(str(script), text.strip())
-    return text
-
-
-def _include_args(script: Path) -> list[str]:
-    # The script's folder is on @INC, so helpers beside OMBackSync.pl load as they did.
-    return ["-I", str(script.resolve().parent)]
 
 
 def _describe_exit(pid: int, status: int | None) -> str:
@@ -98,18 +83,18 @@ def _describe_exit(pid: int, status: int | None) -> str:
 class _Child:
     """One running perl host process and the two ends of its protocol."""
 
-    def __init__(self, perl: str, host_script: Path, script: Path, home: Home) -> None:
+    def __init__(self, settings: HostSettings, host_script: Path, script: Path, home: Home) -> None:
         reply_r, reply_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
-                [perl, *_include_args(script), str(host_script), str(reply_w), str(script)],
+                host_command(script, settings, reply_w, host_script),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(reply_w,), start_new_session=True, env=home.perl_env(),
+                pass_fds=(reply_w,), start_new_session=True, env=perl_env(home, settings),
                 cwd=str(home.root), bufsize=0,
             )
         except OSError as exc:
             os.close(reply_r)
-            raise PerlStartError(f"cannot run {perl}: {exc}") from exc
+            raise PerlStartError(f"cannot run {settings.perl}: {exc}") from exc
         finally:
             os.close(reply_w)
         self.pid = self.proc.pid
@@ -243,8 +228,16 @@ class _Child:
             pass
         self._reap(5.0)
 
-    def stop(self, grace: float = 5.0) -> None:
-        """Close STDIN (the host exits on EOF); kill the group if it has not exited in ``grace``."""
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop as a plain perl is stopped, then kill whatever is left after ``grace`` seconds.
+
+        EOF on STDIN: the host runs the script's TERM handler (if it set one) and its END
+        blocks, and exits. A host still running at the end of the grace period gets SIGTERM
+        (its handler runs once more if it is stuck). Processes the script started (a
+        background ``curl``, a forked child) have until the end of the grace period to finish;
+        then the whole group is killed.
+        """
+        deadline = time.monotonic() + grace
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
@@ -253,7 +246,17 @@ class _Child:
         try:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            log.warning("perl child %d did not exit within %gs; killing it", self.pid, grace)
+            log.warning("perl child %d did not end within %gs of its stop; sending SIGTERM", self.pid, grace)
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=min(2.0, grace))
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        while _group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_alive(self.pid):
+            log.warning("processes started by the script (group %d) still run %gs after the stop; killing them",
+                        self.pid, grace)
         self.kill()
 
     def _reap(self, timeout: float) -> None:
@@ -272,6 +275,27 @@ class _Child:
         except OSError:
             pass
         self._pump.join(timeout=1.0)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs (zombies waiting to be reaped do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def _pump_output(proc: subprocess.Popen[bytes], logger: logging.Logger) -> None:
@@ -295,19 +319,20 @@ class PerlHost:
         *,
         script: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        perl: str = "perl",
+        settings: HostSettings | None = None,
+        perl: str | None = None,
         host_script: Path = HOST_SCRIPT,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff | None = None,
         logger: logging.Logger = log,
         clock: Callable[[], float] = time.monotonic,
         on_state: StateListener | None = None,
     ) -> None:
         self.home = home
         self.script = script or home.script
-        self.timeout = timeout
-        self.perl = perl
+        self.timeout = timeout  # one Close call
+        self.settings = (settings or HostSettings()).with_perl(perl)
         self.host_script = host_script  # tests put a scripted stand-in here
-        self.backoff = backoff
+        self.backoff = backoff or Backoff(start_cap=self.settings.start_backoff_cap)
         self.log = logger
         self.clock = clock
         self.on_state = on_state
@@ -316,10 +341,22 @@ class PerlHost:
         self.retry_at: float | None = None
         self.restarts = 0
         self.perl_version: str | None = None
+        self.init_started_at: float | None = None  # wall clock, while a start is loading/Init-ing
+        self._starting_pid: int | None = None
         self._failures = 0  # faults and failed starts in a row
         self._failed_starts = 0
         self._child: _Child | None = None
         self._lock = threading.RLock()
+
+    @property
+    def failed_starts(self) -> int:
+        """Starts that failed in a row (0 once one succeeds)."""
+        return self._failed_starts
+
+    @property
+    def perl(self) -> str:
+        """The perl that runs the script."""
+        return self.settings.perl
 
     # -- state -------------------------------------------------------------------------------
 
@@ -340,62 +377,87 @@ class PerlHost:
     @property
     def pid(self) -> int | None:
         """The child's pid while one runs."""
-        return self._child.pid if self._child else None
+        child = self._child
+        return child.pid if child else None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The host as ``status`` shows it, read without the lock: it answers while Init runs.
+
+        ``retry_in`` is the seconds until the next try (BACKOFF); ``init_running_for`` the
+        seconds the current start has been loading the script and running Init (STARTING).
+        """
+        state, retry_at, started = self.state, self.retry_at, self.init_started_at
+        pid = self.pid if state is not HostState.STARTING else self._starting_pid
+        return {
+            "state": state.value, "pid": pid, "script": str(self.script), "perl": self.perl_version,
+            "perl_path": self.settings.perl, "restarts": self.restarts, "last_error": self.last_error,
+            "retry_in": max(0.0, retry_at - self.clock()) if retry_at is not None and state is HostState.BACKOFF else None,
+            "init_started_at": started if state is HostState.STARTING else None,
+            "init_running_for": time.time() - started if started is not None and state is HostState.STARTING else None,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def check(self) -> str:
-        """``perl -c`` the script (see :func:`check_syntax`)."""
-        return check_syntax(self.script, self.home, self.perl)
+        """``perl -c`` the script (see :func:`bridge.perlenv.check_syntax`)."""
+        return check_syntax(self.script, self.home, self.settings)
 
     def start(self) -> None:
         """Check, spawn, wait for READY, call Init. Raises on failure, leaving the state set.
 
         # STOPPED/BACKOFF/FATAL/SYNTAX_ERROR -> STARTING -> RUNNING
         #                                     STARTING -> SYNTAX_ERROR  (perl -c refused it)
-        #                                     STARTING -> BACKOFF|FATAL (load or Init failed)
+        #                                     STARTING -> BACKOFF       (load or Init failed: tried again)
         """
         with self._lock:
             if self._child:
-                self._child.stop()
+                self._child.stop(self.settings.stop_grace)
                 self._child = None
+            self.init_started_at = time.time()
             self._change_state(HostState.STARTING)
             self.home.ensure_layout()
+            self.home.private_dir(self.home.log_dir)  # `try` and `start` see the same layout
             try:
                 self.check()
             except ScriptSyntaxError as exc:
                 self.last_error = exc.message
+                self.init_started_at = None
                 self._change_state(HostState.SYNTAX_ERROR, exc.message)
                 raise
             child = None
+            limit = self.settings.init_timeout
             try:
-                child = _Child(self.perl, self.host_script, self.script, self.home)
-                ready, text = protocol.parse_greeting(child.read_line(self.timeout), child.pid)
+                child = _Child(self.settings, self.host_script, self.script, self.home)
+                self._starting_pid = child.pid
+                ready, text = protocol.parse_greeting(child.read_line(limit), child.pid)
                 if not ready:
                     raise PerlStartError(f"{self.script} could not be loaded: {text}", child.pid)
-                replies, fault = child.exchange([protocol.INIT_REQUEST], self.timeout)
+                replies, fault = child.exchange([protocol.INIT_REQUEST], limit)
                 if fault:
-                    raise PerlStartError(f"Init failed: {fault.reason}", child.pid)
+                    reason = fault.reason.replace("call timed out", "Init timed out")
+                    raise PerlStartError(f"OMBackSync('Init') failed: {reason}", child.pid)
                 if not replies[0].ok:
                     raise PerlStartError(f"OMBackSync('Init') died: {replies[0].message}", child.pid)
             except (PerlStartError, PerlFault) as exc:
                 if child:
-                    child.kill()
+                    child.kill()  # a failed start is a fault: no grace
                 self._failed_starts += 1
-                self._after_fault(str(exc), fatal=self._failed_starts >= self.backoff.fatal_after)
+                self.init_started_at = self._starting_pid = None
+                self._after_fault(str(exc))
                 raise exc if isinstance(exc, PerlStartError) else PerlStartError(str(exc), exc.pid) from exc
             self._child = child
             self.perl_version = text
             self._failed_starts = 0
             self.last_error = None
             self.retry_at = None
+            self.init_started_at = self._starting_pid = None
             self._change_state(HostState.RUNNING, f"pid {child.pid}")
 
     def stop(self) -> None:
-        """Stop the child gracefully (EOF on its STDIN), killing its group if it lingers."""
+        """Stop the child gracefully (see :meth:`_Child.stop`), killing what lingers after the grace."""
         with self._lock:
             if self._child:
-                self._child.stop()
+                self._child.stop(self.settings.stop_grace)
                 self._child = None
             self.retry_at = None
             self._change_state(HostState.STOPPED)
@@ -411,8 +473,8 @@ class PerlHost:
     def ensure_running(self) -> bool:
         """Start the child if it is stopped or its backoff is over; True when it is running.
 
-        FATAL and SYNTAX_ERROR wait for an operator (:meth:`start` or :meth:`restart`). (The
-        supervisor's backsync lane never calls this on a STOPPED host: there, stopped is a decision.)
+        SYNTAX_ERROR waits for an operator (:meth:`start` or :meth:`restart`). (The supervisor's
+        backsync lane never calls this on a STOPPED host: there, stopped is a decision.)
         """
         with self._lock:
             if self.state is HostState.RUNNING and self._child and self._child.alive():
@@ -438,20 +500,16 @@ class PerlHost:
     def _fault(self, reason: str) -> None:
         self.restarts += 1
         if self._child:
-            self._child.kill()
+            self._child.kill()  # hang, garbage, crash: at once, no grace
             self._child = None
         self._after_fault(reason)
 
-    def _after_fault(self, reason: str, fatal: bool = False) -> None:
-        # RUNNING|STARTING -> BACKOFF, or -> FATAL after too many failed starts in a row
+    def _after_fault(self, reason: str) -> None:
+        # RUNNING|STARTING -> BACKOFF; the next try is due at retry_at (forever, capped backoff)
         self.last_error = reason
         self._failures += 1
-        if fatal:
-            self.retry_at = None
-            self._change_state(HostState.FATAL, reason)
-            return
-        self.retry_at = self.clock() + self.backoff.delay(self._failures)
-        self._change_state(HostState.BACKOFF, reason)
+        self.retry_at = self.clock() + self.backoff.delay(self._failures, self._failed_starts)
+        self._change_state(HostState.BACKOFF, f"{reason} (next try in {max(0.0, self.retry_at - self.clock()):.1f}s)")
 
     # -- calls -------------------------------------------------------------------------------
 
@@ -511,15 +569,21 @@ class PerlHost:
                                         attempted=False, subject=i) for i in ids[done + 1:])
             return outcomes
 
-    def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep) -> list[Attempt]:
-        """Close every ID once, waiting out restarts, until each was attempted or the host gave up."""
+    def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep,
+                    give_up_after: int = 3) -> list[Attempt]:
+        """Close every ID once, waiting out restarts, until each was attempted or the host gave up.
+
+        Gives up (the rest reported not attempted) after ``give_up_after`` failed starts in a
+        row: ``try`` is interactive, unlike the supervisor, which tries again forever.
+        """
         pending = list(ids)  # close_many refuses an empty ID before anything is sent
         results: list[Attempt] = []
         while pending:
             outcomes = self.close_many(pending)
             results.extend(o for o in outcomes if o.attempted)
             pending = [o.subject for o in outcomes if not o.attempted]
-            if pending and self.state in (HostState.FATAL, HostState.SYNTAX_ERROR, HostState.STOPPED):
+            if pending and (self.state in (HostState.FATAL, HostState.SYNTAX_ERROR, HostState.STOPPED)
+                            or self._failed_starts >= give_up_after):
                 results.extend(o for o in outcomes if not o.attempted)
                 break
             if pending and self.retry_at is not None:

@@ -36,6 +36,7 @@ from .errors import (BridgeError, NotRunning, PerlStartError, RestartRefused, Sc
 from .home import Home
 from .manager import EventManager
 from .model import DeliveryStatus, HostState, ListenerState, ManagerState, SupervisorState
+from .perlenv import load_settings
 from .perlhost import PerlHost
 
 TYPE_CHECKING = False
@@ -120,8 +121,10 @@ class Supervisor:
 
     def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
                  retention: float | None = DEFAULT_RETENTION, metrics_textfile: str | None = None,
-                 metrics_interval: float = 15.0, listen: ListenConfig | None = None) -> None:
+                 metrics_interval: float = 15.0, listen: ListenConfig | None = None,
+                 perl: str | None = None) -> None:
         self.home = home
+        self.perl = perl  # --perl: which perl runs the script (beats conf/ombridge.toml)
         self.listen = listen  # the HTTP listener's settings; None: nothing listens
         self.listener: Listener | None = None
         self.workers = workers
@@ -200,7 +203,7 @@ class Supervisor:
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
         control_sock, doorbell = self._bind()
-        self.host = PerlHost(self.home, timeout=timeout,
+        self.host = PerlHost(self.home, timeout=timeout, settings=load_settings(self.home, self.perl),
                              on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll)
         if self.listen is not None:
@@ -413,7 +416,9 @@ class Supervisor:
     def _host_changed(self, old: HostState, new: HostState, reason: str) -> None:
         assert self.manager is not None
         self.manager.wake()  # the backsync lane waits on ombacksync's state: let it look again
-        if new in (HostState.SYNTAX_ERROR, HostState.FATAL) and old is not new:
+        first_failed_start = new is HostState.BACKOFF and old is HostState.STARTING and self.host is not None \
+            and self.host.failed_starts == 1  # a failing Init is tried again forever: told once
+        if (new in (HostState.SYNTAX_ERROR, HostState.FATAL) and old is not new) or first_failed_start:
             log.error("ombacksync stopped (%s): %s", new.value, reason)
             try:
                 conn = store.connect(self.home)
@@ -494,11 +499,8 @@ class Supervisor:
             "supervisor": {"state": self.state.value, "pid": os.getpid(), "home": str(self.home.root),
                            "started_at": self.started_at, "version": __version__,
                            "retention_seconds": self.retention or None, "metrics_textfile": self.metrics_textfile},
-            "ombacksync": {"state": (host.state if host else HostState.STOPPED).value,
-                           "pid": host.pid if host else None,
-                           "script": str(host.script) if host else None, "restarts": host.restarts if host else 0,
-                           "last_error": host.last_error if host else None,
-                           "perl": host.perl_version if host else None},
+            # read without the host's lock: status answers at once while Init runs
+            "ombacksync": host.snapshot() if host else {"state": HostState.STOPPED.value, "pid": None, "restarts": 0},
             "eventmanager": manager_status,
             "listener": listener_status,
             "backlog": backlog,

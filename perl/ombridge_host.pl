@@ -1,10 +1,15 @@
 #!/usr/bin/perl
 # ombridge perl host: runs an unchanged OMBackSync.pl in one persistent perl.
 #
-# Core modules only; perl >= 5.10.
+# Core perl only, perl >= 5.10. The host loads no module at all (not even strict or warnings):
+# whatever it loaded, the script could use without loading it itself, and would break when it
+# goes back to a plain perl (docs/compatibility.md). Data::Dumper is required lazily, only to
+# record a `die` with a reference.
 #
 # Invocation
-#   perl [-I DIR ...] ombridge_host.pl REPLY_FD SCRIPT
+#   perl [the script's #! switches] ombridge_host.pl REPLY_FD SCRIPT
+#   SCRIPT is an absolute path. The script sees @ARGV empty, $0 = SCRIPT, and perl's own @INC
+#   followed by the script's folder.
 #
 # Line protocol (also in docs/protocol.md). One line each way, "\n"-terminated.
 #   bridge -> host, on STDIN:
@@ -20,36 +25,50 @@
 #   the ID handed to OMBackSync is the byte string the bridge was given.
 #
 # Whatever the script prints (STDOUT) or warns (STDERR) goes to the bridge's log; the script's
-# STDIN is /dev/null. The host exits when its STDIN closes or its parent process goes away.
-# A call to exit() inside the script is trapped: it becomes an ERR reply and the host, with the
-# script's globals, lives on (the lesson of Nagios' embedded perl).
-use strict;
-use warnings;
+# STDIN is /dev/null. When its STDIN closes the host stops like a plain perl being stopped: the
+# script's $SIG{TERM} handler runs (if it set one), then its END blocks. It also exits when its
+# parent process goes away.
+#
+# exit() inside the script, in the host process itself, is trapped: it becomes an ERR reply and
+# the host, with the script's globals, lives on (the lesson of Nagios' embedded perl). In any
+# other process (a child the script forked) exit and die behave exactly as in plain perl, and
+# such a process never reads a request nor writes a reply.
 
 BEGIN {
-    # Must be in place before the user's script is compiled: calls compiled afterwards use it.
+    $OMBridge::Host::PID  = $$;    # the host process; every other pid is a child of the script
+    $OMBridge::Host::TRAP = 0;     # 1 while the script's code runs on behalf of a request
+    # Must be in place before the user's script is compiled: calls compiled afterwards use them.
     *CORE::GLOBAL::exit = sub (;$) {
         my $code = @_ ? $_[0] : 0;
-        die OMBridge::Exit->new($code);
+        CORE::exit($code) if $$ != $OMBridge::Host::PID || !$OMBridge::Host::TRAP;
+        local $SIG{__DIE__};    # exit is no die: the script's own handler must not see it
+        die bless({ code => $code }, 'OMBridge::Exit');
+    };
+    *CORE::GLOBAL::fork = sub () {
+        my $pid = CORE::fork();
+        OMBridge::Host::forked() if defined $pid && !$pid;
+        return $pid;
     };
 }
 
-package OMBridge::Exit;
-
-sub new  { my ($class, $code) = @_; return bless { code => $code }, $class }
-sub code { return $_[0]{code} }
-
 package OMBridge::Host;
 
-use IO::Handle;
-use IO::Select;
-use File::Spec;
-use POSIX ();
+sub EINTR ()  { 4 }     # Linux values: %! would load Errno, `use constant` constant.pm
+sub EAGAIN () { 11 }
 
-my $PARENT = getppid();
+our ($IN, $OUT, $PARENT);
+
+sub forked {
+    # A child of the script has no business with the protocol: drop its copies at once, so that
+    # it can neither read a request nor reply, and the bridge sees EOF when the host dies.
+    close $IN  if $IN;
+    close $OUT if $OUT;
+    $IN = $OUT = undef;
+}
 
 sub escape {
     my ($s) = @_;
+    utf8::encode($s) if utf8::is_utf8($s);    # a message with wide characters goes out as UTF-8
     $s =~ s/([\x00-\x1f\x7f%])/sprintf('%%%02X', ord $1)/ge;
     return $s;
 }
@@ -61,44 +80,76 @@ sub unescape {
 }
 
 sub reply {
-    my ($fh, $line) = @_;
+    my ($line) = @_;
     # One syswrite per reply: the bridge sees each outcome as soon as it exists, so a call that
     # hangs later in a pipelined batch is never blamed on an earlier one.
     my $buf = "$line\n";
     while (length $buf) {
-        my $n = syswrite($fh, $buf);
+        my $n = syswrite($OUT, $buf);
         if (!defined $n) {
-            next if $!{EINTR};
+            next if $! == EINTR;
             CORE::exit(3);    # the bridge is gone
         }
         substr($buf, 0, $n, '');
     }
 }
 
+sub dump_line {
+    my ($ref) = @_;
+    local ($@, $!, $SIG{__DIE__}, $SIG{__WARN__});
+    my $text = eval {
+        require Data::Dumper;
+        local $Data::Dumper::Indent   = 0;
+        local $Data::Dumper::Terse    = 1;
+        local $Data::Dumper::Sortkeys = 1;
+        local $Data::Dumper::Useqq    = 1;    # newlines as \n: the dump stays on one line
+        Data::Dumper::Dumper($ref);
+    };
+    return defined $text ? $text : "$ref";
+}
+
 sub message_of {
     my ($err) = @_;
-    if (ref $err && eval { $err->isa('OMBridge::Exit') }) {
-        my $code = defined $err->code ? $err->code : 0;
+    if (ref $err eq 'OMBridge::Exit') {
+        my $code = defined $err->{code} ? $err->{code} : 0;
         return "OMBackSync called exit($code)";
     }
-    $err = defined $err ? "$err" : '';
-    $err =~ s/\s+\z//;
-    return length $err ? $err : 'OMBackSync failed without a message';
+    my $text = defined $err ? "$err" : '';
+    # die {code => 500}: perl would say HASH(0x...); record what was thrown, on one line.
+    # (An object that stringifies itself keeps its own text.)
+    $text = dump_line($err) if ref $err && $text =~ /\A(?:[\w:]+=)?[A-Z]+\(0x[0-9a-f]+\)\z/;
+    $text =~ s/\s+\z//;
+    return length $text ? $text : 'OMBackSync failed without a message';
+}
+
+sub leave_child {
+    my ($ok, $err) = @_;
+    # A child the script forked came back out of the script's code into the host. It ends as
+    # a plain perl program would: an uncaught die (message on STDERR, END blocks, perl's exit
+    # status), or the end of the program.
+    CORE::exit(0) if $ok;
+    $SIG{__DIE__} = 'DEFAULT';    # the script's handler saw this die already, where it happened
+    die $err;
 }
 
 sub load_script {
     my ($script) = @_;
     return "cannot read $script: " . ($! || 'not readable') unless -f $script && -r _;
-    my $ok = eval {
-        package main;    # do FILE compiles the script in the package it is called from
-        do $script;
-        die $@ if $@;
-        1;
-    };
+    my $ok;
+    {
+        local $TRAP = 1;
+        $ok = eval {
+            package main;    # do FILE compiles the script in the package it is called from
+            do $script;
+            die $@ if $@;
+            1;
+        };
+    }
+    my $err = $@;
+    leave_child($ok, $err) if $$ != $PID;
     if (!$ok) {
-        my $err = $@;
         # exit(0) while the script's top level runs ends loading, as it would end a plain perl run.
-        return undef if ref $err && eval { $err->isa('OMBridge::Exit') } && !$err->code;
+        return undef if ref $err eq 'OMBridge::Exit' && !$err->{code};
         return message_of($err);
     }
     return "OMBackSync is not defined in $script (the script must define sub OMBackSync)"
@@ -107,17 +158,27 @@ sub load_script {
 }
 
 sub call {
-    my @args = @_;
     # STDOUT and STDERR autoflush: what the call printed is in the log before its reply.
-    return 'OK' if eval { main::OMBackSync(@args); 1 };
-    return 'ERR ' . escape(message_of($@));
+    my $ok;
+    {
+        local $TRAP = 1;
+        $ok = eval { main::OMBackSync(@_); 1 };
+    }
+    my $err = $@;
+    leave_child($ok, $err) if $$ != $PID;
+    return 'OK' if $ok;
+    return 'ERR ' . escape(message_of($err));
 }
 
 sub handle {
     my ($line) = @_;
     if (substr($line, 0, 6) eq 'Close ' && length $line > 6) {
         my $id = substr($line, 6);
-        return call('Close', index($id, '%') < 0 ? $id : unescape($id));
+        $id = unescape($id) if index($id, '%') >= 0;
+        # An ID from the bridge is no outside input to the script (a plain perl embedding hands
+        # it over untainted), so taint mode does not mark it.
+        ($id) = $id =~ /\A(.*)\z/s if ${^TAINT};
+        return call('Close', $id);
     }
     return call('Init') if $line eq 'Init';
     return 'ERR ' . escape('Close needs an ID') if $line =~ /\AClose ?\z/;
@@ -125,52 +186,67 @@ sub handle {
 }
 
 sub serve {
-    my ($in, $out) = @_;
-    my $select = IO::Select->new($in);
     my $buf = '';
+    my $rin = '';
+    vec($rin, fileno($IN), 1) = 1;
     while (1) {
         while ((my $nl = index($buf, "\n")) >= 0) {
             my $line = substr($buf, 0, $nl + 1, '');
             chop $line;
-            reply($out, handle($line));
+            reply(handle($line));
         }
-        if (!$select->can_read(1)) {
+        if (select(my $rout = $rin, undef, undef, 1) <= 0) {    # idle (or a signal came)
             return if getppid() != $PARENT;    # orphaned: never outlive the supervisor
             next;
         }
-        my $n = sysread($in, $buf, 65536, length $buf);
+        my $n = sysread($IN, $buf, 65536, length $buf);
         if (!defined $n) {
-            next if $!{EINTR} || $!{EAGAIN};
+            next if $! == EINTR || $! == EAGAIN;
             return;
         }
-        return if $n == 0;    # the bridge closed our STDIN
+        return if $n == 0;    # the bridge closed our STDIN: stop
     }
+}
+
+sub stop {
+    # Stopped like a plain perl that a service manager stops: the script's TERM handler (if it
+    # installed one) runs, then perl ends normally, END blocks and destructors included.
+    my $handler = $SIG{TERM};
+    kill 'TERM', $$ if ref $handler || (defined $handler && $handler ne '' && $handler ne 'DEFAULT'
+                                        && $handler ne 'IGNORE');
+    CORE::exit(0);
 }
 
 sub main {
     my ($fd, $script) = @ARGV;
-    die "usage: $0 REPLY_FD SCRIPT\n" unless defined $script && defined $fd && $fd =~ /\A\d+\z/;
+    die "usage: $0 REPLY_FD SCRIPT\n"
+        unless defined $script && defined $fd && $fd =~ /\A(\d+)\z/ && $script =~ m{\A(/.*)\z}s;
+    ($fd, $script) = ($fd =~ /\A(\d+)\z/, $script =~ /\A(.*)\z/s);    # ours, not outside input (-T)
     # Private, close-on-exec copies of the protocol descriptors: programs the script starts
     # inherit neither, and the script's own STDIN reads nothing.
-    open(my $out, '>&', $fd) or die "cannot open reply descriptor $fd: $!\n";
-    POSIX::close($fd);
-    open(my $in, '<&', \*STDIN) or die "cannot duplicate STDIN: $!\n";
-    open(STDIN, '<', File::Spec->devnull) or die "cannot reopen STDIN: $!\n";
-    binmode $in;
-    binmode $out;
-    STDOUT->autoflush(1);
-    STDERR->autoflush(1);
-    my $script_path = File::Spec->rel2abs($script);
-    # As if perl ran the script itself: FindBin and dirname($0) find the script's folder.
-    $0 = $script_path;
-    my $failure = load_script($script_path);
+    open($OUT, '>&', $fd) or die "cannot open reply descriptor $fd: $!\n";
+    { open(my $inherited, '>&=', $fd) and close $inherited }
+    open($IN, '<&', \*STDIN) or die "cannot duplicate STDIN: $!\n";
+    open(STDIN, '<', '/dev/null') or die "cannot reopen STDIN: $!\n";
+    binmode $IN;
+    binmode $OUT;
+    select((select(STDERR), $| = 1)[0]);
+    $| = 1;    # STDOUT
+    $PARENT = getppid();
+    # As if perl ran the script itself: $0 is its path, @ARGV is empty, and its folder comes
+    # after perl's own @INC (a sibling Config.pm must not shadow perl's Config).
+    (my $dir = $script) =~ s{/[^/]*\z}{};
+    $0    = $script;
+    @ARGV = ();
+    push @INC, length $dir ? $dir : '/';
+    my $failure = load_script($script);
     if (defined $failure) {
-        reply($out, 'FATAL ' . escape($failure));
+        reply('FATAL ' . escape($failure));
         CORE::exit(2);
     }
-    reply($out, sprintf('READY %vd', $^V));
-    serve($in, $out);
-    CORE::exit(0);
+    reply(sprintf('READY %vd', $^V));
+    serve();
+    stop();
 }
 
 main();

@@ -166,10 +166,10 @@ def test_exit_while_loading_with_status_zero_still_loads(home: Home, use_script:
         assert host.close("A").ok
 
 
-def test_init_that_dies_is_a_failed_start_then_fatal(home: Home, use_script: Callable[[str], Path]) -> None:
+def test_init_that_dies_is_tried_again_forever_with_capped_backoff(home: Home, use_script: Callable[[str], Path]) -> None:
     use_script("init_dies")
     now = [0.0]
-    host = PerlHost(home, backoff=Backoff(base=1, cap=4, fatal_after=3), clock=lambda: now[0])
+    host = PerlHost(home, backoff=Backoff(base=1, cap=2, start_cap=4), clock=lambda: now[0])
     with pytest.raises(PerlStartError, match=r"OMBackSync\('Init'\) died: cannot reach the ticket system"):
         host.start()
     assert host.state is HostState.BACKOFF and host.retry_at == 0.0  # first restart is immediate
@@ -177,11 +177,20 @@ def test_init_that_dies_is_a_failed_start_then_fatal(home: Home, use_script: Cal
     assert not outcome.ok and not outcome.attempted
     assert host.state is HostState.BACKOFF and host.retry_at == 1.0
     assert not host.close("A").attempted and host.state is HostState.BACKOFF  # backoff not over
-    now[0] = 1.0
-    host.close("A")
-    assert host.state is HostState.FATAL
-    assert "cannot reach" in (host.last_error or "")
-    assert not host.ensure_running()
+    snap = host.snapshot()
+    assert snap["state"] == "backoff" and snap["retry_in"] == 1.0 and "cannot reach" in snap["last_error"]
+    waits = []
+    for _ in range(6):  # never fatal: every try fails again and waits at most start_cap
+        now[0] = host.retry_at or now[0]
+        host.close("A")
+        assert host.state is HostState.BACKOFF
+        waits.append((host.retry_at or 0) - now[0])
+    assert waits == [2, 4, 4, 4, 4, 4]
+    assert "cannot reach" in (host.last_error or "") and "next try in" not in (host.last_error or "")
+    use_script("recorder")  # the ticket system is back
+    now[0] = host.retry_at or now[0]
+    assert host.close("A").ok and host.state is HostState.RUNNING
+    host.stop()
 
 
 def test_restart_with_a_broken_script_keeps_the_old_child(home: Home) -> None:
@@ -216,5 +225,7 @@ def test_child_exits_when_stdin_closes_and_when_the_parent_dies(home: Home) -> N
 
 
 def test_backoff_is_capped_exponential() -> None:
-    b = Backoff(base=0.5, cap=4, fatal_after=5)
+    b = Backoff(base=0.5, cap=4, start_cap=16)
     assert [b.delay(n) for n in range(1, 8)] == [0, 0.5, 1, 2, 4, 4, 4]
+    assert [b.delay(n, failed_starts=1) for n in range(5, 10)] == [4, 8, 16, 16, 16]
+    assert b.delay(10**6, failed_starts=10**6) == 16

@@ -10,7 +10,7 @@ import pytest
 
 from bridge.errors import PerlStartError
 from bridge.home import Home
-from bridge.perlhost import HostState, PerlHost
+from bridge.perlhost import HostSettings, HostState, PerlHost
 from conftest import SCRIPTED_HOST
 
 
@@ -18,7 +18,9 @@ from conftest import SCRIPTED_HOST
 def scripted(home: Home, monkeypatch: pytest.MonkeyPatch):
     def make(plan: str, timeout: float = 2.0) -> PerlHost:
         monkeypatch.setenv("OMBRIDGE_TEST_PLAN", plan)
-        return PerlHost(home, host_script=SCRIPTED_HOST, timeout=timeout)
+        # Init gets its own (long) timeout in real life; here both are short.
+        return PerlHost(home, host_script=SCRIPTED_HOST, timeout=timeout,
+                        settings=HostSettings(init_timeout=timeout))
 
     return make
 
@@ -77,7 +79,7 @@ def test_garbage_greeting_is_a_failed_start(scripted) -> None:
 
 def test_death_during_init(scripted) -> None:
     host = scripted("ready;exit:1")
-    with pytest.raises(PerlStartError, match="Init failed: .*exited with status 1"):
+    with pytest.raises(PerlStartError, match=r"Init'\) failed: .*exited with status 1"):
         host.start()
 
 

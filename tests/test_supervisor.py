@@ -51,7 +51,7 @@ def running(home: Home) -> Iterator[Callable[[], dict]]:
         return st
 
     yield start
-    if omb(home, "status", check=False).returncode == 0:
+    if omb(home, "status", check=False).returncode != 3:
         omb(home, "stop", check=False)
     for pid in pids:
         if alive(pid):

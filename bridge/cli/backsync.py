@@ -13,9 +13,13 @@ import rich_click as click
 from .. import protocol, store
 from ..errors import ScriptSyntaxError
 from ..model import Attempt
+from ..perlenv import load_settings
 from ..perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
 from .base import SECONDS, home_of, main, print_json, setup_logging
 from .report import fail
+
+_PERL_OPTION = click.option("--perl", "perl", metavar="PATH", default=None,
+                            help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.toml).")
 
 
 def shown(event_id: str | bytes) -> str:
@@ -38,8 +42,9 @@ def permission_warning(script: Path) -> str | None:
 
 @main.command()
 @click.option("--db", "database", is_flag=True, help="Check the event core (SQLite's integrity check) instead.")
+@_PERL_OPTION
 @click.pass_context
-def check(ctx: click.Context, database: bool) -> None:
+def check(ctx: click.Context, database: bool, perl: str | None) -> None:
     """Check the home's `conf/backsync/OMBackSync.pl` with `perl -c` (or, with `--db`, the event core).
 
     Exit 0 when it compiles (is sound), 1 with perl's (SQLite's) own message when it does not.
@@ -55,7 +60,7 @@ def check(ctx: click.Context, database: bool) -> None:
         click.echo(f"{home.db}: ok")
         return
     try:
-        text = check_syntax(home.script, home)
+        text = check_syntax(home.script, home, load_settings(home, perl))
     except ScriptSyntaxError as exc:
         click.echo(exc.message, err=True)
         sys.exit(1)
@@ -85,8 +90,10 @@ def _print_outcome(outcome: Attempt) -> None:
               help="Seconds one call may take before the child is killed and restarted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the child's life (start, faults, restarts).")
+@_PERL_OPTION
 @click.pass_context
-def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool, verbose: bool) -> None:
+def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool, verbose: bool,
+         perl: str | None) -> None:
     """Run the home's script in a throwaway perl child: Init, then Close each ID in order.
 
     Prints one outcome per ID; exits 1 if any failed. `-` reads IDs from stdin, one per line,
@@ -101,7 +108,7 @@ def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool
     streaming = ids == ("-",)
     failed = False
     results: list[Attempt] = []
-    with PerlHost(home, timeout=timeout) as host:
+    with PerlHost(home, timeout=timeout, settings=load_settings(home, perl)) as host:
         host.start()
         batches = ([i] for i in _stdin_ids()) if streaming else iter([list(ids)])
         for batch in batches:

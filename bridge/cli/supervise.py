@@ -43,10 +43,12 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
               help="PEM private key of --tls-cert (keep it chmod 600).")
 @click.option("--max-body", type=click.IntRange(min=1024), default=None, metavar="BYTES",
               help="Largest request body accepted (default 1048576); larger ones get 413.")
+@click.option("--perl", "perl", metavar="PATH", default=None,
+              help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.toml, else perl).")
 @click.pass_context
 def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float, retention: str,
           metrics_textfile: str | None, metrics_interval: float, listen: str | None, tls_cert: str | None,
-          tls_key: str | None, max_body: int | None) -> None:
+          tls_key: str | None, max_body: int | None, perl: str | None) -> None:
     """Start the supervisor: the Event Manager, ombacksync and, when asked, the HTTP listener.
 
     Returns once it is up, or fails with the reason. The listener's settings may also live in the
@@ -64,14 +66,14 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
     if foreground:
         sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
                                     retention=keep or None, metrics_textfile=textfile,
-                                    metrics_interval=metrics_interval, listen=listen_config)
+                                    metrics_interval=metrics_interval, listen=listen_config, perl=perl)
         sys.exit(sup.run())
     listen_options = [*(["--listen", listen] if listen else []), *(["--tls-cert", tls_cert] if tls_cert else []),
                       *(["--tls-key", tls_key] if tls_key else []),
                       *(["--max-body", str(max_body)] if max_body is not None else [])]
     options = ["--workers", str(workers), "--poll", str(poll), "--retention", retention,
                "--metrics-interval", str(metrics_interval), *(["--metrics-textfile", textfile] if textfile else []),
-               *listen_options]
+               *listen_options, *(["--perl", perl] if perl else [])]
     try:
         status = supervisor.spawn(home, options)
     except supervisor.AlreadyRunning as exc:
@@ -153,9 +155,13 @@ def _print_status(s: dict) -> None:
         up = time.time() - sup["started_at"]
         click.echo(f"supervisor    {sup['state']}, pid {sup['pid']}, up {up:.0f}s, home {sup['home']}")
         line = f"ombacksync    {ob['state']}"
+        if ob.get("init_running_for") is not None:
+            line += f", Init running for {ob['init_running_for']:.0f}s"
         if ob.get("pid"):
-            line += f", pid {ob['pid']}, perl {ob['perl']}"
+            line += f", pid {ob['pid']}" + (f", perl {ob['perl']}" if ob.get("perl") else "")
         line += f", restarts {ob['restarts']}"
+        if ob.get("retry_in") is not None:
+            line += f", next try in {ob['retry_in']:.0f}s"
         click.echo(line)
         if ob.get("last_error") and ob["state"] != HostState.RUNNING.value:
             click.echo("              " + ob["last_error"].replace("\n", "\n              "))
@@ -202,10 +208,17 @@ def close(ctx: click.Context, ids: tuple[str, ...]) -> None:
     from_stdin = ids == ("-",)
     if from_stdin:
         ids = tuple(line.rstrip("\r\n") for line in sys.stdin if line.rstrip("\r\n"))
-    results = backsync.close_events(core(ctx), ids, cwd=str(home.root), on_stored=lambda: control.ring(home.root),
-                                    commit_every=CLOSE_COMMIT_EVERY if from_stdin else None)
-    if from_stdin:
-        click.echo(f"{len(results)} closed events sent")
-    else:
-        for r in results:
-            click.echo(r.event_id)
+    good, refused = backsync.split_storable(ids)
+    for event_id, reason in refused:
+        shown = event_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        click.echo(f"ombridge: error: not sent: ID '{shown}': {reason}", err=True)
+    if good:
+        results = backsync.close_events(core(ctx), good, cwd=str(home.root), on_stored=lambda: control.ring(home.root),
+                                        commit_every=CLOSE_COMMIT_EVERY if from_stdin else None)
+        if from_stdin:
+            click.echo(f"{len(results)} closed events sent")
+        else:
+            for r in results:
+                click.echo(r.event_id)
+    if refused:
+        sys.exit(2)

@@ -1,0 +1,167 @@
+"""How perl is run for a script: which perl, its switches, ``@INC`` and environment, and ``perl -c``.
+
+The check and the real child see the same things (DESIGN.md "Plain perl is the reference"):
+
+- the ``#!`` switches of the script (``-w``, ``-T``, ``-t``, ``-C…``, …) on the command line, since
+  perl refuses ``-T`` and ``-C`` that appear only on the ``#!`` line of a file it did not start with;
+- perl's own ``@INC`` first and the script's folder *after* it (``-I`` and ``PERL5LIB`` would put
+  it first, and a team's ``Config.pm`` would shadow perl's ``Config``);
+- the bridge's environment with ``OvDataDir`` = the home, and ``OvInstallDir`` when it is set.
+
+Settings come from ``conf/ombridge.toml`` in the home (table ``[ombacksync]``) and the command
+line (``--perl``), see :class:`HostSettings`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from .errors import BridgeError, ScriptSyntaxError, UsageError
+from .home import Home
+
+PERL_DIR = Path(__file__).resolve().parent.parent / "perl"
+HOST_SCRIPT = PERL_DIR / "ombridge_host.pl"
+CHECK_INC = PERL_DIR / "check"  # OMBridgeCheck.pm: appends the script's folder to @INC for perl -c
+CONFIG_FILE = Path("conf") / "ombridge.toml"
+
+# Switch letters honoured from the #! line; the others (-n, -p, -a, -i, -0, -x, -e, -s, -d, …)
+# would turn the host itself into something else and are ignored (docs/compatibility.md).
+_FLAGS = "wWXTt"
+_WITH_ARGUMENT = "MmI"  # -Mmodule, -mmodule, -Idir: the rest of the word is the argument
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What the operator may set for ombacksync (``conf/ombridge.toml``, table ``[ombacksync]``)."""
+
+    perl: str = "perl"  # e.g. the connector's /opt/OV/nonOV/perl/a/bin/perl
+    init_timeout: float = 300.0  # seconds loading the script plus OMBackSync('Init') may take
+    stop_grace: float = 10.0  # seconds the script and what it started get to finish on a stop
+    start_backoff_cap: float = 300.0  # longest wait between two tries of a failing start
+    ov_install_dir: str | None = None  # $OvInstallDir for scripts that use it
+
+    def with_perl(self, perl: str | None) -> HostSettings:
+        """These settings, with ``perl`` when one is given (``--perl`` beats the file)."""
+        return replace(self, perl=perl) if perl else self
+
+
+def load_settings(home: Home, perl: str | None = None) -> HostSettings:
+    """The home's settings (defaults when it has no ``conf/ombridge.toml``), ``perl`` overriding."""
+    path = home.root / CONFIG_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return HostSettings().with_perl(perl)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    table = data.get("ombacksync", {})
+    known = {f.name: f for f in fields(HostSettings)}
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise UsageError(f"{path}: unknown setting {key!r} in [ombacksync] (known: {', '.join(known)})")
+        want = str if name in ("perl", "ov_install_dir") else float
+        if want is float and isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            values[name] = float(value)
+        elif want is str and isinstance(value, str) and value:
+            values[name] = value
+        else:
+            raise UsageError(f"{path}: [ombacksync] {key} must be a {'path' if want is str else 'positive number'}")
+    return HostSettings(**values).with_perl(perl)  # type: ignore[arg-type]
+
+
+def shebang_switches(script: Path) -> list[str]:
+    """The switches of the script's ``#!`` line that perl would honour, one per argument.
+
+    ``#!/usr/bin/perl -Tw`` gives ``["-T", "-w"]``; ``-CSD`` stays ``-CSD``. Nothing when the
+    first line is no ``#!`` line naming perl.
+    """
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(4096).decode("utf-8", "replace")
+    except OSError:
+        return []
+    match = re.match(r"#!\S*perl\S*((?:[ \t]+\S+)*)", first.rstrip("\r\n")) or re.match(
+        r"#!\S+[ \t]+\S*perl\S*((?:[ \t]+\S+)*)", first.rstrip("\r\n"))  # #!/usr/bin/env perl -w
+    if not match:
+        return []
+    switches: list[str] = []
+    for word in match[1].split():
+        if not word.startswith("-") or word == "-" or word == "--":
+            break  # perl stops at the first non-switch word
+        letters = word[1:]
+        while letters:
+            letter, letters = letters[0], letters[1:]
+            if letter in _FLAGS:
+                switches.append("-" + letter)
+            elif letter == "C":
+                flags = re.match(r"[0-9IOEioSDLAa]*", letters)
+                assert flags is not None
+                switches.append("-C" + flags[0])
+                letters = letters[len(flags[0]):]
+            elif letter == "l":
+                digits = re.match(r"[0-7]*", letters)
+                assert digits is not None
+                switches.append("-l" + digits[0])
+                letters = letters[len(digits[0]):]
+            elif letter in _WITH_ARGUMENT:
+                if letters:
+                    switches.append("-" + letter + letters)
+                letters = ""
+            else:
+                letters = ""  # an unsupported switch: ignore it and whatever is glued to it
+    return switches
+
+
+def perl_env(home: Home, settings: HostSettings) -> dict[str, str]:
+    """The environment of every perl this home runs (check and child alike)."""
+    env = home.perl_env()
+    if settings.ov_install_dir:
+        env["OvInstallDir"] = settings.ov_install_dir
+    return env
+
+
+def script_path(script: Path) -> str:
+    """The script's absolute path as the child gets it (``$0``): symbolic links kept."""
+    return os.path.abspath(script)
+
+
+def host_command(script: Path, settings: HostSettings, reply_fd: int, host_script: Path = HOST_SCRIPT) -> list[str]:
+    """The command line of the persistent child."""
+    return [settings.perl, *shebang_switches(script), str(host_script), str(reply_fd), script_path(script)]
+
+
+def check_command(script: Path, settings: HostSettings) -> list[str]:
+    """The command line of ``perl -c`` for ``script``: the child's switches and ``@INC``."""
+    folder = os.path.dirname(script_path(script)).encode("utf-8", "surrogateescape").hex()
+    # The folder travels hex-encoded: commas, quotes and spaces in a path cannot break -M's syntax.
+    return [settings.perl, *shebang_switches(script), f"-I{CHECK_INC}", f"-MOMBridgeCheck={folder}", "-c",
+            script_path(script)]
+
+
+def check_syntax(script: Path, home: Home, settings: HostSettings | None = None) -> str:
+    """``perl -c`` the script with the child's switches, ``@INC`` and environment; returns perl's text.
+
+    Raises :class:`ScriptSyntaxError` with perl's message, verbatim, when it does not compile.
+    """
+    import sh  # one-shot tool calls; imported here to keep `ombridge send` light
+
+    settings = settings or HostSettings()
+    if not script.is_file():
+        # A script deleted under a running bridge is, for the next start, as bad as a broken one.
+        raise ScriptSyntaxError(str(script), f"no script at {script}")
+    cmd = check_command(script, settings)
+    try:
+        result = sh.Command(cmd[0])(*cmd[1:], _env=perl_env(home, settings), _cwd=str(home.root),
+                                    _err_to_out=True, _ok_code=range(256), _return_cmd=True)
+    except sh.CommandNotFound as exc:
+        raise BridgeError(f"perl not found: {settings.perl}") from exc
+    text = str(result)
+    if result.exit_code != 0:
+        raise ScriptSyntaxError(str(script), text.strip())
+    return text
