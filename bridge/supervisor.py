@@ -412,6 +412,9 @@ class Supervisor:
             pass  # reported through HOST_CHANGED; Close deliveries wait, open
         except PerlStartError as exc:
             log.error("ombacksync did not start: %s", exc)  # the backsync lane retries after backoff
+        finally:
+            if self.manager:
+                self.manager.wake()  # Close deliveries that waited for Init go now
 
     def _host_changed(self, old: HostState, new: HostState, reason: str) -> None:
         assert self.manager is not None

@@ -1,0 +1,2 @@
+sub helper_format { return "formatted($_[0])" }
+1;

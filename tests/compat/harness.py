@@ -1,0 +1,241 @@
+"""The differential compatibility suite's runners: one script, plain perl and ombridge, side by side.
+
+A case is a script in ``cases/`` (``NAME.pl``, or a folder ``NAME/`` holding ``OMBackSync.pl`` and
+the files that sit beside it). Lines ``# compat KEY: VALUE`` in the script say how to run it:
+
+- ``ids``: the IDs to close, separated by `` | `` (default ``T-1 | T-2``);
+- ``unordered``: files (relative to the home) compared as sorted lines, because several
+  processes write them concurrently;
+- ``runners``: which of ``try`` and ``supervisor`` run the case (default both).
+
+Every run gets a fresh home with the case's files in ``conf/backsync/`` and ``tmp/``, and runs
+with ``OvDataDir`` = the home and the home as working directory. Compared: the outcome of every
+call (Init and each Close: OK, or the error message), every file under the home except the
+bridge's own (``datafiles/``, ``log/``, ``run/``), and that no process of the home is left.
+
+Normalisations (the only ones; docs/compatibility.md lists them): the home's path becomes
+``<home>`` (each run has its own home); ``YYYY-MM-DD HH:MM:SS`` becomes ``<time>``; files named
+in ``unordered`` are compared as sorted lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bridge import protocol
+
+HERE = Path(__file__).resolve().parent
+CASES = HERE / "cases"
+REFERENCE = HERE / "reference.pl"
+OMBRIDGE = str(Path(sys.executable).with_name("ombridge"))
+BRIDGE_OWN = ("datafiles", "log", "run")
+GRACE = 10.0  # ombridge's default stop grace: processes of the script get this long after a stop
+_META = re.compile(r"^# compat (\w+): (.*)$", re.M)
+_TIME = re.compile(rb"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d")
+
+
+@dataclass
+class Case:
+    """One script and how to run it."""
+
+    name: str
+    files: dict[str, bytes]  # relative to conf/backsync/
+    ids: list[str] = field(default_factory=lambda: ["T-1", "T-2"])
+    unordered: list[str] = field(default_factory=list)
+    runners: list[str] = field(default_factory=lambda: ["try", "supervisor"])
+
+    @property
+    def script(self) -> bytes:
+        """The case's OMBackSync.pl."""
+        return self.files["OMBackSync.pl"]
+
+
+@dataclass
+class Run:
+    """What one run left behind."""
+
+    outcomes: list[str]  # "Init OK", "Close <hex> ERR <message>"
+    files: dict[str, bytes]
+    leftovers: list[int]  # processes of the home still running after stop + grace
+
+
+def load_cases() -> list[Case]:
+    """Every case in ``cases/``, by name."""
+    cases = []
+    for path in sorted(CASES.iterdir()):
+        if path.suffix == ".pl":
+            files = {"OMBackSync.pl": path.read_bytes()}
+        elif path.is_dir():
+            files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+        else:
+            continue
+        case = Case(path.stem if path.suffix else path.name, files)
+        for key, value in _META.findall(files["OMBackSync.pl"].decode("utf-8")):
+            if key == "ids":
+                case.ids = [i.strip() for i in value.split(" | ")]
+            elif key == "unordered":
+                case.unordered = value.split()
+            elif key == "runners":
+                case.runners = value.split()
+            else:
+                raise ValueError(f"case {case.name}: unknown metadata {key!r}")
+        cases.append(case)
+    return cases
+
+
+def make_home(root: Path, case: Case) -> Path:
+    """A fresh home holding the case's files, laid out like the connector's data folder."""
+    for rel, data in case.files.items():
+        target = root / "conf" / "backsync" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    os.chmod(root / "conf" / "backsync" / "OMBackSync.pl", 0o700)
+    (root / "tmp").mkdir(exist_ok=True)
+    return root
+
+
+def shebang_words(script: bytes) -> list[str]:
+    """What the kernel passes to perl for ``./OMBackSync.pl``: the rest of the #! line, one word."""
+    first = script.split(b"\n", 1)[0].decode("utf-8", "replace")
+    m = re.match(r"#!\s*(\S+)[ \t]+(.*\S)", first)
+    return [m[2]] if m and "perl" in os.path.basename(m[1]) else []
+
+
+def home_processes(root: Path) -> list[int]:
+    """Live processes (not zombies) working in this home: the scripts run with the home as their
+    working directory, and their children inherit it. (The environment is no witness: a perl
+    that sets ``$0`` may overwrite it in /proc.)"""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry.name}/cwd")
+            state = Path(f"/proc/{entry.name}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if cwd == str(root) and state != b"Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_gone(root: Path, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := home_processes(root)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def collect(root: Path, case: Case) -> dict[str, bytes]:
+    """Every file under the home but the bridge's own, normalised."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or rel.parts[0] in BRIDGE_OWN or str(rel) == "conf/ombridge.toml":
+            continue
+        data = _TIME.sub(b"<time>", path.read_bytes().replace(str(root).encode(), b"<home>"))
+        if str(rel) in case.unordered:
+            data = b"\n".join(sorted(data.splitlines()))
+        files[str(rel)] = data
+    return files
+
+
+def _outcome(op: str, event_id: str | None, ok: bool, message: str | None, root: Path) -> str:
+    what = op if event_id is None else f"{op} {event_id.encode('utf-8', 'surrogateescape').hex()}"
+    return f"{what} OK" if ok else f"{what} ERR {(message or '').replace(str(root), '<home>')}"
+
+
+def run_reference(root: Path, case: Case) -> Run:
+    """The script under the plain-perl driver (``reference.pl``)."""
+    record = root.parent / f"{root.name}.outcomes"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMBRIDGE_HOME",)} | {"OvDataDir": str(root)}
+    subprocess.run(["perl", *shebang_words(case.script), str(REFERENCE), str(record),
+                    str(root / "conf" / "backsync" / "OMBackSync.pl"), *case.ids],
+                   cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, start_new_session=True, timeout=60)
+    leftovers = _wait_gone(root, GRACE)  # what the script started may finish, as under ombridge
+    outcomes = []
+    for line in record.read_bytes().splitlines() if record.exists() else []:
+        head, _, message = line.partition(b" ERR ")
+        parts = head.split(b" ")
+        op = parts[0].decode()
+        event_id = bytes.fromhex(parts[1].decode()).decode("utf-8", "surrogateescape") if op == "Close" else None
+        ok = not message and head.endswith(b" OK")
+        outcomes.append(_outcome(op, event_id, ok, protocol.decode_message(message), root))
+    return Run(outcomes, collect(root, case), leftovers)
+
+
+def _omb(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMBRIDGE_HOME", "OvDataDir")}
+    return subprocess.run([OMBRIDGE, "--home", str(root), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _init_error(text: str) -> str | None:
+    m = re.search(r"OMBackSync\('Init'\) died: (.*)", text, re.S)
+    if m:
+        return m[1].strip()
+    m = re.search(r"could not be loaded: (.*)", text, re.S)
+    return ("LOAD " + m[1].strip()) if m else None
+
+
+def run_try(root: Path, case: Case) -> Run:
+    """The script through ``ombridge try``."""
+    r = _omb(root, "try", "--json", *case.ids)
+    leftovers = home_processes(root)  # try returns only after stop + grace
+    error = _init_error(r.stderr)
+    if r.returncode not in (0, 1) or error:
+        outcomes = [_outcome("Init", None, False, error or r.stderr.strip(), root)]
+    else:
+        results = json.loads(r.stdout)
+        assert [o["id"] for o in results] == case.ids, (results, case.ids)
+        outcomes = ["Init OK"] + [_outcome("Close", o["id"], o["ok"], o["error"], root) for o in results]
+    return Run(outcomes, collect(root, case), leftovers)
+
+
+def run_supervisor(root: Path, case: Case) -> Run:
+    """The script through a running supervisor: close, start, wait for every delivery, stop."""
+    assert _omb(root, "close", *case.ids).returncode == 0
+    assert _omb(root, "subscriber", "set", "1", "--retries", "0").returncode == 0  # one attempt each
+    started = _omb(root, "start")
+    assert started.returncode == 0, started.stderr
+    init = "Init OK"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            status = json.loads(_omb(root, "status", "--json").stdout)["ombacksync"]
+            if status["state"] == "backoff" and status["last_error"] and status["restarts"] == 0:
+                init = _outcome("Init", None, False, _init_error(status["last_error"]) or status["last_error"], root)
+                deliveries: list[dict] = []
+                break
+            deliveries = json.loads(_omb(root, "deliveries", "list", "--limit", "1000", "--json").stdout)
+            if all(d["status"] in ("done", "failed") for d in deliveries) and len(deliveries) == len(case.ids):
+                break
+            assert time.monotonic() < deadline, (status, deliveries)
+            time.sleep(0.1)
+    finally:
+        _omb(root, "stop")
+    leftovers = _wait_gone(root, GRACE + 5)
+    by_id = {d["key"]["ID"]: d for d in deliveries}
+    outcomes = [init] + [_outcome("Close", i, by_id[i]["status"] == "done", by_id[i]["last_error"], root)
+                         for i in case.ids if i in by_id]
+    return Run(outcomes, collect(root, case), leftovers)
+
+
+RUNNERS = {"try": run_try, "supervisor": run_supervisor}
+
+
+def fresh(root: Path, case: Case) -> Path:
+    """A clean home at ``root`` for ``case``."""
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    return make_home(root, case)
