@@ -7,8 +7,7 @@ it when uninstalled. ombridge keeps them in one managed region at the end of the
     # >>> ombridge integrations: managed by `ombridge integration`; edit outside these markers
     # --- integration vendor-a (from /path/vendor-a.pl, 2026-11-22 10:00:00)
     { package OMBridge::Integration::vendor_a;
-    #line 1 "integration vendor-a"
-    ...the integration's OMBackSync.pl, unchanged...
+    ...the integration's OMBackSync.pl, unchanged (up to its __END__)...
     }
     # --- end of integration vendor-a
     # --- dispatcher
@@ -16,11 +15,20 @@ it when uninstalled. ombridge keeps them in one managed region at the end of the
     # <<< ombridge integrations
 
 Each integration lives in a package of its own, so its ``sub OMBackSync``, helpers, lexicals and
-``our`` globals do not clash. The dispatcher, run when the file is loaded, keeps the hand-written
-``OMBackSync`` (if any) and installs a ``main::OMBackSync`` that calls it and then every
-integration's, each in ``eval``: one that dies does not keep the others from being called, and the
-error names the ones that failed. A result that would not pass ``perl -c`` is never written; writes
-are atomic, keep the file's mode and owner, and keep the previous version as ``OMBackSync.pl.bak``.
+``our`` globals do not clash. No ``#line`` directive is written: ``__FILE__``,
+``dirname(__FILE__)``, ``$0`` and line numbers are those of the merged file, so an integration
+finds the files installed beside the script. A POD section left open (before the region, or at
+the end of an integration) is closed by :data:`POD_CLOSER`, a line that belongs to the region.
+The region is parsed line by line between its markers, so any hand-written text around it is
+given back byte for byte.
+
+The dispatcher, run when the file is loaded, keeps the hand-written ``OMBackSync`` (if any) and
+installs a ``main::OMBackSync`` that calls it and then every integration's, each in ``eval``: one
+that dies does not keep the others from being called, and the error names the ones that failed.
+For a Close that failed in some part, it remembers (under ``datafiles/integrations/``) which
+parts succeeded, so a retry calls only the parts that failed (docs/protocol.md). A result that
+would not pass ``perl -c`` is never written; writes are atomic, keep the file's mode and owner,
+and keep the previous version as ``OMBackSync.pl.bak``.
 """
 
 from __future__ import annotations
@@ -35,33 +43,68 @@ from typing import NamedTuple
 
 from .errors import BridgeError, NotFound, ScriptSyntaxError, UsageError
 from .home import Home
-from .perlhost import check_syntax
+from .perlenv import check_syntax, load_settings
 
 BEGIN = "# >>> ombridge integrations: managed by `ombridge integration`; edit outside these markers"
 END = "# <<< ombridge integrations"
-_BLOCK = re.compile(r"^# --- integration (?P<name>\S+) \((?P<info>.*)\)\n(?P<body>.*?)^# --- end of integration (?P=name)\n",
-                    re.M | re.S)
+# Closes a POD section left open just above (perl would read our code as documentation). perl
+# reads any line that starts with "=cut" as the end of POD; the words after it make it ours.
+POD_CLOSER = "=cut (ombridge: ends the documentation above, so that the code below is read)"
+_HEAD = re.compile(r"# --- integration (?P<name>\S+) \((?P<info>[^\n]*)\)\Z")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
-_DATA = re.compile(r"^__(?:END|DATA)__[ \t]*\r?$", re.M)
 _DEFINES = re.compile(r"^\s*sub\s+OMBackSync\b", re.M)
+_USES_DATA = re.compile(r"\bDATA\b")
+_LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
 DISPATCHER = r"""# --- dispatcher: OMBackSync calls the script's own OMBackSync (if any), then each integration's
-#line 1 "ombridge dispatcher"
 {
     no warnings 'redefine';
     no strict 'refs';
     my $own = defined &main::OMBackSync ? \&main::OMBackSync : undef;
-    my @integrations = (@NAMES@);
+    my @parts = (($own ? ['OMBackSync.pl', $own] : ()),
+                 map { ["integration $_->[0]", \&{"OMBridge::Integration::$_->[1]::OMBackSync"}] } (@NAMES@));
+    # Which parts already closed an ID whose Close failed in another part: a retry calls only
+    # the parts that failed (docs/protocol.md, "Integrations").
+    my $records = defined $ENV{OvDataDir} && length $ENV{OvDataDir}
+        ? "$ENV{OvDataDir}/datafiles/integrations" : undef;
+    my $record_of = sub {
+        my $hex = unpack('H*', $_[0]);
+        return "$records/" . (length $hex > 200
+            ? substr($hex, 0, 160) . '-' . unpack('%32C*', $_[0]) . '-' . length($_[0]) : $hex);
+    };
     *main::OMBackSync = sub {
+        my ($operation, $id) = @_;
+        my $record = $records && defined $operation && $operation eq 'Close' && defined $id && length $id
+            ? $record_of->($id) : undef;
+        my %done;
+        if ($record && open(my $in, '<', $record)) {
+            my ($who, @names) = <$in>;
+            chomp($who, @names);
+            my $age = time - (stat $in)[9];
+            %done = map { $_ => 1 } @names if defined $who && $who eq unpack('H*', $id) && $age < 7 * 86400;
+        }
         my @failed;
-        for my $call (($own ? ['OMBackSync.pl', $own] : ()),
-                      map { ["integration $_->[0]", \&{"OMBridge::Integration::$_->[1]::OMBackSync"}] } @integrations) {
-            next if eval { $call->[1]->(@_); 1 };
+        for my $part (@parts) {
+            next if $done{$part->[0]};
+            if (eval { $part->[1]->(@_); 1 }) {
+                $done{$part->[0]} = 1;
+                next;
+            }
             my $error = $@;
             $error = 'called exit(' . ($error->{code} || 0) . ')' if ref $error && ref($error) eq 'OMBridge::Exit';
             $error = "$error";
             $error =~ s/\s+\z//;
-            push @failed, "$call->[0]: $error";
+            push @failed, "$part->[0]: $error";
+        }
+        if ($record && @failed) {
+            mkdir "$ENV{OvDataDir}/datafiles", 0700;
+            mkdir $records, 0700;
+            if (open(my $out, '>', "$record.$$")) {
+                print {$out} join("\n", unpack('H*', $id), grep { $done{$_} } map { $_->[0] } @parts), "\n";
+                close $out and rename "$record.$$", $record;
+            }
+        } elsif ($record) {
+            unlink $record;
         }
         die join('; ', @failed) . "\n" if @failed;
         return 1;
@@ -90,33 +133,81 @@ def check_name(name: str) -> str:
     return name
 
 
+def _lines(text: str) -> list[str]:
+    # Lines as perl sees them: split at "\n" only (str.splitlines would also split at form
+    # feeds and other separators that perl reads as ordinary characters).
+    return _LINE.findall(text)
+
+
+def _scan(lines: list[str]) -> tuple[int, bool]:
+    """(index of the first ``__END__``/``__DATA__`` line outside POD, or len(lines); whether the
+    text before it ends inside POD). Heredocs are not parsed: a heredoc line that looks like
+    ``=head1`` or ``__END__`` would mislead this scan (and perl's own POD rules are the same)."""
+    in_pod = False
+    for n, line in enumerate(lines):
+        bare = line.rstrip("\r\n")
+        if in_pod:
+            in_pod = not bare.startswith("=cut")
+        elif re.match(r"=[A-Za-z]", bare):
+            in_pod = True  # any "=word" line starts POD where perl expects a statement, "=cut" too
+        elif re.fullmatch(r"__(?:END|DATA)__[ \t]*\r?", bare):
+            return n, in_pod
+    return len(lines), in_pod
+
+
 def split(text: str) -> tuple[str, list[Integration], str]:
     """(hand-written part before the region, the integrations, the part after: __END__ and data)."""
-    start = text.find(BEGIN + "\n")
-    if start < 0:
-        data = _DATA.search(text)
-        cut = data.start() if data else len(text)
-        return text[:cut], [], text[cut:]
-    stop = text.find(END + "\n", start)
-    if stop < 0:
-        raise BridgeError(f"the managed region of the script has no end marker ({END!r}): fix the file by hand")
-    region = text[start + len(BEGIN) + 1:stop]
-    found = [Integration(m["name"], m["info"], _unwrap(m["body"], m["name"])) for m in _BLOCK.finditer(region)]
-    return text[:start], found, text[stop + len(END) + 1:]
+    lines = _lines(text)
+    try:
+        start = lines.index(BEGIN + "\n")
+    except ValueError:
+        cut, _ = _scan(lines)
+        return "".join(lines[:cut]), [], "".join(lines[cut:])
+    try:
+        stop = lines.index(END + "\n", start)
+    except ValueError:
+        raise BridgeError(f"the managed region of the script has no end marker ({END!r}): fix the file by hand") from None
+    region = lines[start + 1:stop]
+    if region and region[0] == POD_CLOSER + "\n":
+        region = region[1:]
+    found: list[Integration] = []
+    n = 0
+    while n < len(region):
+        head = _HEAD.match(region[n].rstrip("\n"))
+        if not head:
+            n += 1  # the dispatcher: rebuilt from the list at every change
+            continue
+        name = head["name"]
+        try:
+            last = region.index(f"# --- end of integration {name}\n", n + 1)
+        except ValueError:
+            raise BridgeError(f"the block of integration {name} has no end marker: fix the file or remove the block") from None
+        found.append(Integration(name, head["info"], _unwrap(region[n + 1:last], name)))
+        n = last + 1
+    return "".join(lines[:start]), found, "".join(lines[stop + 1:])
 
 
 def _wrap(integration: Integration) -> str:
-    body = integration.code if integration.code.endswith("\n") else integration.code + "\n"
+    body = integration.code if integration.code.endswith("\n") or not integration.code else integration.code + "\n"
+    # No #line directive: __FILE__, dirname(__FILE__), $0 and line numbers stay those of the
+    # merged OMBackSync.pl, so files beside it are found and messages point at real lines.
+    closer = POD_CLOSER + "\n" if _scan(_lines(body))[1] else ""
     return (f"# --- integration {integration.name} ({integration.info})\n"
-            f"{{ package {package_of(integration.name)};\n#line 1 \"integration {integration.name}\"\n"
-            f"{body}}}\n# --- end of integration {integration.name}\n")
+            f"{{ package {package_of(integration.name)};\n{body}{closer}}}\n"
+            f"# --- end of integration {integration.name}\n")
 
 
-def _unwrap(body: str, name: str) -> str:
-    head = f"{{ package {package_of(name)};\n#line 1 \"integration {name}\"\n"
-    if not body.startswith(head) or not body.endswith("}\n"):
+def _unwrap(block: list[str], name: str) -> str:
+    heads = (f"{{ package {package_of(name)};\n",)
+    legacy = f"#line 1 \"integration {name}\"\n"  # written by ombridge before 0.x: read, never written
+    if not block or block[0] not in heads or block[-1] != "}\n":
         raise BridgeError(f"the block of integration {name} was edited by hand: fix the file or remove the block")
-    return body[len(head):-2]
+    body = block[1:-1]
+    if body and body[0] == legacy:
+        body = body[1:]
+    if body and body[-1] == POD_CLOSER + "\n":
+        body = body[:-1]
+    return "".join(body)
 
 
 def join(head: str, integrations: list[Integration], tail: str) -> str:
@@ -126,8 +217,9 @@ def join(head: str, integrations: list[Integration], tail: str) -> str:
     if head and not head.endswith("\n"):
         head += "\n"
     names = ", ".join(f"['{i.name}', '{package_of(i.name)[len('OMBridge::Integration::'):]}']" for i in integrations)
+    closer = POD_CLOSER + "\n" if _scan(_lines(head))[1] else ""
     region = "".join(_wrap(i) for i in integrations) + DISPATCHER.replace("@NAMES@", names)
-    return f"{head}{BEGIN}\n{region}{END}\n{tail}"
+    return f"{head}{BEGIN}\n{closer}{region}{END}\n{tail}"
 
 
 def list_integrations(home: Home) -> list[Integration]:
@@ -145,12 +237,16 @@ def add(home: Home, name: str, source: Path) -> bool:
         code = source.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}") from exc
+    if BEGIN in code or END in code or "# --- end of integration" in code or POD_CLOSER in code:
+        raise UsageError(f"{source} contains ombridge's own markers")
+    lines = _lines(code)
+    cut, _ = _scan(lines)
+    code, after = "".join(lines[:cut]), "".join(lines[cut + 1:])
     if not _DEFINES.search(code):
         raise UsageError(f"{source} does not define sub OMBackSync")
-    if _DATA.search(code):
-        raise UsageError(f"{source} has an __END__ or __DATA__ section, which cannot be merged")
-    if BEGIN in code or END in code or "# --- end of integration" in code:
-        raise UsageError(f"{source} contains ombridge's own markers")
+    if after.strip() and _USES_DATA.search(code):
+        # Only the main script's __DATA__ is readable: merged, it would read another section.
+        raise UsageError(f"{source} reads its own __DATA__ section, which cannot be merged")
     text = _current(home)
     head, integrations, tail = split(text)
     package = package_of(name)
@@ -193,7 +289,7 @@ def _write(home: Home, old: str, new: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         try:
-            check_syntax(tmp, home)
+            check_syntax(tmp, home, load_settings(home))
         except ScriptSyntaxError as exc:  # refused: the script is left as it was
             raise ScriptSyntaxError(str(script), exc.message.replace(str(tmp), str(script))) from None
         if st is not None:

@@ -92,9 +92,9 @@ def test_adding_a_name_again_replaces_it_and_keeps_mode_and_backup(home: Home, t
 
 
 @pytest.mark.parametrize("content,message", [
-    ("sub OMBackSync { my $x = ; }\n1;\n", "syntax error at integration broken line 1"),
+    ("sub OMBackSync { my $x = ; }\n1;\n", "conf/backsync/OMBackSync.pl line "),  # the merged file's line
     ("sub Other { 1 }\n1;\n", "does not define sub OMBackSync"),
-    ("sub OMBackSync { 1 }\n1;\n__END__\ndata\n", "__END__ or __DATA__"),
+    ("sub OMBackSync { print <DATA> }\n1;\n__DATA__\ndata\n", "reads its own __DATA__ section"),
 ])
 def test_a_broken_integration_is_refused_and_the_script_untouched(home: Home, tmp_path: Path, content: str,
                                                                   message: str) -> None:
