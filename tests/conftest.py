@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,6 +48,18 @@ def use_script(home: Home) -> Callable[[str], Path]:
         return home.script
 
     return install
+
+
+OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
+
+
+def run_ombridge(home: Home, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``ombridge --home HOME ARGS`` as an operator types it (no OvDataDir inherited from the tests)."""
+    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=timeout,
+                       env={k: v for k, v in os.environ.items() if k != "OvDataDir"}, stdin=subprocess.DEVNULL)
+    if check:
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r
 
 
 def hex_lines(path: Path) -> list[str]:

@@ -4,9 +4,6 @@ and a retry calls only the integrations that failed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -15,9 +12,8 @@ from hypothesis import strategies as st
 from bridge import integrations
 from bridge.home import Home
 from bridge.integrations import BEGIN, END, POD_CLOSER, Integration, join, split
+from conftest import run_ombridge as omb
 from compat.harness import Case, fresh, run_reference, run_try
-
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 TRICKY_LINES = [
     "# closes tickets (ServiceNow)", "sub OMBackSync { 1 }", "1;", "}", "{", "=pod", "=head1 NAME", "=cut", "",
@@ -52,13 +48,6 @@ def test_add_list_remove_gives_back_the_original_byte_for_byte(original: str, co
     if head.endswith("\n") or not head:
         assert merged == original
 
-
-def omb(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "OvDataDir"})
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 VENDOR_BESIDE = """use strict;

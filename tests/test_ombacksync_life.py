@@ -5,21 +5,16 @@ the grace period) and leaves no process behind."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from bridge.home import Home
 from bridge.perlhost import HostSettings, HostState, PerlHost
 from compat.harness import home_processes
+from conftest import run_ombridge as omb
 from conftest import wait_for
-
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 FORKING = r"""use strict;
 use warnings;
@@ -41,13 +36,6 @@ sub OMBackSync {
 1;
 """
 
-
-def omb(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=300,
-                       env={k: v for k, v in os.environ.items() if k != "OvDataDir"})
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 def counts(home: Home, name: str) -> Counter[str]:

@@ -3,9 +3,7 @@ and the CLI's edges that go with them (check with -T, close refusing only bad ID
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,16 +11,9 @@ import pytest
 from bridge.errors import UsageError
 from bridge.home import Home
 from bridge.perlenv import HostSettings, check_command, host_command, load_settings, shebang_switches
+from conftest import OMBRIDGE
+from conftest import run_ombridge as omb
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
-
-
-def omb(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "OvDataDir"})
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 @pytest.mark.parametrize(("first_line", "switches"), [

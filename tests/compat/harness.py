@@ -35,6 +35,7 @@ from bridge import protocol
 HERE = Path(__file__).resolve().parent
 CASES = HERE / "cases"
 REFERENCE = HERE / "reference.pl"
+BUNDLED = HERE.parent.parent / "conf" / "backsync" / "OMBackSync.pl"
 OMBRIDGE = str(Path(sys.executable).with_name("ombridge"))
 BRIDGE_OWN = ("datafiles", "log", "run")
 GRACE = 10.0  # ombridge's default stop grace: processes of the script get this long after a stop
@@ -68,16 +69,16 @@ class Run:
 
 
 def load_cases() -> list[Case]:
-    """Every case in ``cases/``, by name."""
+    """Every case in ``cases/``, by name, and the bundled example script."""
     cases = []
-    for path in sorted(CASES.iterdir()):
+    for path in [*sorted(CASES.iterdir()), BUNDLED]:
         if path.suffix == ".pl":
             files = {"OMBackSync.pl": path.read_bytes()}
         elif path.is_dir():
             files = {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
         else:
             continue
-        case = Case(path.stem if path.suffix else path.name, files)
+        case = Case("bundled_example" if path == BUNDLED else path.stem if path.suffix else path.name, files)
         for key, value in _META.findall(files["OMBackSync.pl"].decode("utf-8")):
             if key == "ids":
                 case.ids = [i.strip() for i in value.split(" | ")]
