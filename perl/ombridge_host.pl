@@ -99,11 +99,8 @@ sub dump_line {
     local ($@, $!, $SIG{__DIE__}, $SIG{__WARN__});
     my $text = eval {
         require Data::Dumper;
-        local $Data::Dumper::Indent   = 0;
-        local $Data::Dumper::Terse    = 1;
-        local $Data::Dumper::Sortkeys = 1;
-        local $Data::Dumper::Useqq    = 1;    # newlines as \n: the dump stays on one line
-        Data::Dumper::Dumper($ref);
+        # Useqq: newlines as \n, so the dump stays on one line
+        Data::Dumper->new([$ref])->Indent(0)->Terse(1)->Sortkeys(1)->Useqq(1)->Dump;
     };
     return defined $text ? $text : "$ref";
 }
@@ -225,7 +222,7 @@ sub main {
     # Private, close-on-exec copies of the protocol descriptors: programs the script starts
     # inherit neither, and the script's own STDIN reads nothing.
     open($OUT, '>&', $fd) or die "cannot open reply descriptor $fd: $!\n";
-    { open(my $inherited, '>&=', $fd) and close $inherited }
+    if (open(my $inherited, '>&=', $fd)) { close $inherited }    # the original, not close-on-exec
     open($IN, '<&', \*STDIN) or die "cannot duplicate STDIN: $!\n";
     open(STDIN, '<', '/dev/null') or die "cannot reopen STDIN: $!\n";
     binmode $IN;

@@ -29,9 +29,7 @@ sub text_of {
     if (ref $err && $text =~ /\A(?:[\w:]+=)?[A-Z]+\(0x[0-9a-f]+\)\z/) {
         local ($@, $SIG{__DIE__}, $SIG{__WARN__});
         require Data::Dumper;
-        local ($Data::Dumper::Indent, $Data::Dumper::Terse, $Data::Dumper::Sortkeys, $Data::Dumper::Useqq)
-            = (0, 1, 1, 1);
-        $text = Data::Dumper::Dumper($err);
+        $text = Data::Dumper->new([$err])->Indent(0)->Terse(1)->Sortkeys(1)->Useqq(1)->Dump;
     }
     $text =~ s/\s+\z//;
     utf8::encode($text) if utf8::is_utf8($text);
