@@ -453,6 +453,16 @@ class PerlHost:
             self.init_started_at = self._starting_pid = None
             self._change_state(HostState.RUNNING, f"pid {child.pid}")
 
+    def cancel_start(self) -> None:
+        """Kill a child that is still loading the script or running Init, so that the start in
+        progress fails at once (without the lock: a stop must not wait out a slow Init)."""
+        pid = self._starting_pid
+        if pid is not None and self.state is HostState.STARTING:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     def stop(self) -> None:
         """Stop the child gracefully (see :meth:`_Child.stop`), killing what lingers after the grace."""
         with self._lock:

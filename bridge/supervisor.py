@@ -321,6 +321,8 @@ class Supervisor:
             elif command is Command.STOP:
                 # RUNNING|STARTING -> STOPPING: queued behind a restart in progress, never beside it
                 self._change_state(SupervisorState.STOPPING)
+                if self.host is not None:
+                    self.host.cancel_start()  # an Init in progress (minutes, maybe) is abandoned
                 self._jobs.put((self._shutdown, None))
             elif command is Command.RESTART:
                 what, answer = arg
@@ -412,9 +414,6 @@ class Supervisor:
             pass  # reported through HOST_CHANGED; Close deliveries wait, open
         except PerlStartError as exc:
             log.error("ombacksync did not start: %s", exc)  # the backsync lane retries after backoff
-        finally:
-            if self.manager:
-                self.manager.wake()  # Close deliveries that waited for Init go now
 
     def _host_changed(self, old: HostState, new: HostState, reason: str) -> None:
         assert self.manager is not None

@@ -94,10 +94,11 @@ sub OMBackSync {
 
 def test_status_answers_at_once_while_a_slow_init_runs(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
     home.script.write_text(SLOW_INIT)
-    monkeypatch.setenv("OMB_TEST_INIT_SECONDS", "40")  # longer than the 30 s call timeout
+    omb(home, "close", "S-1")
+    omb(home, "subscriber", "set", "1", "--timeout", "2")  # Init must not be held to the call timeout
+    monkeypatch.setenv("OMB_TEST_INIT_SECONDS", "8")
     omb(home, "start")  # returns once the supervisor is up, although Init still runs
     try:
-        omb(home, "close", "S-1")
         started = time.monotonic()
         r = omb(home, "status", check=False)
         assert time.monotonic() - started < 5  # no waiting behind Init
@@ -107,8 +108,21 @@ def test_status_answers_at_once_while_a_slow_init_runs(home: Home, monkeypatch: 
         wait_for(lambda: (home.tmp / "closed.txt").exists(), timeout=90, what="Init done and S-1 closed")
         st = json.loads(omb(home, "status", "--json", check=False).stdout)["ombacksync"]
         assert st["state"] == "running" and st["restarts"] == 0  # not killed by the call timeout
+        assert omb(home, "status", check=False).returncode == 0
     finally:
         omb(home, "stop", check=False)
+
+
+def test_a_stop_does_not_wait_for_a_slow_init(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    home.script.write_text(SLOW_INIT)
+    monkeypatch.setenv("OMB_TEST_INIT_SECONDS", "600")
+    omb(home, "start")
+    wait_for(lambda: json.loads(omb(home, "status", "--json", check=False).stdout)["ombacksync"]["pid"],
+             what="Init running")
+    started = time.monotonic()
+    omb(home, "stop")
+    assert time.monotonic() - started < 30
+    wait_for(lambda: home_processes(home.root) == [], timeout=15, what="no process of the home left")
 
 
 def test_init_timeout_is_its_own_setting(home: Home) -> None:
