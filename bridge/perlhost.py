@@ -15,6 +15,7 @@ reads them without waiting for a start in progress.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import os
@@ -301,8 +302,9 @@ def _group_alive(pgid: int) -> bool:
 def _pump_output(proc: subprocess.Popen[bytes], logger: logging.Logger) -> None:
     """Copy whatever the script prints or warns to the log, a line at a time."""
     assert proc.stdout is not None
-    with proc.stdout:
-        for line in iter(proc.stdout.readline, b""):
+    # The pipe is unbuffered (bufsize=0): readline on it would read one byte per system call.
+    with io.BufferedReader(proc.stdout, _CHUNK) as out:  # type: ignore[arg-type]
+        for line in iter(out.readline, b""):
             text = line.rstrip(b"\r\n")[:4000].decode("utf-8", "backslashreplace")
             logger.info("perl[%d]: %s", proc.pid, text)
 
