@@ -598,7 +598,9 @@ def spawn(home: Home, options: list[str] | None = None, timeout: float = START_T
         # Up. ombacksync starts beside it: wait a moment for the quick answers (a script that does
         # not compile), not for a slow Init.
         settled_by = settled_by or time.monotonic() + STARTING_GRACE
-        if status["ombacksync"]["state"] != HostState.STARTING or time.monotonic() > settled_by:
+        # (stopped: the start job has not begun yet; the script is not even checked)
+        if status["ombacksync"]["state"] not in (HostState.STARTING, HostState.STOPPED) \
+                or time.monotonic() > settled_by:
             return status
         time.sleep(0.05)
     proc.kill()
