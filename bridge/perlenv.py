@@ -8,8 +8,8 @@ The check and the real child see the same things (DESIGN.md "Plain perl is the r
   it first, and a team's ``Config.pm`` would shadow perl's ``Config``);
 - the bridge's environment with ``OvDataDir`` = the home, and ``OvInstallDir`` when it is set.
 
-Settings come from ``conf/ombridge.toml`` in the home (table ``[ombacksync]``) and the command
-line (``--perl``), see :class:`HostSettings`.
+Settings come from ``conf/ombridge.conf`` in the home (TOML, table ``[ombacksync]``; the
+listener's ``[listen]`` shares the file) and the command line (``--perl``), see :class:`HostSettings`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .home import Home
 PERL_DIR = Path(__file__).resolve().parent.parent / "perl"
 HOST_SCRIPT = PERL_DIR / "ombridge_host.pl"
 CHECK_INC = PERL_DIR / "check"  # OMBridgeCheck.pm: appends the script's folder to @INC for perl -c
-CONFIG_FILE = Path("conf") / "ombridge.toml"
+CONFIG_FILE = Path("conf") / "ombridge.conf"
 
 # Switch letters honoured from the #! line; the others (-n, -p, -a, -i, -0, -x, -e, -s, -d, …)
 # would turn the host itself into something else and are ignored (docs/compatibility.md).
@@ -36,7 +36,7 @@ _WITH_ARGUMENT = "MmI"  # -Mmodule, -mmodule, -Idir: the rest of the word is the
 
 @dataclass(frozen=True)
 class HostSettings:
-    """What the operator may set for ombacksync (``conf/ombridge.toml``, table ``[ombacksync]``)."""
+    """What the operator may set for ombacksync (``conf/ombridge.conf``, table ``[ombacksync]``)."""
 
     perl: str = "perl"  # e.g. the connector's /opt/OV/nonOV/perl/a/bin/perl
     init_timeout: float = 300.0  # seconds loading the script plus OMBackSync('Init') may take
@@ -50,7 +50,7 @@ class HostSettings:
 
 
 def load_settings(home: Home, perl: str | None = None) -> HostSettings:
-    """The home's settings (defaults when it has no ``conf/ombridge.toml``), ``perl`` overriding."""
+    """The home's settings (defaults when it has no ``conf/ombridge.conf``), ``perl`` overriding."""
     path = home.root / CONFIG_FILE
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -124,7 +124,7 @@ class Supervisor:
                  metrics_interval: float = 15.0, listen: ListenConfig | None = None,
                  perl: str | None = None) -> None:
         self.home = home
-        self.perl = perl  # --perl: which perl runs the script (beats conf/ombridge.toml)
+        self.perl = perl  # --perl: which perl runs the script (beats conf/ombridge.conf)
         self.listen = listen  # the HTTP listener's settings; None: nothing listens
         self.listener: Listener | None = None
         self.workers = workers

@@ -75,7 +75,7 @@ def test_fault_is_retried_then_failed_and_the_rest_delivered(faulty: Home, fault
 
 def test_init_that_dies_is_retried_forever_and_recovers_by_itself(home: Home) -> None:
     home.script.write_bytes((FIXTURES / "init_dies.pl").read_bytes())
-    (home.root / "conf" / "ombridge.toml").write_text("[ombacksync]\nstart_backoff_cap = 1\n")
+    (home.root / "conf" / "ombridge.conf").write_text("[ombacksync]\nstart_backoff_cap = 1\n")
     omb(home, "start")
     try:
         wait_for(lambda: status(home)["ombacksync"]["restarts"] == 0 and status(home)["ombacksync"]["state"] == "backoff",

@@ -1,4 +1,4 @@
-"""How perl is run: #! switches, @INC order, settings (--perl, conf/ombridge.toml, OvInstallDir),
+"""How perl is run: #! switches, @INC order, settings (--perl, conf/ombridge.conf, OvInstallDir),
 and the CLI's edges that go with them (check with -T, close refusing only bad IDs, the layout)."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_the_script_folder_comes_after_perls_own_inc(home: Home) -> None:
 
 def test_settings_from_the_home_and_the_command_line(home: Home, tmp_path: Path) -> None:
     assert load_settings(home) == HostSettings()
-    config = home.root / "conf" / "ombridge.toml"
+    config = home.root / "conf" / "ombridge.conf"
     config.write_text('[ombacksync]\nperl = "/opt/OV/nonOV/perl/a/bin/perl"\ninit-timeout = 600\n'
                       'stop_grace = 2.5\nstart_backoff_cap = 60\nov_install_dir = "/opt/OV"\n')
     s = load_settings(home)
@@ -76,7 +76,7 @@ def test_perl_and_ov_install_dir_reach_the_script(home: Home, tmp_path: Path) ->
     wrapper = tmp_path / "bundled-perl"  # stands for the connector's own perl
     wrapper.write_text(f"#!/bin/sh\necho wrapper >> {tmp_path}/used\nexec perl \"$@\"\n")
     wrapper.chmod(0o755)
-    (home.root / "conf" / "ombridge.toml").write_text('[ombacksync]\nov_install_dir = "/opt/OV"\n')
+    (home.root / "conf" / "ombridge.conf").write_text('[ombacksync]\nov_install_dir = "/opt/OV"\n')
     home.script.write_text("sub OMBackSync { open(my $f, '>>', \"$ENV{OvDataDir}/tmp/env\") or die; "
                            "print $f \"$ENV{OvInstallDir}\\n\"; 1 }\n1;\n")
     assert omb(home, "try", "--perl", str(wrapper), "E-1").stdout == "OK   E-1\n"

@@ -19,7 +19,7 @@ from .base import SECONDS, home_of, main, print_json, setup_logging
 from .report import fail
 
 _PERL_OPTION = click.option("--perl", "perl", metavar="PATH", default=None,
-                            help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.toml).")
+                            help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.conf).")
 
 
 def shown(event_id: str | bytes) -> str:

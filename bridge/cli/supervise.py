@@ -44,7 +44,7 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
 @click.option("--max-body", type=click.IntRange(min=1024), default=None, metavar="BYTES",
               help="Largest request body accepted (default 1048576); larger ones get 413.")
 @click.option("--perl", "perl", metavar="PATH", default=None,
-              help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.toml, else perl).")
+              help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.conf, else perl).")
 @click.pass_context
 def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float, retention: str,
           metrics_textfile: str | None, metrics_interval: float, listen: str | None, tls_cert: str | None,

@@ -140,7 +140,7 @@ def collect(root: Path, case: Case) -> dict[str, bytes]:
     files = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if not path.is_file() or rel.parts[0] in BRIDGE_OWN or str(rel) == "conf/ombridge.toml":
+        if not path.is_file() or rel.parts[0] in BRIDGE_OWN or str(rel) == "conf/ombridge.conf":
             continue
         data = _TIME.sub(b"<time>", path.read_bytes().replace(str(root).encode(), b"<home>"))
         if str(rel) in case.unordered:
