@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.home import Home  # noqa: E402
 
-EXAMPLE = ROOT / "conf" / "backsync" / "OMBackSync.pl"
+# A pristine copy of the bundled example: the repository's own may have been edited by an operator.
+EXAMPLE = ROOT / "tests" / "fixtures" / "example.pl"
 
 
 @contextmanager

@@ -20,10 +20,11 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from . import bundled
 from .errors import BridgeError, ScriptSyntaxError, UsageError
 from .home import Home
 
-PERL_DIR = Path(__file__).resolve().parent.parent / "perl"
+PERL_DIR = bundled.perl_dir()
 HOST_SCRIPT = PERL_DIR / "ombridge_host.pl"
 CHECK_INC = PERL_DIR / "check"  # OMBridgeCheck.pm: appends the script's folder to @INC for perl -c
 CONFIG_FILE = Path("conf") / "ombridge.conf"

@@ -18,7 +18,9 @@ from bridge.home import Home
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-EXAMPLE = ROOT / "conf" / "backsync" / "OMBackSync.pl"
+# The tests' own copy of the bundled example: operators edit conf/backsync/OMBackSync.pl (the
+# repository doubles as a home), and the suite must not depend on what they wrote there.
+EXAMPLE = FIXTURES / "example.pl"
 SCRIPTED_HOST = FIXTURES / "hosts" / "scripted_host.pl"
 
 
@@ -30,7 +32,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Home:
-    """A home in tmp_path holding the bundled example script."""
+    """A home in tmp_path holding a copy of the example script (tests/fixtures/example.pl)."""
     root = tmp_path / "home"
     (root / "conf" / "backsync").mkdir(parents=True)
     shutil.copy(EXAMPLE, root / "conf" / "backsync" / "OMBackSync.pl")

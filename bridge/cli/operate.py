@@ -169,3 +169,17 @@ def backup(ctx: click.Context, target: str) -> None:
     """
     store.backup(store.connect(home_of(ctx)), target)
     click.echo(f"event core copied to {target}")
+
+
+@main.command()
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=True, path_type=Path))
+def init(directory: Path) -> None:
+    """Create a new home in DIR (new or empty) with the example `OMBackSync.pl`, owner-only.
+
+    Then replace the script with yours, `ombridge --home DIR check`, `ombridge --home DIR try ID`
+    and `ombridge --home DIR start`. Example: `ombridge init /var/opt/ombridge`
+    """
+    from ..newhome import create_home
+
+    home = create_home(directory)
+    click.echo(f"created home {home.root}: edit {home.script}, then `ombridge --home {home.root} check`")
