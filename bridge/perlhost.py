@@ -15,7 +15,6 @@ reads them without waiting for a start in progress.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import drain, protocol
 from .errors import BridgeError, PerlFault, PerlStartError, ProtocolError, ScriptSyntaxError
 from .home import Home
 from .model import Attempt, HostState
@@ -105,10 +104,7 @@ class _Child:
         self._stdin = self.proc.stdin.fileno()
         os.set_blocking(self._stdin, False)
         self._buf = bytearray()
-        self._pump = threading.Thread(
-            target=_pump_output, args=(self.proc, script_log), daemon=True, name=f"perl-{self.pid}-out"
-        )
-        self._pump.start()
+        self._pump = drain.start(self.proc.stdout, script_log, f"perl[{self.pid}]")  # type: ignore[arg-type]
 
     def alive(self) -> bool:
         """True while the process has not exited."""
@@ -297,16 +293,6 @@ def _group_alive(pgid: int) -> bool:
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
             return True
     return False
-
-
-def _pump_output(proc: subprocess.Popen[bytes], logger: logging.Logger) -> None:
-    """Copy whatever the script prints or warns to the log, a line at a time."""
-    assert proc.stdout is not None
-    # The pipe is unbuffered (bufsize=0): readline on it would read one byte per system call.
-    with io.BufferedReader(proc.stdout, _CHUNK) as out:  # type: ignore[arg-type]
-        for line in iter(out.readline, b""):
-            text = line.rstrip(b"\r\n")[:4000].decode("utf-8", "backslashreplace")
-            logger.info("perl[%d]: %s", proc.pid, text)
 
 
 StateListener = Callable[[HostState, HostState, str], None]

@@ -1,0 +1,87 @@
+"""Script output floods (issue 13): one Close that prints 20 MB on STDOUT (a script with debug
+output switched on, dumping a SOAP response), under the running supervisor, against the same perl
+printing the same into `cat` (target: within 10x). Also how much of it reached the log.
+
+The perl host autoflushes the script's STDOUT (what a call printed is in the log before its
+reply), so perl itself makes one write per line there: the third row shows what that alone costs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+
+from common import bench_home, table
+
+from bridge import backsync, control, store, supervisor
+
+MB = 20
+LINE = b"x" * 79  # + "\n": 80 bytes a line
+LINES = MB * (1 << 20) // 80
+ROUNDS = 3
+FLOOD = f"""use strict;
+use warnings;
+sub OMBackSync {{
+    my ($op, $id) = @_;
+    if ($op eq 'Close') {{
+        print "{LINE.decode()}\\n" for 1 .. {LINES};
+        my $dir = ($ENV{{OvDataDir}} || '.') . '/tmp';
+        open(my $fh, '>>', "$dir/OMBSOutput.txt") or die "cannot open: $!\\n";
+        print {{$fh}} "Close $id\\n";
+        close($fh) or die "cannot write: $!\\n";
+    }}
+    return 1;
+}}
+1;
+"""
+
+
+def _perl_into_cat(home, autoflush: bool = False) -> float:
+    program = ("$| = 1; " if autoflush else "") + "do $ARGV[0] or die $@ || $!; OMBackSync('Close', 'CAT')"
+    start = time.perf_counter()
+    with subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as cat:
+        subprocess.run(["perl", "-e", program, str(home.script)], stdout=cat.stdin, check=True,
+                       env=home.perl_env())
+        assert cat.stdin is not None
+        cat.stdin.close()
+    return time.perf_counter() - start
+
+
+def _bridge_close(home, conn, n: int) -> float:
+    want = f"Close FLOOD-{n}\n"
+    start = time.perf_counter()
+    backsync.close_events(conn, [f"FLOOD-{n}"], on_stored=lambda: control.ring(home.root))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if home.output.exists() and home.output.read_text().endswith(want):
+            return time.perf_counter() - start
+        time.sleep(0.002)
+    raise RuntimeError(f"FLOOD-{n} did not reach the script within 120 s")
+
+
+def run() -> str:
+    with bench_home() as home:
+        home.script.write_text(FLOOD)
+        conn = store.connect(home)
+        supervisor.spawn(home)
+        try:
+            bridge = statistics.median(_bridge_close(home, conn, n) for n in range(ROUNDS))
+        finally:
+            supervisor.stop(home)
+        logged = sum(p.stat().st_size for p in home.log_dir.glob("ombridge.log*"))
+        cat = statistics.median(_perl_into_cat(home) for _ in range(ROUNDS))
+        flushed = statistics.median(_perl_into_cat(home, autoflush=True) for _ in range(ROUNDS))
+    rows = [
+        [f"a Close printing {MB} MB ({LINES:,} lines), supervisor running", f"{bridge * 1e3:,.0f} ms",
+         f"{bridge / cat:.1f}x (target <= 10)"],
+        ["the same perl printing the same into `cat`", f"{cat * 1e3:,.0f} ms", "1.0x"],
+        ["the same, STDOUT unbuffered (`$| = 1`, as the perl host sets it)", f"{flushed * 1e3:,.0f} ms",
+         f"{flushed / cat:.1f}x"],
+        [f"log written for {ROUNDS} such Closes (budget 64 KiB/s)", f"{logged / 1024:,.0f} KiB", ""],
+    ]
+    return table("Script output flood", ["what", "wall (median of 3)", "bridge ÷ cat"], rows)
+
+
+if __name__ == "__main__":
+    print(run())

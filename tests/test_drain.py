@@ -1,0 +1,124 @@
+"""The output drain: whole lines, cut long lines, a byte budget per window, and real floods."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bridge import drain
+from bridge.drain import LineLogger
+from bridge.home import Home
+from bridge.perlhost import PerlHost
+from conftest import wait_for
+
+log = logging.getLogger("ombridge.test.drain")
+NOTE = re.compile(r"^L: (\d+) lines \((\d+) bytes\) not logged: output above (\d+) bytes per (\S+)s$")
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def records(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    caplog.set_level(logging.INFO, logger=log.name)
+    return lambda: [r.getMessage() for r in caplog.records if r.name == log.name]
+
+
+def lines(clock: Clock | None = None, **options: object) -> LineLogger:
+    return LineLogger(log, "L", clock=clock or Clock(), **options)  # type: ignore[arg-type]
+
+
+def test_lines_split_across_chunks_are_logged_whole(records: Callable[[], list[str]]) -> None:
+    out = lines()
+    for chunk in (b"ab", b"c\nde", b"f\r\n\n", b"tail without newline"):
+        out.feed(chunk)
+    assert records() == ["L: abc", "L: def", "L: "]
+    out.finish()
+    assert records()[-1] == "L: tail without newline"
+
+
+def test_a_long_line_is_cut_and_says_how_much(records: Callable[[], list[str]]) -> None:
+    out = lines(max_line=10)
+    out.feed(b"0123456789" + b"x" * 15 + b"\nshort\n")
+    out.feed(b"abcdefgh")
+    out.feed(b"ijklmnop\n")  # the cut line may arrive in pieces
+    assert records() == ["L: 0123456789 [... 15 more bytes of this line not logged]", "L: short",
+                         "L: abcdefghij [... 6 more bytes of this line not logged]"]
+
+
+def test_bytes_that_are_not_utf8_are_escaped(records: Callable[[], list[str]]) -> None:
+    lines().feed("café ".encode() + b"\xff\n")
+    assert records() == ["L: café \\xff"]
+
+
+def test_past_the_budget_lines_are_counted_and_noted_once_per_window(records: Callable[[], list[str]]) -> None:
+    clock = Clock()
+    out = lines(clock, budget=100, window=1.0)
+    out.feed(b"".join(b"line %04d\n" % n for n in range(1000)))  # 10 bytes a line
+    assert records() == [f"L: line {n:04d}" for n in range(10)]  # 100 bytes: the budget
+    assert out.seconds_to_note() == 1.0
+    clock.now += 0.5
+    out.idle()
+    assert len(records()) == 10  # the window is not over yet
+    clock.now += 0.5
+    assert out.seconds_to_note() == 0.0
+    out.idle()
+    assert NOTE.match(records()[-1]).groups() == ("990", "9900", "100", "1")  # type: ignore[union-attr]
+    out.feed(b"next window\n")
+    assert records()[-1] == "L: next window" and out.seconds_to_note() is None
+    assert out.total_bytes == 10012
+
+
+def test_the_note_comes_before_the_next_windows_lines_and_at_the_end(records: Callable[[], list[str]]) -> None:
+    clock = Clock()
+    out = lines(clock, budget=5, window=1.0)
+    out.feed(b"aaaaa\nbbbbb\nccc")
+    clock.now += 2
+    out.feed(b"cc\nddd\n")  # a new window: first the note for b, then c and d under the new budget
+    out.finish()
+    messages = records()
+    assert [messages[0], messages[2]] == ["L: aaaaa", "L: ccccc"]
+    assert [NOTE.match(messages[i]).groups()[:2] for i in (1, 3)] == [("1", "6"), ("1", "4")]  # type: ignore[union-attr]
+    assert len(messages) == 4
+
+
+def test_a_real_flood_through_a_pipe_is_bounded_and_accounted_for(records: Callable[[], list[str]]) -> None:
+    count = 50_000
+    perl = subprocess.Popen(["perl", "-e", f'print "line $_\\n" for 1 .. {count}'], stdout=subprocess.PIPE)
+    assert perl.stdout is not None
+    thread = drain.start(perl.stdout, log, "L", budget=4096, window=60.0)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and perl.wait(timeout=60) == 0
+    messages = records()
+    logged = [m for m in messages if not NOTE.match(m)]
+    notes = [NOTE.match(m) for m in messages if NOTE.match(m)]
+    assert logged == [f"L: line {n}" for n in range(1, len(logged) + 1)]
+    assert sum(len(m) - 2 for m in logged) <= 4096 + 20  # the budget, give or take the last line
+    assert len(notes) == 1 and int(notes[0].group(1)) + len(logged) == count  # type: ignore[union-attr]
+    assert perl.stdout.closed
+
+
+def test_a_script_flooding_stdout_is_served_and_its_log_stays_bounded(
+    home: Home, use_script: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    use_script("chatty")  # "flood" prints 2000 lines of 1000 bytes (2 MB)
+    caplog.set_level(logging.INFO, logger="ombridge.script")
+    with PerlHost(home) as host:
+        outcomes = host.close_many(["A", "flood", "B"])
+        assert all(o.ok for o in outcomes) and host.restarts == 0
+        wait_for(lambda: "not logged: output above" in caplog.text, what="the note of the lines not logged")
+    script = [r for r in caplog.records if r.name == "ombridge.script"]
+    assert sum(len(r.getMessage()) for r in script) < drain.BUDGET * 3  # a window or two, not 2 MB
+    assert any(re.search(r"\d+ lines \(\d+ bytes\) not logged", r.getMessage()) for r in script)
