@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ PERL_DIR = bundled.perl_dir()
 HOST_SCRIPT = PERL_DIR / "ombridge_host.pl"
 CHECK_INC = PERL_DIR / "check"  # OMBridgeCheck.pm: appends the script's folder to @INC for perl -c
 CONFIG_FILE = Path("conf") / "ombridge.conf"
+CHECK_TIMEOUT = 60.0  # seconds `perl -c` may take
 
 # Switch letters honoured from the #! line; the others (-n, -p, -a, -i, -0, -x, -e, -s, -d, …)
 # would turn the host itself into something else and are ignored (docs/compatibility.md).
@@ -145,24 +147,30 @@ def check_command(script: Path, settings: HostSettings) -> list[str]:
             script_path(script)]
 
 
-def check_syntax(script: Path, home: Home, settings: HostSettings | None = None) -> str:
+def check_syntax(script: Path, home: Home, settings: HostSettings | None = None,
+                 timeout: float = CHECK_TIMEOUT) -> str:
     """``perl -c`` the script with the child's switches, ``@INC`` and environment; returns perl's text.
 
-    Raises :class:`ScriptSyntaxError` with perl's message, verbatim, when it does not compile.
+    Raises :class:`ScriptSyntaxError` with perl's message, verbatim, when it does not compile or
+    when compiling outlives ``timeout`` (a BEGIN block that waits). Through ``subprocess``, not
+    ``sh``: importing ``sh`` alone costs ~125 ms, each check ~6x the CPU (docs/decisions.md).
     """
-    import sh  # one-shot tool calls; imported here to keep `ombridge send` light
-
     settings = settings or HostSettings()
     if not script.is_file():
         # A script deleted under a running bridge is, for the next start, as bad as a broken one.
         raise ScriptSyntaxError(str(script), f"no script at {script}")
-    cmd = check_command(script, settings)
     try:
-        result = sh.Command(cmd[0])(*cmd[1:], _env=perl_env(home, settings), _cwd=str(home.root),
-                                    _err_to_out=True, _ok_code=range(256), _return_cmd=True)
-    except sh.CommandNotFound as exc:
+        result = subprocess.run(check_command(script, settings), env=perl_env(home, settings), cwd=str(home.root),
+                                timeout=timeout, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+    except subprocess.TimeoutExpired as exc:
+        raise ScriptSyntaxError(str(script), f"perl -c did not finish within {timeout:g}s "
+                                             "(does a BEGIN block or a module it loads wait for something?)") from exc
+    except FileNotFoundError as exc:
         raise BridgeError(f"perl not found: {settings.perl}") from exc
-    text = str(result)
-    if result.exit_code != 0:
-        raise ScriptSyntaxError(str(script), text.strip())
+    except OSError as exc:
+        raise BridgeError(f"cannot run {settings.perl}: {exc.strerror or exc}") from exc
+    text = result.stdout.decode("utf-8", "backslashreplace")
+    if result.returncode != 0:
+        raise ScriptSyntaxError(str(script), text.strip() or f"perl -c ended with status {result.returncode}, saying nothing")
     return text
