@@ -133,8 +133,8 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_from_the_root_directory(d
     assert "created home" in run("init", str(home_dir)).stdout
     home = Home(home_dir)
     assert home.script.read_bytes() == Path(where[2]).read_bytes()
-    run("--home", str(home_dir), "check")
     shutil.copy(EXAMPLE, home.script)  # behaviour is asserted on the tests' own copy
+    assert run("--home", str(home_dir), "check").stdout == f"{home.script} syntax OK\n"
     assert run("--home", str(home_dir), "try", "T-1", "T 2").stdout.splitlines() == ["OK   T-1", "OK   T 2"]
     run("--home", str(home_dir), "start")
     try:
