@@ -48,9 +48,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 def test_background_job_holding_the_pipe_does_not_stall_a_finished_command() -> None:
     started = time.monotonic()
-    result = actions.perform("command", "sleep 3 & echo done", EVENT, 30)
+    result = actions.perform("command", "sleep 10 & echo done", EVENT, 30)
     assert result.ok and "done" in result.output
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 8  # not the 10 s of the background job (generous: a busy machine)
 
 
 def test_output_is_bounded_to_its_tail() -> None:

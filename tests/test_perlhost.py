@@ -110,13 +110,13 @@ def test_exit_is_trapped_and_globals_survive(
 
 def test_hang_times_out_kills_and_restarts(home: Home, use_script: Callable[[str], Path]) -> None:
     use_script("hangs")
-    with PerlHost(home, timeout=0.5) as host:
+    with PerlHost(home, timeout=2.0) as host:  # also the start's: generous for a busy machine
         host.start()
         hung_pid = host.pid
         assert hung_pid is not None
         outcomes = host.deliver_all(["A", "hang-1", "B"])
         assert [o.ok for o in outcomes] == [True, False, True]
-        assert outcomes[1].error == "call timed out after 0.5s"
+        assert outcomes[1].error == "call timed out after 2s"
         assert host.restarts == 1 and host.pid != hung_pid
         assert not alive(hung_pid)
 

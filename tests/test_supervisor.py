@@ -68,7 +68,7 @@ def test_close_reaches_the_script_at_once(home: Home, running) -> None:
     started = time.monotonic()
     omb(home, "close", "EVT-1", "EVT 2 ü")
     wait_for(lambda: closed_ids(home) == ["EVT-1", "EVT 2 ü"], what="closes in OMBSOutput.txt")
-    assert time.monotonic() - started < 5  # the doorbell, not the 30 s poll
+    assert time.monotonic() - started < 15  # the doorbell, not the 30 s poll (generous: a busy machine)
     assert status(home)["backlog"] == {"open": 0, "failed": 0}
     lines = home.output.read_text().splitlines()
     assert lines[0].endswith(" Init")
@@ -201,7 +201,8 @@ def test_second_stop_stops_at_once(home: Home, running, tmp_path: Path) -> None:
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), what="the sleeper started")
     sleeper = int(pidfile.read_text())
     first = subprocess.Popen([OMBRIDGE, "--home", str(home.root), "stop"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # let the first stop reach the supervisor (it waits for the sleeper)
+    # the first stop has reached the supervisor, which waits for the sleeper
+    wait_for(lambda: status(home).get("supervisor", {}).get("state") == "stopping", what="the first stop arrived")
     assert alive(sup)
     started = time.monotonic()
     omb(home, "stop", timeout=20)
@@ -232,7 +233,7 @@ def test_stop_does_not_wait_behind_a_batch_of_slow_closes(home: Home, running) -
     wait_for(lambda: (home.tmp / "slow.txt").exists(), what="the first slow close")
     started = time.monotonic()
     omb(home, "stop")
-    assert time.monotonic() - started < 5  # 40 x 0.3 s would be 12 s
+    assert time.monotonic() - started < 9  # 40 x 0.3 s would be 12 s
     done = (home.tmp / "slow.txt").read_text().splitlines()
     rows = json.loads(omb(home, "deliveries", "list", "--subscriber", "1", "--json").stdout)
     assert sum(r["status"] == "done" for r in rows) == len(done) < 40
