@@ -1,8 +1,9 @@
 """``ombridge init DIR``: a new home, laid out like the connector's data directory.
 
 A directory is a home when it holds ``conf/backsync/OMBackSync.pl`` or an event core
-(:func:`bridge.home.is_home`). ``init`` creates one only in a new or empty directory: a home is never overwritten (its script may be the
-only copy of years of work), and a folder that holds other things is most likely a typo.
+(:func:`bridge.home.is_home`). ``init`` creates one only in a new or empty directory: a home is
+never overwritten (its script may be the only copy of years of work), and a folder that holds
+other things is most likely a typo.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ import pytest
 
 from bridge import bundled, store
 from bridge.errors import UsageError
-from bridge.home import Home
-from bridge.newhome import create_home, is_home
+from bridge.home import Home, is_home
+from bridge.newhome import create_home
 from conftest import EXAMPLE, ROOT, wait_for
 
 
