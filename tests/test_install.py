@@ -77,9 +77,9 @@ def test_init_cli_says_what_it_did_and_refuses_in_one_sentence(tmp_path: Path) -
     assert again.stderr == f"ombridge: error: {tmp_path / 'h'} is already an ombridge home\n"
 
 
-def test_the_host_script_is_found_in_the_checkout_of_an_editable_install() -> None:
+def test_the_perl_side_is_found_in_the_checkout_of_an_editable_install() -> None:
     # The Makefile installs editable in setuptools' compat mode: no bridge.perl package exists.
-    assert bundled.host_script() == ROOT / "perl" / "ombridge_host.pl"
+    assert bundled.perl_dir() == ROOT / "perl"
 
 
 # -- a real wheel ---------------------------------------------------------------------------------
@@ -109,11 +109,11 @@ def test_the_sdist_and_the_wheel_carry_the_perl_host_and_the_example(dist: Path)
     (wheel,) = dist.glob("ombridge-*.whl")
     (sdist,) = dist.glob("ombridge-*.tar.gz")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"bridge/perl/ombridge_host.pl", "bridge/example/OMBackSync.pl", "bridge/cli/__init__.py",
+    assert {"bridge/perl/ombridge_host.pl", "bridge/perl/check/OMBridgeCheck.pm", "bridge/example/OMBackSync.pl", "bridge/cli/__init__.py",
             "bridge/py.typed"} <= names
     with tarfile.open(sdist) as tar:
         top = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {"perl/ombridge_host.pl", "conf/backsync/OMBackSync.pl", "bridge/cli/__init__.py", "pyproject.toml"} <= top
+    assert {"perl/ombridge_host.pl", "perl/check/OMBridgeCheck.pm", "conf/backsync/OMBackSync.pl", "bridge/cli/__init__.py", "pyproject.toml"} <= top
 
 
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_from_the_root_directory(dist: Path, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from bridge import protocol
 HERE = Path(__file__).resolve().parent
 CASES = HERE / "cases"
 REFERENCE = HERE / "reference.pl"
-BUNDLED = HERE.parent.parent / "conf" / "backsync" / "OMBackSync.pl"
+BUNDLED = HERE.parent / "fixtures" / "example.pl"  # the tests' copy of the shipped example
 OMBRIDGE = str(Path(sys.executable).with_name("ombridge"))
 BRIDGE_OWN = ("datafiles", "log", "run")
 GRACE = 10.0  # ombridge's default stop grace: processes of the script get this long after a stop
