@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak chaos bench check clean bytecode
+.PHONY: run test soak chaos bench check clean bytecode chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ bytecode: $(STAMP)
 run: bytecode
 	$(BIN)/ombridge --home . start --foreground
 
+## Debian's Chromium for the console's browser tests (Playwright cannot download browsers here;
+## CI runs as root on a fresh Debian machine)
+chromium:
+	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
-test: bytecode
+test: bytecode chromium
 	$(BIN)/python -m pytest -q -m "not slow"
 
 ## the long runs: slow tests (chaos and load soaks), then RSS over 1,000,000 closes

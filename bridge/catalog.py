@@ -132,6 +132,17 @@ def _check_target(action: ActionKind, target: str) -> str:
     return target
 
 
+def _check_action(action: ActionKind, target: str, allow_nested_shell: bool) -> None:
+    """The checks of a subscriber's action and target (adding one, or changing it)."""
+    _check_target(action, target)
+    nested = substitution.nested_shell(target) if action is ActionKind.COMMAND else None
+    if nested and not allow_nested_shell:
+        raise UsageError(
+            f"the command passes &VARs to a second shell ({nested!r}), which would parse key values as shell "
+            "syntax: use an event program (--program PATH: it gets TOPIC and KEY_JSON as arguments; "
+            "`ombridge key get \"$2\" NAME` reads a field), or --allow-nested-shell if the values are trusted")
+
+
 def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *, description: str = "",
                    timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
                    allow_nested_shell: bool = False, secret_headers: dict[str, str] | None = None) -> int:
@@ -141,13 +152,7 @@ def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *,
     (``sh -c``, ``ssh``, ``su -c``, ``eval``) is refused unless ``allow_nested_shell``: there a
     key value could become shell syntax (see :mod:`bridge.substitution`).
     """
-    _check_target(action, target)
-    nested = substitution.nested_shell(target) if action is ActionKind.COMMAND else None
-    if nested and not allow_nested_shell:
-        raise UsageError(
-            f"the command passes &VARs to a second shell ({nested!r}), which would parse key values as shell "
-            "syntax: use an event program (--program PATH: it gets TOPIC and KEY_JSON as arguments; "
-            "`ombridge key get \"$2\" NAME` reads a field), or --allow-nested-shell if the values are trusted")
+    _check_action(action, target, allow_nested_shell)
     secrets = _check_secret_headers(action, secret_headers or {})
     with transaction(conn):
         sid = _insert_subscriber(conn, action, target, description, timeout, retries, system=False)
@@ -420,3 +425,20 @@ def remove_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, va
         cur = conn.execute("DELETE FROM event_filters WHERE subscriber_topic_id = ? AND variable = ?", (st_id, name))
         if not cur.rowcount:
             raise NotFound(f"subscriber {subscriber_id} has no filter on &{name} for {pattern}")
+
+
+# -- the operator console's edit of a subscriber (bridge/web/console) ----------------------------
+
+
+def set_target(conn: sqlite3.Connection, subscriber_id: int, action: ActionKind, target: str, *,
+               allow_nested_shell: bool = False) -> None:
+    """Change what a subscriber runs (a command, a program or a web call), checked as
+    :func:`add_subscriber` checks it; refused for system subscribers."""
+    if action is ActionKind.BACKSYNC:
+        raise UsageError("the backsync is a built-in action: a subscriber runs a command, a program or a URL")
+    _check_action(action, target, allow_nested_shell)
+    with transaction(conn):
+        if get_subscriber(conn, subscriber_id).system:
+            raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its action is fixed")
+        conn.execute("UPDATE subscribers SET action = ?, target = ? WHERE id = ?",
+                     (action.value, target, subscriber_id))

@@ -340,8 +340,8 @@ def show(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any]:
     from .errors import NotFound
 
     row = conn.execute(
-        "SELECT se.*, e.topic, e.key, s.description AS subscriber, s.action, s.target "
-        "FROM subscriber_events se JOIN events e ON e.id = se.event_id "
+        "SELECT se.*, e.topic, e.key, e.context, e.created_at AS event_created_at, s.description AS subscriber, "
+        "s.action, s.target, s.retries FROM subscriber_events se JOIN events e ON e.id = se.event_id "
         "JOIN subscribers s ON s.id = se.subscriber_id WHERE se.id = ?", (delivery_id,)).fetchone()
     if row is None:
         raise NotFound(f"no delivery {delivery_id} (ombridge deliveries list shows them)")
@@ -401,3 +401,77 @@ def per_event(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, d
                 f"WHERE event_id IN ({','.join('?' * len(ids))}) GROUP BY event_id", ids):
             result[event_id] = {"deliveries": total, _OPEN: open_count}
     return result
+
+
+# -- reads of the operator console (bridge/web/console) -----------------------------------------
+
+
+def of_events(conn: sqlite3.Connection, event_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+    """The deliveries of each of ``event_ids`` (subscriber, status, attempts, last error)."""
+    result: dict[int, list[dict[str, Any]]] = {i: [] for i in event_ids}
+    if event_ids:
+        for r in conn.execute(
+                "SELECT se.id, se.event_id, se.subscriber_id, s.description AS subscriber, se.status, se.attempts, "
+                "se.last_error, se.updated_at FROM subscriber_events se JOIN subscribers s ON s.id = se.subscriber_id "
+                f"WHERE se.event_id IN ({','.join('?' * len(event_ids))}) ORDER BY se.id", list(event_ids)):
+            result[r["event_id"]].append(dict(r))
+    return result
+
+
+def _first_id_from(conn: sqlite3.Connection, table: str, column: str, at: float) -> int | None:
+    # Rows are inserted in time order (a batch may be a few seconds out of order), so the first row
+    # at or after ``at`` is found by bisecting the rowid: a few index lookups instead of a scan of
+    # millions of rows, with no index on the time column.
+    lo, hi = conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
+    if lo is None:
+        return None
+    hi += 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(f"SELECT id, {column} FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (mid,)).fetchone()
+        if row is None or row[1] >= at:
+            hi = mid
+        else:
+            lo = row[0] + 1
+    return lo
+
+
+def activity(conn: sqlite3.Connection, since: float, until: float, step: float = 60.0) -> dict[str, Any]:
+    """Attempts per ``step`` (``succeeded`` / ``failures``) and the open backlog at the end of each step,
+    from ``since`` to ``until``: the console's chart.
+
+    The backlog is walked back from today's open count: each step's end had the open deliveries
+    of the next step's end, minus those created in the next step, plus those finished in it
+    (done, failed or purged; a finished row's ``updated_at`` is when it finished). A failed
+    delivery that was retried counts as open since it failed.
+    """
+    n = max(1, int((until - since + step - 1) // step))
+    succeeded, failures, created, finished = [0] * n, [0] * n, [0] * n, [0] * n
+
+    def add(into: list[int], bucket: int, count: int) -> None:
+        if 0 <= bucket < n:
+            into[bucket] += count
+
+    first = _first_id_from(conn, "attempts", "ended_at", since)
+    if first is not None:
+        for bucket, ok, count in conn.execute(
+                "SELECT CAST((ended_at - ?) / ? AS INTEGER), ok, count(*) FROM attempts "
+                "WHERE id >= ? AND ended_at >= ? GROUP BY 1, 2", (since, step, first, since)):
+            add(succeeded if ok else failures, bucket, count)
+    first = _first_id_from(conn, "subscriber_events", "created_at", since)
+    if first is not None:
+        for bucket, count in conn.execute(
+                "SELECT CAST((created_at - ?) / ? AS INTEGER), count(*) FROM subscriber_events "
+                "WHERE id >= ? AND created_at >= ? GROUP BY 1", (since, step, first, since)):
+            add(created, bucket, count)
+    for bucket, count in conn.execute(
+            "SELECT CAST((updated_at - ?) / ? AS INTEGER), count(*) FROM subscriber_events "
+            f"WHERE status != '{_OPEN}' AND updated_at >= ? GROUP BY 1", (since, step, since)):
+        add(finished, bucket, count)
+    backlog_at = [0] * n
+    level = counts(conn)[_OPEN]
+    for i in range(n - 1, -1, -1):
+        backlog_at[i] = max(0, level)
+        level = level - created[i] + finished[i]
+    return {"since": since, "until": until, "step": step, "succeeded": succeeded, "failures": failures,
+            "backlog": backlog_at}

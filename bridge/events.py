@@ -371,3 +371,21 @@ def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
         return conn.execute(
             "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.created_at < ? AND NOT EXISTS "
             "(SELECT 1 FROM subscriber_events se WHERE se.event_id = e.id) LIMIT ?)", (cutoff, chunk)).rowcount
+
+
+# -- reads of the operator console (bridge/web/console) -----------------------------------------
+
+
+def find_events(conn: sqlite3.Connection, *, topic: str | None = None, text: str | None = None,
+                before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """Events newest first, of ``topic`` when given, whose key holds ``text`` (case-insensitive),
+    with ids below ``before`` (the next page starts below the last id shown)."""
+    where, args = [], []
+    if topic:
+        where, args = [*where, "topic = ?"], [*args, topic]
+    if text:
+        where, args = [*where, "instr(lower(key), lower(?)) > 0"], [*args, text]
+    if before is not None:
+        where, args = [*where, "id < ?"], [*args, before]
+    sql = "SELECT * FROM events " + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?"
+    return [dict(r) for r in conn.execute(sql, (*args, limit))]

@@ -17,8 +17,8 @@ limit (refused from ``Content-Length`` before reading it, or as soon as a chunke
 The layers, outermost first: :class:`CountingMiddleware` (requests by status), the Basic
 authentication middleware, :class:`OmiRoutes` (OMi's paths, served as plain ASGI: they carry
 nearly all the traffic and Starlette's layers would cost a third of the event loop's time per
-request), then Starlette for everything else. Other pages (the operator console) mount their
-routes on that Starlette app through :func:`create_app`'s ``extra_routes`` and get the same users.
+request), then Starlette for everything else. The operator console (:mod:`bridge.web.console`)
+takes ``/ui`` before the Basic layer: the same users, through its own login sessions.
 """
 
 from __future__ import annotations
@@ -192,7 +192,13 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.router.redirect_slashes = False  # a redirected POST would lose its body
-    return CountingMiddleware(BasicAuthMiddleware(OmiRoutes(ctx, app), ctx.authenticator), ctx)
+    served: Any = BasicAuthMiddleware(OmiRoutes(ctx, app), ctx.authenticator)
+    # -- the operator console (bridge/web/console): /ui authenticates itself (login, session) --
+    from .console import mount
+
+    served = mount(served, ctx.home, ctx.authenticator, ctx.status)
+    # --
+    return CountingMiddleware(served, ctx)
 
 
 TEXT_TYPE = "text/plain; charset=utf-8"

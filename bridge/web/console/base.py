@@ -1,0 +1,197 @@
+"""What every console page and action shares: authentication, CSRF, forms, rendering, flashes.
+
+A page is ``await console.page(request, "name.html", data)``: the HTML of the template, or with
+``?format=json`` the same ``data`` as JSON (the page's twin). An action is a POST that checks the
+CSRF token, calls one library function, and redirects to a page that shows the answer
+(Post/Redirect/Get) — the library's error sentence when it refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from ... import store
+from ...errors import BridgeError, UsageError
+from ...home import Home
+from ..auth import REALM, Authenticator
+from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
+
+HERE = Path(__file__).resolve().parent
+MAX_FORM = 64 * 1024
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Refusal(Exception):
+    """An answer other than the page: 400/403/404/413/415 with one sentence."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def when(ts: float | None) -> str:
+    """A stored time as local ``YYYY-MM-DD HH:MM:SS`` (empty for none)."""
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def pretty_json(value: Any) -> str:
+    """A key or a context (a stored JSON text, or decoded) indented for reading; a text that is not
+    JSON as it is."""
+    if not value:
+        return ""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, ensure_ascii=False, indent=1)
+
+
+class Console:
+    """The console's shared parts: the home, the users' sessions, the supervisor's status, templates."""
+
+    def __init__(self, home: Home, authenticator: Authenticator,
+                 status: Callable[[], dict[str, Any]] | None) -> None:
+        self.home = home
+        self.sessions = Sessions(authenticator)
+        self.status = status
+        self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                                      undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        self.env.filters["when"] = when
+        self.env.filters["pretty_json"] = pretty_json
+
+    # -- the library, off the event loop ---------------------------------------------------------
+
+    async def core(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(conn, *args, **kwargs)`` on a fresh connection to the event core, in a worker thread."""
+        def run() -> Any:
+            conn = store.connect(self.home)
+            try:
+                return fn(conn, *args, **kwargs)
+            finally:
+                conn.close()
+        return await run_in_threadpool(run)
+
+    # -- answers ---------------------------------------------------------------------------------
+
+    def page(self, request: Request, template: str, data: dict[str, Any], status_code: int = 200) -> Response:
+        """The page (or its JSON twin with ``?format=json``) showing ``data``."""
+        if request.query_params.get("format") == "json":
+            return JSONResponse(data, status_code=status_code)
+        user, session_id = request.scope.get("console_user", ("", ""))
+        flash = self.sessions.read_flash(request)
+        html = self.env.get_template(template).render(
+            **data, user=user, csrf=self.sessions.csrf_token(session_id), flash=flash, path=request.url.path)
+        response = HTMLResponse(html, status_code=status_code)
+        if FLASH_COOKIE in request.cookies:
+            response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH)
+        return response
+
+    async def view(self, request: Request, template: str, read: Callable[..., dict[str, Any]], *args: Any,
+                   refuse: int = 404) -> Response:
+        """The page ``template`` showing ``read(conn, *args)``; a :class:`UsageError` (an unknown id,
+        a bad parameter) answers ``refuse`` with its sentence."""
+        try:
+            data = await self.core(read, *args)
+        except UsageError as exc:
+            raise Refusal(refuse, str(exc)) from exc
+        return self.page(request, template, data)
+
+    def back(self, request: Request, to: str, ok: bool, message: str) -> Response:
+        """Redirect (303) to the page ``to``, which then shows ``message``."""
+        response = RedirectResponse(to, status_code=303)
+        self.sessions.flash(response, ok, message, secure=is_tls(request))
+        return response
+
+    async def act(self, request: Request, to: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Response:
+        """Run the action ``fn(conn, ...)`` (it returns the sentence to show) and go back to ``to``."""
+        try:
+            message = await self.core(fn, *args, **kwargs)
+        except BridgeError as exc:
+            return self.back(request, to, False, str(exc))
+        return self.back(request, to, True, str(message))
+
+    # -- guards ----------------------------------------------------------------------------------
+
+    def guarded(self, handler: Handler) -> Handler:
+        """Authentication on every page and action; a valid CSRF token on every POST."""
+        async def endpoint(request: Request) -> Response:
+            who = await self.sessions.identify(request)
+            if who is None:
+                wants_html = request.method == "GET" and request.query_params.get("format") != "json"
+                if wants_html:
+                    return RedirectResponse("/ui/login?next=" + quote(request.url.path, safe="/"), status_code=303)
+                return PlainTextResponse("authentication required (401)\n", status_code=401,
+                                         headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+            request.scope["console_user"] = who
+            try:
+                if request.method == "POST":
+                    form = await read_form(request)
+                    if not self.sessions.csrf_ok(who[1], form.get("csrf")):
+                        return PlainTextResponse("refused: missing or wrong CSRF token (403); reload the page\n",
+                                                 status_code=403)
+                    request.scope["console_form"] = form
+                return await handler(request)
+            except Refusal as exc:
+                return PlainTextResponse(str(exc) + "\n", status_code=exc.status)
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+
+def is_tls(request: Request) -> bool:
+    """Whether the request came over TLS (cookies are then ``Secure``)."""
+    return request.url.scheme == "https"
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """A urlencoded form (the console's only kind), each field's last value; 413/415 otherwise."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != FORM_TYPE:
+        raise Refusal(415, f"send the form as {FORM_TYPE}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise Refusal(413, f"the form is larger than {MAX_FORM} bytes")
+    try:
+        fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise Refusal(400, "the form is not UTF-8") from exc
+    return {name: values[-1] for name, values in fields.items()}
+
+
+def path_int(request: Request, name: str) -> int:
+    """An id from the path; 404 when it is not a number."""
+    try:
+        return int(request.path_params[name])
+    except ValueError:
+        raise Refusal(404, f"no such {name.replace('_', ' ')}") from None
+
+
+def form(request: Request) -> dict[str, str]:
+    """The form of a POST that passed the guard."""
+    return request.scope.get("console_form", {})
+
+
+def number(text: str | None, what: str, kind: type = int) -> Any:
+    """A form field as a number, or None when empty; :class:`UsageError` when it is not one."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return kind(text.strip())
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {text!r}") from None

@@ -1,0 +1,193 @@
+"""The console's maintenance screens: topics, subscribers, subscriber topics, event filters,
+integrations — each form calls the ``bridge.catalog`` function the matching CLI command calls, so
+the checks and the error sentences are the CLI's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ... import catalog, integrations
+from ...errors import BridgeError, UsageError
+from ...model import ActionKind
+from .base import Console, Refusal, form, number, path_int
+
+ACTIONS = (ActionKind.COMMAND, ActionKind.PROGRAM, ActionKind.WEB)  # what an operator's subscriber can run
+
+
+def _action(text: str) -> ActionKind:
+    try:
+        action = ActionKind(text)
+    except ValueError:
+        action = None
+    if action not in ACTIONS:
+        raise UsageError(f"choose what the subscriber runs: {', '.join(a.value for a in ACTIONS)}")
+    return action
+
+
+def _fields(text: str) -> list[str]:
+    """Key fields typed as ``APPC, TASK`` or one a line."""
+    return [f for f in text.replace(",", " ").split() if f]
+
+
+class Maintenance:
+    """Topics, subscribers (with their topics and filters) and integrations, over one :class:`Console`."""
+
+    def __init__(self, console: Console) -> None:
+        self.c = console
+
+    # -- topics ---------------------------------------------------------------------------------
+
+    async def topics(self, request: Request) -> Response:
+        """Every topic with its key fields; the form to add one."""
+        return self.c.page(request, "topics.html", {"topics": await self.c.core(catalog.list_topics)})
+
+    async def topic_add(self, request: Request) -> Response:
+        """``ombridge topic add NAME --key F ... --description D``."""
+        f = form(request)
+
+        def add(conn: sqlite3.Connection) -> str:
+            catalog.add_topic(conn, f.get("name", "").strip(), _fields(f.get("keys", "")), f.get("description", ""))
+            return f"topic {f.get('name', '').strip()} defined"
+
+        return await self.c.act(request, "/ui/topics", add)
+
+    async def topic_remove(self, request: Request) -> Response:
+        """``ombridge topic remove NAME`` (refused while subscribers use it)."""
+        name = form(request).get("name", "")
+
+        def remove(conn: sqlite3.Connection) -> str:
+            catalog.remove_topic(conn, name)
+            return f"topic {name} removed"
+
+        return await self.c.act(request, "/ui/topics", remove)
+
+    # -- subscribers ----------------------------------------------------------------------------
+
+    async def subscribers(self, request: Request) -> Response:
+        """Every subscriber; the form to add one."""
+        data = {"subscribers": await self.c.core(catalog.list_subscribers),
+                "actions": [a.value for a in ACTIONS]}
+        return self.c.page(request, "subscribers.html", data)
+
+    async def subscriber_add(self, request: Request) -> Response:
+        """``ombridge subscriber add --command|--program|--url ... --timeout --retries``."""
+        f = form(request)
+
+        def add(conn: sqlite3.Connection) -> str:
+            options: dict[str, Any] = {"description": f.get("description", "")}
+            for name, kind in (("timeout", float), ("retries", int)):
+                value = number(f.get(name), name, kind)
+                if value is not None:
+                    options[name] = value
+            sid = catalog.add_subscriber(conn, _action(f.get("action", "")), f.get("target", ""), **options)
+            return f"subscriber {sid} added"
+
+        return await self.c.act(request, "/ui/subscribers", add)
+
+    async def subscriber(self, request: Request) -> Response:
+        """One subscriber: its settings (editable), topics with their filters, its backlog."""
+        sid = path_int(request, "subscriber_id")
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {"subscriber": catalog.show_subscriber(conn, sid),
+                    "topics": [t["name"] for t in catalog.list_topics(conn)],
+                    "actions": [a.value for a in ACTIONS]}
+
+        return await self.c.view(request, "subscriber.html", read)
+
+    async def subscriber_edit(self, request: Request) -> Response:
+        """``ombridge subscriber set`` (description, timeout, retries) and a new command/program/URL."""
+        sid = path_int(request, "subscriber_id")
+        f = form(request)
+
+        def edit(conn: sqlite3.Connection) -> str:
+            timeout = number(f.get("timeout"), "timeout", float)
+            retries = number(f.get("retries"), "retries", int)
+            if f.get("target") is not None and f.get("action"):
+                catalog.set_target(conn, sid, _action(f["action"]), f["target"])
+            catalog.update_subscriber(conn, sid, timeout=timeout, retries=retries, description=f.get("description"))
+            return f"subscriber {sid} updated"
+
+        return await self.c.act(request, f"/ui/subscribers/{sid}", edit)
+
+    async def subscriber_switch(self, request: Request) -> Response:
+        """Enable, disable or remove a subscriber."""
+        sid = path_int(request, "subscriber_id")
+        what = request.path_params["what"]
+
+        def switch(conn: sqlite3.Connection) -> str:
+            if what == "remove":
+                catalog.remove_subscriber(conn, sid)
+                return f"subscriber {sid} removed"
+            catalog.set_disabled(conn, sid, what == "disable")
+            return f"subscriber {sid} {what}d"
+
+        if what not in ("enable", "disable", "remove"):
+            raise Refusal(404, f"no action {what!r}")
+        return await self.c.act(request, "/ui/subscribers" if what == "remove" else f"/ui/subscribers/{sid}", switch)
+
+    # -- subscriber topics and filters ----------------------------------------------------------
+
+    async def topic_attach(self, request: Request) -> Response:
+        """``ombridge subscriber topic add ID PATTERN [--sync]``."""
+        sid = path_int(request, "subscriber_id")
+        f = form(request)
+        pattern, sync = f.get("pattern", "").strip(), f.get("synchronized") == "on"
+
+        def attach(conn: sqlite3.Connection) -> str:
+            catalog.attach_topic(conn, sid, pattern, sync, f.get("description", ""))
+            return f"subscriber {sid} attached to {pattern}{' (synchronized)' if sync else ''}"
+
+        return await self.c.act(request, f"/ui/subscribers/{sid}", attach)
+
+    async def topic_detach(self, request: Request) -> Response:
+        """``ombridge subscriber topic remove ID PATTERN``."""
+        sid = path_int(request, "subscriber_id")
+        pattern = form(request).get("pattern", "")
+
+        def detach(conn: sqlite3.Connection) -> str:
+            catalog.detach_topic(conn, sid, pattern)
+            return f"subscriber {sid} detached from {pattern}"
+
+        return await self.c.act(request, f"/ui/subscribers/{sid}", detach)
+
+    async def filter_add(self, request: Request) -> Response:
+        """``ombridge subscriber filter add ID PATTERN VARIABLE REGEX`` (checked as the CLI checks it)."""
+        sid = path_int(request, "subscriber_id")
+        f = form(request)
+        pattern, variable, regex = f.get("pattern", ""), f.get("variable", "").strip(), f.get("regex", "")
+
+        def add(conn: sqlite3.Connection) -> str:
+            catalog.add_filter(conn, sid, pattern, variable, regex, f.get("description", ""))
+            return f"subscriber {sid} on {pattern}: filter {variable} = {regex}"
+
+        return await self.c.act(request, f"/ui/subscribers/{sid}", add)
+
+    async def filter_remove(self, request: Request) -> Response:
+        """``ombridge subscriber filter remove ID PATTERN VARIABLE``."""
+        sid = path_int(request, "subscriber_id")
+        f = form(request)
+
+        def remove(conn: sqlite3.Connection) -> str:
+            catalog.remove_filter(conn, sid, f.get("pattern", ""), f.get("variable", ""))
+            return f"subscriber {sid} on {f.get('pattern', '')}: filter {f.get('variable', '')} removed"
+
+        return await self.c.act(request, f"/ui/subscribers/{sid}", remove)
+
+    # -- integrations ---------------------------------------------------------------------------
+
+    async def integrations(self, request: Request) -> Response:
+        """``ombridge integration list``: the integrations merged into the home's OMBackSync.pl."""
+        try:
+            found = await run_in_threadpool(integrations.list_integrations, self.c.home)
+        except BridgeError as exc:
+            raise Refusal(500, str(exc)) from exc
+        data = {"integrations": [{"name": i.name, "info": i.info, "lines": i.code.count("\n") + 1} for i in found],
+                "script": str(self.c.home.script)}
+        return self.c.page(request, "integrations.html", data)

@@ -1,0 +1,256 @@
+"""The operator console over plain HTTP (httpx) against a real supervisor listening on 127.0.0.1:
+authentication, sessions, CSRF refusal, escaping, the JSON twins and the answers of the buttons."""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+
+import markupsafe
+
+from bridge import catalog, deliveries, store
+from bridge.model import ActionKind, Attempt
+from bridge.home import Home
+from bridge.web.console.chart import render
+from conftest import wait_for
+from console_support import csrf_of, form_token, login
+from web_support import PASSWORD, USER, install, make_cert, omb
+
+XSS = "<script>alert(1)</script>"
+PAGES = ["/ui/status", "/ui/status/chart.svg", "/ui/events", "/ui/deliveries", "/ui/deliveries/1", "/ui/topics",
+         "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/purge", "/ui/integrations"]
+ACTIONS = ["/ui/logout", "/ui/status/check", "/ui/status/restart", "/ui/deliveries/1/retry", "/ui/topics",
+           "/ui/topics/remove", "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/retry",
+           "/ui/subscribers/1/purge", "/ui/subscribers/1/topics", "/ui/subscribers/1/topics/remove",
+           "/ui/subscribers/1/filters", "/ui/subscribers/1/filters/remove", "/ui/subscribers/1/disable"]
+
+
+def test_every_page_and_action_needs_a_user(home: Home, listening) -> None:
+    srv = listening()
+    omb(home, "close", "EVT-1")
+    with srv.client(auth=None, follow_redirects=False) as anon, srv.client(follow_redirects=False) as basic:
+        for path in PAGES:
+            r = anon.get(path)
+            assert r.status_code == 303 and r.headers["location"] == "/ui/login?next=" + path, path
+            r = anon.get(path + "?format=json")
+            assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic"), path
+            assert basic.get(path).status_code == 200, path  # HTTP Basic reads every page
+        for path in ACTIONS:
+            assert anon.post(path, data={"csrf": "x"}).status_code == 401, path
+            # Basic credentials alone never change anything: there is no CSRF token without a session
+            assert basic.post(path, data={"csrf": ""}).status_code == 403, path
+        wrong = srv.client(auth=(USER, "not-the-password"), follow_redirects=False)
+        assert wrong.get("/ui/status?format=json").status_code == 401
+        assert anon.get("/healthz").status_code == 200
+
+
+def test_login_sets_a_strict_session_cookie_and_logout_ends_it(home: Home, listening) -> None:
+    srv = listening()
+    with srv.client(auth=None, follow_redirects=False) as c:
+        page = c.get("/ui/login")
+        token = form_token(page.text, "token")
+        r = c.post("/ui/login", data={"token": token, "user": USER, "password": "wrong-password"})
+        assert r.status_code == 401 and "wrong user name or password" in r.text
+        assert "ombridge_session" not in r.headers.get("set-cookie", "")
+        page = c.get("/ui/login")
+        token = form_token(page.text, "token")
+        c.cookies.clear()  # the login token must come back in its cookie too
+        assert c.post("/ui/login", data={"token": token, "user": USER, "password": PASSWORD}).status_code == 403
+        page = c.get("/ui/login")
+        r = c.post("/ui/login", data={"token": form_token(page.text, "token"), "user": USER, "password": PASSWORD,
+                                      "next": "https://evil.example/"})
+        assert r.status_code == 303 and r.headers["location"] == "/ui/status"  # never redirected off the console
+        cookie = next(v for v in r.headers.get_list("set-cookie") if v.startswith("ombridge_session="))
+        flags = {p.strip().split("=")[0].lower() for p in cookie.split(";")}
+        assert {"httponly", "path", "samesite"} <= flags and "samesite=strict" in cookie.lower()
+        assert "secure" not in flags  # plain HTTP: a Secure cookie would never come back
+        r = c.get("/ui/status")
+        assert r.status_code == 200
+        csp = r.headers["content-security-policy"]
+        assert r.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert r.headers["cache-control"] == "no-store"
+        r = c.post("/ui/logout", data={"csrf": csrf_of(c)})
+        assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+        assert c.get("/ui/status").status_code == 303
+
+
+def test_a_session_ends_when_the_user_is_removed_or_changes_password(home: Home, listening) -> None:
+    srv = listening()
+    c = login(srv)
+    assert c.get("/ui/status?format=json").status_code == 200
+    omb(home, "user", "passwd", USER, stdin="Another-Long-Pa55word\n")
+    wait_for(lambda: c.get("/ui/status?format=json").status_code == 401, what="session refused after passwd")
+    c = login(srv, password="Another-Long-Pa55word")
+    omb(home, "user", "remove", USER)
+    wait_for(lambda: c.get("/ui/status?format=json").status_code == 401, what="session refused after remove")
+
+
+def test_a_post_without_the_right_csrf_token_is_refused_and_changes_nothing(home: Home, listening) -> None:
+    srv = listening()
+    c = login(srv)
+    for data in ({"name": "task/change", "keys": "TASK"}, {"name": "task/change", "keys": "TASK", "csrf": "forged"}):
+        r = c.post("/ui/topics", data=data)
+        assert r.status_code == 403 and "CSRF" in r.text
+    # another session's token is no good either
+    other = login(srv)
+    r = c.post("/ui/topics", data={"name": "task/change", "keys": "TASK", "csrf": csrf_of(other)})
+    assert r.status_code == 403
+    assert "task/change" not in omb(home, "topic", "list").stdout
+    r = c.post("/ui/topics", data={"name": "task/change", "keys": "APPC TASK", "csrf": csrf_of(c)})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/topics"
+    assert "topic task/change defined" in c.get("/ui/topics").text
+    assert json.loads(omb(home, "topic", "list", "--json").stdout)[-1]["key_fields"] == ["APPC", "TASK"]
+    # a GET never changes anything: the action routes answer only POST
+    assert c.get("/ui/topics/remove").status_code == 405
+
+
+def test_key_values_output_and_messages_are_text_never_html(home: Home, listening) -> None:
+    srv = listening()
+    omb(home, "topic", "add", "task/change", "--key", "TASK")
+    sid = omb(home, "subscriber", "add", "--command", "echo \"&TASK\"; exit 3", "--retries", "0").stdout.strip()
+    omb(home, "subscriber", "topic", "add", sid, "task/change")
+    omb(home, "send", "task/change", json.dumps({"TASK": XSS}))
+    wait_for(lambda: deliveries.backlog(store.connect(home))["failed"] == 1, what="the delivery failed")
+    c = login(srv)
+    for path in ("/ui/events", "/ui/deliveries", "/ui/deliveries/1", f"/ui/events?text={XSS}"):
+        page = c.get(path).text
+        assert XSS not in page and html.escape(XSS, quote=False) in page.replace("&#34;", '"'), path
+    # the output tail of the attempt (the command echoed the value) is text too
+    assert html.escape(XSS) + "\n</pre>" in c.get("/ui/deliveries/1").text
+    # a library error repeating the operator's input comes back as text
+    c.post("/ui/topics", data={"name": XSS, "keys": "A", "csrf": csrf_of(c)})
+    page = c.get("/ui/topics").text
+    assert XSS not in page and "&lt;script&gt;" in page
+    # the JSON twin holds the values as they are
+    found = c.get("/ui/events?format=json").json()["events"]
+    assert json.loads(found[0]["key"]) == {"TASK": XSS}
+
+
+def test_filters_are_refused_with_the_clis_own_sentence(home: Home, listening) -> None:
+    srv = listening()
+    omb(home, "topic", "add", "task/change", "--key", "APPC")
+    sid = omb(home, "subscriber", "add", "--command", "true").stdout.strip()
+    omb(home, "subscriber", "topic", "add", sid, "task/change")
+    c = login(srv)
+    cli = omb(home, "subscriber", "filter", "add", sid, "task/change", "&APPC", "KE(", check=False)
+    assert cli.returncode != 0
+    sentence = cli.stderr.strip().removeprefix("ombridge: error: ")
+    r = c.post(f"/ui/subscribers/{sid}/filters", data={"pattern": "task/change", "variable": "&APPC", "regex": "KE(",
+                                                       "csrf": csrf_of(c)})
+    assert r.status_code == 303
+    page = c.get(f"/ui/subscribers/{sid}").text
+    assert str(markupsafe.escape(sentence)) in page and 'class="flash error"' in page
+    assert omb(home, "subscriber", "show", sid, "--json").stdout.count('"regex"') == 0
+    r = c.post(f"/ui/subscribers/{sid}/filters", data={"pattern": "task/change", "variable": "&APPC", "regex": "KE.*",
+                                                       "csrf": csrf_of(c)})
+    shown = json.loads(omb(home, "subscriber", "show", sid, "--json").stdout)
+    assert shown["topics"][0]["filters"][0]["regex"] == "KE.*"
+
+
+def test_restart_and_check_answer_as_the_cli_does(home: Home, listening) -> None:
+    srv = listening()
+    c = login(srv)
+    before = c.get("/ui/status?format=json").json()["status"]["ombacksync"]
+    assert before["state"] == "running" and before["perl"]
+    c.post("/ui/status/check", data={"csrf": csrf_of(c)})
+    assert "syntax OK" in c.get("/ui/status").text
+    install(home, "syntax_error")
+    c.post("/ui/status/check", data={"csrf": csrf_of(c)})
+    page = c.get("/ui/status").text
+    perl_says = omb(home, "check", check=False).stderr.strip().splitlines()[0]
+    assert 'class="flash error"' in page and html.escape(perl_says, quote=False) in page.replace("&#34;", '"')
+    r = c.post("/ui/status/restart", data={"what": "ombacksync", "csrf": csrf_of(c)})
+    assert r.status_code == 303
+    page = c.get("/ui/status").text
+    assert "does not compile; the running ombacksync was kept" in page
+    after = c.get("/ui/status?format=json").json()["status"]["ombacksync"]
+    assert after["state"] == "running" and after["pid"] == before["pid"]  # the old child serves on
+    c.post("/ui/status/restart", data={"what": "eventmanager", "csrf": csrf_of(c)})
+    assert "eventmanager restarted (running)" in c.get("/ui/status").text
+    c.post("/ui/status/restart", data={"what": "everything", "csrf": csrf_of(c)})
+    assert "cannot restart &#39;everything&#39;" in c.get("/ui/status").text
+
+
+def test_retry_and_purge_through_the_console(home: Home, listening, tmp_path) -> None:
+    srv = listening()
+    fixed = tmp_path / "fixed"
+    omb(home, "topic", "add", "task/change", "--key", "TASK")
+    sid = omb(home, "subscriber", "add", "--command", f"test -e {fixed} || {{ echo not fixed; exit 4; }}",
+              "--retries", "0").stdout.strip()
+    omb(home, "subscriber", "topic", "add", sid, "task/change")
+    for n in range(3):
+        omb(home, "send", "task/change", json.dumps({"TASK": f"T{n}"}))
+    wait_for(lambda: c_json(srv, "/ui/deliveries?status=failed")["deliveries"].__len__() == 3, what="3 failed")
+    c = login(srv)
+    d = c.get("/ui/deliveries/1?format=json").json()["delivery"]
+    assert [(bool(a["ok"]), a["exit_status"], a["output"]) for a in d["attempt_log"]] == [(False, 4, "not fixed\n")]
+    fixed.touch()
+    c.post("/ui/deliveries/1/retry", data={"csrf": csrf_of(c)})
+    wait_for(lambda: c_json(srv, "/ui/deliveries/1")["delivery"]["status"] == "done", what="delivery 1 done")
+    c.post("/ui/deliveries/1/retry", data={"csrf": csrf_of(c)})
+    assert "delivery 1 is not failed: nothing to retry" in c.get("/ui/deliveries/1").text
+    fixed.unlink()
+    c.post(f"/ui/subscribers/{sid}/retry", data={"csrf": csrf_of(c)})
+    assert f"subscriber {sid}: 2 failed deliveries reopened" in c.get("/ui/deliveries").text
+    wait_for(lambda: c_json(srv, "/ui/deliveries?status=failed")["deliveries"].__len__() == 2, what="failed again")
+    # with retries left, failures stay open (backing off): the purge drops them, after a confirmation
+    omb(home, "subscriber", "set", sid, "--retries", "50")
+    c.post(f"/ui/subscribers/{sid}/retry", data={"csrf": csrf_of(c)})
+    wait_for(lambda: all(len(d["attempt_log"]) == 3 for d in (c_json(srv, f"/ui/deliveries/{i}")["delivery"]
+                                                                  for i in (2, 3))), what="third attempts")
+    confirm = c.get(f"/ui/subscribers/{sid}/purge")
+    assert "<strong>2</strong> open deliveries" in confirm.text
+    r = c.post(f"/ui/subscribers/{sid}/purge", data={"csrf": form_token(confirm.text)})  # no "yes": asked again
+    assert r.status_code == 303 and r.headers["location"] == f"/ui/subscribers/{sid}/purge"
+    r = c.post(f"/ui/subscribers/{sid}/purge", data={"csrf": form_token(confirm.text), "confirm": "yes"})
+    assert f"subscriber {sid}: 2 open deliveries purged" in c.get(r.headers["location"]).text
+    assert [d["status"] for d in c_json(srv, f"/ui/deliveries?subscriber={sid}")["deliveries"]] == \
+        ["purged", "purged", "done"]
+
+
+def c_json(srv, path: str) -> dict:
+    """A JSON twin read with Basic credentials."""
+    with srv.client() as c:
+        return c.get(path + ("&" if "?" in path else "?") + "format=json").json()
+
+
+def test_tls_makes_the_session_cookie_secure(home: Home, listening, tmp_path) -> None:
+    cert, key = make_cert(tmp_path)
+    srv = listening("--tls-cert", str(cert), "--tls-key", str(key), verify=False)
+    assert srv.url.startswith("https://")
+    with srv.client(auth=None, follow_redirects=False) as c:
+        page = c.get("/ui/login")
+        r = c.post("/ui/login", data={"token": form_token(page.text, "token"), "user": USER, "password": PASSWORD})
+        cookie = next(v for v in r.headers.get_list("set-cookie") if v.startswith("ombridge_session="))
+        assert "secure" in [p.strip().lower() for p in cookie.split(";")]
+
+
+def test_the_chart_counts_attempts_and_walks_the_backlog(conn) -> None:
+    catalog.add_topic(conn, "task/change", ["TASK"])
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true", retries=0)
+    catalog.attach_topic(conn, sid, "task/change")
+    from bridge import events
+
+    for n in range(5):
+        events.send(conn, "task/change", {"TASK": str(n)})
+    now = time.time()
+    claimed = deliveries.claim(conn, limit=3)
+    deliveries.finish(conn, [(c, Attempt(i < 2, now, now, 0 if i < 2 else 1, "", None if i < 2 else "x"))
+                             for i, c in enumerate(claimed)])
+    act = deliveries.activity(conn, now - 3600, now + 1)
+    assert sum(act["succeeded"]) == 2 and sum(act["failures"]) == 1
+    assert act["backlog"][-1] == 2  # 5 sent, 3 finished
+    assert act["backlog"][0] == 0  # an hour ago nothing was open
+    svg = render(act)
+    assert svg.startswith("<svg") and "<script" not in svg and svg.count("<path") == 3
+    assert deliveries.activity(conn, now + 7200, now + 7260)["backlog"] == [2]
+
+
+def test_bad_parameters_are_one_sentence(home: Home, listening) -> None:
+    srv = listening()
+    with srv.client() as c:
+        for path, code in (("/ui/deliveries?status=bogus", 400), ("/ui/events?before=x", 400),
+                           ("/ui/deliveries/999", 404), ("/ui/subscribers/x", 404), ("/ui/subscribers/999", 404)):
+            r = c.get(path)
+            assert r.status_code == code and r.text.count("\n") == 1, (path, r.text)
