@@ -127,7 +127,7 @@ def test_key_values_output_and_messages_are_text_never_html(home: Home, listenin
     assert json.loads(found[0]["key"]) == {"TASK": XSS}
 
 
-def test_filters_are_refused_with_the_clis_own_sentence(home: Home, listening) -> None:
+def test_refusals_are_the_clis_own_sentences(home: Home, listening) -> None:
     srv = listening()
     omb(home, "topic", "add", "task/change", "--key", "APPC")
     sid = omb(home, "subscriber", "add", "--command", "true").stdout.strip()
@@ -146,6 +146,16 @@ def test_filters_are_refused_with_the_clis_own_sentence(home: Home, listening) -
                                                        "csrf": csrf_of(c)})
     shown = json.loads(omb(home, "subscriber", "show", sid, "--json").stdout)
     assert shown["topics"][0]["filters"][0]["regex"] == "KE.*"
+    # a command handing &VARs to a second shell: refused as by the CLI, unless explicitly allowed
+    nested = "sh -c 'echo &APPC'"
+    cli = omb(home, "subscriber", "add", "--command", nested, check=False)
+    sentence = cli.stderr.strip().removeprefix("ombridge: error: ")
+    assert cli.returncode != 0 and "second shell" in sentence
+    c.post("/ui/subscribers", data={"action": "command", "target": nested, "csrf": csrf_of(c)})
+    assert str(markupsafe.escape(sentence)) in c.get("/ui/subscribers").text
+    c.post("/ui/subscribers", data={"action": "command", "target": nested, "allow_nested_shell": "on",
+                                    "csrf": csrf_of(c)})
+    assert nested in [s["target"] for s in json.loads(omb(home, "subscriber", "list", "--json").stdout)]
 
 
 def test_restart_and_check_answer_as_the_cli_does(home: Home, listening) -> None:

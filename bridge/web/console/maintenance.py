@@ -85,7 +85,8 @@ class Maintenance:
                 value = number(f.get(name), name, kind)
                 if value is not None:
                     options[name] = value
-            sid = catalog.add_subscriber(conn, _action(f.get("action", "")), f.get("target", ""), **options)
+            sid = catalog.add_subscriber(conn, _action(f.get("action", "")), f.get("target", ""),
+                                         allow_nested_shell=f.get("allow_nested_shell") == "on", **options)
             return f"subscriber {sid} added"
 
         return await self.c.act(request, "/ui/subscribers", add)
@@ -110,7 +111,8 @@ class Maintenance:
             timeout = number(f.get("timeout"), "timeout", float)
             retries = number(f.get("retries"), "retries", int)
             if f.get("target") is not None and f.get("action"):
-                catalog.set_target(conn, sid, _action(f["action"]), f["target"])
+                catalog.set_target(conn, sid, _action(f["action"]), f["target"],
+                                   allow_nested_shell=f.get("allow_nested_shell") == "on")
             catalog.update_subscriber(conn, sid, timeout=timeout, retries=retries, description=f.get("description"))
             return f"subscriber {sid} updated"
 
