@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,6 +152,13 @@ def test_an_operator_finds_a_failed_delivery_reads_why_fixes_it_and_retries(home
     assert "does not compile; the running ombacksync was kept" in flash and "syntax error" in flash
     assert page.locator("#ombacksync-state").inner_text() == "running"
     assert page.locator("[data-field='ombacksync.pid']").inner_text() == str(pid)
+    assert not page.locator("#degraded").is_visible()
+    # the child dies: the restart finds the broken script; the page shows it live, with perl's message
+    os.kill(pid, signal.SIGKILL)
+    expect(page.locator("#ombacksync-state")).to_have_text("syntax-error", timeout=TIMEOUT_MS)
+    expect(page.locator("#degraded")).to_contain_text("ombacksync is syntax-error")
+    expect(page.locator("#last-error")).to_contain_text("syntax error at")
+    shot(page, tmp_path, "syntax-error")
     shot(page, tmp_path, "restart-refused")
 
 

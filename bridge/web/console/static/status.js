@@ -13,7 +13,7 @@
       .then(function (data) {
         document.querySelectorAll("[data-field]").forEach(function (el) {
           var v = lookup(data.status, el.getAttribute("data-field"));
-          el.textContent = v == null ? "" : String(v);
+          el.textContent = v == null ? "" : Array.isArray(v) ? v.join("; ") : String(v);
         });
         live.textContent = "live " + new Date().toLocaleTimeString();
         live.classList.remove("stale");
