@@ -21,9 +21,10 @@ run: bytecode
 	$(BIN)/ombridge --home . start --foreground
 
 ## Debian's Chromium for the console's browser tests (Playwright cannot download browsers here;
-## CI runs as root on a fresh Debian machine)
+## through sudo when not root)
 chromium:
-	@test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+	@test -x /usr/bin/chromium || { as=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$as apt-get update && $$as env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
 test: bytecode chromium

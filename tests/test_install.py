@@ -109,7 +109,8 @@ def test_the_sdist_and_the_wheel_carry_the_perl_host_and_the_example(dist: Path)
     (wheel,) = dist.glob("ombridge-*.whl")
     (sdist,) = dist.glob("ombridge-*.tar.gz")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"bridge/perl/ombridge_host.pl", "bridge/perl/check/OMBridgeCheck.pm", "bridge/example/OMBackSync.pl", "bridge/cli/__init__.py",
+    assert {"bridge/perl/ombridge_host.pl", "bridge/perl/check/OMBridgeCheck.pm", "bridge/example/OMBackSync.pl",
+            "bridge/web/console/templates/base.html", "bridge/web/console/static/console.css", "bridge/cli/__init__.py",
             "bridge/py.typed"} <= names
     with tarfile.open(sdist) as tar:
         top = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
