@@ -335,6 +335,7 @@ class PerlHost:
         self._failed_starts = 0
         self._child: _Child | None = None
         self._lock = threading.RLock()
+        self._closing = False  # set once by close_down: nothing starts afterwards
 
     @property
     def failed_starts(self) -> int:
@@ -398,6 +399,8 @@ class PerlHost:
         #                                     STARTING -> BACKOFF       (load or Init failed: tried again)
         """
         with self._lock:
+            if self._closing:
+                raise PerlStartError("ombridge is stopping: ombacksync is not started")
             if self._child:
                 self._child.stop(self.settings.stop_grace)
                 self._child = None
@@ -417,6 +420,8 @@ class PerlHost:
             try:
                 child = _Child(self.settings, self.host_script, self.script, self.home)
                 self._starting_pid = child.pid
+                if self._closing:  # close_down came while perl was being spawned
+                    raise PerlStartError("ombridge is stopping: the start of ombacksync is abandoned", child.pid)
                 ready, text = protocol.parse_greeting(child.read_line(limit), child.pid)
                 if not ready:
                     raise PerlStartError(f"{self.script} could not be loaded: {text}", child.pid)
@@ -441,9 +446,11 @@ class PerlHost:
             self.init_started_at = self._starting_pid = None
             self._change_state(HostState.RUNNING, f"pid {child.pid}")
 
-    def cancel_start(self) -> None:
-        """Kill a child that is still loading the script or running Init, so that the start in
-        progress fails at once (without the lock: a stop must not wait out a slow Init)."""
+    def close_down(self) -> None:
+        """No start from now on (the supervisor is stopping), and a child that is still loading
+        the script or running Init is killed, so that the start in progress fails at once
+        (without the lock: a stop must not wait out a slow Init). :meth:`stop` follows."""
+        self._closing = True
         pid = self._starting_pid
         if pid is not None and self.state is HostState.STARTING:
             try:
@@ -483,7 +490,7 @@ class PerlHost:
                 self._fault(self._child_exit_reason())
             if self.state is HostState.BACKOFF and self.retry_at is not None and self.clock() < self.retry_at:
                 return False
-            if self.state in (HostState.STOPPED, HostState.BACKOFF):
+            if self.state in (HostState.STOPPED, HostState.BACKOFF) and not self._closing:
                 try:
                     self.start()
                 except BridgeError:

@@ -322,7 +322,7 @@ class Supervisor:
                 # RUNNING|STARTING -> STOPPING: queued behind a restart in progress, never beside it
                 self._change_state(SupervisorState.STOPPING)
                 if self.host is not None:
-                    self.host.cancel_start()  # an Init in progress (minutes, maybe) is abandoned
+                    self.host.close_down()  # nothing starts any more; an Init in progress (minutes, maybe) is abandoned
                 self._jobs.put((self._shutdown, None))
             elif command is Command.RESTART:
                 what, answer = arg

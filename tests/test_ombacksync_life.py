@@ -5,11 +5,13 @@ the grace period) and leaves no process behind."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter
 
 import pytest
 
+from bridge.errors import PerlStartError
 from bridge.home import Home
 from bridge.perlhost import HostSettings, HostState, PerlHost
 from compat.harness import home_processes
@@ -123,6 +125,35 @@ def test_a_stop_does_not_wait_for_a_slow_init(home: Home, monkeypatch: pytest.Mo
     omb(home, "stop")
     assert time.monotonic() - started < 30
     wait_for(lambda: home_processes(home.root) == [], timeout=15, what="no process of the home left")
+
+
+def test_once_closing_down_no_start_begins_not_even_the_retry_after_the_abandoned_one(
+        home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race behind a stop that waited 120 s: the abandoned start left BACKOFF due at once, and the
+    # backsync lane's ensure_running started a new Init of ten minutes beside the shutdown.
+    home.script.write_text(SLOW_INIT)
+    monkeypatch.setenv("OMB_TEST_INIT_SECONDS", "600")
+    host = PerlHost(home)
+    failed: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            host.start()
+        except Exception as exc:
+            failed.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    wait_for(lambda: host.snapshot()["pid"], what="Init running")
+    host.close_down()
+    starter.join(30)
+    assert not starter.is_alive() and len(failed) == 1 and host.state is HostState.BACKOFF
+    assert host.retry_at is not None and host.clock() >= host.retry_at  # a retry would be due at once...
+    assert host.ensure_running() is False and host.state is HostState.BACKOFF  # ...but none begins
+    with pytest.raises(PerlStartError, match="^ombridge is stopping: ombacksync is not started$"):
+        host.start()
+    host.stop()
+    assert host.state is HostState.STOPPED and home_processes(home.root) == []
 
 
 def test_init_timeout_is_its_own_setting(home: Home) -> None:
