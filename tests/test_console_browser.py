@@ -21,7 +21,7 @@ from bridge.home import Home
 from conftest import wait_for
 from web_support import PASSWORD, USER, install, omb
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]  # one Chromium, on one worker
 expect = pytest.importorskip("playwright.sync_api").expect
 
 CHROMIUM = "/usr/bin/chromium"

@@ -105,6 +105,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.xdist_group("wheel")  # one build of the wheel, on one worker
 def test_the_sdist_and_the_wheel_carry_the_perl_host_and_the_example(dist: Path) -> None:
     (wheel,) = dist.glob("ombridge-*.whl")
     (sdist,) = dist.glob("ombridge-*.tar.gz")
@@ -117,6 +118,7 @@ def test_the_sdist_and_the_wheel_carry_the_perl_host_and_the_example(dist: Path)
     assert {"perl/ombridge_host.pl", "perl/check/OMBridgeCheck.pm", "conf/backsync/OMBackSync.pl", "bridge/cli/__init__.py", "pyproject.toml"} <= top
 
 
+@pytest.mark.xdist_group("wheel")
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_from_the_root_directory(dist: Path, tmp_path: Path) -> None:
     (wheel,) = dist.glob("ombridge-*.whl")
     venv = tmp_path / "venv"
