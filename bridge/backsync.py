@@ -13,7 +13,7 @@ import sqlite3
 
 from . import catalog
 from .errors import BridgeError, UsageError
-from .events import SendResult, canonical_key, check_text, parse_key, send, send_many
+from .events import SendResult, canonical_key, check_text, send, send_many
 from .model import ActionKind
 
 TYPE_CHECKING = False
@@ -51,18 +51,13 @@ def close_timeout(conn: sqlite3.Connection) -> float:
 
 
 def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | None = None,
-                 on_stored: Callable[[], None] | None = None, commit_every: int | None = None) -> list[SendResult]:
-    """Send ``event/update {"ID": id, "STATE": "closed"}`` for every ID.
-
-    Every ID is checked before anything is written. By default all go in one transaction; with
-    ``commit_every``, every that many are committed (and ``on_stored`` wakes the Event Manager),
-    so that deliveries start while the rest is still being stored.
-    """
+                 on_stored: Callable[[], None] | None = None) -> list[SendResult]:
+    """Send ``event/update {"ID": id, "STATE": "closed"}`` for every ID, in one transaction
+    (every ID is checked before anything is written; ``on_stored`` wakes the Event Manager)."""
     items = []
     for event_id in ids:
         if event_id == "":
             raise UsageError("an ID must not be empty")
-        check_text("ID", event_id)
         items.append((UPDATE_TOPIC, {"ID": event_id, "STATE": "closed"}))
     if not items:
         raise UsageError("no IDs to close")
@@ -71,11 +66,7 @@ def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | Non
         # Stored, they would match nobody and be dropped: refuse them all, loudly, instead.
         raise BackSyncDisabled(f"the backsync subscriber ({sid}) is disabled, so closes would not reach "
                                f"OMBackSync: nothing was sent; `ombridge subscriber enable {sid}` first")
-    step = commit_every or len(items)
-    results: list[SendResult] = []
-    for n in range(0, len(items), step):
-        results += send_many(conn, items[n:n + step], cwd=cwd, on_stored=on_stored)
-    return results
+    return send_many(conn, items, cwd=cwd, on_stored=on_stored)
 
 
 def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -91,7 +82,8 @@ def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
             refused.append((event_id, "an ID must not be empty"))
             continue
         try:
-            canonical_key(parse_key({"ID": event_id, "STATE": "closed"}))
+            check_text("ID", event_id)  # what parse_key would check of this key, at a third of its cost
+            canonical_key({"ID": event_id, "STATE": "closed"})  # (the size)
         except UsageError as exc:
             refused.append((event_id, str(exc).replace("key field ID", "the ID").replace("the key", "the ID")))
             continue

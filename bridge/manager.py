@@ -34,7 +34,7 @@ from .perlhost import PerlHost
 log = logging.getLogger("ombridge.manager")
 
 MAX_BATCH = 2000
-RECORD_EVERY = 50  # Closes between two records of outcomes; perl runs at most twice that ahead
+RECORD_EVERY = 250  # Closes between two records of outcomes; perl runs at most twice that ahead
 BATCH_SECONDS = 0.5
 ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status  # aim for backsync batches that take about this long
 

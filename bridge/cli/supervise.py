@@ -200,25 +200,42 @@ def restart(ctx: click.Context, what: str) -> None:
 def close(ctx: click.Context, ids: tuple[str, ...]) -> None:
     """Close events: send `event/update {"ID": ID, "STATE": "closed"}` for each ID.
 
-    Prints one event id per ID. `-` reads IDs from stdin, one per line, checks them all, then
-    stores them a few thousand per commit so that the first Closes run while the rest are stored
-    (prints how many). Example: `ombridge close EVT-1` or `ombridge close - < ids.txt`
+    Prints one event id per ID. `-` reads IDs from stdin, one per line, and stores them a few
+    thousand per commit as they are read and checked, so that the first Closes run while the rest
+    are stored (prints how many). Example: `ombridge close EVT-1` or `ombridge close - < ids.txt`
     """
     home = home_of(ctx)
     from_stdin = ids == ("-",)
+    chunks = _stdin_chunks(CLOSE_COMMIT_EVERY) if from_stdin else [list(ids)]
+    sent = refused_any = 0
+    for chunk in chunks:
+        good, refused = backsync.split_storable(chunk)
+        for event_id, reason in refused:
+            shown = event_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            click.echo(f"ombridge: error: not sent: ID '{shown}': {reason}", err=True)
+        refused_any = refused_any or bool(refused)
+        if good:
+            results = backsync.close_events(core(ctx), good, cwd=str(home.root),
+                                            on_stored=lambda: control.ring(home.root))
+            sent += len(results)
+            if not from_stdin:
+                for r in results:
+                    click.echo(r.event_id)
     if from_stdin:
-        ids = tuple(line.rstrip("\r\n") for line in sys.stdin if line.rstrip("\r\n"))
-    good, refused = backsync.split_storable(ids)
-    for event_id, reason in refused:
-        shown = event_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        click.echo(f"ombridge: error: not sent: ID '{shown}': {reason}", err=True)
-    if good:
-        results = backsync.close_events(core(ctx), good, cwd=str(home.root), on_stored=lambda: control.ring(home.root),
-                                        commit_every=CLOSE_COMMIT_EVERY if from_stdin else None)
-        if from_stdin:
-            click.echo(f"{len(results)} closed events sent")
-        else:
-            for r in results:
-                click.echo(r.event_id)
-    if refused:
+        click.echo(f"{sent} closed events sent")
+    if refused_any:
         sys.exit(2)
+
+
+def _stdin_chunks(size: int) -> Any:
+    """The non-empty lines of stdin, ``size`` at a time, as they arrive."""
+    chunk: list[str] = []
+    for line in sys.stdin:
+        line = line.rstrip("\r\n")
+        if line:
+            chunk.append(line)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
