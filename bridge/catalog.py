@@ -283,9 +283,14 @@ def update_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, timeout: 
     _check_limits(timeout, retries)
     with transaction(conn):
         get_subscriber(conn, subscriber_id)
-        for column, value in (("timeout", timeout), ("retries", retries), ("description", description)):
-            if value is not None:
-                conn.execute(f"UPDATE subscribers SET {column} = ? WHERE id = ?", (value, subscriber_id))
+        _set_settings(conn, subscriber_id, timeout, retries, description)
+
+
+def _set_settings(conn: sqlite3.Connection, subscriber_id: int, timeout: float | None, retries: int | None,
+                  description: str | None) -> None:
+    for column, value in (("timeout", timeout), ("retries", retries), ("description", description)):
+        if value is not None:
+            conn.execute(f"UPDATE subscribers SET {column} = ? WHERE id = ?", (value, subscriber_id))
 
 
 def set_disabled(conn: sqlite3.Connection, subscriber_id: int, disabled: bool) -> None:
@@ -430,15 +435,23 @@ def remove_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, va
 # -- the operator console's edit of a subscriber (bridge/web/console) ----------------------------
 
 
-def set_target(conn: sqlite3.Connection, subscriber_id: int, action: ActionKind, target: str, *,
-               allow_nested_shell: bool = False) -> None:
-    """Change what a subscriber runs (a command, a program or a web call), checked as
-    :func:`add_subscriber` checks it; refused for system subscribers."""
-    if action is ActionKind.BACKSYNC:
-        raise UsageError("the backsync is a built-in action: a subscriber runs a command, a program or a URL")
-    _check_action(action, target, allow_nested_shell)
-    with transaction(conn):
-        if get_subscriber(conn, subscriber_id).system:
+def edit_subscriber(conn: sqlite3.Connection, subscriber_id: int, action: ActionKind, target: str, *,
+                    allow_nested_shell: bool = False, timeout: float | None = None, retries: int | None = None,
+                    description: str | None = None) -> None:
+    """Change what a subscriber runs and its settings, all or nothing: every value is checked
+    before anything is written. A new command, program or URL is checked as :func:`add_subscriber`
+    checks it (an unchanged one is not checked again); a system subscriber's action is fixed."""
+    _check_limits(timeout, retries)
+    current = get_subscriber(conn, subscriber_id)
+    changed = (action.value, target) != (current.action, current.target)
+    if changed:
+        if current.system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its action is fixed")
-        conn.execute("UPDATE subscribers SET action = ?, target = ? WHERE id = ?",
-                     (action.value, target, subscriber_id))
+        if action is ActionKind.BACKSYNC:
+            raise UsageError("the backsync is a built-in action: a subscriber runs a command, a program or a URL")
+        _check_action(action, target, allow_nested_shell)
+    with transaction(conn):
+        if changed:
+            conn.execute("UPDATE subscribers SET action = ?, target = ? WHERE id = ?",
+                         (action.value, target, subscriber_id))
+        _set_settings(conn, subscriber_id, timeout, retries, description)

@@ -18,6 +18,8 @@ import socket
 from .doorbell import DOORBELL, SocketAddress, ring, run_dir  # noqa: F401  (re-exported)
 from .errors import BridgeError, NotRunning
 
+RESTART_TIMEOUT = 600.0  # seconds a restart may take (perl -c, a graceful stop, Init) before it is reported unanswered
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any

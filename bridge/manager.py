@@ -27,7 +27,7 @@ from . import deliveries, store
 from .actions import perform
 from .errors import BridgeError
 from .home import Home
-from .model import Attempt, HostState, Lane, ManagerState, Settlement
+from .model import Attempt, HostState, Lane, LaneState, ManagerState, Settlement
 from .names import value_text
 from .perlhost import PerlHost
 
@@ -65,6 +65,7 @@ class EventManager:
         self._stopping = threading.Event()
         self._wakes: list[threading.Event] = []
         self._threads: list[threading.Thread] = []
+        self._lane_states: dict[str, LaneState] = {}
         self._counter_lock = threading.Lock()
         self._on_error = on_error
         self.last_error: tuple[float, str] | None = None  # (when, what) a lane last failed
@@ -185,6 +186,7 @@ class EventManager:
             lanes.append((Lane.BACKSYNC.value, self.step_backsync, Lane.BACKSYNC))
         self._wakes = []
         self._threads = []
+        self._lane_states = {name: LaneState.IDLE for name, _, _ in lanes}
         for name, step, lane in lanes:
             wake = threading.Event()
             self._wakes.append(wake)
@@ -223,8 +225,10 @@ class EventManager:
             while not self._stopping.is_set():
                 wake.clear()
                 try:
+                    self._lane_states[name] = LaneState.BUSY
                     if step(conn):
                         continue
+                    self._lane_states[name] = LaneState.IDLE
                     wait = self._idle_wait(conn, lane)
                 except Exception as exc:  # a lane never dies: log, pause, go on
                     log.exception("%s: unexpected error", name)
@@ -232,8 +236,10 @@ class EventManager:
                     if self._on_error:
                         self._on_error(exc)
                     wait = 1.0
+                self._lane_states[name] = LaneState.IDLE
                 wake.wait(wait)
         finally:
+            self._lane_states[name] = LaneState.STOPPED
             conn.close()
 
     def _idle_wait(self, conn: sqlite3.Connection, lane: Lane) -> float:
@@ -266,4 +272,5 @@ class EventManager:
         recent = self.last_error if self.last_error and time.time() - self.last_error[0] < ERROR_FRESH else None
         return {"state": self.state.value, "workers": self.workers, "poll_seconds": self.poll,
                 "delivered": self.delivered, "failed_attempts": self.failed_attempts,
-                "last_error": recent[1] if recent else None, "last_error_at": recent[0] if recent else None}
+                "last_error": recent[1] if recent else None, "last_error_at": recent[0] if recent else None,
+                "lanes": [{"name": name, "state": state.value} for name, state in self._lane_states.items()]}

@@ -77,6 +77,14 @@ class ManagerState(str, Enum):
     STOPPING = "stopping"
 
 
+class LaneState(str, Enum):
+    """One Event Manager lane, as ``status`` shows it."""
+
+    BUSY = "busy"  # delivering a claim or a batch
+    IDLE = "idle"  # waiting for the doorbell, a due retry or the poll
+    STOPPED = "stopped"
+
+
 class ListenerState(str, Enum):
     """The HTTP listener's life (``start --listen``): OFF when nobody asked for one."""
 

@@ -434,7 +434,7 @@ class Supervisor:
             except BridgeError as exc:
                 log.error("could not store the ombacksync/error event: %s", exc)
 
-    def restart(self, what: str, timeout: float = 600.0) -> dict[str, Any]:
+    def restart(self, what: str, timeout: float = control.RESTART_TIMEOUT) -> dict[str, Any]:
         """Ask the main loop for a restart and wait for its answer (any thread but the main loop's)."""
         if what not in RESTARTABLE:
             raise UsageError(f"cannot restart {what!r}: one of {', '.join(RESTARTABLE)}")

@@ -177,7 +177,8 @@ def test_restart_and_check_answer_as_the_cli_does(home: Home, listening) -> None
     after = c.get("/ui/status?format=json").json()["status"]["ombacksync"]
     assert after["state"] == "running" and after["pid"] == before["pid"]  # the old child serves on
     c.post("/ui/status/restart", data={"what": "eventmanager", "csrf": csrf_of(c)})
-    assert "eventmanager restarted (running)" in c.get("/ui/status").text
+    pid = c.get("/ui/status?format=json").json()["status"]["ombacksync"]["pid"]
+    assert f"eventmanager restarted; ombacksync running (pid {pid})" in c.get("/ui/status").text  # the CLI's words
     c.post("/ui/status/restart", data={"what": "everything", "csrf": csrf_of(c)})
     assert "cannot restart &#39;everything&#39;" in c.get("/ui/status").text
 
@@ -264,3 +265,46 @@ def test_bad_parameters_are_one_sentence(home: Home, listening) -> None:
                            ("/ui/deliveries/999", 404), ("/ui/subscribers/x", 404), ("/ui/subscribers/999", 404)):
             r = c.get(path)
             assert r.status_code == code and r.text.count("\n") == 1, (path, r.text)
+
+
+def test_operator_mistakes_change_nothing_and_get_one_answer(home: Home, listening) -> None:
+    srv = listening()
+    c = login(srv)
+    omb(home, "topic", "add", "task/change", "--key", "APPC")
+    sid = omb(home, "subscriber", "add", "--command", "true").stdout.strip()
+    # an edit is all or nothing: a bad timeout keeps the old command too
+    c.post(f"/ui/subscribers/{sid}", data={"action": "command", "target": "echo new", "timeout": "0",
+                                           "csrf": csrf_of(c)})
+    assert "timeout" in c.get(f"/ui/subscribers/{sid}").text
+    assert json.loads(omb(home, "subscriber", "show", sid, "--json").stdout)["target"] == "true"
+    # a command allowed to hand &VARs to a second shell keeps its permission when only its timeout changes
+    nested = "sh -c 'echo &APPC'"
+    nid = omb(home, "subscriber", "add", "--command", nested, "--allow-nested-shell").stdout.strip()
+    c.post(f"/ui/subscribers/{nid}", data={"action": "command", "target": nested, "timeout": "7",
+                                           "csrf": csrf_of(c)})
+    shown = json.loads(omb(home, "subscriber", "show", nid, "--json").stdout)
+    assert (shown["target"], shown["timeout"]) == (nested, 7)
+    # numbers out of range and limits below one are refused, not answered with everything or a 500
+    for path, code in (("/ui/deliveries?limit=-1", 400), ("/ui/deliveries?limit=0", 400),
+                       ("/ui/deliveries?subscriber=" + "9" * 30, 400), ("/ui/events?before=" + "9" * 30, 400),
+                       ("/ui/subscribers/" + "9" * 30, 404), ("/ui/deliveries/" + "9" * 30, 404)):
+        r = c.get(path)
+        assert r.status_code == code and r.text.count("\n") == 1, (path, r.status_code, r.text)
+    # an action on a subscriber removed meanwhile lands on the list, with the reason
+    omb(home, "subscriber", "remove", nid)
+    r = c.post(f"/ui/subscribers/{nid}/disable", data={"csrf": csrf_of(c)}, follow_redirects=True)
+    assert r.url.path == "/ui/subscribers" and f"no subscriber {nid}" in r.text
+    # the check uses the home's perl settings, as `ombridge check` does
+    (home.root / "conf" / "ombridge.conf").write_text('[ombacksync]\nperl = "/nonexistent/perl"\n')
+    c.post("/ui/status/check", data={"csrf": csrf_of(c)})
+    assert "perl not found: /nonexistent/perl" in c.get("/ui/status").text
+    # the Event Manager's lanes are shown
+    lanes = c.get("/ui/status?format=json").json()["status"]["eventmanager"]["lanes"]
+    assert {lane["name"] for lane in lanes} >= {"actions-0", "backsync"}
+    assert all(lane["state"] in ("busy", "idle") for lane in lanes)
+    # a logged-out session is refused even with a copy of its cookie
+    copied = dict(c.cookies)
+    c.post("/ui/logout", data={"csrf": csrf_of(c)})
+    with srv.client(auth=None, follow_redirects=False) as thief:
+        thief.cookies.update(copied)
+        assert thief.get("/ui/status").status_code == 303

@@ -65,3 +65,9 @@ def describe_fault(exc: BaseException) -> str | None:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
     return None
+
+
+def restarted(what: str, result: dict) -> str:
+    """What a restart answers (``ombridge restart`` and the console's buttons alike)."""
+    ob = result.get("ombacksync", {})
+    return f"{what} restarted; ombacksync {ob.get('state', 'unknown')}" + (f" (pid {ob['pid']})" if ob.get("pid") else "")

@@ -14,6 +14,7 @@ from ..errors import BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, ListenerState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json
+from . import report
 from .report import fail
 
 
@@ -167,6 +168,8 @@ def _print_status(s: dict) -> None:
             click.echo("              " + ob["last_error"].replace("\n", "\n              "))
         click.echo(f"eventmanager  {em['state']}, {em['workers']} action lane(s), delivered {em['delivered']}, "
                    f"failed attempts {em['failed_attempts']}")
+        if em.get("lanes"):
+            click.echo("              lanes: " + ", ".join(f"{lane['name']} {lane['state']}" for lane in em["lanes"]))
         web = s.get("listener", {"state": ListenerState.OFF.value})
         if web["state"] == ListenerState.OFF.value:
             click.echo("listener      off (ombridge start --listen HOST:PORT)")
@@ -189,9 +192,8 @@ def restart(ctx: click.Context, what: str) -> None:
     The script is checked first: a broken one is refused with perl's message and the running
     ombacksync keeps serving. Example: `ombridge restart ombacksync`
     """
-    result = control.request(home_of(ctx).root, "restart", timeout=300, what=what)
-    ob = result["ombacksync"]
-    click.echo(f"{what} restarted; ombacksync {ob['state']}" + (f" (pid {ob['pid']})" if ob.get("pid") else ""))
+    result = control.request(home_of(ctx).root, "restart", timeout=control.RESTART_TIMEOUT + 30, what=what)
+    click.echo(report.restarted(what, result))
 
 
 @main.command()

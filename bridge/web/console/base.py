@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from ... import store
-from ...errors import BridgeError, UsageError
+from ...errors import BridgeError, NotFound, UsageError
 from ...home import Home
 from ..auth import REALM, Authenticator
 from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
@@ -100,11 +100,16 @@ class Console:
         return response
 
     async def view(self, request: Request, template: str, read: Callable[..., dict[str, Any]], *args: Any,
-                   refuse: int = 404) -> Response:
+                   refuse: int = 404, gone: str | None = None) -> Response:
         """The page ``template`` showing ``read(conn, *args)``; a :class:`UsageError` (an unknown id,
-        a bad parameter) answers ``refuse`` with its sentence."""
+        a bad parameter) answers ``refuse`` with its sentence, or, for what is not found, goes
+        back to the list ``gone`` with it (where an action on a removed subscriber lands)."""
         try:
             data = await self.core(read, *args)
+        except NotFound as exc:
+            if gone is not None and FLASH_COOKIE in request.cookies:  # an action's answer is waiting
+                return self.back(request, gone, False, str(exc))
+            raise Refusal(refuse, str(exc)) from exc
         except UsageError as exc:
             raise Refusal(refuse, str(exc)) from exc
         return self.page(request, template, data)
@@ -174,12 +179,18 @@ async def read_form(request: Request) -> dict[str, str]:
     return {name: values[-1] for name, values in fields.items()}
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def path_int(request: Request, name: str) -> int:
     """An id from the path; 404 when it is not a number."""
     try:
-        return int(request.path_params[name])
+        value = int(request.path_params[name])
     except ValueError:
-        raise Refusal(404, f"no such {name.replace('_', ' ')}") from None
+        value = -1
+    if not 0 <= value <= MAX_ID:
+        raise Refusal(404, f"no such {name.replace('_', ' ')}")
+    return value
 
 
 def form(request: Request) -> dict[str, str]:
@@ -192,6 +203,9 @@ def number(text: str | None, what: str, kind: type = int) -> Any:
     if text is None or not text.strip():
         return None
     try:
-        return kind(text.strip())
+        value = kind(text.strip())
     except ValueError:
         raise UsageError(f"{what} must be a number, not {text!r}") from None
+    if kind is int and not -MAX_ID <= value <= MAX_ID:
+        raise UsageError(f"{what} is out of range: {text.strip()[:40]}")
+    return value

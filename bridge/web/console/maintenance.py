@@ -100,7 +100,7 @@ class Maintenance:
                     "topics": [t["name"] for t in catalog.list_topics(conn)],
                     "actions": [a.value for a in ACTIONS]}
 
-        return await self.c.view(request, "subscriber.html", read)
+        return await self.c.view(request, "subscriber.html", read, gone="/ui/subscribers")
 
     async def subscriber_edit(self, request: Request) -> Response:
         """``ombridge subscriber set`` (description, timeout, retries) and a new command/program/URL."""
@@ -111,9 +111,12 @@ class Maintenance:
             timeout = number(f.get("timeout"), "timeout", float)
             retries = number(f.get("retries"), "retries", int)
             if f.get("target") is not None and f.get("action"):
-                catalog.set_target(conn, sid, _action(f["action"]), f["target"],
-                                   allow_nested_shell=f.get("allow_nested_shell") == "on")
-            catalog.update_subscriber(conn, sid, timeout=timeout, retries=retries, description=f.get("description"))
+                catalog.edit_subscriber(conn, sid, _action(f["action"]), f["target"],
+                                        allow_nested_shell=f.get("allow_nested_shell") == "on",
+                                        timeout=timeout, retries=retries, description=f.get("description"))
+            else:
+                catalog.update_subscriber(conn, sid, timeout=timeout, retries=retries,
+                                          description=f.get("description"))
             return f"subscriber {sid} updated"
 
         return await self.c.act(request, f"/ui/subscribers/{sid}", edit)

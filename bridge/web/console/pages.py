@@ -15,9 +15,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from ... import catalog, control, deliveries, events
+from ...cli import report
 from ...doorbell import ring
 from ...errors import BridgeError, ScriptSyntaxError, UsageError
 from ...model import DeliveryStatus
+from ...perlenv import load_settings
 from ...perlhost import check_syntax
 from .base import Console, Refusal, form, is_tls, number, path_int, read_form
 from .chart import render, summary
@@ -68,7 +70,8 @@ class Pages:
         return response
 
     async def logout(self, request: Request) -> Response:
-        """End the session (the cookie is dropped)."""
+        """End the session: refused from now on, and its cookie dropped."""
+        self.c.sessions.end(request.scope["console_user"][1])
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
         return response
@@ -91,7 +94,8 @@ class Pages:
     async def check(self, request: Request) -> Response:
         """``ombridge check``: perl -c of the home's script, perl's own answer shown."""
         try:
-            text = await run_in_threadpool(check_syntax, self.c.home.script, self.c.home)
+            text = await run_in_threadpool(lambda: check_syntax(self.c.home.script, self.c.home,
+                                                                load_settings(self.c.home)))
         except ScriptSyntaxError as exc:
             return self.c.back(request, "/ui/status", False, f"{exc.script} does not compile:\n{exc.message}")
         except BridgeError as exc:
@@ -102,11 +106,11 @@ class Pages:
         """``ombridge restart ombacksync|eventmanager`` through the control channel, same answers."""
         what = form(request).get("what", "")
         try:
-            result = await run_in_threadpool(control.request, self.c.home.root, "restart", what=what)
+            result = await run_in_threadpool(control.request, self.c.home.root, "restart",
+                                             timeout=control.RESTART_TIMEOUT + 30, what=what)
         except BridgeError as exc:
             return self.c.back(request, "/ui/status", False, str(exc))
-        state = (result or {}).get(what, {}).get("state", "")
-        return self.c.back(request, "/ui/status", True, f"{what} restarted" + (f" ({state})" if state else ""))
+        return self.c.back(request, "/ui/status", True, report.restarted(what, result))
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -137,7 +141,10 @@ class Pages:
         status = q.get("status") or None
         try:
             subscriber = number(q.get("subscriber"), "subscriber")
-            limit = min(number(q.get("limit"), "limit") or 100, 1000)
+            limit = number(q.get("limit"), "limit")
+            limit = 100 if limit is None else limit
+            if not 1 <= limit <= 1000:
+                raise UsageError(f"limit must be between 1 and 1000, not {limit}")
         except UsageError as exc:
             raise Refusal(400, str(exc)) from exc
 

@@ -52,6 +52,7 @@ class Sessions:
         self.auth = authenticator
         self.clock = clock
         self._key = secrets.token_bytes(32)
+        self._ended: dict[str, float] = {}  # session id -> when it would have expired (logged out)
 
     # -- signing ----------------------------------------------------------------------------------
 
@@ -104,7 +105,8 @@ class Sessions:
         if session is not None:
             stored = self.auth.users().get(str(session.get("u")))
             fresh = self.clock() - float(session.get("t", 0)) < SESSION_SECONDS
-            if stored is not None and fresh and hmac.compare_digest(str(session.get("h")), self._fingerprint(stored)):
+            if stored is not None and fresh and hmac.compare_digest(str(session.get("h")), self._fingerprint(stored)) \
+                    and str(session.get("s")) not in self._ended:
                 return str(session["u"]), str(session["s"])
             return None
         header = request.headers.get("authorization")
@@ -114,6 +116,13 @@ class Sessions:
             if user is not None:
                 return user, ""
         return None
+
+    def end(self, session_id: str) -> None:
+        """Log out: the session is refused from now on, even if its cookie was copied."""
+        now = self.clock()
+        self._ended = {sid: until for sid, until in self._ended.items() if until > now}  # expired anyway
+        if session_id:
+            self._ended[session_id] = now + SESSION_SECONDS
 
     # -- CSRF -------------------------------------------------------------------------------------
 
