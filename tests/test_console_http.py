@@ -256,6 +256,10 @@ def test_the_chart_counts_attempts_and_walks_the_backlog(conn) -> None:
     svg = render(act)
     assert svg.startswith("<svg") and "<script" not in svg and svg.count("<path") == 3
     assert deliveries.activity(conn, now + 7200, now + 7260)["backlog"] == [2]
+    with store.transaction(conn):
+        assert deliveries.purge(conn, sid) == 2  # purged deliveries leave the backlog when purged
+    act = deliveries.activity(conn, now - 3600, time.time() + 1)
+    assert act["backlog"][-1] == 0 and act["backlog"][0] == 0
 
 
 def test_bad_parameters_are_one_sentence(home: Home, listening) -> None:
