@@ -113,3 +113,17 @@ def test_home_that_is_a_file_is_refused(tmp_path: Path) -> None:
     f.write_text("")
     r = subprocess.run([OMBRIDGE, "--home", str(f), "check"], capture_output=True, text=True)
     assert r.returncode == 2 and "is not a directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_split_storable_refuses_exactly_what_the_event_core_would_refuse() -> None:
+    from bridge.backsync import split_storable
+    from bridge.events import canonical_key
+
+    ids = ["EVT-1", "", "a\x00b", "x" * 70000, "\x01" * 11000, "\x01" * 10000, "é" * 30000]
+    good, refused = split_storable(ids)
+    assert good == ["EVT-1", "\x01" * 10000, "é" * 30000]
+    reasons = dict(refused)
+    assert reasons[""] == "an ID must not be empty" and "NUL" in reasons["a\x00b"]
+    assert "larger than" in reasons["x" * 70000] and "larger than" in reasons["\x01" * 11000]
+    for event_id in good:  # what is kept fits: the stored key is under the limit
+        assert len(canonical_key({"ID": event_id, "STATE": "closed"}).encode()) <= 65536
