@@ -55,10 +55,15 @@ def use_script(home: Home) -> Callable[[str], Path]:
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 
-def run_ombridge(home: Home, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``ombridge --home HOME ARGS`` as an operator types it (no OvDataDir inherited from the tests)."""
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=timeout,
-                       env={k: v for k, v in os.environ.items() if k != "OvDataDir"}, stdin=subprocess.DEVNULL)
+def run_ombridge(home: Home | Path, *args: str, check: bool = True, timeout: float = 300, stdin: str | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``ombridge --home HOME ARGS`` as an operator types it: no OvDataDir inherited from the tests,
+    a wide terminal for tables, ``stdin`` as its input (none by default), ``env`` added."""
+    root = home.root if isinstance(home, Home) else home
+    environ = {k: v for k, v in os.environ.items() if k != "OvDataDir"}
+    r = subprocess.run([OMBRIDGE, "--home", str(root), *args], capture_output=True, text=True, timeout=timeout,
+                       env={**environ, "COLUMNS": "200", **(env or {})}, input=stdin,
+                       stdin=subprocess.DEVNULL if stdin is None else None)
     if check:
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r

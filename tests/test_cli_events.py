@@ -3,26 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bridge import store
 from bridge.home import Home
+from conftest import OMBRIDGE
+from conftest import run_ombridge as omb
 from conftest import snapshot
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
-
-
-def omb(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "COLUMNS": "200"})
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 def test_the_seeds_how_to(home: Home) -> None:

@@ -8,24 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from bridge.home import Home
 from chaos import perls_of
+from conftest import run_ombridge as omb
 from conftest import EXAMPLE, FIXTURES, wait_for
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
-
-
-def omb(home: Home, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=120)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 def status(home: Home) -> dict:

@@ -15,30 +15,22 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from bridge import catalog, deliveries, events, store
+from bridge import catalog, deliveries, events
 from bridge.errors import UsageError
 from bridge.home import Home
 from bridge.manager import RECORD_EVERY
 from bridge.model import ActionKind, Attempt, DeliveryStatus, Settlement
 from chaos import perls_of
+from conftest import OMBRIDGE
+from conftest import run_ombridge as omb
 from conftest import FIXTURES, alive, wait_for
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 OK = Attempt(True, 0.0, 0.0, 0)
-
-
-def omb(home: Home, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 def status(home: Home) -> dict:

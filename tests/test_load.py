@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from bridge.home import Home
+from conftest import OMBRIDGE
+from conftest import run_ombridge as omb
 from conftest import ROOT, wait_for
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 PRODUCER = """
 import sys
@@ -26,12 +27,6 @@ conn = store.connect(home)
 for n in range({count}):
     events.send(conn, "load/test", {{"P": {p}, "N": n}}, on_stored=lambda: ring(home.root))
 """
-
-
-def omb(home: Home, *args: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, (args, r.stderr)
-    return r
 
 
 def run_load(home: Home, tmp_path: Path, producers: int, count: int, cli_sends: int) -> None:

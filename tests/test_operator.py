@@ -15,9 +15,9 @@ from bridge import catalog, deliveries, events, metrics, store
 from bridge.model import ActionKind
 from bridge.home import Home
 from bridge.retention import parse_age, prune
+from conftest import run_ombridge as omb
 from conftest import ROOT, snapshot, wait_for
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 VENDOR = """use strict;
 use warnings;
@@ -35,14 +35,6 @@ sub OMBackSync {{
 }}
 1;
 """
-
-
-def omb(home: Home, *args: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], capture_output=True, text=True, timeout=120,
-                       input=stdin, env={**os.environ, "COLUMNS": "200"})
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 def vendor(tmp_path: Path, name: str, refuse: str) -> Path:

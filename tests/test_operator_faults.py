@@ -13,7 +13,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,20 +20,10 @@ from pathlib import Path
 import pytest
 
 from bridge.home import Home
+from conftest import run_ombridge as omb
 from conftest import FIXTURES, wait_for
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
-
-
-def omb(home: Home | Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
-        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    root = home.root if isinstance(home, Home) else home
-    r = subprocess.run([OMBRIDGE, "--home", str(root), *args], capture_output=True, text=True, timeout=120,
-                       input=stdin, env={**os.environ, **(env or {})})
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 def one_error(r: subprocess.CompletedProcess[str], code: int, *words: str) -> None:

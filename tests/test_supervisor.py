@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,18 +13,10 @@ from pathlib import Path
 import pytest
 
 from bridge.home import Home
+from conftest import OMBRIDGE
+from conftest import run_ombridge as omb
 from conftest import EXAMPLE, FIXTURES, alive, wait_for
 
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
-
-
-def omb(home: Home, *args: str, stdin: str | None = None, check: bool = True,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], input=stdin, capture_output=True, text=True,
-                       timeout=timeout)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
 
 
 def status(home: Home) -> dict:
