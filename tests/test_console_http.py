@@ -6,10 +6,11 @@ from __future__ import annotations
 import html
 import json
 import time
+from typing import Any
 
 import markupsafe
 
-from bridge import catalog, deliveries, store
+from bridge import catalog, deliveries, events, store
 from bridge.model import ActionKind, Attempt
 from bridge.home import Home
 from bridge.web.console.chart import render
@@ -241,8 +242,6 @@ def test_the_chart_counts_attempts_and_walks_the_backlog(conn) -> None:
     catalog.add_topic(conn, "task/change", ["TASK"])
     sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true", retries=0)
     catalog.attach_topic(conn, sid, "task/change")
-    from bridge import events
-
     for n in range(5):
         events.send(conn, "task/change", {"TASK": str(n)})
     now = time.time()
@@ -312,3 +311,60 @@ def test_operator_mistakes_change_nothing_and_get_one_answer(home: Home, listeni
     with srv.client(auth=None, follow_redirects=False) as thief:
         thief.cookies.update(copied)
         assert thief.get("/ui/status").status_code == 303
+
+
+def test_every_maintenance_screen_changes_what_the_cli_shows(home: Home, listening) -> None:
+    srv = listening()
+    c = login(srv)
+
+    def post(path: str, **data: str) -> None:
+        r = c.post(path, data={**data, "csrf": csrf_of(c)})
+        assert r.status_code == 303, (path, r.status_code, r.text)
+
+    def cli_json(*args: str) -> Any:
+        return json.loads(omb(home, *args, "--json").stdout)
+
+    post("/ui/topics", name="task/change", keys="APPC TASK", description="changed tasks")
+    post("/ui/topics", name="spare/topic", keys="X")
+    topics = {t["name"]: t for t in cli_json("topic", "list")}
+    assert topics["task/change"]["key_fields"] == ["APPC", "TASK"] and "spare/topic" in topics
+    post("/ui/topics/remove", name="spare/topic")
+    assert "spare/topic" not in {t["name"] for t in cli_json("topic", "list")}
+    post("/ui/subscribers", action="program", target="/bin/true", timeout="5", retries="2")
+    post("/ui/subscribers", action="web", target="http://127.0.0.1:9/hook")
+    subs = {s["action"]: s for s in cli_json("subscriber", "list")}
+    assert subs["program"]["target"] == "/bin/true" and subs["program"]["retries"] == 2
+    assert subs["web"]["target"] == "http://127.0.0.1:9/hook"
+    pid = str(subs["program"]["id"])
+    post(f"/ui/subscribers/{pid}/topics", pattern="task/change", synchronized="on")
+    assert [(t["pattern"], t["synchronized"]) for t in cli_json("subscriber", "show", pid)["topics"]] == \
+        [("task/change", 1)]
+    post(f"/ui/subscribers/{pid}/topics/remove", pattern="task/change")
+    assert cli_json("subscriber", "show", pid)["topics"] == []
+    post(f"/ui/subscribers/{pid}/disable")
+    assert cli_json("subscriber", "show", pid)["disabled"]
+    post(f"/ui/subscribers/{pid}/enable")
+    assert not cli_json("subscriber", "show", pid)["disabled"]
+    # events: by topic, newest first, a page at a time
+    post(f"/ui/subscribers/{pid}/topics", pattern="task/change")
+    omb(home, "topic", "add", "other/topic", "--key", "N")
+    post(f"/ui/subscribers/{pid}/topics", pattern="other/topic")
+    omb(home, "send", "other/topic", '{"N": 1}')
+    conn = store.connect(home)
+    try:
+        events.send_many(conn, [("task/change", {"APPC": "A", "TASK": f"T{n}"}) for n in range(55)])
+    finally:
+        conn.close()
+    other = c.get("/ui/events?topic=other/topic&format=json").json()
+    assert [e["topic"] for e in other["events"]] == ["other/topic"]
+    first = c.get("/ui/events?topic=task/change&format=json").json()
+    assert len(first["events"]) == 50 and json.loads(first["events"][0]["key"])["TASK"] == "T54"
+    older = c.get(f"/ui/events?topic=task/change&before={first['next_before']}&format=json").json()
+    assert [json.loads(e["key"])["TASK"] for e in older["events"]] == ["T4", "T3", "T2", "T1", "T0"]
+    assert older["next_before"] is None
+    # integrations: the merged ones are listed
+    vendor = home.root / "vendor.pl"
+    vendor.write_text("sub OMBackSync { my ($op, $id) = @_; return 1 }\n1;\n")
+    omb(home, "integration", "add", "vendor-a", str(vendor))
+    page = c.get("/ui/integrations")
+    assert page.status_code == 200 and "vendor-a" in page.text
