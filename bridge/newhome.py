@@ -26,6 +26,8 @@ def create_home(root: str | os.PathLike[str]) -> Home:
     """
     from . import backsync, bundled, store
 
+    if not os.fspath(root):
+        raise UsageError("name the directory of the new home, e.g. ombridge init /var/opt/ombridge")
     path = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
     if is_home(path):
         raise UsageError(f"{path} is already an ombridge home")

@@ -75,6 +75,9 @@ def test_init_cli_says_what_it_did_and_refuses_in_one_sentence(tmp_path: Path) -
     again = subprocess.run([*cli, "init", str(tmp_path / "h")], capture_output=True, text=True)
     assert (again.returncode, again.stdout) == (2, "")
     assert again.stderr == f"ombridge: error: {tmp_path / 'h'} is already an ombridge home\n"
+    unnamed = subprocess.run([*cli, "init", ""], capture_output=True, text=True, cwd=tmp_path)
+    assert (unnamed.returncode, unnamed.stdout) == (2, "")
+    assert unnamed.stderr == "ombridge: error: name the directory of the new home, e.g. ombridge init /var/opt/ombridge\n"
 
 
 def test_the_perl_side_is_found_in_the_checkout_of_an_editable_install() -> None:

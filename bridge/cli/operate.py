@@ -172,8 +172,8 @@ def backup(ctx: click.Context, target: str) -> None:
 
 
 @main.command()
-@click.argument("directory", metavar="DIR", type=click.Path(file_okay=True, path_type=Path))
-def init(directory: Path) -> None:
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=True))
+def init(directory: str) -> None:
     """Create a new home in DIR (new or empty) with the example `OMBackSync.pl`, owner-only.
 
     Then replace the script with yours, `ombridge --home DIR check`, `ombridge --home DIR try ID`
