@@ -559,9 +559,16 @@ class PerlHost:
                 assert progress is not None
                 progress(batch)
 
-            replies, fault = self._child.exchange(
-                requests, self.timeout, window=2 * every if progress else None,
-                on_replies=hand_over if progress else None, every=every)
+            try:
+                replies, fault = self._child.exchange(
+                    requests, self.timeout, window=2 * every if progress else None,
+                    on_replies=hand_over if progress else None, every=every)
+            except BaseException as exc:
+                # ``progress`` failed (a full disk, say) with replies still in the pipe: a child
+                # left running would hand them to the next call as its own. Restart it instead;
+                # the unrecorded Closes stay claimed and run again (at-least-once).
+                self._fault(f"the Closes in flight were abandoned: {exc}")
+                raise
             outcomes = handed + attempts(replies[done:])
             ended = time.time()
             if replies:

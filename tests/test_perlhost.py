@@ -229,3 +229,24 @@ def test_backoff_is_capped_exponential() -> None:
     assert [b.delay(n) for n in range(1, 8)] == [0, 0.5, 1, 2, 4, 4, 4]
     assert [b.delay(n, failed_starts=1) for n in range(5, 10)] == [4, 8, 16, 16, 16]
     assert b.delay(10**6, failed_starts=10**6) == 16
+
+
+def test_a_failed_record_mid_batch_restarts_the_child_so_no_reply_is_taken_for_another(home: Home) -> None:
+    # The manager records outcomes while perl goes on; if recording fails (a full disk), the
+    # replies still in the pipe must not be read by the next call as answers to its own Closes.
+    class DiskFull(Exception):
+        pass
+
+    def record(batch: list) -> None:
+        raise DiskFull("database or disk is full")
+
+    with PerlHost(home) as host:
+        host.start()
+        first = host.pid
+        with pytest.raises(DiskFull):
+            host.close_many([f"B-{n}" for n in range(300)], progress=record, every=50)
+        assert host.state is HostState.BACKOFF and host.restarts == 1
+        assert "the Closes in flight were abandoned: database or disk is full" in host.last_error
+        (after,) = host.close_many(["X-1"])
+        assert after.ok and host.pid != first
+        assert home.output.read_text().splitlines()[-1].endswith(" Close X-1")
