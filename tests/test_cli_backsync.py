@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,3 +128,12 @@ def test_split_storable_refuses_exactly_what_the_event_core_would_refuse() -> No
     assert "larger than" in reasons["x" * 70000] and "larger than" in reasons["\x01" * 11000]
     for event_id in good:  # what is kept fits: the stored key is under the limit
         assert len(canonical_key({"ID": event_id, "STATE": "closed"}).encode()) <= 65536
+
+
+def test_close_from_stdin_names_an_id_that_is_not_utf8_and_sends_the_others(home: Home) -> None:
+    r = subprocess.run([OMBRIDGE, "--home", str(home.root), "close", "-"], input=b"A\n\xff\xfeB\nC\n",
+                       capture_output=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == b"2 closed events sent\n"
+    assert r.stderr == b"ombridge: error: not sent: ID '\\xff\\xfeB': the ID is not valid UTF-8 text\n"
+    sent = [e["key"]["ID"] for e in json.loads(run(home, "events", "list", "--json").stdout)]
+    assert sorted(sent) == ["A", "C"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import stat
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import rich_click as click
@@ -15,7 +14,7 @@ from ..errors import ScriptSyntaxError
 from ..model import Attempt
 from ..perlenv import load_settings
 from ..perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
-from .base import SECONDS, home_of, main, print_json, setup_logging
+from .base import SECONDS, home_of, main, print_json, setup_logging, stdin_ids
 from .report import fail
 
 _PERL_OPTION = click.option("--perl", "perl", metavar="PATH", default=None,
@@ -70,13 +69,6 @@ def check(ctx: click.Context, database: bool, perl: str | None) -> None:
     click.echo(text.rstrip("\n"))
 
 
-def _stdin_ids() -> Iterator[bytes]:
-    for line in sys.stdin.buffer:
-        event_id = line.rstrip(b"\n").rstrip(b"\r")
-        if event_id:
-            yield event_id
-
-
 def _print_outcome(outcome: Attempt) -> None:
     if outcome.ok:
         click.echo(f"OK   {shown(outcome.subject)}")
@@ -110,7 +102,7 @@ def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool
     results: list[Attempt] = []
     with PerlHost(home, timeout=timeout, settings=load_settings(home, perl)) as host:
         host.start()
-        batches = ([i] for i in _stdin_ids()) if streaming else iter([list(ids)])
+        batches = ([i] for i in stdin_ids()) if streaming else iter([list(ids)])
         for batch in batches:
             for outcome in host.deliver_all(batch):
                 failed = failed or not outcome.ok

@@ -156,3 +156,12 @@ RETRIES = click.IntRange(min=0, max=1000)
 LIMIT = click.IntRange(min=1, max=1_000_000)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def stdin_ids() -> Any:
+    """The non-empty lines of stdin as bytes, as they arrive (an ID need not be valid UTF-8 here:
+    whoever uses it names a bad one instead of failing on the whole input)."""
+    for line in sys.stdin.buffer:
+        event_id = line.rstrip(b"\n").rstrip(b"\r")
+        if event_id:
+            yield event_id

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import time
@@ -13,7 +14,7 @@ from .. import backsync, control, supervisor
 from ..errors import BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, ListenerState, SupervisorState
 from ..retention import parse_age
-from .base import core, home_of, main, print_json
+from .base import core, home_of, main, print_json, stdin_ids
 from . import report
 from .report import fail
 
@@ -230,14 +231,8 @@ def close(ctx: click.Context, ids: tuple[str, ...]) -> None:
 
 
 def _stdin_chunks(size: int) -> Any:
-    """The non-empty lines of stdin, ``size`` at a time, as they arrive."""
-    chunk: list[str] = []
-    for line in sys.stdin:
-        line = line.rstrip("\r\n")
-        if line:
-            chunk.append(line)
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-    if chunk:
+    """The IDs on stdin, ``size`` at a time, as they arrive; one that is not UTF-8 is kept as
+    such (surrogate escapes), to be refused by name."""
+    ids = (i.decode("utf-8", "surrogateescape") for i in stdin_ids())
+    while chunk := list(itertools.islice(ids, size)):
         yield chunk
