@@ -15,6 +15,7 @@ import sqlite3
 from typing import Any, NamedTuple
 
 from . import contexts, deliveries, substitution
+from .events import candidate_patterns
 from .errors import NotFound, UsageError
 from .filters import compile_filter
 from .model import ActionKind, DeliveryStatus
@@ -363,8 +364,7 @@ def variables_of(conn: sqlite3.Connection, pattern: str) -> set[str]:
     patterns = {pattern}
     for name, fields in matched:
         found.update(fields)
-        parts = name.split("/")
-        patterns.update([name, *("/".join(parts[:i]) + "/*" for i in range(1, len(parts))), "*"])
+        patterns.update(candidate_patterns(name))
     return found | contexts.variables(conn, sorted(patterns))
 
 
