@@ -35,8 +35,8 @@ log = logging.getLogger("ombridge.manager")
 
 MAX_BATCH = 2000
 RECORD_EVERY = 250  # Closes between two records of outcomes; perl runs at most twice that ahead
-BATCH_SECONDS = 0.5
-ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status  # aim for backsync batches that take about this long
+BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
+ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status
 
 
 class _Tally:
@@ -125,13 +125,16 @@ class EventManager:
             return 0
         started = time.time()
         tally = _Tally()
-        usable = []
+        usable, close_ids, without_id = [], [], []
         for c in claims:
-            if value_text(c.event.key.get("ID", "")) == "":  # the key's ID field, not the event's row id
-                self._record(conn, [(c, Attempt(False, started, started, error="the event has no ID to close"))],
-                             tally)
+            close_id = value_text(c.event.key.get("ID", ""))  # the key's ID field, not the event's row id
+            if close_id == "":
+                without_id.append((c, Attempt(False, started, started, error="the event has no ID to close")))
             else:
                 usable.append(c)
+                close_ids.append(close_id)
+        if without_id:
+            self._record(conn, without_id, tally)
         recorded = 0
 
         def record(batch: list[Attempt]) -> None:
@@ -139,8 +142,7 @@ class EventManager:
             self._record(conn, list(zip(usable[recorded:recorded + len(batch)], batch)), tally)
             recorded += len(batch)
 
-        outcomes = self.host.close_many([value_text(c.event.key["ID"]) for c in usable], progress=record,
-                                        every=RECORD_EVERY) if usable else []
+        outcomes = self.host.close_many(close_ids, progress=record, every=RECORD_EVERY) if usable else []
         rest = list(zip(usable[recorded:], outcomes[recorded:]))
         self._record(conn, [(c, o) for c, o in rest if o.attempted], tally)
         given_back = [c for c, o in rest if not o.attempted]
@@ -228,7 +230,6 @@ class EventManager:
                     self._lane_states[name] = LaneState.BUSY
                     if step(conn):
                         continue
-                    self._lane_states[name] = LaneState.IDLE
                     wait = self._idle_wait(conn, lane)
                 except Exception as exc:  # a lane never dies: log, pause, go on
                     log.exception("%s: unexpected error", name)
