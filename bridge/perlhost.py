@@ -104,6 +104,9 @@ class _Child:
         self._stdin = self.proc.stdin.fileno()
         os.set_blocking(self._stdin, False)
         self._buf = bytearray()
+        # Readable once the host has exited: a process it forked without fork() (a piped open)
+        # may hold the reply pipe open, so its EOF alone would come late.
+        self._exited: int | None = _pidfd(self.pid)
         self._pump = drain.start(self.proc.stdout, script_log, f"perl[{self.pid}]")  # type: ignore[arg-type]
 
     def alive(self) -> bool:
@@ -135,6 +138,8 @@ class _Child:
 
         with selectors.DefaultSelector() as sel:
             sel.register(self._reply, selectors.EVENT_READ)
+            if self._exited is not None:
+                sel.register(self._exited, selectors.EVENT_READ)
             writing = bool(payload)
             if writing:
                 sel.register(self._stdin, selectors.EVENT_WRITE)
@@ -156,14 +161,17 @@ class _Child:
                             sel.unregister(self._stdin)
                             writing = False
                         continue
-                    lines = self._read_lines()
-                    if lines is None:
-                        return replies, self._exit_fault()
-                    for line in lines:
+                    exited = key.fd == self._exited
+                    lines = self._read_lines(drain=exited)
+                    for line in lines or ():
                         try:
                             replies.append(protocol.parse_reply(line, self.pid))
                         except ProtocolError as exc:
                             return replies, exc
+                    if lines is None or (exited and len(replies) < wanted):
+                        return replies, self._exit_fault()
+                    if exited:
+                        sel.unregister(self._exited)  # every reply was in the pipe
                     if not lines:
                         continue
                     deadline = time.monotonic() + timeout
@@ -196,15 +204,24 @@ class _Child:
         self._buf = bytearray(rest)
         return line
 
-    def _read_lines(self) -> list[bytes] | None:
-        try:
-            chunk = os.read(self._reply, _CHUNK)
-        except BlockingIOError:
-            return []
-        if not chunk:
-            return None
-        self._buf += chunk
-        if b"\n" not in chunk:
+    def _read_lines(self, drain: bool = False) -> list[bytes] | None:
+        """The complete reply lines there are now ([] if none yet; None at EOF). With ``drain``
+        (the host has exited), read until the pipe is empty, EOF or not."""
+        got_line = False
+        while True:
+            try:
+                chunk = os.read(self._reply, _CHUNK)
+            except BlockingIOError:
+                break
+            if not chunk:
+                if not drain:
+                    return None
+                break
+            self._buf += chunk
+            got_line = got_line or b"\n" in chunk
+            if not drain:
+                break
+        if not got_line:
             return []
         *lines, rest = bytes(self._buf).split(b"\n")
         self._buf = bytearray(rest)
@@ -224,6 +241,9 @@ class _Child:
         except (ProcessLookupError, PermissionError):
             pass
         self._reap(5.0)
+        if self._exited is not None:
+            os.close(self._exited)
+            self._exited = None
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop as a plain perl is stopped, then kill whatever is left after ``grace`` seconds.
@@ -272,6 +292,14 @@ class _Child:
         except OSError:
             pass
         self._pump.join(timeout=1.0)
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when process ``pid`` exits (None where the kernel has none)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _group_alive(pgid: int) -> bool:

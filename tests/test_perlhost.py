@@ -6,6 +6,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -250,3 +251,29 @@ def test_a_failed_record_mid_batch_restarts_the_child_so_no_reply_is_taken_for_a
         (after,) = host.close_many(["X-1"])
         assert after.ok and host.pid != first
         assert home.output.read_text().splitlines()[-1].endswith(" Close X-1")
+
+
+def test_a_host_that_dies_is_seen_at_once_although_a_piped_open_holds_its_pipes(home: Home) -> None:
+    # open '-|' forks without fork(): the child keeps the protocol descriptors, so their EOF
+    # would come only when it ends (15 s here); the host's own exit is watched instead.
+    home.script.write_text(r"""
+sub OMBackSync {
+    my ($op, $id) = @_;
+    return 1 if $op eq 'Init';
+    if ($id eq 'die') {
+        my $pid = open(my $fh, '-|');
+        if (defined $pid && $pid == 0) { sleep 15; exit 0 }
+        kill 'KILL', $$;
+    }
+    return 1;
+}
+1;
+""")
+    with PerlHost(home) as host:
+        host.start()
+        started = time.monotonic()
+        ok, died = host.close_many(["fine", "die"])
+        assert time.monotonic() - started < 10
+        assert ok.ok and not died.ok and re.fullmatch(r"perl child \d+ was killed by SIGKILL", died.error)
+        (again,) = host.close_many(["fine-2"])
+        assert again.ok
