@@ -144,11 +144,9 @@ sub load_script {
     }
     my $err = $@;
     leave_child($ok, $err) if $$ != $PID;
-    if (!$ok) {
-        # exit(0) while the script's top level runs ends loading, as it would end a plain perl run.
-        return undef if ref $err eq 'OMBridge::Exit' && !$err->{code};
-        return message_of($err);
-    }
+    # exit(0) while the script's top level runs ends loading, as it would end a plain perl run;
+    # what it defined before that is served.
+    return message_of($err) unless $ok || (ref $err eq 'OMBridge::Exit' && !$err->{code});
     return "OMBackSync is not defined in $script (the script must define sub OMBackSync)"
         unless defined &main::OMBackSync;
     return undef;

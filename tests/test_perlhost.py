@@ -277,3 +277,14 @@ sub OMBackSync {
         assert ok.ok and not died.ok and re.fullmatch(r"perl child \d+ was killed by SIGKILL", died.error)
         (again,) = host.close_many(["fine-2"])
         assert again.ok
+
+
+def test_exit_0_at_the_top_level_ends_loading_and_what_was_defined_by_then_is_checked(home: Home) -> None:
+    home.script.write_text("*main::OMBackSync = sub { 1 };\nexit 0;\n")
+    with PerlHost(home) as host:
+        host.start()
+        assert host.state is HostState.RUNNING
+    home.script.write_text("exit 0;\n*main::OMBackSync = sub { 1 };\n")
+    with PerlHost(home) as host:
+        with pytest.raises(PerlStartError, match="OMBackSync is not defined in"):
+            host.start()
