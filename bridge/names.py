@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 from .errors import UsageError
 
@@ -58,3 +59,8 @@ def variable_name(variable: str) -> str:
 def value_text(value: Any) -> str:
     """A key value as the text a &VAR or a filter sees (numbers as in JSON)."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def when(ts: float | None) -> str:
+    """A stored time as local ``YYYY-MM-DD HH:MM:SS`` (empty for none), as listings show it."""
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

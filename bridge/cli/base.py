@@ -9,12 +9,13 @@ import json
 import logging
 import sqlite3
 import sys
-import time
 from typing import Any
 
 import rich_click as click
 
 from .. import backsync, store
+from ..catalog import MAX_RETRIES, MAX_TIMEOUT
+from ..names import when  # noqa: F401  (re-exported to the command modules)
 from ..errors import BridgeError, UsageError
 from ..home import Home, resolve_home
 from .report import describe_fault, fail, fail_with
@@ -117,11 +118,6 @@ def core(ctx: click.Context) -> sqlite3.Connection:
     return obj["conn"]
 
 
-def when(ts: float | None) -> str:
-    """A stored time as local ``YYYY-MM-DD HH:MM:SS``."""
-    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """Print a listing: a rich table on a terminal; piped, plain tab-separated lines with a header
     (a table squeezed to 80 columns folds every cell into slivers; scripts want lines)."""
@@ -151,8 +147,8 @@ def listing(as_json: bool, data: Any, title: str, columns: list[str], cells: lis
 
 # Numbers an operator types, refused outside sane, finite ranges before anything is stored.
 ROW_ID = click.IntRange(min=1, max=2**63 - 1)
-SECONDS = click.FloatRange(min=0.001, max=7 * 86400)  # timeouts: a week at most, never inf or nan
-RETRIES = click.IntRange(min=0, max=1000)
+SECONDS = click.FloatRange(min=0.001, max=MAX_TIMEOUT)  # timeouts: a week at most, never inf or nan
+RETRIES = click.IntRange(min=0, max=MAX_RETRIES)
 LIMIT = click.IntRange(min=1, max=1_000_000)
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

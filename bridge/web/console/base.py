@@ -9,7 +9,6 @@ CSRF token, calls one library function, and redirects to a page that shows the a
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from ... import store
+from ...names import when
 from ...errors import BridgeError, NotFound, UsageError
 from ...home import Home
 from ..auth import REALM, Authenticator
@@ -39,11 +39,6 @@ class Refusal(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def when(ts: float | None) -> str:
-    """A stored time as local ``YYYY-MM-DD HH:MM:SS`` (empty for none)."""
-    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
 def pretty_json(value: Any) -> str:
