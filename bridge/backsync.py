@@ -42,7 +42,7 @@ def ensure_backsync(conn: sqlite3.Connection) -> int:
     """Create the built-in topics and the backsync system subscriber if missing; returns its id."""
     return catalog.ensure_system_subscriber(
         conn, ActionKind.BACKSYNC, description=DESCRIPTION, timeout=CLOSE_TIMEOUT, retries=CLOSE_RETRIES,
-        topics=_TOPICS, pattern=UPDATE_TOPIC, filters=[("STATE", "closed", "only closed events")])
+        topics=_TOPICS, pattern=(UPDATE_TOPIC, "closed events"), filters=[("STATE", "closed", "only closed events")])
 
 
 def close_timeout(conn: sqlite3.Connection) -> float:

@@ -206,11 +206,11 @@ def system_subscriber(conn: sqlite3.Connection, action: ActionKind) -> int | Non
 
 
 def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, description: str, timeout: float,
-                             retries: int, topics: list[tuple[str, list[str], str]], pattern: str,
+                             retries: int, topics: list[tuple[str, list[str], str]], pattern: tuple[str, str],
                              filters: list[tuple[str, str, str]]) -> int:
     """Create a built-in subscriber with its topics, subscriber topic and filters unless it exists;
-    returns its id. ``topics`` are (name, key fields, description); ``filters`` (variable, regex,
-    description). One transaction: a concurrent creator is seen, not duplicated."""
+    returns its id. ``topics`` are (name, key fields, description); ``pattern`` (subscriber topic,
+    description); ``filters`` (variable, regex, description). One transaction: a concurrent creator is seen, not duplicated."""
     sid = system_subscriber(conn, action)
     names = [name for name, _, _ in topics]
     known = conn.execute(f"SELECT count(*) FROM topics WHERE name IN ({','.join('?' * len(names))})",
@@ -226,7 +226,7 @@ def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, de
             return sid
         sid = _insert_subscriber(conn, action, "", description, timeout, retries, system=True)
         st = conn.execute("INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) "
-                          "VALUES (?, ?, 0, ?)", (sid, pattern, topics[0][2])).lastrowid
+                          "VALUES (?, ?, 0, ?)", (sid, *pattern)).lastrowid
         for variable, regex, filter_description in filters:
             conn.execute("INSERT INTO event_filters (subscriber_topic_id, variable, regex, description) "
                          "VALUES (?, ?, ?, ?)", (st, variable, regex, filter_description))
