@@ -148,13 +148,14 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, 
     return _claims(rows)
 
 
-def _where_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> sqlite3.Cursor | None:
-    """Run ``sql`` (with ``{ids}`` for a list of placeholders) over ``ids``, 500 at a time."""
-    cur = None
+def _where_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> list[Any]:
+    """Run ``sql`` (with ``{ids}`` for a list of placeholders) over ``ids``, 500 at a time; the
+    rows it returned (a SELECT's)."""
+    rows: list[Any] = []
     for n in range(0, len(ids), 500):
         part = ids[n:n + 500]
-        cur = conn.execute(sql.format(ids=",".join("?" * len(part))), (*args, *part))
-    return cur
+        rows += conn.execute(sql.format(ids=",".join("?" * len(part))), (*args, *part)).fetchall()
+    return rows
 
 
 def retry_delay(attempt: int) -> float:
@@ -185,13 +186,9 @@ def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) ->
     with transaction(conn):
         # Which claims are still current: one read, then batched writes, instead of statements
         # per row (the backsync records chunks of a hundred Closes at a time).
-        current = set()
-        ids = [c.id for c, _ in done]
-        for n in range(0, len(ids), 500):
-            part = ids[n:n + 500]
-            current.update((r[0], r[1]) for r in conn.execute(
-                f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' "
-                f"AND id IN ({','.join('?' * len(part))})", part))
+        current = {(r[0], r[1]) for r in _where_ids(
+            conn, f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' AND id IN ({{ids}})", (),
+            [c.id for c, _ in done])}
         conn.executemany(
             "INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
