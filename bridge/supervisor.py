@@ -476,15 +476,9 @@ class Supervisor:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         degraded = []
-        try:
-            conn = store.connect(self.home)
-            try:
-                backlog: dict[str, int] | None = deliveries.backlog(conn)
-            finally:
-                conn.close()
-        except (BridgeError, sqlite3.Error) as exc:
-            backlog = None
-            degraded.append(f"the event core cannot be read: {exc}")
+        backlog, unreadable = _stored_backlog(self.home)
+        if unreadable:
+            degraded.append(f"the event core cannot be read: {unreadable}")
         host_state = host.state if host else HostState.STOPPED
         listener_status = self.listener.status() if self.listener else {"state": ListenerState.OFF.value}
         if listener_status["state"] == ListenerState.FAILED.value:
@@ -634,17 +628,22 @@ def offline_status(home: Home) -> dict[str, Any]:
     """What ``status`` shows when no supervisor runs: everything stopped, and the stored backlog."""
     backlog: dict[str, int] | None = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
     if home.db.exists():
-        try:
-            conn = store.connect(home)
-            try:
-                backlog = deliveries.backlog(conn)
-            finally:
-                conn.close()
-        except (BridgeError, sqlite3.Error):
-            backlog = None  # unreadable: `ombridge check --db` says why
+        backlog, _ = _stored_backlog(home)  # None when unreadable: `ombridge check --db` says why
     return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
             "ombacksync": {"state": HostState.STOPPED.value},
             "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "degraded": []}
+
+
+def _stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
+    """(open and failed deliveries, None) from the event core, or (None, why it cannot be read)."""
+    try:
+        conn = store.connect(home)
+        try:
+            return deliveries.backlog(conn), None
+        finally:
+            conn.close()
+    except (BridgeError, sqlite3.Error) as exc:
+        return None, str(exc)
 
 
 def is_alive(pid: int) -> bool:
