@@ -12,6 +12,11 @@
 The load comes from this process over loopback: raw HTTP/1.1 on asyncio streams, requests
 prepared in advance, so the client costs little beside the server. Bounded: a fixed number of
 requests per client, well under a minute in all.
+
+A second pair measures the ceiling of the HTTP layer alone: the same listener, in this process
+without the Event Manager, its committer replaced by one that stores nothing and answers at
+once, so a close costs only its HTTP, XML and answer; the same no-op beside it. The load then
+comes from a child process (this process serves).
 """
 
 from __future__ import annotations
@@ -20,14 +25,18 @@ import asyncio
 import base64
 import json
 import os
+import subprocess
 import sys
 import time
+from typing import Any
 from urllib.parse import quote
 
 from common import bench_home, table
 
-from bridge import control, store, supervisor
+from bridge import backsync, control, store, supervisor
 from bridge.web import users
+from bridge.web.config import ListenConfig
+from bridge.web.listener import Listener
 
 CLIENTS = 16
 NOOP_PER_CLIENT = 1500
@@ -78,6 +87,15 @@ async def _load(port: int, per_client: list[list[tuple[str, bytes]]]) -> tuple[f
     return time.perf_counter() - start, latencies, acked
 
 
+def _closes(per_client: int, tag: str) -> list[list[tuple[str, bytes]]]:
+    return [[(f"{tag}-{c}-{n}", _request("POST", f"/omi/event_change/{quote(f'{tag}-{c}-{n}', safe='')}",
+                                         CLOSE_BODY)) for n in range(per_client)] for c in range(CLIENTS)]
+
+
+def _noops(per_client: int) -> list[list[tuple[str, bytes]]]:
+    return [[("", _request("GET", "/omi"))] * per_client for _ in range(CLIENTS)]
+
+
 def _cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by process ``pid`` and its children that ended."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -111,14 +129,12 @@ def measure() -> dict[str, float]:
         st = supervisor.spawn(home, ["--listen", "127.0.0.1:0"])
         port, pid = st["listener"]["port"], st["supervisor"]["pid"]
         try:
-            noop = [[("", _request("GET", "/omi"))] * NOOP_PER_CLIENT for _ in range(CLIENTS)]
+            noop = _noops(NOOP_PER_CLIENT)
             asyncio.run(_load(port, [r[:50] for r in noop]))  # warm up: credentials checked once, connections
             cpu = _cpu(pid)
             noop_s, noop_lat, _ = asyncio.run(_load(port, noop))
             noop_cpu = _cpu(pid) - cpu
-            closes = [[(f"BENCH-{c}-{n}", _request("POST", f"/omi/event_change/{quote(f'BENCH-{c}-{n}', safe='')}",
-                                                   CLOSE_BODY)) for n in range(CLOSES_PER_CLIENT)]
-                      for c in range(CLIENTS)]
+            closes = _closes(CLOSES_PER_CLIENT, "BENCH")
             cpu, perl = _cpu(pid), _perl_cpu(pid)
             close_s, close_lat, acked = asyncio.run(_load(port, closes))
             deadline = time.monotonic() + 60
@@ -151,9 +167,40 @@ def measure() -> dict[str, float]:
             "perl_cpu": perl_cpu / n_close * 1e6}
 
 
+async def _answer_without_storing(items: list[tuple[str, Any]], force: bool = False) -> list[Any]:
+    return []
+
+
+def _client_rate(port: int, kind: str, per_client: int) -> float:
+    """Requests/s of the 16 clients, run in a child process (`bench_web.py --client`)."""
+    out = subprocess.run([sys.executable, __file__, "--client", str(port), kind, str(per_client)],
+                         capture_output=True, text=True, check=True).stdout
+    return float(out)
+
+
+def ceiling() -> tuple[float, float]:
+    """(no-op rate, close rate) of an in-process listener whose commits store nothing."""
+    with bench_home() as home:
+        conn = store.connect(home)
+        backsync.ensure_backsync(conn)
+        users.add_user(conn, USER, PASSWORD)
+        conn.close()
+        listener = Listener(home, ListenConfig("127.0.0.1", 0))
+        listener.start()
+        try:
+            listener.committer.commit = _answer_without_storing  # type: ignore[method-assign]
+            assert listener.address is not None
+            port = listener.address[1]
+            _client_rate(port, "noop", 50)  # warm up
+            return _client_rate(port, "noop", NOOP_PER_CLIENT), _client_rate(port, "close", CLOSES_PER_CLIENT)
+        finally:
+            listener.stop()
+
+
 def run() -> str:
     """The table for `make bench`."""
     m = measure()
+    bare_noop, bare_close = ceiling()
     ratio = m["close_rate"] / m["noop_rate"]
     rows = [
         [f"no-op authenticated `GET /omi`, {CLIENTS} keep-alive clients", f"{m['noop_rate']:,.0f} requests/s",
@@ -167,10 +214,23 @@ def run() -> str:
          f"p50 {m['to_close_p50']:+.2f} ms, p99 {m['to_close_p99']:+.2f} ms", ""],
         ["stored -> `OMBackSync('Close')` started", "", f"p50 {m['stored_p50']:.2f} ms, p99 {m['stored_p99']:.2f} ms",
          ""],
+        ["ceiling of the HTTP layer: no-op, listener alone (no Event Manager)", f"{bare_noop:,.0f} requests/s", "",
+         "1.00"],
+        ["ceiling: `event_change` parsed and answered, nothing stored or delivered", f"{bare_close:,.0f} closes/s",
+         "", f"{bare_close / bare_noop:.2f}"],
     ]
     return table("HTTP listener: OMi event_change closes", ["what", "rate", "latency", "closes ÷ no-op"], rows)
 
 
+def _client_main(port: int, kind: str, per_client: int) -> None:
+    requests = _noops(per_client) if kind == "noop" else _closes(per_client, f"CEIL-{os.getpid()}")
+    elapsed, _, _ = asyncio.run(_load(port, requests))
+    print(CLIENTS * per_client / elapsed)
+
+
 if __name__ == "__main__":
-    print(run())
+    if sys.argv[1:2] == ["--client"]:
+        _client_main(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+    else:
+        print(run())
     sys.exit(0)

@@ -131,6 +131,10 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, 
     first, for ``owner``."""
     at = wall_now() if at is None else at
     of_lane, args = _of_lane(lane)
+    # A read first: a lane woken for another lane's work (or for nothing) takes no write lock.
+    if conn.execute(f"SELECT 1 FROM subscriber_events se WHERE {of_lane}se.status = '{_OPEN}' "
+                    "AND se.next_attempt_at <= ? LIMIT 1", (*args, at)).fetchone() is None:
+        return []
     with transaction(conn):
         cur = conn.cursor()
         cur.row_factory = None  # tuples (see _claims)

@@ -37,6 +37,7 @@ MAX_BATCH = 2000
 RECORD_EVERY = 250  # Closes between two records of outcomes; perl runs at most twice that ahead
 BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
 ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status
+SUMMARY_EVERY = 10.0  # seconds between two log lines of Closes that went well
 
 
 class _Tally:
@@ -46,6 +47,34 @@ class _Tally:
         self.attempted = 0
         self.failed = 0
         self.first_error: str | None = None
+
+
+class _Summary:
+    """Closes that went well, logged as one line per :data:`SUMMARY_EVERY` seconds instead of one
+    per batch (HTTP closes come in batches of a few: hundreds of lines a second otherwise)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.closed = 0
+        self.batches = 0
+        self.since = clock()
+
+    def add(self, closed: int) -> None:
+        self.closed += closed
+        self.batches += 1
+        self.tick()
+
+    def tick(self) -> None:
+        """Log what was closed when the last line is old enough (an idle lane looks every 2 s)."""
+        if self.clock() - self.since >= SUMMARY_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.closed:
+            log.info("backsync: %d closed in %d batch(es) over %.0f s", self.closed, self.batches,
+                     self.clock() - self.since)
+        self.closed = self.batches = 0
+        self.since = self.clock()
 
 
 class EventManager:
@@ -61,6 +90,7 @@ class EventManager:
         self.state = ManagerState.STOPPED
         self.delivered = 0
         self.failed_attempts = 0
+        self._summary = _Summary()
         self._batch = 10  # grows to about BATCH_SECONDS worth of Closes after the first batch
         self._stopping = threading.Event()
         self._wakes: list[threading.Event] = []
@@ -151,8 +181,12 @@ class EventManager:
         ended = time.time()
         if tally.attempted and ended > started:
             self._batch = max(1, min(MAX_BATCH, int(tally.attempted / (ended - started) * BATCH_SECONDS)))
-        log.info("backsync: %d closed, %d failed, %d released%s", tally.attempted - tally.failed, tally.failed,
-                 len(given_back), f" (first error: {tally.first_error})" if tally.first_error else "")
+        if tally.failed or given_back:
+            self._summary.flush()
+            log.info("backsync: %d closed, %d failed, %d released%s", tally.attempted - tally.failed, tally.failed,
+                     len(given_back), f" (first error: {tally.first_error})" if tally.first_error else "")
+        else:
+            self._summary.add(tally.attempted)
         return len(claims)
 
     def _record(self, conn: sqlite3.Connection, done: list[tuple[deliveries.Claimed, Attempt]], tally: _Tally) -> None:
@@ -230,6 +264,8 @@ class EventManager:
                     self._lane_states[name] = LaneState.BUSY
                     if step(conn):
                         continue
+                    if lane is Lane.BACKSYNC:
+                        self._summary.tick()
                     wait = self._idle_wait(conn, lane)
                 except Exception as exc:  # a lane never dies: log, pause, go on
                     log.exception("%s: unexpected error", name)
@@ -240,6 +276,8 @@ class EventManager:
                 self._lane_states[name] = LaneState.IDLE
                 wake.wait(wait)
         finally:
+            if lane is Lane.BACKSYNC:
+                self._summary.flush()
             self._lane_states[name] = LaneState.STOPPED
             conn.close()
 

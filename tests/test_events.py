@@ -261,6 +261,23 @@ def test_async_subscribers_are_left_open_and_claimable(topics: sqlite3.Connectio
     assert topics.execute("SELECT count(*) FROM attempts").fetchone()[0] == 2
 
 
+def test_a_claim_with_nothing_due_takes_no_write_lock(home: Home, topics: sqlite3.Connection,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # A doorbell wakes every lane: the ones with nothing to do must not queue for the write lock
+    # (under HTTP load the action lanes did, hundreds of times a second).
+    from bridge.model import Lane
+
+    listen(topics, "task/add", "true")
+    writer = store.connect(home)
+    monkeypatch.setattr(store, "BUSY_TIMEOUT", 0.2)  # a claim that waited for the lock would fail
+    with store.transaction(writer):  # another process's long write
+        assert deliveries.claim(topics, limit=10, lane=Lane.ACTIONS) == []
+        assert deliveries.claim(topics, limit=10, lane=Lane.BACKSYNC) == []
+    writer.close()
+    events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
+    assert len(deliveries.claim(topics, limit=10, lane=Lane.ACTIONS)) == 1
+
+
 def test_retries_run_out_then_failed_then_retry_reopens(topics: sqlite3.Connection) -> None:
     from bridge.model import Attempt
     listen(topics, "task/add", "false", retries=1)

@@ -65,6 +65,19 @@ def test_close_reaches_the_script_at_once(home: Home, running) -> None:
     assert lines[0].endswith(" Init")
 
 
+def test_closes_that_went_well_are_logged_as_a_summary_not_per_batch(home: Home, running) -> None:
+    running()
+    for n in range(20):  # twenty batches, as HTTP closes arrive
+        omb(home, "close", f"S-{n}-a", f"S-{n}-b")
+        wait_for(lambda: len(closed_ids(home)) == 2 * (n + 1), what="the batch's closes")
+    omb(home, "stop")
+    log = (home.log_dir / "ombridge.log").read_text()
+    assert "closed, 0 failed" not in log  # no line per batch
+    summaries = [line for line in log.splitlines() if "backsync: " in line and " closed in " in line]
+    assert 1 <= len(summaries) <= 3
+    assert sum(int(line.split("backsync: ")[1].split()[0]) for line in summaries) == 40
+
+
 def test_status_stop_and_start_exit_codes(home: Home, running) -> None:
     r = omb(home, "status", check=False)
     assert r.returncode == 3 and "stopped" in r.stdout
