@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -55,18 +56,25 @@ def use_script(home: Home) -> Callable[[str], Path]:
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 
-def run_ombridge(home: Home | Path, *args: str, check: bool = True, timeout: float = 300, stdin: str | None = None,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``ombridge --home HOME ARGS`` as an operator types it: no OvDataDir inherited from the tests,
-    a wide terminal for tables, ``stdin`` as its input (none by default), ``env`` added."""
-    root = home.root if isinstance(home, Home) else home
-    environ = {k: v for k, v in os.environ.items() if k != "OvDataDir"}
-    r = subprocess.run([OMBRIDGE, "--home", str(root), *args], capture_output=True, text=True, timeout=timeout,
+def run_ombridge(home: Home | Path | None, *args: str, check: bool = True, timeout: float = 300,
+                 stdin: str | None = None, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``ombridge --home HOME ARGS`` as an operator types it (no ``--home`` when ``home`` is None):
+    no OvDataDir or OMBRIDGE_HOME inherited from the tests, a wide terminal for tables, ``stdin``
+    as its input (none by default), ``env`` added; with ``check``, exit status 0 is asserted."""
+    home_args = [] if home is None else ["--home", str(home.root if isinstance(home, Home) else home)]
+    environ = {k: v for k, v in os.environ.items() if k not in ("OvDataDir", "OMBRIDGE_HOME")}
+    r = subprocess.run([OMBRIDGE, *home_args, *args], capture_output=True, text=True, timeout=timeout,
                        env={**environ, "COLUMNS": "200", **(env or {})}, input=stdin,
-                       stdin=subprocess.DEVNULL if stdin is None else None)
+                       stdin=subprocess.DEVNULL if stdin is None else None, cwd=cwd)
     if check:
         assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r
+
+
+def status(home: Home) -> dict:
+    """``ombridge status --json`` (whatever its exit status)."""
+    return json.loads(run_ombridge(home, "status", "--json", check=False).stdout)
 
 
 def hex_lines(path: Path) -> list[str]:
@@ -114,7 +122,7 @@ def alive(pid: int) -> bool:
 def listening(home: Home) -> Iterator[Callable[..., Any]]:
     """Call with ``start`` options to start a supervisor listening on 127.0.0.1 (a free port);
     a user omi/PASSWORD exists. Always stopped (or killed) afterwards."""
-    from web_support import PASSWORD, USER, Listening, omb, status
+    from web_support import PASSWORD, USER, Listening, omb
 
     pids: list[int] = []
     omb(home, "user", "add", USER, stdin=PASSWORD + "\n")

@@ -5,23 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bridge.home import Home, resolve_home
-from conftest import hex_lines
-
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
+from conftest import OMBRIDGE, hex_lines, run_ombridge
 
 
-def run(home: Home | None, *args: str, stdin: str | None = None, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [OMBRIDGE, *(["--home", str(home.root)] if home else []), *args]
-    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+def run(home: Home | None, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    return run_ombridge(home, *args, check=False, timeout=60, **options)
 
 
 def test_check_ok(home: Home) -> None:

@@ -16,12 +16,10 @@ from bridge.home import Home
 from chaos import perls_of
 from conftest import OMBRIDGE
 from conftest import run_ombridge as omb
+from conftest import status
 from conftest import EXAMPLE, FIXTURES, wait_for
 
 
-
-def status(home: Home) -> dict:
-    return json.loads(omb(home, "status", "--json", check=False).stdout)
 
 
 def by_id(home: Home) -> dict[str, dict]:

@@ -28,13 +28,11 @@ from bridge.model import ActionKind, Attempt, DeliveryStatus, Settlement
 from chaos import perls_of
 from conftest import OMBRIDGE
 from conftest import run_ombridge as omb
+from conftest import status
 from conftest import FIXTURES, alive, wait_for
 
 OK = Attempt(True, 0.0, 0.0, 0)
 
-
-def status(home: Home) -> dict:
-    return json.loads(omb(home, "status", "--json", check=False).stdout)
 
 
 def two_listeners(conn: sqlite3.Connection) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from bridge.home import Home
 from bridge.perlhost import HostSettings, HostState, PerlHost
 from compat.harness import home_processes
 from conftest import run_ombridge as omb
+from conftest import status
 from conftest import wait_for
 
 FORKING = r"""use strict;
@@ -68,11 +69,11 @@ def test_a_forking_script_closes_each_id_exactly_once_through_the_supervisor(hom
     try:
         omb(home, "close", *IDS)
         wait_for(lambda: sum(counts(home, "parent.txt").values()) >= 200, timeout=120, what="200 closes")
-        wait_for(lambda: json.loads(omb(home, "status", "--json", check=False).stdout)["backlog"]["open"] == 0,
+        wait_for(lambda: status(home)["backlog"]["open"] == 0,
                  what="backlog drained")
-        backlog = json.loads(omb(home, "status", "--json", check=False).stdout)["backlog"]
+        backlog = status(home)["backlog"]
         assert backlog == {"open": 0, "failed": 0}
-        assert json.loads(omb(home, "status", "--json", check=False).stdout)["ombacksync"]["restarts"] == 0
+        assert status(home)["ombacksync"]["restarts"] == 0
     finally:
         omb(home, "stop", check=False)
     assert counts(home, "closed.txt") == Counter(IDS)
@@ -105,10 +106,10 @@ def test_status_answers_at_once_while_a_slow_init_runs(home: Home, monkeypatch: 
         r = omb(home, "status", check=False)
         assert time.monotonic() - started < 5  # no waiting behind Init
         assert r.returncode == 1 and "ombacksync    starting, Init running for" in r.stdout
-        st = json.loads(omb(home, "status", "--json", check=False).stdout)["ombacksync"]
+        st = status(home)["ombacksync"]
         assert st["state"] == "starting" and st["init_running_for"] >= 0 and st["pid"]
         wait_for(lambda: (home.tmp / "closed.txt").exists(), timeout=90, what="Init done and S-1 closed")
-        st = json.loads(omb(home, "status", "--json", check=False).stdout)["ombacksync"]
+        st = status(home)["ombacksync"]
         assert st["state"] == "running" and st["restarts"] == 0  # not killed by the call timeout
         assert omb(home, "status", check=False).returncode == 0
     finally:
@@ -119,7 +120,7 @@ def test_a_stop_does_not_wait_for_a_slow_init(home: Home, monkeypatch: pytest.Mo
     home.script.write_text(SLOW_INIT)
     monkeypatch.setenv("OMB_TEST_INIT_SECONDS", "600")
     omb(home, "start")
-    wait_for(lambda: json.loads(omb(home, "status", "--json", check=False).stdout)["ombacksync"]["pid"],
+    wait_for(lambda: status(home)["ombacksync"]["pid"],
              what="Init running")
     started = time.monotonic()
     omb(home, "stop")

@@ -21,6 +21,7 @@ import pytest
 
 from bridge.home import Home
 from conftest import run_ombridge as omb
+from conftest import status
 from conftest import FIXTURES, wait_for
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
@@ -338,7 +339,7 @@ def test_status_codes_follow_lsb(home: Home) -> None:
     try:
         r = omb(home, "status", check=False)
         assert r.returncode == 1 and "degraded      ombacksync is syntax-error" in r.stdout
-        assert json.loads(omb(home, "status", "--json", check=False).stdout)["degraded"] == [
+        assert status(home)["degraded"] == [
             "ombacksync is syntax-error"]
     finally:
         omb(home, "stop")

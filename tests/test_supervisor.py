@@ -15,12 +15,10 @@ import pytest
 from bridge.home import Home
 from conftest import OMBRIDGE
 from conftest import run_ombridge as omb
+from conftest import status
 from conftest import EXAMPLE, FIXTURES, alive, wait_for
 
 
-
-def status(home: Home) -> dict:
-    return json.loads(omb(home, "status", "--json", check=False).stdout)
 
 
 def closed_ids(home: Home) -> list[str]:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,26 +13,10 @@ import httpx
 
 from bridge.home import Home
 from conftest import FIXTURES
-
-OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
+from conftest import run_ombridge as omb  # noqa: F401 - the web tests take it from here
 USER = "omi"
 PASSWORD = "Sup3r-Secret-Pa55word-ombridge"  # distinctive: searched for in files, logs and ps
 NS = "http://www.hp.com/2009/software/opr/data_model"
-
-
-def omb(home: Home, *args: str, stdin: str | None = None, check: bool = True,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the ombridge CLI on ``home``."""
-    r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], input=stdin, capture_output=True, text=True,
-                       timeout=timeout)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
-
-
-def status(home: Home) -> dict:
-    """``ombridge status --json``."""
-    return json.loads(omb(home, "status", "--json", check=False).stdout)
 
 
 def install(home: Home, fixture: str) -> None:

@@ -25,18 +25,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge import protocol
+from conftest import run_ombridge
 
 HERE = Path(__file__).resolve().parent
 CASES = HERE / "cases"
 REFERENCE = HERE / "reference.pl"
 BUNDLED = HERE.parent / "fixtures" / "example.pl"  # the tests' copy of the shipped example
-OMBRIDGE = str(Path(sys.executable).with_name("ombridge"))
 BRIDGE_OWN = ("datafiles", "log", "run")
 GRACE = 10.0  # ombridge's default stop grace: processes of the script get this long after a stop
 _META = re.compile(r"^# compat (\w+): (.*)$", re.M)
@@ -175,9 +174,7 @@ def run_reference(root: Path, case: Case) -> Run:
 
 
 def _omb(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMBRIDGE_HOME", "OvDataDir")}
-    return subprocess.run([OMBRIDGE, "--home", str(root), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return run_ombridge(root, *args, check=False, timeout=timeout)
 
 
 def _init_error(text: str) -> str | None:
