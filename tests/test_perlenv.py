@@ -3,6 +3,7 @@ and the CLI's edges that go with them (check with -T, close refusing only bad ID
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from bridge.home import Home
 from bridge.perlenv import HostSettings, check_command, host_command, load_settings, shebang_switches
 from conftest import OMBRIDGE
 from conftest import run_ombridge as omb
+from conftest import wait_for
 
 
 
@@ -86,10 +88,26 @@ def test_perl_and_ov_install_dir_reach_the_script(home: Home, tmp_path: Path) ->
     assert r.returncode != 0 and "perl not found" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_try_and_start_see_the_same_layout(home: Home) -> None:
+def test_try_and_start_see_the_same_layout(home: Home, tmp_path: Path) -> None:
+    # `try` in one home, `start` + a close + `stop` in a twin: the script sees the same folders
+    # (its tmp/ and the log/ its output goes to) with the same modes, and writes the same output.
+    twin = Home(tmp_path / "twin")
+    shutil.copytree(home.root / "conf", twin.root / "conf")
     omb(home, "try", "L-1")
-    assert home.log_dir.is_dir() and home.tmp.is_dir()
-    assert oct(home.log_dir.stat().st_mode & 0o777) == "0o700"
+    omb(twin, "start")
+    try:
+        omb(twin, "close", "L-1")
+        wait_for(lambda: twin.output.exists() and " Close L-1" in twin.output.read_text(), what="the twin's close")
+    finally:
+        omb(twin, "stop")
+
+    def layout(h: Home) -> dict[str, str]:
+        return {p.name: oct(p.stat().st_mode & 0o777) for p in h.root.iterdir() if p.name in ("conf", "log", "tmp")}
+
+    assert layout(home) == layout(twin) and len(layout(home)) == 3
+    assert layout(twin)["log"] == "0o700"
+    assert [line.split(" ", 2)[2] for line in home.output.read_text().splitlines()] == ["Init", "Close L-1"]
+    assert [line.split(" ", 2)[2] for line in twin.output.read_text().splitlines()] == ["Init", "Close L-1"]
 
 
 def test_close_refuses_only_the_ids_that_cannot_be_stored(home: Home) -> None:
