@@ -188,18 +188,23 @@ class _Child:
         return replies, None
 
     def read_line(self, timeout: float) -> bytes:
-        """Read exactly one line (the greeting); raises :class:`PerlFault` on EOF or timeout."""
+        """Read exactly one line (the greeting); raises :class:`PerlFault` on EOF, on the host's
+        exit (seen although a piped open at the script's top level holds the pipe) or timeout."""
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(self._reply, selectors.EVENT_READ)
+            if self._exited is not None:
+                sel.register(self._exited, selectors.EVENT_READ)
             while b"\n" not in self._buf:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
+                ready = sel.select(remaining) if remaining > 0 else []
+                if not ready:
                     raise PerlFault(f"perl did not load the script within {timeout:g}s", self.pid)
-                chunk = os.read(self._reply, _CHUNK)
-                if not chunk:
+                exited = any(key.fd == self._exited for key, _ in ready)
+                if not self._fill(drain=exited) or exited:
+                    if b"\n" in self._buf:  # it greeted, then exited: the next call sees the exit
+                        break
                     raise self._exit_fault()
-                self._buf += chunk
         line, _, rest = bytes(self._buf).partition(b"\n")
         self._buf = bytearray(rest)
         return line
@@ -207,25 +212,27 @@ class _Child:
     def _read_lines(self, drain: bool = False) -> list[bytes] | None:
         """The complete reply lines there are now ([] if none yet; None at EOF). With ``drain``
         (the host has exited), read until the pipe is empty, EOF or not."""
-        got_line = False
-        while True:
-            try:
-                chunk = os.read(self._reply, _CHUNK)
-            except BlockingIOError:
-                break
-            if not chunk:
-                if not drain:
-                    return None
-                break
-            self._buf += chunk
-            got_line = got_line or b"\n" in chunk
-            if not drain:
-                break
-        if not got_line:
+        if not self._fill(drain) and not drain:
+            return None
+        if b"\n" not in self._buf:
             return []
         *lines, rest = bytes(self._buf).split(b"\n")
         self._buf = bytearray(rest)
         return lines
+
+    def _fill(self, drain: bool) -> bool:
+        """Add what the reply pipe holds to the buffer: one read, or with ``drain`` every read
+        until it is empty. False at EOF."""
+        while True:
+            try:
+                chunk = os.read(self._reply, _CHUNK)
+            except BlockingIOError:
+                return True
+            if not chunk:
+                return False
+            self._buf += chunk
+            if not drain:
+                return True
 
     def _exit_fault(self) -> PerlFault:
         try:

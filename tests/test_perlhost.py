@@ -279,6 +279,23 @@ sub OMBackSync {
         assert again.ok
 
 
+def test_a_host_that_dies_while_loading_is_seen_at_once_although_a_piped_open_holds_its_pipes(
+        home: Home) -> None:
+    # The same at the script's top level: the greeting is never written, the host's exit is seen.
+    home.script.write_text(r"""
+my $pid = open(my $fh, '-|');
+if (defined $pid && $pid == 0) { sleep 15; exit 0 }
+kill 'KILL', $$;
+sub OMBackSync { 1 }
+1;
+""")
+    with PerlHost(home) as host:
+        started = time.monotonic()
+        with pytest.raises(PerlStartError, match=r"perl child \d+ was killed by SIGKILL"):
+            host.start()
+        assert time.monotonic() - started < 10
+
+
 def test_exit_0_at_the_top_level_ends_loading_and_what_was_defined_by_then_is_checked(home: Home) -> None:
     home.script.write_text("*main::OMBackSync = sub { 1 };\nexit 0;\n")
     with PerlHost(home) as host:
