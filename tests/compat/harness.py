@@ -177,21 +177,23 @@ def _omb(root: Path, *args: str, timeout: float = 120) -> subprocess.CompletedPr
     return run_ombridge(root, *args, check=False, timeout=timeout)
 
 
-def _init_error(text: str) -> str | None:
-    m = re.search(r"OMBackSync\('Init'\) died: (.*)", text, re.S)
-    if m:
-        return m[1].strip()
-    m = re.search(r"could not be loaded: (.*)", text, re.S)
-    return ("LOAD " + m[1].strip()) if m else None
+def _start_failure(text: str, root: Path) -> str | None:
+    """The reference's outcome line for what ombridge reported of a failed start, if it failed:
+    "Init ERR <perl's message>" or, for a script that died while loading, "Load ERR <it>"."""
+    for op, pattern in (("Init", r"OMBackSync\('Init'\) died: (.*)"), ("Load", r"could not be loaded: (.*)")):
+        m = re.search(pattern, text, re.S)
+        if m:
+            return _outcome(op, None, False, m[1].strip(), root)
+    return None
 
 
 def run_try(root: Path, case: Case) -> Run:
     """The script through ``ombridge try``."""
     r = _omb(root, "try", "--json", *case.ids)
     leftovers = home_processes(root)  # try returns only after stop + grace
-    error = _init_error(r.stderr)
-    if r.returncode not in (0, 1) or error:
-        outcomes = [_outcome("Init", None, False, error or r.stderr.strip(), root)]
+    failure = _start_failure(r.stderr, root)
+    if r.returncode not in (0, 1) or failure:
+        outcomes = [failure or _outcome("Init", None, False, r.stderr.strip(), root)]
     else:
         results = json.loads(r.stdout)
         assert [o["id"] for o in results] == case.ids, (results, case.ids)
@@ -211,7 +213,8 @@ def run_supervisor(root: Path, case: Case) -> Run:
         while True:
             status = json.loads(_omb(root, "status", "--json").stdout)["ombacksync"]
             if status["state"] == "backoff" and status["last_error"] and status["restarts"] == 0:
-                init = _outcome("Init", None, False, _init_error(status["last_error"]) or status["last_error"], root)
+                init = (_start_failure(status["last_error"], root)
+                        or _outcome("Init", None, False, status["last_error"], root))
                 deliveries: list[dict] = []
                 break
             deliveries = json.loads(_omb(root, "deliveries", "list", "--limit", "1000", "--json").stdout)
