@@ -14,7 +14,7 @@ import time
 
 from common import bench_home, table
 
-from bridge import backsync, control, store, supervisor
+from bridge import backsync, control, launcher, store
 
 MB = 20
 LINE = b"x" * 79  # + "\n": 80 bytes a line
@@ -64,11 +64,11 @@ def run() -> str:
     with bench_home() as home:
         home.script.write_text(FLOOD)
         conn = store.connect(home)
-        supervisor.spawn(home)
+        launcher.spawn(home)
         try:
             bridge = statistics.median(_bridge_close(home, conn, n) for n in range(ROUNDS))
         finally:
-            supervisor.stop(home)
+            launcher.stop(home)
         logged = sum(p.stat().st_size for p in home.log_dir.glob("ombridge.log*"))
         cat = statistics.median(_perl_into_cat(home) for _ in range(ROUNDS))
         flushed = statistics.median(_perl_into_cat(home, autoflush=True) for _ in range(ROUNDS))

@@ -18,7 +18,7 @@ from pathlib import Path
 from bench_backsync import in_process_rate, spawn_per_event_rate
 from common import bench_home, table
 
-from bridge import catalog, control, events, store, supervisor
+from bridge import catalog, control, events, launcher, store
 from bridge.model import ActionKind
 
 SENDS = 1_000
@@ -34,7 +34,7 @@ def _latency(home) -> tuple[float, float]:
     catalog.add_topic(conn, "bench/ping", ["N"])
     sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"echo &N > {fifo}")
     catalog.attach_topic(conn, sid, "bench/ping")
-    supervisor.spawn(home)
+    launcher.spawn(home)
     returned: dict[int, float] = {}
     try:
         with open(fifo, "r+b", buffering=0) as reader:  # r+ keeps the FIFO open between writers
@@ -43,7 +43,7 @@ def _latency(home) -> tuple[float, float]:
                 returned[result.event_id] = time.time()
                 reader.read(64)  # the action has run: wait for it, then send the next
     finally:
-        supervisor.stop(home)
+        launcher.stop(home)
     started = dict(conn.execute(
         "SELECT se.event_id, a.started_at FROM attempts a JOIN subscriber_events se ON se.id = a.subscriber_event_id"))
     samples = sorted((started[e] - t) * 1e3 for e, t in returned.items())
@@ -53,7 +53,7 @@ def _latency(home) -> tuple[float, float]:
 def _burst(home) -> float:
     ids = "".join(f"BURST-{n}\n" for n in range(BURST)).encode()
     last = f" Close BURST-{BURST - 1}\n".encode()
-    supervisor.spawn(home)
+    launcher.spawn(home)
     try:
         start = time.perf_counter()
         subprocess.run([OMBRIDGE, "--home", str(home.root), "close", "-"], input=ids, check=True,
@@ -67,7 +67,7 @@ def _burst(home) -> float:
                 time.sleep(0.005)
         elapsed = time.perf_counter() - start
     finally:
-        supervisor.stop(home)
+        launcher.stop(home)
     closes = sum(1 for line in open(home.output, "rb") if b" Close BURST-" in line)
     assert closes >= BURST, f"only {closes} of {BURST} closes arrived"
     return BURST / elapsed

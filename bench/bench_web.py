@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from common import bench_home, table
 
-from bridge import backsync, control, store, supervisor
+from bridge import backsync, control, launcher, store
 from bridge.web import users
 from bridge.web.config import ListenConfig
 from bridge.web.listener import Listener
@@ -126,7 +126,7 @@ def measure() -> dict[str, float]:
     with bench_home() as home:
         conn = store.connect(home)
         users.add_user(conn, USER, PASSWORD)
-        st = supervisor.spawn(home, ["--listen", "127.0.0.1:0"])
+        st = launcher.spawn(home, ["--listen", "127.0.0.1:0"])
         port, pid = st["listener"]["port"], st["supervisor"]["pid"]
         try:
             noop = _noops(NOOP_PER_CLIENT)
@@ -143,7 +143,7 @@ def measure() -> dict[str, float]:
             close_cpu, perl_cpu = _cpu(pid) - cpu, _perl_cpu(pid) - perl
             web = control.request(home.root, "status")["listener"]
         finally:
-            supervisor.stop(home)
+            launcher.stop(home)
         started, created = {}, {}
         for key, at, made in conn.execute(
                 "SELECT e.key, a.started_at, e.created_at FROM attempts a "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common import bench_home, machine, table
 
-from bridge import control, supervisor
+from bridge import control, launcher
 
 ROUNDS = 10
 PER_ROUND = 100_000
@@ -31,7 +31,7 @@ def rss_kib(pid: int) -> int:
 def run() -> str:
     rows = []
     with bench_home() as home:
-        status = supervisor.spawn(home, ["--retention", "0"])
+        status = launcher.spawn(home, ["--retention", "0"])
         sup, perl = status["supervisor"]["pid"], status["ombacksync"]["pid"]
         rows.append(["0", f"{rss_kib(sup):,}", f"{rss_kib(perl):,}", ""])
         try:
@@ -49,7 +49,7 @@ def run() -> str:
                              f"{PER_ROUND / elapsed:,.0f}"])
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
         finally:
-            supervisor.stop(home)
+            launcher.stop(home)
     return table("Soak: RSS over 1,000,000 closes (bundled example)",
                  ["closes delivered", "supervisor RSS KiB", "perl child RSS KiB", "closes/s this round"], rows)
 

@@ -20,7 +20,6 @@ import selectors
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -31,11 +30,11 @@ from enum import Enum
 from typing import Any
 
 from . import __version__, actions, backsync, control, deliveries, metrics, retention, store
-from .errors import (BridgeError, NotRunning, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
+from .errors import (BridgeError, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
                      UsageError)
 from .home import Home
 from .manager import EventManager
-from .model import DeliveryStatus, HostState, ListenerState, ManagerState, SupervisorState
+from .model import HostState, ListenerState, ManagerState, SupervisorState
 from .perlenv import load_settings
 from .perlhost import PerlHost
 
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ombridge.supervisor")
 OWNER_PREFIX = "supervisor:"
-START_TIMEOUT = 30.0
-STARTING_GRACE = 3.0  # seconds `start` waits for ombacksync to leave "starting" before it returns
 DEFAULT_RETENTION = 30 * 86400.0
 PRUNE_EVERY = 3600.0
 RESTARTABLE = ("ombacksync", "eventmanager", "all")
@@ -476,7 +473,7 @@ class Supervisor:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         degraded = []
-        backlog, unreadable = _stored_backlog(self.home)
+        backlog, unreadable = stored_backlog(self.home)
         if unreadable:
             degraded.append(f"the event core cannot be read: {unreadable}")
         host_state = host.state if host else HostState.STOPPED
@@ -558,83 +555,7 @@ def _drain(sock: socket.socket) -> None:
             return
 
 
-# -- the client side of starting and stopping -------------------------------------------------------
-
-
-def spawn(home: Home, options: list[str] | None = None, timeout: float = START_TIMEOUT) -> dict[str, Any]:
-    """Start a supervisor in the background with ``ombridge start`` ``options``; returns its
-    status once it answers.
-
-    Raises :class:`AlreadyRunning`, or :class:`BridgeError` with the reason it did not start.
-    """
-    try:
-        status = control.request(home.root, "status", timeout=5)
-        raise AlreadyRunning(status["supervisor"]["pid"])
-    except NotRunning:
-        pass  # (or a dying one: the pid file's lock decides who runs)
-    home.log_dir.mkdir(parents=True, exist_ok=True)
-    out_path = home.log_dir / "ombridge.out"
-    with open(out_path, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "--home", str(home.root), "start", "--foreground", "--no-stderr-log",
-             *(options or [])],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + timeout
-    settled_by = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BridgeError(f"the supervisor did not start: {_last_line(out_path) or f'exit status {proc.returncode}'}")
-        try:
-            status = control.request(home.root, "status", timeout=5)
-        except NotRunning:
-            time.sleep(0.02)  # not listening yet
-            continue
-        # Up. ombacksync starts beside it: wait a moment for the quick answers (a script that does
-        # not compile), not for a slow Init.
-        settled_by = settled_by or time.monotonic() + STARTING_GRACE
-        # (stopped: the start job has not begun yet; the script is not even checked)
-        if status["ombacksync"]["state"] not in (HostState.STARTING, HostState.STOPPED) \
-                or time.monotonic() > settled_by:
-            return status
-        time.sleep(0.05)
-    proc.kill()
-    raise BridgeError(f"the supervisor did not answer within {timeout:g}s (see {home.log_dir / 'ombridge.log'})")
-
-
-def _last_line(path: Any) -> str:
-    try:
-        lines = [line for line in open(path, encoding="utf-8", errors="replace").read().splitlines() if line.strip()]
-    except OSError:
-        return ""
-    return lines[-1].removeprefix("ombridge: error: ") if lines else ""
-
-
-def stop(home: Home, timeout: float = 120.0) -> int | None:
-    """Ask the supervisor to stop and wait until it has exited; returns its pid (None: not running).
-
-    Asked while it is already stopping, it stops at once.
-    """
-    result = control.request(home.root, "stop", timeout=10)
-    pid = int(result["pid"])
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not is_alive(pid):
-            return pid
-        time.sleep(0.02)
-    raise BridgeError(f"the supervisor (pid {pid}) is still stopping after {timeout:g}s; `ombridge stop` again stops it at once")
-
-
-def offline_status(home: Home) -> dict[str, Any]:
-    """What ``status`` shows when no supervisor runs: everything stopped, and the stored backlog."""
-    backlog: dict[str, int] | None = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
-    if home.db.exists():
-        backlog, _ = _stored_backlog(home)  # None when unreadable: `ombridge check --db` says why
-    return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
-            "ombacksync": {"state": HostState.STOPPED.value},
-            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "degraded": []}
-
-
-def _stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
+def stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
     """(open and failed deliveries, None) from the event core, or (None, why it cannot be read)."""
     try:
         conn = store.connect(home)
@@ -644,19 +565,3 @@ def _stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
             conn.close()
     except (BridgeError, sqlite3.Error) as exc:
         return None, str(exc)
-
-
-def is_alive(pid: int) -> bool:
-    """True while process ``pid`` runs (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-

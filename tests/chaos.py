@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge import backsync, catalog, control, deliveries, store, supervisor  # noqa: E402
+from bridge import backsync, catalog, control, deliveries, launcher, store  # noqa: E402
 from bridge.model import ActionKind  # noqa: E402
 from bridge.errors import BridgeError, NotRunning  # noqa: E402
 from bridge.home import Home  # noqa: E402
@@ -104,7 +104,7 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> T
     catalog.update_subscriber(conn, 1, retries=50)
     ids = [f"CHAOS-{seed}-{n}" for n in range(events)]
     started = time.monotonic()
-    supervisor.spawn(home)
+    launcher.spawn(home)
     done_sending = threading.Event()
     kills = {"supervisor": 0, "perl": 0}
 
@@ -122,7 +122,7 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> T
         time.sleep(rng.uniform(0.05, 0.6))
         st = _status(home)
         if st is None:
-            supervisor.spawn(home)
+            launcher.spawn(home)
             continue
         if rng.random() < 0.3 and st["ombacksync"]["pid"]:
             os.kill(st["ombacksync"]["pid"], signal.SIGKILL)  # the perl child alone
@@ -131,20 +131,20 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> T
         os.kill(st["supervisor"]["pid"], signal.SIGKILL)
         kills["supervisor"] += 1
         deadline = time.monotonic() + 10
-        while supervisor.is_alive(st["supervisor"]["pid"]) and time.monotonic() < deadline:
+        while launcher.is_alive(st["supervisor"]["pid"]) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(rng.uniform(0, 0.3))
-        supervisor.spawn(home)
+        launcher.spawn(home)
     sender.join()
     if _status(home) is None:
-        supervisor.spawn(home)
+        launcher.spawn(home)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if deliveries.backlog(conn)["open"] == 0:
             break
         time.sleep(0.05)
     elapsed = time.monotonic() - started
-    supervisor.stop(home)
+    launcher.stop(home)
     orphan_deadline = time.monotonic() + 5
     while perls_of(home) and time.monotonic() < orphan_deadline:
         time.sleep(0.05)

@@ -10,7 +10,7 @@ from typing import Any
 
 import rich_click as click
 
-from .. import backsync, control, supervisor
+from .. import backsync, control, launcher, supervisor
 from ..errors import BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, ListenerState, SupervisorState
 from ..retention import parse_age
@@ -77,7 +77,7 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
                "--metrics-interval", str(metrics_interval), *(["--metrics-textfile", textfile] if textfile else []),
                *listen_options, *(["--perl", perl] if perl else [])]
     try:
-        status = supervisor.spawn(home, options)
+        status = launcher.spawn(home, options)
     except supervisor.AlreadyRunning as exc:
         click.echo(f"ombridge: {exc}", err=True)
         return
@@ -103,7 +103,7 @@ def stop(ctx: click.Context) -> None:
     A second `stop` while it is stopping stops it at once. Example: `ombridge stop`
     """
     try:
-        pid = supervisor.stop(home_of(ctx))
+        pid = launcher.stop(home_of(ctx))
     except NotRunning:
         click.echo("ombridge is not running")
         return
@@ -138,7 +138,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         result = control.request(home.root, "status", timeout=10)
         code = 1 if result.get("degraded") else 0
     except NotRunning:
-        result = supervisor.offline_status(home)
+        result = launcher.offline_status(home)
         code = 3
     except BridgeError as exc:  # it did not answer: nobody can say
         fail(str(exc), 4)
