@@ -15,12 +15,9 @@ reads them without waiting for a start in progress.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
-import selectors
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,21 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import drain, protocol
-from .errors import BridgeError, PerlFault, PerlStartError, ProtocolError, ScriptSyntaxError
+from . import protocol
+from .errors import BridgeError, PerlFault, PerlStartError, ScriptSyntaxError
 from .home import Home
 from .model import Attempt, HostState
-from .perlenv import HOST_SCRIPT, HostSettings, check_syntax, host_command, perl_env
+from .perlchild import PerlChild, describe_exit
+from .perlenv import HOST_SCRIPT, HostSettings, check_syntax
 
 __all__ = ["HOST_SCRIPT", "Backoff", "HostSettings", "PerlHost", "check_syntax"]
 
 DEFAULT_TIMEOUT = 30.0
-_CHUNK = 65536
-_COALESCE_ABOVE = 256  # outstanding replies above which the reader naps between reads
-_COALESCE_SLEEP = 0.0005
 
 log = logging.getLogger("ombridge.perl")
-script_log = logging.getLogger("ombridge.script")  # what the user's script prints or warns
 
 
 @dataclass(frozen=True)
@@ -66,268 +60,6 @@ class Backoff:
         return min(cap, self.base * 2 ** min(failures - 2, 30))
 
 
-
-
-def _describe_exit(pid: int, status: int | None) -> str:
-    if status is None:
-        return f"perl child {pid} closed its reply channel"
-    if status < 0:
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = f"signal {-status}"
-        return f"perl child {pid} was killed by {name}"
-    return f"perl child {pid} exited with status {status}"
-
-
-class _Child:
-    """One running perl host process and the two ends of its protocol."""
-
-    def __init__(self, settings: HostSettings, host_script: Path, script: Path, home: Home) -> None:
-        reply_r, reply_w = os.pipe()
-        try:
-            self.proc = subprocess.Popen(
-                host_command(script, settings, reply_w, host_script),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                pass_fds=(reply_w,), start_new_session=True, env=perl_env(home, settings),
-                cwd=str(home.root), bufsize=0,
-            )
-        except OSError as exc:
-            os.close(reply_r)
-            raise PerlStartError(f"cannot run {settings.perl}: {exc}") from exc
-        finally:
-            os.close(reply_w)
-        self.pid = self.proc.pid
-        self._reply = reply_r
-        os.set_blocking(reply_r, False)
-        assert self.proc.stdin is not None
-        self._stdin = self.proc.stdin.fileno()
-        os.set_blocking(self._stdin, False)
-        self._buf = bytearray()
-        # Readable once the host has exited: a process it forked without fork() (a piped open)
-        # may hold the reply pipe open, so its EOF alone would come late.
-        self._exited: int | None = _pidfd(self.pid)
-        self._pump = drain.start(self.proc.stdout, script_log, f"perl[{self.pid}]")  # type: ignore[arg-type]
-
-    def alive(self) -> bool:
-        """True while the process has not exited."""
-        return self.proc.poll() is None
-
-    def exchange(self, requests: Sequence[bytes], timeout: float, *, window: int | None = None,
-                 on_replies: Callable[[list[protocol.Reply]], None] | None = None,
-                 every: int = 100) -> tuple[list[protocol.Reply], PerlFault | None]:
-        """Send ``requests`` pipelined; collect one reply each, in order, until done or a fault.
-
-        Each call has ``timeout`` seconds from the previous reply. Returns the replies received
-        and the fault that stopped the exchange (None when every request was answered). With
-        ``on_replies``, every ``every`` new replies are handed over as they arrive (the caller
-        records them while perl works on), and at most ``window`` requests are ever sent ahead
-        of the replies handed over: a crash of the caller repeats no more than that many.
-        """
-        ends = list(itertools.accumulate(len(r) for r in requests))
-        payload = memoryview(b"".join(requests))
-        sent = 0
-        replies: list[protocol.Reply] = []
-        handed = 0  # replies given to on_replies so far
-        wanted = len(requests)
-        ahead = wanted if window is None else window
-
-        def allowed() -> int:  # bytes that may be sent now
-            last = min(wanted, handed + ahead)
-            return ends[last - 1] if last else 0
-
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._reply, selectors.EVENT_READ)
-            if self._exited is not None:
-                sel.register(self._exited, selectors.EVENT_READ)
-            writing = bool(payload)
-            if writing:
-                sel.register(self._stdin, selectors.EVENT_WRITE)
-            deadline = time.monotonic() + timeout
-            while len(replies) < wanted:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return replies, PerlFault(f"call timed out after {timeout:g}s", self.pid)
-                for key, _ in sel.select(remaining):
-                    if key.fd == self._stdin:
-                        limit = allowed()
-                        try:
-                            sent += os.write(self._stdin, payload[sent:min(limit, sent + _CHUNK)])
-                        except BrokenPipeError:
-                            sent = len(payload)  # the child is gone; its reply channel says how
-                        except BlockingIOError:
-                            continue
-                        if sent >= limit:
-                            sel.unregister(self._stdin)
-                            writing = False
-                        continue
-                    exited = key.fd == self._exited
-                    lines = self._read_lines(drain=exited)
-                    for line in lines or ():
-                        try:
-                            replies.append(protocol.parse_reply(line, self.pid))
-                        except ProtocolError as exc:
-                            return replies, exc
-                    if lines is None or (exited and len(replies) < wanted):
-                        return replies, self._exit_fault()
-                    if exited:
-                        sel.unregister(self._exited)  # every reply was in the pipe
-                    if not lines:
-                        continue
-                    deadline = time.monotonic() + timeout
-                    if on_replies is not None and len(replies) - handed >= every:
-                        on_replies(replies[handed:])
-                        handed = len(replies)
-                        if not writing and sent < len(payload):
-                            sel.register(self._stdin, selectors.EVENT_WRITE)
-                            writing = True
-                    elif wanted - len(replies) > _COALESCE_ABOVE:
-                        # Many replies still to come: let them pile up in the pipe, so perl
-                        # writes without waking us for every one (bench: 134k -> 165k closes/s).
-                        time.sleep(_COALESCE_SLEEP)
-        return replies, None
-
-    def read_line(self, timeout: float) -> bytes:
-        """Read exactly one line (the greeting); raises :class:`PerlFault` on EOF, on the host's
-        exit (seen although a piped open at the script's top level holds the pipe) or timeout."""
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._reply, selectors.EVENT_READ)
-            if self._exited is not None:
-                sel.register(self._exited, selectors.EVENT_READ)
-            while b"\n" not in self._buf:
-                remaining = deadline - time.monotonic()
-                ready = sel.select(remaining) if remaining > 0 else []
-                if not ready:
-                    raise PerlFault(f"perl did not load the script within {timeout:g}s", self.pid)
-                exited = any(key.fd == self._exited for key, _ in ready)
-                if not self._fill(drain=exited) or exited:
-                    if b"\n" in self._buf:  # it greeted, then exited: the next call sees the exit
-                        break
-                    raise self._exit_fault()
-        line, _, rest = bytes(self._buf).partition(b"\n")
-        self._buf = bytearray(rest)
-        return line
-
-    def _read_lines(self, drain: bool = False) -> list[bytes] | None:
-        """The complete reply lines there are now ([] if none yet; None at EOF). With ``drain``
-        (the host has exited), read until the pipe is empty, EOF or not."""
-        if not self._fill(drain) and not drain:
-            return None
-        if b"\n" not in self._buf:
-            return []
-        *lines, rest = bytes(self._buf).split(b"\n")
-        self._buf = bytearray(rest)
-        return lines
-
-    def _fill(self, drain: bool) -> bool:
-        """Add what the reply pipe holds to the buffer: one read, or with ``drain`` every read
-        until it is empty. False at EOF."""
-        while True:
-            try:
-                chunk = os.read(self._reply, _CHUNK)
-            except BlockingIOError:
-                return True
-            if not chunk:
-                return False
-            self._buf += chunk
-            if not drain:
-                return True
-
-    def _exit_fault(self) -> PerlFault:
-        try:
-            status = self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            status = None
-        return PerlFault(_describe_exit(self.pid, status), self.pid, status)
-
-    def kill(self) -> None:
-        """Kill the child's whole process group at once and reap it."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._reap(5.0)
-        if self._exited is not None:
-            os.close(self._exited)
-            self._exited = None
-
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop as a plain perl is stopped, then kill whatever is left after ``grace`` seconds.
-
-        EOF on STDIN: the host runs the script's TERM handler (if it set one) and its END
-        blocks, and exits. A host still running at the end of the grace period gets SIGTERM
-        (its handler runs once more if it is stuck). Processes the script started (a
-        background ``curl``, a forked child) have until the end of the grace period to finish;
-        then the whole group is killed.
-        """
-        deadline = time.monotonic() + grace
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            log.warning("perl child %d did not end within %gs of its stop; sending SIGTERM", self.pid, grace)
-            try:
-                self.proc.send_signal(signal.SIGTERM)
-                self.proc.wait(timeout=min(2.0, grace))
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                pass
-        while _group_alive(self.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _group_alive(self.pid):
-            log.warning("processes started by the script (group %d) still run %gs after the stop; killing them",
-                        self.pid, grace)
-        self.kill()
-
-    def _reap(self, timeout: float) -> None:
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL is not ignorable
-            log.error("perl child %d survived SIGKILL", self.pid)
-        for f in (self.proc.stdin,):
-            try:
-                if f:
-                    f.close()
-            except OSError:
-                pass
-        try:
-            os.close(self._reply)
-        except OSError:
-            pass
-        self._pump.join(timeout=1.0)
-
-
-def _pidfd(pid: int) -> int | None:
-    """A descriptor that becomes readable when process ``pid`` exits (None where the kernel has none)."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _group_alive(pgid: int) -> bool:
-    """True while a process of group ``pgid`` runs (zombies waiting to be reaped do not count)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
 
 
 StateListener = Callable[[HostState, HostState, str], None]
@@ -368,7 +100,7 @@ class PerlHost:
         self._starting_pid: int | None = None
         self._failures = 0  # faults and failed starts in a row
         self._failed_starts = 0
-        self._child: _Child | None = None
+        self._child: PerlChild | None = None
         self._lock = threading.RLock()
         self._closing = False  # set once by close_down: nothing starts afterwards
 
@@ -453,7 +185,7 @@ class PerlHost:
             child = None
             limit = self.settings.init_timeout
             try:
-                child = _Child(self.settings, self.host_script, self.script, self.home)
+                child = PerlChild(self.settings, self.host_script, self.script, self.home)
                 self._starting_pid = child.pid
                 if self._closing:  # close_down came while perl was being spawned
                     raise PerlStartError("ombridge is stopping: the start of ombacksync is abandoned", child.pid)
@@ -494,7 +226,7 @@ class PerlHost:
                 pass
 
     def stop(self) -> None:
-        """Stop the child gracefully (see :meth:`_Child.stop`), killing what lingers after the grace."""
+        """Stop the child gracefully (see :meth:`PerlChild.stop`), killing what lingers after the grace."""
         with self._lock:
             if self._child:
                 self._child.stop(self.settings.stop_grace)
@@ -535,7 +267,7 @@ class PerlHost:
 
     def _child_exit_reason(self) -> str:
         assert self._child is not None
-        return _describe_exit(self._child.pid, self._child.proc.returncode)
+        return describe_exit(self._child.pid, self._child.proc.returncode)
 
     def _fault(self, reason: str) -> None:
         self.restarts += 1
@@ -562,7 +294,7 @@ class PerlHost:
         """Close every ID, pipelined, and return one attempt per ID in order (``subject`` = the ID).
 
         With ``progress``, the attempts are also handed over ``every`` at a time as they
-        complete, while perl goes on with at most ``2 * every`` more (see :meth:`_Child.exchange`);
+        complete, while perl goes on with at most ``2 * every`` more (see :meth:`PerlChild.exchange`);
         the returned list still holds them all. On a fault the call in flight fails with the
         reason, the ones after it come back ``attempted=False``, and the child is restarted
         (after backoff) on the next call.
