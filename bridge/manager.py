@@ -65,7 +65,7 @@ class _Summary:
         self.tick()
 
     def tick(self) -> None:
-        """Log what was closed when the last line is old enough (an idle lane looks every 2 s)."""
+        """Log what was closed when the last line is old enough."""
         if self.clock() - self.since >= SUMMARY_EVERY:
             self.flush()
 
@@ -152,6 +152,7 @@ class EventManager:
         claims = deliveries.claim(conn, limit=self._batch, lane=Lane.BACKSYNC, owner=self.owner)
         if not claims:
             self.host.ensure_running()  # notice a child that died while idle; restart after backoff
+            self._summary.tick()  # an idle lane looks every 2 s at most (see _idle_wait)
             return 0
         started = time.time()
         tally = _Tally()
@@ -249,6 +250,7 @@ class EventManager:
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         stopped = not any(t.is_alive() for t in self._threads)
+        self._summary.flush()
         if stopped:
             self.state = ManagerState.STOPPED
             log.info("event manager stopped")
@@ -264,8 +266,6 @@ class EventManager:
                     self._lane_states[name] = LaneState.BUSY
                     if step(conn):
                         continue
-                    if lane is Lane.BACKSYNC:
-                        self._summary.tick()
                     wait = self._idle_wait(conn, lane)
                 except Exception as exc:  # a lane never dies: log, pause, go on
                     log.exception("%s: unexpected error", name)
@@ -276,8 +276,6 @@ class EventManager:
                 self._lane_states[name] = LaneState.IDLE
                 wake.wait(wait)
         finally:
-            if lane is Lane.BACKSYNC:
-                self._summary.flush()
             self._lane_states[name] = LaneState.STOPPED
             conn.close()
 

@@ -166,7 +166,8 @@ class PerlChild:
                 if not ready:
                     raise PerlFault(f"perl did not load the script within {timeout:g}s", self.pid)
                 exited = any(key.fd == self._exited for key, _ in ready)
-                if not self._fill(drain=exited) or exited:
+                at_eof = not self._fill(drain=exited)
+                if exited or at_eof:  # the host is gone: what it wrote is all there will be
                     if b"\n" in self._buf:  # it greeted, then exited: the next call sees the exit
                         break
                     raise self._exit_fault()

@@ -9,6 +9,7 @@ import json
 import logging
 import sqlite3
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import rich_click as click
@@ -154,7 +155,7 @@ LIMIT = click.IntRange(min=1, max=1_000_000)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
-def stdin_ids() -> Any:
+def stdin_ids() -> Iterator[bytes]:
     """The non-empty lines of stdin as bytes, as they arrive (an ID need not be valid UTF-8 here:
     whoever uses it names a bad one instead of failing on the whole input)."""
     for line in sys.stdin.buffer:
