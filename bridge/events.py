@@ -16,6 +16,7 @@ import os
 import re
 import sqlite3
 from collections.abc import Mapping
+from json.decoder import scanstring
 
 from . import contexts
 from .deliveries import Delivery, enqueue
@@ -68,7 +69,7 @@ class SendResult:
 
 class _Subscription:
     __slots__ = ("subscriber_topic_id", "subscriber_id", "synchronized", "action", "target", "timeout", "retries",
-                 "filters", "secret_headers")
+                 "filters", "secret_headers", "lane")
 
     def __init__(self, subscriber_topic_id: int, subscriber_id: int, synchronized: bool, action: str, target: str,
                  timeout: float, retries: int, filters: tuple[tuple[str, Filter | _LegacyFilter], ...],
@@ -77,6 +78,7 @@ class _Subscription:
         self.action, self.target, self.timeout, self.retries = action, target, timeout, retries
         self.filters = filters  # ((variable, compiled regex), ...)
         self.secret_headers = secret_headers  # JSON, for a synchronized web call
+        self.lane = Lane.of(action)
 
 
 def _compiled(regex: str) -> Filter:
@@ -107,18 +109,25 @@ def parse_key(key: KeyInput) -> dict[str, Any]:
             key = json.loads(key, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise UsageError(f"bad key JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-    if not isinstance(key, Mapping):
+    if type(key) is not dict and not isinstance(key, Mapping):  # (a dict is the common case: no ABC check)
         raise UsageError('a key is a JSON object, e.g. {"APPC": "DEMO", "TASK": "T0123"}')
     for name, value in key.items():
         if name not in _GOOD_NAMES:
             _check_field_name(name)
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise UsageError(f"key field {name} must be a string or a number, not {type(value).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"key field {name} must be a finite number")
-        if isinstance(value, str):
+        if type(value) is str:
             check_text(name, value)
+        elif type(value) is not int:
+            _check_value(name, value)
     return dict(key)
+
+
+def _check_value(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(f"key field {name} must be a string or a number, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"key field {name} must be a finite number")
+    if isinstance(value, str):
+        check_text(name, value)
 
 
 _GOOD_NAMES: set[str] = set()  # field names already found good (a burst repeats the same few)
@@ -149,14 +158,32 @@ def _no_constant(name: str) -> None:
 
 
 _KEY_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# What _KEY_JSON.encode builds anew for every call, built once (a burst encodes 100,000 keys):
+# json's C encoder, with the same settings, for the flat keys parse_key lets through.
+_encode_key = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _KEY_JSON.default, json.encoder.encode_basestring, None, ":", ",", False, False, True,
+) if json.encoder.c_make_encoder else None  # type: ignore[attr-defined]
 
 
 def canonical_key(key: Mapping[str, Any]) -> str:
     """The stored form of a key: compact JSON, UTF-8 kept as is."""
-    text = _KEY_JSON.encode(key)
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    text = "".join(_encode_key(key, 0)) if _encode_key else _KEY_JSON.encode(key)
+    if len(text) * 4 > MAX_KEY_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
         raise UsageError(f"the key is larger than {MAX_KEY_BYTES} bytes")
     return text
+
+
+def stored_field(key_json: str, name: str) -> str:
+    """One field of a stored key as text ('' when missing), without parsing the whole key when
+    the field is a string: the backsync reads the ID of thousands of Closes this way."""
+    # A stored key is canonical (compact, flat, field names of letters, digits and _): there,
+    # '{"NAME":"' or ',"NAME":"' can only be where that field's string value starts, since a
+    # quote inside a string is escaped. scanstring (json's own, in C) decodes the value.
+    for lead in ('{"', ',"'):
+        at = key_json.find(f'{lead}{name}":"')
+        if at >= 0:
+            return scanstring(key_json, at + len(name) + 5)[0]
+    return value_text(json.loads(key_json).get(name, ""))
 
 
 def key_field(key: KeyInput, name: str) -> str:
@@ -328,7 +355,7 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                 # A synchronized delivery is created already claimed by this sender (attempt 1,
                 # under a lease), so the Event Manager cannot deliver it at the same time.
                 sync = m.synchronized and m.action != ActionKind.BACKSYNC
-                rows.append(Delivery(event_id, m.subscriber_id, m.subscriber_topic_id, m.timeout, Lane.of(m.action),
+                rows.append(Delivery(event_id, m.subscriber_id, m.subscriber_topic_id, m.timeout, m.lane,
                                      sender if sync else None))
                 if sync:
                     synchronized.append((event_id, p, m))

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from bridge import backsync, catalog, events, store, substitution
 from bridge.model import ActionKind
+from bridge.names import value_text
 from bridge.errors import BridgeError, UsageError
 from bridge.home import Home
 from bridge.manager import EventManager
@@ -113,6 +114,20 @@ def test_any_id_reaches_the_script_byte_identical_through_the_event_core(core, e
     backsync.close_events(conn, [event_id])
     EventManager(home, host, owner="fuzz").drain(conn)
     assert record.read_text().split() == [event_id.encode("utf-8").hex()]
+
+
+field_names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,4}|ID", fullmatch=True)
+field_values = st.one_of(any_text, st.sampled_from(['","ID":"x', ',"ID":"', '\\', '"']), st.integers(),
+                         st.floats(allow_nan=False, allow_infinity=False))
+
+
+@FUZZ
+@given(key=st.dictionaries(field_names, field_values, max_size=5))
+def test_a_stored_field_reads_as_the_parsed_key_does(key: dict) -> None:
+    # The backsync reads the ID out of the stored JSON without parsing it all: same answer.
+    stored = events.canonical_key(key)
+    for name in ("ID", *key):
+        assert events.stored_field(stored, name) == value_text(json.loads(stored).get(name, ""))
 
 
 cli_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
