@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import substitution
 from .model import ActionKind, Attempt
@@ -34,15 +34,27 @@ _running: set[int] = set()  # process groups of actions in flight (for an immedi
 _running_lock = threading.Lock()
 
 
-class EventContext(NamedTuple):
-    """What an action knows of the event it delivers."""
+class EventContext:
+    """What an action knows of the event it delivers. The key is parsed from ``key_json`` when
+    first read: the backsync lane claims thousands of Closes and reads only their ID (see
+    :func:`bridge.events.stored_field`)."""
 
-    id: int
-    topic: str
-    key: Mapping[str, Any]
-    key_json: str
-    depth: int
-    context: Mapping[str, str] = {}  # context variables looked up when the event was sent
+    __slots__ = ("id", "topic", "_key", "key_json", "depth", "context")
+
+    def __init__(self, id: int, topic: str, key: Mapping[str, Any] | None, key_json: str, depth: int,
+                 context: Mapping[str, str] | None = None) -> None:
+        self.id = id
+        self.topic = topic
+        self._key = key
+        self.key_json = key_json
+        self.depth = depth
+        self.context = context or {}  # context variables looked up when the event was sent
+
+    @property
+    def key(self) -> Mapping[str, Any]:
+        if self._key is None:
+            self._key = json.loads(self.key_json)
+        return self._key
 
     def variables(self) -> dict[str, str]:
         """Every &VAR of this event: context columns, the key fields (which win), TOPIC, EVENT, KEY."""

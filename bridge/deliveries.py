@@ -119,7 +119,7 @@ def _claims(rows: list[tuple[Any, ...]]) -> list[Claimed]:
     claimed = []
     for (se_id, attempts, subscriber_id, event_id, topic, key, depth, context, action, target, timeout, retries,
          secret_headers) in rows:
-        event = EventContext(event_id, topic, loads(key), key, depth, loads(context) if context else {})
+        event = EventContext(event_id, topic, None, key, depth, loads(context) if context else None)
         claimed.append(Claimed(se_id, attempts + 1, event, subscriber_id, _ACTION_KINDS[action], target, timeout,
                                retries, loads(secret_headers) if secret_headers else None))
     return claimed
@@ -136,19 +136,25 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, 
                     "AND se.next_attempt_at <= ? LIMIT 1", (*args, at)).fetchone() is None:
         return []
     with transaction(conn):
-        cur = conn.cursor()
-        cur.row_factory = None  # tuples (see _claims)
-        rows = cur.execute(
-            _CLAIMED_SELECT + f"WHERE {of_lane}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
-            "ORDER BY se.next_attempt_at, se.id LIMIT ?", (*args, at, limit)
-        ).fetchall()
-        # Count the attempt now and hold the rows for a lease: one statement per lease length.
-        by_lease: dict[float, list[int]] = {}
-        for r in rows:
-            by_lease.setdefault(at + r[10] + LEASE_MARGIN, []).append(r[0])  # timeout, id
-        for lease, ids in by_lease.items():
-            _where_ids(conn, "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, "
-                             "updated_at = ?, claimed_by = ? WHERE id IN ({ids})", (lease, at, owner), ids)
+        return _claim(conn, limit, at, lane, owner)
+
+
+def _claim(conn: sqlite3.Connection, limit: int, at: float, lane: Lane | None, owner: str | None) -> list[Claimed]:
+    # Inside the caller's transaction.
+    of_lane, args = _of_lane(lane)
+    cur = conn.cursor()
+    cur.row_factory = None  # tuples (see _claims)
+    rows = cur.execute(
+        _CLAIMED_SELECT + f"WHERE {of_lane}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
+        "ORDER BY se.next_attempt_at, se.id LIMIT ?", (*args, at, limit)
+    ).fetchall()
+    # Count the attempt now and hold the rows for a lease: one statement per lease length.
+    by_lease: dict[float, list[int]] = {}
+    for r in rows:
+        by_lease.setdefault(at + r[10] + LEASE_MARGIN, []).append(r[0])  # timeout, id
+    for lease, ids in by_lease.items():
+        _where_ids(conn, "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, "
+                         "updated_at = ?, claimed_by = ? WHERE id IN ({ids})", (lease, at, owner), ids)
     return _claims(rows)
 
 
@@ -184,39 +190,67 @@ def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) ->
     (its attempt number is no longer current), or whose row is gone, is ``stale``: its attempt
     is recorded if the row still exists, and nothing else of the batch is affected.
     """
-    at = wall_now()
     if not done:
         return []
+    at = wall_now()
     with transaction(conn):
-        # Which claims are still current: one read, then batched writes, instead of statements
-        # per row (the backsync records chunks of a hundred Closes at a time).
-        current = {(r[0], r[1]) for r in _where_ids(
-            conn, f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' AND id IN ({{ids}})", (),
-            [c.id for c, _ in done])}
-        conn.executemany(
-            "INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(c.id, c.attempt, r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error)
-             for c, r in done if (c.id, c.attempt) in current or _exists(conn, c.id)])
-        settled, succeeded, failures = [], [], []
-        for c, r in done:
-            if (c.id, c.attempt) not in current:
-                settled.append(Settlement.STALE)
-                continue
-            s = settle(c, r)
-            settled.append(s)
-            if s is Settlement.DONE:
-                succeeded.append(c.id)
-            else:
-                failures.append((s.value, at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at,
-                                 c.id))
-        if succeeded:  # the common case, in one statement
-            _where_ids(conn, "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = NULL, "
-                             "updated_at = ?, claimed_by = NULL WHERE id IN ({ids})",
-                       (Settlement.DONE.value, at, at), succeeded)
-        conn.executemany("UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, "
-                         "updated_at = ?, claimed_by = NULL WHERE id = ?", failures)
+        return _finish(conn, done, at)
+
+
+def finish_and_claim(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], *, limit: int,
+                     lane: Lane, owner: str, wait: bool = True) -> tuple[list[Settlement], list[Claimed]]:
+    """:func:`finish` ``done``, then :func:`claim` up to ``limit`` more, in one transaction: a
+    lane that streams its work takes the write lock once per chunk, not twice. With
+    ``wait=False``, raises :class:`bridge.store.Busy` at once (nothing done) while another
+    writer holds the lock."""
+    at = wall_now()
+    with transaction(conn, wait=wait):
+        settled = _finish(conn, done, at) if done else []
+        return settled, _claim(conn, limit, at, lane, owner) if limit > 0 else []
+
+
+def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], at: float) -> list[Settlement]:
+    # Inside the caller's transaction. Which claims are still current: one read, then batched
+    # writes, instead of statements per row (the backsync records hundreds of Closes at a time).
+    current = {(r[0], r[1]) for r in _where_ids(
+        conn, f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' AND id IN ({{ids}})", (),
+        [c.id for c, _ in done])}
+    # Every attempt is recorded. Those of current claims that ended alike (a chunk of Closes
+    # shares its times and outcome) go in with one INSERT ... SELECT over their ids, instead of
+    # a row of eight values each; a stale claim's only while its row exists.
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    stale = []
+    for c, r in done:
+        if (c.id, c.attempt) in current:
+            alike.setdefault((r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error), []).append(c.id)
+        elif _exists(conn, c.id):
+            stale.append((c.id, c.attempt, r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error))
+    for values, ids in alike.items():
+        _where_ids(conn, f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) SELECT id, attempts, ?, ?, ?, ?, ?, ? "
+                         "FROM subscriber_events WHERE id IN ({ids})", values, ids)
+    conn.executemany(f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", stale)
+    settled, succeeded, failures = [], [], []
+    for c, r in done:
+        if (c.id, c.attempt) not in current:
+            settled.append(Settlement.STALE)
+            continue
+        s = settle(c, r)
+        settled.append(s)
+        if s is Settlement.DONE:
+            succeeded.append(c.id)
+        else:
+            failures.append((s.value, at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at,
+                             c.id))
+    if succeeded:  # the common case, in one statement
+        _where_ids(conn, "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = NULL, "
+                         "updated_at = ?, claimed_by = NULL WHERE id IN ({ids})",
+                   (Settlement.DONE.value, at, at), succeeded)
+    conn.executemany("UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, "
+                     "updated_at = ?, claimed_by = NULL WHERE id = ?", failures)
     return settled
+
+
+_ATTEMPT_COLUMNS = "subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error"
 
 
 def _exists(conn: sqlite3.Connection, delivery_id: int) -> bool:
@@ -371,25 +405,26 @@ def counts(conn: sqlite3.Connection, *, subscriber_id: int | None = None) -> dic
     return result
 
 
-# Every lane named, so that SQLite reads the lane index (lane, status, ...) instead of every row:
-# `status` and the console's refresh ask for the backlog all the time, while done rows pile up.
-_EVERY_LANE = f"lane IN ({', '.join(repr(lane.value) for lane in Lane)})"
+# The counts below read the partial indexes of open and of failed deliveries (store migration 7),
+# named, since SQLite would rather scan another one that covers every row: `status` and the
+# console's refresh ask for the backlog all the time, while done rows pile up.
 
 
 def backlog(conn: sqlite3.Connection) -> dict[str, int]:
     """How many deliveries are open and failed."""
-    result = {_OPEN: 0, _FAILED: 0}
-    for status, count in conn.execute(
-            f"SELECT status, count(*) FROM subscriber_events WHERE {_EVERY_LANE} "
-            f"AND status IN ('{_OPEN}', '{_FAILED}') GROUP BY status"):
-        result[status] = count
-    return result
+    return {
+        _OPEN: conn.execute(
+            f"SELECT count(*) FROM subscriber_events INDEXED BY subscriber_events_open WHERE status = '{_OPEN}'"
+        ).fetchone()[0],
+        _FAILED: conn.execute(
+            f"SELECT count(*) FROM subscriber_events INDEXED BY subscriber_events_failed WHERE status = '{_FAILED}'"
+        ).fetchone()[0],
+    }
 
 
 def oldest_open(conn: sqlite3.Connection) -> float | None:
     """When the oldest open delivery was created, if any."""
-    return conn.execute(f"SELECT min(created_at) FROM subscriber_events WHERE {_EVERY_LANE} "
-                        f"AND status = '{_OPEN}'").fetchone()[0]
+    return conn.execute(f"SELECT min(created_at) FROM subscriber_events WHERE status = '{_OPEN}'").fetchone()[0]
 
 
 def attempt_totals(conn: sqlite3.Connection) -> dict[bool, int]:
@@ -484,12 +519,10 @@ def activity(conn: sqlite3.Connection, since: float, until: float, step: float =
                 "WHERE id >= ? AND created_at >= ? GROUP BY 1", (since, step, first, since)):
             add(created, bucket, count)
     # A finished row's next_attempt_at is when it finished (finish and purge set both): so the
-    # lane_due index finds the window's finished rows, instead of a scan of every row.
-    ended = [s.value for s in DeliveryStatus if s is not DeliveryStatus.OPEN]
+    # index of finished rows finds the window's, instead of a scan of every row.
     for bucket, count in conn.execute(
             "SELECT CAST((next_attempt_at - ?) / ? AS INTEGER), count(*) FROM subscriber_events "
-            f"WHERE {_EVERY_LANE} AND status IN ({','.join('?' * len(ended))}) "
-            "AND next_attempt_at >= ? GROUP BY 1", (since, step, *ended, since)):
+            f"WHERE status != '{_OPEN}' AND next_attempt_at >= ? GROUP BY 1", (since, step, since)):
         add(finished, bucket, count)
     backlog_at = [0] * n
     level = backlog(conn)[_OPEN]

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import deliveries, store
+from .events import stored_field
 from .actions import perform
 from .errors import BridgeError
 from .home import Home
@@ -33,7 +34,7 @@ from .perlhost import PerlHost
 
 log = logging.getLogger("ombridge.manager")
 
-MAX_BATCH = 2000
+MAX_BATCH = 10_000  # Closes one step may claim (a step takes about BATCH_SECONDS)
 RECORD_EVERY = 250  # Closes between two records of outcomes; perl runs at most twice that ahead
 BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
 ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status
@@ -110,7 +111,7 @@ class EventManager:
         c = claims[0]
         result = perform(c.action, c.target, c.event, c.timeout, str(self.home.root), c.headers)
         settled = deliveries.finish(conn, [(c, result)])[0]
-        self._count(result.ok)
+        self._count(int(result.ok), int(not result.ok))
         self._log_settled(c, result, settled)
         return 1
 
@@ -138,42 +139,64 @@ class EventManager:
         return True
 
     def step_backsync(self, conn: sqlite3.Connection) -> int:
-        """Claim a batch of due backsync deliveries and close them through the perl child.
+        """Claim due backsync deliveries and close them through the perl child, as a stream.
 
-        The whole batch is pipelined; outcomes are recorded :data:`RECORD_EVERY` at a time as
-        they arrive, while perl goes on with the next ones (never more than twice that many
-        ahead): recording overlaps perl's work, and a crash repeats at most that many Closes
-        (at-least-once). Batches are sized to take about :data:`BATCH_SECONDS`, so a stop or a
-        restart never waits long behind one.
+        Closes are claimed :data:`RECORD_EVERY` at a time while perl works on the ones before
+        (never more than twice that many ahead of the outcomes recorded), so that neither
+        waits for the other; outcomes are recorded as they arrive, and a crash repeats at most
+        that many Closes (at-least-once). A step claims about :data:`BATCH_SECONDS` worth of
+        Closes, so a stop or a restart never waits long behind one. Returns how many it claimed.
         """
         if not self.backsync_ready():
             return 0
         assert self.host is not None
-        claims = deliveries.claim(conn, limit=self._batch, lane=Lane.BACKSYNC, owner=self.owner)
-        if not claims:
+        started = time.time()
+        tally = _Tally()
+        budget = self._batch
+        usable: list[deliveries.Claimed] = []  # claimed, with an ID to close, in the order sent
+        claimed = recorded = 0
+
+        def take(claims: list[deliveries.Claimed]) -> list[str]:
+            """The IDs to close of new ``claims`` (one without an ID fails at once)."""
+            nonlocal claimed
+            claimed += len(claims)
+            close_ids, without_id = [], []
+            for c in claims:
+                close_id = stored_field(c.event.key_json, "ID")  # the key's ID field, not the event's row id
+                if close_id == "":
+                    now = time.time()
+                    without_id.append((c, Attempt(False, now, now, error="the event has no ID to close")))
+                else:
+                    usable.append(c)
+                    close_ids.append(close_id)
+            if without_id:
+                self._record(conn, without_id, tally)
+            return close_ids
+
+        def record(batch: list[Attempt]) -> list[str] | None:
+            """Record the outcomes of ``batch`` and claim the next Closes, in one transaction;
+            None (nothing done) when that would wait for the write lock while perl still works."""
+            nonlocal recorded
+            done = list(zip(usable[recorded:recorded + len(batch)], batch))
+            try:
+                # A sender may hold the lock for tens of milliseconds: wait for it only once perl
+                # has answered all it may run ahead (the window), else the next replies retry.
+                settled, claims = deliveries.finish_and_claim(
+                    conn, done, limit=min(RECORD_EVERY, budget - claimed), lane=Lane.BACKSYNC, owner=self.owner,
+                    wait=len(batch) >= 2 * RECORD_EVERY)
+            except store.Busy:
+                return None
+            recorded += len(batch)
+            self._tally(done, settled, tally)
+            return take(claims)
+
+        close_ids = take(deliveries.claim(conn, limit=min(2 * RECORD_EVERY, budget), lane=Lane.BACKSYNC,
+                                          owner=self.owner))
+        if not claimed:
             self.host.ensure_running()  # notice a child that died while idle; restart after backoff
             self._summary.tick()  # an idle lane looks every 2 s at most (see _idle_wait)
             return 0
-        started = time.time()
-        tally = _Tally()
-        usable, close_ids, without_id = [], [], []
-        for c in claims:
-            close_id = value_text(c.event.key.get("ID", ""))  # the key's ID field, not the event's row id
-            if close_id == "":
-                without_id.append((c, Attempt(False, started, started, error="the event has no ID to close")))
-            else:
-                usable.append(c)
-                close_ids.append(close_id)
-        if without_id:
-            self._record(conn, without_id, tally)
-        recorded = 0
-
-        def record(batch: list[Attempt]) -> None:
-            nonlocal recorded
-            self._record(conn, list(zip(usable[recorded:recorded + len(batch)], batch)), tally)
-            recorded += len(batch)
-
-        outcomes = self.host.close_many(close_ids, progress=record, every=RECORD_EVERY) if usable else []
+        outcomes = self.host.close_many(close_ids, progress=record, every=RECORD_EVERY) if close_ids else []
         rest = list(zip(usable[recorded:], outcomes[recorded:]))
         self._record(conn, [(c, o) for c, o in rest if o.attempted], tally)
         given_back = [c for c, o in rest if not o.attempted]
@@ -188,24 +211,26 @@ class EventManager:
                      len(given_back), f" (first error: {tally.first_error})" if tally.first_error else "")
         else:
             self._summary.add(tally.attempted)
-        return len(claims)
+        return claimed
 
     def _record(self, conn: sqlite3.Connection, done: list[tuple[deliveries.Claimed, Attempt]], tally: _Tally) -> None:
-        settled = deliveries.finish(conn, done)
+        self._tally(done, deliveries.finish(conn, done), tally)
+
+    def _tally(self, done: list[tuple[deliveries.Claimed, Attempt]], settled: list[Settlement], tally: _Tally) -> None:
+        failed = 0
         for (c, result), settlement in zip(done, settled):
-            self._count(result.ok)
-            tally.attempted += 1
             if not result.ok:
-                tally.failed += 1
+                failed += 1
                 tally.first_error = tally.first_error or result.error
                 self._log_settled(c, result, settlement)
+        tally.attempted += len(done)
+        tally.failed += failed
+        self._count(len(done) - failed, failed)
 
-    def _count(self, ok: bool) -> None:
+    def _count(self, succeeded: int, failed: int) -> None:
         with self._counter_lock:
-            if ok:
-                self.delivered += 1
-            else:
-                self.failed_attempts += 1
+            self.delivered += succeeded
+            self.failed_attempts += failed
 
     # -- lanes -------------------------------------------------------------------------------
 
@@ -258,7 +283,7 @@ class EventManager:
 
     def _lane(self, name: str, step: Callable[[sqlite3.Connection], int], lane: Lane,
               wake: threading.Event) -> None:
-        conn = store.connect(self.home, durable=False)  # acknowledgements: see store.connect
+        conn = store.connect(self.home, durable=False, foreign_keys=False)  # acknowledgements: see store.connect
         try:
             while not self._stopping.is_set():
                 wake.clear()

@@ -79,26 +79,28 @@ class PerlChild:
         return self.proc.poll() is None
 
     def exchange(self, requests: Sequence[bytes], timeout: float, *, window: int | None = None,
-                 on_replies: Callable[[list[protocol.Reply]], None] | None = None,
+                 on_replies: Callable[[list[protocol.Reply]], Sequence[bytes] | None] | None = None,
                  every: int = 100) -> tuple[list[protocol.Reply], PerlFault | None]:
         """Send ``requests`` pipelined; collect one reply each, in order, until done or a fault.
 
         Each call has ``timeout`` seconds from the previous reply. Returns the replies received
         and the fault that stopped the exchange (None when every request was answered). With
         ``on_replies``, every ``every`` new replies are handed over as they arrive (the caller
-        records them while perl works on), and at most ``window`` requests are ever sent ahead
-        of the replies handed over: a crash of the caller repeats no more than that many.
+        records them while perl works on), and the requests it returns are sent after the
+        others (the caller streams more work in while perl is busy); when it returns None
+        instead, the replies are not taken and are offered again, with the next ones. At most
+        ``window`` requests are ever sent ahead of the replies handed over: a crash of the
+        caller repeats no more than that many.
         """
-        ends = list(itertools.accumulate(len(r) for r in requests))
-        payload = memoryview(b"".join(requests))
+        ends = list(itertools.accumulate(len(r) for r in requests))  # where each request ends
+        payload = bytearray().join(requests)
         sent = 0
         replies: list[protocol.Reply] = []
         handed = 0  # replies given to on_replies so far
-        wanted = len(requests)
-        ahead = wanted if window is None else window
+        declined = -1  # how many replies there were when on_replies last declined them
 
         def allowed() -> int:  # bytes that may be sent now
-            last = min(wanted, handed + ahead)
+            last = len(ends) if window is None else min(len(ends), handed + window)
             return ends[last - 1] if last else 0
 
         with selectors.DefaultSelector() as sel:
@@ -109,7 +111,7 @@ class PerlChild:
             if writing:
                 sel.register(self._stdin, selectors.EVENT_WRITE)
             deadline = time.monotonic() + timeout
-            while len(replies) < wanted:
+            while len(replies) < len(ends):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return replies, PerlFault(f"call timed out after {timeout:g}s", self.pid)
@@ -119,7 +121,7 @@ class PerlChild:
                         try:
                             sent += os.write(self._stdin, payload[sent:min(limit, sent + _CHUNK)])
                         except BrokenPipeError:
-                            sent = len(payload)  # the child is gone; its reply channel says how
+                            sent = limit = len(payload)  # the child is gone; its reply channel says how
                         except BlockingIOError:
                             continue
                         if sent >= limit:
@@ -133,20 +135,29 @@ class PerlChild:
                             replies.append(protocol.parse_reply(line, self.pid))
                         except ProtocolError as exc:
                             return replies, exc
-                    if lines is None or (exited and len(replies) < wanted):
+                    if lines is None or (exited and len(replies) < len(ends)):
                         return replies, self._exit_fault()
                     if exited:
                         sel.unregister(self._exited)  # every reply was in the pipe
                     if not lines:
                         continue
                     deadline = time.monotonic() + timeout
-                    if on_replies is not None and len(replies) - handed >= every:
-                        on_replies(replies[handed:])
+                    if on_replies is not None and len(replies) - handed >= every and len(replies) > declined:
+                        more = on_replies(replies[handed:])
+                        if more is None:  # not taken now: offered again with the next replies
+                            if window is not None and len(replies) - handed >= window:  # none would come
+                                raise AssertionError("on_replies must take the replies once perl has answered "
+                                                     "all it may run ahead")
+                            declined = len(replies)
+                            continue
                         handed = len(replies)
-                        if not writing and sent < len(payload):
+                        if more:
+                            ends += [len(payload) + n for n in itertools.accumulate(len(r) for r in more)]
+                            payload += b"".join(more)
+                        if not writing and sent < allowed():
                             sel.register(self._stdin, selectors.EVENT_WRITE)
                             writing = True
-                    elif wanted - len(replies) > _COALESCE_ABOVE:
+                    elif len(ends) - len(replies) > _COALESCE_ABOVE:
                         # Many replies still to come: let them pile up in the pipe, so perl
                         # writes without waking us for every one (bench: 134k -> 165k closes/s).
                         time.sleep(_COALESCE_SLEEP)

@@ -289,19 +289,24 @@ class PerlHost:
         """Call ``OMBackSync('Close', event_id)``."""
         return self.close_many([event_id])[0]
 
-    def close_many(self, ids: Sequence[str | bytes], *, progress: Callable[[list[Attempt]], None] | None = None,
+    def close_many(self, ids: Sequence[str | bytes], *,
+                   progress: Callable[[list[Attempt]], Sequence[str | bytes] | None] | None = None,
                    every: int = 100) -> list[Attempt]:
         """Close every ID, pipelined, and return one attempt per ID in order (``subject`` = the ID).
 
         With ``progress``, the attempts are also handed over ``every`` at a time as they
         complete, while perl goes on with at most ``2 * every`` more (see :meth:`PerlChild.exchange`);
-        the returned list still holds them all. On a fault the call in flight fails with the
-        reason, the ones after it come back ``attempted=False``, and the child is restarted
-        (after backoff) on the next call.
+        the IDs ``progress`` returns are closed too, after the others (the caller streams more
+        in while perl works); when it returns None the attempts are not taken, and are handed
+        over again with the next ones (so it must take them once ``2 * every`` are offered:
+        perl then waits, and no next ones come). The returned list holds them all. On a fault the call in flight
+        fails with the reason, the ones after it come back ``attempted=False``, and the child is
+        restarted (after backoff) on the next call.
         """
         requests = [protocol.close_request(i) for i in ids]  # refuses an empty ID up front
         if not requests:
             return []
+        subjects = list(ids)  # grows with what progress streams in
         with self._lock:
             started = time.time()
             if not self.ensure_running():
@@ -314,17 +319,23 @@ class PerlHost:
                 nonlocal done, started
                 ended = time.time()
                 out = [Attempt(r.ok, started, ended, error=r.message, subject=i)
-                       for i, r in zip(ids[done:done + len(replies)], replies)]
+                       for i, r in zip(subjects[done:done + len(replies)], replies)]
                 done, started = done + len(replies), ended
                 return out
 
-            handed: list[Attempt] = []
+            handed: list[Attempt] = []  # taken by progress
+            offered: list[Attempt] = []  # offered to progress, not taken yet
 
-            def hand_over(replies: list[protocol.Reply]) -> None:
-                batch = attempts(replies)
-                handed.extend(batch)
+            def hand_over(replies: list[protocol.Reply]) -> list[bytes] | None:
+                offered.extend(attempts(replies[len(offered):]))
                 assert progress is not None
-                progress(batch)
+                more = progress(list(offered))
+                if more is None:
+                    return None  # offered again, with the next ones
+                handed.extend(offered)
+                offered.clear()
+                subjects.extend(more)
+                return [protocol.close_request(i) for i in more]
 
             try:
                 replies, fault = self._child.exchange(
@@ -336,16 +347,16 @@ class PerlHost:
                 # the unrecorded Closes stay claimed and run again (at-least-once).
                 self._fault(f"the Closes in flight were abandoned: {exc}")
                 raise
-            outcomes = handed + attempts(replies[done:])
+            outcomes = handed + offered + attempts(replies[done:])
             ended = time.time()
             if replies:
                 self._failures = 0
             if fault:
                 self.log.error("ombacksync fault: %s", fault.reason)
                 self._fault(fault.reason)
-                outcomes.append(Attempt(False, started, ended, error=fault.reason, subject=ids[done]))
+                outcomes.append(Attempt(False, started, ended, error=fault.reason, subject=subjects[done]))
                 outcomes.extend(Attempt(False, started, ended, error=f"not attempted: {fault.reason}",
-                                        attempted=False, subject=i) for i in ids[done + 1:])
+                                        attempted=False, subject=i) for i in subjects[done + 1:])
             return outcomes
 
     def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep,

@@ -41,7 +41,9 @@ def test_store_is_owner_only_wal_and_versioned(home: Home, conn: sqlite3.Connect
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(subscriber_events)")}
-    assert "subscriber_events_lane_due" in indexes  # the claim query's: lane, status, next_attempt_at, id
+    # the claim query's (open only: lane, next_attempt_at, id), the chart's and the failed count's
+    assert {"subscriber_events_open", "subscriber_events_ended", "subscriber_events_failed"} <= indexes
+    assert "subscriber_events_lane_due" not in indexes
 
 
 def test_newer_schema_is_refused(home: Home, conn: sqlite3.Connection) -> None:
@@ -278,6 +280,44 @@ def test_a_claim_with_nothing_due_takes_no_write_lock(home: Home, topics: sqlite
     assert len(deliveries.claim(topics, limit=10, lane=Lane.ACTIONS)) == 1
 
 
+def test_finish_and_claim_is_one_transaction_that_need_not_wait(home: Home, topics: sqlite3.Connection) -> None:
+    # The backsync lane records a chunk and claims the next in one transaction, and does not
+    # queue for the write lock while perl still has work (a sender may hold it for a while).
+    import threading
+
+    from bridge.model import Attempt, Lane
+
+    listen(topics, "task/add", "true")
+    for n in range(3):
+        events.send(topics, "task/add", {"APPC": "A", "TASK": f"T{n}"})
+    (first,) = deliveries.claim(topics, limit=1, lane=Lane.ACTIONS, owner="t")
+    ok = Attempt(True, 1.0, 2.0)
+    writer = store.connect(home)
+    with store.transaction(writer):  # another process's write (SQLite's lock)
+        with pytest.raises(store.Busy):
+            deliveries.finish_and_claim(topics, [(first, ok)], limit=2, lane=Lane.ACTIONS, owner="t", wait=False)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread of this process (the in-process lock)
+        with store.transaction(writer):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    with pytest.raises(store.Busy):
+        deliveries.finish_and_claim(topics, [(first, ok)], limit=2, lane=Lane.ACTIONS, owner="t", wait=False)
+    release.set()
+    holder.join()
+    writer.close()
+    assert deliveries.counts(topics)["done"] == 0  # nothing was done by the refused calls
+    assert topics.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
+    settled, claims = deliveries.finish_and_claim(topics, [(first, ok)], limit=5, lane=Lane.ACTIONS, owner="t")
+    assert settled == ["done"] and len(claims) == 2 and {c.attempt for c in claims} == {1}
+    assert [tuple(r) for r in topics.execute("SELECT number, started_at, ended_at, ok FROM attempts")] == [(1, 1.0, 2.0, 1)]
+
+
 def test_retries_run_out_then_failed_then_retry_reopens(topics: sqlite3.Connection) -> None:
     from bridge.model import Attempt
     listen(topics, "task/add", "false", retries=1)
@@ -331,7 +371,8 @@ def test_matching_queries_only_candidate_patterns() -> None:
 
 def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> None:
     backsync.close_events(conn, ["OLD-1"])  # a Close waiting in an old store
-    conn.execute("DROP INDEX subscriber_events_lane_due")  # back to what version 1 had
+    for index in ("subscriber_events_open", "subscriber_events_ended", "subscriber_events_failed"):
+        conn.execute(f"DROP INDEX {index}")  # back to what version 1 had
     conn.execute("CREATE INDEX subscriber_events_due ON subscriber_events (status, next_attempt_at, id)")
     conn.execute("ALTER TABLE subscriber_events DROP COLUMN lane")
     conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")
@@ -340,10 +381,12 @@ def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> 
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 6
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 7
     assert [r[0] for r in migrated.execute("SELECT lane FROM subscriber_events")] == ["backsync"]
     indexes = {r[1] for r in migrated.execute("PRAGMA index_list(subscriber_events)")}
-    assert "subscriber_events_lane_due" in indexes and "subscriber_events_due" not in indexes
+    assert "subscriber_events_open" in indexes and "subscriber_events_ended" in indexes
+    assert "subscriber_events_lane_due" not in indexes and "subscriber_events_due" not in indexes
+    assert deliveries.backlog(migrated) == {"open": 1, "failed": 0}  # through the new indexes
     assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]
     assert "context" in [r[1] for r in migrated.execute("PRAGMA table_info(events)")]
     assert migrated.execute("SELECT count(*) FROM contexts").fetchone()[0] == 0

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,6 +172,35 @@ def test_kill_9_during_a_burst_loses_nothing(home: Home, running) -> None:
     got = json.loads(omb(home, "deliveries", "list", "--status", "done", "--limit", "100000", "--json").stdout)
     assert len(got) == len(ids)
     assert len(delivered) >= len(ids)  # at least once; a batch in flight at the kill may repeat
+
+
+HOLD_THE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+print("holding", flush=True)
+end = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    conn.execute("BEGIN IMMEDIATE"); time.sleep(0.04); conn.execute("COMMIT"); time.sleep(0.01)
+"""
+
+
+def test_a_burst_beside_another_writer_delivers_each_close_once(home: Home, running) -> None:
+    # Another process holds the write lock four fifths of the time (a big sender, say): the
+    # backsync lane records and claims when it can, perl working on meanwhile; nothing lost or
+    # repeated.
+    ids = [f"BURST-{n}" for n in range(3000)]
+    running()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(home.db), "3"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        omb(home, "close", "-", stdin="\n".join(ids) + "\n")
+        wait_for(lambda: len(closed_ids(home)) >= len(ids), timeout=60, what="every close delivered")
+    finally:
+        holder.wait(30)
+    assert sorted(closed_ids(home)) == sorted(ids)
+    wait_for(lambda: status(home)["backlog"]["open"] == 0, what="every outcome recorded")
+    assert home.output.read_text().count(" Close ") == len(ids)
 
 
 def test_graceful_stop_finishes_in_flight_and_leaves_the_rest_open(home: Home, running, tmp_path: Path) -> None:
