@@ -24,9 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import deliveries, store
-from .events import stored_field
 from .actions import perform
 from .errors import BridgeError
+from .events import stored_field
 from .home import Home
 from .model import Attempt, HostState, Lane, LaneState, ManagerState, Settlement
 from .names import value_text
