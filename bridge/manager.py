@@ -141,10 +141,9 @@ class EventManager:
     def step_backsync(self, conn: sqlite3.Connection) -> int:
         """Claim due backsync deliveries and close them through the perl child, as a stream.
 
-        Closes are claimed :data:`RECORD_EVERY` at a time while perl works on the ones before
-        (never more than twice that many ahead of the outcomes recorded), so that neither
-        waits for the other; outcomes are recorded as they arrive, and a crash repeats at most
-        that many Closes (at-least-once). A step claims about :data:`BATCH_SECONDS` worth of
+        Outcomes are recorded :data:`RECORD_EVERY` at a time as they arrive, and each record
+        claims enough more to keep perl twice that many ahead of the outcomes recorded, so that
+        neither waits for the other; a crash repeats at most that many Closes (at-least-once). A step claims about :data:`BATCH_SECONDS` worth of
         Closes, so a stop or a restart never waits long behind one. Returns how many it claimed.
         """
         if not self.backsync_ready():
@@ -178,11 +177,14 @@ class EventManager:
             None (nothing done) when that would wait for the write lock while perl still works."""
             nonlocal recorded
             done = list(zip(usable[recorded:recorded + len(batch)], batch))
+            # Claim enough to keep perl a full window ahead of the records: it then has work while
+            # the next record is made (topping up only what was recorded would let it run dry).
+            wanted = recorded + len(batch) + 2 * RECORD_EVERY - len(usable)
             try:
                 # A sender may hold the lock for tens of milliseconds: wait for it only once perl
                 # has answered all it may run ahead (the window), else the next replies retry.
                 settled, claims = deliveries.finish_and_claim(
-                    conn, done, limit=min(RECORD_EVERY, budget - claimed), lane=Lane.BACKSYNC, owner=self.owner,
+                    conn, done, limit=max(0, min(wanted, budget - claimed)), lane=Lane.BACKSYNC, owner=self.owner,
                     wait=len(batch) >= 2 * RECORD_EVERY)
             except store.Busy:
                 return None

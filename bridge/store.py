@@ -193,6 +193,7 @@ def connect(home: Home | str, *, create: bool = True, durable: bool = True,
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        conn.execute("PRAGMA temp_store = MEMORY")  # statement journals of multi-row writes: no temp files
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a usable event core: {exc}") from exc
