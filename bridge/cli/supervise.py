@@ -20,7 +20,7 @@ from .report import fail
 
 
 OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
-CLOSE_COMMIT_EVERY = 500  # `close -`: IDs per commit (each commit wakes the Event Manager)
+CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Event Manager)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
