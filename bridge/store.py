@@ -162,7 +162,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def connect(home: Home | str, *, create: bool = True, durable: bool = True,
-            foreign_keys: bool = True) -> sqlite3.Connection:
+            foreign_keys: bool = True, checkpoints: bool = True) -> sqlite3.Connection:
     """Open the event core of a home (a :class:`Home` or its root path), creating or migrating it
     first when needed. The connection is in autocommit mode; write through :func:`transaction`.
 
@@ -175,6 +175,10 @@ def connect(home: Home | str, *, create: bool = True, durable: bool = True,
     ``foreign_keys=False`` skips SQLite's foreign-key checks (a fifth of the work of recording a
     Close): for the lanes only, whose writes (:mod:`bridge.deliveries` claim, finish, release)
     change no key and record an attempt only for a delivery seen in the same transaction.
+
+    ``checkpoints=False``: this connection's commits never copy the WAL back into the database
+    (SQLite does it in the commit that crosses 1,000 pages, tens of milliseconds while perl
+    waits): for the lanes, whose supervisor checkpoints in a thread of its own (:func:`checkpoint`).
     """
     root = os.fspath(home.root if isinstance(home, Home) else home)
     path = os.path.join(root, DB_FILE)
@@ -194,6 +198,8 @@ def connect(home: Home | str, *, create: bool = True, durable: bool = True,
         conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
         conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA temp_store = MEMORY")  # statement journals of multi-row writes: no temp files
+        if not checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a usable event core: {exc}") from exc
@@ -284,6 +290,12 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+
+def checkpoint(conn: sqlite3.Connection) -> None:
+    """Copy what the WAL holds back into the database, without waiting for or blocking anyone
+    (a passive checkpoint: what readers still use is copied next time)."""
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:

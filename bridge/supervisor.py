@@ -47,6 +47,7 @@ log = logging.getLogger("ombridge.supervisor")
 OWNER_PREFIX = "supervisor:"
 DEFAULT_RETENTION = 30 * 86400.0
 PRUNE_EVERY = 3600.0
+CHECKPOINT_EVERY = 1.0  # seconds between two WAL checkpoints (the lanes' commits make none)
 RESTARTABLE = ("ombacksync", "eventmanager", "all")
 
 
@@ -129,7 +130,8 @@ class Supervisor:
         self.retention = retention  # seconds; None or 0: keep everything
         self.metrics_textfile = metrics_textfile
         self.metrics_interval = metrics_interval
-        self._chores: dict[str, float] = {"prune": time.monotonic() + 60, "metrics": time.monotonic()}
+        self._chores: dict[str, float] = {"prune": time.monotonic() + 60, "metrics": time.monotonic(),
+                                          "checkpoint": time.monotonic()}
         self._chore_running = threading.Lock()
         self.log_to_stderr = log_to_stderr
         self.owner = f"{OWNER_PREFIX}{os.getpid()}"
@@ -331,9 +333,13 @@ class Supervisor:
                 self._host_changed(*arg)
 
     def _chores_due(self) -> None:
-        """Pruning and the metrics textfile, when due, in a thread of their own (never two at once)."""
+        """WAL checkpoints, pruning and the metrics textfile, when due, in a thread of their own
+        (never two at once)."""
         clock = time.monotonic()
         due = []
+        if clock >= self._chores["checkpoint"]:
+            due.append("checkpoint")
+            self._chores["checkpoint"] = clock + CHECKPOINT_EVERY
         if self.retention and clock >= self._chores["prune"]:
             due.append("prune")
             self._chores["prune"] = clock + PRUNE_EVERY
@@ -347,6 +353,8 @@ class Supervisor:
         try:
             conn = store.connect(self.home)
             try:
+                if "checkpoint" in due:
+                    store.checkpoint(conn)
                 if "prune" in due and self.retention:
                     counts = retention.prune(conn, self.retention)
                     if any(counts.values()):

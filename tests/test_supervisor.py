@@ -203,6 +203,17 @@ def test_a_burst_beside_another_writer_delivers_each_close_once(home: Home, runn
     assert home.output.read_text().count(" Close ") == len(ids)
 
 
+def test_the_supervisor_checkpoints_what_its_lanes_write(home: Home, running) -> None:
+    # The lanes' commits never copy the WAL into the database (that would stall perl for tens of
+    # milliseconds); a chore of the supervisor does, every second.
+    ids = [f"CKPT-{n}" for n in range(3000)]
+    running()
+    before = home.db.stat().st_size
+    omb(home, "close", "-", stdin="\n".join(ids) + "\n")  # (too little for its own commit to checkpoint)
+    wait_for(lambda: len(closed_ids(home)) >= len(ids), timeout=60, what="every close delivered")
+    wait_for(lambda: home.db.stat().st_size > before, what="the WAL copied into the database")
+
+
 def test_graceful_stop_finishes_in_flight_and_leaves_the_rest_open(home: Home, running, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
