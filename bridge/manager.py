@@ -143,8 +143,9 @@ class EventManager:
 
         Outcomes are recorded :data:`RECORD_EVERY` at a time as they arrive, and each record
         claims enough more to keep perl twice that many ahead of the outcomes recorded, so that
-        neither waits for the other; a crash repeats at most that many Closes (at-least-once). A step claims about :data:`BATCH_SECONDS` worth of
-        Closes, so a stop or a restart never waits long behind one. Returns how many it claimed.
+        neither waits for the other; a crash repeats at most that many Closes (at-least-once).
+        A step claims more for :data:`BATCH_SECONDS` at most (and about that much work), so a
+        stop or a restart never waits long behind one. Returns how many it claimed.
         """
         if not self.backsync_ready():
             return 0
@@ -179,7 +180,11 @@ class EventManager:
             done = list(zip(usable[recorded:recorded + len(batch)], batch))
             # Claim enough to keep perl a full window ahead of the records: it then has work while
             # the next record is made (topping up only what was recorded would let it run dry).
+            # Only for BATCH_SECONDS, and not once stopping: a step stays short, and never outlives
+            # its claims' leases (a slow perl would have the lane claim its own Closes again).
             wanted = recorded + len(batch) + 2 * RECORD_EVERY - len(usable)
+            if self._stopping.is_set() or time.time() > started + BATCH_SECONDS:
+                wanted = 0
             try:
                 # A sender may hold the lock for tens of milliseconds: wait for it only once perl
                 # has answered all it may run ahead (the window), else the next replies retry.
@@ -285,8 +290,7 @@ class EventManager:
 
     def _lane(self, name: str, step: Callable[[sqlite3.Connection], int], lane: Lane,
               wake: threading.Event) -> None:
-        # acknowledgements without an fsync each, no foreign-key checks, no checkpoints: see store.connect
-        conn = store.connect(self.home, durable=False, foreign_keys=False, checkpoints=False)
+        conn = store.connect(self.home, lane=True)  # acknowledgements without an fsync each: see store.connect
         try:
             while not self._stopping.is_set():
                 wake.clear()

@@ -144,6 +144,7 @@ class PerlChild:
                     deadline = time.monotonic() + timeout
                     if on_replies is not None and len(replies) - handed >= every and len(replies) > declined:
                         more = on_replies(replies[handed:])
+                        deadline = time.monotonic() + timeout  # (perl is not to blame for the time that took)
                         if more is None:  # not taken now: offered again with the next replies
                             if window is not None and len(replies) - handed >= window:  # none would come
                                 raise AssertionError("on_replies must take the replies once perl has answered "

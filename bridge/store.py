@@ -161,24 +161,24 @@ MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(home: Home | str, *, create: bool = True, durable: bool = True,
-            foreign_keys: bool = True, checkpoints: bool = True) -> sqlite3.Connection:
+def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sqlite3.Connection:
     """Open the event core of a home (a :class:`Home` or its root path), creating or migrating it
     first when needed. The connection is in autocommit mode; write through :func:`transaction`.
 
-    ``durable`` (the default) syncs every commit to disk (``synchronous=FULL``): a send that
-    returned survives a power cut. The Event Manager's lanes connect with ``durable=False``
-    (``NORMAL`` in WAL mode): their claims and acknowledgements survive any crash of a process,
-    and a power cut can only forget the last ones, so that those deliveries are made again — a
-    duplicate, never a loss — while a batch of Closes no longer waits for an fsync per record.
+    Every commit is synced to disk (``synchronous=FULL``): a send that returned survives a power
+    cut. ``lane=True`` is for the Event Manager's lanes, whose writes are all
+    :mod:`bridge.deliveries`' claims and acknowledgements:
 
-    ``foreign_keys=False`` skips SQLite's foreign-key checks (a fifth of the work of recording a
-    Close): for the lanes only, whose writes (:mod:`bridge.deliveries` claim, finish, release)
-    change no key and record an attempt only for a delivery seen in the same transaction.
-
-    ``checkpoints=False``: this connection's commits never copy the WAL back into the database
-    (SQLite does it in the commit that crosses 1,000 pages, tens of milliseconds while perl
-    waits): for the lanes, whose supervisor checkpoints in a thread of its own (:func:`checkpoint`).
+    - ``synchronous=NORMAL`` (WAL): they survive any crash of a process, and a power cut can only
+      forget the last ones, so that those deliveries are made again — a duplicate, never a loss —
+      while a batch of Closes does not wait for an fsync per record;
+    - no foreign-key checks (a fifth of the work of recording a Close): those writes change no
+      key, and record an attempt only for a delivery seen in the same transaction;
+    - no checkpoints: SQLite copies the WAL back into the database in the commit that crosses
+      1,000 pages, tens of milliseconds while perl waits; the supervisor checkpoints in a thread
+      of its own instead (:func:`checkpoint`);
+    - statement journals in memory (a multi-row write inside a transaction keeps one), not in a
+      temporary file each time.
     """
     root = os.fspath(home.root if isinstance(home, Home) else home)
     path = os.path.join(root, DB_FILE)
@@ -195,11 +195,8 @@ def connect(home: Home | str, *, create: bool = True, durable: bool = True,
                                factory=_Connection)
         conn.write_lock = _WRITE_LOCKS.setdefault(path, _thread.RLock())
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-        conn.execute("PRAGMA temp_store = MEMORY")  # statement journals of multi-row writes: no temp files
-        if not checkpoints:
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = FULL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a usable event core: {exc}") from exc
@@ -208,6 +205,9 @@ def connect(home: Home | str, *, create: bool = True, durable: bool = True,
         raise StoreError(f"{path} has schema version {version}; this ombridge knows up to {SCHEMA_VERSION}: upgrade ombridge")
     if version < SCHEMA_VERSION:
         _migrate(os.path.dirname(path), conn)
+    if lane:  # (after a migration, whose index builds may sort more than memory should hold)
+        for pragma in ("foreign_keys = OFF", "synchronous = NORMAL", "wal_autocheckpoint = 0", "temp_store = MEMORY"):
+            conn.execute(f"PRAGMA {pragma}")
     return conn
 
 
@@ -279,7 +279,7 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
                     deadline = deadline or time.monotonic() + BUSY_TIMEOUT
                     if time.monotonic() > deadline:
                         raise
-                nap = min(nap * 2 or 0.0001, 0.0005)
+                nap = min(nap * 2 or 0.0001, 0.005)
                 time.sleep(nap)
         finally:
             conn.execute(_BUSY_TIMEOUT)

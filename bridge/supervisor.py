@@ -133,6 +133,7 @@ class Supervisor:
         self._chores: dict[str, float] = {"prune": time.monotonic() + 60, "metrics": time.monotonic(),
                                           "checkpoint": time.monotonic()}
         self._chore_running = threading.Lock()
+        self._chore_logged: dict[str, float] = {}  # chore -> when its next failure may be logged
         self.log_to_stderr = log_to_stderr
         self.owner = f"{OWNER_PREFIX}{os.getpid()}"
         self.started_at = time.time()
@@ -352,23 +353,36 @@ class Supervisor:
     def _run_chores(self, due: list[str]) -> None:
         try:
             conn = store.connect(self.home)
-            try:
-                if "checkpoint" in due:
-                    store.checkpoint(conn)
-                if "prune" in due and self.retention:
-                    counts = retention.prune(conn, self.retention)
-                    if any(counts.values()):
-                        log.info("pruned %(deliveries)d deliveries, %(attempts)d attempts, %(events)d events", counts)
-                if "metrics" in due and self.metrics_textfile:
-                    metrics.write_textfile(self.metrics_textfile, metrics.render(conn, self.status()))
-            finally:
-                conn.close()
-        except (BridgeError, OSError, sqlite3.Error) as exc:  # a full disk, a missing folder: one line each time
-            log.error("periodic %s failed: %s", " and ".join(due), exc)
-        except Exception:  # a chore never takes the supervisor down
-            log.exception("periodic %s failed", " and ".join(due))
-        finally:
+        except (BridgeError, OSError, sqlite3.Error) as exc:
+            self._chore_failed(" and ".join(due), exc)
             self._chore_running.release()
+            return
+        try:
+            for chore in due:  # one failing (a full disk) does not keep the others from running
+                try:
+                    if chore == "checkpoint":
+                        store.checkpoint(conn)
+                    elif chore == "prune" and self.retention:
+                        counts = retention.prune(conn, self.retention)
+                        if any(counts.values()):
+                            log.info("pruned %(deliveries)d deliveries, %(attempts)d attempts, %(events)d events",
+                                     counts)
+                    elif chore == "metrics" and self.metrics_textfile:
+                        metrics.write_textfile(self.metrics_textfile, metrics.render(conn, self.status()))
+                except (BridgeError, OSError, sqlite3.Error) as exc:  # a full disk, a missing folder
+                    self._chore_failed(chore, exc)
+                except Exception:  # a chore never takes the supervisor down
+                    log.exception("periodic %s failed", chore)
+        finally:
+            conn.close()
+            self._chore_running.release()
+
+    def _chore_failed(self, chore: str, exc: BaseException) -> None:
+        # One line a minute per chore at most: the checkpoint runs every second.
+        clock = time.monotonic()
+        if clock >= self._chore_logged.get(chore, 0.0):
+            self._chore_logged[chore] = clock + 60.0
+            log.error("periodic %s failed: %s", chore, exc)
 
     def _cleanup(self) -> None:
         for name in (control.CONTROL, control.DOORBELL):
