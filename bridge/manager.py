@@ -35,7 +35,8 @@ from .perlhost import PerlHost
 log = logging.getLogger("ombridge.manager")
 
 MAX_BATCH = 10_000  # Closes one step may claim (a step takes about BATCH_SECONDS)
-RECORD_EVERY = 250  # Closes between two records of outcomes; perl runs at most twice that ahead
+RECORD_EVERY = 250  # Closes between two records of outcomes
+WINDOW = 2 * RECORD_EVERY  # Closes perl may run ahead of the last record: what one crash may repeat
 BATCH_SECONDS = 0.5  # aim for backsync batches that take about this long
 ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status
 SUMMARY_EVERY = 10.0  # seconds between two log lines of Closes that went well
@@ -142,9 +143,9 @@ class EventManager:
         """Claim due backsync deliveries and close them through the perl child, as a stream.
 
         Outcomes are recorded :data:`RECORD_EVERY` at a time as they arrive, and each record
-        claims enough more to keep perl twice that many ahead of the outcomes recorded, so that
-        neither waits for the other; a crash repeats at most that many Closes (at-least-once).
-        A step claims more for :data:`BATCH_SECONDS` at most (and about that much work), so a
+        claims enough more to keep perl :data:`WINDOW` Closes ahead of the outcomes recorded
+        (close_many's window: twice ``every``), so that neither waits for the other; a crash
+        repeats at most that many Closes (at-least-once). A step claims more for :data:`BATCH_SECONDS` at most (and about that much work), so a
         stop or a restart never waits long behind one. Returns how many it claimed.
         """
         if not self.backsync_ready():
@@ -182,7 +183,7 @@ class EventManager:
             # the next record is made (topping up only what was recorded would let it run dry).
             # Only for BATCH_SECONDS, and not once stopping: a step stays short, and never outlives
             # its claims' leases (a slow perl would have the lane claim its own Closes again).
-            wanted = recorded + len(batch) + 2 * RECORD_EVERY - len(usable)
+            wanted = recorded + len(batch) + WINDOW - len(usable)
             if self._stopping.is_set() or time.time() > started + BATCH_SECONDS:
                 wanted = 0
             try:
@@ -190,14 +191,14 @@ class EventManager:
                 # has answered all it may run ahead (the window), else the next replies retry.
                 settled, claims = deliveries.finish_and_claim(
                     conn, done, limit=max(0, min(wanted, budget - claimed)), lane=Lane.BACKSYNC, owner=self.owner,
-                    wait=len(batch) >= 2 * RECORD_EVERY)
+                    wait=len(batch) >= WINDOW)
             except store.Busy:
                 return None
             recorded += len(batch)
             self._tally(done, settled, tally)
             return take(claims)
 
-        close_ids = take(deliveries.claim(conn, limit=min(2 * RECORD_EVERY, budget), lane=Lane.BACKSYNC,
+        close_ids = take(deliveries.claim(conn, limit=min(WINDOW, budget), lane=Lane.BACKSYNC,
                                           owner=self.owner))
         if not claimed:
             self.host.ensure_running()  # notice a child that died while idle; restart after backoff
