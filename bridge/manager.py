@@ -145,8 +145,9 @@ class EventManager:
         Outcomes are recorded :data:`RECORD_EVERY` at a time as they arrive, and each record
         claims enough more to keep perl :data:`WINDOW` Closes ahead of the outcomes recorded
         (close_many's window: twice ``every``), so that neither waits for the other; a crash
-        repeats at most that many Closes (at-least-once). A step claims more for :data:`BATCH_SECONDS` at most (and about that much work), so a
-        stop or a restart never waits long behind one. Returns how many it claimed.
+        repeats at most that many Closes (at-least-once). A step claims more for
+        :data:`BATCH_SECONDS` at most (and about that much work), so a stop or a restart never
+        waits long behind one. Returns how many it claimed.
         """
         if not self.backsync_ready():
             return 0
