@@ -64,8 +64,7 @@ class HostState(str, Enum):
     STOPPED = "stopped"
     STARTING = "starting"
     RUNNING = "running"
-    BACKOFF = "backoff"  # waiting to restart after a fault or a failed start
-    FATAL = "fatal"  # no longer entered: a failing start is tried again forever, with capped backoff
+    BACKOFF = "backoff"  # waiting to restart after a fault or a failed start (tried again forever)
     SYNTAX_ERROR = "syntax-error"  # perl -c refused the script: an operator must act
 
 
@@ -83,6 +82,36 @@ class LaneState(str, Enum):
     BUSY = "busy"  # delivering a claim or a batch
     IDLE = "idle"  # waiting for the doorbell, a due retry or the poll
     STOPPED = "stopped"
+
+
+class IllegalTransition(RuntimeError):
+    """A state machine was asked for a move its table does not have: a bug, refused loudly."""
+
+
+def check_transition(table: dict[Enum, frozenset[Enum]], old: Enum, new: Enum, machine: str) -> None:
+    """Refuse a move from ``old`` to ``new`` that ``table`` (old -> the states it may become) lacks."""
+    if new not in table[old]:
+        raise IllegalTransition(f"{machine} cannot go from {old.value} to {new.value}")
+
+
+_H = HostState
+HOST_MOVES: dict[Enum, frozenset[Enum]] = {
+    _H.STOPPED: frozenset({_H.STARTING, _H.STOPPED}),  # (stopping a stopped host is no move)
+    _H.STARTING: frozenset({_H.RUNNING, _H.BACKOFF, _H.SYNTAX_ERROR}),
+    _H.RUNNING: frozenset({_H.STARTING, _H.BACKOFF, _H.STOPPED}),  # a start replaces the child
+    _H.BACKOFF: frozenset({_H.STARTING, _H.STOPPED}),
+    _H.SYNTAX_ERROR: frozenset({_H.STARTING, _H.STOPPED}),
+}
+MANAGER_MOVES: dict[Enum, frozenset[Enum]] = {
+    ManagerState.STOPPED: frozenset({ManagerState.RUNNING}),
+    ManagerState.RUNNING: frozenset({ManagerState.STOPPING}),
+    ManagerState.STOPPING: frozenset({ManagerState.STOPPED}),  # once the last lane has ended
+}
+LANE_MOVES: dict[Enum, frozenset[Enum]] = {
+    LaneState.IDLE: frozenset({LaneState.BUSY, LaneState.STOPPED}),
+    LaneState.BUSY: frozenset({LaneState.IDLE, LaneState.STOPPED}),
+    LaneState.STOPPED: frozenset(),
+}
 
 
 class ListenerState(str, Enum):

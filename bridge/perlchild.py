@@ -1,22 +1,22 @@
 """One running perl host process and the two ends of its line protocol (:mod:`bridge.protocol`).
 
 :class:`PerlChild` spawns ``perl [#! switches] perl/ombridge_host.pl <reply fd> <script>`` in a
-process group of its own, sends requests pipelined and reads one reply each (watching the host's
-exit through a pidfd, since a process the script forked without ``fork()`` may hold the reply
-pipe open), drains what the script prints into the log, and stops or kills the whole group.
-:class:`bridge.perlhost.PerlHost` owns the one child and every decision about it.
+process group of its own, drains what the script prints into the log, and stops or kills the
+whole group. It is passive: the caller :meth:`~PerlChild.push` puts request lines in and
+:meth:`~PerlChild.poll` takes replies out (pipelined; the host's exit is watched through a pidfd,
+since a process the script forked without ``fork()`` may hold the reply pipe open); nothing here
+decides when. :class:`bridge.perlhost.PerlHost` owns the one child and every decision about it.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import drain, protocol
@@ -73,96 +73,101 @@ class PerlChild:
         # may hold the reply pipe open, so its EOF alone would come late.
         self._exited: int | None = _pidfd(self.pid)
         self._pump = drain.start(self.proc.stdout, script_log, f"perl[{self.pid}]")  # type: ignore[arg-type]
+        self._out = bytearray()  # pushed, not written yet
+        self._outstanding = 0  # pushed, not answered yet
+        self._gone = False  # the host has exited (seen through the pidfd)
+        self._writing = False  # the selector watches STDIN for room to write
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._reply, selectors.EVENT_READ)
+        if self._exited is not None:
+            self._sel.register(self._exited, selectors.EVENT_READ)
 
     def alive(self) -> bool:
         """True while the process has not exited."""
         return self.proc.poll() is None
 
-    def exchange(self, requests: Sequence[bytes], timeout: float, *, window: int | None = None,
-                 on_replies: Callable[[list[protocol.Reply]], Sequence[bytes] | None] | None = None,
-                 every: int = 100) -> tuple[list[protocol.Reply], PerlFault | None]:
-        """Send ``requests`` pipelined; collect one reply each, in order, until done or a fault.
+    @property
+    def outstanding(self) -> int:
+        """Requests pushed and not answered yet."""
+        return self._outstanding
 
-        Each call has ``timeout`` seconds from the previous reply. Returns the replies received
-        and the fault that stopped the exchange (None when every request was answered). With
-        ``on_replies``, every ``every`` new replies are handed over as they arrive (the caller
-        records them while perl works on), and the requests it returns are sent after the
-        others (the caller streams more work in while perl is busy); when it returns None
-        instead, the replies are not taken and are offered again, with the next ones. At most
-        ``window`` requests are ever sent ahead of the replies handed over: a crash of the
-        caller repeats no more than that many.
-        """
-        ends = list(itertools.accumulate(len(r) for r in requests))  # where each request ends
-        payload = bytearray().join(requests)
-        sent = 0
+    def push(self, requests: Sequence[bytes]) -> None:
+        """Queue request lines; :meth:`poll` writes them as the pipe takes them."""
+        for request in requests:
+            self._out += request
+        self._outstanding += len(requests)
+
+    def poll(self, timeout: float) -> tuple[list[protocol.Reply], PerlFault | None]:
+        """Write what the pipe takes, then return the replies that arrived (in order), waiting
+        up to ``timeout`` seconds for the first; and the fault that ended the child, if any
+        (its exit with requests unanswered, or a line that is not the protocol)."""
+        if self._outstanding > _COALESCE_ABOVE and b"\n" not in self._buf:
+            # Many replies still to come: let them pile up in the pipe, so perl writes without
+            # waking us for every one (bench: 134k -> 165k closes/s).
+            time.sleep(_COALESCE_SLEEP)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._write()
+            lines = self._wait_lines(max(0.0, deadline - time.monotonic()))
+            replies: list[protocol.Reply] = []
+            for line in lines or ():
+                try:
+                    replies.append(protocol.parse_reply(line, self.pid))
+                except ProtocolError as exc:
+                    self._outstanding -= len(replies)
+                    return replies, exc
+            self._outstanding -= len(replies)
+            if lines is None or (self._gone and self._outstanding):
+                return replies, self._exit_fault()
+            if replies or self._gone or time.monotonic() >= deadline:
+                return replies, None
+
+    def call(self, requests: Sequence[bytes], timeout: float) -> tuple[list[protocol.Reply], PerlFault | None]:
+        """Push ``requests`` and collect one reply each, in order; each has ``timeout`` seconds
+        from the previous reply. Returns the replies and the fault that stopped them (None when
+        every request was answered). For Init and one-off calls; the backsync lane streams."""
+        self.push(requests)
         replies: list[protocol.Reply] = []
-        handed = 0  # replies given to on_replies so far
-        declined = -1  # how many replies there were when on_replies last declined them
-
-        def allowed() -> int:  # bytes that may be sent now
-            last = len(ends) if window is None else min(len(ends), handed + window)
-            return ends[last - 1] if last else 0
-
-        with selectors.DefaultSelector() as sel:
-            sel.register(self._reply, selectors.EVENT_READ)
-            if self._exited is not None:
-                sel.register(self._exited, selectors.EVENT_READ)
-            writing = bool(payload)
-            if writing:
-                sel.register(self._stdin, selectors.EVENT_WRITE)
-            deadline = time.monotonic() + timeout
-            while len(replies) < len(ends):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return replies, PerlFault(f"call timed out after {timeout:g}s", self.pid)
-                for key, _ in sel.select(remaining):
-                    if key.fd == self._stdin:
-                        limit = allowed()
-                        try:
-                            sent += os.write(self._stdin, payload[sent:min(limit, sent + _CHUNK)])
-                        except BrokenPipeError:
-                            sent = limit = len(payload)  # the child is gone; its reply channel says how
-                        except BlockingIOError:
-                            continue
-                        if sent >= limit:
-                            sel.unregister(self._stdin)
-                            writing = False
-                        continue
-                    exited = key.fd == self._exited
-                    lines = self._read_lines(drain=exited)
-                    for line in lines or ():
-                        try:
-                            replies.append(protocol.parse_reply(line, self.pid))
-                        except ProtocolError as exc:
-                            return replies, exc
-                    if lines is None or (exited and len(replies) < len(ends)):
-                        return replies, self._exit_fault()
-                    if exited:
-                        sel.unregister(self._exited)  # every reply was in the pipe
-                    if not lines:
-                        continue
-                    deadline = time.monotonic() + timeout
-                    if on_replies is not None and len(replies) - handed >= every and len(replies) > declined:
-                        more = on_replies(replies[handed:])
-                        deadline = time.monotonic() + timeout  # (perl is not to blame for the time that took)
-                        if more is None:  # not taken now: offered again with the next replies
-                            if window is not None and len(replies) - handed >= window:  # none would come
-                                raise AssertionError("on_replies must take the replies once perl has answered "
-                                                     "all it may run ahead")
-                            declined = len(replies)
-                            continue
-                        handed = len(replies)
-                        if more:
-                            ends += [len(payload) + n for n in itertools.accumulate(len(r) for r in more)]
-                            payload += b"".join(more)
-                        if not writing and sent < allowed():
-                            sel.register(self._stdin, selectors.EVENT_WRITE)
-                            writing = True
-                    elif len(ends) - len(replies) > _COALESCE_ABOVE:
-                        # Many replies still to come: let them pile up in the pipe, so perl
-                        # writes without waking us for every one (bench: 134k -> 165k closes/s).
-                        time.sleep(_COALESCE_SLEEP)
+        quiet_since = time.monotonic()
+        while self._outstanding:
+            got, fault = self.poll(max(0.0, quiet_since + timeout - time.monotonic()))
+            replies += got
+            if fault:
+                return replies, fault
+            if got:
+                quiet_since = time.monotonic()
+            elif time.monotonic() >= quiet_since + timeout:
+                return replies, PerlFault(f"call timed out after {timeout:g}s", self.pid)
         return replies, None
+
+    def _write(self) -> None:
+        """Write what the pipe takes now (a child that is gone takes nothing: its exit says why)."""
+        while self._out:
+            try:
+                n = os.write(self._stdin, self._out[:_CHUNK])
+            except BlockingIOError:
+                return
+            except BrokenPipeError:
+                self._out.clear()
+                return
+            del self._out[:n]
+
+    def _wait_lines(self, timeout: float) -> list[bytes] | None:
+        """Wait up to ``timeout`` for the reply pipe, the host's exit or room to write; then the
+        complete reply lines there are ([] if none yet; None at EOF)."""
+        if b"\n" in self._buf or self._gone:
+            return self._read_lines(drain=self._gone)
+        if self._out and not self._writing:
+            self._sel.register(self._stdin, selectors.EVENT_WRITE)
+        elif self._writing and not self._out:
+            self._sel.unregister(self._stdin)
+        self._writing = bool(self._out)
+        readable = False
+        for key, _ in self._sel.select(timeout):
+            if key.fd == self._exited:
+                self._gone = True  # whatever it wrote is in the pipe now
+            readable = readable or key.fd != self._stdin
+        return self._read_lines(drain=self._gone) if readable else []
 
     def read_line(self, timeout: float) -> bytes:
         """Read exactly one line (the greeting); raises :class:`PerlFault` on EOF, on the host's
@@ -272,6 +277,7 @@ class PerlChild:
                     f.close()
             except OSError:
                 pass
+        self._sel.close()
         try:
             os.close(self._reply)
         except OSError:

@@ -2,14 +2,17 @@
 
 The child is ``perl [#! switches] perl/ombridge_host.pl <reply fd> <script>`` (see
 :mod:`bridge.protocol` and :mod:`bridge.perlenv`). PerlHost checks the script with ``perl -c``
-before every start, does the READY/Init handshake (with its own, longer timeout), serves
-``close``/``close_many`` (pipelined), and on a fault (the child exits, times out or writes
+before every start, does the READY/Init handshake (with its own, longer timeout), and serves
+Closes: the backsync lane :meth:`~PerlHost.push` sends IDs and :meth:`~PerlHost.poll` returns their
+outcomes (pipelined; it decides when to claim, record and wait), ``close_many`` does both for a
+one-off batch. :meth:`~PerlHost.ready_at` says when Closes may be pushed. On a fault (the child exits, times out or writes
 garbage) kills the child's whole process group at once, reports the calls in flight as failed
 and restarts with capped exponential backoff. A start that fails (the script does not load,
 Init dies or times out) is tried again forever, with backoff capped at
 ``HostSettings.start_backoff_cap``. A stop is graceful: EOF, the script's TERM handler and END
 blocks, then a grace period for what the script started, then the group is killed. States are
-values of :class:`HostState`, changed only by :meth:`PerlHost._change_state`; :meth:`PerlHost.snapshot`
+values of :class:`HostState`, changed only by :meth:`PerlHost._change_state` (guarded by
+:data:`bridge.model.HOST_MOVES`); :meth:`PerlHost.snapshot`
 reads them without waiting for a start in progress.
 """
 
@@ -20,6 +23,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Any
 from . import protocol
 from .errors import BridgeError, PerlFault, PerlStartError, ScriptSyntaxError
 from .home import Home
-from .model import Attempt, HostState
+from .model import HOST_MOVES, Attempt, HostState, check_transition
 from .perlchild import PerlChild, describe_exit
 from .perlenv import HOST_SCRIPT, HostSettings, check_syntax
 
@@ -101,6 +105,10 @@ class PerlHost:
         self._failures = 0  # faults and failed starts in a row
         self._failed_starts = 0
         self._child: PerlChild | None = None
+        self._subjects: deque[str | bytes] = deque()  # pushed, in order, no outcome returned yet
+        self._settled: list[Attempt] = []  # outcomes read by a stop, for the next poll
+        self._call_started = 0.0  # wall clock: when the call now in flight began
+        self._quiet_since = 0.0  # self.clock(): the last reply (or the push into an idle pipe)
         self._lock = threading.RLock()
         self._closing = False  # set once by close_down: nothing starts afterwards
 
@@ -117,10 +125,14 @@ class PerlHost:
     # -- state -------------------------------------------------------------------------------
 
     def _change_state(self, new: HostState, reason: str = "") -> None:
-        old, self.state = self.state, new
-        if old is not new:
-            level = logging.WARNING if new in (HostState.BACKOFF, HostState.FATAL, HostState.SYNTAX_ERROR) else logging.INFO
-            self.log.log(level, "ombacksync %s -> %s%s", old.value, new.value, f": {reason}" if reason else "")
+        """The one place the host's state changes: guarded by :data:`HOST_MOVES`, logged, reported."""
+        old = self.state
+        check_transition(HOST_MOVES, old, new, "ombacksync")
+        if old is new:
+            return
+        self.state = new
+        level = logging.WARNING if new in (HostState.BACKOFF, HostState.SYNTAX_ERROR) else logging.INFO
+        self.log.log(level, "ombacksync %s -> %s%s", old.value, new.value, f": {reason}" if reason else "")
         if self.on_state:
             self.on_state(old, new, reason)
 
@@ -161,16 +173,14 @@ class PerlHost:
     def start(self) -> None:
         """Check, spawn, wait for READY, call Init. Raises on failure, leaving the state set.
 
-        # STOPPED/BACKOFF/FATAL/SYNTAX_ERROR -> STARTING -> RUNNING
+        # STOPPED/RUNNING/BACKOFF/SYNTAX_ERROR -> STARTING -> RUNNING
         #                                     STARTING -> SYNTAX_ERROR  (perl -c refused it)
         #                                     STARTING -> BACKOFF       (load or Init failed: tried again)
         """
         with self._lock:
             if self._closing:
                 raise PerlStartError("ombridge is stopping: ombacksync is not started")
-            if self._child:
-                self._child.stop(self.settings.stop_grace)
-                self._child = None
+            self._stop_child()
             self.init_started_at = time.time()
             self._change_state(HostState.STARTING)
             self.home.ensure_layout()
@@ -192,7 +202,7 @@ class PerlHost:
                 ready, text = protocol.parse_greeting(child.read_line(limit), child.pid)
                 if not ready:
                     raise PerlStartError(f"{self.script} could not be loaded: {text}", child.pid)
-                replies, fault = child.exchange([protocol.INIT_REQUEST], limit)
+                replies, fault = child.call([protocol.INIT_REQUEST], limit)
                 if fault:
                     reason = fault.reason.replace("call timed out", "Init timed out")
                     raise PerlStartError(f"OMBackSync('Init') failed: {reason}", child.pid)
@@ -228,11 +238,16 @@ class PerlHost:
     def stop(self) -> None:
         """Stop the child gracefully (see :meth:`PerlChild.stop`), killing what lingers after the grace."""
         with self._lock:
-            if self._child:
-                self._child.stop(self.settings.stop_grace)
-                self._child = None
+            self._stop_child()
             self.retry_at = None
             self._change_state(HostState.STOPPED)
+
+    def _stop_child(self) -> None:
+        if self._child:
+            self._settle_in_flight()
+        if self._child:
+            self._child.stop(self.settings.stop_grace)
+            self._child = None
 
     def restart(self) -> None:
         """Check the script first: a broken one leaves the running child serving (and raises)."""
@@ -242,22 +257,30 @@ class PerlHost:
             self._failures = self._failed_starts = 0
             self.start()
 
-    def ensure_running(self) -> bool:
-        """Start the child if it is stopped or its backoff is over; True when it is running.
+    def ready_at(self) -> float | None:
+        """When Closes may be pushed (on :attr:`clock`): now while running, the end of the
+        backoff after a fault, None while ombacksync waits for an operator (``stopped``,
+        ``syntax-error``) or for a start in progress. The one place readiness is decided: the
+        backsync lane asks it, :meth:`ensure_running` follows it. Read without the lock."""
+        state, retry_at = self.state, self.retry_at
+        if state is HostState.RUNNING:
+            return self.clock()
+        if state is HostState.BACKOFF and not self._closing:
+            return self.clock() if retry_at is None else retry_at
+        return None
 
-        SYNTAX_ERROR waits for an operator (:meth:`start` or :meth:`restart`). (The supervisor's
-        backsync lane never calls this on a STOPPED host: there, stopped is a decision.)
-        """
+    def ensure_running(self) -> bool:
+        """Start the child if :meth:`ready_at` says it is due (or it was never started: a host
+        used on its own, by ``try``); True when it is running. A child found dead is a fault."""
         with self._lock:
             if self.state is HostState.RUNNING and self._child and self._child.alive():
                 return True
             if self.state is HostState.RUNNING:
-                assert self._child is not None
-                self._child.kill()
+                self._settle_in_flight()  # a dead child: the replies it wrote, then its fault
+            if self.state is HostState.RUNNING:
                 self._fault(self._child_exit_reason())
-            if self.state is HostState.BACKOFF and self.retry_at is not None and self.clock() < self.retry_at:
-                return False
-            if self.state in (HostState.STOPPED, HostState.BACKOFF) and not self._closing:
+            due = self.ready_at()
+            if self.state is HostState.STOPPED and not self._closing or due is not None and due <= self.clock():
                 try:
                     self.start()
                 except BridgeError:
@@ -283,80 +306,109 @@ class PerlHost:
         self.retry_at = self.clock() + self.backoff.delay(self._failures, self._failed_starts)
         self._change_state(HostState.BACKOFF, f"{reason} (next try in {max(0.0, self.retry_at - self.clock()):.1f}s)")
 
-    # -- calls -------------------------------------------------------------------------------
+    # -- calls: the backsync lane pushes Closes and polls for their outcomes ------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Closes pushed whose outcome :meth:`poll` has not returned yet."""
+        return len(self._subjects) + len(self._settled)
+
+    def push(self, ids: Sequence[str | bytes]) -> list[Attempt]:
+        """Send ``Close`` requests for ``ids`` (pipelined, after those in flight); their outcomes
+        come from :meth:`poll`, in order. Returns the outcomes of IDs that could not be sent at
+        all (``attempted=False``: ombacksync is not running, or not due to start yet)."""
+        requests = [protocol.close_request(i) for i in ids]  # refuses an empty ID up front
+        if not requests:
+            return []
+        with self._lock:
+            if not self.ensure_running():
+                now = time.time()
+                reason = f"ombacksync is {self.state.value}" + (f": {self.last_error}" if self.last_error else "")
+                return [Attempt(False, now, now, error=reason, attempted=False, subject=i) for i in ids]
+            assert self._child is not None
+            if not self._subjects:
+                self._call_started, self._quiet_since = time.time(), self.clock()
+            self._child.push(requests)
+            self._subjects.extend(ids)
+            return []
+
+    def poll(self, timeout: float) -> list[Attempt]:
+        """The outcomes that arrived, in the order pushed, waiting up to ``timeout`` seconds for
+        the first ([] if none came). On a fault (the child exited, wrote garbage, or a call outlived
+        the call timeout) the call in flight fails with the reason, the ones after it come back
+        ``attempted=False``, and the child is killed (restarted after backoff by a later push)."""
+        with self._lock:
+            if self._settled:
+                settled, self._settled = self._settled, []
+                return settled
+            if not self._subjects or self._child is None:
+                return []
+            wait = min(timeout, max(0.0, self._quiet_since + self.timeout - self.clock()))
+            replies, fault = self._child.poll(wait)
+            outcomes = self._outcomes(replies)
+            if replies:
+                self._failures = 0
+            elif fault is None and self.clock() >= self._quiet_since + self.timeout:
+                fault = PerlFault(f"call timed out after {self.timeout:g}s", self._child.pid)
+            if fault:
+                outcomes += self._fail_in_flight(fault.reason)
+            return outcomes
+
+    def abandon(self, reason: str) -> None:
+        """The caller cannot take the outcomes of the Closes in flight (recording them failed):
+        kill the child, so that none of their replies is ever read as another Close's. The
+        Closes stay claimed and run again (at-least-once)."""
+        with self._lock:
+            self._subjects.clear()
+            self._settled = []
+            if self._child is not None:
+                self._fault(f"the Closes in flight were abandoned: {reason}")
+
+    def _outcomes(self, replies: list[protocol.Reply]) -> list[Attempt]:
+        # Each call ran from the previous reply (or its push into an idle pipe) to its own reply.
+        ended = time.time()
+        out = []
+        for reply in replies:
+            out.append(Attempt(reply.ok, self._call_started, ended, error=reply.message,
+                               subject=self._subjects.popleft()))
+            self._call_started = ended
+        if replies:
+            self._quiet_since = self.clock()
+        return out
+
+    def _fail_in_flight(self, reason: str) -> list[Attempt]:
+        # The call in flight failed; the ones queued behind it never reached the script.
+        self.log.error("ombacksync fault: %s", reason)
+        ended = time.time()
+        out = [Attempt(False, self._call_started, ended, error=reason, subject=self._subjects.popleft())]
+        out += [Attempt(False, ended, ended, error=f"not attempted: {reason}", attempted=False, subject=i)
+                for i in self._subjects]
+        self._subjects.clear()
+        self._fault(reason)
+        return out
+
+    def _settle_in_flight(self) -> None:
+        # Before the child is stopped: read the replies of the Closes in flight (they were sent,
+        # so they run), so that poll() hands them over instead of their running again.
+        while self._subjects and self._child is not None:
+            self._settled += self.poll(self.timeout)
 
     def close(self, event_id: str | bytes) -> Attempt:
         """Call ``OMBackSync('Close', event_id)``."""
         return self.close_many([event_id])[0]
 
-    def close_many(self, ids: Sequence[str | bytes], *,
-                   progress: Callable[[list[Attempt]], Sequence[str | bytes] | None] | None = None,
-                   every: int = 100) -> list[Attempt]:
+    def close_many(self, ids: Sequence[str | bytes]) -> list[Attempt]:
         """Close every ID, pipelined, and return one attempt per ID in order (``subject`` = the ID).
 
-        With ``progress``, the attempts are also handed over ``every`` at a time as they
-        complete, while perl goes on with at most ``2 * every`` more (see :meth:`PerlChild.exchange`);
-        the IDs ``progress`` returns are closed too, after the others (the caller streams more
-        in while perl works); when it returns None the attempts are not taken, and are handed
-        over again with the next ones (so it must take them once ``2 * every`` are offered:
-        perl then waits, and no next ones come). The returned list holds them all. On a fault the call in flight
-        fails with the reason, the ones after it come back ``attempted=False``, and the child is
-        restarted (after backoff) on the next call.
+        On a fault the call in flight fails with the reason, the ones after it come back
+        ``attempted=False``, and the child is restarted (after backoff) on the next call.
         """
-        requests = [protocol.close_request(i) for i in ids]  # refuses an empty ID up front
-        if not requests:
-            return []
-        subjects = list(ids)  # grows with what progress streams in
         with self._lock:
-            started = time.time()
-            if not self.ensure_running():
-                reason = f"ombacksync is {self.state.value}" + (f": {self.last_error}" if self.last_error else "")
-                return [Attempt(False, started, started, error=reason, attempted=False, subject=i) for i in ids]
-            assert self._child is not None
-            done = 0
-
-            def attempts(replies: list[protocol.Reply]) -> list[Attempt]:
-                nonlocal done, started
-                ended = time.time()
-                out = [Attempt(r.ok, started, ended, error=r.message, subject=i)
-                       for i, r in zip(subjects[done:done + len(replies)], replies)]
-                done, started = done + len(replies), ended
-                return out
-
-            handed: list[Attempt] = []  # taken by progress
-            offered: list[Attempt] = []  # offered to progress, not taken yet
-
-            def hand_over(replies: list[protocol.Reply]) -> list[bytes] | None:
-                offered.extend(attempts(replies[len(offered):]))
-                assert progress is not None
-                more = progress(list(offered))
-                if more is None:
-                    return None  # offered again, with the next ones
-                handed.extend(offered)
-                offered.clear()
-                subjects.extend(more)
-                return [protocol.close_request(i) for i in more]
-
-            try:
-                replies, fault = self._child.exchange(
-                    requests, self.timeout, window=2 * every if progress else None,
-                    on_replies=hand_over if progress else None, every=every)
-            except BaseException as exc:
-                # ``progress`` failed (a full disk, say) with replies still in the pipe: a child
-                # left running would hand them to the next call as its own. Restart it instead;
-                # the unrecorded Closes stay claimed and run again (at-least-once).
-                self._fault(f"the Closes in flight were abandoned: {exc}")
-                raise
-            outcomes = handed + offered + attempts(replies[done:])
-            ended = time.time()
-            if replies:
-                self._failures = 0
-            if fault:
-                self.log.error("ombacksync fault: %s", fault.reason)
-                self._fault(fault.reason)
-                outcomes.append(Attempt(False, started, ended, error=fault.reason, subject=subjects[done]))
-                outcomes.extend(Attempt(False, started, ended, error=f"not attempted: {fault.reason}",
-                                        attempted=False, subject=i) for i in subjects[done + 1:])
+            outcomes = self.push(ids)
+            if outcomes:
+                return outcomes
+            while len(outcomes) < len(ids):
+                outcomes += self.poll(self.timeout)
             return outcomes
 
     def deliver_all(self, ids: Iterable[str | bytes], sleep: Callable[[float], None] = time.sleep,
@@ -372,7 +424,7 @@ class PerlHost:
             outcomes = self.close_many(pending)
             results.extend(o for o in outcomes if o.attempted)
             pending = [o.subject for o in outcomes if not o.attempted]
-            if pending and (self.state in (HostState.FATAL, HostState.SYNTAX_ERROR, HostState.STOPPED)
+            if pending and (self.state in (HostState.SYNTAX_ERROR, HostState.STOPPED)
                             or self._failed_starts >= give_up_after):
                 results.extend(o for o in outcomes if not o.attempted)
                 break

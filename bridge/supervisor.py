@@ -439,7 +439,7 @@ class Supervisor:
         self.manager.wake()  # the backsync lane waits on ombacksync's state: let it look again
         first_failed_start = new is HostState.BACKOFF and old is HostState.STARTING and self.host is not None \
             and self.host.failed_starts == 1  # a failing Init is tried again forever: told once
-        if (new in (HostState.SYNTAX_ERROR, HostState.FATAL) and old is not new) or first_failed_start:
+        if (new is HostState.SYNTAX_ERROR and old is not new) or first_failed_start:
             log.error("ombacksync stopped (%s): %s", new.value, reason)
             try:
                 conn = store.connect(self.home)

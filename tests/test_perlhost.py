@@ -232,61 +232,6 @@ def test_backoff_is_capped_exponential() -> None:
     assert b.delay(10**6, failed_starts=10**6) == 16
 
 
-def test_a_failed_record_mid_batch_restarts_the_child_so_no_reply_is_taken_for_another(home: Home) -> None:
-    # The manager records outcomes while perl goes on; if recording fails (a full disk), the
-    # replies still in the pipe must not be read by the next call as answers to its own Closes.
-    class DiskFull(Exception):
-        pass
-
-    def record(batch: list) -> None:
-        raise DiskFull("database or disk is full")
-
-    with PerlHost(home) as host:
-        host.start()
-        first = host.pid
-        with pytest.raises(DiskFull):
-            host.close_many([f"B-{n}" for n in range(300)], progress=record, every=50)
-        assert host.state is HostState.BACKOFF and host.restarts == 1
-        assert "the Closes in flight were abandoned: database or disk is full" in host.last_error
-        (after,) = host.close_many(["X-1"])
-        assert after.ok and host.pid != first
-        assert home.output.read_text().splitlines()[-1].endswith(" Close X-1")
-
-
-def test_progress_streams_more_ids_in_and_may_decline_until_later(home: Home) -> None:
-    # The backsync lane records outcomes and claims the next Closes while perl works on; when the
-    # write lock is taken it declines a batch, which is offered again with the replies after it,
-    # until all perl may run ahead (2 * every) are offered: then it must take them.
-    home.script.write_text("sub OMBackSync { select(undef, undef, undef, 0.005) if $_[0] eq 'Close'; 1 }\n1;\n")
-    offers: list[int] = []
-    seen: list[list[str]] = []
-    streamed = iter([[f"S-{n}" for n in range(k, k + 40)] for k in range(0, 200, 40)])
-
-    def record(batch: list) -> list[str] | None:
-        offers.append(len(batch))
-        if len(offers) <= 3 and len(batch) < 60:
-            return None
-        seen.append([a.subject for a in batch])
-        return next(streamed, [])
-
-    with PerlHost(home) as host:
-        host.start()
-        outcomes = host.close_many([f"B-{n}" for n in range(120)], progress=record, every=30)
-    subjects = [f"B-{n}" for n in range(120)] + [f"S-{n}" for n in range(200)]
-    assert [o.subject for o in outcomes] == subjects and all(o.ok for o in outcomes)
-    taken = [s for batch in seen for s in batch]
-    assert taken == subjects[:len(taken)]  # in order, each once, declined ones included
-    assert offers[0] >= 30 and offers[1] > offers[0] and len(seen[0]) == offers[3]  # offered again, grown
-
-
-def test_declining_when_perl_has_answered_all_it_may_is_a_loud_error(home: Home) -> None:
-    # A caller that declines once perl waits for it would wait for replies that never come.
-    with PerlHost(home) as host:
-        host.start()
-        with pytest.raises(AssertionError, match="must take"):
-            host.close_many([f"B-{n}" for n in range(300)], progress=lambda batch: None, every=50)
-
-
 def test_a_host_that_dies_is_seen_at_once_although_a_piped_open_holds_its_pipes(home: Home) -> None:
     # open '-|' forks without fork(): the child keeps the protocol descriptors, so their EOF
     # would come only when it ends (15 s here); the host's own exit is watched instead.
