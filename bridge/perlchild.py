@@ -1,7 +1,7 @@
 """One running perl host process and the two ends of its line protocol (:mod:`bridge.protocol`).
 
 :class:`PerlChild` spawns ``perl [#! switches] perl/ombridge_host.pl <reply fd> <script>`` in a
-process group of its own, drains what the script prints into the log, and stops or kills the
+process group of its own, pumps what the script prints into the log, and stops or kills the
 whole group. It is passive: the caller :meth:`~PerlChild.push` puts request lines in and
 :meth:`~PerlChild.poll` takes replies out (pipelined; the host's exit is watched through a pidfd,
 since a process the script forked without ``fork()`` may hold the reply pipe open); nothing here
@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import drain, protocol
+from . import protocol, scriptlog
 from .errors import PerlFault, PerlStartError, ProtocolError
 from .home import Home
 from .perlenv import HostSettings, host_command, perl_env
@@ -72,7 +72,7 @@ class PerlChild:
         # Readable once the host has exited: a process it forked without fork() (a piped open)
         # may hold the reply pipe open, so its EOF alone would come late.
         self._exited: int | None = _pidfd(self.pid)
-        self._pump = drain.start(self.proc.stdout, script_log, f"perl[{self.pid}]")  # type: ignore[arg-type]
+        self._pump = scriptlog.start(self.proc.stdout, script_log, f"perl[{self.pid}]")  # type: ignore[arg-type]
         self._out = bytearray()  # pushed, not written yet
         self._outstanding = 0  # pushed, not answered yet
         self._gone = False  # the host has exited (seen through the pidfd)
@@ -156,7 +156,7 @@ class PerlChild:
         """Wait up to ``timeout`` for the reply pipe, the host's exit or room to write; then the
         complete reply lines there are ([] if none yet; None at EOF)."""
         if b"\n" in self._buf or self._gone:
-            return self._read_lines(drain=self._gone)
+            return self._read_lines(until_empty=self._gone)
         if self._out and not self._writing:
             self._sel.register(self._stdin, selectors.EVENT_WRITE)
         elif self._writing and not self._out:
@@ -167,7 +167,7 @@ class PerlChild:
             if key.fd == self._exited:
                 self._gone = True  # whatever it wrote is in the pipe now
             readable = readable or key.fd != self._stdin
-        return self._read_lines(drain=self._gone) if readable else []
+        return self._read_lines(until_empty=self._gone) if readable else []
 
     def read_line(self, timeout: float) -> bytes:
         """Read exactly one line (the greeting); raises :class:`PerlFault` on EOF, on the host's
@@ -183,7 +183,7 @@ class PerlChild:
                 if not ready:
                     raise PerlFault(f"perl did not load the script within {timeout:g}s", self.pid)
                 exited = any(key.fd == self._exited for key, _ in ready)
-                at_eof = not self._fill(drain=exited)
+                at_eof = not self._fill(until_empty=exited)
                 if exited or at_eof:  # the host is gone: what it wrote is all there will be
                     if b"\n" in self._buf:  # it greeted, then exited: the next call sees the exit
                         break
@@ -192,10 +192,10 @@ class PerlChild:
         self._buf = bytearray(rest)
         return line
 
-    def _read_lines(self, drain: bool = False) -> list[bytes] | None:
-        """The complete reply lines there are now ([] if none yet; None at EOF). With ``drain``
+    def _read_lines(self, until_empty: bool = False) -> list[bytes] | None:
+        """The complete reply lines there are now ([] if none yet; None at EOF). With ``until_empty``
         (the host has exited), read until the pipe is empty, EOF or not."""
-        if not self._fill(drain) and not drain:
+        if not self._fill(until_empty) and not until_empty:
             return None
         if b"\n" not in self._buf:
             return []
@@ -203,8 +203,8 @@ class PerlChild:
         self._buf = bytearray(rest)
         return lines
 
-    def _fill(self, drain: bool) -> bool:
-        """Add what the reply pipe holds to the buffer: one read, or with ``drain`` every read
+    def _fill(self, until_empty: bool) -> bool:
+        """Add what the reply pipe holds to the buffer: one read, or with ``until_empty`` every read
         until it is empty. False at EOF."""
         while True:
             try:
@@ -214,7 +214,7 @@ class PerlChild:
             if not chunk:
                 return False
             self._buf += chunk
-            if not drain:
+            if not until_empty:
                 return True
 
     def _exit_fault(self) -> PerlFault:

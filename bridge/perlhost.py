@@ -393,9 +393,9 @@ class PerlHost:
         while self._subjects and self._child is not None:
             self._settled += self.poll(self.timeout)
 
-    def close(self, event_id: str | bytes) -> Attempt:
-        """Call ``OMBackSync('Close', event_id)``."""
-        return self.close_many([event_id])[0]
+    def close(self, close_id: str | bytes) -> Attempt:
+        """Call ``OMBackSync('Close', close_id)``."""
+        return self.close_many([close_id])[0]
 
     def close_many(self, ids: Sequence[str | bytes]) -> list[Attempt]:
         """Close every ID, pipelined, and return one attempt per ID in order (``subject`` = the ID).

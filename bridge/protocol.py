@@ -34,21 +34,21 @@ def unescape(text: bytes) -> bytes:
     return _ESCAPED.sub(lambda m: bytes((int(m[1], 16),)), text)
 
 
-def id_bytes(event_id: str | bytes) -> bytes:
+def id_bytes(close_id: str | bytes) -> bytes:
     """The bytes of an ID as the script will see them; an empty ID is refused.
 
     A ``str`` is encoded as UTF-8 with ``surrogateescape``, so an argument that was not valid
     UTF-8 on the command line reaches perl as the very bytes the shell passed.
     """
-    raw = event_id if isinstance(event_id, bytes) else event_id.encode("utf-8", "surrogateescape")
+    raw = close_id if isinstance(close_id, bytes) else close_id.encode("utf-8", "surrogateescape")
     if not raw:
         raise UsageError("an ID must not be empty")
     return raw
 
 
-def close_request(event_id: str | bytes) -> bytes:
-    """The request line (with its newline) that closes ``event_id``."""
-    return b"Close " + escape(id_bytes(event_id)) + b"\n"
+def close_request(close_id: str | bytes) -> bytes:
+    """The request line (with its newline) that closes ``close_id``."""
+    return b"Close " + escape(id_bytes(close_id)) + b"\n"
 
 
 INIT_REQUEST = b"Init\n"

@@ -21,9 +21,9 @@ _PERL_OPTION = click.option("--perl", "perl", metavar="PATH", default=None,
                             help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.conf).")
 
 
-def shown(event_id: str | bytes) -> str:
+def shown(close_id: str | bytes) -> str:
     """An ID as the operator can read it on one line (control characters as \\xNN)."""
-    text = protocol.id_bytes(event_id).decode("utf-8", "backslashreplace")
+    text = protocol.id_bytes(close_id).decode("utf-8", "backslashreplace")
     return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 

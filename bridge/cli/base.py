@@ -159,6 +159,6 @@ def stdin_ids() -> Iterator[bytes]:
     """The non-empty lines of stdin as bytes, as they arrive (an ID need not be valid UTF-8 here:
     whoever uses it names a bad one instead of failing on the whole input)."""
     for line in sys.stdin.buffer:
-        event_id = line.rstrip(b"\n").rstrip(b"\r")
-        if event_id:
-            yield event_id
+        close_id = line.rstrip(b"\n").rstrip(b"\r")
+        if close_id:
+            yield close_id

@@ -1,9 +1,9 @@
-"""Drain what a child prints into the log: near pipe speed, whole lines, within a byte budget.
+"""What a child prints, into the log: near pipe speed, whole lines, within a byte budget.
 
 The perl child's STDOUT and STDERR share one pipe. A script with debug output switched on may
 print megabytes in one call; a reader that logs a line at a time slows the child down to the
 logger's pace (566x slower than perl printing into ``cat``, measured), and a flood would rotate
-the useful log away in seconds. So the drain:
+the useful log away in seconds. So the pump:
 
 - reads in big chunks (and asks the kernel for a 1 MiB pipe), so the child rarely waits;
 - logs whole lines, one record each, with the child's pid (a line longer than
@@ -130,7 +130,7 @@ class LineLogger:
             self._skipped_lines = self._skipped_bytes = 0
 
 
-def drain(stream: BinaryIO, lines: LineLogger) -> None:
+def pump(stream: BinaryIO, lines: LineLogger) -> None:
     """Read ``stream`` until end of file into ``lines``; closes ``stream``."""
     fd = stream.fileno()
     with stream:
@@ -147,12 +147,12 @@ def drain(stream: BinaryIO, lines: LineLogger) -> None:
 
 
 def start(stream: BinaryIO, logger: logging.Logger, label: str, **options: Any) -> threading.Thread:
-    """Drain ``stream`` (a pipe's read end, which the drain then owns and closes) in a daemon thread."""
+    """Pump ``stream`` (a pipe's read end, which the pump then owns and closes) into the log, in a daemon thread."""
     try:
         fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except (AttributeError, OSError):  # not Linux, or above the system's limit: the default will do
         pass
-    thread = threading.Thread(target=drain, args=(stream, LineLogger(logger, label, **options)),
+    thread = threading.Thread(target=pump, args=(stream, LineLogger(logger, label, **options)),
                               daemon=True, name=f"{label}-out")
     thread.start()
     return thread

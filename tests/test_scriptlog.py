@@ -1,4 +1,4 @@
-"""The output drain: whole lines, cut long lines, a byte budget per window, and real floods."""
+"""The script's output into the log: whole lines, cut long lines, a byte budget per window, and real floods."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from bridge import drain
-from bridge.drain import LineLogger
+from bridge import scriptlog
+from bridge.scriptlog import LineLogger
 from bridge.home import Home
 from bridge.perlhost import PerlHost
 from conftest import wait_for
 
-log = logging.getLogger("ombridge.test.drain")
+log = logging.getLogger("ombridge.test.scriptlog")
 NOTE = re.compile(r"^L: (\d+) lines \((\d+) bytes\) not logged: output above (\d+) bytes per (\S+)s$")
 
 
@@ -98,7 +98,7 @@ def test_a_real_flood_through_a_pipe_is_bounded_and_accounted_for(records: Calla
     count = 50_000
     perl = subprocess.Popen(["perl", "-e", f'print "line $_\\n" for 1 .. {count}'], stdout=subprocess.PIPE)
     assert perl.stdout is not None
-    thread = drain.start(perl.stdout, log, "L", budget=4096, window=60.0)
+    thread = scriptlog.start(perl.stdout, log, "L", budget=4096, window=60.0)
     thread.join(timeout=60)
     assert not thread.is_alive() and perl.wait(timeout=60) == 0
     messages = records()
@@ -120,5 +120,5 @@ def test_a_script_flooding_stdout_is_served_and_its_log_stays_bounded(
         assert all(o.ok for o in outcomes) and host.restarts == 0
         wait_for(lambda: "not logged: output above" in caplog.text, what="the note of the lines not logged")
     script = [r for r in caplog.records if r.name == "ombridge.script"]
-    assert sum(len(r.getMessage()) for r in script) < drain.BUDGET * 3  # a window or two, not 2 MB
+    assert sum(len(r.getMessage()) for r in script) < scriptlog.BUDGET * 3  # a window or two, not 2 MB
     assert any(re.search(r"\d+ lines \(\d+ bytes\) not logged", r.getMessage()) for r in script)
