@@ -144,7 +144,7 @@ def _v6(db: Any) -> None:
 def _v7(db: Any) -> None:
     # The claim index holds open deliveries only: it stays as small as the backlog however many
     # finished rows pile up, and finishing a delivery takes its entry out instead of moving it
-    # (callgrind: about 5% fewer instructions to claim and record a Close). Finished rows get an
+    # (docs/decisions.md, "The burst"). Finished rows get an
     # index of their own (the console's chart reads them by when they finished), failed ones a
     # tiny one.
     open_, failed = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value

@@ -111,3 +111,54 @@ def test_no_private_attribute_read_across_objects() -> None:
                     and not (isinstance(node.value, ast.Name) and node.value.id in allowed_bases)):
                 found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: .{node.attr}")
     assert not found, "private attributes read from outside their object:\n" + "\n".join(found)
+
+
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 60
+
+
+def test_rooms_stay_small() -> None:
+    # A module a newcomer reads in one sitting; a function that fits on a screen.
+    found = []
+    for path, tree in MODULES.items():
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append(f"{path.relative_to(PACKAGE)}: {lines} lines (module)")
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {node.name} is {length} lines")
+    assert not found, "too big:\n" + "\n".join(found)
+
+
+def test_no_contract_is_enforced_by_raising_assertion_error() -> None:
+    found = [f"{path.relative_to(PACKAGE)}:{node.lineno}" for path, tree in MODULES.items() for node in ast.walk(tree)
+             if isinstance(node, ast.Raise) and node.exc is not None and "AssertionError" in ast.unparse(node.exc)]
+    assert not found, "raise AssertionError as a contract:\n" + "\n".join(found)
+
+
+STATE_ENUMS = {"SupervisorState", "HostState", "ManagerState", "LaneState", "ListenerState"}
+
+
+def test_each_state_attribute_is_assigned_in_one_method_per_class() -> None:
+    # A state changes in one guarded method (and starts in __init__): nowhere else.
+    found = []
+    for path, tree in MODULES.items():
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            where: dict[str, set[str]] = {}
+            for method in (n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+                for node in ast.walk(method):
+                    targets = node.targets if isinstance(node, ast.Assign) else \
+                        [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+                    for target in targets:
+                        base = target.value if isinstance(target, ast.Subscript) else target
+                        for t in (base.elts if isinstance(base, ast.Tuple) else [base]):
+                            if (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+                                    and (t.attr in ("state", "_state") or any(
+                                        e in ast.unparse(node.value) for e in STATE_ENUMS))):  # type: ignore[union-attr]
+                                where.setdefault(t.attr, set()).add(method.name)
+            for attr, methods in where.items():
+                if len(methods - {"__init__"}) > 1:
+                    found.append(f"{path.relative_to(PACKAGE)}: {cls.name}.{attr} assigned in {sorted(methods)}")
+    assert not found, "state assigned in more than one method:\n" + "\n".join(found)
