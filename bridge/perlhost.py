@@ -341,18 +341,22 @@ class PerlHost:
             if self._settled:
                 settled, self._settled = self._settled, []
                 return settled
-            if not self._subjects or self._child is None:
-                return []
-            wait = min(timeout, max(0.0, self._quiet_since + self.timeout - self.clock()))
-            replies, fault = self._child.poll(wait)
-            outcomes = self._outcomes(replies)
-            if replies:
-                self._failures = 0
-            elif fault is None and self.clock() >= self._quiet_since + self.timeout:
-                fault = PerlFault(f"call timed out after {self.timeout:g}s", self._child.pid)
-            if fault:
-                outcomes += self._fail_in_flight(fault.reason)
-            return outcomes
+            return self._read(timeout)
+
+    def _read(self, timeout: float) -> list[Attempt]:
+        # The outcomes the child's replies (or its fault) give, waiting up to ``timeout``.
+        if not self._subjects or self._child is None:
+            return []
+        wait = min(timeout, max(0.0, self._quiet_since + self.timeout - self.clock()))
+        replies, fault = self._child.poll(wait)
+        outcomes = self._outcomes(replies)
+        if replies:
+            self._failures = 0
+        elif fault is None and self.clock() >= self._quiet_since + self.timeout:
+            fault = PerlFault(f"call timed out after {self.timeout:g}s", self._child.pid)
+        if fault:
+            outcomes += self._fail_in_flight(fault.reason)
+        return outcomes
 
     def abandon(self, reason: str) -> None:
         """The caller cannot take the outcomes of the Closes in flight (recording them failed):
@@ -391,7 +395,7 @@ class PerlHost:
         # Before the child is stopped: read the replies of the Closes in flight (they were sent,
         # so they run), so that poll() hands them over instead of their running again.
         while self._subjects and self._child is not None:
-            self._settled += self.poll(self.timeout)
+            self._settled += self._read(self.timeout)
 
     def close(self, close_id: str | bytes) -> Attempt:
         """Call ``OMBackSync('Close', close_id)``."""

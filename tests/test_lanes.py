@@ -282,3 +282,28 @@ def test_the_real_host_streams_every_close_once_in_order(home: Home, core: sqlit
             run_stream(lane, core)
     assert recorded(core) == {i: 1 for i in ids}
     assert [line.split()[-1] for line in home.output.read_text().splitlines() if " Close " in line] == ids
+
+
+def test_a_restart_mid_stream_hands_over_what_was_in_flight_and_repeats_nothing(
+        home: Home, core: sqlite3.Connection) -> None:
+    # The operator restarts ombacksync while perl has Closes in its pipe: they run (they were
+    # sent), their outcomes reach the lane, and nothing is closed twice or lost.
+    import threading
+
+    home.script.write_text(SLOW_CLOSES)
+    ids = close(core, 400, prefix="M")
+    with PerlHost(home) as host:
+        host.start()
+        first = host.pid
+        lane = BacksyncLane(host, "supervisor:test", count=lambda ok, failed: None, stopping=lambda: False)
+        lane.batch = 100_000
+        lane.step(core)
+        assert host.in_flight > 100
+        restarter = threading.Thread(target=host.restart)
+        restarter.start()
+        while deliveries.backlog(core)["open"] or lane.stream is not None:
+            run_stream(lane, core)
+        restarter.join(30)
+        assert host.pid != first and host.restarts == 0  # an operator's restart, not a fault
+    assert recorded(core) == {i: 1 for i in ids}
+    assert sorted(home.output.read_text().splitlines()) == sorted(f"Close {i}" for i in ids)
