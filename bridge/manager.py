@@ -65,7 +65,7 @@ class EventManager:
         """The one place the manager's state changes: guarded by :data:`MANAGER_MOVES`, logged."""
         check_transition(MANAGER_MOVES, self.state, new, "the event manager")
         old, self.state = self.state, new
-        log.info("event manager %s -> %s", old.value, new.value)
+        log.info("event manager: %s -> %s", old.value, new.value)
 
     def _set_lane(self, name: str, new: LaneState) -> None:
         """The one place a lane's state changes (guarded by :data:`LANE_MOVES`). The last lane

@@ -23,7 +23,7 @@ import pytest
 from bridge import catalog, deliveries, events
 from bridge.errors import UsageError
 from bridge.home import Home
-from bridge.manager import RECORD_EVERY
+from bridge.lanes import RECORD_EVERY
 from bridge.model import ActionKind, Attempt, DeliveryStatus, Settlement
 from chaos import perls_of
 from conftest import OMBRIDGE
