@@ -10,7 +10,7 @@ from typing import Any
 
 import markupsafe
 
-from bridge import catalog, deliveries, events, store
+from bridge import catalog, deliveries, events, ledger, store
 from bridge.model import ActionKind, Attempt
 from bridge.home import Home
 from bridge.web.console.chart import render
@@ -112,7 +112,7 @@ def test_key_values_output_and_messages_are_text_never_html(home: Home, listenin
     sid = omb(home, "subscriber", "add", "--command", "echo \"&TASK\"; exit 3", "--retries", "0").stdout.strip()
     omb(home, "subscriber", "topic", "add", sid, "task/change")
     omb(home, "send", "task/change", json.dumps({"TASK": XSS}))
-    wait_for(lambda: deliveries.backlog(store.connect(home))["failed"] == 1, what="the delivery failed")
+    wait_for(lambda: ledger.backlog(store.connect(home))["failed"] == 1, what="the delivery failed")
     c = login(srv)
     for path in ("/ui/events", "/ui/deliveries", "/ui/deliveries/1", f"/ui/events?text={XSS}"):
         page = c.get(path).text
@@ -248,16 +248,16 @@ def test_the_chart_counts_attempts_and_walks_the_backlog(conn) -> None:
     claimed = deliveries.claim(conn, limit=3)
     deliveries.finish(conn, [(c, Attempt(i < 2, now, now, 0 if i < 2 else 1, "", None if i < 2 else "x"))
                              for i, c in enumerate(claimed)])
-    act = deliveries.activity(conn, now - 3600, now + 1)
+    act = ledger.activity(conn, now - 3600, now + 1)
     assert sum(act["succeeded"]) == 2 and sum(act["failures"]) == 1
     assert act["backlog"][-1] == 2  # 5 sent, 3 finished
     assert act["backlog"][0] == 0  # an hour ago nothing was open
     svg = render(act)
     assert svg.startswith("<svg") and "<script" not in svg and svg.count("<path") == 3
-    assert deliveries.activity(conn, now + 7200, now + 7260)["backlog"] == [2]
+    assert ledger.activity(conn, now + 7200, now + 7260)["backlog"] == [2]
     with store.transaction(conn):
         assert deliveries.purge(conn, sid) == 2  # purged deliveries leave the backlog when purged
-    act = deliveries.activity(conn, now - 3600, time.time() + 1)
+    act = ledger.activity(conn, now - 3600, time.time() + 1)
     assert act["backlog"][-1] == 0 and act["backlog"][0] == 0
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import rich_click as click
 
-from .. import catalog, deliveries, events
+from .. import catalog, deliveries, events, ledger
 from ..control import ring
 from ..errors import UsageError
 from ..model import ActionKind, DeliveryStatus
@@ -326,7 +326,7 @@ def deliveries_group() -> None:
 def deliveries_list(ctx: click.Context, status: str | None, subscriber_id: int | None, limit: int,
                     as_json: bool) -> None:
     """List deliveries, newest first. Example: `ombridge deliveries list --status failed`"""
-    rows = deliveries.list_deliveries(core(ctx), status, subscriber_id, limit)
+    rows = ledger.list_deliveries(core(ctx), status, subscriber_id, limit)
     listing(as_json, [{**r, "key": json.loads(r["key"])} for r in rows], "Deliveries",
             ["id", "event", "topic", "key", "subscriber", "status", "attempts", "next attempt", "last error"],
             [[r["id"], r["event_id"], r["topic"], r["key"], f"{r['subscriber_id']} {r['subscriber']}".strip(),
@@ -343,7 +343,7 @@ def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None
 
     Example: `ombridge deliveries show 42`
     """
-    d = deliveries.show(core(ctx), delivery_id)
+    d = ledger.show(core(ctx), delivery_id)
     if as_json:
         print_json(d)
         return

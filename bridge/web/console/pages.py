@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from ... import catalog, control, deliveries, events
+from ... import catalog, control, deliveries, events, ledger
 from ...cli import report
 from ...doorbell import ring
 from ...errors import BridgeError, ScriptSyntaxError, UsageError
@@ -86,7 +86,7 @@ class Pages:
     async def chart(self, request: Request) -> Response:
         """The last 24 hours as SVG (``?format=json``: the numbers behind it)."""
         until = time.time()
-        activity = await self.c.core(deliveries.activity, until - DAY, until)
+        activity = await self.c.core(ledger.activity, until - DAY, until)
         if request.query_params.get("format") == "json":
             return JSONResponse({**activity, "summary": summary(activity)})
         return Response(render(activity), media_type="image/svg+xml")
@@ -125,7 +125,7 @@ class Pages:
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             found = events.find_events(conn, topic=topic, text=text, before=before, limit=EVENTS_PAGE)
-            per_event = deliveries.of_events(conn, [e["id"] for e in found])
+            per_event = ledger.of_events(conn, [e["id"] for e in found])
             return {"events": [{**e, "deliveries": per_event[e["id"]]} for e in found],
                     "topics": [t["name"] for t in catalog.list_topics(conn)],
                     "filter": {"topic": topic or "", "text": text or ""},
@@ -149,10 +149,10 @@ class Pages:
             raise Refusal(400, str(exc)) from exc
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
-            return {"deliveries": deliveries.list_deliveries(conn, status, subscriber, limit),
+            return {"deliveries": ledger.list_deliveries(conn, status, subscriber, limit),
                     "subscribers": catalog.list_subscribers(conn), "statuses": [st.value for st in DeliveryStatus],
                     "filter": {"status": status or "", "subscriber": subscriber}, "limit": limit,
-                    "backlog": deliveries.backlog(conn)}
+                    "backlog": ledger.backlog(conn)}
 
         return await self.c.view(request, "deliveries.html", read, refuse=400)
 
@@ -160,7 +160,7 @@ class Pages:
         """One delivery with every attempt (start, end, exit status, output tail, error)."""
         delivery_id = path_int(request, "delivery_id")
         return await self.c.view(request, "delivery.html",
-                                 lambda conn: {"delivery": deliveries.show(conn, delivery_id)})
+                                 lambda conn: {"delivery": ledger.show(conn, delivery_id)})
 
     async def retry_one(self, request: Request) -> Response:
         """A failed delivery back to open, due now (the Event Manager is woken)."""
@@ -192,7 +192,7 @@ class Pages:
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             sub = catalog.show_subscriber(conn, sid)
-            open_count = deliveries.counts(conn, subscriber_id=sid)[DeliveryStatus.OPEN.value]
+            open_count = ledger.counts(conn, subscriber_id=sid)[DeliveryStatus.OPEN.value]
             return {"subscriber": sub, "open_count": open_count}
 
         return await self.c.view(request, "purge.html", read)
