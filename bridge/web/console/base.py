@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from ... import store
-from ...names import when
 from ...errors import BridgeError, NotFound, UsageError
 from ...home import Home
+from ...wording import when
 from ..auth import REALM, Authenticator
 from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
 

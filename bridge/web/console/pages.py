@@ -15,12 +15,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from ... import catalog, control, deliveries, events, ledger
-from ...cli import report
 from ...doorbell import ring
 from ...errors import BridgeError, ScriptSyntaxError, UsageError
 from ...model import DeliveryStatus
 from ...perlenv import load_settings
 from ...perlhost import check_syntax
+from ...wording import restarted
 from .base import Console, Refusal, form, is_tls, number, path_int, read_form
 from .chart import render, summary
 from .session import LOGIN_COOKIE, SESSION_COOKIE, COOKIE_PATH, set_cookie
@@ -110,7 +110,7 @@ class Pages:
                                              timeout=control.RESTART_TIMEOUT + 30, what=what)
         except BridgeError as exc:
             return self.c.back(request, "/ui/status", False, str(exc))
-        return self.c.back(request, "/ui/status", True, report.restarted(what, result))
+        return self.c.back(request, "/ui/status", True, restarted(what, result))
 
     # -- events ---------------------------------------------------------------------------------
 
