@@ -57,8 +57,19 @@ def show(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any]:
         raise NotFound(f"no delivery {delivery_id} (ombridge deliveries list shows them)")
     attempts = conn.execute(
         "SELECT number, started_at, ended_at, ok, exit_status, output, error FROM attempts "
-        "WHERE subscriber_event_id = ? ORDER BY number, id", (delivery_id,)).fetchall()
-    return {**dict(row), "key": json.loads(row["key"]), "attempt_log": [dict(a) for a in attempts]}
+        "WHERE subscriber_event_id = ? ORDER BY started_at, id", (delivery_id,)).fetchall()
+    return {**dict(row), "key": json.loads(row["key"]), "attempt_log": numbered(dict(a) for a in attempts)}
+
+
+def numbered(attempts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A delivery's attempts (in time order) numbered once for the delivery (``n``: 1, 2, 3 ...)
+    and by round (``round``): a retry of a failed delivery starts its count again (``number``,
+    the attempt within its round), and so a new round."""
+    log: list[dict[str, Any]] = []
+    for a in attempts:
+        new_round = not log or a["number"] <= log[-1]["number"]
+        log.append({**a, "n": len(log) + 1, "round": (log[-1]["round"] if log else 0) + new_round})
+    return log
 
 
 def counts(conn: sqlite3.Connection, *, subscriber_id: int | None = None) -> dict[str, int]:

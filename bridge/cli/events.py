@@ -12,6 +12,7 @@ from .. import catalog, deliveries, events, ledger
 from ..control import ring
 from ..errors import UsageError
 from ..model import ActionKind, DeliveryStatus
+from ..wording import attempt_rounds, history_header
 from .base import (LIMIT, RETRIES, ROW_ID, SECONDS, core, home_of, json_option, listing, main, print_json,
                    read_secret, when)
 from .report import print_send
@@ -349,12 +350,16 @@ def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None
         return
     click.echo(f"delivery {d['id']}: event {d['event_id']} {d['topic']} {json.dumps(d['key'], ensure_ascii=False)}\n"
                f"  subscriber {d['subscriber_id']} ({d['action']}) {d['subscriber']}\n"
-               f"  status {d['status']}, {d['attempts']} attempt(s)"
+               f"  {history_header(d)}"
                + (f", next {when(d['next_attempt_at'])}" if d["status"] == DeliveryStatus.OPEN else ""))
+    rounds, shown = attempt_rounds(d["attempt_log"]), 0
     for a in d["attempt_log"]:
+        if rounds > 1 and a["round"] != shown:
+            shown = a["round"]
+            click.echo(f"  round {a['round']}" + (" (retried)" if a["round"] > 1 else ""))
         outcome = "ok" if a["ok"] else f"failed: {a['error']}"
         status = "" if a["exit_status"] is None else f", exit status {a['exit_status']}"
-        click.echo(f"  attempt {a['number']}: {when(a['started_at'])} -> {when(a['ended_at'])} "
+        click.echo(f"  attempt {a['n']}: {when(a['started_at'])} -> {when(a['ended_at'])} "
                    f"({a['ended_at'] - a['started_at']:.3f}s){status}, {outcome}")
         if a["output"]:
             click.echo("    output: " + a["output"].rstrip("\n").replace("\n", "\n            "))

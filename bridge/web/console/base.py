@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from ... import store
 from ...errors import BridgeError, NotFound, UsageError
 from ...home import Home
-from ...wording import when
+from ...wording import attempt_rounds, history_header, when
 from ..auth import REALM, Authenticator
 from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
 
@@ -66,6 +66,8 @@ class Console:
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters["when"] = when
         self.env.filters["pretty_json"] = pretty_json
+        self.env.filters["history_header"] = history_header
+        self.env.filters["attempt_rounds"] = attempt_rounds
 
     # -- the library, off the event loop ---------------------------------------------------------
 
