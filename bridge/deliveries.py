@@ -280,18 +280,21 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
             (at, at, at, owner_prefix + "%", keep)).rowcount
 
 
-def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None,
-                 delivery_id: int | None = None) -> int:
-    """Put failed deliveries back to open, due now, with a fresh count; returns how many."""
+def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
+                 delivery_ids: Sequence[int] | None = None) -> int:
+    """Put failed deliveries (of a subscriber, of an event, or those of ``delivery_ids`` that are
+    failed) back to open, due now, for a new round of attempts (the count starts again); returns
+    how many."""
     from .ledger import equal_conditions
 
-    where, args = equal_conditions([("status", _FAILED), ("subscriber_id", subscriber_id), ("event_id", event_id),
-                          ("id", delivery_id)])
+    where, args = equal_conditions([("subscriber_id", subscriber_id), ("event_id", event_id)])
     at = wall_now()
+    sql = (f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
+           f"claimed_by = NULL WHERE status = '{_FAILED}'" + "".join(f" AND {w}" for w in where))
     with transaction(conn):
-        return conn.execute(
-            f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
-            f"claimed_by = NULL WHERE {' AND '.join(where)}", (at, at, *args)).rowcount
+        if delivery_ids is None:
+            return conn.execute(sql, (at, at, *args)).rowcount
+        return _count_ids(conn, sql + " AND id IN ({ids})", (at, at, *args), delivery_ids)
 
 
 def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
@@ -301,6 +304,26 @@ def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
     return conn.execute(
         f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, updated_at = ?, "
         f"claimed_by = NULL WHERE subscriber_id = ? AND status = '{_OPEN}'", (at, at, subscriber_id)).rowcount
+
+
+def purge_chosen(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
+    """Drop the deliveries of ``delivery_ids`` that are open or failed (status ``purged``: never
+    delivered, no longer in the backlog); returns how many. Done ones are left as they are."""
+    at = wall_now()
+    with transaction(conn):
+        return _count_ids(
+            conn, f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, "
+                  f"updated_at = ?, claimed_by = NULL WHERE status IN ('{_OPEN}', '{_FAILED}') AND id IN ({{ids}})",
+            (at, at), delivery_ids)
+
+
+def _count_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> int:
+    """Run the write ``sql`` (with ``{ids}``) over ``ids``, 500 at a time; how many rows it changed."""
+    changed = 0
+    for n in range(0, len(ids), 500):
+        part = list(ids[n:n + 500])
+        changed += conn.execute(sql.format(ids=",".join("?" * len(part))), (*args, *part)).rowcount
+    return changed
 
 
 def in_flight(conn: sqlite3.Connection, subscriber_id: int) -> int:

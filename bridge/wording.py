@@ -19,6 +19,11 @@ def when(ts: float | None) -> str:
     return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
+def clock(ts: float) -> str:
+    """A time of today as ``HH:MM`` (the chart's table)."""
+    return time.strftime("%H:%M", time.localtime(ts))
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 attempt``, ``2 attempts`` (``many`` when the plural is not ``word + 's'``)."""
     return f"{n} {word if n == 1 else (many or word + 's')}"

@@ -20,11 +20,12 @@ from web_support import PASSWORD, USER, install, make_cert, omb
 
 XSS = "<script>alert(1)</script>"
 PAGES = ["/ui/status", "/ui/status/chart.svg", "/ui/events", "/ui/deliveries", "/ui/deliveries/1", "/ui/topics",
-         "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/purge", "/ui/integrations"]
-ACTIONS = ["/ui/logout", "/ui/status/check", "/ui/status/restart", "/ui/deliveries/1/retry", "/ui/topics",
+         "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/purge", "/ui/subscribers/1/remove", "/ui/integrations"]
+ACTIONS = ["/ui/logout", "/ui/status/check", "/ui/status/restart", "/ui/deliveries", "/ui/deliveries/1/retry", "/ui/topics",
            "/ui/topics/remove", "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/retry",
            "/ui/subscribers/1/purge", "/ui/subscribers/1/topics", "/ui/subscribers/1/topics/remove",
-           "/ui/subscribers/1/filters", "/ui/subscribers/1/filters/remove", "/ui/subscribers/1/disable"]
+           "/ui/subscribers/1/filters", "/ui/subscribers/1/filters/remove", "/ui/subscribers/1/disable",
+           "/ui/subscribers/1/remove"]
 
 
 def test_every_page_and_action_needs_a_user(home: Home, listening) -> None:
@@ -102,8 +103,10 @@ def test_a_post_without_the_right_csrf_token_is_refused_and_changes_nothing(home
     assert r.status_code == 303 and r.headers["location"] == "/ui/topics"
     assert "topic task/change defined" in c.get("/ui/topics").text
     assert json.loads(omb(home, "topic", "list", "--json").stdout)[-1]["key_fields"] == ["APPC", "TASK"]
-    # a GET never changes anything: the action routes answer only POST
-    assert c.get("/ui/topics/remove").status_code == 405
+    # a GET never changes anything: the action routes answer only POST, or ask the question
+    assert c.get("/ui/deliveries/1/retry").status_code == 405
+    assert "Remove the topic task/change?" in c.get("/ui/topics/remove?name=task/change").text
+    assert "task/change" in omb(home, "topic", "list").stdout
 
 
 def test_key_values_output_and_messages_are_text_never_html(home: Home, listening) -> None:
@@ -328,7 +331,7 @@ def test_every_maintenance_screen_changes_what_the_cli_shows(home: Home, listeni
     post("/ui/topics", name="spare/topic", keys="X")
     topics = {t["name"]: t for t in cli_json("topic", "list")}
     assert topics["task/change"]["key_fields"] == ["APPC", "TASK"] and "spare/topic" in topics
-    post("/ui/topics/remove", name="spare/topic")
+    post("/ui/topics/remove", name="spare/topic", confirm="yes")
     assert "spare/topic" not in {t["name"] for t in cli_json("topic", "list")}
     post("/ui/subscribers", action="program", target="/bin/true", timeout="5", retries="2")
     post("/ui/subscribers", action="web", target="http://127.0.0.1:9/hook")

@@ -368,14 +368,28 @@ def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None
 @main.command()
 @click.option("--subscriber", "subscriber_id", type=ROW_ID, default=None, help="Only this subscriber's.")
 @click.option("--event", "event_id", type=ROW_ID, default=None, help="Only this event's.")
-@click.option("--delivery", "delivery_id", type=ROW_ID, default=None, help="Only this delivery.")
+@click.option("--delivery", "delivery_ids", type=ROW_ID, multiple=True, help="Only this delivery (repeatable).")
 @click.pass_context
-def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None, delivery_id: int | None) -> None:
-    """Put failed deliveries back to open, due now; the Event Manager runs them at once.
+def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None, delivery_ids: tuple[int, ...]) -> None:
+    """Put failed deliveries back to open, due now, for a new round of attempts; the Event
+    Manager runs them at once.
 
-    Example: `ombridge retry --subscriber 2`
+    Example: `ombridge retry --subscriber 2`, `ombridge retry --delivery 7 --delivery 9`
     """
-    n = deliveries.retry_failed(core(ctx), subscriber_id, event_id, delivery_id)
+    n = deliveries.retry_failed(core(ctx), subscriber_id=subscriber_id, event_id=event_id,
+                                delivery_ids=delivery_ids or None)
     if n:
         ring(home_of(ctx).root)
     click.echo(f"{n} failed deliveries reopened")
+
+
+@deliveries_group.command("purge")
+@click.argument("delivery_ids", metavar="ID...", type=ROW_ID, nargs=-1, required=True)
+@click.pass_context
+def deliveries_purge(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
+    """Drop chosen open or failed deliveries (they become `purged`, never delivered).
+
+    Example: `ombridge deliveries purge 7 9`
+    """
+    n = deliveries.purge_chosen(core(ctx), delivery_ids)
+    click.echo(f"{n} deliveries purged")
