@@ -349,7 +349,7 @@ def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None
         print_json(d)
         return
     click.echo(f"delivery {d['id']}: event {d['event_id']} {d['topic']} {json.dumps(d['key'], ensure_ascii=False)}\n"
-               f"  subscriber {d['subscriber_id']} ({d['action']}) {d['subscriber']}\n"
+               f"  subscriber {d['subscriber_id']} ({d['action']}) {d['subscriber']}".rstrip() + "\n"
                f"  {history_header(d)}"
                + (f", next {when(d['next_attempt_at'])}" if d["status"] == DeliveryStatus.OPEN else ""))
     rounds, shown = attempt_rounds(d["attempt_log"]), 0
