@@ -214,12 +214,14 @@ def form(request: Request) -> dict[str, str]:
 def form_ids(request: Request, name: str = "id") -> list[int]:
     """Every value of the field ``name`` (checked boxes) of a POST that passed the guard, as ids;
     400 when one is not an id."""
-    ids = []
-    for text in request.scope.get("console_form_lists", {}).get(name, []):
-        if not text.isdigit() or not 0 < int(text) <= MAX_ID:
-            raise Refusal(400, f"{name} must be a delivery id, not {text[:40]!r}")
-        ids.append(int(text))
-    return ids
+    return [row_id(text) for text in request.scope.get("console_form_lists", {}).get(name, [])]
+
+
+def row_id(text: str) -> int:
+    """A row id a form sent (a ticked box, a row's button); 400 when it is not one."""
+    if not text.isdigit() or not 0 < int(text) <= MAX_ID:
+        raise Refusal(400, f"not a row id: {text[:40]!r}")
+    return int(text)
 
 
 def number(text: str | None, what: str, kind: type = int) -> Any:

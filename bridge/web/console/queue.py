@@ -16,7 +16,7 @@ from ... import catalog, deliveries, ledger
 from ...doorbell import ring
 from ...errors import UsageError
 from ...model import DeliveryStatus
-from .base import Console, Refusal, form, form_ids, number, path_int
+from .base import Console, Refusal, form, form_ids, number, path_int, row_id
 
 LIST = "/ui/deliveries"
 
@@ -77,7 +77,7 @@ class Queue:
         f = form(request)
         to, ids, do = _back(f.get("back")), form_ids(request), f.get("do", "")
         if f.get("one"):
-            return await self.c.act(request, to, self._retry_one, path_int_of(f["one"]))
+            return await self.c.act(request, to, self._retry_one, row_id(f["one"]))
         if do == "retry-all":
             return await self.c.act(request, to, self._retry, None)
         if do not in ("retry", "purge"):
@@ -132,10 +132,3 @@ class Queue:
             return f"subscriber {sid}: {catalog.purge_subscriber(conn, sid)} open deliveries purged"
 
         return await self.c.act(request, f"{LIST}?subscriber={sid}", purge)
-
-
-def path_int_of(text: str) -> int:
-    """A delivery id from a button's value; 400 when it is not one."""
-    if not text.isdigit() or int(text) < 1:
-        raise Refusal(400, f"not a delivery id: {text[:40]!r}")
-    return int(text)
