@@ -14,7 +14,7 @@ import re
 import sqlite3
 from typing import Any, NamedTuple
 
-from . import contexts, deliveries, substitution
+from . import contexts, deliveries, ledger, substitution
 from .events import candidate_patterns
 from .errors import NotFound, UsageError
 from .filters import compile_filter
@@ -249,7 +249,7 @@ def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         "  FROM subscriber_topics st WHERE st.subscriber_id = s.id) AS topics "
         "FROM subscribers s ORDER BY s.id"
     ).fetchall()
-    counts = deliveries.per_subscriber(conn)
+    counts = ledger.per_subscriber(conn)
     empty = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
     return [{**_shown(r), **counts.get(r["id"], empty)} for r in rows]
 

@@ -8,6 +8,7 @@ the next supervisor takes back a dead one's claims), and its attempt still count
 fenced by the attempt number: a claimer whose lease was lost and re-claimed cannot overwrite the
 newer claim's outcome. Nothing is deleted on read; a row that is claimed cannot be deleted
 (removing its subscriber is refused until the claim is released). Every attempt is recorded.
+Operators' reads of these tables (listings, history, backlog, chart) are :mod:`bridge.ledger`'s.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .store import transaction
 # where they are needed (see bench/bench_events.py for the startup figure).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Sequence
     from typing import Any
 
     from .actions import EventContext
@@ -279,16 +280,21 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
             (at, at, at, owner_prefix + "%", keep)).rowcount
 
 
-def retry_failed(conn: sqlite3.Connection, subscriber_id: int | None = None, event_id: int | None = None,
-                 delivery_id: int | None = None) -> int:
-    """Put failed deliveries back to open, due now, with a fresh count; returns how many."""
-    where, args = _equal([("status", _FAILED), ("subscriber_id", subscriber_id), ("event_id", event_id),
-                          ("id", delivery_id)])
+def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
+                 delivery_ids: Sequence[int] | None = None) -> int:
+    """Put failed deliveries (of a subscriber, of an event, or those of ``delivery_ids`` that are
+    failed) back to open, due now, for a new round of attempts (the count starts again); returns
+    how many."""
+    from .ledger import equal_conditions
+
+    where, args = equal_conditions([("subscriber_id", subscriber_id), ("event_id", event_id)])
     at = wall_now()
+    sql = (f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
+           f"claimed_by = NULL WHERE status = '{_FAILED}'" + "".join(f" AND {w}" for w in where))
     with transaction(conn):
-        return conn.execute(
-            f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
-            f"claimed_by = NULL WHERE {' AND '.join(where)}", (at, at, *args)).rowcount
+        if delivery_ids is None:
+            return conn.execute(sql, (at, at, *args)).rowcount
+        return _count_ids(conn, sql + " AND id IN ({ids})", (at, at, *args), delivery_ids)
 
 
 def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
@@ -298,6 +304,26 @@ def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
     return conn.execute(
         f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, updated_at = ?, "
         f"claimed_by = NULL WHERE subscriber_id = ? AND status = '{_OPEN}'", (at, at, subscriber_id)).rowcount
+
+
+def purge_chosen(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
+    """Drop the deliveries of ``delivery_ids`` that are open or failed (status ``purged``: never
+    delivered, no longer in the backlog); returns how many. Done ones are left as they are."""
+    at = wall_now()
+    with transaction(conn):
+        return _count_ids(
+            conn, f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, "
+                  f"updated_at = ?, claimed_by = NULL WHERE status IN ('{_OPEN}', '{_FAILED}') AND id IN ({{ids}})",
+            (at, at), delivery_ids)
+
+
+def _count_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> int:
+    """Run the write ``sql`` (with ``{ids}``) over ``ids``, 500 at a time; how many rows it changed."""
+    changed = 0
+    for n in range(0, len(ids), 500):
+        part = list(ids[n:n + 500])
+        changed += conn.execute(sql.format(ids=",".join("?" * len(part))), (*args, *part)).rowcount
+    return changed
 
 
 def in_flight(conn: sqlite3.Connection, subscriber_id: int) -> int:
@@ -313,6 +339,8 @@ def delete_for_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, force
     Refused while any is open (unless ``force``) and, always, while any is in flight: deleting a
     claimed row would make its claimer's acknowledgement fail.
     """
+    from .ledger import counts
+
     flying = in_flight(conn, subscriber_id)
     if flying:
         raise UsageError(f"subscriber {subscriber_id} has {flying} deliveries in flight: try again when they "
@@ -340,7 +368,7 @@ def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> tuple[int, int
         return conn.execute(f"DELETE FROM subscriber_events WHERE id IN ({marks})", ids).rowcount, attempts
 
 
-# -- reading ------------------------------------------------------------------------------------
+# -- the queue's own reads (what is due; the reads of operators are in bridge/ledger.py) -------------
 
 
 def next_due(conn: sqlite3.Connection, lane: Lane | None = None) -> float | None:
@@ -353,181 +381,3 @@ def next_due(conn: sqlite3.Connection, lane: Lane | None = None) -> float | None
 def _of_lane(lane: Lane | None) -> tuple[str, list[str]]:
     # The claim index starts with the lane: each lane reads only its own rows.
     return ("se.lane = ? AND ", [lane.value]) if lane is not None else ("", [])
-
-
-def _equal(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]]:
-    """``column = ?`` conditions and their arguments for the pairs whose value is not None."""
-    given = [(column, value) for column, value in pairs if value is not None]
-    return [f"{column} = ?" for column, _ in given], [value for _, value in given]
-
-
-def list_deliveries(conn: sqlite3.Connection, status: DeliveryStatus | str | None = None,
-                    subscriber_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Subscriber events, newest first, with the event's topic and key and the last error."""
-    if status is not None:
-        try:
-            status = DeliveryStatus(status).value
-        except ValueError:
-            raise UsageError(f"bad status {status!r}: one of {', '.join(s.value for s in DeliveryStatus)}") from None
-    where, args = _equal([("se.status", status), ("se.subscriber_id", subscriber_id)])
-    sql = ("SELECT se.id, se.event_id, e.topic, e.key, se.subscriber_id, s.description AS subscriber, "
-           "se.status, se.attempts, se.next_attempt_at, se.last_error, se.created_at, se.updated_at "
-           "FROM subscriber_events se JOIN events e ON e.id = se.event_id "
-           "JOIN subscribers s ON s.id = se.subscriber_id "
-           + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY se.id DESC LIMIT ?")
-    return [dict(r) for r in conn.execute(sql, (*args, limit))]
-
-
-def show(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any]:
-    """One delivery with its event and every attempt (start, end, exit status, output tail, error)."""
-    from .errors import NotFound
-
-    row = conn.execute(
-        "SELECT se.*, e.topic, e.key, e.context, e.created_at AS event_created_at, s.description AS subscriber, "
-        "s.action, s.target, s.retries FROM subscriber_events se JOIN events e ON e.id = se.event_id "
-        "JOIN subscribers s ON s.id = se.subscriber_id WHERE se.id = ?", (delivery_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"no delivery {delivery_id} (ombridge deliveries list shows them)")
-    attempts = conn.execute(
-        "SELECT number, started_at, ended_at, ok, exit_status, output, error FROM attempts "
-        "WHERE subscriber_event_id = ? ORDER BY number, id", (delivery_id,)).fetchall()
-    return {**dict(row), "key": json.loads(row["key"]), "attempt_log": [dict(a) for a in attempts]}
-
-
-def counts(conn: sqlite3.Connection, *, subscriber_id: int | None = None) -> dict[str, int]:
-    """How many deliveries there are in each status (of one subscriber, or of all)."""
-    where, args = _equal([("subscriber_id", subscriber_id)])
-    result = dict.fromkeys((s.value for s in DeliveryStatus), 0)
-    for status, count in conn.execute(
-            "SELECT status, count(*) FROM subscriber_events " + (f"WHERE {' AND '.join(where)} " if where else "")
-            + "GROUP BY status", args):
-        result[status] = count
-    return result
-
-
-# The counts below read the partial indexes of open and of failed deliveries (store migration 7),
-# named, since SQLite would rather scan another one that covers every row: `status` and the
-# console's refresh ask for the backlog all the time, while done rows pile up.
-
-
-def backlog(conn: sqlite3.Connection) -> dict[str, int]:
-    """How many deliveries are open and failed."""
-    return {
-        _OPEN: conn.execute(
-            f"SELECT count(*) FROM subscriber_events INDEXED BY subscriber_events_open WHERE status = '{_OPEN}'"
-        ).fetchone()[0],
-        _FAILED: conn.execute(
-            f"SELECT count(*) FROM subscriber_events INDEXED BY subscriber_events_failed WHERE status = '{_FAILED}'"
-        ).fetchone()[0],
-    }
-
-
-def oldest_open(conn: sqlite3.Connection) -> float | None:
-    """When the oldest open delivery was created, if any."""
-    return conn.execute(f"SELECT min(created_at) FROM subscriber_events WHERE status = '{_OPEN}'").fetchone()[0]
-
-
-def attempt_totals(conn: sqlite3.Connection) -> dict[bool, int]:
-    """Recorded attempts by result (True: succeeded)."""
-    totals = {True: 0, False: 0}
-    for ok, count in conn.execute("SELECT ok, count(*) FROM attempts GROUP BY ok"):
-        totals[bool(ok)] = count
-    return totals
-
-
-def per_subscriber(conn: sqlite3.Connection) -> dict[int, dict[str, int]]:
-    """Open and failed deliveries of every subscriber that has any."""
-    result: dict[int, dict[str, int]] = {}
-    for sid, status, count in conn.execute(
-            "SELECT subscriber_id, status, count(*) FROM subscriber_events "
-            f"WHERE status IN ('{_OPEN}', '{_FAILED}') GROUP BY subscriber_id, status"):
-        result.setdefault(sid, {_OPEN: 0, _FAILED: 0})[status] = count
-    return result
-
-
-def per_event(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, dict[str, int]]:
-    """How many deliveries each of ``event_ids`` has, and how many are open."""
-    ids = list(event_ids)
-    result = {i: {"deliveries": 0, _OPEN: 0} for i in ids}
-    if ids:
-        for event_id, total, open_count in conn.execute(
-                f"SELECT event_id, count(*), sum(status = '{_OPEN}') FROM subscriber_events "
-                f"WHERE event_id IN ({','.join('?' * len(ids))}) GROUP BY event_id", ids):
-            result[event_id] = {"deliveries": total, _OPEN: open_count}
-    return result
-
-
-# -- reads of the operator console (bridge/web/console) -----------------------------------------
-
-
-def of_events(conn: sqlite3.Connection, event_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
-    """The deliveries of each of ``event_ids`` (subscriber, status, attempts, last error)."""
-    result: dict[int, list[dict[str, Any]]] = {i: [] for i in event_ids}
-    if event_ids:
-        for r in conn.execute(
-                "SELECT se.id, se.event_id, se.subscriber_id, s.description AS subscriber, se.status, se.attempts, "
-                "se.last_error, se.updated_at FROM subscriber_events se JOIN subscribers s ON s.id = se.subscriber_id "
-                f"WHERE se.event_id IN ({','.join('?' * len(event_ids))}) ORDER BY se.id", list(event_ids)):
-            result[r["event_id"]].append(dict(r))
-    return result
-
-
-def _first_id_from(conn: sqlite3.Connection, table: str, column: str, at: float) -> int | None:
-    # Rows are inserted in time order (a batch may be a few seconds out of order), so the first row
-    # at or after ``at`` is found by bisecting the rowid: a few index lookups instead of a scan of
-    # millions of rows, with no index on the time column.
-    lo, hi = conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
-    if lo is None:
-        return None
-    hi += 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        row = conn.execute(f"SELECT id, {column} FROM {table} WHERE id >= ? ORDER BY id LIMIT 1", (mid,)).fetchone()
-        if row is None or row[1] >= at:
-            hi = mid
-        else:
-            lo = row[0] + 1
-    return lo
-
-
-def activity(conn: sqlite3.Connection, since: float, until: float, step: float = 60.0) -> dict[str, Any]:
-    """Attempts per ``step`` (``succeeded`` / ``failures``) and the open backlog at the end of each step,
-    from ``since`` to ``until``: the console's chart.
-
-    The backlog is walked back from today's open count: each step's end had the open deliveries
-    of the next step's end, minus those created in the next step, plus those finished in it
-    (done, failed or purged; a finished row's ``next_attempt_at`` is when it finished). A failed
-    delivery that was retried counts as open since it failed.
-    """
-    n = max(1, int((until - since + step - 1) // step))
-    succeeded, failures, created, finished = [0] * n, [0] * n, [0] * n, [0] * n
-
-    def add(into: list[int], bucket: int, count: int) -> None:
-        if 0 <= bucket < n:
-            into[bucket] += count
-
-    first = _first_id_from(conn, "attempts", "ended_at", since)
-    if first is not None:
-        for bucket, ok, count in conn.execute(
-                "SELECT CAST((ended_at - ?) / ? AS INTEGER), ok, count(*) FROM attempts "
-                "WHERE id >= ? AND ended_at >= ? GROUP BY 1, 2", (since, step, first, since)):
-            add(succeeded if ok else failures, bucket, count)
-    first = _first_id_from(conn, "subscriber_events", "created_at", since)
-    if first is not None:
-        for bucket, count in conn.execute(
-                "SELECT CAST((created_at - ?) / ? AS INTEGER), count(*) FROM subscriber_events "
-                "WHERE id >= ? AND created_at >= ? GROUP BY 1", (since, step, first, since)):
-            add(created, bucket, count)
-    # A finished row's next_attempt_at is when it finished (finish and purge set both): so the
-    # index of finished rows finds the window's, instead of a scan of every row.
-    for bucket, count in conn.execute(
-            "SELECT CAST((next_attempt_at - ?) / ? AS INTEGER), count(*) FROM subscriber_events "
-            f"WHERE status != '{_OPEN}' AND next_attempt_at >= ? GROUP BY 1", (since, step, since)):
-        add(finished, bucket, count)
-    backlog_at = [0] * n
-    level = backlog(conn)[_OPEN]
-    for i in range(n - 1, -1, -1):
-        backlog_at[i] = max(0, level)
-        level = level - created[i] + finished[i]
-    return {"since": since, "until": until, "step": step, "succeeded": succeeded, "failures": failures,
-            "backlog": backlog_at}

@@ -399,7 +399,7 @@ def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = Fals
 
 def list_events(conn: sqlite3.Connection, topic: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Events, newest first, with how many deliveries each has and how many are open."""
-    from .deliveries import per_event
+    from .ledger import per_event
 
     where, args = ("WHERE topic = ? ", [topic]) if topic else ("", [])
     rows = [dict(r) for r in conn.execute(f"SELECT * FROM events {where}ORDER BY id DESC LIMIT ?", (*args, limit))]

@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 from typing import Any
 
-from . import deliveries
+from . import ledger
 from .model import DeliveryStatus, HostState
 from .store import now
 
@@ -25,9 +25,9 @@ def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: lis
 
 def render(conn: sqlite3.Connection, status: dict[str, Any] | None) -> str:
     """The metrics text; ``status`` is the supervisor's (None when it is not running)."""
-    by_status = deliveries.counts(conn)
-    oldest = deliveries.oldest_open(conn)
-    attempts = deliveries.attempt_totals(conn)
+    by_status = ledger.counts(conn)
+    oldest = ledger.oldest_open(conn)
+    attempts = ledger.attempt_totals(conn)
     events = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     lines: list[str] = []
     _metric(lines, "ombridge_up", "gauge", "1 when the supervisor answers.", [("", int(status is not None))])

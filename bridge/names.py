@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 from .errors import UsageError
 
@@ -60,7 +59,3 @@ def value_text(value: Any) -> str:
     """A key value as the text a &VAR or a filter sees (numbers as in JSON)."""
     return value if isinstance(value, str) else json.dumps(value)
 
-
-def when(ts: float | None) -> str:
-    """A stored time as local ``YYYY-MM-DD HH:MM:SS`` (empty for none), as listings show it."""
-    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

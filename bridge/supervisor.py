@@ -29,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from enum import Enum
 from typing import Any
 
-from . import __version__, actions, backsync, control, deliveries, metrics, retention, store
+from . import __version__, actions, backsync, control, deliveries, ledger, metrics, retention, store
 from .errors import (BridgeError, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
                      UsageError)
 from .home import Home
@@ -582,7 +582,7 @@ def stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
     try:
         conn = store.connect(home)
         try:
-            return deliveries.backlog(conn), None
+            return ledger.backlog(conn), None
         finally:
             conn.close()
     except (BridgeError, sqlite3.Error) as exc:

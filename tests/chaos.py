@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge import backsync, catalog, control, deliveries, launcher, store  # noqa: E402
+from bridge import backsync, catalog, control, launcher, ledger, store  # noqa: E402
 from bridge.model import ActionKind  # noqa: E402
 from bridge.errors import BridgeError, NotRunning  # noqa: E402
 from bridge.home import Home  # noqa: E402
@@ -140,7 +140,7 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> T
         launcher.spawn(home)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        if deliveries.backlog(conn)["open"] == 0:
+        if ledger.backlog(conn)["open"] == 0:
             break
         time.sleep(0.05)
     elapsed = time.monotonic() - started

@@ -105,7 +105,7 @@ def test_an_operator_finds_a_failed_delivery_reads_why_fixes_it_and_retries(home
     page.goto(srv.url + "/ui/status")  # the chart, with the Closes and the failure in it
     expect(page.locator("#chart")).to_have_js_property("complete", True)
     assert page.locator("#chart").evaluate("img => img.naturalWidth") == 960
-    shot(page, tmp_path, "status", keep_as="console-status.png")
+    shot(page, tmp_path, "status")
 
     # the failed delivery: follow the backlog link, open it, read the attempt
     page.click("#backlog-failed")
@@ -134,7 +134,7 @@ def test_an_operator_finds_a_failed_delivery_reads_why_fixes_it_and_retries(home
     attempts = page.locator("section.attempt")
     assert attempts.count() == 2
     assert attempts.nth(1).locator("pre.output").inner_text().strip() == f"ticket updated for {XSS}"
-    shot(page, tmp_path, "delivery", keep_as="console-delivery.png")
+    shot(page, tmp_path, "delivery")
 
     # the events page: newest first, filter by key text, each event with its deliveries
     page.goto(srv.url + "/ui/events")
@@ -221,3 +221,128 @@ def test_an_operator_builds_a_subscriber_with_a_topic_and_a_filter(home: Home, l
     page.wait_for_url(re.compile(r"/ui/login$"))
     page.goto(srv.url + "/ui/subscribers")
     assert "/ui/login" in page.url
+
+
+def failed_count(home: Home) -> int:
+    return [d["status"] for d in json.loads(omb(home, "deliveries", "list", "--json").stdout)].count("failed")
+
+
+def test_an_operator_works_the_failed_backlog_as_in_a_job_dashboard(home: Home, listening, page,
+                                                                      tmp_path: Path) -> None:
+    """Issue 22's console: a failed login keeps the name; status in words with a red failed
+    backlog leading to the failed deliveries; retry a row, a selection, all failed; purge a
+    selection after a question; the attempt history by rounds; the chart's window and numbers."""
+    srv = listening()
+    omb(home, "topic", "add", "task/change", "--key", "APPC", "--key", "TASK", "--description", "a task changed")
+    sid = omb(home, "subscriber", "add", "--description", "ticket system", "--retries", "1", "--command",
+              'echo "ticket system unreachable for &TASK" >&2; exit 1').stdout.strip()
+    omb(home, "subscriber", "topic", "add", sid, "task/change")
+    for n in range(4):
+        omb(home, "send", "task/change", json.dumps({"APPC": "KE1", "TASK": f"T{n}"}))
+
+    page.goto(srv.url + "/ui/status")
+    page.fill("input[name=user]", USER)
+    page.fill("input[name=password]", "not-the-password")
+    page.click("button[type=submit]")
+    expect(page.locator(".flash.error")).to_contain_text("wrong user name or password")
+    assert page.locator("input[name=user]").input_value() == USER  # typed once
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/ui/status$"))
+
+    # status in words; the failed backlog turns red as it comes (live), and leads to the failures
+    failed = page.locator("#backlog-failed")
+    expect(failed).to_have_text("4", timeout=TIMEOUT_MS * 2)
+    expect(failed).to_have_class(re.compile(r"\balarm\b"))
+    text = page.locator("main").inner_text()
+    assert "poll_seconds" not in text and "failed_attempts" not in text and "looks for due work every" in text
+    assert failed.evaluate("a => getComputedStyle(a).backgroundColor") == "rgb(198, 40, 40)"
+    page.reload()  # the chart and its numbers: the last hour first, where all of this happened
+    expect(page.locator("#chart")).to_have_js_property("complete", True)
+    numbers = page.locator("#numbers")
+    assert numbers.get_attribute("open") is not None
+    assert sum(int(c) for c in numbers.locator("tbody tr td:nth-child(4)").all_inner_texts()) == 8
+    shot(page, tmp_path, "status", keep_as="console-status.png")
+    page.click("#window-24h")
+    page.wait_for_url(re.compile(r"window=24h$"))
+    expect(page.locator("#chart")).to_have_js_property("complete", True)
+    assert page.locator("#numbers tbody tr").count() == 12 and "here" in page.locator("#window-24h").get_attribute("class")
+    page.click("#backlog-failed")
+    page.wait_for_url(re.compile(r"/ui/deliveries\?status=failed$"))
+    assert page.locator("tbody tr").count() == 4
+    shot(page, tmp_path, "deliveries")
+
+    # one row's Retry button; then two ticked; then all failed, no subscriber chosen
+    page.click("#delivery-1 button[name=one]")
+    expect(page.locator(".flash.ok")).to_have_text("delivery 1 is open again and due now")
+    assert page.url.endswith("/ui/deliveries?status=failed")  # back where the operator was
+    wait_for(lambda: failed_count(home) == 4, timeout=60, what="delivery 1 failed again")
+    page.reload()
+    page.check("#delivery-2 input[name=id]")
+    page.check("#delivery-3 input[name=id]")
+    page.click("#retry-chosen")
+    expect(page.locator(".flash.ok")).to_have_text("2 of 2 chosen deliveries reopened")
+    wait_for(lambda: failed_count(home) == 4, timeout=60, what="2 and 3 failed again")
+    page.goto(srv.url + "/ui/deliveries")
+    page.click("#retry-all")
+    expect(page.locator(".flash.ok")).to_have_text("4 failed deliveries reopened")
+    wait_for(lambda: failed_count(home) == 4, timeout=60, what="all failed again")
+
+    # delivery 1's history: six attempts in time order, three rounds, only rounds 2 and 3 after a retry
+    page.goto(srv.url + "/ui/deliveries/1")
+    assert page.locator("#history").inner_text().startswith("failed, 6 attempts in 3 rounds (retried 2 times)")
+    heads = [h.split(" ")[0] for h in page.locator("section.attempt h3").all_inner_texts()]
+    assert heads == ["#1", "#2", "#3", "#4", "#5", "#6"]
+    assert page.locator("h3.round").all_inner_texts() == ["Round 1", "Round 2 after a retry", "Round 3 after a retry"]
+    shot(page, tmp_path, "delivery", keep_as="console-delivery.png")
+
+    # every failed one ticked at once, purged after the question
+    page.goto(srv.url + "/ui/deliveries?status=failed")
+    page.check("#select-all")
+    assert page.locator("input[name=id]:checked").count() == 4
+    page.click("#purge-chosen")
+    expect(page.locator("h1")).to_have_text("Purge 4 chosen deliveries?")
+    assert failed_count(home) == 4  # asked, nothing dropped yet
+    page.click("#confirm-purge")
+    expect(page.locator(".flash.ok")).to_have_text("4 of 4 chosen deliveries purged")
+    page.goto(srv.url + "/ui/status")
+    expect(page.locator("#backlog-failed")).to_have_text("0")
+    assert "alarm" not in (page.locator("#backlog-failed").get_attribute("class") or "")
+
+
+def test_keys_fold_to_one_line_and_removals_ask_first(home: Home, listening, page, tmp_path: Path) -> None:
+    srv = listening()
+    omb(home, "topic", "add", "task/change", "--key", "APPC", "--key", "TASK", "--key", "NOTE", "--key", "OWNER")
+    omb(home, "topic", "add", "spare/topic", "--key", "X")
+    for n in range(3):
+        omb(home, "send", "task/change", json.dumps({"APPC": "KE1", "TASK": f"T{n}", "NOTE": XSS, "OWNER": "ops"}),
+            "--force")
+    spare = omb(home, "subscriber", "add", "--description", "spare", "--command", "true").stdout.strip()
+    log_in(page, srv.url, "/ui/events")
+    rows = page.locator("tbody tr")
+    assert rows.count() == 3
+    key = rows.first.locator("details.key")
+    assert json.loads(key.locator("summary").inner_text()) == {"APPC": "KE1", "TASK": "T2", "NOTE": XSS, "OWNER": "ops"}
+    assert not key.locator("pre").is_visible()
+    assert all(rows.nth(i).bounding_box()["height"] < 60 for i in range(3))  # one line each
+    key.locator("summary").click()
+    expect(key.locator("pre")).to_be_visible()
+    assert key.locator("pre").inner_text().count("\n") >= 4  # expanded: a field a line
+    shot(page, tmp_path, "events")
+
+    page.goto(srv.url + "/ui/topics")
+    page.locator("tr", has_text="spare/topic").locator("text=Remove…").click()
+    expect(page.locator("h1")).to_have_text("Remove the topic spare/topic?")
+    page.click("text=Cancel")
+    assert page.locator("tr", has_text="spare/topic").count() == 1  # not removed
+    page.locator("tr", has_text="spare/topic").locator("text=Remove…").click()
+    page.click("#confirm-yes")
+    expect(page.locator(".flash.ok")).to_have_text("topic spare/topic removed")
+    assert page.locator("tr", has_text="spare/topic").count() == 0
+
+    page.goto(srv.url + f"/ui/subscribers/{spare}")
+    page.click("text=Remove…")
+    expect(page.locator("h1")).to_have_text(f"Remove subscriber {spare}?")
+    assert omb(home, "subscriber", "show", spare).returncode == 0
+    page.click("#confirm-yes")
+    expect(page.locator(".flash.ok")).to_have_text(f"subscriber {spare} removed")

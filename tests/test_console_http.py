@@ -10,7 +10,7 @@ from typing import Any
 
 import markupsafe
 
-from bridge import catalog, deliveries, events, store
+from bridge import catalog, deliveries, events, ledger, store
 from bridge.model import ActionKind, Attempt
 from bridge.home import Home
 from bridge.web.console.chart import render
@@ -20,11 +20,12 @@ from web_support import PASSWORD, USER, install, make_cert, omb
 
 XSS = "<script>alert(1)</script>"
 PAGES = ["/ui/status", "/ui/status/chart.svg", "/ui/events", "/ui/deliveries", "/ui/deliveries/1", "/ui/topics",
-         "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/purge", "/ui/integrations"]
-ACTIONS = ["/ui/logout", "/ui/status/check", "/ui/status/restart", "/ui/deliveries/1/retry", "/ui/topics",
+         "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/purge", "/ui/subscribers/1/remove", "/ui/integrations"]
+ACTIONS = ["/ui/logout", "/ui/status/check", "/ui/status/restart", "/ui/deliveries", "/ui/deliveries/1/retry", "/ui/topics",
            "/ui/topics/remove", "/ui/subscribers", "/ui/subscribers/1", "/ui/subscribers/1/retry",
            "/ui/subscribers/1/purge", "/ui/subscribers/1/topics", "/ui/subscribers/1/topics/remove",
-           "/ui/subscribers/1/filters", "/ui/subscribers/1/filters/remove", "/ui/subscribers/1/disable"]
+           "/ui/subscribers/1/filters", "/ui/subscribers/1/filters/remove", "/ui/subscribers/1/disable",
+           "/ui/subscribers/1/remove"]
 
 
 def test_every_page_and_action_needs_a_user(home: Home, listening) -> None:
@@ -102,8 +103,10 @@ def test_a_post_without_the_right_csrf_token_is_refused_and_changes_nothing(home
     assert r.status_code == 303 and r.headers["location"] == "/ui/topics"
     assert "topic task/change defined" in c.get("/ui/topics").text
     assert json.loads(omb(home, "topic", "list", "--json").stdout)[-1]["key_fields"] == ["APPC", "TASK"]
-    # a GET never changes anything: the action routes answer only POST
-    assert c.get("/ui/topics/remove").status_code == 405
+    # a GET never changes anything: the action routes answer only POST, or ask the question
+    assert c.get("/ui/deliveries/1/retry").status_code == 405
+    assert "Remove the topic task/change?" in c.get("/ui/topics/remove?name=task/change").text
+    assert "task/change" in omb(home, "topic", "list").stdout
 
 
 def test_key_values_output_and_messages_are_text_never_html(home: Home, listening) -> None:
@@ -112,7 +115,7 @@ def test_key_values_output_and_messages_are_text_never_html(home: Home, listenin
     sid = omb(home, "subscriber", "add", "--command", "echo \"&TASK\"; exit 3", "--retries", "0").stdout.strip()
     omb(home, "subscriber", "topic", "add", sid, "task/change")
     omb(home, "send", "task/change", json.dumps({"TASK": XSS}))
-    wait_for(lambda: deliveries.backlog(store.connect(home))["failed"] == 1, what="the delivery failed")
+    wait_for(lambda: ledger.backlog(store.connect(home))["failed"] == 1, what="the delivery failed")
     c = login(srv)
     for path in ("/ui/events", "/ui/deliveries", "/ui/deliveries/1", f"/ui/events?text={XSS}"):
         page = c.get(path).text
@@ -248,16 +251,16 @@ def test_the_chart_counts_attempts_and_walks_the_backlog(conn) -> None:
     claimed = deliveries.claim(conn, limit=3)
     deliveries.finish(conn, [(c, Attempt(i < 2, now, now, 0 if i < 2 else 1, "", None if i < 2 else "x"))
                              for i, c in enumerate(claimed)])
-    act = deliveries.activity(conn, now - 3600, now + 1)
+    act = ledger.activity(conn, now - 3600, now + 1)
     assert sum(act["succeeded"]) == 2 and sum(act["failures"]) == 1
     assert act["backlog"][-1] == 2  # 5 sent, 3 finished
     assert act["backlog"][0] == 0  # an hour ago nothing was open
     svg = render(act)
     assert svg.startswith("<svg") and "<script" not in svg and svg.count("<path") == 3
-    assert deliveries.activity(conn, now + 7200, now + 7260)["backlog"] == [2]
+    assert ledger.activity(conn, now + 7200, now + 7260)["backlog"] == [2]
     with store.transaction(conn):
         assert deliveries.purge(conn, sid) == 2  # purged deliveries leave the backlog when purged
-    act = deliveries.activity(conn, now - 3600, time.time() + 1)
+    act = ledger.activity(conn, now - 3600, time.time() + 1)
     assert act["backlog"][-1] == 0 and act["backlog"][0] == 0
 
 
@@ -328,7 +331,7 @@ def test_every_maintenance_screen_changes_what_the_cli_shows(home: Home, listeni
     post("/ui/topics", name="spare/topic", keys="X")
     topics = {t["name"]: t for t in cli_json("topic", "list")}
     assert topics["task/change"]["key_fields"] == ["APPC", "TASK"] and "spare/topic" in topics
-    post("/ui/topics/remove", name="spare/topic")
+    post("/ui/topics/remove", name="spare/topic", confirm="yes")
     assert "spare/topic" not in {t["name"] for t in cli_json("topic", "list")}
     post("/ui/subscribers", action="program", target="/bin/true", timeout="5", retries="2")
     post("/ui/subscribers", action="web", target="http://127.0.0.1:9/hook")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import backsync, catalog, deliveries, events, store
+from bridge import backsync, catalog, deliveries, events, ledger, store
 from bridge.model import ActionKind
 from bridge.errors import NotFound, StoreError, UsageError
 from bridge.home import Home
@@ -311,7 +311,7 @@ def test_finish_and_claim_is_one_transaction_that_need_not_wait(home: Home, topi
     release.set()
     holder.join()
     writer.close()
-    assert deliveries.counts(topics)["done"] == 0  # nothing was done by the refused calls
+    assert ledger.counts(topics)["done"] == 0  # nothing was done by the refused calls
     assert topics.execute("SELECT count(*) FROM attempts").fetchone()[0] == 0
     settled, claims = deliveries.finish_and_claim(topics, [(first, ok)], limit=5, lane=Lane.ACTIONS, owner="t")
     assert settled == ["done"] and len(claims) == 2 and {c.attempt for c in claims} == {1}
@@ -326,9 +326,9 @@ def test_retries_run_out_then_failed_then_retry_reopens(topics: sqlite3.Connecti
     bad = Attempt(False, 0, 0, 1, "", "exit status 1")
     assert deliveries.finish(topics, [(deliveries.claim(topics)[0], bad)]) == ["open"]
     assert deliveries.finish(topics, [(deliveries.claim(topics, at=far)[0], bad)]) == ["failed"]
-    assert deliveries.backlog(topics) == {"open": 0, "failed": 1}
+    assert ledger.backlog(topics) == {"open": 0, "failed": 1}
     assert deliveries.retry_failed(topics) == 1
-    assert deliveries.backlog(topics) == {"open": 1, "failed": 0}
+    assert ledger.backlog(topics) == {"open": 1, "failed": 0}
 
 
 def test_events_sent_from_a_delivery_record_parent_and_depth(topics: sqlite3.Connection) -> None:
@@ -386,7 +386,7 @@ def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> 
     indexes = {r[1] for r in migrated.execute("PRAGMA index_list(subscriber_events)")}
     assert "subscriber_events_open" in indexes and "subscriber_events_ended" in indexes
     assert "subscriber_events_lane_due" not in indexes and "subscriber_events_due" not in indexes
-    assert deliveries.backlog(migrated) == {"open": 1, "failed": 0}  # through the new indexes
+    assert ledger.backlog(migrated) == {"open": 1, "failed": 0}  # through the new indexes
     assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]
     assert "context" in [r[1] for r in migrated.execute("PRAGMA table_info(events)")]
     assert migrated.execute("SELECT count(*) FROM contexts").fetchone()[0] == 0

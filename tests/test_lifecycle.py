@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import catalog, deliveries, events
+from bridge import catalog, deliveries, events, ledger
 from bridge.errors import UsageError
 from bridge.home import Home
 from bridge.lanes import RECORD_EVERY
@@ -53,7 +53,7 @@ def test_a_subscriber_with_a_claim_in_flight_cannot_be_removed(conn: sqlite3.Con
         catalog.remove_subscriber(conn, gone, force=True)
     assert deliveries.finish(conn, [(c, OK) for c in claims]) == [Settlement.DONE, Settlement.DONE]
     catalog.remove_subscriber(conn, gone)  # released: now it goes
-    assert [r["subscriber_id"] for r in deliveries.list_deliveries(conn)] == [keep]
+    assert [r["subscriber_id"] for r in ledger.list_deliveries(conn)] == [keep]
 
 
 def test_a_vanished_row_never_fails_the_batch_of_its_siblings(conn: sqlite3.Connection) -> None:
@@ -67,7 +67,7 @@ def test_a_vanished_row_never_fails_the_batch_of_its_siblings(conn: sqlite3.Conn
     settled = deliveries.finish(conn, [(c, OK) for c in claims])
     assert settled == [Settlement.DONE if c.subscriber_id == keep else Settlement.STALE for c in claims]
     assert deliveries.claim(conn, limit=10) == []  # the sibling's success was recorded: nothing redelivered
-    assert deliveries.counts(conn)[DeliveryStatus.DONE.value] == 1
+    assert ledger.counts(conn)[DeliveryStatus.DONE.value] == 1
 
 
 def test_remove_in_flight_through_the_cli_delivers_the_sibling_exactly_once(home: Home, tmp_path: Path) -> None:

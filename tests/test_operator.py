@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import catalog, deliveries, events, metrics, store
+from bridge import catalog, deliveries, events, ledger, metrics, store
 from bridge.model import ActionKind
 from bridge.home import Home
 from bridge.retention import parse_age, prune
@@ -198,7 +198,7 @@ def test_prune_keeps_open_and_failed(home: Home, conn) -> None:
     counts = prune(conn, 0, at=store.now() + 1)
     assert counts == {"deliveries": 1, "attempts": 1, "events": 1}
     left = [r[0] for r in conn.execute("SELECT event_id FROM subscriber_events ORDER BY event_id")]
-    assert left == ids[1:] and deliveries.backlog(conn) == {"open": 1, "failed": 1}
+    assert left == ids[1:] and ledger.backlog(conn) == {"open": 1, "failed": 1}
     assert [r[0] for r in conn.execute("SELECT id FROM events ORDER BY id")] == ids[1:]
     assert "pruned 0 deliveries" in omb(home, "prune", "--older-than", "7d").stdout
 

@@ -3,6 +3,8 @@
 - no state or status is spelled as a literal outside ``bridge/model.py``;
 - only ``bridge/deliveries.py`` writes ``subscriber_events`` and ``attempts`` (the migrations aside);
 - no import cycle between the package's modules, lazy imports inside functions included;
+- nothing under ``bridge/web/`` imports the command line (``bridge.cli``): the wording both use is
+  ``bridge/wording.py``'s;
 - no module reads another object's private attributes.
 """
 
@@ -100,6 +102,12 @@ def test_no_import_cycles() -> None:
         if name not in done:
             visit(name, [name], done)
     assert not cycles, "import cycles:\n" + "\n".join(sorted(set(cycles)))
+
+
+def test_the_web_never_imports_the_command_line() -> None:
+    upward = sorted(f"{name_of(p)} imports {m}" for p, tree in MODULES.items() if name_of(p).startswith("bridge.web")
+                    for m in imports_of(p, tree) if m == "bridge.cli" or m.startswith("bridge.cli."))
+    assert not upward, "the web imports the command line:\n" + "\n".join(upward)
 
 
 def test_no_private_attribute_read_across_objects() -> None:

@@ -16,7 +16,7 @@ import rich_click as click
 
 from .. import backsync, store
 from ..catalog import MAX_RETRIES, MAX_TIMEOUT
-from ..names import when  # noqa: F401  (re-exported to the command modules)
+from ..wording import when  # noqa: F401  (re-exported to the command modules)
 from ..errors import BridgeError, UsageError
 from ..home import Home, resolve_home
 from .report import describe_fault, fail, fail_with

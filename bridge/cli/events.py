@@ -8,10 +8,11 @@ from typing import Any
 
 import rich_click as click
 
-from .. import catalog, deliveries, events
+from .. import catalog, deliveries, events, ledger
 from ..control import ring
 from ..errors import UsageError
 from ..model import ActionKind, DeliveryStatus
+from ..wording import attempt_rounds, history_header
 from .base import (LIMIT, RETRIES, ROW_ID, SECONDS, core, home_of, json_option, listing, main, print_json,
                    read_secret, when)
 from .report import print_send
@@ -326,7 +327,7 @@ def deliveries_group() -> None:
 def deliveries_list(ctx: click.Context, status: str | None, subscriber_id: int | None, limit: int,
                     as_json: bool) -> None:
     """List deliveries, newest first. Example: `ombridge deliveries list --status failed`"""
-    rows = deliveries.list_deliveries(core(ctx), status, subscriber_id, limit)
+    rows = ledger.list_deliveries(core(ctx), status, subscriber_id, limit)
     listing(as_json, [{**r, "key": json.loads(r["key"])} for r in rows], "Deliveries",
             ["id", "event", "topic", "key", "subscriber", "status", "attempts", "next attempt", "last error"],
             [[r["id"], r["event_id"], r["topic"], r["key"], f"{r['subscriber_id']} {r['subscriber']}".strip(),
@@ -343,18 +344,22 @@ def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None
 
     Example: `ombridge deliveries show 42`
     """
-    d = deliveries.show(core(ctx), delivery_id)
+    d = ledger.show(core(ctx), delivery_id)
     if as_json:
         print_json(d)
         return
     click.echo(f"delivery {d['id']}: event {d['event_id']} {d['topic']} {json.dumps(d['key'], ensure_ascii=False)}\n"
-               f"  subscriber {d['subscriber_id']} ({d['action']}) {d['subscriber']}\n"
-               f"  status {d['status']}, {d['attempts']} attempt(s)"
+               f"  subscriber {d['subscriber_id']} ({d['action']}) {d['subscriber']}".rstrip() + "\n"
+               f"  {history_header(d)}"
                + (f", next {when(d['next_attempt_at'])}" if d["status"] == DeliveryStatus.OPEN else ""))
+    rounds, shown = attempt_rounds(d["attempt_log"]), 0
     for a in d["attempt_log"]:
+        if rounds > 1 and a["round"] != shown:
+            shown = a["round"]
+            click.echo(f"  round {a['round']}" + (" (retried)" if a["round"] > 1 else ""))
         outcome = "ok" if a["ok"] else f"failed: {a['error']}"
         status = "" if a["exit_status"] is None else f", exit status {a['exit_status']}"
-        click.echo(f"  attempt {a['number']}: {when(a['started_at'])} -> {when(a['ended_at'])} "
+        click.echo(f"  attempt {a['n']}: {when(a['started_at'])} -> {when(a['ended_at'])} "
                    f"({a['ended_at'] - a['started_at']:.3f}s){status}, {outcome}")
         if a["output"]:
             click.echo("    output: " + a["output"].rstrip("\n").replace("\n", "\n            "))
@@ -363,14 +368,28 @@ def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None
 @main.command()
 @click.option("--subscriber", "subscriber_id", type=ROW_ID, default=None, help="Only this subscriber's.")
 @click.option("--event", "event_id", type=ROW_ID, default=None, help="Only this event's.")
-@click.option("--delivery", "delivery_id", type=ROW_ID, default=None, help="Only this delivery.")
+@click.option("--delivery", "delivery_ids", type=ROW_ID, multiple=True, help="Only this delivery (repeatable).")
 @click.pass_context
-def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None, delivery_id: int | None) -> None:
-    """Put failed deliveries back to open, due now; the Event Manager runs them at once.
+def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None, delivery_ids: tuple[int, ...]) -> None:
+    """Put failed deliveries back to open, due now, for a new round of attempts; the Event
+    Manager runs them at once.
 
-    Example: `ombridge retry --subscriber 2`
+    Example: `ombridge retry --subscriber 2`, `ombridge retry --delivery 7 --delivery 9`
     """
-    n = deliveries.retry_failed(core(ctx), subscriber_id, event_id, delivery_id)
+    n = deliveries.retry_failed(core(ctx), subscriber_id=subscriber_id, event_id=event_id,
+                                delivery_ids=delivery_ids or None)
     if n:
         ring(home_of(ctx).root)
     click.echo(f"{n} failed deliveries reopened")
+
+
+@deliveries_group.command("purge")
+@click.argument("delivery_ids", metavar="ID...", type=ROW_ID, nargs=-1, required=True)
+@click.pass_context
+def deliveries_purge(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
+    """Drop chosen open or failed deliveries (they become `purged`, never delivered).
+
+    Example: `ombridge deliveries purge 7 9`
+    """
+    n = deliveries.purge_chosen(core(ctx), delivery_ids)
+    click.echo(f"{n} deliveries purged")

@@ -1,5 +1,5 @@
-"""How results and errors are worded for the operator: the one place a library error becomes a
-message and an exit code.
+"""How the command line answers: the one place a library error becomes a message and an exit
+code. The wording it shares with the console (times, counts, histories) is :mod:`bridge.wording`'s.
 
 Kept free of the CLI framework: ``ombridge send`` and ``key get`` use it on their fast path.
 """
@@ -66,8 +66,3 @@ def describe_fault(exc: BaseException) -> str | None:
         return f"{exc.strerror or exc}{where}"
     return None
 
-
-def restarted(what: str, result: dict) -> str:
-    """What a restart answers (``ombridge restart`` and the console's buttons alike)."""
-    ob = result.get("ombacksync", {})
-    return f"{what} restarted; ombacksync {ob.get('state', 'unknown')}" + (f" (pid {ob['pid']})" if ob.get("pid") else "")

@@ -15,7 +15,7 @@ from ..errors import BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, ListenerState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json, stdin_ids
-from . import report
+from ..wording import restarted
 from .report import fail
 
 
@@ -194,7 +194,7 @@ def restart(ctx: click.Context, what: str) -> None:
     ombacksync keeps serving. Example: `ombridge restart ombacksync`
     """
     result = control.request(home_of(ctx).root, "restart", timeout=control.RESTART_TIMEOUT + 30, what=what)
-    click.echo(report.restarted(what, result))
+    click.echo(restarted(what, result))
 
 
 @main.command()

@@ -25,6 +25,7 @@ from ..auth import Authenticator
 from .base import HERE, Console
 from .maintenance import Maintenance
 from .pages import Pages
+from .queue import Queue
 
 PREFIX = "/ui"
 # Every console answer: no framing (clickjacking), scripts, styles and images from the console
@@ -39,7 +40,7 @@ def create_console(home: Home, authenticator: Authenticator,
                    status: Callable[[], dict[str, Any]] | None = None) -> Starlette:
     """The console's ASGI application (its routes carry the full ``/ui/...`` paths)."""
     console = Console(home, authenticator, status)
-    pages, maint = Pages(console), Maintenance(console)
+    pages, maint, queue = Pages(console), Maintenance(console), Queue(console)
     g = console.guarded
 
     async def root(request: Request) -> Response:
@@ -57,19 +58,22 @@ def create_console(home: Home, authenticator: Authenticator,
         Route("/ui/status/check", g(pages.check), methods=post),
         Route("/ui/status/restart", g(pages.restart), methods=post),
         Route("/ui/events", g(pages.events), methods=get),
-        Route("/ui/deliveries", g(pages.deliveries), methods=get),
-        Route("/ui/deliveries/{delivery_id}", g(pages.delivery), methods=get),
-        Route("/ui/deliveries/{delivery_id}/retry", g(pages.retry_one), methods=post),
+        Route("/ui/deliveries", g(queue.deliveries), methods=get),
+        Route("/ui/deliveries", g(queue.chosen), methods=post),
+        Route("/ui/deliveries/{delivery_id}", g(queue.delivery), methods=get),
+        Route("/ui/deliveries/{delivery_id}/retry", g(queue.retry_one), methods=post),
         Route("/ui/topics", g(maint.topics), methods=get),
         Route("/ui/topics", g(maint.topic_add), methods=post),
+        Route("/ui/topics/remove", g(maint.topic_remove_confirm), methods=get),
         Route("/ui/topics/remove", g(maint.topic_remove), methods=post),
         Route("/ui/subscribers", g(maint.subscribers), methods=get),
         Route("/ui/subscribers", g(maint.subscriber_add), methods=post),
         Route("/ui/subscribers/{subscriber_id}", g(maint.subscriber), methods=get),
         Route("/ui/subscribers/{subscriber_id}", g(maint.subscriber_edit), methods=post),
-        Route("/ui/subscribers/{subscriber_id}/retry", g(pages.retry_subscriber), methods=post),
-        Route("/ui/subscribers/{subscriber_id}/purge", g(pages.purge_confirm), methods=get),
-        Route("/ui/subscribers/{subscriber_id}/purge", g(pages.purge), methods=post),
+        Route("/ui/subscribers/{subscriber_id}/retry", g(queue.retry_subscriber), methods=post),
+        Route("/ui/subscribers/{subscriber_id}/purge", g(queue.purge_confirm), methods=get),
+        Route("/ui/subscribers/{subscriber_id}/purge", g(queue.purge), methods=post),
+        Route("/ui/subscribers/{subscriber_id}/remove", g(maint.subscriber_remove_confirm), methods=get),
         Route("/ui/subscribers/{subscriber_id}/topics", g(maint.topic_attach), methods=post),
         Route("/ui/subscribers/{subscriber_id}/topics/remove", g(maint.topic_detach), methods=post),
         Route("/ui/subscribers/{subscriber_id}/filters", g(maint.filter_add), methods=post),

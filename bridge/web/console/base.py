@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from ... import store
-from ...names import when
 from ...errors import BridgeError, NotFound, UsageError
 from ...home import Home
+from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, when
 from ..auth import REALM, Authenticator
 from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
 
@@ -41,9 +41,9 @@ class Refusal(Exception):
         self.status = status
 
 
-def pretty_json(value: Any) -> str:
-    """A key or a context (a stored JSON text, or decoded) indented for reading; a text that is not
-    JSON as it is."""
+def _shown_json(value: Any, indent: int | None) -> str:
+    """A key or a context (a stored JSON text, or decoded) as JSON text, indented or on one line; a
+    text that is not JSON as it is."""
     if not value:
         return ""
     if isinstance(value, str):
@@ -51,7 +51,17 @@ def pretty_json(value: Any) -> str:
             value = json.loads(value)
         except ValueError:
             return value
-    return json.dumps(value, ensure_ascii=False, indent=1)
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def pretty_json(value: Any) -> str:
+    """A key or a context indented for reading."""
+    return _shown_json(value, 1)
+
+
+def compact_json(value: Any) -> str:
+    """A key or a context on one line: ``{"APPC": "KE1", "TASK": "T1"}``."""
+    return _shown_json(value, None)
 
 
 class Console:
@@ -64,8 +74,9 @@ class Console:
         self.status = status
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-        self.env.filters["when"] = when
-        self.env.filters["pretty_json"] = pretty_json
+        self.env.filters.update(when=when, clock=clock, duration=duration, pretty_json=pretty_json,
+                                compact_json=compact_json, eventmanager_facts=eventmanager_facts,
+                                history_header=history_header, attempt_rounds=attempt_rounds)
 
     # -- the library, off the event loop ---------------------------------------------------------
 
@@ -138,11 +149,13 @@ class Console:
             request.scope["console_user"] = who
             try:
                 if request.method == "POST":
-                    form = await read_form(request)
+                    lists = await read_form_lists(request)
+                    form = {name: values[-1] for name, values in lists.items()}
                     if not self.sessions.csrf_ok(who[1], form.get("csrf")):
                         return PlainTextResponse("refused: missing or wrong CSRF token (403); reload the page\n",
                                                  status_code=403)
                     request.scope["console_form"] = form
+                    request.scope["console_form_lists"] = lists
                 return await handler(request)
             except Refusal as exc:
                 return PlainTextResponse(str(exc) + "\n", status_code=exc.status)
@@ -159,6 +172,11 @@ def is_tls(request: Request) -> bool:
 
 async def read_form(request: Request) -> dict[str, str]:
     """A urlencoded form (the console's only kind), each field's last value; 413/415 otherwise."""
+    return {name: values[-1] for name, values in (await read_form_lists(request)).items()}
+
+
+async def read_form_lists(request: Request) -> dict[str, list[str]]:
+    """A urlencoded form with every value of each field (checkboxes of one name); 413/415 otherwise."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != FORM_TYPE:
         raise Refusal(415, f"send the form as {FORM_TYPE}")
@@ -171,7 +189,7 @@ async def read_form(request: Request) -> dict[str, str]:
         fields = parse_qs(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError as exc:
         raise Refusal(400, "the form is not UTF-8") from exc
-    return {name: values[-1] for name, values in fields.items()}
+    return fields
 
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer
@@ -191,6 +209,19 @@ def path_int(request: Request, name: str) -> int:
 def form(request: Request) -> dict[str, str]:
     """The form of a POST that passed the guard."""
     return request.scope.get("console_form", {})
+
+
+def form_ids(request: Request, name: str = "id") -> list[int]:
+    """Every value of the field ``name`` (checked boxes) of a POST that passed the guard, as ids;
+    400 when one is not an id."""
+    return [row_id(text) for text in request.scope.get("console_form_lists", {}).get(name, [])]
+
+
+def row_id(text: str) -> int:
+    """A row id a form sent (a ticked box, a row's button); 400 when it is not one."""
+    if not text.isdigit() or not 0 < int(text) <= MAX_ID:
+        raise Refusal(400, f"not a row id: {text[:40]!r}")
+    return int(text)
 
 
 def number(text: str | None, what: str, kind: type = int) -> Any:

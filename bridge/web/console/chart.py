@@ -1,6 +1,7 @@
-"""The status page's chart as server-rendered SVG: attempts per minute and the backlog, last 24 h.
+"""The status page's chart as server-rendered SVG: attempts per minute and the backlog over the
+last hour or 24 hours, and the same numbers as a table (a row per twelfth of the window).
 
-Input is :func:`bridge.deliveries.activity`; output is a small self-contained SVG (a few paths,
+Input is :func:`bridge.ledger.activity`; output is a small self-contained SVG (a few paths,
 no script). Every text in it is a number or a time formatted here, escaped all the same.
 """
 
@@ -51,21 +52,21 @@ def _axis(top: float, vmax: float, label: str, activity: dict[str, Any], dx: flo
            f'<text x="{LEFT - 4}" y="{base}" text-anchor="end">0</text>',
            f'<text x="{LEFT + 4}" y="{top - 6}" font-weight="bold">{escape(label)}</text>']
     since, step = activity["since"], activity["step"]
-    hours = 3600.0
-    first = (int(since // hours) + 1) * hours
-    t = first
+    # a tick every hour and a time every 3 over a day; a tick and a time every 10 minutes over an hour
+    tick, label = (3600.0, 3) if activity["until"] - since > 2 * 3600 else (600.0, 1)
+    t = (int(since // tick) + 1) * tick
     while t < activity["until"]:
         x = LEFT + (t - since) / step * dx
         out.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="#999"/>')
-        if int(t // hours) % 3 == 0:
+        if int(t // tick) % label == 0:
             out.append(f'<text x="{x:.1f}" y="{base + 15}" text-anchor="middle">'
                        f'{escape(time.strftime("%H:%M", time.localtime(t)))}</text>')
-        t += hours
+        t += tick
     return out
 
 
 def render(activity: dict[str, Any]) -> str:
-    """The SVG of one :func:`bridge.deliveries.activity` result."""
+    """The SVG of one :func:`bridge.ledger.activity` result."""
     succeeded, failures, backlog = activity["succeeded"], activity["failures"], activity["backlog"]
     n = max(1, len(succeeded))
     dx = (WIDTH - LEFT - RIGHT) / n
@@ -75,7 +76,7 @@ def render(activity: dict[str, Any]) -> str:
     vmax1 = _nice_max(max([*succeeded, *failures, 0]))
     vmax2 = _nice_max(max([*backlog, 0]))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" '
-             f'height="{height}" role="img" aria-label="attempts per minute and backlog, last 24 hours" '
+             f'height="{height}" role="img" aria-label="attempts per minute and backlog, last {_span(activity)}" '
              'font-family="sans-serif" font-size="11">',
              *_axis(top1, vmax1, f"attempts{per_step}: done (green), failed (red)", activity, dx),
              f'<path d="{_path(succeeded, top1, vmax1, dx, True)}" fill="{DONE_COLOUR}" fill-opacity="0.55" '
@@ -87,6 +88,25 @@ def render(activity: dict[str, Any]) -> str:
              'stroke-width="1.5"/>',
              "</svg>"]
     return "\n".join(parts)
+
+
+def _span(activity: dict[str, Any]) -> str:
+    hours = (activity["until"] - activity["since"]) / 3600
+    return "hour" if hours <= 1 else f"{hours:g} hours"
+
+
+def table(activity: dict[str, Any], period: float) -> list[dict[str, Any]]:
+    """The chart's numbers a ``period`` at a time, newest first: attempts done and failed in it,
+    the backlog at its end (the most open deliveries seen at a step's end in it)."""
+    per = max(1, round(period / activity["step"]))
+    rows = []
+    for i in range(0, len(activity["succeeded"]), per):
+        start = activity["since"] + i * activity["step"]
+        rows.append({"from": start, "until": min(activity["until"], start + per * activity["step"]),
+                     "succeeded": sum(activity["succeeded"][i:i + per]), "failures": sum(activity["failures"][i:i + per]),
+                     "backlog": activity["backlog"][min(i + per, len(activity["backlog"])) - 1],
+                     "backlog_max": max(activity["backlog"][i:i + per])})
+    return rows[::-1]
 
 
 def summary(activity: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import sqlite3
 from typing import Any
+from urllib.parse import quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 
 from ... import catalog, integrations
 from ...errors import BridgeError, UsageError
@@ -57,9 +58,20 @@ class Maintenance:
 
         return await self.c.act(request, "/ui/topics", add)
 
+    async def topic_remove_confirm(self, request: Request) -> Response:
+        """The question before a topic is removed."""
+        name = request.query_params.get("name", "")
+        return self.c.page(request, "confirm.html", {
+            "title": f"Remove the topic {name}?", "action": "/ui/topics/remove", "fields": {"name": name},
+            "text": f"The topic {name} and its key fields are removed; its stored events are kept. "
+                    "It is refused while a subscriber is attached to it.",
+            "button": "Yes, remove it", "cancel": "/ui/topics"})
+
     async def topic_remove(self, request: Request) -> Response:
-        """``ombridge topic remove NAME`` (refused while subscribers use it)."""
+        """``ombridge topic remove NAME`` (refused while subscribers use it), once confirmed."""
         name = form(request).get("name", "")
+        if form(request).get("confirm") != "yes":
+            return RedirectResponse(f"/ui/topics/remove?name={quote(name)}", status_code=303)
 
         def remove(conn: sqlite3.Connection) -> str:
             catalog.remove_topic(conn, name)
@@ -121,10 +133,25 @@ class Maintenance:
 
         return await self.c.act(request, f"/ui/subscribers/{sid}", edit)
 
+    async def subscriber_remove_confirm(self, request: Request) -> Response:
+        """The question before a subscriber is removed."""
+        sid = path_int(request, "subscriber_id")
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            s = catalog.show_subscriber(conn, sid)
+            return {"title": f"Remove subscriber {sid}?", "action": f"/ui/subscribers/{sid}/remove", "fields": {},
+                    "text": f"Subscriber {sid} ({s['action']} {s['target']}) is removed with its deliveries and "
+                            "their attempts. It is refused while it has open deliveries: purge them first.",
+                    "button": "Yes, remove it", "cancel": f"/ui/subscribers/{sid}"}
+
+        return await self.c.view(request, "confirm.html", read, gone="/ui/subscribers")
+
     async def subscriber_switch(self, request: Request) -> Response:
-        """Enable, disable or remove a subscriber."""
+        """Enable, disable or remove (once confirmed) a subscriber."""
         sid = path_int(request, "subscriber_id")
         what = request.path_params["what"]
+        if what == "remove" and form(request).get("confirm") != "yes":
+            return RedirectResponse(f"/ui/subscribers/{sid}/remove", status_code=303)
 
         def switch(conn: sqlite3.Connection) -> str:
             if what == "remove":

@@ -14,12 +14,14 @@
         document.querySelectorAll("[data-field]").forEach(function (el) {
           var v = lookup(data.status, el.getAttribute("data-field"));
           el.textContent = v == null ? "" : Array.isArray(v) ? v.join("; ") : String(v);
+          if (el.hasAttribute("data-alarm")) { el.classList.toggle("alarm", Number(v) > 0); }
         });
         live.textContent = "live " + new Date().toLocaleTimeString();
         live.classList.remove("stale");
         if (Date.now() - lastChart > CHART_EVERY) {
           lastChart = Date.now();
-          document.getElementById("chart").src = "/ui/status/chart.svg?t=" + lastChart;
+          var chart = document.getElementById("chart");
+          chart.src = "/ui/status/chart.svg?window=" + chart.getAttribute("data-window") + "&t=" + lastChart;
         }
       })
       .catch(function () { live.textContent = "not updating"; live.classList.add("stale"); })

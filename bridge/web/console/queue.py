@@ -1,0 +1,134 @@
+"""The console's deliveries: the list (with a retry button per failed row, a selection to retry or
+purge, and *Retry all failed*), one delivery with its attempt history, and the subscriber-wide
+retry and purge. Each action calls the ``bridge.deliveries`` function the CLI calls
+(``ombridge retry``, ``ombridge deliveries purge``, ``ombridge subscriber purge``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from ... import catalog, deliveries, ledger
+from ...doorbell import ring
+from ...errors import UsageError
+from ...model import DeliveryStatus
+from .base import Console, Refusal, form, form_ids, number, path_int, row_id
+
+LIST = "/ui/deliveries"
+
+
+def _back(to: str | None) -> str:
+    """Where an action on the list goes back to: the list as it was filtered, never off it."""
+    return to if to and to.startswith(LIST) and not to.startswith("//") else LIST
+
+
+class Queue:
+    """Deliveries and their actions, over one :class:`Console`."""
+
+    def __init__(self, console: Console) -> None:
+        self.c = console
+
+    async def deliveries(self, request: Request) -> Response:
+        """Deliveries by status and subscriber, newest first."""
+        q = request.query_params
+        status = q.get("status") or None
+        try:
+            subscriber = number(q.get("subscriber"), "subscriber")
+            limit = number(q.get("limit"), "limit")
+            limit = 100 if limit is None else limit
+            if not 1 <= limit <= 1000:
+                raise UsageError(f"limit must be between 1 and 1000, not {limit}")
+        except UsageError as exc:
+            raise Refusal(400, str(exc)) from exc
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            return {"deliveries": ledger.list_deliveries(conn, status, subscriber, limit),
+                    "subscribers": catalog.list_subscribers(conn), "statuses": [st.value for st in DeliveryStatus],
+                    "filter": {"status": status or "", "subscriber": subscriber}, "limit": limit,
+                    "backlog": ledger.backlog(conn), "here": str(request.url.path)
+                    + (f"?{request.url.query}" if request.url.query else "")}
+
+        return await self.c.view(request, "deliveries.html", read, refuse=400)
+
+    async def delivery(self, request: Request) -> Response:
+        """One delivery with every attempt (start, end, exit status, output tail, error)."""
+        delivery_id = path_int(request, "delivery_id")
+        return await self.c.view(request, "delivery.html",
+                                 lambda conn: {"delivery": ledger.show(conn, delivery_id)})
+
+    async def retry_one(self, request: Request) -> Response:
+        """A failed delivery back to open, due now (the Event Manager is woken)."""
+        delivery_id = path_int(request, "delivery_id")
+        to = _back(form(request).get("back")) if form(request).get("back") else f"{LIST}/{delivery_id}"
+        return await self.c.act(request, to, self._retry_one, delivery_id)
+
+    def _retry_one(self, conn: sqlite3.Connection, delivery_id: int) -> str:
+        if not deliveries.retry_failed(conn, delivery_ids=[delivery_id]):
+            raise UsageError(f"delivery {delivery_id} is not failed: nothing to retry")
+        ring(self.c.home.root)
+        return f"delivery {delivery_id} is open again and due now"
+
+    async def chosen(self, request: Request) -> Response:
+        """The list's buttons: retry one row, retry or purge the ticked rows, retry all failed."""
+        f = form(request)
+        to, ids, do = _back(f.get("back")), form_ids(request), f.get("do", "")
+        if f.get("one"):
+            return await self.c.act(request, to, self._retry_one, row_id(f["one"]))
+        if do == "retry-all":
+            return await self.c.act(request, to, self._retry, None)
+        if do not in ("retry", "purge"):
+            raise Refusal(400, f"no action {do[:40]!r}: retry, purge or retry-all")
+        if not ids:
+            return self.c.back(request, to, False, f"nothing to {do}: tick the deliveries first")
+        if do == "retry":
+            return await self.c.act(request, to, self._retry, ids)
+        if f.get("confirm") != "yes":  # a purge is asked for again, with what it drops
+            return self.c.page(request, "purge_chosen.html", {"ids": ids, "back": to})
+        return await self.c.act(request, to, lambda conn: f"{deliveries.purge_chosen(conn, ids)} of {len(ids)} "
+                                                          "chosen deliveries purged")
+
+    def _retry(self, conn: sqlite3.Connection, ids: list[int] | None) -> str:
+        n = deliveries.retry_failed(conn, delivery_ids=ids)
+        if n:
+            ring(self.c.home.root)
+        if ids is None:
+            return f"{n} failed deliveries reopened"
+        return f"{n} of {len(ids)} chosen deliveries reopened" + ("" if n == len(ids) else " (only failed ones are)")
+
+    async def retry_subscriber(self, request: Request) -> Response:
+        """Every failed delivery of one subscriber back to open."""
+        sid = path_int(request, "subscriber_id")
+
+        def retry(conn: sqlite3.Connection) -> str:
+            catalog.get_subscriber(conn, sid)
+            n = deliveries.retry_failed(conn, subscriber_id=sid)
+            ring(self.c.home.root)
+            return f"subscriber {sid}: {n} failed deliveries reopened"
+
+        return await self.c.act(request, f"{LIST}?subscriber={sid}", retry)
+
+    async def purge_confirm(self, request: Request) -> Response:
+        """The confirmation step before a purge: what would be dropped."""
+        sid = path_int(request, "subscriber_id")
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            sub = catalog.show_subscriber(conn, sid)
+            open_count = ledger.counts(conn, subscriber_id=sid)[DeliveryStatus.OPEN.value]
+            return {"subscriber": sub, "open_count": open_count}
+
+        return await self.c.view(request, "purge.html", read)
+
+    async def purge(self, request: Request) -> Response:
+        """Drop a subscriber's open deliveries (after the confirmation step)."""
+        sid = path_int(request, "subscriber_id")
+        if form(request).get("confirm") != "yes":
+            return RedirectResponse(f"/ui/subscribers/{sid}/purge", status_code=303)
+
+        def purge(conn: sqlite3.Connection) -> str:
+            return f"subscriber {sid}: {catalog.purge_subscriber(conn, sid)} open deliveries purged"
+
+        return await self.c.act(request, f"{LIST}?subscriber={sid}", purge)
