@@ -108,6 +108,8 @@ class Supervisor:
     work a decision starts (checking and starting ombacksync, a restart, the shutdown) runs in
     one lifecycle thread, one job after another, so that two of them never overlap and the
     control channel keeps answering meanwhile. Once stopping began, nothing is started again.
+    The main loop itself only dispatches: no store I/O and no action runs on it (the chores and
+    the ``ombacksync/error`` reports have threads of their own).
     """
 
     def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
