@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sqlite3
 
-from . import catalog
+from . import catalog, sending
 from .errors import BridgeError, UsageError
-from .events import MAX_KEY_BYTES, SendResult, canonical_key, check_text, send, send_many
+from .events import MAX_KEY_BYTES, SendResult, canonical_key, check_text, send
 from .model import ActionKind
 
 TYPE_CHECKING = False
@@ -29,7 +29,8 @@ CLOSE_RETRIES = 10
 
 _TOPICS = [
     (UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
-    (ERROR_TOPIC, ["FILE", "MESSAGE"], "ombacksync stopped: its script does not compile or Init failed"),
+    (ERROR_TOPIC, ["FILE", "MESSAGE"],
+     "ombacksync's script does not compile (ombacksync stopped, or a restart kept the old one) or Init failed"),
     (OMI_EVENT_TOPIC, ["ID"], "OMi forwarded an event (POST <base>/event); ID is the external id ombridge answered"),
 ]
 
@@ -66,7 +67,7 @@ def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | Non
         # Stored, they would match nobody and be dropped: refuse them all, loudly, instead.
         raise BackSyncDisabled(f"the backsync subscriber ({sid}) is disabled, so closes would not reach "
                                f"OMBackSync: nothing was sent; `ombridge subscriber enable {sid}` first")
-    return send_many(conn, items, cwd=cwd, on_stored=on_stored)
+    return sending.send_many(conn, items, cwd=cwd, on_stored=on_stored)
 
 
 def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -92,12 +93,10 @@ def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
     return good, refused
 
 
-def report_error(conn: sqlite3.Connection, script: str, message: str, *, cwd: str | None = None,
-                 on_stored: Callable[[], None] | None = None) -> int:
-    """Store (forced) and deliver an ``ombacksync/error`` event; returns its id."""
+def store_error(conn: sqlite3.Connection, script: str, message: str, *,
+                on_stored: Callable[[], None] | None = None) -> SendResult:
+    """Store (forced) an ``ombacksync/error`` event; its synchronized deliveries are left
+    ``pending`` for the caller (:func:`bridge.sending.deliver`), which may not want to wait."""
     ensure_backsync(conn)
     message = message.replace("\x00", "")[:16384]  # perl's message, bounded to fit in a key
-    result = send(conn, ERROR_TOPIC, {"FILE": script, "MESSAGE": message}, force=True, cwd=cwd, on_stored=on_stored,
-                  environ={})
-    assert result.event_id is not None
-    return result.event_id
+    return send(conn, ERROR_TOPIC, {"FILE": script, "MESSAGE": message}, force=True, on_stored=on_stored, environ={})

@@ -1,4 +1,5 @@
-"""The supervisor's control channel and doorbell, both Unix sockets in the home's ``run/``.
+"""The supervisor's control channel and doorbell, both Unix sockets in the home's ``run/``: the
+client's half (the supervisor's is :mod:`bridge.controlserver`).
 
 ``run/`` is owner-only (0700) and so are the sockets: nothing listens on a network address.
 
@@ -19,6 +20,7 @@ from .doorbell import DOORBELL, SocketAddress, ring, run_dir  # noqa: F401  (re-
 from .errors import BridgeError, NotRunning
 
 RESTART_TIMEOUT = 600.0  # seconds a restart may take (perl -c, a graceful stop, Init) before it is reported unanswered
+RESTARTABLE = ("ombacksync", "eventmanager", "all")  # what ``restart`` takes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

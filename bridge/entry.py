@@ -22,14 +22,14 @@ def _fast(argv: list[str]) -> int | None:
         force, argv = True, argv[:-1]
     plain = all(not a.startswith("-") for a in argv[1:])
     if len(argv) == 3 and argv[0] == "send" and plain:
-        from . import events, store
+        from . import sending, store
         from .home import resolve_root
 
         root = resolve_root(home)
         from .cli.report import print_send
 
-        return print_send(events.send(store.connect(root), argv[1], argv[2], force, cwd=root,
-                                      on_stored=lambda: _ring(root)))
+        return print_send(sending.send(store.connect(root), argv[1], argv[2], force, cwd=root,
+                                       on_stored=lambda: _ring(root)))
     if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:
         from .events import key_field
 

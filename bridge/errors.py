@@ -74,3 +74,11 @@ class NotRunning(BridgeError):
     """The supervisor is not running (LSB exit code 3)."""
 
     exit_code = 3
+
+
+class AlreadyRunning(BridgeError):
+    """Another supervisor holds this home."""
+
+    def __init__(self, pid: int | None) -> None:
+        super().__init__(f"ombridge is already running in this home (pid {pid})")
+        self.pid = pid

@@ -1,8 +1,10 @@
-"""Sending events: validate the key, match subscriber topics, apply filters, store, deliver sync.
+"""Sending events: validate the key, match subscriber topics, apply filters, store.
 
 ``send`` writes the event and one open subscriber event per matching subscriber in one
-transaction, and stores nothing when nobody listens unless forced. Synchronized subscribers are
-called before it returns; a failed synchronized call stays open for the Event Manager.
+transaction, and stores nothing when nobody listens unless forced. A synchronized subscriber's
+delivery is stored already claimed by the sender and returned with the result (``pending``): the
+sender delivers it before going on, through :mod:`bridge.sending` (the delivery layer; this
+module runs no action). One nobody delivers is taken by the Event Manager once its lease runs out.
 
 Matching looks up only the patterns that can match a topic (``a/b/c`` -> ``a/b/c``, ``a/b/*``,
 ``a/*``, ``*``) through an index, so its cost does not grow with subscriber topics that cannot match.
@@ -40,20 +42,40 @@ MAX_DEPTH = 8  # events in a chain of deliveries (loop protection)
 MAX_KEY_BYTES = 65536
 
 
+class Pending:
+    """A synchronized delivery, stored already claimed by its sender (attempt 1, under a lease):
+    what the sender delivers before it goes on (:func:`bridge.sending.deliver`)."""
+
+    __slots__ = ("delivery_id", "event_id", "topic", "key", "key_json", "depth", "context", "subscriber_id",
+                 "action", "target", "timeout", "retries", "secret_headers")
+
+    def __init__(self, delivery_id: int, event_id: int, prepared: _Prepared, sub: _Subscription, depth: int) -> None:
+        self.delivery_id, self.event_id, self.depth = delivery_id, event_id, depth
+        self.topic, self.key, self.key_json, self.context = prepared.topic, prepared.key, prepared.key_json, \
+            prepared.context
+        self.subscriber_id, self.action, self.target = sub.subscriber_id, ActionKind(sub.action), sub.target
+        self.timeout, self.retries, self.secret_headers = sub.timeout, sub.retries, sub.secret_headers
+
+    def __repr__(self) -> str:
+        return f"Pending(delivery_id={self.delivery_id}, subscriber_id={self.subscriber_id})"
+
+
 class SendResult:
-    """What ``send`` did: ``event_id`` (None when nobody listened), ``deliveries`` created, and
-    ``synchronized``, a ``(subscriber id, settlement)`` pair per synchronized call made before returning.
+    """What ``send`` did: ``event_id`` (None when nobody listened), ``deliveries`` created,
+    ``pending``, the synchronized deliveries the sender still has to make, and ``synchronized``,
+    a ``(subscriber id, settlement)`` pair per synchronized call made (by :mod:`bridge.sending`).
 
     (A plain class, not a dataclass or namedtuple: building those costs ``ombridge send`` ~1 ms.)
     """
 
-    __slots__ = ("event_id", "deliveries", "synchronized")
+    __slots__ = ("event_id", "deliveries", "synchronized", "pending")
 
     def __init__(self, event_id: int | None, deliveries: int,
-                 synchronized: tuple[tuple[int, Settlement], ...] = ()) -> None:
+                 synchronized: tuple[tuple[int, Settlement], ...] = (), pending: tuple[Pending, ...] = ()) -> None:
         self.event_id = event_id
         self.deliveries = deliveries
         self.synchronized = synchronized
+        self.pending = pending
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SendResult) and (self.event_id, self.deliveries, self.synchronized) == (
@@ -322,9 +344,9 @@ def match(conn: sqlite3.Connection, topic: str, key: KeyInput) -> list[int]:
 
 
 def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
-              environ: Mapping[str, str] | None = None, cwd: str | None = None,
+              environ: Mapping[str, str] | None = None,
               on_stored: Callable[[], None] | None = None) -> list[SendResult]:
-    """Send many events in one transaction (all or none); see :func:`send`."""
+    """Store many events in one transaction (all or none); see :func:`send`."""
     parent, depth = chain_from(os.environ if environ is None else environ)
     if depth > MAX_DEPTH:
         raise UsageError(f"event chain too deep: this event would be at depth {depth} (limit {MAX_DEPTH}); "
@@ -336,7 +358,7 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
         seen.close()
     results: list[SendResult] = []
     rows: list[Delivery] = []
-    synchronized: list[tuple[int, _Prepared, _Subscription]] = []
+    synchronized: list[tuple[int, _Prepared, _Subscription]] = []  # (event id, event, subscription)
     sender = f"send:{os.getpid()}"
     at = now()
     with transaction(conn):
@@ -366,33 +388,25 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
     if on_stored and rows:
         on_stored()
     if synchronized:
-        results = _deliver_synchronized(conn, results, list(zip(claimed_ids, synchronized)), depth, cwd)
+        return _with_pending(results, [Pending(se_id, event_id, p, m, depth)
+                                       for se_id, (event_id, p, m) in zip(claimed_ids, synchronized)])
     return results
 
 
-def _deliver_synchronized(conn: sqlite3.Connection, results: list[SendResult],
-                          calls: list[tuple[int, tuple[int, _Prepared, _Subscription]]], depth: int,
-                          cwd: str | None) -> list[SendResult]:
-    # Synchronized subscribers run here, before send returns; a failure stays open for the manager.
-    from .actions import EventContext, perform
-    from .deliveries import Claimed, finish
-
-    claims = [Claimed(se_id, 1, EventContext(event_id, p.topic, p.key, p.key_json, depth, p.context),
-                      m.subscriber_id, ActionKind(m.action), m.target, m.timeout, m.retries,
-                      json.loads(m.secret_headers) if m.secret_headers else None)
-              for se_id, (event_id, p, m) in calls]
-    settled = finish(conn, [(c, perform(c.action, c.target, c.event, c.timeout, cwd, c.headers)) for c in claims])
-    by_event: dict[int, list[tuple[int, Settlement]]] = {}
-    for c, status in zip(claims, settled):
-        by_event.setdefault(c.event.id, []).append((c.subscriber_id, status))
-    return [SendResult(r.event_id, r.deliveries, tuple(by_event.get(r.event_id or -1, ()))) for r in results]
+def _with_pending(results: list[SendResult], pending: list[Pending]) -> list[SendResult]:
+    by_event: dict[int, list[Pending]] = {}
+    for p in pending:
+        by_event.setdefault(p.event_id, []).append(p)
+    return [SendResult(r.event_id, r.deliveries, pending=tuple(by_event.get(r.event_id or -1, ()))) for r in results]
 
 
 def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = False, **options: Any) -> SendResult:
-    """Send one event: the topic must be defined and the key must carry its fields.
+    """Store one event: the topic must be defined and the key must carry its fields.
 
     Stores the event and one open subscriber event per matching subscriber, or nothing when
     nobody listens (unless ``force``). Raises :class:`UsageError` for bad input, before writing.
+    Synchronized deliveries come back in ``pending``: :func:`bridge.sending.send` stores and
+    makes them in one call.
     """
     return send_many(conn, [(topic, key)], force, **options)[0]
 

@@ -12,10 +12,10 @@ import time
 from typing import Any
 
 from . import control
-from .errors import BridgeError, NotRunning
+from .backlog import stored_backlog
+from .errors import AlreadyRunning, BridgeError, NotRunning
 from .home import Home
 from .model import DeliveryStatus, HostState, ManagerState, SupervisorState
-from .supervisor import AlreadyRunning, stored_backlog
 
 START_TIMEOUT = 30.0
 STARTING_GRACE = 3.0  # seconds `start` waits for ombacksync to leave "starting" before it returns

@@ -3,15 +3,16 @@
 ``ombridge start`` runs it in the background (``--foreground`` keeps it attached, for systemd and
 ``make run``). It holds ``run/ombridge.pid`` locked while it lives (one supervisor per home),
 logs to ``log/ombridge.log`` (rotated), answers the control channel and listens to the doorbell
-(:mod:`bridge.control`). Signals only set flags for the main loop: SIGTERM or SIGINT once stops
+(:mod:`bridge.controlserver`). Signals only set flags for the main loop: SIGTERM or SIGINT once stops
 gracefully (the deliveries in flight finish, the rest stay open), twice stops at once; SIGHUP
-restarts ombacksync. Lifecycle transitions are applied by the main loop only (see :class:`Supervisor`).
+restarts ombacksync. Lifecycle transitions are applied by the main loop only (see :class:`Supervisor`);
+the periodic chores (:mod:`bridge.chores`) and the ``ombacksync/error`` reports
+(:mod:`bridge.reporter`) run in threads of their own.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import logging.handlers
 import os
@@ -19,7 +20,6 @@ import queue
 import selectors
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -29,14 +29,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from enum import Enum
 from typing import Any
 
-from . import __version__, actions, backsync, control, deliveries, ledger, metrics, retention, store
-from .errors import (BridgeError, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
+from . import __version__, actions, backsync, control, controlserver, deliveries, store
+from .backlog import stored_backlog
+from .chores import Chores
+from .control import RESTARTABLE
+from .errors import (AlreadyRunning, BridgeError, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
                      UsageError)
 from .home import Home
 from .manager import EventManager
 from .model import HostState, ListenerState, ManagerState, SupervisorState
 from .perlenv import load_settings
 from .perlhost import PerlHost
+from .reporter import Reporter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,17 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ombridge.supervisor")
 OWNER_PREFIX = "supervisor:"
 DEFAULT_RETENTION = 30 * 86400.0
-PRUNE_EVERY = 3600.0
-CHECKPOINT_EVERY = 1.0  # seconds between two WAL checkpoints (the lanes' commits make none)
-RESTARTABLE = ("ombacksync", "eventmanager", "all")
-
-
-class AlreadyRunning(BridgeError):
-    """Another supervisor holds this home."""
-
-    def __init__(self, pid: int | None) -> None:
-        super().__init__(f"ombridge is already running in this home (pid {pid})")
-        self.pid = pid
 
 
 def read_pid(home: Home) -> int | None:
@@ -115,6 +108,8 @@ class Supervisor:
     work a decision starts (checking and starting ombacksync, a restart, the shutdown) runs in
     one lifecycle thread, one job after another, so that two of them never overlap and the
     control channel keeps answering meanwhile. Once stopping began, nothing is started again.
+    The main loop itself only dispatches: no store I/O and no action runs on it (the chores and
+    the ``ombacksync/error`` reports have threads of their own).
     """
 
     def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
@@ -129,17 +124,15 @@ class Supervisor:
         self.poll = poll
         self.retention = retention  # seconds; None or 0: keep everything
         self.metrics_textfile = metrics_textfile
-        self.metrics_interval = metrics_interval
-        self._chores: dict[str, float] = {"prune": time.monotonic() + 60, "metrics": time.monotonic(),
-                                          "checkpoint": time.monotonic()}
-        self._chore_running = threading.Lock()
-        self._chore_logged: dict[str, float] = {}  # chore -> when its next failure may be logged
+        self.chores = Chores(home, retention_seconds=retention, metrics_textfile=metrics_textfile,
+                             metrics_interval=metrics_interval, status=self.status)
         self.log_to_stderr = log_to_stderr
         self.owner = f"{OWNER_PREFIX}{os.getpid()}"
         self.started_at = time.time()
         self.state = SupervisorState.STARTING
         self.host: PerlHost | None = None
         self.manager: EventManager | None = None
+        self.reporter: Reporter | None = None  # started with the run: ombacksync/error events
         self._commands: queue.SimpleQueue[tuple[Command, Any]] = queue.SimpleQueue()  # put() is reentrant
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any] | None] | None] = queue.SimpleQueue()
         self._done = threading.Event()  # stopped: the main loop may end
@@ -202,10 +195,11 @@ class Supervisor:
             conn.close()
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
-        control_sock, doorbell = self._bind()
+        control_sock, doorbell = controlserver.bind(self.home.run_dir)
         self.host = PerlHost(self.home, timeout=timeout, settings=load_settings(self.home, self.perl),
                              on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll)
+        self.reporter = Reporter(self.home, on_stored=self.manager.wake)
         if self.listen is not None:
             # Before perl starts, so that a busy port or a bad certificate fails the start at once.
             # (The web stack is imported only here: nothing of it loads unless asked to listen.)
@@ -259,31 +253,11 @@ class Supervisor:
             self.listener.stop()  # drain first: the requests in flight are committed and answered
         self.manager.stop()
         self.host.stop()
+        if self.reporter is not None and not self.reporter.close():
+            log.warning("stopping without waiting for the ombacksync/error report still being made")
         self._jobs.put(None)
         self._done.set()
         os.write(self._wake_w, b"!")
-
-    def _bind(self) -> tuple[socket.socket, socket.socket]:
-        run = str(self.home.run_dir)
-        socks = []
-        for name, kind in ((control.CONTROL, socket.SOCK_STREAM), (control.DOORBELL, socket.SOCK_DGRAM)):
-            with control.SocketAddress(run, name) as addr:
-                try:
-                    os.unlink(addr.path)  # stale: we hold the lock, so no one else uses it
-                except FileNotFoundError:
-                    pass
-                sock = socket.socket(socket.AF_UNIX, kind)
-                old = os.umask(0o077)
-                try:
-                    sock.bind(addr.address)
-                finally:
-                    os.umask(old)
-                os.chmod(addr.path, 0o600)
-                if kind == socket.SOCK_STREAM:
-                    sock.listen(16)
-                sock.setblocking(False)
-                socks.append(sock)
-        return socks[0], socks[1]
 
     def _loop(self, control_sock: socket.socket, doorbell: socket.socket) -> None:
         with selectors.DefaultSelector() as sel:
@@ -293,19 +267,15 @@ class Supervisor:
             while not self._done.is_set():
                 for key, _ in sel.select(timeout=1.0):
                     if key.data == "control":
-                        try:
-                            client, _ = control_sock.accept()
-                        except BlockingIOError:
-                            continue
-                        threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+                        controlserver.accept(control_sock, self)
                     elif key.data == "doorbell":
-                        _drain(doorbell)
+                        controlserver.drain(doorbell)
                         assert self.manager is not None
                         self.manager.wake()
                     else:
                         os.read(self._wake_r, 4096)
                 self._apply_commands()
-                self._chores_due()
+                self.chores.start_due()
             control_sock.close()
             doorbell.close()
 
@@ -333,63 +303,8 @@ class Supervisor:
             elif command is Command.HOST_CHANGED:
                 self._host_changed(*arg)
 
-    def _chores_due(self) -> None:
-        """WAL checkpoints, pruning and the metrics textfile, when due, in a thread of their own
-        (never two at once)."""
-        clock = time.monotonic()
-        due = []
-        if clock >= self._chores["checkpoint"]:
-            due.append("checkpoint")
-            self._chores["checkpoint"] = clock + CHECKPOINT_EVERY
-        if self.retention and clock >= self._chores["prune"]:
-            due.append("prune")
-            self._chores["prune"] = clock + PRUNE_EVERY
-        if self.metrics_textfile and clock >= self._chores["metrics"]:
-            due.append("metrics")
-            self._chores["metrics"] = clock + self.metrics_interval
-        if due and self._chore_running.acquire(blocking=False):
-            threading.Thread(target=self._run_chores, args=(due,), name="chores", daemon=True).start()
-
-    def _run_chores(self, due: list[str]) -> None:
-        try:
-            conn = store.connect(self.home)
-        except (BridgeError, OSError, sqlite3.Error) as exc:
-            self._chore_failed(" and ".join(due), exc)
-            self._chore_running.release()
-            return
-        try:
-            for chore in due:  # one failing (a full disk) does not keep the others from running
-                try:
-                    if chore == "checkpoint":
-                        store.checkpoint(conn)
-                    elif chore == "prune" and self.retention:
-                        counts = retention.prune(conn, self.retention)
-                        if any(counts.values()):
-                            log.info("pruned %(deliveries)d deliveries, %(attempts)d attempts, %(events)d events",
-                                     counts)
-                    elif chore == "metrics" and self.metrics_textfile:
-                        metrics.write_textfile(self.metrics_textfile, metrics.render(conn, self.status()))
-                except (BridgeError, OSError, sqlite3.Error) as exc:  # a full disk, a missing folder
-                    self._chore_failed(chore, exc)
-                except Exception:  # a chore never takes the supervisor down
-                    log.exception("periodic %s failed", chore)
-        finally:
-            conn.close()
-            self._chore_running.release()
-
-    def _chore_failed(self, chore: str, exc: BaseException) -> None:
-        # One line a minute per chore at most: the checkpoint runs every second.
-        clock = time.monotonic()
-        if clock >= self._chore_logged.get(chore, 0.0):
-            self._chore_logged[chore] = clock + 60.0
-            log.error("periodic %s failed: %s", chore, exc)
-
     def _cleanup(self) -> None:
-        for name in (control.CONTROL, control.DOORBELL):
-            try:
-                os.unlink(self.home.run_dir / name)
-            except OSError:
-                pass
+        controlserver.unlink(self.home.run_dir)
         if self._lock_fd is not None:
             try:
                 os.unlink(self.home.run_dir / control.PIDFILE)
@@ -435,23 +350,15 @@ class Supervisor:
             log.error("ombacksync did not start: %s", exc)  # the backsync lane retries after backoff
 
     def _host_changed(self, old: HostState, new: HostState, reason: str) -> None:
-        assert self.manager is not None
+        # On the main loop: decide only. The report (store I/O, synchronized subscribers that may
+        # sleep) is the reporter thread's, so that signals and control requests never wait for it.
+        assert self.manager is not None and self.reporter is not None
         self.manager.wake()  # the backsync lane waits on ombacksync's state: let it look again
         first_failed_start = new is HostState.BACKOFF and old is HostState.STARTING and self.host is not None \
             and self.host.failed_starts == 1  # a failing Init is tried again forever: told once
         if (new is HostState.SYNTAX_ERROR and old is not new) or first_failed_start:
-            log.error("ombacksync stopped (%s): %s", new.value, reason)
-            try:
-                conn = store.connect(self.home)
-                try:
-                    event_id = backsync.report_error(conn, str(self.home.script), reason, cwd=str(self.home.root),
-                                                     on_stored=self.manager.wake)
-                finally:
-                    conn.close()
-                log.error("ombacksync/error event %d sent; Close deliveries wait until `ombridge restart ombacksync`",
-                          event_id)
-            except BridgeError as exc:
-                log.error("could not store the ombacksync/error event: %s", exc)
+            log.error("ombacksync stopped (%s): %s; Close deliveries wait, open", new.value, reason)
+            self.reporter.report(reason)
 
     def restart(self, what: str, timeout: float = control.RESTART_TIMEOUT) -> dict[str, Any]:
         """Ask the main loop for a restart and wait for its answer (any thread but the main loop's)."""
@@ -479,6 +386,10 @@ class Supervisor:
                 try:
                     self.host.restart()  # a broken script raises here, the old child serving on
                 except ScriptSyntaxError as exc:
+                    # Told like a failed start: the file on disk would fail the next start.
+                    log.error("restart refused, the running ombacksync kept: %s", exc.message)
+                    assert self.reporter is not None
+                    self.reporter.report(exc.message, exc.script)
                     raise RestartRefused(exc.script, exc.message) from exc
             else:
                 self.host.start()
@@ -522,40 +433,6 @@ class Supervisor:
             "degraded": degraded,
         }
 
-    def _serve(self, client: socket.socket) -> None:
-        with client:
-            client.settimeout(10.0)
-            try:
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = client.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                req = json.loads(data)
-                command = req.get("command")
-                if command == "status":
-                    reply: dict[str, Any] = {"ok": True, "result": self.status()}
-                elif command == "stop":
-                    reply = {"ok": True, "result": {"pid": os.getpid()}}
-                    client.sendall(json.dumps(reply).encode() + b"\n")
-                    self.request_stop(now=bool(req.get("now")))
-                    return
-                elif command == "restart":
-                    client.settimeout(None)  # a restart waits for perl -c and Init
-                    reply = {"ok": True, "result": self.restart(str(req.get("what", "ombacksync")))}
-                else:
-                    reply = {"ok": False, "error": f"unknown command {command!r}"}
-            except BridgeError as exc:
-                reply = {"ok": False, "error": str(exc)}
-            except (OSError, ValueError) as exc:
-                log.warning("control request failed: %s", exc)
-                return
-            try:
-                client.sendall(json.dumps(reply, default=str).encode() + b"\n")
-            except OSError:
-                pass
-
 
 class _LoggedAnswer(Future):  # type: ignore[type-arg]
     """An answer nobody waits for (a restart on SIGHUP): a refusal is logged."""
@@ -567,23 +444,3 @@ class _LoggedAnswer(Future):  # type: ignore[type-arg]
     def set_exception(self, exception: BaseException | None) -> None:
         log.error("%s refused: %s", self.what, exception)
         super().set_exception(exception)
-
-
-def _drain(sock: socket.socket) -> None:
-    while True:
-        try:
-            sock.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-
-
-def stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
-    """(open and failed deliveries, None) from the event core, or (None, why it cannot be read)."""
-    try:
-        conn = store.connect(home)
-        try:
-            return ledger.backlog(conn), None
-        finally:
-            conn.close()
-    except (BridgeError, sqlite3.Error) as exc:
-        return None, str(exc)

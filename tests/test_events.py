@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import backsync, catalog, deliveries, events, ledger, store
+from bridge import backsync, catalog, deliveries, events, ledger, sending, store
 from bridge.model import ActionKind
 from bridge.errors import NotFound, StoreError, UsageError
 from bridge.home import Home
@@ -229,7 +229,7 @@ def test_system_subscribers_cannot_be_removed_or_rewired(topics: sqlite3.Connect
 def test_synchronized_subscriber_runs_before_send_returns(home: Home, topics: sqlite3.Connection) -> None:
     out = home.root / "sync.txt"
     listen(topics, "task/add", f"printf '%s %s' &TASK \"$OMBRIDGE_DEPTH\" > {out}", sync=True)
-    result = events.send(topics, "task/add", {"APPC": "A", "TASK": "T 1"})
+    result = sending.send(topics, "task/add", {"APPC": "A", "TASK": "T 1"})
     assert out.read_text() == "T 1 0"
     assert result.synchronized and result.synchronized[0][1] == "done"
     row = topics.execute("SELECT status, attempts FROM subscriber_events").fetchone()
@@ -240,7 +240,7 @@ def test_synchronized_subscriber_runs_before_send_returns(home: Home, topics: sq
 
 def test_failed_synchronized_call_stays_open_for_the_manager(topics: sqlite3.Connection) -> None:
     listen(topics, "task/add", "echo nope >&2; exit 3", sync=True)
-    result = events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
+    result = sending.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
     assert result.synchronized[0][1] == "open"
     row = topics.execute("SELECT status, attempts, last_error, next_attempt_at FROM subscriber_events").fetchone()
     assert row["status"] == "open" and row["attempts"] == 1 and row["last_error"] == "exit status 3"
@@ -350,7 +350,7 @@ def test_a_synchronized_loop_is_stopped_at_the_depth_limit(home: Home, topics: s
     listen(topics, "task/change",
            f"{ombridge} --home {home.root} send task/change '{{\"APPC\": \"&APPC\", \"TASK\": \"&TASK\"}}'",
            sync=True)
-    events.send(topics, "task/change", {"APPC": "A", "TASK": "T"})
+    sending.send(topics, "task/change", {"APPC": "A", "TASK": "T"})
     depths = [r[0] for r in topics.execute("SELECT depth FROM events ORDER BY id")]
     assert depths == list(range(events.MAX_DEPTH + 1))
     # the innermost delivery finished first: its send was refused, so it failed

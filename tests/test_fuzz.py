@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import backsync, catalog, events, store, substitution
+from bridge import backsync, catalog, events, sending, store, substitution
 from bridge.model import ActionKind
 from bridge.names import value_text
 from bridge.errors import BridgeError, UsageError
@@ -61,7 +61,7 @@ def test_any_value_reaches_a_command_exactly_or_is_refused(core, value: str) -> 
     out = home.root / "value.out"
     out.unlink(missing_ok=True)
     try:
-        result = events.send(conn, "fuzz/value", {"V": value})
+        result = sending.send(conn, "fuzz/value", {"V": value})
     except UsageError as exc:
         assert "\x00" in value and "NUL" in str(exc)
         return

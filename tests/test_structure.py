@@ -170,3 +170,42 @@ def test_each_state_attribute_is_assigned_in_one_method_per_class() -> None:
                 if len(methods - {"__init__"}) > 1:
                     found.append(f"{path.relative_to(PACKAGE)}: {cls.name}.{attr} assigned in {sorted(methods)}")
     assert not found, "state assigned in more than one method:\n" + "\n".join(found)
+
+
+def reached_from(start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others, lazy imports included."""
+    graph = {name_of(p): imports_of(p, tree) for p, tree in MODULES.items()}
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_events_imports_no_action_code() -> None:
+    # events stores; the synchronized calls are the delivery layer's (bridge.sending)
+    events = next(p for p in MODULES if name_of(p) == "bridge.events")
+    assert not imports_of(events, MODULES[events]) & {"bridge.actions", "bridge.sending", "bridge.manager"}
+
+
+def test_the_client_side_needs_nothing_of_the_daemon() -> None:
+    assert not reached_from("bridge.launcher") & {"bridge.supervisor", "bridge.manager", "bridge.perlhost"}
+
+
+def test_a_guarded_state_is_assigned_only_by_its_change_method() -> None:
+    # In a class with _change_state, `self.state = ...` appears in __init__ and _change_state only.
+    found = []
+    for path, tree in MODULES.items():
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            methods = [n for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            if not any(m.name == "_change_state" for m in methods):
+                continue
+            for method in (m for m in methods if m.name not in ("__init__", "_change_state")):
+                for node in ast.walk(method):
+                    targets = node.targets if isinstance(node, ast.Assign) else \
+                        [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+                    if any(isinstance(t, ast.Attribute) and t.attr == "state" and isinstance(t.value, ast.Name)
+                           and t.value.id == "self" for t in targets):
+                        found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {cls.name}.{method.name}")
+    assert not found, "state assigned outside _change_state:\n" + "\n".join(found)

@@ -281,28 +281,3 @@ def test_stop_does_not_wait_behind_a_batch_of_slow_closes(home: Home, running) -
     rows = json.loads(omb(home, "deliveries", "list", "--subscriber", "1", "--json").stdout)
     assert sum(r["status"] == "done" for r in rows) == len(done) < 40
     assert all(r["attempts"] == 0 for r in rows if r["status"] == "open")
-
-
-def test_a_failing_chore_neither_stops_the_others_nor_floods_the_log(home: Home, monkeypatch: pytest.MonkeyPatch,
-                                                                      caplog: pytest.LogCaptureFixture) -> None:
-    # The checkpoint runs every second: on a full disk it must not keep pruning from running,
-    # nor log a line a second.
-    import sqlite3
-
-    from bridge import retention, store
-    from bridge.supervisor import Supervisor
-
-    def full(conn: sqlite3.Connection) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    pruned = []
-    real_prune = retention.prune
-    monkeypatch.setattr(store, "checkpoint", full)
-    monkeypatch.setattr(retention, "prune", lambda conn, seconds: pruned.append(seconds) or real_prune(conn, seconds))
-    sup = Supervisor(home, retention=3600, log_to_stderr=False)
-    for _ in range(3):
-        assert sup._chore_running.acquire(blocking=False)  # (as _chores_due does)
-        sup._run_chores(["checkpoint", "prune"])
-    assert pruned == [3600, 3600, 3600]
-    failures = [r.getMessage() for r in caplog.records if "periodic" in r.getMessage()]
-    assert failures == ["periodic checkpoint failed: database or disk is full"]

@@ -275,8 +275,10 @@ def send(ctx: click.Context, topic_name: str, key: str, force: bool) -> None:
 
     Example: `ombridge send task/change '{"APPC": "KE1", "TASK": "T0123"}'`
     """
+    from ..sending import send as send_event
+
     root = home_of(ctx).root
-    code = print_send(events.send(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))
+    code = print_send(send_event(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))
     if code:
         sys.exit(code)
 

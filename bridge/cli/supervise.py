@@ -10,8 +10,8 @@ from typing import Any
 
 import rich_click as click
 
-from .. import backsync, control, launcher, supervisor
-from ..errors import BridgeError, NotRunning, UsageError
+from .. import backsync, control, launcher
+from ..errors import AlreadyRunning, BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, ListenerState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json, stdin_ids
@@ -66,6 +66,8 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
         raise UsageError(f"--metrics-textfile {textfile}: the folder {os.path.dirname(textfile)} does not exist")
     listen_config = web_config.resolve(home, listen, tls_cert, tls_key, max_body)  # refused here, before spawning
     if foreground:
+        from .. import supervisor  # the daemon, loaded only by the process that runs it
+
         sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
                                     retention=keep or None, metrics_textfile=textfile,
                                     metrics_interval=metrics_interval, listen=listen_config, perl=perl)
@@ -78,7 +80,7 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
                *listen_options, *(["--perl", perl] if perl else [])]
     try:
         status = launcher.spawn(home, options)
-    except supervisor.AlreadyRunning as exc:
+    except AlreadyRunning as exc:
         click.echo(f"ombridge: {exc}", err=True)
         return
     _report_started(status)
@@ -185,7 +187,7 @@ def _print_status(s: dict) -> None:
 
 
 @main.command()
-@click.argument("what", type=click.Choice(supervisor.RESTARTABLE), default="ombacksync", required=False)
+@click.argument("what", type=click.Choice(control.RESTARTABLE), default="ombacksync", required=False)
 @click.pass_context
 def restart(ctx: click.Context, what: str) -> None:
     """Restart ombacksync (the connector's `ovc -restart ombacksync`), the Event Manager, or all.

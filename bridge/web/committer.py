@@ -192,7 +192,9 @@ class GroupCommitter:
         return False
 
     def _send(self, conn: Any, items: list[tuple[str, Any]], force: bool) -> list[events.SendResult]:
-        results = events.send_many(conn, items, force, environ={}, cwd=str(self.home.root))
+        from ..sending import send_many  # stores, then makes the synchronized calls
+
+        results = send_many(conn, items, force, environ={}, cwd=str(self.home.root))
         self.commits += 1
         self.events += len(items)
         return results
