@@ -30,7 +30,8 @@
 # every call it checks that they are still the same pipes. A call that closed or replaced them
 # fails with "ERR OMBackSync closed or replaced the ombridge host's protocol descriptors ..."
 # when the reply descriptor survived; either way the host then exits with status 4 (it can no
-# longer read requests) and the bridge starts a new one.
+# longer read requests) and the bridge starts a new one. The same check after loading the
+# script gives "FATAL the script, while it loaded, closed or replaced ...", or the exit alone.
 #
 # Whatever the script prints (STDOUT) or warns (STDERR) goes to the bridge's log; the script's
 # STDIN is /dev/null. When its STDIN closes the host stops like a plain perl being stopped: the
@@ -96,15 +97,17 @@ sub channel_intact {
 }
 
 sub channel_broken {
-    # The call that just ran closed (or replaced) the host's own descriptors: the host can no
-    # longer read requests, and must not write replies into whatever file took their numbers.
-    # The call fails with this sentence when the reply descriptor survived; otherwise the
-    # host's exit status (BROKEN) is the bridge's only news, and the sentence is in the log.
-    # Either way the call counts as attempted: the bridge does not run it again as unrun.
-    my $what = sprintf('OMBackSync closed or replaced the ombridge host\'s protocol descriptors (%d and %d);'
-                       . ' the host restarts', fileno($IN), fileno($OUT));
+    # The call that just ran (or the script's top level, with $token FATAL) closed or replaced
+    # the host's own descriptors: the host can no longer read requests, and must not write
+    # replies into whatever file took their numbers. The call fails with this sentence when the
+    # reply descriptor survived; otherwise the host's exit status (BROKEN) is the bridge's only
+    # news, and the sentence is in the log. Either way the call counts as attempted: the bridge
+    # does not run it again as unrun.
+    my ($who, $token) = @_;
+    my $what = sprintf('%s closed or replaced the ombridge host\'s protocol descriptors (%d and %d);'
+                       . ' the host restarts', $who, fileno($IN), fileno($OUT));
     print STDERR "ombridge host: $what\n";
-    syswrite($OUT, 'ERR ' . escape($what) . "\n") if identity($OUT) eq $CHANNEL[1];
+    syswrite($OUT, "$token " . escape($what) . "\n") if identity($OUT) eq $CHANNEL[1];
     CORE::exit(BROKEN);
 }
 
@@ -211,7 +214,7 @@ sub call {
     }
     my $err = $@;
     leave_child($ok, $err) if $$ != $PID;
-    channel_broken() unless channel_intact();
+    channel_broken('OMBackSync', 'ERR') unless channel_intact();
     return 'OK' if $ok;
     return 'ERR ' . escape(message_of($err));
 }
@@ -289,6 +292,7 @@ sub main {
     @ARGV = ();
     push @INC, length $dir ? $dir : '/';
     my $failure = load_script($script);
+    channel_broken('the script, while it loaded,', 'FATAL') unless channel_intact();
     if (defined $failure) {
         reply('FATAL ' . escape($failure));
         CORE::exit(2);

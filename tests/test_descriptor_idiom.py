@@ -70,3 +70,11 @@ def test_a_script_that_closes_every_descriptor_fails_each_id_once_with_a_reason(
     assert closed(home) == Counter(IDS[:4])  # the channel's end is no reason to run a Close again
     log = "".join(p.read_text() for p in home.root.joinpath("log").glob("*.log*"))
     assert "OMBackSync closed or replaced the ombridge host's protocol descriptors" in log
+
+
+def test_a_script_that_closes_every_descriptor_while_it_loads_fails_to_start(home: Home) -> None:
+    home.script.write_text("use POSIX ();\nPOSIX::close($_) for 3 .. POSIX::sysconf(POSIX::_SC_OPEN_MAX());\n"
+                           "sub OMBackSync { 1 }\n1;\n")
+    r = omb(home, "try", "T-1", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "the script, while it loaded, closed or replaced the ombridge host's protocol descriptors" in r.stderr
