@@ -2,7 +2,11 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Two install steps: `make run` installs what running the bridge needs, `make test` adds the test
+# extras (pytest, Playwright and the rest) on top. Each stamp is redone when pyproject.toml changes.
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat
 # Test processes: most of a test waits for perl, the supervisor or a browser, so 4 fit 2 cores
 # (make test: 2m54s with 4, 5m58s with 1; 3m44s with 4 beside a busy loop taking one core).
 TEST_WORKERS ?= 4
@@ -10,9 +14,13 @@ TEST_WORKERS ?= 4
 .PHONY: run test soak chaos bench check clean bytecode chromium
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PIP) -e '.[test]'
+	touch $(TEST_STAMP)
 
 # Bytecode is compiled here because PYTHONDONTWRITEBYTECODE may be set (it is on CI): without
 # .pyc files every `ombridge send` would compile the package from source.
@@ -30,16 +38,16 @@ chromium:
 		$$as apt-get update && $$as env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
-test: bytecode chromium
+test: bytecode $(TEST_STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 ## the long runs: slow tests (chaos and load soaks), then RSS over 1,000,000 closes
-soak: bytecode
+soak: bytecode $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -m slow
 	$(BIN)/python bench/soak_rss.py
 
 ## the full chaos suite: 20 trials x 10,000 events, SIGKILLs at random instants
-chaos: bytecode
+chaos: bytecode $(TEST_STAMP)
 	$(BIN)/python tests/chaos.py --trials 20 --events 10000
 
 bench: bytecode

@@ -15,7 +15,11 @@ it when uninstalled. ombridge keeps them in one managed region at the end of the
     # <<< ombridge integrations
 
 Each integration lives in a package of its own, so its ``sub OMBackSync``, helpers, lexicals and
-``our`` globals do not clash. No ``#line`` directive is written: ``__FILE__``,
+``our`` globals do not clash. What the integration calls package ``main`` is that package: a
+``package main;`` statement in it (a script that defines its own exception classes, then returns to
+``main``) is written as ``package OMBridge::Integration::<name>;``. The dispatcher checks at
+compile time (so ``perl -c`` refuses the merge) that every integration's ``OMBackSync`` is where
+it calls it. No ``#line`` directive is written: ``__FILE__``,
 ``dirname(__FILE__)``, ``$0`` and line numbers are those of the merged file, so an integration
 finds the files installed beside the script. A POD section left open (before the region, or at
 the end of an integration) is closed by :data:`POD_CLOSER`, a line that belongs to the region.
@@ -54,12 +58,22 @@ _HEAD = re.compile(r"# --- integration (?P<name>\S+) \((?P<info>[^\n]*)\)\Z")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _DEFINES = re.compile(r"^\s*sub\s+OMBackSync\b", re.M)
 _USES_DATA = re.compile(r"\bDATA\b")
+# `package main;` (or `package main { ... }`) as a statement of its own line: a script that
+# defines its exception classes first returns to main this way, and main is its own package.
+_PACKAGE_MAIN = re.compile(r"^(\s*package\s+)main(?=\s*[;{])", re.M)
 _LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
 DISPATCHER = r"""# --- dispatcher: OMBackSync calls the script's own OMBackSync (if any), then each integration's
 {
     no warnings 'redefine';
     no strict 'refs';
+    BEGIN {    # never a merge that cannot start: perl -c refuses it before it is written
+        for (@NAMES@) {
+            die "integration $_->[0] does not define OMBackSync in its own package once merged (it is in"
+                . " another package: give it a `package main;` before its `sub OMBackSync`)\n"
+                unless defined &{"OMBridge::Integration::$_->[1]::OMBackSync"};
+        }
+    }
     my $own = defined &main::OMBackSync ? \&main::OMBackSync : undef;
     my @parts = (($own ? ['OMBackSync.pl', $own] : ()),
                  map { ["integration $_->[0]", \&{"OMBridge::Integration::$_->[1]::OMBackSync"}] } (@NAMES@));
@@ -244,6 +258,8 @@ def add(home: Home, name: str, source: Path) -> bool:
     code, after = "".join(lines[:cut]), "".join(lines[cut + 1:])
     if not _DEFINES.search(code):
         raise UsageError(f"{source} does not define sub OMBackSync")
+    # Merged, the integration's main is its own package: its `package main;` returns there.
+    code = _PACKAGE_MAIN.sub(lambda m: m[1] + package_of(name), code)
     if after.strip() and _USES_DATA.search(code):
         # Only the main script's __DATA__ is readable: merged, it would read another section.
         raise UsageError(f"{source} reads its own __DATA__ section, which cannot be merged")

@@ -24,6 +24,15 @@
 #   as %XX (two hex digits). Nothing else is escaped, so UTF-8 and any other byte passes as is;
 #   the ID handed to OMBackSync is the byte string the bridge was given.
 #
+# Descriptors: at start-up the host moves both ends of the protocol (its STDIN and REPLY_FD)
+# to close-on-exec descriptors far above the ranges scripts close before they run a program
+# (4094 and 4095 when the descriptor limit allows, else 1022/1023, else 254/255), and after
+# every call it checks that they are still the same pipes. A call that closed or replaced them
+# fails with "ERR OMBackSync closed or replaced the ombridge host's protocol descriptors ..."
+# when the reply descriptor survived; either way the host then exits with status 4 (it can no
+# longer read requests) and the bridge starts a new one. The same check after loading the
+# script gives "FATAL the script, while it loaded, closed or replaced ...", or the exit alone.
+#
 # Whatever the script prints (STDOUT) or warns (STDERR) goes to the bridge's log; the script's
 # STDIN is /dev/null. When its STDIN closes the host stops like a plain perl being stopped: the
 # script's $SIG{TERM} handler runs (if it set one), then its END blocks. It also exits when its
@@ -55,8 +64,52 @@ package OMBridge::Host;
 
 sub EINTR ()  { 4 }     # Linux values: %! would load Errno, `use constant` constant.pm
 sub EAGAIN () { 11 }
+sub F_DUPFD_CLOEXEC () { 1030 }    # Fcntl would be a module
+sub BROKEN () { 4 }     # exit status: the script closed or replaced a protocol descriptor
 
-our ($IN, $OUT, $PARENT);
+our ($IN, $OUT, $PARENT, @CHANNEL);
+
+sub high_copy {
+    # A close-on-exec duplicate of $fh on the highest descriptor the limit allows among a few
+    # (4094 and up, else 1022, else 254): idioms close 3 .. 63, 3 .. 255 or 3 .. 1023.
+    # (Below a limit of 255 descriptors, any free one.)
+    my ($fh, $mode) = @_;
+    for my $lowest (4094, 1022, 254, 3) {
+        my $fd = fcntl($fh, F_DUPFD_CLOEXEC, $lowest);    # EINVAL when the limit is lower
+        next unless defined $fd;
+        open(my $copy, "$mode&=", $fd + 0) or return undef;
+        return $copy;
+    }
+    return undef;
+}
+
+sub identity {
+    # What a descriptor is (device and inode of its pipe): a script that closed ours and then
+    # opened a file of its own would otherwise get our replies on the same number.
+    my ($fh) = @_;
+    my @st = stat $fh;
+    return @st ? "$st[0]:$st[1]" : '';
+}
+
+sub channel_intact {
+    my @now = (identity($IN), identity($OUT));
+    return $now[0] eq $CHANNEL[0] && $now[1] eq $CHANNEL[1] && $now[0] ne '';
+}
+
+sub channel_broken {
+    # The call that just ran (or the script's top level, with $token FATAL) closed or replaced
+    # the host's own descriptors: the host can no longer read requests, and must not write
+    # replies into whatever file took their numbers. The call fails with this sentence when the
+    # reply descriptor survived; otherwise the host's exit status (BROKEN) is the bridge's only
+    # news, and the sentence is in the log. Either way the call counts as attempted: the bridge
+    # does not run it again as unrun.
+    my ($who, $token) = @_;
+    my $what = sprintf('%s closed or replaced the ombridge host\'s protocol descriptors (%d and %d);'
+                       . ' the host restarts', $who, fileno($IN), fileno($OUT));
+    print STDERR "ombridge host: $what\n";
+    syswrite($OUT, "$token " . escape($what) . "\n") if identity($OUT) eq $CHANNEL[1];
+    CORE::exit(BROKEN);
+}
 
 sub forked {
     # A child of the script has no business with the protocol: drop its copies at once, so that
@@ -161,6 +214,7 @@ sub call {
     }
     my $err = $@;
     leave_child($ok, $err) if $$ != $PID;
+    channel_broken('OMBackSync', 'ERR') unless channel_intact();
     return 'OK' if $ok;
     return 'ERR ' . escape(message_of($err));
 }
@@ -217,14 +271,17 @@ sub main {
     die "usage: $0 REPLY_FD SCRIPT\n"
         unless defined $script && defined $fd && $fd =~ /\A(\d+)\z/ && $script =~ m{\A(/.*)\z}s;
     ($fd, $script) = ($fd =~ /\A(\d+)\z/, $script =~ /\A(.*)\z/s);    # ours, not outside input (-T)
-    # Private, close-on-exec copies of the protocol descriptors: programs the script starts
-    # inherit neither, and the script's own STDIN reads nothing.
-    open($OUT, '>&', $fd) or die "cannot open reply descriptor $fd: $!\n";
-    if (open(my $inherited, '>&=', $fd)) { close $inherited }    # the original, not close-on-exec
-    open($IN, '<&', \*STDIN) or die "cannot duplicate STDIN: $!\n";
+    # Private, close-on-exec copies of the protocol descriptors, far above the descriptors a
+    # script closes before it runs a program (POSIX::close($_) for 3 .. 63): programs the
+    # script starts inherit neither, and the script's own STDIN reads nothing.
+    open(my $reply, '>&=', $fd) or die "cannot open reply descriptor $fd: $!\n";
+    $OUT = high_copy($reply, '>') or die "cannot move reply descriptor $fd: $!\n";
+    close $reply;    # the original, not close-on-exec
+    $IN = high_copy(\*STDIN, '<') or die "cannot move STDIN: $!\n";
     open(STDIN, '<', '/dev/null') or die "cannot reopen STDIN: $!\n";
     binmode $IN;
     binmode $OUT;
+    @CHANNEL = (identity($IN), identity($OUT));
     select((select(STDERR), $| = 1)[0]);
     $| = 1;    # STDOUT
     $PARENT = getppid();
@@ -235,6 +292,7 @@ sub main {
     @ARGV = ();
     push @INC, length $dir ? $dir : '/';
     my $failure = load_script($script);
+    channel_broken('the script, while it loaded,', 'FATAL') unless channel_intact();
     if (defined $failure) {
         reply('FATAL ' . escape($failure));
         CORE::exit(2);

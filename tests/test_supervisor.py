@@ -17,7 +17,7 @@ from bridge.home import Home
 from conftest import OMBRIDGE
 from conftest import run_ombridge as omb
 from conftest import status
-from conftest import EXAMPLE, FIXTURES, alive, wait_for
+from conftest import EXAMPLE, FIXTURES, alive, stop_quietly, wait_for
 
 
 
@@ -41,11 +41,7 @@ def running(home: Home) -> Iterator[Callable[[], dict]]:
         return st
 
     yield start
-    if omb(home, "status", check=False).returncode != 3:
-        omb(home, "stop", check=False)
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    stop_quietly(home, pids)  # (tests/conftest.py also kills and reports whatever is left after it)
 
 
 def install(home: Home, fixture: str) -> None:

@@ -31,15 +31,21 @@ def topic() -> None:
 
 @topic.command("add")
 @click.argument("name")
-@click.option("--key", "keys", multiple=True, metavar="FIELD", help="A key field (repeat for each); becomes &FIELD.")
+@click.argument("more_keys", nargs=-1, metavar="[FIELD]...")
+@click.option("--key", "keys", multiple=True, metavar="FIELD",
+              help="A key field; becomes &FIELD. More may follow it (--key A B) or repeat it (--key A --key B).")
 @click.option("--description", default="", help="What the topic means.")
 @click.pass_context
-def topic_add(ctx: click.Context, name: str, keys: tuple[str, ...], description: str) -> None:
-    """Define a topic and the fields its key must carry.
+def topic_add(ctx: click.Context, name: str, more_keys: tuple[str, ...], keys: tuple[str, ...],
+              description: str) -> None:
+    """Define a topic and the fields its key must carry (`--key FIELD...`).
 
-    Example: `ombridge topic add task/change --key APPC --key TASK --description "a task was changed"`
+    Example: `ombridge topic add task/change --key APPC TASK --description "a task was changed"`
+    (the same as `--key APPC --key TASK`)
     """
-    catalog.add_topic(core(ctx), name, list(keys), description)
+    if more_keys and not keys:  # a bare word after NAME is a typo more likely than a key field
+        raise UsageError(f"unexpected {more_keys[0]!r}: key fields follow --key (--key {' '.join(more_keys)})")
+    catalog.add_topic(core(ctx), name, [*keys, *more_keys], description)
     click.echo(f"topic {name} defined")
 
 

@@ -6,7 +6,6 @@ never from the command line, where any user of the machine could read them in th
 
 from __future__ import annotations
 
-
 import rich_click as click
 
 from ..errors import UsageError
@@ -30,8 +29,17 @@ def user_add(ctx: click.Context, name: str) -> None:
     from ..web.users import add_user, check_name
 
     check_name(name)
-    add_user(core(ctx), name, read_secret("Password", confirm=True))
+    conn = core(ctx)
+    if _exists(conn, name):  # said before a password is typed for nothing (add_user checks again)
+        raise UsageError(f"user {name} exists (change the password with: ombridge user passwd {name})")
+    add_user(conn, name, read_secret("Password", confirm=True))
     click.echo(f"user {name} added")
+
+
+def _exists(conn: object, name: str) -> bool:
+    from ..web.users import list_users
+
+    return any(u["name"] == name for u in list_users(conn))  # type: ignore[arg-type]
 
 
 @user.command("passwd")
@@ -42,9 +50,13 @@ def user_passwd(ctx: click.Context, name: str) -> None:
 
     Example: `ombridge user passwd omi`
     """
+    from ..errors import NotFound
     from ..web.users import set_password
 
-    set_password(core(ctx), name, read_secret("Password", confirm=True))
+    conn = core(ctx)
+    if not _exists(conn, name):  # said before a password is typed for nothing
+        raise NotFound(f"no user {name}")
+    set_password(conn, name, read_secret("Password", confirm=True))
     click.echo(f"password of {name} changed")
 
 

@@ -16,8 +16,14 @@
 # module of its own (Data::Dumper only to write a die with a reference, as the host does).
 my ($outcomes, $script, @ids) = map { /\A(.*)\z/s; $1 } @ARGV;    # ours, not outside input (-T)
 my $DRIVER = $$;
-open(my $record, '>>', $outcomes) or die "cannot write $outcomes: $!\n";
-select((select($record), $| = 1)[0]);
+
+sub record {
+    # Opened for each line: a script may close every descriptor it inherited (3 .. 63, say),
+    # and the embedding's own file must not be one of them.
+    open(my $record, '>>', $outcomes) or die "cannot write $outcomes: $!\n";
+    print {$record} @_;
+    close $record;
+}
 (my $dir = $script) =~ s{/[^/]*\z}{};
 $0    = $script;
 @ARGV = ();
@@ -48,7 +54,7 @@ my $loaded = eval { package main; do $script; die $@ if $@; 1 };
 my $err = $@;
 back_in_child($loaded, $err) if $$ != $DRIVER;
 if (!$loaded) {
-    print {$record} "Load ERR ", text_of($err), "\n";
+    record("Load ERR ", text_of($err), "\n");
     exit 2;
 }
 for my $call (['Init'], map { ['Close', $_] } @ids) {
@@ -56,7 +62,7 @@ for my $call (['Init'], map { ['Close', $_] } @ids) {
     my $err = $@;
     back_in_child($ok, $err) if $$ != $DRIVER;
     my $what = $call->[0] eq 'Init' ? 'Init' : 'Close ' . unpack('H*', $call->[1]);
-    print {$record} $what, ($ok ? " OK" : " ERR " . text_of($err)), "\n";
+    record($what, ($ok ? " OK" : " ERR " . text_of($err)), "\n");
     last if !$ok && $call->[0] eq 'Init';
 }
 # Then it is stopped as a service is stopped: SIGTERM (a handler the script installed runs;
