@@ -93,9 +93,9 @@ def test_forwarded_events_single_and_bulk(home: Home, listening) -> None:
     assert answered == [(f"bulk-{n}", str(100 + n)) for n in range(5)]
     keys = events_of(home, "omi/event")
     assert keys[0] == {"ID": "6f1c-0001", "TITLE": "CPU high", "SEVERITY": "major", "STATE": "open",
-                       "CATEGORY": "System", "NODE": "web01"}
+                       "CATEGORY": "System", "NODE": "web01", "OMI_ID": "6f1c-0001"}
     assert [k["ID"] for k in keys[1:]] == [f"bulk-{n}" for n in range(5)]
-    assert keys[1] == {"ID": "bulk-0", "TITLE": "T0"}  # the sequence number belongs to the request only
+    assert keys[1] == {"ID": "bulk-0", "OMI_ID": "bulk-0", "TITLE": "T0"}  # the sequence number belongs to the request only
 
 
 def test_ping_health_and_metrics(home: Home, listening) -> None:

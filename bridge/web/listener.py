@@ -28,7 +28,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .. import store
+from .. import omisync, store
 from ..model import ListenerState
 from ..errors import BridgeError
 from ..home import Home
@@ -136,7 +136,8 @@ class Listener:
         self.committer = GroupCommitter(home, wake)
         self._users_conn = None
         self.authenticator = Authenticator(self._load_users)
-        self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status)
+        self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status,
+                              omisync.load_config(home).external_id, config.tls)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
