@@ -52,6 +52,9 @@ log = logging.getLogger("ombridge.web")
 
 XML_TYPE = "application/xml; charset=utf-8"
 BODY_TIMEOUT = 60.0  # seconds a request body may take to arrive
+DISCARD_LIMIT = 16 << 20  # bytes of a too-large body read and dropped before the 413 (larger: no wait)
+DISCARD_TIMEOUT = 10.0  # seconds spent dropping it at most
+HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
 @dataclass
@@ -140,6 +143,8 @@ async def _read_body(request: Any, limit: int) -> bytes:
         if not length.strip().isdigit():
             raise Refused(400, "bad Content-Length", {"Connection": "close"})
         if int(length) > limit:
+            if int(length) <= DISCARD_LIMIT:
+                await _discard(request, DISCARD_LIMIT)
             raise too_large
     body = bytearray()
     while True:  # (request.stream() without its async generator: this is on every request's path)
@@ -148,9 +153,26 @@ async def _read_body(request: Any, limit: int) -> bytes:
             raise ClientDisconnect()
         body += message.get("body", b"")
         if len(body) > limit:
+            if message.get("more_body", False):
+                await _discard(request, DISCARD_LIMIT - len(body))
             raise too_large
         if not message.get("more_body", False):
             return bytes(body)
+
+
+async def _discard(request: Any, budget: int) -> None:
+    """Read and drop the rest of a body refused as too large (at most ``budget`` bytes, for at most
+    :data:`DISCARD_TIMEOUT` seconds): a client that sends its whole body before reading the answer
+    then reads the 413, instead of a connection reset by unread data."""
+    try:
+        async with asyncio.timeout(DISCARD_TIMEOUT):
+            while budget > 0:
+                message = await request.receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+                budget -= len(message.get("body", b""))
+    except TimeoutError:
+        return
 
 
 def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> Any:
@@ -303,7 +325,7 @@ class OmiRoutes:
 
 
 class CountingMiddleware:
-    """Counts requests served, by status (``status`` and ``/metrics`` show them)."""
+    """Counts requests served, by status (``status`` and ``/metrics`` show them); adds HSTS under TLS."""
 
     def __init__(self, app: Any, ctx: WebContext) -> None:
         self.app = app
@@ -314,9 +336,12 @@ class CountingMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = self.ctx
+        tls = ctx.tls
 
         async def counting_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                if tls:  # HTTPS only from now on, for a year (the listener never speaks plain HTTP with TLS)
+                    message["headers"] = [*message.get("headers", ()), HSTS]
                 ctx.requests += 1
                 ctx.by_status[message["status"]] = ctx.by_status.get(message["status"], 0) + 1
             await send(message)
