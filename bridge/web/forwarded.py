@@ -30,14 +30,15 @@ def send(conn: Any, items: Items, send_many: Callable[[Items], list[SendResult]]
     """Store ``items`` through ``send_many``, forwarded events once, echoed closes disarmed."""
     _disarm_echoes(conn, items)
     omi_ids = [key.get("OMI_ID") for topic, key in items if topic == OMI_EVENT_TOPIC]
-    if not omi_ids:
+    if not any(omi_ids):
         return send_many(items)
-    known = omimap.known(conn, [i for i in omi_ids if i])
+    known = omimap.known(conn, [str(i) for i in omi_ids if i])
     first: dict[str, int] = {}  # OMi id -> index of the item that stores it in this batch
     fresh: Items = []
     plan: list[int | tuple[str, int | None]] = []  # per item: index in fresh, or (external id, event id) known
     for topic, key in items:
         omi_id = key.get("OMI_ID") if topic == OMI_EVENT_TOPIC else None
+        omi_id = str(omi_id) if omi_id else None
         if omi_id in known:
             plan.append(known[omi_id])
         elif omi_id is not None and omi_id in first:
@@ -48,8 +49,10 @@ def send(conn: Any, items: Items, send_many: Callable[[Items], list[SendResult]]
             plan.append(len(fresh))
             fresh.append((topic, key))
     results = send_many(fresh) if fresh else []
-    omimap.remember(conn, [(key["OMI_ID"], key["ID"], results[n].event_id)
-                           for n, (topic, key) in enumerate(fresh) if topic == OMI_EVENT_TOPIC])
+    omimap.remember(conn, [(str(key["OMI_ID"]), str(key["ID"]), results[n].event_id)
+                           for n, (topic, key) in enumerate(fresh)
+                           if topic == OMI_EVENT_TOPIC and key.get("OMI_ID") and key.get("ID")
+                           and results[n].event_id is not None])
     return [_result(step, key, fresh, results) for step, (_, key) in zip(plan, items)]
 
 
@@ -66,10 +69,11 @@ def _result(step: int | tuple[str, int | None], key: dict[str, Any], fresh: Item
 
 
 def _disarm_echoes(conn: Any, items: Items) -> None:
-    closes = [key for topic, key in items if topic == UPDATE_TOPIC and key.get("STATE") == "closed"]
+    closes = [key for topic, key in items
+              if topic == UPDATE_TOPIC and key.get("STATE") == "closed" and isinstance(key.get("ID"), str)]
     if not closes:
         return
-    echoed = omimap.echoes(conn, [str(key["ID"]) for key in closes])
+    echoed = omimap.echoes(conn, [key["ID"] for key in closes])
     for key in closes:
         if key["ID"] in echoed:
             key["STATE"] = ""
