@@ -206,7 +206,9 @@ def test_the_gateway_down_then_up_loses_nothing(home: Home, listening, gateway: 
                                                                          "STATE": "closed"}})
     wait_for(lambda: any(a[2] and "cannot be reached" in a[2] for a in attempts_of(home, "omi/change")),
              what="an attempt against the gateway that is down")
+    omb(home, "stop")  # nothing is lost across a restart either
     gateway.start()
+    listening()
     got = _received(gateway)
     assert got[0]["path"] == SYNC + "event_change/omi-11"
     wait_for(lambda: rows(home, "SELECT se.status FROM subscriber_events se JOIN events e ON e.id = se.event_id "

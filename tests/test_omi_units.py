@@ -63,3 +63,24 @@ def test_the_external_id_candidates() -> None:
                                  (("title",), "t"), (("nothing", "id"), "omi"), (("nothing",), "omi")):
         (f,), _ = omi.events(root, candidates)
         assert (f.key["ID"], f.key["OMI_ID"], f.omi_id) == (expected, "omi", "omi")
+
+
+def test_omi_test_says_what_is_missing_or_unreachable(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = _conf(tmp_path, f'[omi]\ngateway = "http://127.0.0.1:{port}"\n')
+    with pytest.raises(UsageError, match=r"\[omi\] user is not set"):
+        omisync.test_gateway(home)
+    home = _conf(tmp_path, f'[omi]\ngateway = "http://127.0.0.1:{port}"\nuser = "me"\n')
+    with pytest.raises(UsageError, match="no OMi password is stored: run `ombridge omi password`"):
+        omisync.test_gateway(home)
+    omisync.set_password(home, "secret-one")
+    assert oct((tmp_path / "conf" / "omi-password").stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(UsageError, match="cannot be reached") as raised:
+        omisync.test_gateway(home, timeout=5)
+    assert "secret-one" not in str(raised.value)
+    with pytest.raises(UsageError, match="one non-empty line"):
+        omisync.set_password(home, "two\nlines")
