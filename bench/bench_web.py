@@ -33,12 +33,15 @@ from urllib.parse import quote
 
 from common import bench_home, table
 
-from bridge import backsync, control, launcher, store
+from bridge import backsync, control, events, launcher, omimap, omisync, omitopic, store
+from bridge.doorbell import ring
 from bridge.web import users
 from bridge.web.config import ListenConfig
 from bridge.web.listener import Listener
 
 CLIENTS = 16
+SYNC_EVENTS = 2000  # omi/change events delivered to the stand-in gateway
+SYNC_CLOSES = 200  # `omi close` one after the other, for the latency to the gateway
 NOOP_PER_CLIENT = 1500
 CLOSES_PER_CLIENT = 1000
 USER, PASSWORD = "bench", "bench-password-1"
@@ -197,10 +200,80 @@ def ceiling() -> tuple[float, float]:
             listener.stop()
 
 
+class _Gateway:
+    """A no-op stand-in for OMi's gateway on 127.0.0.1: 200 to every POST, receipt times kept."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = {}  # OMi id -> when it arrived
+        self.arrived = threading.Condition()
+        arrived = self.arrived
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                with arrived:
+                    received[self.path.rsplit("/", 1)[1]] = time.time()
+                    arrived.notify_all()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, ids: set[str], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while not ids <= self.received.keys():
+                if not self.arrived.wait(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"{len(ids - self.received.keys())} changes never reached the gateway")
+
+
+def sync_back() -> dict[str, float]:
+    """omi/change events delivered per second to a no-op gateway, and `omi close` -> receipt latency."""
+    gateway = _Gateway()
+    with bench_home() as home:
+        (home.root / "conf" / "ombridge.conf").write_text(f'[omi]\ngateway = "{gateway.url}"\nuser = "bench"\n')
+        omisync.set_password(home, PASSWORD)
+        conn = store.connect(home)
+        omitopic.ensure_subscriber(conn)
+        omimap.remember(conn, [(f"omi-close-{n}", f"INC-{n}", None) for n in range(SYNC_CLOSES)])
+        launcher.spawn(home, [])
+        try:
+            burst = [(omitopic.CHANGE_TOPIC, {"ID": f"X-{n}", "OMI_ID": f"omi-burst-{n}", "STATE": "closed"})
+                     for n in range(SYNC_EVENTS)]
+            start = time.perf_counter()
+            events.send_many(conn, burst, on_stored=lambda: ring(home.root))
+            gateway.wait({f"omi-burst-{n}" for n in range(SYNC_EVENTS)})
+            rate = SYNC_EVENTS / (time.perf_counter() - start)
+            latencies = []
+            for n in range(SYNC_CLOSES):
+                sent = time.time()
+                omitopic.send_close(home, f"INC-{n}", on_stored=lambda: ring(home.root))
+                gateway.wait({f"omi-close-{n}"})
+                latencies.append(gateway.received[f"omi-close-{n}"] - sent)
+        finally:
+            launcher.stop(home)
+            conn.close()
+            gateway.server.shutdown()
+    return {"rate": rate, "p50": _pct(latencies, 0.5), "p99": _pct(latencies, 0.99)}
+
+
 def run() -> str:
     """The table for `make bench`."""
     m = measure()
     bare_noop, bare_close = ceiling()
+    back = sync_back()
     ratio = m["close_rate"] / m["noop_rate"]
     rows = [
         [f"no-op authenticated `GET /omi`, {CLIENTS} keep-alive clients", f"{m['noop_rate']:,.0f} requests/s",
@@ -218,6 +291,12 @@ def run() -> str:
          "1.00"],
         ["ceiling: `event_change` parsed and answered, nothing stored or delivered", f"{bare_close:,.0f} closes/s",
          "", f"{bare_close / bare_noop:.2f}"],
+        ["**durable closes ÷ the parse-only ceiling** (issue 23 goal >= 0.5)", "", "",
+         f"**{m['close_rate'] / bare_close:.2f}**"],
+        [f"sync back: `omi/change` delivered to a no-op gateway on 127.0.0.1 ({SYNC_EVENTS:,} at once)",
+         f"{back['rate']:,.0f} changes/s", "", ""],
+        [f"sync back: `omi close` (library call) -> the gateway's receipt, {SYNC_CLOSES} one after the other", "",
+         f"p50 {back['p50']:.2f} ms, p99 {back['p99']:.2f} ms", ""],
     ]
     return table("HTTP listener: OMi event_change closes", ["what", "rate", "latency", "closes ÷ no-op"], rows)
 

@@ -212,12 +212,16 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None,
             headers: Mapping[str, str] | None = None) -> Attempt:
-    """Run one subscriber action of kind ``action`` (command, program or web) for ``event``."""
+    """Run one subscriber action of kind ``action`` (command, program, web or omi) for ``event``."""
     if action == ActionKind.COMMAND:
         return run_command(target, event, timeout, cwd)
     if action == ActionKind.PROGRAM:
         return run_program(target, event, timeout, cwd)
     if action == ActionKind.WEB:
         return run_web(target, event, timeout, headers)
+    if action == ActionKind.OMI:
+        from .omisync import deliver
+
+        return deliver(event, timeout, cwd)
     now = time.time()
     return Attempt(False, now, now, error=f"action {action!r} is run by the supervisor, not here")

@@ -35,6 +35,7 @@ class ActionKind(str, Enum):
     PROGRAM = "program"  # an event program: argv = [program, topic, key JSON], no shell
     WEB = "web"  # HTTP POST of the event as JSON
     BACKSYNC = "backsync"  # the built-in: OMBackSync('Close', &ID) in the persistent perl child
+    OMI = "omi"  # the built-in sync back: omi/change -> event_change to OMi's gateway (bridge/omisync.py)
 
 
 class Lane(str, Enum):

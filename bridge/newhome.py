@@ -24,7 +24,7 @@ def create_home(root: str | os.PathLike[str]) -> Home:
     its built-in topics and the backsync subscriber. Raises :class:`UsageError` for a path that
     already is a home, is not a directory or is not empty; nothing is left behind on a failure.
     """
-    from . import backsync, bundled, store
+    from . import backsync, bundled, omitopic, store
 
     if not os.fspath(root):
         raise UsageError("name the directory of the new home, e.g. ombridge init /var/opt/ombridge")
@@ -50,6 +50,7 @@ def create_home(root: str | os.PathLike[str]) -> Home:
         conn = store.connect(home)
         try:
             backsync.ensure_backsync(conn)
+            omitopic.ensure_subscriber(conn)
         finally:
             conn.close()
     except OSError as exc:

@@ -157,7 +157,16 @@ def _v7(db: Any) -> None:
                f"WHERE status = '{failed}'")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(db: Any) -> None:
+    # OMi's event ids behind each external id ombridge answered (docs/omi.md): a re-sent event is
+    # stored once, and a sync back reaches every OMi event of an external id. Not a foreign key of
+    # events: retention prunes old events, the mapping must outlive them.
+    db.execute("CREATE TABLE IF NOT EXISTS omi_events (omi_id TEXT PRIMARY KEY, external_id TEXT NOT NULL, "
+               "event_id INTEGER, received_at REAL NOT NULL, closed_back_at REAL)")
+    db.execute("CREATE INDEX IF NOT EXISTS omi_events_external ON omi_events (external_id)")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -52,6 +52,9 @@ log = logging.getLogger("ombridge.web")
 
 XML_TYPE = "application/xml; charset=utf-8"
 BODY_TIMEOUT = 60.0  # seconds a request body may take to arrive
+DISCARD_LIMIT = 16 << 20  # bytes of a too-large body read and dropped before the 413 (larger: no wait)
+DISCARD_TIMEOUT = 10.0  # seconds spent dropping it at most
+HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
 @dataclass
@@ -64,6 +67,8 @@ class WebContext:
     omi_base: str = "/omi"
     max_body: int = 1 << 20
     status: Callable[[], dict[str, Any]] | None = None
+    external_id: tuple[str, ...] = omi.DEFAULT_EXTERNAL_ID  # [omi] external_id's candidates
+    tls: bool = False  # HSTS on every answer when the listener speaks HTTPS
     requests: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
 
@@ -76,6 +81,17 @@ class Refused(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
+def failure(exc: BaseException) -> Refused | None:
+    """The one mapping of what a handler may raise to an error answer (None: not ours, re-raise)."""
+    if isinstance(exc, Refused):
+        return exc
+    if isinstance(exc, ClientDisconnect):
+        return Refused(400, "the client went away before sending the whole body", {"Connection": "close"})
+    if isinstance(exc, CommitFailed):
+        return Refused(503, str(exc), {"Retry-After": "5"})
+    return None
+
+
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     if request.scope["path"].startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -83,18 +99,15 @@ def _error(request: Request, status: int, message: str, headers: dict[str, str] 
 
 
 def refusing(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Turn :class:`Refused` (and a client that went away) into an error answer."""
+    """Turn what :func:`failure` maps into an error answer."""
 
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
-        except Refused as exc:
-            return _error(request, exc.status, exc.message, exc.headers)
-        except ClientDisconnect:
-            return _error(request, 400, "the client went away before sending the whole body",
-                          {"Connection": "close"})
-        except CommitFailed as exc:
-            return _error(request, 503, str(exc), {"Retry-After": "5"})
+        except (Refused, ClientDisconnect, CommitFailed) as exc:
+            refused = failure(exc)
+            assert refused is not None
+            return _error(request, refused.status, refused.message, refused.headers)
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__
@@ -130,6 +143,8 @@ async def _read_body(request: Any, limit: int) -> bytes:
         if not length.strip().isdigit():
             raise Refused(400, "bad Content-Length", {"Connection": "close"})
         if int(length) > limit:
+            if int(length) <= DISCARD_LIMIT:
+                await _discard(request, DISCARD_LIMIT)
             raise too_large
     body = bytearray()
     while True:  # (request.stream() without its async generator: this is on every request's path)
@@ -138,9 +153,26 @@ async def _read_body(request: Any, limit: int) -> bytes:
             raise ClientDisconnect()
         body += message.get("body", b"")
         if len(body) > limit:
+            if message.get("more_body", False):
+                await _discard(request, DISCARD_LIMIT - len(body))
             raise too_large
         if not message.get("more_body", False):
             return bytes(body)
+
+
+async def _discard(request: Any, budget: int) -> None:
+    """Read and drop the rest of a body refused as too large (at most ``budget`` bytes, for at most
+    :data:`DISCARD_TIMEOUT` seconds): a client that sends its whole body before reading the answer
+    then reads the 413, instead of a connection reset by unread data."""
+    try:
+        async with asyncio.timeout(DISCARD_TIMEOUT):
+            while budget > 0:
+                message = await request.receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+                budget -= len(message.get("body", b""))
+    except TimeoutError:
+        return
 
 
 def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> Any:
@@ -247,20 +279,17 @@ class OmiRoutes:
             await self.fallback(scope, receive, send)
             return
         headers: dict[str, str] = {}
+        media = TEXT_TYPE if handler == self.ping else XML_TYPE  # (bound methods: == compares, `is` never holds)
         if scope["method"] not in allowed:
             status, body, media, headers = 405, b"Method Not Allowed\n", TEXT_TYPE, {"allow": ", ".join(allowed)}
         else:
             try:
-                status, body, media = 200, await handler(_Request(scope, receive)), XML_TYPE
-            except Refused as exc:
-                status, body, media, headers = exc.status, exc.message.encode() + b"\n", TEXT_TYPE, exc.headers
-            except ClientDisconnect:
-                status, body, media = 400, b"the client went away before sending the whole body\n", TEXT_TYPE
-                headers = {"connection": "close"}
-            except CommitFailed as exc:
-                status, body, media, headers = 503, str(exc).encode() + b"\n", TEXT_TYPE, {"retry-after": "5"}
-            if handler is self.ping and status == 200:
-                media = TEXT_TYPE
+                status, body = 200, await handler(_Request(scope, receive))
+            except (Refused, ClientDisconnect, CommitFailed) as exc:
+                refused = failure(exc)
+                assert refused is not None
+                status, body, media = refused.status, refused.message.encode() + b"\n", TEXT_TYPE
+                headers = refused.headers
         raw = [(b"content-type", media.encode()), (b"content-length", str(len(body)).encode()),
                *((k.lower().encode(), v.encode()) for k, v in headers.items())]
         await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -287,7 +316,8 @@ class OmiRoutes:
         require_media(request, "xml")
         root = _parse_xml(await read_body(request, self.ctx.max_body))
         try:
-            forwarded, as_list = omi.events(root)
+            forwarded, as_list = omi.events(root, self.ctx.external_id)
+            # (the committer sets a re-sent event's key ID to the external id answered the first time)
             await self.ctx.committer.commit([(OMI_EVENT_TOPIC, f.key) for f in forwarded], force=True)
         except UsageError as exc:
             raise Refused(400, str(exc)) from exc
@@ -295,7 +325,7 @@ class OmiRoutes:
 
 
 class CountingMiddleware:
-    """Counts requests served, by status (``status`` and ``/metrics`` show them)."""
+    """Counts requests served, by status (``status`` and ``/metrics`` show them); adds HSTS under TLS."""
 
     def __init__(self, app: Any, ctx: WebContext) -> None:
         self.app = app
@@ -306,9 +336,12 @@ class CountingMiddleware:
             await self.app(scope, receive, send)
             return
         ctx = self.ctx
+        tls = ctx.tls
 
         async def counting_send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
+                if tls:  # HTTPS only from now on, for a year (the listener never speaks plain HTTP with TLS)
+                    message["headers"] = [*message.get("headers", ()), HSTS]
                 ctx.requests += 1
                 ctx.by_status[message["status"]] = ctx.by_status.get(message["status"], 0) + 1
             await send(message)

@@ -7,10 +7,14 @@
   BLAKE2b) under a key that lives only in this process, together with the hash it matched: a later request with
   the same credential costs one HMAC; a changed or removed user invalidates it. Passwords are
   never kept, logged or written.
-- Wrong or missing credentials answer 401 with ``WWW-Authenticate: Basic``. Failures are counted
-  per client address (at most :data:`MAX_ADDRESSES` addresses remembered, forgotten after
-  :data:`FORGET_AFTER` seconds): after :data:`FREE_FAILURES` failures every further attempt from
-  that address waits, doubling up to :data:`MAX_DELAY` seconds, before it is even checked.
+- Wrong or missing credentials answer 401 with ``WWW-Authenticate: Basic``. Wrong passwords are
+  counted per client address (at most :data:`MAX_ADDRESSES` addresses remembered, forgotten after
+  :data:`FORGET_AFTER` seconds): after :data:`FREE_FAILURES` failures (checks in flight count as
+  failures), one check is admitted per interval that doubles up to :data:`MAX_DELAY` seconds;
+  any other attempt is answered at once with 429 and ``Retry-After``, without a password check.
+  Parallel guesses are so never checked faster than sequential ones, and no request sleeps.
+  Credentials that matched before are answered at once even from a throttled address, so an
+  attacker sharing OMi's gateway address does not slow OMi's forwarded closes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -41,21 +46,82 @@ MAX_DELAY = 8.0
 PUBLIC = frozenset({"/healthz"})
 
 
+class _Seen:
+    __slots__ = ("failures", "last", "next_at", "in_flight")
+
+    def __init__(self) -> None:
+        self.failures, self.last, self.next_at, self.in_flight = 0, 0.0, 0.0, 0
+
+
+def delay_after(failures: int) -> float:
+    """Seconds between a check and the next one from an address with ``failures`` failures."""
+    over = failures - FREE_FAILURES
+    return 0.0 if over < 0 else min(MAX_DELAY, FIRST_DELAY * 2 ** over)
+
+
 class FailureThrottle:
-    """Failures per client address, bounded in memory; :meth:`delay` grows with them."""
+    """Failures per client address, bounded in memory.
+
+    A password check is admitted (:meth:`admit`) only when the address's failures **and its
+    checks in flight** leave room: the first :data:`FREE_FAILURES` at once, then one check per
+    :func:`delay_after` seconds, reserved when it starts. So wrong guesses sent in parallel are
+    never checked faster than sequential ones; the rest is refused at once (429), unhashed.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._seen: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+
+    def _entry(self, address: str, create: bool) -> _Seen | None:
+        seen = self._seen.get(address)
+        if seen is not None and not seen.in_flight and self.clock() - seen.last > FORGET_AFTER:
+            del self._seen[address]
+            seen = None
+        if seen is None and create:
+            seen = self._seen[address] = _Seen()
+            while len(self._seen) > MAX_ADDRESSES:
+                self._seen.popitem(last=False)
+        return seen
+
+    def admit(self, address: str) -> float:
+        """0 when a check from ``address`` may start now (it is counted in flight until
+        :meth:`release`), else the seconds until one may."""
+        seen = self._entry(address, True)
+        assert seen is not None
+        now = self.clock()
+        charged = seen.failures + seen.in_flight
+        if charged >= FREE_FAILURES:
+            if seen.next_at > now:
+                return seen.next_at - now
+            seen.next_at = now + delay_after(charged + 1)  # reserved: were this one wrong too
+        seen.in_flight += 1
+        seen.last = now
+        return 0.0
+
+    def release(self, address: str, ok: bool) -> None:
+        """A check admitted by :meth:`admit` ended: a success forgets the address's failures."""
+        seen = self._seen.get(address)
+        if seen is None:
+            return
+        seen.in_flight = max(0, seen.in_flight - 1)
+        if ok:
+            del self._seen[address]
+            return
+        self._fail(address, seen)
 
     def failed(self, address: str) -> int:
-        """Count a failure; returns how many this address has now."""
-        count = self.count(address) + 1
-        self._seen[address] = (count, self.clock())
+        """Count a failure (of a check not admitted through :meth:`admit`); returns how many now."""
+        seen = self._entry(address, True)
+        assert seen is not None
+        self._fail(address, seen)
+        return seen.failures
+
+    def _fail(self, address: str, seen: _Seen) -> None:
+        now = self.clock()
+        seen.failures += 1
+        seen.last = now
+        seen.next_at = max(seen.next_at, now + delay_after(seen.failures))
         self._seen.move_to_end(address)
-        while len(self._seen) > MAX_ADDRESSES:
-            self._seen.popitem(last=False)
-        return count
 
     def succeeded(self, address: str) -> None:
         """Forget the address's failures."""
@@ -63,18 +129,15 @@ class FailureThrottle:
 
     def count(self, address: str) -> int:
         """Failures remembered for ``address``."""
-        seen = self._seen.get(address)
-        if seen is None:
-            return 0
-        if self.clock() - seen[1] > FORGET_AFTER:
-            del self._seen[address]
-            return 0
-        return seen[0]
+        seen = self._entry(address, False)
+        return 0 if seen is None else seen.failures
 
     def delay(self, address: str) -> float:
-        """Seconds the next attempt from ``address`` waits before it is checked."""
-        over = self.count(address) - FREE_FAILURES
-        return 0.0 if over < 0 else min(MAX_DELAY, FIRST_DELAY * 2 ** over)
+        """Seconds until a check from ``address`` may start (0: now)."""
+        seen = self._entry(address, False)
+        if seen is None or seen.failures + seen.in_flight < FREE_FAILURES:
+            return 0.0
+        return max(0.0, seen.next_at - self.clock())
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -93,6 +156,24 @@ class Authenticator:
         self._checks = asyncio.Semaphore(2)
         self.throttle = FailureThrottle(clock)
         self.failures = 0
+        self.throttled = 0
+        self._pending: dict[bytes, asyncio.Future[bool]] = {}  # credentials being checked now
+
+    async def _verify(self, token: bytes, password: bytes, stored: str | None, address: str) -> bool:
+        """One scrypt check (at most two at a time), its outcome shared with identical requests
+        arriving meanwhile: 16 connections opened at once by OMi cost one check, not sixteen."""
+        shared: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending[token] = shared
+        ok = False
+        try:
+            async with self._checks:
+                ok = await asyncio.to_thread(users.verify_password, password, stored or users.DUMMY_HASH)
+            ok = ok and stored is not None
+        finally:
+            self.throttle.release(address, ok)
+            del self._pending[token]
+            shared.set_result(ok)
+        return ok
 
     def users(self) -> dict[str, str]:
         """name -> hash, re-read when older than :data:`REFRESH` seconds."""
@@ -103,32 +184,46 @@ class Authenticator:
         return self._users
 
     async def check(self, header: bytes | None, address: str) -> str | None:
-        """The user name when the ``Authorization`` header holds valid credentials, else None."""
-        delay = self.throttle.delay(address)
-        if delay:
-            await asyncio.sleep(delay)
+        """The user name when the ``Authorization`` header holds valid credentials, else None
+        (a throttled address too: see :meth:`attempt` for how long it waits)."""
+        return (await self.attempt(header, address))[0]
+
+    async def attempt(self, header: bytes | None, address: str) -> tuple[str | None, float]:
+        """(user name or None, seconds to wait before trying again: > 0 when throttled, unchecked).
+
+        Credentials that matched before are answered at once, even from a throttled address
+        (they cost one MAC, not a check, and they prove nothing new); a missing or malformed
+        header is a plain 401, not a guess. Anything else waits its turn at the throttle.
+        """
         name, password = _credentials(header)
-        if name is not None and password is not None:
-            stored = self.users().get(name)
-            # keyed BLAKE2b (a MAC, built into Python): ~1 µs, where hmac with OpenSSL's sha256
-            # costs ~15 µs of algorithm lookup on every call
-            token = hashlib.blake2b(name.encode() + b"\0" + password, key=self._key, digest_size=32).digest()
-            if stored is not None and self._matched.get(token) == stored:
-                self._matched.move_to_end(token)
-                self.throttle.succeeded(address)
-                return name
-            async with self._checks:
-                ok = await asyncio.to_thread(users.verify_password, password, stored or users.DUMMY_HASH)
-            if ok and stored is not None:
-                self._matched[token] = stored
-                while len(self._matched) > CACHE_SIZE:
-                    self._matched.popitem(last=False)
-                self.throttle.succeeded(address)
-                return name
+        if name is None or password is None:
+            self.failures += 1
+            return None, 0.0
+        stored = self.users().get(name)
+        # keyed BLAKE2b (a MAC, built into Python): ~1 µs, where hmac with OpenSSL's sha256
+        # costs ~15 µs of algorithm lookup on every call
+        token = hashlib.blake2b(name.encode() + b"\0" + password, key=self._key, digest_size=32).digest()
+        if stored is not None and self._matched.get(token) == stored:
+            self._matched.move_to_end(token)
+            return name, 0.0
+        shared = self._pending.get(token)
+        if shared is not None:  # the same credentials are being checked: share that check's outcome
+            ok = await asyncio.shield(shared)
+        else:
+            wait = self.throttle.admit(address)
+            if wait:
+                self.throttled += 1
+                return None, wait
+            ok = await self._verify(token, password, stored, address)
+        if ok:
+            assert stored is not None
+            self._matched[token] = stored
+            while len(self._matched) > CACHE_SIZE:
+                self._matched.popitem(last=False)
+            return name, 0.0
         self.failures += 1
-        count = self.throttle.failed(address)
-        log.warning("authentication failed from %s (user %r, failure %d)", address, name, count)
-        return None
+        log.warning("authentication failed from %s (user %r, failure %d)", address, name, self.throttle.count(address))
+        return None, 0.0
 
 
 def _credentials(header: bytes | None) -> tuple[str | None, bytes | None]:
@@ -160,7 +255,14 @@ class BasicAuthMiddleware:
                 header = value
                 break
         client = scope.get("client")
-        user = await self.auth.check(header, client[0] if client else "?")
+        user, wait = await self.auth.attempt(header, client[0] if client else "?")
+        if wait:
+            body = f"too many failed logins from this address: retry in {math.ceil(wait)} s\n".encode()
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"retry-after", str(math.ceil(wait)).encode()), (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if user is None:
             await send({"type": "http.response.start", "status": 401, "headers": [
                 (b"www-authenticate", f'Basic realm="{REALM}", charset="UTF-8"'.encode()),

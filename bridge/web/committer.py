@@ -20,9 +20,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import backsync, events, store
+from .. import backsync, events, omitopic, store
 from ..errors import BridgeError, UsageError
 from ..home import Home
+from . import forwarded
 
 log = logging.getLogger("ombridge.web")
 
@@ -72,7 +73,7 @@ class GroupCommitter:
         """Open the event core (defining the built-in topics if missing) and start the thread."""
         conn = store.connect(self.home)
         backsync.ensure_backsync(conn)
-        backsync.ensure_backsync(conn)
+        omitopic.ensure_subscriber(conn)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, args=(conn,), name="group-commit", daemon=True)
         self._thread.start()
@@ -194,7 +195,8 @@ class GroupCommitter:
     def _send(self, conn: Any, items: list[tuple[str, Any]], force: bool) -> list[events.SendResult]:
         from ..sending import send_many  # stores, then makes the synchronized calls
 
-        results = send_many(conn, items, force, environ={}, cwd=str(self.home.root))
+        results = forwarded.send(conn, items, lambda fresh: send_many(conn, fresh, force, environ={},
+                                                                       cwd=str(self.home.root)))
         self.commits += 1
         self.events += len(items)
         return results

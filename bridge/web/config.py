@@ -67,7 +67,7 @@ def read_file(home: Home) -> dict[str, object]:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
-    unknown = set(data) - {"listen", "ombacksync"}  # [ombacksync]: bridge/perlenv.py reads it
+    unknown = set(data) - {"listen", "ombacksync", "omi"}  # [ombacksync]: bridge/perlenv.py, [omi]: bridge/omisync.py
     section = data.get("listen", {})
     if not isinstance(section, dict):
         raise UsageError(f"{path}: [listen] must be a table")

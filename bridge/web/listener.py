@@ -28,11 +28,11 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .. import store
+from .. import omisync, store
 from ..model import ListenerState
 from ..errors import BridgeError
 from ..home import Home
-from . import users
+from . import tls, users
 from .app import WebContext, create_app
 from .auth import Authenticator
 from .committer import GroupCommitter
@@ -125,6 +125,16 @@ def _route_uvicorn_logs() -> None:
         lg.propagate = False
 
 
+# The listener's life; OFF is never a Listener's state (``status`` shows it when none was asked for).
+_TRANSITIONS = {
+    ListenerState.STOPPED: {ListenerState.LISTENING, ListenerState.FAILED},  # (FAILED: died while starting)
+    ListenerState.LISTENING: {ListenerState.STOPPING, ListenerState.FAILED},
+    ListenerState.FAILED: {ListenerState.STOPPING},
+    ListenerState.STOPPING: {ListenerState.STOPPED, ListenerState.FAILED},
+    ListenerState.OFF: set(),
+}
+
+
 class Listener:
     """start() / stop() / status() of the HTTP listener; the supervisor calls nothing else."""
 
@@ -133,15 +143,27 @@ class Listener:
         self.home = home
         self.config = config
         self.state = ListenerState.STOPPED
+        self._state_lock = threading.Lock()
         self.committer = GroupCommitter(home, wake)
         self._users_conn = None
         self.authenticator = Authenticator(self._load_users)
-        self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status)
+        self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status,
+                              omisync.load_config(home).external_id, config.tls)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
         self.address: tuple[str, int] | None = None
         self.started_at: float | None = None
+
+    def _change_state(self, new: ListenerState) -> None:
+        """The one place the listener's state changes (guarded by :data:`_TRANSITIONS`, logged).
+        Called from the supervisor's thread and the serving thread: one lock orders them."""
+        with self._state_lock:
+            old = self.state
+            if new not in _TRANSITIONS[old]:
+                raise BridgeError(f"the HTTP listener cannot go from {old.value} to {new.value}")
+            self.state = new
+        log.info("HTTP listener %s -> %s", old.value, new.value)
 
     def _load_users(self) -> dict[str, str]:
         if self._users_conn is None:
@@ -153,13 +175,15 @@ class Listener:
     def start(self) -> None:
         """Bind, load TLS, start serving; raises :class:`BridgeError` with the reason it cannot."""
         cfg = self.config
+        context = tls.server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         sock = self._bind()
         try:
+            # ssl_context_factory (uvicorn's public hook): our context, Mozilla intermediate
             uv = uvicorn.Config(create_app(self.ctx), http=_BoundedProtocol, lifespan="off", log_config=None,
                                 access_log=False, server_header=False, timeout_keep_alive=30,
                                 timeout_graceful_shutdown=DRAIN_TIMEOUT, limit_concurrency=2048,
-                                ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key)
-            uv.load()  # here, so that a bad certificate or key fails the start
+                                ssl_context_factory=(lambda config, default: context) if context else None)
+            uv.load()  # here, so that anything wrong fails the start
         except (OSError, ssl.SSLError, ValueError) as exc:
             sock.close()
             raise BridgeError(f"cannot use the TLS certificate and key ({cfg.tls_cert}, {cfg.tls_key}): {exc}") from exc
@@ -177,7 +201,7 @@ class Listener:
                 self.committer.stop()
                 raise BridgeError(f"the HTTP listener on {self.url} did not start (see the log)")
             time.sleep(0.005)
-        self.state = ListenerState.LISTENING
+        self._change_state(ListenerState.LISTENING)
         self.started_at = time.time()
         log.info("listening on %s (OMi base %s, body limit %d bytes)", self.url, cfg.omi_base, cfg.max_body)
 
@@ -217,13 +241,13 @@ class Listener:
             asyncio.run(self._server.serve(sockets=[self._sock]))
         except BaseException:  # noqa: BLE001 - a dead listener is reported by status, never kills the supervisor
             log.exception("the HTTP listener stopped with an error")
-            self.state = ListenerState.FAILED
+            self._change_state(ListenerState.FAILED)
 
     def stop(self, timeout: float = DRAIN_TIMEOUT + 5) -> None:
         """Drain: stop accepting, finish the requests in flight, then stop the committer."""
         if self._server is None:
             return
-        self.state = ListenerState.STOPPING
+        self._change_state(ListenerState.STOPPING)
         log.info("HTTP listener: draining")
         self._server.should_exit = True
         if self._thread is not None:
@@ -237,7 +261,7 @@ class Listener:
             self._users_conn = None
         self._server = None
         if self.state is not ListenerState.FAILED:
-            self.state = ListenerState.STOPPED
+            self._change_state(ListenerState.STOPPED)
         log.info("HTTP listener stopped after %d requests", self.ctx.requests)
 
     # -- status --------------------------------------------------------------------------------
@@ -259,4 +283,5 @@ class Listener:
         return {"state": state.value, "host": host, "port": port, "url": self.url, "tls": self.config.tls,
                 "omi_base": self.config.omi_base, "max_body": self.config.max_body,
                 "requests": self.ctx.requests, "by_status": {str(k): v for k, v in sorted(self.ctx.by_status.items())},
-                "auth_failures": self.authenticator.failures, **self.committer.status()}
+                "auth_failures": self.authenticator.failures, "auth_throttled": self.authenticator.throttled,
+                **self.committer.status()}

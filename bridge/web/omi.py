@@ -11,12 +11,14 @@ Mapping (docs/omi.md has the full table):
   the URL (never from the body), one field per changed property (``property_name`` upper-cased:
   ``state`` -> ``STATE``, ``title`` -> ``TITLE``, ...; the value is ``current_value``, or the
   ``current_*`` element of group and user changes), ``CHANGED`` = the changed property names
-  (comma-separated) and ``STATE`` = ``""`` when the state did not change. Only ``STATE`` =
+  (comma-separated) and ``STATE`` = ``""`` when the state did not change; a custom attribute
+  becomes ``CA_<NAME>`` (listed so in ``CHANGED``). Only ``STATE`` =
   ``closed`` passes the backsync filter, so only a close reaches ``OMBackSync('Close', ID)``.
-- ``<event>`` / ``<event_list>`` for ``/event`` -> keys of ``omi/event``: ``ID`` = OMi's event id
-  (also the external id answered, so a retried event gets the same answer and later changes of it
-  arrive at ``/event_change/<that id>``), every simple property upper-cased, plus ``NODE``,
-  ``ASSIGNED_USER``, ``ASSIGNED_GROUP``, ``RELATED_CI`` and ``CA_<NAME>`` for custom attributes.
+- ``<event>`` / ``<event_list>`` for ``/event`` -> keys of ``omi/event``: ``ID`` = the external id
+  answered (the first present of ``[omi] external_id``'s candidates: later changes of the event
+  arrive at ``/event_change/<that id>``), ``OMI_ID`` = OMi's event id, every simple property
+  upper-cased, plus ``NODE``, ``ASSIGNED_USER``, ``ASSIGNED_GROUP``, ``RELATED_CI`` and
+  ``CA_<NAME>`` for custom attributes.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ..errors import UsageError
 NS = "http://www.hp.com/2009/software/opr/data_model"
 MAX_VALUE = 8192  # characters kept of one property (an event key is bounded, 64 KiB)
 MAX_FIELDS = 200
-RESERVED = frozenset({"ID", "TOPIC", "EVENT", "KEY", "CHANGED"})
+RESERVED = frozenset({"ID", "OMI_ID", "TOPIC", "EVENT", "KEY", "CHANGED"})
 _NOT_NAME = re.compile(r"[^A-Za-z0-9_]")
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -102,21 +104,44 @@ def change_key(event_id: str, root: ET.Element) -> dict[str, str]:
     props: dict[str, str] = {}
     changed: list[str] = []
     for change in _child(root, "changed_properties") or ():
-        name_el = _child(change, "property_name")
-        if name_el is None:
+        named = _property(change)
+        if named is None:
             continue
-        prop = text(name_el)
-        if not prop:
-            continue
-        value_el = _child(change, "current_value")
-        if value_el is None:  # group and user changes: <current_group_name>, <current_user_name>
-            value_el = next((c for c in change if local(c.tag).startswith("current_")), None)
-        _put(props, field_name(prop), text(value_el))
-        changed.append(prop)
+        field, value, listed = named
+        _put(props, field, value)
+        changed.append(listed)
     key = {"ID": event_id, "STATE": props.pop("STATE", "")}
     key.update(props)
     key["CHANGED"] = ",".join(dict.fromkeys(changed))
     return key
+
+
+def _property(change: ET.Element) -> tuple[str, str, str] | None:
+    """(key field, value, name listed in CHANGED) of one changed property, None without a name.
+
+    A custom attribute comes in two forms seen in the wild: its ``<name>`` beside
+    ``<current_value>``, or ``<name>``/``<value>`` nested in ``<current_value>``; either becomes
+    ``CA_<NAME>``, listed as such in ``CHANGED`` (``property_name`` is ``custom_attribute`` for all).
+    """
+    prop = text(_child(change, "property_name"))
+    value_el = _child(change, "current_value")
+    ca_name = text(_child(change, "name"))
+    if not ca_name and value_el is not None and len(value_el):
+        ca_name = text(_child(value_el, "name"))
+        value_el = _child(value_el, "value")
+    if ca_name:
+        field = ca_field(ca_name)
+        return field, text(value_el), field
+    if not prop:
+        return None
+    if value_el is None:  # group and user changes: <current_group_name>, <current_user_name>
+        value_el = next((c for c in change if local(c.tag).startswith("current_")), None)
+    return field_name(prop), text(value_el), prop
+
+
+def ca_field(name: str) -> str:
+    """The key field of custom attribute ``name``: ``CA_<NAME>`` (``Customer`` -> ``CA_CUSTOMER``)."""
+    return "CA_" + field_name(name).lstrip("_")
 
 
 def change_answer(event_id: str) -> bytes:
@@ -138,41 +163,51 @@ _NESTED = (
 
 
 class ForwardedEvent:
-    """One event OMi forwarded: the external id ombridge answers, its sequence number, its key."""
+    """One event OMi forwarded: OMi's id, the external id ombridge answers, its sequence number, its key."""
 
-    __slots__ = ("external_id", "sequence_number", "key")
+    __slots__ = ("omi_id", "external_id", "sequence_number", "key")
 
-    def __init__(self, external_id: str, sequence_number: str | None, key: dict[str, str]) -> None:
-        self.external_id, self.sequence_number, self.key = external_id, sequence_number, key
+    def __init__(self, omi_id: str, external_id: str, sequence_number: str | None, key: dict[str, str]) -> None:
+        self.omi_id, self.external_id, self.sequence_number, self.key = omi_id, external_id, sequence_number, key
 
 
-def events(root: ET.Element) -> tuple[list[ForwardedEvent], bool]:
-    """The events of an ``<event>`` or ``<event_list>`` document, and whether it was a list."""
+DEFAULT_EXTERNAL_ID = ("original_id", "id")
+
+
+def events(root: ET.Element, external_id: tuple[str, ...] = DEFAULT_EXTERNAL_ID) -> tuple[list[ForwardedEvent], bool]:
+    """The events of an ``<event>`` or ``<event_list>`` document, and whether it was a list.
+
+    ``external_id`` are the candidates of the external id, the first one present wins (``id``:
+    OMi's event id; ``custom_attribute:NAME``; any other name: a simple element of the event);
+    OMi's id when none is present.
+    """
     kind = local(root.tag)
     if kind == "event":
-        return [_event(root)], False
+        return [_event(root, external_id)], False
     if kind == "event_list":
-        found = [_event(e) for e in root if local(e.tag) == "event"]
+        found = [_event(e, external_id) for e in root if local(e.tag) == "event"]
         if not found:
             raise BadDocument("the <event_list> holds no <event>")
         return found, True
     raise BadDocument(f"expected an <event> or <event_list> document, got <{kind}>")
 
 
-def _event(el: ET.Element) -> ForwardedEvent:
+def _event(el: ET.Element, candidates: tuple[str, ...]) -> ForwardedEvent:
     event_id = text(_child(el, "id"))
     if not event_id:
-        raise BadDocument("an <event> without an <id>: ombridge answers OMi's event id as the external id")
+        raise BadDocument("an <event> without an <id>: OMi's event id is needed to recognise it when sent again")
     if "\x00" in event_id:
         raise BadDocument("the event id contains a NUL character")
     sequence = _child(el, "sequence_number")
     key: dict[str, str] = {}
+    simple: dict[str, str] = {}
     for c in el:
         name = local(c.tag)
         if name in ("id", "sequence_number") or len(c):
             continue
         value = text(c)
         if value:
+            simple.setdefault(name, value)
             _put(key, field_name(name), value)
     for field, paths in _NESTED:
         for path in paths:
@@ -180,20 +215,43 @@ def _event(el: ET.Element) -> ForwardedEvent:
             if value:
                 _put(key, field, value)
                 break
+    attributes: dict[str, str] = {}
     for ca in (_child(el, "custom_attribute_list") or ()):
         name, value = text(_child(ca, "name")), text(_child(ca, "value"))
         if name:
-            _put(key, "CA_" + field_name(name).lstrip("_"), value)
-    key["ID"] = event_id
-    return ForwardedEvent(event_id, text(sequence) if sequence is not None else None, key)
+            attributes.setdefault(name, value)
+            _put(key, ca_field(name), value)
+    external = _external_id(event_id, candidates, simple, attributes)
+    if "\x00" in external:
+        raise BadDocument("the external id contains a NUL character")
+    key["ID"] = external
+    key["OMI_ID"] = event_id
+    return ForwardedEvent(event_id, external, text(sequence) if sequence is not None else None, key)
+
+
+def _external_id(event_id: str, candidates: tuple[str, ...], simple: dict[str, str],
+                 attributes: dict[str, str]) -> str:
+    folded = {k.casefold(): v for k, v in attributes.items() if v}
+    for candidate in candidates:
+        if candidate == "id":
+            return event_id
+        if candidate.startswith("custom_attribute:"):
+            name = candidate.split(":", 1)[1]
+            value = attributes.get(name) or folded.get(name.casefold())
+        else:
+            value = simple.get(candidate)
+        if value:
+            return value[:MAX_VALUE]
+    return event_id
 
 
 def events_answer(forwarded: list[ForwardedEvent], as_list: bool) -> bytes:
-    """The events echoed with their external id (and sequence number), as OMi expects back."""
+    """The events echoed with their external id (the key's ``ID``: for a re-sent event, the one
+    answered the first time) and sequence number, as OMi expects back."""
     parts = []
     for f in forwarded:
         seq = "" if f.sequence_number is None else f"<sequence_number>{escape(f.sequence_number)}</sequence_number>"
-        parts.append(f"<event{'' if as_list else f' xmlns={chr(34)}{NS}{chr(34)}'}><id>{escape(f.external_id)}</id>"
+        parts.append(f"<event{'' if as_list else f' xmlns={chr(34)}{NS}{chr(34)}'}><id>{escape(f.key['ID'])}</id>"
                      f"{seq}</event>")
     body = "".join(parts)
     if as_list:

@@ -1,0 +1,53 @@
+"""Commands of the sync back to OMi's gateway: omi password, omi test, omi close.
+
+The password is the connected server's *incoming connection* password in OMi; it comes from a
+prompt (asked twice) or, when stdin is not a terminal, from its first line, and is stored
+owner-only in ``conf/omi-password``: never on a command line, never printed.
+"""
+
+from __future__ import annotations
+
+import rich_click as click
+
+from ..control import ring
+from .base import home_of, main, read_secret
+
+
+@main.group()
+def omi() -> None:
+    """Sync back to OMi: changes of OMi events sent to OMi's gateway (docs/omi.md)."""
+
+
+@omi.command("password")
+@click.pass_context
+def omi_password(ctx: click.Context) -> None:
+    """Store the password of OMi's connected server (its incoming connection), asked for or read
+    from stdin's first line. Example: `printf '%s\\n' "$PW" | ombridge omi password`"""
+    from ..omisync import set_password
+
+    set_password(home_of(ctx), read_secret("Password", confirm=True))
+    click.echo("OMi password stored")
+
+
+@omi.command("test")
+@click.pass_context
+def omi_test(ctx: click.Context) -> None:
+    """HEAD OMi's gateway with the stored credentials; one line saying what answered.
+    Example: `ombridge omi test`"""
+    from ..omisync import test_gateway
+
+    click.echo(test_gateway(home_of(ctx)))
+
+
+@omi.command("close")
+@click.argument("event_id", metavar="ID")
+@click.option("--annotation", metavar="TEXT", default=None, help="An annotation added to the OMi event.")
+@click.pass_context
+def omi_close(ctx: click.Context, event_id: str, annotation: str | None) -> None:
+    """Close the OMi event(s) behind external id ID (sends `omi/change` {"ID": ID, "STATE": "closed"}).
+    Example: `ombridge omi close INC-42 --annotation "resolved in the ticket"`"""
+    from ..omitopic import send_close
+
+    root = home_of(ctx).root
+    event = send_close(home_of(ctx), event_id, annotation, on_stored=lambda: ring(root))
+    click.echo(f"event {event} stored: the close of {event_id} goes to OMi")

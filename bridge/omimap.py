@@ -1,0 +1,78 @@
+"""Which OMi events stand behind each external id: the ``omi_events`` table.
+
+OMi addresses a change to ``/event_change/<external id>``; ombridge addresses a change back to
+OMi's gateway by **OMi's** event id. Several OMi events can carry the same source event ID (a
+duplicate in OMi), so an external id maps to one or more OMi ids. One row per OMi event id:
+
+- written when a forwarded ``omi/event`` is stored (:func:`remember`), so that the same OMi event
+  sent again is recognised (:func:`known`) and stored only once;
+- read by the sync back (:func:`omi_ids`) and stamped when a close went back to OMi
+  (:func:`closed_back`), so that OMi's echo of that close is recognised (:func:`echoes`).
+
+The table outlives the events (retention prunes events, not this table): a ticket may be closed
+months after its event was forwarded.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from .store import now, transaction
+
+ECHO_WINDOW = 600.0  # seconds after a close went back to OMi in which OMi's close of it is its echo
+
+
+def known(conn: sqlite3.Connection, omi_ids: Iterable[str]) -> dict[str, tuple[str, int | None]]:
+    """{OMi id: (external id, event id)} of the OMi events already stored, among ``omi_ids``."""
+    ids = list(dict.fromkeys(omi_ids))
+    found: dict[str, tuple[str, int | None]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows = conn.execute(f"SELECT omi_id, external_id, event_id FROM omi_events WHERE omi_id IN "
+                            f"({','.join('?' * len(chunk))})", chunk)
+        found.update((r[0], (r[1], r[2])) for r in rows)
+    return found
+
+
+def remember(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int | None]]) -> None:
+    """Record (OMi id, external id, event id) of forwarded events just stored (a known OMi id
+    keeps its first row)."""
+    at = now()
+    values = [(omi_id, external, event_id, at) for omi_id, external, event_id in rows]
+    if values:
+        with transaction(conn):
+            conn.executemany("INSERT OR IGNORE INTO omi_events (omi_id, external_id, event_id, received_at) "
+                             "VALUES (?, ?, ?, ?)", values)
+
+
+def omi_ids(conn: sqlite3.Connection, external_id: str) -> list[str]:
+    """Every OMi event id behind ``external_id``, oldest first ([] when none is known)."""
+    return [r[0] for r in conn.execute("SELECT omi_id FROM omi_events WHERE external_id = ? ORDER BY received_at, "
+                                       "omi_id", (external_id,))]
+
+
+def closed_back(conn: sqlite3.Connection, external_id: str, omi_ids_closed: Iterable[str]) -> None:
+    """Note that OMi accepted a close of these OMi events from ombridge (for the loop guard)."""
+    at = now()
+    with transaction(conn):
+        for omi_id in omi_ids_closed:
+            conn.execute("INSERT INTO omi_events (omi_id, external_id, received_at, closed_back_at) "
+                         "VALUES (?, ?, ?, ?) ON CONFLICT (omi_id) DO UPDATE SET closed_back_at = excluded.closed_back_at",
+                         (omi_id, external_id, at, at))
+
+
+def echoes(conn: sqlite3.Connection, external_ids: Iterable[str], at: float | None = None) -> set[str]:
+    """The external ids, among ``external_ids``, whose OMi events ombridge itself closed within
+    :data:`ECHO_WINDOW` seconds: a close OMi sends for them now is the echo of ombridge's own."""
+    ids = list(dict.fromkeys(external_ids))
+    if not ids:
+        return set()
+    since = (now() if at is None else at) - ECHO_WINDOW
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        found.update(r[0] for r in conn.execute(
+            f"SELECT external_id FROM omi_events WHERE external_id IN ({','.join('?' * len(chunk))}) "
+            f"AND closed_back_at >= ?", (*chunk, since)))
+    return found

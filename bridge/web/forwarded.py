@@ -1,0 +1,80 @@
+"""What the committer does before and after storing OMi's requests (in its one thread).
+
+- ``omi/event``: an OMi event that was stored before (the same ``OMI_ID``, in this batch or an
+  earlier one) is not stored again. Its key's ``ID`` becomes the external id answered the first
+  time, and its result is the first event's, with no delivery: no subscriber runs twice. New
+  ones are remembered in ``omi_events`` (:mod:`bridge.omimap`) after their commit.
+- ``event/update`` with ``STATE`` ``closed``: when ombridge itself closed that external id's OMi
+  events within :data:`bridge.omimap.ECHO_WINDOW` (the sync back), OMi's close is the echo of
+  ombridge's own; it is stored with ``STATE`` ``""`` and ``ECHO`` ``closed``, so it does not pass
+  the backsync's filter and does not close the ticket a second time (the loop guard, docs/omi.md).
+
+The committer is the only writer of forwarded events, so checking before the commit is enough;
+a crash between the event's commit and the mapping's makes a re-sent event stored twice at worst
+(at least once, never lost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import omimap
+from ..backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
+from ..events import SendResult
+
+Items = list[tuple[str, Any]]
+
+
+def send(conn: Any, items: Items, send_many: Callable[[Items], list[SendResult]]) -> list[SendResult]:
+    """Store ``items`` through ``send_many``, forwarded events once, echoed closes disarmed."""
+    _disarm_echoes(conn, items)
+    omi_ids = [key.get("OMI_ID") for topic, key in items if topic == OMI_EVENT_TOPIC]
+    if not any(omi_ids):
+        return send_many(items)
+    known = omimap.known(conn, [str(i) for i in omi_ids if i])
+    first: dict[str, int] = {}  # OMi id -> index of the item that stores it in this batch
+    fresh: Items = []
+    plan: list[int | tuple[str, int | None]] = []  # per item: index in fresh, or (external id, event id) known
+    for topic, key in items:
+        omi_id = key.get("OMI_ID") if topic == OMI_EVENT_TOPIC else None
+        omi_id = str(omi_id) if omi_id else None
+        if omi_id in known:
+            plan.append(known[omi_id])
+        elif omi_id is not None and omi_id in first:
+            plan.append(-1 - first[omi_id])  # stored by an earlier item of this batch
+        else:
+            if omi_id is not None:
+                first[omi_id] = len(fresh)
+            plan.append(len(fresh))
+            fresh.append((topic, key))
+    results = send_many(fresh) if fresh else []
+    omimap.remember(conn, [(str(key["OMI_ID"]), str(key["ID"]), results[n].event_id)
+                           for n, (topic, key) in enumerate(fresh)
+                           if topic == OMI_EVENT_TOPIC and key.get("OMI_ID") and key.get("ID")
+                           and results[n].event_id is not None])
+    return [_result(step, key, fresh, results) for step, (_, key) in zip(plan, items)]
+
+
+def _result(step: int | tuple[str, int | None], key: dict[str, Any], fresh: Items,
+            results: list[SendResult]) -> SendResult:
+    if isinstance(step, tuple):  # stored in an earlier request
+        key["ID"] = step[0]
+        return SendResult(step[1], 0)
+    if step < 0:  # a repeat inside this batch
+        index = -1 - step
+        key["ID"] = fresh[index][1]["ID"]
+        return SendResult(results[index].event_id, 0)
+    return results[step]
+
+
+def _disarm_echoes(conn: Any, items: Items) -> None:
+    closes = [key for topic, key in items
+              if topic == UPDATE_TOPIC and key.get("STATE") == "closed" and isinstance(key.get("ID"), str)]
+    if not closes:
+        return
+    echoed = omimap.echoes(conn, [key["ID"] for key in closes])
+    for key in closes:
+        if key["ID"] in echoed:
+            key["STATE"] = ""
+            key["ECHO"] = "closed"
