@@ -74,3 +74,13 @@ class NotRunning(BridgeError):
     """The supervisor is not running (LSB exit code 3)."""
 
     exit_code = 3
+
+
+class SchemaTooNew(StoreError):
+    """The shared database's schema is newer than this ombridge knows: it refuses to use it."""
+
+    def __init__(self, where: str, version: int, known: int) -> None:
+        super().__init__(f"{where} has schema version {version}; this ombridge knows up to {known}: "
+                         "upgrade ombridge on this node")
+        self.version = version
+        self.known = known
