@@ -77,7 +77,8 @@ def migrate(conn: Any, *, applied_by: str = "") -> list[int]:
     versions applied (``[]`` when the schema was current). ``applied_by`` names the node.
 
     Raises :class:`bridge.errors.SchemaTooNew`, writing nothing, when the database's schema is
-    newer than this ombridge's files.
+    newer than this ombridge's files, and :class:`bridge.errors.StoreError` naming the file when
+    one fails (that file is rolled back whole; the ones before it stay applied).
     """
     from psycopg.pq import TransactionStatus
 
@@ -95,11 +96,22 @@ def migrate(conn: Any, *, applied_by: str = "") -> list[int]:
             if version == len(known):
                 return applied
             step = known[version]
-            conn.execute(step.sql)  # no parameters: sent as one simple query, several statements
+            _apply(conn, step)
             conn.execute("INSERT INTO schema_migrations (version, name, checksum, applied_at, applied_by) "
                          "VALUES (%s, %s, %s, %s, %s)", (step.version, step.name, step.checksum, time.time(),
                                                          applied_by))
         applied.append(step.version)
+
+
+def _apply(conn: Any, step: Migration) -> None:
+    import psycopg
+
+    try:
+        conn.execute(step.sql)  # no parameters: sent as one simple query, several statements
+    except psycopg.DatabaseError as exc:  # (the caller's transaction rolls the whole file back)
+        message = (exc.diag.message_primary or str(exc)).strip()
+        raise StoreError(f"migration {step.version:04d}_{step.name}.sql failed in {_where(conn)}: {message}; "
+                         "nothing of it was applied") from exc
 
 
 def _where(conn: Any) -> str:

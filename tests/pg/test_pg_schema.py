@@ -197,3 +197,16 @@ def test_a_row_with_a_bad_flag_or_a_dangling_reference_is_refused(pg_conn):
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         pg_conn.execute("INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok) "
                         "VALUES (12345, 1, 0, 0, 1)")
+
+
+def test_a_migration_that_fails_is_rolled_back_whole_and_named(pg_conn, monkeypatch):
+    shipped = pgschema.migrations()
+    broken = pgschema.Migration(LATEST + 1, "broken", "CREATE TABLE half_done (n integer); SELECT 1 / 0;", "x")
+    monkeypatch.setattr(pgschema, "migrations", lambda: [*shipped, broken])
+    with pytest.raises(StoreError) as failed:
+        pgschema.migrate(pg_conn)
+    assert str(failed.value) == (f"migration {LATEST + 1:04d}_broken.sql failed in the database {pg_conn.info.dbname} "
+                                 f"on 127.0.0.1:{pg_conn.info.port}: division by zero; nothing of it was applied")
+    # the files before it were applied and recorded, the broken one not at all
+    assert [v for v, _ in _versions(pg_conn)] == list(range(1, LATEST + 1))
+    assert pg_conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
