@@ -11,7 +11,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check --config-settin
 # (make test: 2m54s with 4, 5m58s with 1; 3m44s with 4 beside a busy loop taking one core).
 TEST_WORKERS ?= 4
 
-.PHONY: run test soak chaos bench check clean bytecode chromium
+.PHONY: run test soak chaos bench check clean bytecode chromium postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,18 @@ chromium:
 	@test -x /usr/bin/chromium || { as=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$as apt-get update && $$as env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
+## Debian's PostgreSQL server for the store tests, which start their own in a temporary directory
+## (tests/pg_support.py). Debian's own cluster is not wanted: create_main_cluster is turned off
+## before the server package is installed, so no cluster is created and no service started.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { as=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$as apt-get update && $$as env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql-common && \
+		$$as sed -i 's/^#* *create_main_cluster *=.*/create_main_cluster = false/' \
+			/etc/postgresql-common/createcluster.conf && \
+		$$as env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
+
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
-test: bytecode $(TEST_STAMP) chromium
+test: bytecode $(TEST_STAMP) chromium postgresql
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 ## the long runs: slow tests (chaos and load soaks), then RSS over 1,000,000 closes

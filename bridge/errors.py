@@ -82,3 +82,13 @@ class AlreadyRunning(BridgeError):
     def __init__(self, pid: int | None) -> None:
         super().__init__(f"ombridge is already running in this home (pid {pid})")
         self.pid = pid
+
+
+class SchemaTooNew(StoreError):
+    """The shared database's schema is newer than this ombridge knows: it refuses to use it."""
+
+    def __init__(self, where: str, version: int, known: int) -> None:
+        super().__init__(f"{where} has schema version {version}; this ombridge knows up to {known}: "
+                         "upgrade ombridge on this node")
+        self.version = version
+        self.known = known
