@@ -180,7 +180,7 @@ def settle(claim: Claimed, result: Attempt) -> Settlement:
     """What an attempt's result makes of its delivery (before the fence is checked)."""
     if result.ok:
         return Settlement.DONE
-    return Settlement.FAILED if claim.attempt > claim.retries else Settlement.RETRY
+    return Settlement.FAILED if result.final or claim.attempt > claim.retries else Settlement.RETRY
 
 
 def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) -> list[Settlement]:

@@ -130,15 +130,16 @@ class Attempt:
 
     ``attempted`` is False when the call never reached its target (the perl child was down or
     restarted before it): recording it would count an attempt that did not happen, so it is
-    given back instead. ``subject`` names what was attempted where the caller needs it (the ID
+    given back instead. ``final`` marks a failure no retry can mend (OMi's gateway answered
+    401/403/404): the delivery fails at once, ``ombridge retry`` reopens it. ``subject`` names what was attempted where the caller needs it (the ID
     of a Close). A plain class: a dataclass or NamedTuple would cost ``ombridge send`` its import.
     """
 
-    __slots__ = ("ok", "started_at", "ended_at", "exit_status", "output", "error", "attempted", "subject")
+    __slots__ = ("ok", "started_at", "ended_at", "exit_status", "output", "error", "attempted", "subject", "final")
 
     def __init__(self, ok: bool, started_at: float, ended_at: float, exit_status: int | None = None,
                  output: str = "", error: str | None = None, *, attempted: bool = True,
-                 subject: str | bytes | None = None) -> None:
+                 subject: str | bytes | None = None, final: bool = False) -> None:
         self.ok = ok
         self.started_at = started_at
         self.ended_at = ended_at
@@ -147,6 +148,7 @@ class Attempt:
         self.error = error
         self.attempted = attempted
         self.subject = subject
+        self.final = final  # a failure no retry can mend (the target refused it): failed at once
 
     def values(self) -> tuple[object, ...]:
         """Every field, in order."""

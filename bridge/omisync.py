@@ -8,7 +8,8 @@ unknown one fails the attempt with a clear error, nothing is guessed.
 
 Outcomes: 2xx is done; a gateway that cannot be reached, times out or answers 5xx is an attempt
 that failed and is retried with the Event Manager's backoff; 401/403/404 fail the attempt with
-the gateway's answer in it (retried too: fixing the password or the user lets it through).
+the gateway's answer in it and fail the delivery at once (no retry can mend them: after fixing
+the password or the user, ``ombridge retry --subscriber ID`` sends it again).
 
 Settings, in ``conf/ombridge.conf``::
 
@@ -226,7 +227,7 @@ def deliver(event: Any, timeout: float, cwd: str | None) -> Attempt:
         outputs.append(f"{omi_id}: {answer.summary()}")
         if not answer.ok:
             return Attempt(False, started, time.time(), answer.status, "\n".join(outputs)[-OUTPUT_TAIL:],
-                           answer.error)
+                           answer.error, final=answer.status in (401, 403, 404))
     if key.get("STATE") == "closed":
         omimap.closed_back(conn, external, targets)
     return Attempt(True, started, time.time(), 200, "\n".join(outputs)[-OUTPUT_TAIL:])

@@ -263,3 +263,7 @@ def stop_quietly(home: Home, pids: list[int]) -> None:
         for pid in pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+# The real PostgreSQL server of the store tests (tests/pg/), started once per worker when used.
+from conftest_pg import pg_conn, pg_db, pg_server  # noqa: E402,F401 - fixtures, found by name

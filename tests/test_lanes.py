@@ -14,7 +14,7 @@ from collections import deque
 
 import pytest
 
-from bridge import backsync, deliveries, lanes, store
+from bridge import backsync, deliveries, lanes, ledger, store
 from bridge.home import Home
 from bridge.lanes import BATCH_SECONDS, RECORD_EVERY, WINDOW, BacksyncLane
 from bridge.model import Attempt
@@ -216,7 +216,7 @@ def test_closes_that_never_reached_the_script_are_given_back_without_an_attempt(
     lane = make_lane(host, clock)
     run_stream(lane, core)
     assert recorded(core) == {i: 0 for i in ids}
-    assert deliveries.backlog(core)["open"] == 20 and len(deliveries.claim(core, limit=50)) == 20  # due again
+    assert ledger.backlog(core)["open"] == 20 and len(deliveries.claim(core, limit=50)) == 20  # due again
 
 
 def test_nothing_is_claimed_while_ombacksync_waits_and_the_lane_sleeps_until_it_is_due(
@@ -229,7 +229,7 @@ def test_nothing_is_claimed_while_ombacksync_waits_and_the_lane_sleeps_until_it_
     assert lane.step(core) == 0 and lane.wait(core, poll=30.0) == 30.0
     host.ready = clock() + 7.5  # backoff
     assert lane.step(core) == 0 and lane.wait(core, poll=30.0) == pytest.approx(7.5)
-    assert not host.pushed and deliveries.backlog(core)["open"] == 5
+    assert not host.pushed and ledger.backlog(core)["open"] == 5
     host.ready = clock()
     assert lane.step(core) == 5 and len(host.pushed) == 5
 
@@ -278,7 +278,7 @@ def test_the_real_host_streams_every_close_once_in_order(home: Home, core: sqlit
         lane = BacksyncLane(host, "supervisor:test", count=lambda ok, failed: None, stopping=lambda: False)
         lane.batch = 100_000
         host.start()
-        while deliveries.backlog(core)["open"]:
+        while ledger.backlog(core)["open"]:
             run_stream(lane, core)
     assert recorded(core) == {i: 1 for i in ids}
     assert [line.split()[-1] for line in home.output.read_text().splitlines() if " Close " in line] == ids
@@ -301,7 +301,7 @@ def test_a_restart_mid_stream_hands_over_what_was_in_flight_and_repeats_nothing(
         assert host.in_flight > 100
         restarter = threading.Thread(target=host.restart)
         restarter.start()
-        while deliveries.backlog(core)["open"] or lane.stream is not None:
+        while ledger.backlog(core)["open"] or lane.stream is not None:
             run_stream(lane, core)
         restarter.join(30)
         assert host.pid != first and host.restarts == 0  # an operator's restart, not a fault

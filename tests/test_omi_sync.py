@@ -235,6 +235,9 @@ def test_a_401_from_the_gateway_is_shown_in_the_attempt(home: Home, listening, g
     ok, status, error, output = attempts_of(home, "omi/change")[0]
     assert not ok and status == 401 and "HTTP 401" in error and "gateway says 401" in error
     assert "wrong-password" not in error + output
+    # no retry can mend a refusal: the delivery fails at once, after one attempt
+    wait_for(lambda: "failed" in omb(home, "deliveries", "list", "--status", "failed").stdout, what="failed")
+    assert len(attempts_of(home, "omi/change")) == 1
 
 
 def test_loop_guard_omis_echo_of_our_close_does_not_close_the_ticket_again(home: Home, listening,
