@@ -43,7 +43,7 @@ def close_key(event_id: str, annotation: str | None = None) -> dict[str, str]:
 def send_close(home: Home, event_id: str, annotation: str | None = None,
                on_stored: Callable[[], None] | None = None) -> int:
     """Store ``omi/change`` for a close of ``event_id``; returns the event id."""
-    from .events import send
+    from .sending import send
 
     conn = store.connect(home)
     try:

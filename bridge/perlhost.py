@@ -183,15 +183,7 @@ class PerlHost:
             self._stop_child()
             self.init_started_at = time.time()
             self._change_state(HostState.STARTING)
-            self.home.ensure_layout()
-            self.home.private_dir(self.home.log_dir)  # `try` and `start` see the same layout
-            try:
-                self.check()
-            except ScriptSyntaxError as exc:
-                self.last_error = exc.message
-                self.init_started_at = None
-                self._change_state(HostState.SYNTAX_ERROR, exc.message)
-                raise
+            self._prepare()
             child = None
             limit = self.settings.init_timeout
             try:
@@ -222,6 +214,24 @@ class PerlHost:
             self.retry_at = None
             self.init_started_at = self._starting_pid = None
             self._change_state(HostState.RUNNING, f"pid {child.pid}")
+
+    def _prepare(self) -> None:
+        # STARTING -> SYNTAX_ERROR (perl -c refused the script), or -> BACKOFF when the check could
+        # not even run (no perl, a read-only home): a failed start, tried again like the others.
+        try:
+            self.home.ensure_layout()
+            self.home.private_dir(self.home.log_dir)  # `try` and `start` see the same layout
+            self.check()
+        except ScriptSyntaxError as exc:
+            self.last_error = exc.message
+            self.init_started_at = None
+            self._change_state(HostState.SYNTAX_ERROR, exc.message)
+            raise
+        except (BridgeError, OSError) as exc:
+            self._failed_starts += 1
+            self.init_started_at = None
+            self._after_fault(str(exc))
+            raise
 
     def close_down(self) -> None:
         """No start from now on (the supervisor is stopping), and a child that is still loading
