@@ -26,10 +26,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import substitution
-from .model import ActionKind, Attempt
+from .model import OUTPUT_TAIL, ActionKind, Attempt
 from .names import value_text
 
-OUTPUT_TAIL = 4096  # bytes of output kept per attempt
 _running: set[int] = set()  # process groups of actions in flight (for an immediate stop)
 _running_lock = threading.Lock()
 

@@ -125,6 +125,9 @@ class ListenerState(str, Enum):
     FAILED = "failed"
 
 
+OUTPUT_TAIL = 4096  # bytes of output an attempt keeps (the last ones)
+
+
 class Attempt:
     """The one result type of one attempt, whatever ran it (a command, a web call, a Close).
 

@@ -15,7 +15,8 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-OUTPUT_TAIL = 4096
+from .model import OUTPUT_TAIL
+
 MAX_ANSWER = 1 << 20  # bytes of an answer read (so that the connection can be kept)
 _local = threading.local()
 

@@ -41,13 +41,12 @@ from urllib.parse import quote, urlsplit
 from . import omimap, store
 from .errors import UsageError
 from .home import Home
-from .model import Attempt
+from .model import OUTPUT_TAIL, Attempt
 
 CONF_FILE = os.path.join("conf", "ombridge.conf")
 PASSWORD_FILE = os.path.join("conf", "omi-password")
 SYNC_PATH = "/opr-gateway/rest/9.10/synchronization/"
 NS = "http://www.hp.com/2009/software/opr/data_model"
-OUTPUT_TAIL = 4096
 DEFAULT_EXTERNAL_ID = ("original_id", "id")
 _KEYS = {"external_id", "gateway", "user", "ca_file"}
 _CANDIDATE = re.compile(r"(custom_attribute:[^\s:]{1,128}|[A-Za-z_][A-Za-z0-9_.-]{0,127})")

@@ -10,18 +10,22 @@ decides when. :class:`bridge.perlhost.PerlHost` owns the one child and every dec
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import selectors
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
+from typing import BinaryIO
 from pathlib import Path
 
 from . import protocol, scriptlog
-from .errors import PerlFault, PerlStartError, ProtocolError
+from .errors import PerlFault, PerlStartError
 from .home import Home
+from .model import OUTPUT_TAIL
 from .perlenv import HostSettings, host_command, perl_env
 
 _CHUNK = 65536
@@ -50,18 +54,22 @@ class PerlChild:
 
     def __init__(self, settings: HostSettings, host_script: Path, script: Path, home: Home) -> None:
         reply_r, reply_w = os.pipe()
+        self._capture = _capture_file()
         try:
             self.proc = subprocess.Popen(
                 host_command(script, settings, reply_w, host_script),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=self._capture.fileno() if self._capture else subprocess.STDOUT,
                 pass_fds=(reply_w,), start_new_session=True, env=perl_env(home, settings),
                 cwd=str(home.root), bufsize=0,
             )
         except OSError as exc:
             os.close(reply_r)
+            self._drop_capture()
             raise PerlStartError(f"cannot run {settings.perl}: {exc}") from exc
         finally:
             os.close(reply_w)
+        self.leftover = ""  # the tail of what the host left unforwarded when it ended (see kill)
         self.pid = self.proc.pid
         self._reply = reply_r
         os.set_blocking(reply_r, False)
@@ -69,6 +77,7 @@ class PerlChild:
         self._stdin = self.proc.stdin.fileno()
         os.set_blocking(self._stdin, False)
         self._buf = bytearray()
+        self._parser = protocol.ReplyParser(self.pid)
         # Readable once the host has exited: a process it forked without fork() (a piped open)
         # may hold the reply pipe open, so its EOF alone would come late.
         self._exited: int | None = _pidfd(self.pid)
@@ -109,14 +118,10 @@ class PerlChild:
         while True:
             self._write()
             lines = self._wait_lines(max(0.0, deadline - time.monotonic()))
-            replies: list[protocol.Reply] = []
-            for line in lines or ():
-                try:
-                    replies.append(protocol.parse_reply(line, self.pid))
-                except ProtocolError as exc:
-                    self._outstanding -= len(replies)
-                    return replies, exc
+            replies, garbage = self._parser.parse(lines or [])
             self._outstanding -= len(replies)
+            if garbage:
+                return replies, garbage
             if lines is None or (self._gone and self._outstanding):
                 return replies, self._exit_fault()
             if replies or self._gone or time.monotonic() >= deadline:
@@ -234,6 +239,29 @@ class PerlChild:
         if self._exited is not None:
             os.close(self._exited)
             self._exited = None
+        self._collect_leftover()
+
+    def _collect_leftover(self) -> None:
+        # A host that died or was killed inside a call left that call's output in the capture
+        # file (the host forwards it only when a call returns): into the log, and its tail kept
+        # for the failed attempt. Whatever processes of its group wrote after its stop, too.
+        if self._capture is None:
+            return
+        lines = scriptlog.LineLogger(script_log, f"perl[{self.pid}]")
+        tail = b""
+        offset = 0
+        while chunk := os.pread(self._capture.fileno(), _CHUNK, offset):
+            offset += len(chunk)
+            lines.feed(chunk)
+            tail = (tail + chunk)[-OUTPUT_TAIL:]
+        lines.finish()
+        self.leftover = protocol.decode_output(tail) if tail else ""
+        self._drop_capture()
+
+    def _drop_capture(self) -> None:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop as a plain perl is stopped, then kill whatever is left after ``grace`` seconds.
@@ -283,6 +311,20 @@ class PerlChild:
         except OSError:
             pass
         self._pump.join(timeout=1.0)
+
+
+def _capture_file() -> BinaryIO | None:
+    """An anonymous file, opened for reading and appending, for the host's STDOUT and STDERR
+    (see the host's header); None where none can be made (the host then writes into the log
+    pipe directly, and attempts carry no output)."""
+    try:
+        capture = tempfile.TemporaryFile()
+        flags = fcntl.fcntl(capture.fileno(), fcntl.F_GETFL)
+        fcntl.fcntl(capture.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
+    except OSError as exc:
+        log.warning("no capture file for the script's output (%s): attempts will carry none", exc)
+        return None
+    return capture
 
 
 def _pidfd(pid: int) -> int | None:

@@ -383,7 +383,7 @@ class PerlHost:
         ended = time.time()
         out = []
         for reply in replies:
-            out.append(Attempt(reply.ok, self._call_started, ended, error=reply.message,
+            out.append(Attempt(reply.ok, self._call_started, ended, output=reply.output, error=reply.message,
                                subject=self._subjects.popleft()))
             self._call_started = ended
         if replies:
@@ -394,11 +394,13 @@ class PerlHost:
         # The call in flight failed; the ones queued behind it never reached the script.
         self.log.error("ombacksync fault: %s", reason)
         ended = time.time()
-        out = [Attempt(False, self._call_started, ended, error=reason, subject=self._subjects.popleft())]
+        child = self._child
+        subjects, self._subjects = list(self._subjects), deque()
+        self._fault(reason)  # kills the child: what the failed call printed is its leftover now
+        output = child.leftover if child else ""
+        out = [Attempt(False, self._call_started, ended, output=output, error=reason, subject=subjects[0])]
         out += [Attempt(False, ended, ended, error=f"not attempted: {reason}", attempted=False, subject=i)
-                for i in self._subjects]
-        self._subjects.clear()
-        self._fault(reason)
+                for i in subjects[1:]]
         return out
 
     def _settle_in_flight(self) -> None:

@@ -18,6 +18,7 @@
 #   host -> bridge, on file descriptor REPLY_FD (never on STDOUT):
 #     READY <perl version> once, after SCRIPT was loaded and OMBackSync is defined
 #     FATAL <message>      once, instead of READY, when SCRIPT cannot be loaded; the host exits 2
+#     OUT <output>         the last 4096 bytes the call printed (optional, before its OK/ERR)
 #     OK                   the call returned
 #     ERR <message>        the call died, called exit, or the request was malformed
 #   Escaping: in <ID> and <message>, '%' and every byte below 0x20 or equal to 0x7F is written
@@ -33,8 +34,18 @@
 # longer read requests) and the bridge starts a new one. The same check after loading the
 # script gives "FATAL the script, while it loaded, closed or replaced ...", or the exit alone.
 #
-# Whatever the script prints (STDOUT) or warns (STDERR) goes to the bridge's log; the script's
-# STDIN is /dev/null. When its STDIN closes the host stops like a plain perl being stopped: the
+# Output: the bridge starts the host with STDOUT on its log pipe and STDERR on an anonymous
+# file it opened for reading and appending (the capture file). The host keeps a private copy of
+# the log pipe and points the script's STDOUT and STDERR at the capture file, so that what a
+# call prints or warns, and what the programs it runs write, land there. After each call the
+# host forwards what the file holds to the log pipe, empties the file, and sends the last 4096
+# bytes of it as "OUT <escaped bytes>" just before that call's OK or ERR (no OUT line when the
+# call wrote nothing): the bridge keeps that tail with the Close's attempt, whatever its log
+# budget drops. A host that dies or is killed in the middle of a call leaves that call's output
+# in the file, where the bridge reads it. Output of background processes between calls is
+# forwarded once a second while idle (and is part of the next call's tail if it comes during
+# it). When STDERR is not a plain file (the host run by hand) output goes where STDOUT and
+# STDERR point, and no OUT line is sent. The script's STDIN is /dev/null. When its STDIN closes the host stops like a plain perl being stopped: the
 # script's $SIG{TERM} handler runs (if it set one), then its END blocks. It also exits when its
 # parent process goes away.
 #
@@ -67,7 +78,10 @@ sub EAGAIN () { 11 }
 sub F_DUPFD_CLOEXEC () { 1030 }    # Fcntl would be a module
 sub BROKEN () { 4 }     # exit status: the script closed or replaced a protocol descriptor
 
+sub TAIL () { 4096 }    # bytes of a call's output sent back with its reply
+
 our ($IN, $OUT, $PARENT, @CHANNEL);
+our ($LOG, $CAPTURE);    # the log pipe, and the capture file STDOUT and STDERR point at
 
 sub high_copy {
     # A close-on-exec duplicate of $fh on the highest descriptor the limit allows among a few
@@ -117,6 +131,68 @@ sub forked {
     close $IN  if $IN;
     close $OUT if $OUT;
     $IN = $OUT = undef;
+    # Its output keeps going to the capture file, which the host forwards to the log.
+    close $LOG     if $LOG;
+    close $CAPTURE if $CAPTURE;
+    $LOG = $CAPTURE = undef;
+}
+
+sub capture_output {
+    # STDERR is the capture file (the bridge opened it for reading and appending): keep a
+    # private copy of the log pipe (STDOUT) and of the file, and point STDOUT at the file too.
+    return unless -f STDERR;
+    $LOG     = high_copy(\*STDOUT, '>') or die "cannot move STDOUT: $!\n";
+    $CAPTURE = high_copy(\*STDERR, '<') or die "cannot copy STDERR: $!\n";
+    open(STDOUT, '>&', \*STDERR) or die "cannot point STDOUT at the capture file: $!\n";
+    binmode $LOG;
+    binmode $CAPTURE;
+}
+
+sub take_output {
+    # Forward what the capture file holds to the log, empty it, and return its last TAIL bytes.
+    # One fstat when nothing was written. Processes the script left running write with
+    # O_APPEND, so after the truncation they write at the start again; the file is read until
+    # its size stands still, so only a write in the instant between that look and the
+    # truncation can be missed.
+    return '' unless $CAPTURE;
+    flush_std();
+    my ($pos, $tail, $size) = (0, '');
+    while (($size = -s $CAPTURE || 0) > $pos) {
+        sysseek($CAPTURE, $pos, 0);
+        while ($pos < $size) {
+            my $n = sysread($CAPTURE, my $chunk, 65536);
+            last unless $n;
+            $pos += $n;
+            write_all($LOG, $chunk);
+            $tail .= $chunk;
+            substr($tail, 0, length($tail) - TAIL, '') if length $tail > TAIL;
+        }
+    }
+    truncate($CAPTURE, 0) if $pos;
+    return $tail;
+}
+
+sub flush_std {
+    # Whatever the script left in perl's buffers (it may have turned autoflush off): setting
+    # $| flushes at once, and the script's own setting is put back.
+    my $was = select(STDOUT);
+    for my $fh (\*STDOUT, \*STDERR) {
+        select($fh);
+        my $auto = $|;
+        $| = 1;
+        $| = $auto;
+    }
+    select($was);
+}
+
+sub release_output {
+    # Stopping: what is left goes to the log, and so does whatever the TERM handler and the END
+    # blocks print from now on (the capture file dies with the host).
+    return unless $CAPTURE;
+    take_output();
+    open(STDOUT, '>&', $LOG);
+    open(STDERR, '>&', $LOG);
+    $CAPTURE = undef;
 }
 
 sub escape {
@@ -136,9 +212,13 @@ sub reply {
     my ($line) = @_;
     # One syswrite per reply: the bridge sees each outcome as soon as it exists, so a call that
     # hangs later in a pipelined batch is never blamed on an earlier one.
-    my $buf = "$line\n";
+    write_all($OUT, "$line\n");
+}
+
+sub write_all {
+    my ($fh, $buf) = @_;
     while (length $buf) {
-        my $n = syswrite($OUT, $buf);
+        my $n = syswrite($fh, $buf);
         if (!defined $n) {
             next if $! == EINTR;
             CORE::exit(3);    # the bridge is gone
@@ -206,7 +286,7 @@ sub load_script {
 }
 
 sub call {
-    # STDOUT and STDERR autoflush: what the call printed is in the log before its reply.
+    # What the call printed is in the log, and its tail in the reply, before the reply.
     my $ok;
     {
         local $TRAP = 1;
@@ -215,8 +295,9 @@ sub call {
     my $err = $@;
     leave_child($ok, $err) if $$ != $PID;
     channel_broken('OMBackSync', 'ERR') unless channel_intact();
-    return 'OK' if $ok;
-    return 'ERR ' . escape(message_of($err));
+    my $output = take_output();
+    my $outcome = $ok ? 'OK' : 'ERR ' . escape(message_of($err));
+    return length $output ? 'OUT ' . escape($output) . "\n$outcome" : $outcome;
 }
 
 sub handle {
@@ -246,6 +327,7 @@ sub serve {
         }
         if (select(my $rout = $rin, undef, undef, 1) <= 0) {    # idle (or a signal came)
             return if getppid() != $PARENT;    # orphaned: never outlive the supervisor
+            take_output();    # what processes the script left running wrote, into the log
             next;
         }
         my $n = sysread($IN, $buf, 65536, length $buf);
@@ -260,6 +342,7 @@ sub serve {
 sub stop {
     # Stopped like a plain perl that a service manager stops: the script's TERM handler (if it
     # installed one) runs, then perl ends normally, END blocks and destructors included.
+    release_output();
     my $handler = $SIG{TERM};
     kill 'TERM', $$ if ref $handler || (defined $handler && $handler ne '' && $handler ne 'DEFAULT'
                                         && $handler ne 'IGNORE');
@@ -282,6 +365,7 @@ sub main {
     binmode $IN;
     binmode $OUT;
     @CHANNEL = (identity($IN), identity($OUT));
+    capture_output();
     select((select(STDERR), $| = 1)[0]);
     $| = 1;    # STDOUT
     $PARENT = getppid();
@@ -293,6 +377,7 @@ sub main {
     push @INC, length $dir ? $dir : '/';
     my $failure = load_script($script);
     channel_broken('the script, while it loaded,', 'FATAL') unless channel_intact();
+    take_output();    # what loading printed: into the log
     if (defined $failure) {
         reply('FATAL ' . escape($failure));
         CORE::exit(2);

@@ -52,3 +52,18 @@ def test_replies_and_greetings_parse() -> None:
     assert protocol.parse_greeting(b"FATAL no%25") == (False, "no%")
     with pytest.raises(ProtocolError):
         protocol.parse_greeting(b"OK")
+
+
+def test_an_out_line_joins_the_reply_after_it_only() -> None:
+    parser = protocol.ReplyParser(pid=7)
+    replies, garbage = parser.parse([b"OUT line 1%0Aline 2%0A", b"ERR no", b"OK", b"OUT \xe2\x9c\x93%0A"])
+    assert garbage is None
+    assert replies == [protocol.Reply(False, "no", "line 1\nline 2\n"), protocol.OK]
+    (ok,), _ = parser.parse([b"OK"])  # an OUT at the end of one read waits for its reply in the next
+    assert ok.output == "\u2713\n"
+    replies, garbage = parser.parse([b"OK", b"OUTPUT", b"OK"])
+    assert replies == [protocol.OK] and isinstance(garbage, ProtocolError)
+
+
+def test_a_tail_cut_inside_a_character_drops_the_stray_bytes() -> None:
+    assert protocol.decode_output("✓ done\n".encode()[1:]) == " done\n"
