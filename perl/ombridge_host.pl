@@ -173,15 +173,10 @@ sub take_output {
 }
 
 sub flush_std {
-    # Whatever the script left in perl's buffers (it may have turned autoflush off): setting
-    # $| flushes at once, and the script's own setting is put back.
+    # What the script left in STDOUT's buffer when it turned autoflush off: setting $| flushes
+    # at once, and the script's setting is put back. (STDERR is never buffered in perl.)
     my $was = select(STDOUT);
-    for my $fh (\*STDOUT, \*STDERR) {
-        select($fh);
-        my $auto = $|;
-        $| = 1;
-        $| = $auto;
-    }
+    ($| = 1) && ($| = 0) unless $|;
     select($was);
 }
 
