@@ -1,23 +1,25 @@
-"""The stored backlog of a home, read for ``status`` by the supervisor and by the client when no
-supervisor runs (:mod:`bridge.launcher`): a module of its own so that the client needs nothing
-of the daemon."""
+"""The stored backlog and nodes of a home, read for ``status`` by the supervisor and by the client
+when no supervisor runs (:mod:`bridge.launcher`): a module of its own so that the client needs
+nothing of the daemon."""
 
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
-from . import ledger, store
+from . import ledger, nodes, store
 from .errors import BridgeError
 from .home import Home
 
 
-def stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
-    """(open and failed deliveries, None) from the event core, or (None, why it cannot be read)."""
+def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, Any]], str | None]:
+    """(open and failed deliveries, the nodes, None) from the event core, or (None, [], why it
+    cannot be read)."""
     try:
         conn = store.connect(home)
         try:
-            return ledger.backlog(conn), None
+            return ledger.backlog(conn), nodes.listing(conn), None
         finally:
             conn.close()
     except (BridgeError, sqlite3.Error) as exc:
-        return None, str(exc)
+        return None, [], str(exc)

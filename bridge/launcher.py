@@ -87,11 +87,13 @@ def stop(home: Home, timeout: float = 120.0) -> int | None:
 def offline_status(home: Home) -> dict[str, Any]:
     """What ``status`` shows when no supervisor runs: everything stopped, and the stored backlog."""
     backlog: dict[str, int] | None = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
+    nodes: list[dict[str, Any]] = []
     if home.db.exists():
-        backlog, _ = stored_backlog(home)  # None when unreadable: `ombridge check --db` says why
+        backlog, nodes, _ = stored_backlog(home)  # None when unreadable: `ombridge check --db` says why
     return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
             "ombacksync": {"state": HostState.STOPPED.value},
-            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "degraded": []}
+            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "nodes": nodes,
+            "degraded": []}
 
 
 def is_alive(pid: int) -> bool:

@@ -166,7 +166,16 @@ def _v8(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS omi_events_external ON omi_events (external_id)")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
+def _v9(db: Any) -> None:
+    # The nodes sharing the event core (bridge/nodes.py): on SQLite, the home's one node, so that
+    # status and claims read the same on both stores (PostgreSQL: 0001_event_core.sql).
+    db.execute("CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, host TEXT NOT NULL, home TEXT NOT NULL, "
+               "pid INTEGER NOT NULL, owner TEXT NOT NULL, version TEXT NOT NULL, script_checksum TEXT, listener TEXT, "
+               "started_at REAL NOT NULL, last_seen REAL NOT NULL, stopped_at REAL)")
+    db.execute("CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes (last_seen)")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

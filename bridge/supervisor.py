@@ -20,6 +20,7 @@ import queue
 import selectors
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from enum import Enum
 from typing import Any
 
-from . import __version__, actions, backsync, control, controlserver, deliveries, store
+from . import __version__, actions, backsync, control, controlserver, nodes, store
 from .backlog import stored_backlog
 from .chores import Chores
 from .control import RESTARTABLE
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
     from .web.listener import Listener
 
 log = logging.getLogger("ombridge.supervisor")
-OWNER_PREFIX = "supervisor:"
 DEFAULT_RETENTION = 30 * 86400.0
 
 
@@ -127,7 +127,9 @@ class Supervisor:
         self.chores = Chores(home, retention_seconds=retention, metrics_textfile=metrics_textfile,
                              metrics_interval=metrics_interval, status=self.status)
         self.log_to_stderr = log_to_stderr
-        self.owner = f"{OWNER_PREFIX}{os.getpid()}"
+        self.owner = f"{nodes.OWNER_PREFIX}{os.getpid()}"  # until the node joins (nodes.Node.owner)
+        self.node: nodes.Node | None = None
+        self.heartbeat: nodes.Heartbeat | None = None
         self.started_at = time.time()
         self.state = SupervisorState.STARTING
         self.host: PerlHost | None = None
@@ -189,12 +191,15 @@ class Supervisor:
                 raise StoreError(f"the event core {self.home.db} is damaged ({damage[0]}); nothing was started: "
                                  "see `ombridge check --db` and the recovery procedure in docs/operations.md")
             backsync.ensure_backsync(conn)
-            taken = deliveries.reclaim_abandoned(conn, OWNER_PREFIX, self.owner)
+            taken = self._join(conn)
             timeout = backsync.close_timeout(conn)
         finally:
             conn.close()
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
+        self.heartbeat = nodes.Heartbeat(lambda: store.connect(self.home), self.node, self.home.script,
+                                         on_taken=lambda: self.manager.wake() if self.manager else None)
+        self.heartbeat.start()
         control_sock, doorbell = controlserver.bind(self.home.run_dir)
         self.host = PerlHost(self.home, timeout=timeout, settings=load_settings(self.home, self.perl),
                              on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
@@ -222,6 +227,15 @@ class Supervisor:
         self._change_state(SupervisorState.STOPPED)
         log.info("supervisor %d stopped", os.getpid())
         return 0
+
+    def _join(self, conn: Any) -> int:
+        # This supervisor is the home's node in the store: it takes back what its earlier runs
+        # left claimed (on SQLite, whatever any supervisor of the home left: one box, one node).
+        self.node = nodes.this_node(self.home)
+        self.owner = self.node.owner
+        everything = nodes.OWNER_PREFIX if isinstance(conn, sqlite3.Connection) else None
+        return nodes.join(conn, self.node, version=__version__, checksum=nodes.script_checksum(self.home.script),
+                          reclaim_prefix=everything)
 
     def _lifecycle(self) -> None:
         # Lifecycle jobs, one at a time, in order; the shutdown job is the last one.
@@ -253,11 +267,27 @@ class Supervisor:
             self.listener.stop()  # drain first: the requests in flight are committed and answered
         self.manager.stop()
         self.host.stop()
+        self._leave()
         if self.reporter is not None and not self.reporter.close():
             log.warning("stopping without waiting for the ombacksync/error report still being made")
         self._jobs.put(None)
         self._done.set()
         os.write(self._wake_w, b"!")
+
+    def _leave(self) -> None:
+        # A clean stop: the node is shown stopped (not dead); what it still claims was settled.
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        if self.node is None:
+            return
+        try:
+            conn = store.connect(self.home)
+            try:
+                nodes.leave(conn, self.node)
+            finally:
+                conn.close()
+        except (BridgeError, sqlite3.Error) as exc:
+            log.warning("could not record the stop of node %s: %s", self.node.name, exc)
 
     def _loop(self, control_sock: socket.socket, doorbell: socket.socket) -> None:
         with selectors.DefaultSelector() as sel:
@@ -406,9 +436,13 @@ class Supervisor:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         degraded = []
-        backlog, unreadable = stored_backlog(self.home)
+        backlog, nodes_now, unreadable = stored_backlog(self.home)
         if unreadable:
             degraded.append(f"the event core cannot be read: {unreadable}")
+        degraded += nodes.troubles(nodes_now)
+        if self.heartbeat is not None and self.heartbeat.last_error:
+            degraded.append(f"the heartbeat of node {self.node.name if self.node else '?'} failed: "
+                            f"{self.heartbeat.last_error}")
         host_state = host.state if host else HostState.STOPPED
         listener_status = self.listener.status() if self.listener else {"state": ListenerState.OFF.value}
         if listener_status["state"] == ListenerState.FAILED.value:
@@ -430,6 +464,7 @@ class Supervisor:
             "eventmanager": manager_status,
             "listener": listener_status,
             "backlog": backlog,
+            "nodes": nodes_now,
             "degraded": degraded,
         }
 

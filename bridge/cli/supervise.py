@@ -182,8 +182,19 @@ def _print_status(s: dict) -> None:
                        f"{web['events']} events in {web['commits']} commits, {web['auth_failures']} auth failures")
     click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed" if bl else "backlog       unknown (the event core "
                "cannot be read)")
+    _print_nodes(s.get("nodes") or [])
     for reason in s.get("degraded") or ():
         click.echo(f"degraded      {reason}")
+
+
+def _print_nodes(nodes: list[dict]) -> None:
+    # Only when the store is shared: on one box the one node is the supervisor above.
+    if len(nodes) < 2:
+        return
+    for n, node in enumerate(nodes):
+        seen = "" if node["state"] == "stopped" else f", seen {node['seen_ago']:.0f}s ago"
+        click.echo(f"{'nodes' if n == 0 else '':14}{node['name']}: {node['state']}{seen}, {node['leases']} leases, "
+                   f"pid {node['pid']} on {node['host']}, script {(node['script_checksum'] or 'unreadable')[:12]}")
 
 
 @main.command()

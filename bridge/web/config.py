@@ -67,7 +67,8 @@ def read_file(home: Home) -> dict[str, object]:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from exc
-    unknown = set(data) - {"listen", "ombacksync", "omi"}  # [ombacksync]: bridge/perlenv.py, [omi]: bridge/omisync.py
+    # [ombacksync]: bridge/perlenv.py, [omi]: bridge/omisync.py, [store]: bridge/nodes.py
+    unknown = set(data) - {"listen", "ombacksync", "omi", "store"}
     section = data.get("listen", {})
     if not isinstance(section, dict):
         raise UsageError(f"{path}: [listen] must be a table")

@@ -1,0 +1,225 @@
+"""The nodes that share one event core: who runs where, whether it is alive, and who takes over
+the claims of one that died (docs/multinode.md).
+
+A node is a running supervisor, named by ``[store] node`` in ``conf/ombridge.conf`` (default
+``<hostname>:<home>``). It owns the ``nodes`` table: it joins at its start (taking back what its
+own earlier runs left claimed), heartbeats every :data:`HEARTBEAT_EVERY` seconds from a thread of
+its own (:class:`Heartbeat`: a busy chore or lane never makes it look dead), and leaves at a
+clean stop. A node without a heartbeat for :data:`DEAD_AFTER` seconds is dead: at its next beat,
+any other node makes the dead node's claims due again, so a survivor delivers them at once
+instead of after their leases. On one box (SQLite) the table holds the home's one node.
+
+Claims carry the node in their owner, ``supervisor:<node>#<pid>``: a node's claims, whatever
+run made them, are those whose owner starts with ``supervisor:<node>#`` (so ``#`` is not allowed
+in a node name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from . import deliveries
+from .errors import BridgeError, UsageError
+from .home import Home
+from .store import transaction
+
+log = logging.getLogger("ombridge.nodes")
+
+HEARTBEAT_EVERY = 2.0  # seconds between two heartbeats of a running node
+DEAD_AFTER = 10.0  # seconds without a heartbeat after which a node is dead
+OWNER_PREFIX = "supervisor:"  # what every supervisor's claims begin with
+MAX_NAME = 200
+CONFIG_FILE = os.path.join("conf", "ombridge.conf")
+
+
+@dataclass(frozen=True)
+class Node:
+    """This node: its name, where it runs, and the owner its claims carry."""
+
+    name: str
+    host: str
+    home: str
+    pid: int
+
+    @property
+    def owner(self) -> str:
+        """What this run's claims carry in ``subscriber_events.claimed_by``."""
+        return f"{claim_prefix(self.name)}{self.pid}"
+
+
+def claim_prefix(name: str) -> str:
+    """The start of the owner of every claim node ``name`` made, in any of its runs."""
+    return f"{OWNER_PREFIX}{name}#"
+
+
+def check_name(name: str, where: str) -> str:
+    """``name`` if it may name a node; otherwise one sentence saying why not."""
+    if not name or len(name) > MAX_NAME or "#" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        raise UsageError(f"{where}: a node name is 1 to {MAX_NAME} characters, without '#' or control characters")
+    return name
+
+
+def this_node(home: Home, pid: int | None = None) -> Node:
+    """This home's node: named by ``[store] node`` in ``conf/ombridge.conf``, else ``<hostname>:<home>``."""
+    host = socket.gethostname()
+    path = home.root / CONFIG_FILE
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("store", {})
+    except FileNotFoundError:
+        table = {}
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from exc
+    configured = table.get("node") if isinstance(table, dict) else None
+    if configured is not None and not isinstance(configured, str):
+        raise UsageError(f"{path}: [store] node must be a string")
+    if configured is None:
+        name = f"{host}:{home.root}".replace("#", "_")
+    else:
+        name = check_name(configured, f"{path}: [store] node")
+    return Node(name, host, str(home.root), os.getpid() if pid is None else pid)
+
+
+def script_checksum(path: os.PathLike[str] | str) -> str | None:
+    """The sha256 of a node's ``OMBackSync.pl`` (None when it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def join(conn: Any, me: Node, *, version: str, checksum: str | None, listener: str | None = None,
+         reclaim_prefix: str | None = None) -> int:
+    """Register ``me`` as running, and make due again what earlier runs of this node (or, with
+    ``reclaim_prefix``, any owner starting with it) left claimed; returns how many claims.
+
+    Refused when another home, alive, runs under the same name: two nodes must not share one.
+    """
+    at = time.time()
+    with transaction(conn):
+        row = conn.execute("SELECT host, home, pid, last_seen, stopped_at FROM nodes WHERE name = ?",
+                           (me.name,)).fetchone()
+        if row is not None and row[4] is None and at - row[3] < DEAD_AFTER and (row[0], row[1]) != (me.host, me.home):
+            raise BridgeError(f"node {me.name!r} already runs on {row[0]} in {row[1]} (pid {row[2]}, seen "
+                              f"{at - row[3]:.0f}s ago): give this home a name of its own ([store] node in "
+                              f"{CONFIG_FILE})")
+        conn.execute(
+            "INSERT INTO nodes (name, host, home, pid, owner, version, script_checksum, listener, started_at, "
+            "last_seen, stopped_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (name) DO UPDATE SET "
+            "host = excluded.host, home = excluded.home, pid = excluded.pid, owner = excluded.owner, "
+            "version = excluded.version, script_checksum = excluded.script_checksum, listener = excluded.listener, "
+            "started_at = excluded.started_at, last_seen = excluded.last_seen, stopped_at = NULL",
+            (me.name, me.host, me.home, me.pid, me.owner, version, checksum, listener, at, at))
+    return deliveries.reclaim_abandoned(conn, reclaim_prefix or claim_prefix(me.name), me.owner)
+
+
+def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
+    """One heartbeat of ``me``; then take over the claims of every node found dead.
+    Returns {dead node: claims made due again} for those that held any."""
+    at = time.time()
+    with transaction(conn):
+        conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ? WHERE name = ?", (at, checksum, me.name))
+    dead = [r[0] for r in conn.execute("SELECT name FROM nodes WHERE stopped_at IS NULL AND last_seen < ? "
+                                       "AND name != ?", (at - DEAD_AFTER, me.name))]
+    taken = {name: deliveries.reclaim_abandoned(conn, claim_prefix(name), me.owner) for name in dead}
+    return {name: n for name, n in taken.items() if n}
+
+
+def leave(conn: Any, me: Node) -> None:
+    """``me`` stopped cleanly: shown stopped, not dead (its claims were settled or given back)."""
+    at = time.time()
+    with transaction(conn):
+        conn.execute("UPDATE nodes SET stopped_at = ?, last_seen = ? WHERE name = ? AND pid = ?",
+                     (at, at, me.name, me.pid))
+
+
+def listing(conn: Any) -> list[dict[str, Any]]:
+    """Every node: name, host, home, pid, version, alive, state (running, dead, stopped), last
+    seen (seconds ago), the claims it holds now, and its script's checksum."""
+    at = time.time()
+    held: dict[str, int] = {}
+    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = 'open' "
+                                     "AND next_attempt_at > ? AND claimed_by IS NOT NULL GROUP BY claimed_by", (at,)):
+        if owner.startswith(OWNER_PREFIX) and "#" in owner:
+            name = owner[len(OWNER_PREFIX):].rsplit("#", 1)[0]
+            held[name] = held.get(name, 0) + count
+    nodes = []
+    for r in conn.execute("SELECT name, host, home, pid, version, script_checksum, listener, started_at, last_seen, "
+                          "stopped_at FROM nodes ORDER BY name"):
+        state = "stopped" if r[9] is not None else "running" if at - r[8] < DEAD_AFTER else "dead"
+        nodes.append({"name": r[0], "host": r[1], "home": r[2], "pid": r[3], "version": r[4], "state": state,
+                      "alive": state == "running", "last_seen": r[8], "seen_ago": max(0.0, at - r[8]),
+                      "leases": held.get(r[0], 0), "script_checksum": r[5], "listener": r[6], "started_at": r[7]})
+    return nodes
+
+
+def troubles(nodes: list[dict[str, Any]]) -> list[str]:
+    """Why the nodes make the whole degraded, in words: dead nodes, scripts that differ."""
+    found = [f"node {n['name']} is dead: no heartbeat for {n['seen_ago']:.0f}s (its claims are taken over)"
+             for n in nodes if n["state"] == "dead"]
+    running = [n for n in nodes if n["alive"]]
+    if len({n["script_checksum"] for n in running}) > 1:
+        found.append("the nodes run different OMBackSync.pl: " + ", ".join(
+            f"{n['name']} {(n['script_checksum'] or 'unreadable')[:12]}" for n in running))
+    return found
+
+
+class Heartbeat:
+    """The thread that keeps this node alive in the table and takes over dead nodes' claims."""
+
+    def __init__(self, connect: Any, me: Node, script: os.PathLike[str] | str,
+                 on_taken: Any = None, every: float = HEARTBEAT_EVERY) -> None:
+        self.connect = connect  # () -> a connection of its own
+        self.me = me
+        self.script = script
+        self.on_taken = on_taken  # called after claims were taken over (wake the lanes)
+        self.every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        conn = None
+        next_log = 0.0
+        while not self._stop.wait(self.every):
+            try:
+                conn = conn or self.connect()
+                taken = beat(conn, self.me, script_checksum(self.script))
+                self.last_error = None
+            except Exception as exc:  # the database away: beat again, reconnected, next time
+                self.last_error = str(exc)
+                if time.monotonic() >= next_log:
+                    log.error("heartbeat of node %s failed: %s", self.me.name, exc)
+                    next_log = time.monotonic() + 60.0
+                conn = _closed(conn)
+                continue
+            for name, count in taken.items():
+                log.warning("node %s is dead (no heartbeat for %gs): %d of its claims are due again here",
+                            name, DEAD_AFTER, count)
+            if taken and self.on_taken:
+                self.on_taken()
+        _closed(conn)
+
+
+def _closed(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is dropped anyway
+            pass
+    return None

@@ -1,0 +1,111 @@
+"""The nodes of one event core (issue 24): joining, heartbeats, a dead node's claims taken over,
+status. On a real SQLite file here (the logic is the store's, not the file's); the two-supervisor
+tests on a real PostgreSQL server are in tests/pg/."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge import nodes
+from bridge.errors import BridgeError, UsageError
+from bridge.home import Home
+from bridge.model import Lane
+from conftest import run_ombridge as omb
+from conftest import status, wait_for
+
+A = nodes.Node("connector-a", "host-a", "/srv/a", 101)
+B = nodes.Node("connector-b", "host-b", "/srv/b", 202)
+
+
+def age(conn, name: str, seconds: float) -> None:
+    """Make ``name``'s last heartbeat ``seconds`` older (as if it had stopped beating)."""
+    conn.execute("UPDATE nodes SET last_seen = last_seen - ? WHERE name = ?", (seconds, name))
+
+
+def claimed_by(conn, owner: str) -> int:
+    return conn.execute("SELECT count(*) FROM subscriber_events WHERE claimed_by = ?", (owner,)).fetchone()[0]
+
+
+def test_a_name_in_use_by_a_live_node_elsewhere_is_refused(home: Home, conn) -> None:
+    nodes.join(conn, A, version="1", checksum="x")
+    twin = nodes.Node(A.name, "host-z", "/srv/z", 303)
+    with pytest.raises(BridgeError, match="node 'connector-a' already runs on host-a in /srv/a .*give this home a name"):
+        nodes.join(conn, twin, version="1", checksum="x")
+    nodes.join(conn, nodes.Node(A.name, A.host, A.home, 999), version="1", checksum="x")  # the same home, restarted
+    age(conn, A.name, nodes.DEAD_AFTER + 1)
+    nodes.join(conn, twin, version="1", checksum="x")  # a dead node's name may be taken over
+    assert [(n["name"], n["host"], n["pid"]) for n in nodes.listing(conn)] == [(A.name, "host-z", 303)]
+
+
+def test_a_dead_nodes_claims_are_made_due_by_the_next_beat_of_another(home: Home, conn) -> None:
+    omb(home, "close", "C-1", "C-2", "C-3")
+    nodes.join(conn, A, version="1", checksum="same")
+    nodes.join(conn, B, version="1", checksum="same")
+    from bridge import deliveries
+
+    claims = deliveries.claim(conn, limit=3, lane=Lane.BACKSYNC, owner=A.owner)
+    assert len(claims) == 3 and claimed_by(conn, A.owner) == 3
+    assert nodes.beat(conn, B, "same") == {}  # A is alive: nothing taken
+    assert {n["name"]: n["leases"] for n in nodes.listing(conn)} == {A.name: 3, B.name: 0}
+
+    age(conn, A.name, nodes.DEAD_AFTER + 1)
+    assert nodes.beat(conn, B, "same") == {A.name: 3}
+    assert claimed_by(conn, A.owner) == 0
+    assert len(deliveries.claim(conn, limit=3, lane=Lane.BACKSYNC, owner=B.owner)) == 3  # due again at once
+    listed = {n["name"]: n for n in nodes.listing(conn)}
+    assert listed[A.name]["state"] == "dead" and not listed[A.name]["alive"]
+    assert listed[B.name]["state"] == "running" and listed[B.name]["leases"] == 3
+    (trouble,) = nodes.troubles(list(listed.values()))
+    assert trouble.startswith("node connector-a is dead: no heartbeat for 1")
+
+
+def test_a_clean_stop_is_no_death_and_different_scripts_degrade(conn) -> None:
+    nodes.join(conn, A, version="1", checksum="aaaa")
+    nodes.join(conn, B, version="1", checksum="bbbb")
+    (trouble,) = nodes.troubles(nodes.listing(conn))
+    assert trouble == "the nodes run different OMBackSync.pl: connector-a aaaa, connector-b bbbb"
+    nodes.leave(conn, A)
+    age(conn, A.name, 3600)
+    assert nodes.troubles(nodes.listing(conn)) == []
+    assert [n["state"] for n in nodes.listing(conn)] == ["stopped", "running"]
+
+
+@pytest.mark.parametrize("name", ["", "a#b", "tab\there", "x" * 201])
+def test_a_bad_node_name_in_the_conf_is_one_sentence(home: Home, name: str) -> None:
+    (home.root / "conf" / "ombridge.conf").write_text(f"[store]\nnode = {json.dumps(name)}\n")
+    with pytest.raises(UsageError, match="a node name is 1 to 200 characters, without '#' or control characters"):
+        nodes.this_node(home)
+
+
+def test_the_supervisor_is_its_homes_node_and_says_so_in_status(home: Home) -> None:
+    (home.root / "conf" / "ombridge.conf").write_text('[store]\nnode = "connector-a"\n')
+    omb(home, "start")
+    try:
+        (node,) = status(home)["nodes"]
+        assert node["name"] == "connector-a" and node["state"] == "running"
+        assert node["pid"] == status(home)["supervisor"]["pid"]
+        assert node["script_checksum"] == nodes.script_checksum(home.script)
+        omb(home, "close", "N-1")
+        wait_for(lambda: status(home)["backlog"]["open"] == 0, what="the Close delivered")
+    finally:
+        omb(home, "stop", check=False)
+    (node,) = json.loads(omb(home, "status", "--json", check=False).stdout)["nodes"]
+    assert node["state"] == "stopped"
+
+
+def test_status_and_the_console_show_every_node_and_a_dead_one_degrades(home: Home, listening, conn) -> None:
+    from console_support import login
+
+    srv = listening()
+    dead = nodes.Node("<b>connector-b</b>", "host-b", "/srv/b", 202)
+    nodes.join(conn, dead, version="0.0.9", checksum=nodes.script_checksum(home.script))
+    age(conn, dead.name, 60)
+    r = omb(home, "status", check=False)
+    assert r.returncode == 1, r.stdout  # degraded
+    assert "nodes         <b>connector-b</b>: dead, seen 6" in r.stdout
+    assert "degraded      node <b>connector-b</b> is dead: no heartbeat for 6" in r.stdout
+    page = login(srv).get("/ui/status").text
+    assert 'id="nodes"' in page and "&lt;b&gt;connector-b&lt;/b&gt;" in page and "<b>connector-b" not in page
+    assert '<tr class="node-dead">' in page and '<tr class="node-running">' in page
