@@ -125,6 +125,15 @@ class ListenerState(str, Enum):
     FAILED = "failed"
 
 
+class NodeState(str, Enum):
+    """A node of the event core as the ``nodes`` table shows it (bridge/nodes.py): derived from its
+    row at each reading (a heartbeat within the dead-node limit, or a clean stop), never stored."""
+
+    RUNNING = "running"
+    DEAD = "dead"
+    STOPPED = "stopped"
+
+
 OUTPUT_TAIL = 4096  # bytes of output an attempt keeps (the last ones)
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from . import deliveries
 from .errors import BridgeError, UsageError
 from .home import Home
+from .model import DeliveryStatus, NodeState
 from .store import transaction
 
 log = logging.getLogger("ombridge.nodes")
@@ -146,17 +147,18 @@ def listing(conn: Any) -> list[dict[str, Any]]:
     seen (seconds ago), the claims it holds now, and its script's checksum."""
     at = time.time()
     held: dict[str, int] = {}
-    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = 'open' "
-                                     "AND next_attempt_at > ? AND claimed_by IS NOT NULL GROUP BY claimed_by", (at,)):
+    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = ? "
+                                     "AND next_attempt_at > ? AND claimed_by IS NOT NULL GROUP BY claimed_by",
+                                     (DeliveryStatus.OPEN.value, at)):
         if owner.startswith(OWNER_PREFIX) and "#" in owner:
             name = owner[len(OWNER_PREFIX):].rsplit("#", 1)[0]
             held[name] = held.get(name, 0) + count
     nodes = []
     for r in conn.execute("SELECT name, host, home, pid, version, script_checksum, listener, started_at, last_seen, "
                           "stopped_at FROM nodes ORDER BY name"):
-        state = "stopped" if r[9] is not None else "running" if at - r[8] < DEAD_AFTER else "dead"
-        nodes.append({"name": r[0], "host": r[1], "home": r[2], "pid": r[3], "version": r[4], "state": state,
-                      "alive": state == "running", "last_seen": r[8], "seen_ago": max(0.0, at - r[8]),
+        state = NodeState.STOPPED if r[9] is not None else NodeState.RUNNING if at - r[8] < DEAD_AFTER else NodeState.DEAD
+        nodes.append({"name": r[0], "host": r[1], "home": r[2], "pid": r[3], "version": r[4], "state": state.value,
+                      "alive": state is NodeState.RUNNING, "last_seen": r[8], "seen_ago": max(0.0, at - r[8]),
                       "leases": held.get(r[0], 0), "script_checksum": r[5], "listener": r[6], "started_at": r[7]})
     return nodes
 
@@ -164,7 +166,7 @@ def listing(conn: Any) -> list[dict[str, Any]]:
 def troubles(nodes: list[dict[str, Any]]) -> list[str]:
     """Why the nodes make the whole degraded, in words: dead nodes, scripts that differ."""
     found = [f"node {n['name']} is dead: no heartbeat for {n['seen_ago']:.0f}s (its claims are taken over)"
-             for n in nodes if n["state"] == "dead"]
+             for n in nodes if n["state"] == NodeState.DEAD.value]
     running = [n for n in nodes if n["alive"]]
     if len({n["script_checksum"] for n in running}) > 1:
         found.append("the nodes run different OMBackSync.pl: " + ", ".join(

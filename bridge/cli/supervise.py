@@ -12,7 +12,7 @@ import rich_click as click
 
 from .. import backsync, control, launcher
 from ..errors import AlreadyRunning, BridgeError, NotRunning, UsageError
-from ..model import DeliveryStatus, HostState, ListenerState, SupervisorState
+from ..model import DeliveryStatus, HostState, ListenerState, NodeState, SupervisorState
 from ..retention import parse_age
 from .base import core, home_of, main, print_json, stdin_ids
 from ..wording import restarted
@@ -192,7 +192,7 @@ def _print_nodes(nodes: list[dict]) -> None:
     if len(nodes) < 2:
         return
     for n, node in enumerate(nodes):
-        seen = "" if node["state"] == "stopped" else f", seen {node['seen_ago']:.0f}s ago"
+        seen = "" if node["state"] == NodeState.STOPPED.value else f", seen {node['seen_ago']:.0f}s ago"
         click.echo(f"{'nodes' if n == 0 else '':14}{node['name']}: {node['state']}{seen}, {node['leases']} leases, "
                    f"pid {node['pid']} on {node['host']}, script {(node['script_checksum'] or 'unreadable')[:12]}")
 
