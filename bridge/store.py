@@ -175,7 +175,16 @@ def _v9(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes (last_seen)")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+def _v10(db: Any) -> None:
+    # Console sessions (bridge/web/console/session.py), as on PostgreSQL: any node knows them, and
+    # they outlive a restart. The id is the sha256 of the cookie's session id, never the id.
+    db.execute("CREATE TABLE IF NOT EXISTS console_sessions (id TEXT PRIMARY KEY, user_name TEXT NOT NULL "
+               "REFERENCES users (name) ON DELETE CASCADE, created_at REAL NOT NULL, expires_at REAL NOT NULL, "
+               "ended_at REAL)")
+    db.execute("CREATE INDEX IF NOT EXISTS console_sessions_expires_at ON console_sessions (expires_at)")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -82,10 +82,12 @@ def test_a_session_ends_when_the_user_is_removed_or_changes_password(home: Home,
     c = login(srv)
     assert c.get("/ui/status?format=json").status_code == 200
     omb(home, "user", "passwd", USER, stdin="Another-Long-Pa55word\n")
-    wait_for(lambda: c.get("/ui/status?format=json").status_code == 401, what="session refused after passwd")
+    assert c.get("/ui/status?format=json").status_code == 401  # the session is the event core's: refused at once
+    # the listener re-reads the users within a second: the old password stops working, the new one works
+    wait_for(lambda: srv.client().get("/ui/status?format=json").status_code == 401, what="the old password refused")
     c = login(srv, password="Another-Long-Pa55word")
     omb(home, "user", "remove", USER)
-    wait_for(lambda: c.get("/ui/status?format=json").status_code == 401, what="session refused after remove")
+    assert c.get("/ui/status?format=json").status_code == 401
 
 
 def test_a_post_without_the_right_csrf_token_is_refused_and_changes_nothing(home: Home, listening) -> None:
@@ -371,3 +373,25 @@ def test_every_maintenance_screen_changes_what_the_cli_shows(home: Home, listeni
     omb(home, "integration", "add", "vendor-a", str(vendor))
     page = c.get("/ui/integrations")
     assert page.status_code == 200 and "vendor-a" in page.text
+
+
+def test_a_session_outlives_a_restart_and_is_known_to_every_listener_of_the_store(home: Home, listening) -> None:
+    """Sessions live in the event core: a second listener (another node behind a load balancer)
+    and a restarted supervisor accept the same cookie, and a logout on one ends it on all."""
+    from bridge.web.console.session import SESSION_COOKIE
+
+    srv = listening()
+    c = login(srv)
+    cookie = c.cookies[SESSION_COOKIE]
+    token = csrf_of(c)
+    omb(home, "stop")
+    srv = listening()
+    again = srv.client(auth=None, follow_redirects=False)
+    again.cookies.set(SESSION_COOKIE, cookie, path="/ui")
+    assert again.get("/ui/status?format=json").status_code == 200
+    assert csrf_of(again) == token  # the CSRF token does not depend on the process either
+    r = again.post("/ui/logout", data={"csrf": token})
+    assert r.status_code == 303
+    stale = srv.client(auth=None, follow_redirects=False)
+    stale.cookies.set(SESSION_COOKIE, cookie, path="/ui")
+    assert stale.get("/ui/status?format=json").status_code == 401

@@ -23,13 +23,10 @@ LATEST = len(pgschema.migrations())
 # Tables only the PostgreSQL store has, and why (docs/multinode.md).
 PG_ONLY_TABLES = {
     "schema_migrations": "SQLite keeps its schema version in PRAGMA user_version",
-    "console_sessions": "sessions any node behind a load balancer can check; the SQLite store gets "
-                        "the table with the seam (store migration 8), until then a node keeps them in memory",
 }
 # Indexes only the PostgreSQL store has, and why.
 PG_ONLY_INDEXES = {
     "subscriber_events_claimed": "finds a dead node's claims in flight (takeover)",
-    "console_sessions_expires_at": "prunes expired sessions",
 }
 # How SQLite's declared types map to PostgreSQL's.
 TYPES = {"TEXT": {"text"}, "REAL": {"double precision"}, "INTEGER": {"bigint", "integer", "smallint"}}

@@ -70,7 +70,7 @@ class Console:
     def __init__(self, home: Home, authenticator: Authenticator,
                  status: Callable[[], dict[str, Any]] | None) -> None:
         self.home = home
-        self.sessions = Sessions(authenticator)
+        self.sessions = Sessions(authenticator, self.core)
         self.status = status
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)

@@ -80,7 +80,7 @@ class Pages:
 
     async def logout(self, request: Request) -> Response:
         """End the session: refused from now on, and its cookie dropped."""
-        self.c.sessions.end(request.scope["console_user"][1])
+        await self.c.sessions.end(request.scope["console_user"][1])
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
         return response

@@ -1,32 +1,40 @@
-"""Who is asking: signed session cookies, CSRF tokens and flash messages of the operator console.
+"""Who is asking: session cookies, CSRF tokens and flash messages of the operator console.
 
 - A user logs in once with the name and password of ``ombridge user add``; the password is
   checked by the listener's :class:`~bridge.web.auth.Authenticator` (same users, same scrypt
-  check, same throttling of failures per address). The answer is a session cookie: the user
-  name, a random session id, when it was issued and a fingerprint of the user's stored hash,
-  signed with HMAC-SHA256 under a key that lives only in this process. ``HttpOnly``,
-  ``SameSite=Strict``, ``Path=/ui``, ``Secure`` when the listener speaks TLS. A session ends
-  after :data:`SESSION_SECONDS`, at logout, when the supervisor restarts (new key), and when the
-  user is removed or their password changed (the fingerprint no longer matches).
+  check, same throttling of failures per address). The answer is a session cookie holding a
+  random session id (256 bits). The event core keeps the session in ``console_sessions`` under
+  the sha256 of that id (never the id itself): whose it is, and until when. So any node behind a
+  load balancer knows it (docs/multinode.md), and it outlives a restart of the supervisor.
+  ``HttpOnly``, ``SameSite=Strict``, ``Path=/ui``, ``Secure`` when the listener speaks TLS. A
+  session ends after :data:`SESSION_SECONDS`, at logout, when the user is removed, and when their
+  password changes after the login (``users.updated_at``).
 - HTTP Basic credentials are accepted too, for reading pages and their JSON twins with curl.
-- Every POST carries a CSRF token: an HMAC of the session id under the same key. A POST without
-  it or with a wrong one is refused with 403 before anything else happens. The login form has
-  its own token, double-submitted in a short-lived cookie.
+- Every POST carries a CSRF token: an HMAC keyed with the session id, which only the session's
+  own browser holds (the cookie is HttpOnly), so every node can check it and no page can forge
+  it. A POST without it or with a wrong one is refused with 403 before anything else happens.
+  The login form has its own token, double-submitted in a short-lived cookie.
+- Flash messages (the answer of an action, shown on the next page) are signed with a key of this
+  process: behind a load balancer without affinity, a message may not show when the next page
+  comes from another node. Nothing else depends on which node answers.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ...store import transaction
 from ..auth import Authenticator
 
 SESSION_COOKIE = "ombridge_session"
@@ -45,14 +53,18 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-class Sessions:
-    """Signs and checks the console's cookies and tokens with one per-process key."""
+Core = Callable[..., Awaitable[Any]]  # (fn, *args): fn(conn, *args) on the event core, off the event loop
 
-    def __init__(self, authenticator: Authenticator, clock: Any = time.time) -> None:
+
+class Sessions:
+    """Opens, checks and ends console sessions (in the event core); signs flash messages with a
+    per-process key."""
+
+    def __init__(self, authenticator: Authenticator, core: Core, clock: Any = time.time) -> None:
         self.auth = authenticator
+        self.core = core
         self.clock = clock
         self._key = secrets.token_bytes(32)
-        self._ended: dict[str, float] = {}  # session id -> when it would have expired (logged out)
 
     # -- signing ----------------------------------------------------------------------------------
 
@@ -81,9 +93,6 @@ class Sessions:
             return None
         return value if isinstance(value, dict) else None
 
-    def _fingerprint(self, stored_hash: str) -> str:
-        return _b64(self._mac("hash", stored_hash.encode()))[:22]
-
     # -- sessions ---------------------------------------------------------------------------------
 
     async def login(self, name: str, password: str, address: str) -> str | None:
@@ -93,22 +102,18 @@ class Sessions:
         # cache and one throttle for both ways in.
         header = b"Basic " + base64.b64encode(name.encode() + b":" + password.encode())
         user = await self.auth.check(header, address)
-        stored = self.auth.users().get(user) if user else None
-        if user is None or stored is None:
+        if user is None:
             return None
-        return self.sign("session", {"u": user, "s": _b64(secrets.token_bytes(16)), "t": self.clock(),
-                                     "h": self._fingerprint(stored)})
+        session_id = _b64(secrets.token_bytes(32))
+        opened = await self.core(open_session, _digest(session_id), user, self.clock())
+        return session_id if opened else None
 
     async def identify(self, request: Request) -> tuple[str, str] | None:
         """(user, session id) of a valid session cookie, or (user, "") for valid Basic credentials."""
-        session = self.unsign("session", request.cookies.get(SESSION_COOKIE))
-        if session is not None:
-            stored = self.auth.users().get(str(session.get("u")))
-            fresh = self.clock() - float(session.get("t", 0)) < SESSION_SECONDS
-            if stored is not None and fresh and hmac.compare_digest(str(session.get("h")), self._fingerprint(stored)) \
-                    and str(session.get("s")) not in self._ended:
-                return str(session["u"]), str(session["s"])
-            return None
+        session_id = request.cookies.get(SESSION_COOKIE)
+        if session_id:
+            user = await self.core(session_user, _digest(session_id), self.clock())
+            return (user, session_id) if user is not None else None
         header = request.headers.get("authorization")
         if header and header[:6].lower() == "basic ":
             client = request.client
@@ -117,18 +122,16 @@ class Sessions:
                 return user, ""
         return None
 
-    def end(self, session_id: str) -> None:
+    async def end(self, session_id: str) -> None:
         """Log out: the session is refused from now on, even if its cookie was copied."""
-        now = self.clock()
-        self._ended = {sid: until for sid, until in self._ended.items() if until > now}  # expired anyway
         if session_id:
-            self._ended[session_id] = now + SESSION_SECONDS
+            await self.core(end_session, _digest(session_id), self.clock())
 
     # -- CSRF -------------------------------------------------------------------------------------
 
     def csrf_token(self, session_id: str) -> str:
         """The token every form of this session carries (empty for Basic clients: they cannot POST)."""
-        return _b64(self._mac("csrf", session_id.encode())) if session_id else ""
+        return _b64(hmac.digest(session_id.encode(), b"ombridge csrf", "sha256")) if session_id else ""
 
     def csrf_ok(self, session_id: str, token: str | None) -> bool:
         """Whether a POSTed token is this session's."""
@@ -155,3 +158,34 @@ def set_cookie(response: Response, name: str, value: str, secure: bool, max_age:
     """A console cookie: HttpOnly, SameSite=Strict, under /ui, Secure when TLS is on."""
     response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, secure=secure, httponly=True,
                         samesite="strict")
+
+
+# -- the console_sessions table (this module is its only user) -------------------------------------
+
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def open_session(conn: Any, digest: str, user: str, at: float) -> bool:
+    """Store a new session of ``user`` (False when the user was removed meanwhile); sessions
+    that ended or expired a day ago go."""
+    with transaction(conn):
+        conn.execute("DELETE FROM console_sessions WHERE expires_at < ?", (at - 86400,))
+        return conn.execute("INSERT INTO console_sessions (id, user_name, created_at, expires_at) "
+                            "SELECT ?, name, ?, ? FROM users WHERE name = ?",
+                            (digest, at, at + SESSION_SECONDS, user)).rowcount == 1
+
+
+def session_user(conn: Any, digest: str, at: float) -> str | None:
+    """Whose session this is, while it holds: not ended, not expired, the user still there with
+    the password they logged in with."""
+    row = conn.execute("SELECT s.user_name FROM console_sessions s JOIN users u ON u.name = s.user_name "
+                       "WHERE s.id = ? AND s.ended_at IS NULL AND s.expires_at > ? AND u.updated_at <= s.created_at",
+                       (digest, at)).fetchone()
+    return row[0] if row else None
+
+
+def end_session(conn: Any, digest: str, at: float) -> None:
+    """Mark a session ended (logged out)."""
+    with transaction(conn):
+        conn.execute("UPDATE console_sessions SET ended_at = ? WHERE id = ? AND ended_at IS NULL", (at, digest))
