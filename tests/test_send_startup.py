@@ -72,3 +72,12 @@ def test_a_refused_send_leaves_the_collector_on(home: Home) -> None:
     r, seen = probe("--home", str(home.root), "send", "task/change", '{"NOPE": 1}')
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("ombridge: error: ") and seen["enabled"] is True
+
+
+def test_the_command_imports_nothing_before_main(home: Home) -> None:
+    # The installed `ombridge` is bin/ombridge, not the wrapper pip generates for an entry point,
+    # which imports `re` (and `enum`) before main can turn the collector off for the imports.
+    r = omb(home, "key", "get", '{"TASK": "T-1"}', "TASK", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert r.stdout == "T-1\n"
+    imported = [line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    assert "re" in imported and imported.index("bridge.entry") < imported.index("re"), imported
