@@ -3,10 +3,12 @@
 ``send`` and ``key get`` are called from scripts and subscribers, often in loops: when their
 arguments are plain, they run here without importing the CLI framework (rich-click costs more
 than the whole send). Anything else, help included, goes to the full CLI in :mod:`bridge.cli`.
+docs/decisions.md ("`ombridge send` start-up") says what the fast path imports and why.
 """
 
 from __future__ import annotations
 
+import gc
 import sys
 
 
@@ -23,19 +25,28 @@ def _fast(argv: list[str]) -> int | None:
     plain = all(not a.startswith("-") for a in argv[1:])
     if len(argv) == 3 and argv[0] == "send" and plain:
         from . import sending, store
+        from .cli.report import print_send
         from .home import resolve_root
 
+        _imported()
         root = resolve_root(home)
-        from .cli.report import print_send
-
         return print_send(sending.send(store.connect(root), argv[1], argv[2], force, cwd=root,
                                        on_stored=lambda: _ring(root)))
     if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:
         from .events import key_field
 
+        _imported()
         print(key_field(argv[2], argv[3]))
         return 0
     return None
+
+
+def _imported() -> None:
+    # The fast path's modules are imported (with the collector off, see main): what they made
+    # lives as long as the process, so the collector leaves it alone from now on instead of
+    # walking it again at each collection and at exit (a tenth of a send's instructions).
+    gc.freeze()
+    gc.enable()
 
 
 def _ring(root: str) -> None:
@@ -52,6 +63,7 @@ def _ring(root: str) -> None:
 
 def main() -> None:
     """Run the command line."""
+    gc.disable()  # imports make many objects and no garbage: collecting during them is wasted
     from .errors import BridgeError
 
     try:
@@ -69,6 +81,7 @@ def main() -> None:
         fail(message, 1)
     if code is not None:
         sys.exit(code)
+    gc.enable()
     from .cli.app import main as cli_main
 
     cli_main()
