@@ -45,8 +45,8 @@ def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], descri
 def _insert_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str,
                   ignore_existing: bool = False) -> None:
     conn.execute(
-        f"INSERT {'OR IGNORE ' if ignore_existing else ''}INTO topics (name, description, key_fields, created_at) "
-        "VALUES (?, ?, ?, ?)", (name, description, json.dumps(key_fields), now()))
+        "INSERT INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)"
+        + (" ON CONFLICT DO NOTHING" if ignore_existing else ""), (name, description, json.dumps(key_fields), now()))
 
 
 def get_topic(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
@@ -179,12 +179,11 @@ def _check_secret_headers(action: ActionKind, headers: dict[str, str]) -> dict[s
 def _insert_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, description: str,
                        timeout: float, retries: int, system: bool) -> int:
     _check_limits(timeout, retries)
-    cur = conn.execute(
+    return int(conn.execute(
         "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
-        "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, 0, ?, ?, ?, ?, ?) RETURNING id",
         (description, int(system), action.value, target, float(timeout), int(retries), now()),
-    )
-    return int(cur.lastrowid or 0)
+    ).fetchone()[0])
 
 
 MAX_TIMEOUT = 7 * 86400.0
@@ -226,7 +225,7 @@ def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, de
             return sid
         sid = _insert_subscriber(conn, action, "", description, timeout, retries, system=True)
         st = conn.execute("INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) "
-                          "VALUES (?, ?, 0, ?)", (sid, *pattern)).lastrowid
+                          "VALUES (?, ?, 0, ?) RETURNING id", (sid, *pattern)).fetchone()[0]
         for variable, regex, filter_description in filters:
             conn.execute("INSERT INTO event_filters (subscriber_topic_id, variable, regex, description) "
                          "VALUES (?, ?, ?, ?)", (st, variable, regex, filter_description))
@@ -243,15 +242,15 @@ def get_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> Subscriber:
 
 def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """All subscribers with their topic patterns and open/failed delivery counts."""
-    rows = conn.execute(
-        "SELECT s.*, "
-        " (SELECT group_concat(pattern || CASE synchronized WHEN 1 THEN ' (sync)' ELSE '' END, ', ') "
-        "  FROM subscriber_topics st WHERE st.subscriber_id = s.id) AS topics "
-        "FROM subscribers s ORDER BY s.id"
-    ).fetchall()
+    rows = conn.execute("SELECT * FROM subscribers ORDER BY id").fetchall()
+    topics: dict[int, list[str]] = {}  # (joined here: group_concat is SQLite's, string_agg PostgreSQL's)
+    for sid, pattern, sync in conn.execute("SELECT subscriber_id, pattern, synchronized FROM subscriber_topics "
+                                           "ORDER BY id"):
+        topics.setdefault(sid, []).append(pattern + (" (sync)" if sync else ""))
     counts = ledger.per_subscriber(conn)
     empty = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
-    return [{**_shown(r), **counts.get(r["id"], empty)} for r in rows]
+    return [{**_shown(r), "topics": ", ".join(topics[r["id"]]) if r["id"] in topics else None,
+             **counts.get(r["id"], empty)} for r in rows]
 
 
 def _shown(row: sqlite3.Row) -> dict[str, Any]:
@@ -347,10 +346,9 @@ def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, syn
         if conn.execute("SELECT 1 FROM subscriber_topics WHERE subscriber_id = ? AND pattern = ?",
                         (subscriber_id, pattern)).fetchone():
             raise UsageError(f"subscriber {subscriber_id} is already attached to {pattern}")
-        cur = conn.execute(
-            "INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) VALUES (?, ?, ?, ?)",
-            (subscriber_id, pattern, int(synchronized), description))
-        return int(cur.lastrowid or 0)
+        return int(conn.execute(
+            "INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) VALUES (?, ?, ?, ?) "
+            "RETURNING id", (subscriber_id, pattern, int(synchronized), description)).fetchone()[0])
 
 
 def variables_of(conn: sqlite3.Connection, pattern: str) -> set[str]:

@@ -76,9 +76,9 @@ def add_context(conn: sqlite3.Connection, pattern: str, table: str, matches: Map
         if missing:
             raise UsageError(f"topic {pattern} has no key field(s) {', '.join(missing)}")
     with transaction(conn):
-        cur = conn.execute("INSERT INTO contexts (pattern, table_name, db_path, matches, created_at) VALUES (?, ?, ?, ?, ?)",
-                           (pattern, table, db_path, json.dumps(dict(matches)), now()))
-        return int(cur.lastrowid or 0)
+        return int(conn.execute("INSERT INTO contexts (pattern, table_name, db_path, matches, created_at) "
+                                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                                (pattern, table, db_path, json.dumps(dict(matches)), now())).fetchone()[0])
 
 
 def list_contexts(conn: sqlite3.Connection) -> list[dict[str, Any]]:

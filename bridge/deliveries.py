@@ -91,13 +91,12 @@ def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> li
             f"attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 0, '{_OPEN}', 0, ?, ?, ?)", free)
     for r in rows:
         if r.claimed_by is not None:
-            cur = conn.execute(
+            claimed.append(int(conn.execute(
                 "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, "
                 "status, attempts, next_attempt_at, created_at, updated_at, claimed_by) "
-                f"VALUES (?, ?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?)",
+                f"VALUES (?, ?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?) RETURNING id",
                 (r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at + r.timeout + LEASE_MARGIN,
-                 at, at, r.claimed_by))
-            claimed.append(int(cur.lastrowid or 0))
+                 at, at, r.claimed_by)).fetchone()[0]))
     return claimed
 
 
@@ -276,8 +275,9 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
     with transaction(conn):
         return conn.execute(
             "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, updated_at = ? "
-            f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND claimed_by LIKE ? AND claimed_by != ?",
-            (at, at, at, owner_prefix + "%", keep)).rowcount
+            f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND substr(claimed_by, 1, length(?)) = ? "
+            "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
+            (at, at, at, owner_prefix, owner_prefix, keep)).rowcount
 
 
 def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,

@@ -441,7 +441,8 @@ def find_events(conn: sqlite3.Connection, *, topic: str | None = None, text: str
     if topic:
         where, args = [*where, "topic = ?"], [*args, topic]
     if text:
-        where, args = [*where, "instr(lower(key), lower(?)) > 0"], [*args, text]
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")  # (portable, not instr)
+        where, args = [*where, "lower(key) LIKE lower(?) ESCAPE '\\'"], [*args, f"%{escaped}%"]
     if before is not None:
         where, args = [*where, "id < ?"], [*args, before]
     sql = "SELECT * FROM events " + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?"

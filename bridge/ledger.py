@@ -129,7 +129,7 @@ def per_event(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, d
     result = {i: {"deliveries": 0, _OPEN: 0} for i in ids}
     if ids:
         for event_id, total, open_count in conn.execute(
-                f"SELECT event_id, count(*), sum(status = '{_OPEN}') FROM subscriber_events "
+                f"SELECT event_id, count(*), count(*) FILTER (WHERE status = '{_OPEN}') FROM subscriber_events "
                 f"WHERE event_id IN ({','.join('?' * len(ids))}) GROUP BY event_id", ids):
             result[event_id] = {"deliveries": total, _OPEN: open_count}
     return result
