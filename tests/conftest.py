@@ -190,8 +190,8 @@ def hex_lines(path: Path) -> list[str]:
 
 
 @pytest.fixture
-def conn(home: Home):
-    """The home's event core (a real SQLite file in tmp_path)."""
+def conn(home: Home, store_kind: str):
+    """The home's event core (a real SQLite file in tmp_path, or a PostgreSQL database: ``store_kind``)."""
     from bridge import store
 
     c = store.connect(home)
@@ -266,4 +266,4 @@ def stop_quietly(home: Home, pids: list[int]) -> None:
 
 
 # The real PostgreSQL server of the store tests (tests/pg/), started once per worker when used.
-from conftest_pg import pg_conn, pg_db, pg_server  # noqa: E402,F401 - fixtures, found by name
+from conftest_pg import pg_conn, pg_db, pg_server, pytest_generate_tests, store_kind  # noqa: E402,F401 - by name
