@@ -4,9 +4,7 @@ of the daemon."""
 
 from __future__ import annotations
 
-import sqlite3
-
-from . import ledger, store
+from . import dialect, ledger, store
 from .errors import BridgeError
 from .home import Home
 
@@ -19,5 +17,5 @@ def stored_backlog(home: Home) -> tuple[dict[str, int] | None, str | None]:
             return ledger.backlog(conn), None
         finally:
             conn.close()
-    except (BridgeError, sqlite3.Error) as exc:
+    except (BridgeError, *dialect.errors()) as exc:
         return None, str(exc)

@@ -139,8 +139,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Home:
-    """A home in tmp_path holding a copy of the example script (tests/fixtures/example.pl)."""
+def home(tmp_path: Path, store_kind: str) -> Home:
+    """A home in tmp_path holding a copy of the example script (tests/fixtures/example.pl), whose
+    event core is its SQLite file or a PostgreSQL database (``store_kind``, tests/conftest_pg.py)."""
     root = tmp_path / "home"
     (root / "conf" / "backsync").mkdir(parents=True)
     shutil.copy(EXAMPLE, root / "conf" / "backsync" / "OMBackSync.pl")
@@ -190,7 +191,7 @@ def hex_lines(path: Path) -> list[str]:
 
 
 @pytest.fixture
-def conn(home: Home, store_kind: str):
+def conn(home: Home):
     """The home's event core (a real SQLite file in tmp_path, or a PostgreSQL database: ``store_kind``)."""
     from bridge import store
 
@@ -200,8 +201,12 @@ def conn(home: Home, store_kind: str):
 
 
 def snapshot(conn) -> list[str]:
-    """Everything stored, as SQL: equal snapshots mean nothing changed."""
-    return list(conn.iterdump())
+    """Everything stored, as SQL (SQLite) or rows (PostgreSQL): equal snapshots mean nothing changed."""
+    if hasattr(conn, "iterdump"):
+        return list(conn.iterdump())
+    tables = [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                         "WHERE table_schema = current_schema() ORDER BY 1")]
+    return [f"{t}: {tuple(r)!r}" for t in tables for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
