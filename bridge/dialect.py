@@ -137,6 +137,8 @@ class PostgreSQL(Dialect):
 
     def reserve_ids(self, conn: Any, table: str, n: int) -> list[int]:
         # Two nodes must not take the same ids: the table's own sequence hands them out.
+        if n <= 0:
+            return []
         return [r[0] for r in conn.execute(
             "SELECT nextval(pg_get_serial_sequence(?, 'id')) FROM generate_series(1, ?)", (table, n))]
 

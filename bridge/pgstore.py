@@ -19,7 +19,6 @@ connection, refusing a schema newer than this ombridge.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import psycopg
@@ -33,14 +32,14 @@ POSTGRESQL = PostgreSQL()
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server is said so, not waited for
 
 _QMARKS: dict[str, str] = {}
-_QMARK = re.compile(r"\?")
 
 
 def pg_sql(sql: str) -> str:
-    """SQLite's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled), remembered."""
+    """SQLite's ``?`` placeholders as psycopg's ``%s`` (a literal ``%`` doubled), remembered (for a
+    statement with parameters: without any, psycopg sends the text unchanged)."""
     found = _QMARKS.get(sql)
     if found is None:
-        found = _QMARKS[sql] = _QMARK.sub("%s", sql.replace("%", "%%"))
+        found = _QMARKS[sql] = sql.replace("%", "%%").replace("?", "%s")
     return found
 
 
@@ -74,7 +73,9 @@ class Cursor(psycopg.Cursor):
     """A cursor taking ``?`` placeholders; ``row_factory = None`` gives plain tuples."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:  # noqa: D102
-        return super().execute(pg_sql(query) if isinstance(query, str) else query, params, **kwargs)
+        # (without parameters psycopg sends the text as it is: a `%` stays single, as on SQLite)
+        return super().execute(pg_sql(query) if params is not None and isinstance(query, str) else query, params,
+                               **kwargs)
 
     def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> None:  # noqa: D102
         super().executemany(pg_sql(query) if isinstance(query, str) else query, params_seq, **kwargs)

@@ -182,3 +182,14 @@ def test_an_unknown_store_is_refused(home: Home, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(store.STORE_ENV, "mysql://x/y")
     with pytest.raises(StoreError, match="unknown store"):
         store.connect(home)
+
+
+def test_the_claim_reads_the_partial_index_of_open_deliveries(home: Home, pg: Any) -> None:
+    # A backlog among many finished rows (without parameters, a `%` is sent as it is)
+    _due(pg, 5000)
+    pg.execute("UPDATE subscriber_events SET status = 'done' WHERE id % 10 <> 0")
+    pg.execute("ANALYZE")
+    sql = (deliveries._CLAIMED_SELECT + "WHERE se.lane = ? AND se.status = 'open' AND se.next_attempt_at <= ? "
+           "ORDER BY se.next_attempt_at, se.id LIMIT ?" + pg.dialect.skip_locked)
+    plan = "\n".join(r[0] for r in pg.execute("EXPLAIN " + sql, ("actions", store.now(), 20)))
+    assert "subscriber_events_open" in plan and "LockRows" in plan, plan
