@@ -193,3 +193,12 @@ def test_the_claim_reads_the_partial_index_of_open_deliveries(home: Home, pg: An
            "ORDER BY se.next_attempt_at, se.id LIMIT ?" + pg.dialect.skip_locked)
     plan = "\n".join(r[0] for r in pg.execute("EXPLAIN " + sql, ("actions", store.now(), 20)))
     assert "subscriber_events_open" in plan and "LockRows" in plan, plan
+
+
+@pytest.mark.parametrize("conf", ['[store]\nurl = 5\n', '[store\nurl = "x"\n', 'store = "postgresql://h/d"\n'])
+def test_a_bad_store_setting_is_one_sentence(home: Home, conf: str) -> None:
+    _conf(home, conf)
+    with pytest.raises(StoreError, match="ombridge.conf"):
+        store.location(home)
+    r = omb(home, "topic", "list", check=False)
+    assert r.returncode == 1 and "ombridge.conf" in r.stderr and "Traceback" not in r.stderr
