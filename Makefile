@@ -11,7 +11,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check --config-settin
 # (make test: 2m54s with 4, 5m58s with 1; 3m44s with 4 beside a busy loop taking one core).
 TEST_WORKERS ?= 4
 
-.PHONY: run test soak chaos bench check clean bytecode chromium postgresql
+.PHONY: run test test-stores soak chaos bench check clean bytecode chromium postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ postgresql:
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
 test: bytecode $(TEST_STAMP) chromium postgresql
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
+
+## the full store matrix: the PostgreSQL half of the event-core, delivery and CLI tests marked
+## all_stores (make test runs their SQLite half and a bounded set, marked both_stores, on both)
+test-stores: bytecode $(TEST_STAMP) postgresql
+	OMBRIDGE_TEST_STORES=all $(BIN)/python -m pytest -q -m "all_stores and not slow" -k postgresql \
+		-n $(TEST_WORKERS) --dist loadgroup
 
 ## the long runs: slow tests (chaos and load soaks), then RSS over 1,000,000 closes
 soak: bytecode $(TEST_STAMP)

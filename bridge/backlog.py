@@ -4,10 +4,9 @@ nothing of the daemon."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from . import ledger, nodes, store
+from . import dialect, ledger, nodes, store
 from .errors import BridgeError
 from .home import Home
 
@@ -21,5 +20,5 @@ def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, An
             return ledger.backlog(conn), nodes.listing(conn), None
         finally:
             conn.close()
-    except (BridgeError, sqlite3.Error) as exc:
+    except (BridgeError, *dialect.errors()) as exc:
         return None, [], str(exc)

@@ -36,7 +36,7 @@ def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], descri
         check_field_name(field)
     if len(set(key_fields)) != len(key_fields):
         raise UsageError(f"topic {name}: a key field is named twice")
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         if conn.execute("SELECT 1 FROM topics WHERE name = ?", (name,)).fetchone():
             raise UsageError(f"topic {name} is already defined")
         _insert_topic(conn, name, key_fields, description)
@@ -45,8 +45,8 @@ def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], descri
 def _insert_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str,
                   ignore_existing: bool = False) -> None:
     conn.execute(
-        f"INSERT {'OR IGNORE ' if ignore_existing else ''}INTO topics (name, description, key_fields, created_at) "
-        "VALUES (?, ?, ?, ?)", (name, description, json.dumps(key_fields), now()))
+        "INSERT INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)"
+        + (" ON CONFLICT DO NOTHING" if ignore_existing else ""), (name, description, json.dumps(key_fields), now()))
 
 
 def get_topic(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def list_topics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 def remove_topic(conn: sqlite3.Connection, name: str, force: bool = False) -> None:
     """Remove a topic; refused while subscribers are attached to it by name, unless ``force``
     (which detaches them). Stored events keep their topic."""
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         get_topic(conn, name)
         system = [r[0] for r in conn.execute(
             "SELECT DISTINCT st.subscriber_id FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id "
@@ -155,7 +155,7 @@ def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *,
     """
     _check_action(action, target, allow_nested_shell)
     secrets = _check_secret_headers(action, secret_headers or {})
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         sid = _insert_subscriber(conn, action, target, description, timeout, retries, system=False)
         if secrets:
             conn.execute("UPDATE subscribers SET secret_headers = ? WHERE id = ?", (json.dumps(secrets), sid))
@@ -179,12 +179,11 @@ def _check_secret_headers(action: ActionKind, headers: dict[str, str]) -> dict[s
 def _insert_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, description: str,
                        timeout: float, retries: int, system: bool) -> int:
     _check_limits(timeout, retries)
-    cur = conn.execute(
+    return int(conn.execute(
         "INSERT INTO subscribers (description, system, disabled, action, target, timeout, retries, created_at) "
-        "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, 0, ?, ?, ?, ?, ?) RETURNING id",
         (description, int(system), action.value, target, float(timeout), int(retries), now()),
-    )
-    return int(cur.lastrowid or 0)
+    ).fetchone()[0])
 
 
 MAX_TIMEOUT = 7 * 86400.0
@@ -217,7 +216,7 @@ def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, de
                          names).fetchone()[0]
     if sid is not None and known == len(names):
         return sid
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         # (a home made by an older ombridge lacks the newer built-in topics: they are added)
         for name, fields, topic_description in topics:
             _insert_topic(conn, name, fields, topic_description, ignore_existing=True)
@@ -226,7 +225,7 @@ def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, de
             return sid
         sid = _insert_subscriber(conn, action, "", description, timeout, retries, system=True)
         st = conn.execute("INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) "
-                          "VALUES (?, ?, 0, ?)", (sid, *pattern)).lastrowid
+                          "VALUES (?, ?, 0, ?) RETURNING id", (sid, *pattern)).fetchone()[0]
         for variable, regex, filter_description in filters:
             conn.execute("INSERT INTO event_filters (subscriber_topic_id, variable, regex, description) "
                          "VALUES (?, ?, ?, ?)", (st, variable, regex, filter_description))
@@ -243,15 +242,15 @@ def get_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> Subscriber:
 
 def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """All subscribers with their topic patterns and open/failed delivery counts."""
-    rows = conn.execute(
-        "SELECT s.*, "
-        " (SELECT group_concat(pattern || CASE synchronized WHEN 1 THEN ' (sync)' ELSE '' END, ', ') "
-        "  FROM subscriber_topics st WHERE st.subscriber_id = s.id) AS topics "
-        "FROM subscribers s ORDER BY s.id"
-    ).fetchall()
+    rows = conn.execute("SELECT * FROM subscribers ORDER BY id").fetchall()
+    topics: dict[int, list[str]] = {}  # (joined here: group_concat is SQLite's, string_agg PostgreSQL's)
+    for sid, pattern, sync in conn.execute("SELECT subscriber_id, pattern, synchronized FROM subscriber_topics "
+                                           "ORDER BY id"):
+        topics.setdefault(sid, []).append(pattern + (" (sync)" if sync else ""))
     counts = ledger.per_subscriber(conn)
     empty = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
-    return [{**_shown(r), **counts.get(r["id"], empty)} for r in rows]
+    return [{**_shown(r), "topics": ", ".join(topics[r["id"]]) if r["id"] in topics else None,
+             **counts.get(r["id"], empty)} for r in rows]
 
 
 def _shown(row: sqlite3.Row) -> dict[str, Any]:
@@ -282,7 +281,7 @@ def update_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, timeout: 
                       retries: int | None = None, description: str | None = None) -> None:
     """Change a subscriber's timeout, retry limit or description (system subscribers too)."""
     _check_limits(timeout, retries)
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         get_subscriber(conn, subscriber_id)
         _set_settings(conn, subscriber_id, timeout, retries, description)
 
@@ -296,7 +295,7 @@ def _set_settings(conn: sqlite3.Connection, subscriber_id: int, timeout: float |
 
 def set_disabled(conn: sqlite3.Connection, subscriber_id: int, disabled: bool) -> None:
     """Enable or disable a subscriber (a disabled one is not matched by new events)."""
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         get_subscriber(conn, subscriber_id)
         conn.execute("UPDATE subscribers SET disabled = ? WHERE id = ?", (int(disabled), subscriber_id))
 
@@ -306,7 +305,7 @@ def remove_subscriber(conn: sqlite3.Connection, subscriber_id: int, force: bool 
 
     Refused for system subscribers, and while it has open deliveries unless ``force``.
     """
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         sub = get_subscriber(conn, subscriber_id)
         if sub.system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber and cannot be removed "
@@ -320,7 +319,7 @@ def remove_subscriber(conn: sqlite3.Connection, subscriber_id: int, force: bool 
 
 def purge_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """Drop a subscriber's open deliveries (status ``purged``); returns how many."""
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         get_subscriber(conn, subscriber_id)
         return deliveries.purge(conn, subscriber_id)
 
@@ -335,7 +334,7 @@ def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, syn
     A command subscriber's &VARs must all be variables of the events of ``pattern``.
     """
     check_pattern(pattern)
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         sub = get_subscriber(conn, subscriber_id)
         if sub.system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its topics are fixed")
@@ -347,10 +346,9 @@ def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, syn
         if conn.execute("SELECT 1 FROM subscriber_topics WHERE subscriber_id = ? AND pattern = ?",
                         (subscriber_id, pattern)).fetchone():
             raise UsageError(f"subscriber {subscriber_id} is already attached to {pattern}")
-        cur = conn.execute(
-            "INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) VALUES (?, ?, ?, ?)",
-            (subscriber_id, pattern, int(synchronized), description))
-        return int(cur.lastrowid or 0)
+        return int(conn.execute(
+            "INSERT INTO subscriber_topics (subscriber_id, pattern, synchronized, description) VALUES (?, ?, ?, ?) "
+            "RETURNING id", (subscriber_id, pattern, int(synchronized), description)).fetchone()[0])
 
 
 def variables_of(conn: sqlite3.Connection, pattern: str) -> set[str]:
@@ -393,7 +391,7 @@ def _delete_subscriber_topic(conn: sqlite3.Connection, st_id: int) -> None:
 
 def detach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> None:
     """Detach a subscriber from a topic pattern (its filters go with it)."""
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
         if get_subscriber(conn, subscriber_id).system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its topics are fixed")
@@ -406,7 +404,7 @@ def add_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, varia
     the whole value of its variable (``KE.*`` = starts with KE)."""
     name = variable_name(variable)
     compile_filter(regex)
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
         if get_subscriber(conn, subscriber_id).system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its filters are fixed")
@@ -423,7 +421,7 @@ def add_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, varia
 def remove_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, variable: str) -> None:
     """Remove the filter on ``variable`` from a subscriber topic."""
     name = variable_name(variable)
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
         if get_subscriber(conn, subscriber_id).system:
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber: its filters are fixed")
@@ -450,7 +448,7 @@ def edit_subscriber(conn: sqlite3.Connection, subscriber_id: int, action: Action
         if action is ActionKind.BACKSYNC:
             raise UsageError("the backsync is a built-in action: a subscriber runs a command, a program or a URL")
         _check_action(action, target, allow_nested_shell)
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         if changed:
             conn.execute("UPDATE subscribers SET action = ?, target = ? WHERE id = ?",
                          (action.value, target, subscriber_id))

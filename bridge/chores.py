@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import metrics, retention, store
+from . import dialect, metrics, retention, store
 from .errors import BridgeError
 from .home import Home
 
@@ -66,7 +66,7 @@ class Chores:
         """Run ``due`` chores, one after the other, then release :attr:`running` (held by the caller)."""
         try:
             conn = store.connect(self.home)
-        except (BridgeError, OSError, sqlite3.Error) as exc:
+        except (BridgeError, OSError, *dialect.errors()) as exc:
             self.failed(" and ".join(due), exc)
             self.running.release()
             return
@@ -74,7 +74,7 @@ class Chores:
             for chore in due:  # one failing (a full disk) does not keep the others from running
                 try:
                     self._run_one(conn, chore)
-                except (BridgeError, OSError, sqlite3.Error) as exc:  # a full disk, a missing folder
+                except (BridgeError, OSError, *dialect.errors()) as exc:  # a full disk, a missing folder
                     self.failed(chore, exc)
                 except Exception:  # a chore never takes the supervisor down
                     log.exception("periodic %s failed", chore)

@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 
+from . import dialect
 from .errors import NotFound, UsageError
 from .names import FIELD_RE, RESERVED_FIELDS, check_pattern, value_text
 from .store import now, transaction
@@ -24,8 +25,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+_quote = dialect.quote
 
 
 def _open(db_path: str | None, conn: sqlite3.Connection) -> sqlite3.Connection:
@@ -39,8 +39,8 @@ def _open(db_path: str | None, conn: sqlite3.Connection) -> sqlite3.Connection:
 
 def _columns(source: sqlite3.Connection, table: str) -> list[str]:
     try:
-        return [r[1] for r in source.execute(f"PRAGMA table_info({_quote(table)})")]
-    except sqlite3.DatabaseError as exc:
+        return dialect.of(source).columns(source, table)
+    except dialect.errors() as exc:
         raise UsageError(f"cannot read table {table}: {exc}") from exc
 
 
@@ -75,10 +75,10 @@ def add_context(conn: sqlite3.Connection, pattern: str, table: str, matches: Map
         missing = [f for f in matches if f not in json.loads(row[0])]
         if missing:
             raise UsageError(f"topic {pattern} has no key field(s) {', '.join(missing)}")
-    with transaction(conn):
-        cur = conn.execute("INSERT INTO contexts (pattern, table_name, db_path, matches, created_at) VALUES (?, ?, ?, ?, ?)",
-                           (pattern, table, db_path, json.dumps(dict(matches)), now()))
-        return int(cur.lastrowid or 0)
+    with transaction(conn, catalog=True):
+        return int(conn.execute("INSERT INTO contexts (pattern, table_name, db_path, matches, created_at) "
+                                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                                (pattern, table, db_path, json.dumps(dict(matches)), now())).fetchone()[0])
 
 
 def list_contexts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -88,7 +88,7 @@ def list_contexts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def remove_context(conn: sqlite3.Connection, context_id: int) -> None:
     """Forget a context (events already stored keep their variables)."""
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         if not conn.execute("DELETE FROM contexts WHERE id = ?", (context_id,)).rowcount:
             raise NotFound(f"no context {context_id}")
 
@@ -133,7 +133,7 @@ def lookup(conn: sqlite3.Connection, declared: Sequence[sqlite3.Row], key: Mappi
             cur = source.execute(f"SELECT * FROM {_quote(ctx['table_name'])} WHERE {where} LIMIT 1",
                                  [key[f] for f in matches])
             row = cur.fetchone()
-        except sqlite3.DatabaseError:
+        except dialect.errors():
             continue  # the table changed or went away: no variables from it
         if row is None:
             continue

@@ -91,13 +91,12 @@ def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> li
             f"attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 0, '{_OPEN}', 0, ?, ?, ?)", free)
     for r in rows:
         if r.claimed_by is not None:
-            cur = conn.execute(
+            claimed.append(int(conn.execute(
                 "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, "
                 "status, attempts, next_attempt_at, created_at, updated_at, claimed_by) "
-                f"VALUES (?, ?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?)",
+                f"VALUES (?, ?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?) RETURNING id",
                 (r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at + r.timeout + LEASE_MARGIN,
-                 at, at, r.claimed_by))
-            claimed.append(int(cur.lastrowid or 0))
+                 at, at, r.claimed_by)).fetchone()[0]))
     return claimed
 
 
@@ -147,7 +146,7 @@ def _claim(conn: sqlite3.Connection, limit: int, at: float, lane: Lane | None, o
     cur.row_factory = None  # tuples (see _claims)
     rows = cur.execute(
         _CLAIMED_SELECT + f"WHERE {of_lane}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
-        "ORDER BY se.next_attempt_at, se.id LIMIT ?", (*args, at, limit)
+        "ORDER BY se.next_attempt_at, se.id LIMIT ?" + conn.dialect.skip_locked, (*args, at, limit)
     ).fetchall()
     # Count the attempt now and hold the rows for a lease: one statement per lease length.
     by_lease: dict[float, list[int]] = {}
@@ -160,12 +159,11 @@ def _claim(conn: sqlite3.Connection, limit: int, at: float, lane: Lane | None, o
 
 
 def _where_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> list[Any]:
-    """Run ``sql`` (with ``{ids}`` for a list of placeholders) over ``ids``, 500 at a time; the
-    rows it returned (a SELECT's)."""
+    """Run ``sql`` (holding ``IN ({ids})``) over ``ids`` (500 at a time on SQLite); the rows it
+    returned (a SELECT's)."""
     rows: list[Any] = []
-    for n in range(0, len(ids), 500):
-        part = ids[n:n + 500]
-        rows += conn.execute(sql.format(ids=",".join("?" * len(part))), (*args, *part)).fetchall()
+    for chunk_sql, chunk_args in conn.dialect.in_ids(sql, args, ids):
+        rows += conn.execute(chunk_sql, chunk_args).fetchall()
     return rows
 
 
@@ -214,8 +212,8 @@ def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], a
     # Inside the caller's transaction. Which claims are still current: one read, then batched
     # writes, instead of statements per row (the backsync records hundreds of Closes at a time).
     current = {(r[0], r[1]) for r in _where_ids(
-        conn, f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' AND id IN ({{ids}})", (),
-        [c.id for c, _ in done])}
+        conn, f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' AND id IN ({{ids}})"
+        + conn.dialect.for_update, (), [c.id for c, _ in done])}
     # Every attempt is recorded. Those of current claims that ended alike (a chunk of Closes
     # shares its times and outcome) go in with one INSERT ... SELECT over their ids, instead of
     # a row of eight values each; a stale claim's only while its row exists.
@@ -276,8 +274,9 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
     with transaction(conn):
         return conn.execute(
             "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, updated_at = ? "
-            f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND claimed_by LIKE ? AND claimed_by != ?",
-            (at, at, at, owner_prefix + "%", keep)).rowcount
+            f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND substr(claimed_by, 1, length(?)) = ? "
+            "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
+            (at, at, at, owner_prefix, owner_prefix, keep)).rowcount
 
 
 def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
@@ -318,12 +317,9 @@ def purge_chosen(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
 
 
 def _count_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> int:
-    """Run the write ``sql`` (with ``{ids}``) over ``ids``, 500 at a time; how many rows it changed."""
-    changed = 0
-    for n in range(0, len(ids), 500):
-        part = list(ids[n:n + 500])
-        changed += conn.execute(sql.format(ids=",".join("?" * len(part))), (*args, *part)).rowcount
-    return changed
+    """Run the write ``sql`` (holding ``IN ({ids})``) over ``ids``; how many rows it changed."""
+    return sum(conn.execute(chunk_sql, chunk_args).rowcount
+               for chunk_sql, chunk_args in conn.dialect.in_ids(sql, args, list(ids)))
 
 
 def in_flight(conn: sqlite3.Connection, subscriber_id: int) -> int:
@@ -363,9 +359,8 @@ def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> tuple[int, int
             (cutoff, chunk))]
         if not ids:
             return 0, 0
-        marks = ",".join("?" * len(ids))
-        attempts = conn.execute(f"DELETE FROM attempts WHERE subscriber_event_id IN ({marks})", ids).rowcount
-        return conn.execute(f"DELETE FROM subscriber_events WHERE id IN ({marks})", ids).rowcount, attempts
+        attempts = _count_ids(conn, "DELETE FROM attempts WHERE subscriber_event_id IN ({ids})", (), ids)
+        return _count_ids(conn, "DELETE FROM subscriber_events WHERE id IN ({ids})", (), ids), attempts
 
 
 # -- the queue's own reads (what is due; the reads of operators are in bridge/ledger.py) -------------

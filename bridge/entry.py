@@ -19,6 +19,15 @@ def _fast(argv: list[str]) -> int | None:
         home, argv = argv[1], argv[2:]
     elif argv and argv[0].startswith("--home="):
         home, argv = argv[0].split("=", 1)[1], argv[1:]
+    url = None  # --store URL (after --home): as store.choose, and psycopg loads only for PostgreSQL's
+    if len(argv) >= 2 and argv[0] == "--store":
+        url, argv = argv[1], argv[2:]
+    elif argv and argv[0].startswith("--store="):
+        url, argv = argv[0].split("=", 1)[1], argv[1:]
+    if url is not None:
+        import os
+
+        os.environ["OMBRIDGE_STORE"] = url
     force = False
     if argv[:1] == ["send"] and argv[-1:] == ["--force"]:
         force, argv = True, argv[:-1]

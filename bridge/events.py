@@ -362,15 +362,14 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
     sender = f"send:{os.getpid()}"
     at = now()
     with transaction(conn):
-        # The ids SQLite would give, one after the other (the write lock is ours), named
-        # explicitly so that the rows go in with one executemany.
-        event_id = conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        # The ids named explicitly, so that the rows go in with one executemany (bridge/dialect.py).
+        ids = iter(conn.dialect.reserve_ids(conn, "events", sum(1 for p in prepared if p.matches or force)))
         stored = []
         for p in prepared:
             if not p.matches and not force:
                 results.append(SendResult(None, 0))
                 continue
-            event_id += 1
+            event_id = next(ids)
             stored.append((event_id, p.topic, p.key_json, int(force), parent, depth, at,
                            json.dumps(p.context, ensure_ascii=False) if p.context else None))
             for m in p.matches:
@@ -441,7 +440,8 @@ def find_events(conn: sqlite3.Connection, *, topic: str | None = None, text: str
     if topic:
         where, args = [*where, "topic = ?"], [*args, topic]
     if text:
-        where, args = [*where, "instr(lower(key), lower(?)) > 0"], [*args, text]
+        escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")  # (portable, not instr)
+        where, args = [*where, "lower(key) LIKE lower(?) ESCAPE '\\'"], [*args, f"%{escaped}%"]
     if before is not None:
         where, args = [*where, "id < ?"], [*args, before]
     sql = "SELECT * FROM events " + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY id DESC LIMIT ?"

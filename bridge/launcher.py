@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import control
+from . import control, store
 from .backlog import stored_backlog
 from .errors import AlreadyRunning, BridgeError, NotRunning
 from .home import Home
@@ -88,7 +88,7 @@ def offline_status(home: Home) -> dict[str, Any]:
     """What ``status`` shows when no supervisor runs: everything stopped, and the stored backlog."""
     backlog: dict[str, int] | None = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
     nodes: list[dict[str, Any]] = []
-    if home.db.exists():
+    if home.db.exists() or store.location(home)[0]:  # (a shared store: other nodes may run)
         backlog, nodes, _ = stored_backlog(home)  # None when unreadable: `ombridge check --db` says why
     return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
             "ombacksync": {"state": HostState.STOPPED.value},

@@ -92,10 +92,12 @@ def backlog(conn: sqlite3.Connection) -> dict[str, int]:
     """How many deliveries are open and failed."""
     return {
         _OPEN: conn.execute(
-            f"SELECT count(*) FROM subscriber_events INDEXED BY subscriber_events_open WHERE status = '{_OPEN}'"
+            f"SELECT count(*) FROM subscriber_events{conn.dialect.indexed_by('subscriber_events_open')} "
+            f"WHERE status = '{_OPEN}'"
         ).fetchone()[0],
         _FAILED: conn.execute(
-            f"SELECT count(*) FROM subscriber_events INDEXED BY subscriber_events_failed WHERE status = '{_FAILED}'"
+            f"SELECT count(*) FROM subscriber_events{conn.dialect.indexed_by('subscriber_events_failed')} "
+            f"WHERE status = '{_FAILED}'"
         ).fetchone()[0],
     }
 
@@ -129,7 +131,7 @@ def per_event(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, d
     result = {i: {"deliveries": 0, _OPEN: 0} for i in ids}
     if ids:
         for event_id, total, open_count in conn.execute(
-                f"SELECT event_id, count(*), sum(status = '{_OPEN}') FROM subscriber_events "
+                f"SELECT event_id, count(*), count(*) FILTER (WHERE status = '{_OPEN}') FROM subscriber_events "
                 f"WHERE event_id IN ({','.join('?' * len(ids))}) GROUP BY event_id", ids):
             result[event_id] = {"deliveries": total, _OPEN: open_count}
     return result
@@ -178,30 +180,31 @@ def activity(conn: sqlite3.Connection, since: float, until: float, step: float =
     delivery that was retried counts as open since it failed.
     """
     n = max(1, int((until - since + step - 1) // step))
+    bucket = conn.dialect.bucket
     succeeded, failures, created, finished = [0] * n, [0] * n, [0] * n, [0] * n
 
-    def add(into: list[int], bucket: int, count: int) -> None:
-        if 0 <= bucket < n:
-            into[bucket] += count
+    def add(into: list[int], slot: int, count: int) -> None:
+        if 0 <= slot < n:
+            into[slot] += count
 
     first = _first_id_from(conn, "attempts", "ended_at", since)
     if first is not None:
-        for bucket, ok, count in conn.execute(
-                "SELECT CAST((ended_at - ?) / ? AS INTEGER), ok, count(*) FROM attempts "
+        for slot, ok, count in conn.execute(
+                f"SELECT {bucket('(ended_at - ?) / ?')}, ok, count(*) FROM attempts "
                 "WHERE id >= ? AND ended_at >= ? GROUP BY 1, 2", (since, step, first, since)):
-            add(succeeded if ok else failures, bucket, count)
+            add(succeeded if ok else failures, slot, count)
     first = _first_id_from(conn, "subscriber_events", "created_at", since)
     if first is not None:
-        for bucket, count in conn.execute(
-                "SELECT CAST((created_at - ?) / ? AS INTEGER), count(*) FROM subscriber_events "
+        for slot, count in conn.execute(
+                f"SELECT {bucket('(created_at - ?) / ?')}, count(*) FROM subscriber_events "
                 "WHERE id >= ? AND created_at >= ? GROUP BY 1", (since, step, first, since)):
-            add(created, bucket, count)
+            add(created, slot, count)
     # A finished row's next_attempt_at is when it finished (finish and purge set both): so the
     # index of finished rows finds the window's, instead of a scan of every row.
-    for bucket, count in conn.execute(
-            "SELECT CAST((next_attempt_at - ?) / ? AS INTEGER), count(*) FROM subscriber_events "
+    for slot, count in conn.execute(
+            f"SELECT {bucket('(next_attempt_at - ?) / ?')}, count(*) FROM subscriber_events "
             f"WHERE status != '{_OPEN}' AND next_attempt_at >= ? GROUP BY 1", (since, step, since)):
-        add(finished, bucket, count)
+        add(finished, slot, count)
     backlog_at = [0] * n
     level = backlog(conn)[_OPEN]
     for i in range(n - 1, -1, -1):

@@ -22,15 +22,14 @@ import os
 import socket
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from . import deliveries
+from . import deliveries, store
 from .errors import BridgeError, UsageError
 from .home import Home
 from .model import DeliveryStatus, NodeState
-from .store import transaction
+
 
 log = logging.getLogger("ombridge.nodes")
 
@@ -71,20 +70,11 @@ def check_name(name: str, where: str) -> str:
 def this_node(home: Home, pid: int | None = None) -> Node:
     """This home's node: named by ``[store] node`` in ``conf/ombridge.conf``, else ``<hostname>:<home>``."""
     host = socket.gethostname()
-    path = home.root / CONFIG_FILE
-    try:
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("store", {})
-    except FileNotFoundError:
-        table = {}
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
-    configured = table.get("node") if isinstance(table, dict) else None
-    if configured is not None and not isinstance(configured, str):
-        raise UsageError(f"{path}: [store] node must be a string")
-    if configured is None:
-        name = f"{host}:{home.root}".replace("#", "_")
+    _, configured = store.location(home)
+    if configured:
+        name = check_name(configured, f"{home.root / CONFIG_FILE}: [store] node")
     else:
-        name = check_name(configured, f"{path}: [store] node")
+        name = f"{host}:{home.root}".replace("#", "_")
     return Node(name, host, str(home.root), os.getpid() if pid is None else pid)
 
 
@@ -105,7 +95,7 @@ def join(conn: Any, me: Node, *, version: str, checksum: str | None, listener: s
     Refused when another home, alive, runs under the same name: two nodes must not share one.
     """
     at = time.time()
-    with transaction(conn):
+    with store.transaction(conn):
         row = conn.execute("SELECT host, home, pid, last_seen, stopped_at FROM nodes WHERE name = ?",
                            (me.name,)).fetchone()
         if row is not None and row[4] is None and at - row[3] < DEAD_AFTER and (row[0], row[1]) != (me.host, me.home):
@@ -126,7 +116,7 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
     """One heartbeat of ``me``; then take over the claims of every node found dead.
     Returns {dead node: claims made due again} for those that held any."""
     at = time.time()
-    with transaction(conn):
+    with store.transaction(conn):
         conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ? WHERE name = ?", (at, checksum, me.name))
     dead = [r[0] for r in conn.execute("SELECT name FROM nodes WHERE stopped_at IS NULL AND last_seen < ? "
                                        "AND name != ?", (at - DEAD_AFTER, me.name))]
@@ -137,7 +127,7 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
 def leave(conn: Any, me: Node) -> None:
     """``me`` stopped cleanly: shown stopped, not dead (its claims were settled or given back)."""
     at = time.time()
-    with transaction(conn):
+    with store.transaction(conn):
         conn.execute("UPDATE nodes SET stopped_at = ?, last_seen = ? WHERE name = ? AND pid = ?",
                      (at, at, me.name, me.pid))
 

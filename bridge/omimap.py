@@ -42,8 +42,8 @@ def remember(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int | None
     values = [(omi_id, external, event_id, at) for omi_id, external, event_id in rows]
     if values:
         with transaction(conn):
-            conn.executemany("INSERT OR IGNORE INTO omi_events (omi_id, external_id, event_id, received_at) "
-                             "VALUES (?, ?, ?, ?)", values)
+            conn.executemany("INSERT INTO omi_events (omi_id, external_id, event_id, received_at) "
+                             "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", values)
 
 
 def omi_ids(conn: sqlite3.Connection, external_id: str) -> list[str]:

@@ -1,9 +1,13 @@
-"""The event core's SQLite file: connection settings, schema and migrations.
+"""The event core's store: which one (:func:`connect`), and the SQLite file's settings, schema
+and migrations.
 
-One file under the home (``datafiles/ombridge.db``), WAL, a busy timeout, owner-only. The schema
-is created and migrated with sqlite-utils (imported only when a migration is due, so that
-``ombridge send`` stays light); the hot paths (send, claim) use the stdlib connection directly.
-docs/store.md describes every table for operators.
+By default the event core is one file under the home (``datafiles/ombridge.db``), WAL, a busy
+timeout, owner-only. The schema is created and migrated with sqlite-utils (imported only when a
+migration is due, so that ``ombridge send`` stays light); the hot paths (send, claim) use the
+stdlib connection directly. With a ``postgresql://`` store URL (``--store``, ``OMBRIDGE_STORE`` or
+``[store] url`` in ``conf/ombridge.conf``) it lives in PostgreSQL instead (:mod:`bridge.pgstore`);
+what differs between the two is :mod:`bridge.dialect`'s. docs/store.md describes every table for
+operators; docs/multinode.md the PostgreSQL store.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+from . import dialect
+from .dialect import BUSY_TIMEOUT, SQLITE, Busy
 from .errors import StoreError
 from .home import DB_FILE, Home
 from .model import ActionKind, DeliveryStatus, Lane
 
-BUSY_TIMEOUT = 30.0  # seconds a writer waits for another before "database is locked"
-_BUSY_TIMEOUT = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}"
+__all__ = ["BUSY_TIMEOUT", "Busy", "connect", "transaction"]
+STORE_ENV = "OMBRIDGE_STORE"  # the store URL; `ombridge --store URL` sets it for what it starts
+CONF_FILE = os.path.join("conf", "ombridge.conf")
 
 # One write lock per event core per process. Threads of one process (the supervisor's lanes and
 # the HTTP listener's committer) queue on it and are handed the write lock the instant it is
@@ -36,6 +43,7 @@ class _Connection(sqlite3.Connection):
     """A connection that knows its event core's in-process write lock."""
 
     write_lock: Any = None
+    dialect = SQLITE
 
 
 def now() -> float:
@@ -188,9 +196,43 @@ MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def choose(url: str | None) -> None:
+    """Make ``url`` the store of this process and of everything it starts (``ombridge --store``:
+    a supervisor, its perl child and the ``ombridge send`` of subscribers then all use it)."""
+    if url is not None:
+        os.environ[STORE_ENV] = url
+
+
+def location(home: Home | str) -> tuple[str, str]:
+    """The store URL of a home ('' for its SQLite file) and the name of this node in it ('' when
+    not set), by precedence: ``--store`` or ``OMBRIDGE_STORE``, then ``[store]`` in
+    ``conf/ombridge.conf``, then the default."""
+    root = os.fspath(home.root if isinstance(home, Home) else home)
+    url = os.environ.get(STORE_ENV, "")
+    try:
+        with open(os.path.join(root, CONF_FILE), "rb") as f:
+            data = f.read()
+    except OSError:
+        data = b""
+    if b"store" not in data:  # (no TOML parser on `ombridge send`'s path when nothing is set)
+        return url, ""
+    import tomllib
+
+    try:
+        section = tomllib.loads(data.decode("utf-8")).get("store", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{os.path.join(root, CONF_FILE)} cannot be read: {exc}") from None
+    values = {name: section.get(name, "") for name in ("url", "node")} if isinstance(section, dict) else {}
+    if any(not isinstance(v, str) for v in values.values()) or not values:
+        raise StoreError(f"{os.path.join(root, CONF_FILE)}: [store] url and node must be strings")
+    return url or values["url"], values["node"]
+
+
 def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sqlite3.Connection:
-    """Open the event core of a home (a :class:`Home` or its root path), creating or migrating it
-    first when needed. The connection is in autocommit mode; write through :func:`transaction`.
+    """Open the event core of a home (a :class:`Home` or its root path): the SQLite file of the
+    home, created or migrated first when needed, or the PostgreSQL database its store URL names
+    (:func:`location`; :func:`bridge.pgstore.connect`). The connection is in autocommit mode;
+    write through :func:`transaction`.
 
     Every commit is synced to disk (``synchronous=FULL``): a send that returned survives a power
     cut. ``lane=True`` is for the Event Manager's lanes, whose writes are all
@@ -208,7 +250,18 @@ def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sql
       temporary file each time.
     """
     root = os.fspath(home.root if isinstance(home, Home) else home)
-    path = os.path.join(root, DB_FILE)
+    url, node = location(root)
+    if url.startswith(("postgresql://", "postgres://")) or "=" in url:  # (a URL, or libpq's key=value)
+        from . import pgstore
+
+        return pgstore.connect(url, node=node or f"{os.uname().nodename}:{root}", lane=lane)
+    if url not in ("", "sqlite:"):
+        raise StoreError(f"unknown store {url!r}: a postgresql://USER@HOST/DATABASE URL, or sqlite: for the "
+                         "home's own file (the default)")
+    return _sqlite(os.path.join(root, DB_FILE), create, lane)
+
+
+def _sqlite(path: str, create: bool, lane: bool) -> sqlite3.Connection:
     if not os.path.exists(path):
         if not create:
             raise StoreError(f"no event core at {path}")
@@ -256,60 +309,39 @@ def _migrate(datafiles: str, conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version = {number + 1}")
 
 
-class Busy(Exception):
-    """Another writer holds the write lock, and the transaction was asked not to wait."""
-
-
 class transaction:  # noqa: N801 - used like a function: `with transaction(conn):`
-    """One write transaction (``BEGIN IMMEDIATE``: writers queue for the lock, they do not fail).
+    """One write transaction, begun by the connection's dialect (:meth:`bridge.dialect.Dialect.begin`):
+    on SQLite ``BEGIN IMMEDIATE`` (writers queue for the lock, they do not fail), on PostgreSQL
+    ``BEGIN`` (row locks). ``wait=False`` raises :class:`Busy` rather than wait for another
+    writer; ``catalog=True`` marks a catalog write ("check, then insert": topics, subscribers,
+    contexts, users), which PostgreSQL serializes with an advisory lock.
 
-    Waiting for the write lock never happens in SQLite's busy handler, which sleeps 10 to 100 ms
-    at a time once a wait gets long: threads of one process queue on the event core's in-process
-    lock (handed over the instant it is free), and a writer of another process polls for
-    SQLite's lock every fraction of a millisecond. So a sender committing thousands of events
-    and the Event Manager recording outcomes take turns in milliseconds instead of naps. A class
-    rather than a contextlib generator: contextlib alone costs ``ombridge send`` ~1 ms.
+    On SQLite, threads of one process queue on the event core's in-process lock (handed over the
+    instant it is free) instead of meeting in SQLite's busy handler, which sleeps 10 to 100 ms at
+    a time once a wait gets long, and a writer of another process polls for SQLite's lock every
+    fraction of a millisecond. So a sender committing thousands of events and the Event Manager
+    recording outcomes take turns in milliseconds instead of naps. A class rather than a
+    contextlib generator: contextlib alone costs ``ombridge send`` ~1 ms.
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, wait: bool = True) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, wait: bool = True, catalog: bool = False) -> None:
         self.conn = conn
         self.lock = getattr(conn, "write_lock", None)
+        self.dialect = dialect.of(conn)
         self.wait = wait  # False: raise Busy at once if another writer holds the lock
+        self.catalog = catalog
 
     def __enter__(self) -> sqlite3.Connection:
         conn = self.conn
         if self.lock is not None and not self.lock.acquire(self.wait):
             raise Busy  # (threads of this process queue here, handed the lock at once)
         try:
-            self._begin()
+            self.dialect.begin(conn, self.wait, self.catalog)
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
             raise
         return conn
-
-    def _begin(self) -> None:
-        # Other processes: poll for SQLite's write lock (see the class docstring).
-        conn = self.conn
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline = nap = 0.0
-            while True:
-                try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) and "busy" not in str(exc):
-                        raise
-                    if not self.wait:
-                        raise Busy from exc
-                    deadline = deadline or time.monotonic() + BUSY_TIMEOUT
-                    if time.monotonic() > deadline:
-                        raise
-                nap = min(nap * 2 or 0.0001, 0.005)
-                time.sleep(nap)
-        finally:
-            conn.execute(_BUSY_TIMEOUT)
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
         try:
@@ -317,16 +349,28 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
         finally:
             if self.lock is not None:
                 self.lock.release()
+        if not self.wait and isinstance(value, BaseException) and self.dialect.busy(value):
+            raise Busy from value  # (PostgreSQL: a row lock not granted in time)
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Copy what the WAL holds back into the database, without waiting for or blocking anyone
-    (a passive checkpoint: what readers still use is copied next time)."""
+    (a passive checkpoint: what readers still use is copied next time). PostgreSQL checkpoints
+    on its own: nothing to do there."""
+    if dialect.of(conn) is not SQLITE:
+        return
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
 
 def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
-    """What SQLite's integrity check finds wrong with the event core ([] when it is sound)."""
+    """What SQLite's integrity check finds wrong with the event core ([] when it is sound).
+    PostgreSQL guards its own pages: the supervisor's ``quick`` check at start finds nothing
+    there, and the full one (``check --db``) is refused until its own checks exist."""
+    if dialect.of(conn) is not SQLITE:
+        if quick:
+            return []
+        raise StoreError("check --db does not check an event core in PostgreSQL yet (the server checks its own "
+                         "pages); see docs/multinode.md")
     try:
         rows = [r[0] for r in conn.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check")]
     except sqlite3.DatabaseError as exc:
@@ -338,7 +382,9 @@ def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
 
 def backup(conn: sqlite3.Connection, target: str) -> None:
     """Copy the event core to ``target`` with SQLite's online backup (consistent while it is in
-    use); the copy is owner-only. Refuses to overwrite an existing file."""
+    use); the copy is owner-only. Refuses to overwrite an existing file, and a PostgreSQL store."""
+    if dialect.of(conn) is not SQLITE:
+        raise StoreError("the event core is in PostgreSQL: back it up with pg_dump, or store copy")
     fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # FileExistsError: never overwrite
     os.close(fd)
     copy = sqlite3.connect(target)

@@ -20,7 +20,6 @@ import queue
 import selectors
 import signal
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -30,7 +29,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from enum import Enum
 from typing import Any
 
-from . import __version__, actions, backsync, control, controlserver, nodes, store
+from . import __version__, actions, backsync, control, controlserver, dialect, nodes, store
 from .backlog import stored_backlog
 from .chores import Chores
 from .control import RESTARTABLE
@@ -233,7 +232,7 @@ class Supervisor:
         # left claimed (on SQLite, whatever any supervisor of the home left: one box, one node).
         self.node = nodes.this_node(self.home)
         self.owner = self.node.owner
-        everything = nodes.OWNER_PREFIX if isinstance(conn, sqlite3.Connection) else None
+        everything = nodes.OWNER_PREFIX if dialect.of(conn) is dialect.SQLITE else None
         return nodes.join(conn, self.node, version=__version__, checksum=nodes.script_checksum(self.home.script),
                           reclaim_prefix=everything)
 
@@ -286,7 +285,7 @@ class Supervisor:
                 nodes.leave(conn, self.node)
             finally:
                 conn.close()
-        except (BridgeError, sqlite3.Error) as exc:
+        except (BridgeError, *dialect.errors()) as exc:
             log.warning("could not record the stop of node %s: %s", self.node.name, exc)
 
     def _loop(self, control_sock: socket.socket, doorbell: socket.socket) -> None:

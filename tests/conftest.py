@@ -139,8 +139,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Home:
-    """A home in tmp_path holding a copy of the example script (tests/fixtures/example.pl)."""
+def home(tmp_path: Path, store_kind: str) -> Home:
+    """A home in tmp_path holding a copy of the example script (tests/fixtures/example.pl), whose
+    event core is its SQLite file or a PostgreSQL database (``store_kind``, tests/conftest_pg.py)."""
     root = tmp_path / "home"
     (root / "conf" / "backsync").mkdir(parents=True)
     shutil.copy(EXAMPLE, root / "conf" / "backsync" / "OMBackSync.pl")
@@ -191,7 +192,7 @@ def hex_lines(path: Path) -> list[str]:
 
 @pytest.fixture
 def conn(home: Home):
-    """The home's event core (a real SQLite file in tmp_path)."""
+    """The home's event core (a real SQLite file in tmp_path, or a PostgreSQL database: ``store_kind``)."""
     from bridge import store
 
     c = store.connect(home)
@@ -200,8 +201,12 @@ def conn(home: Home):
 
 
 def snapshot(conn) -> list[str]:
-    """Everything stored, as SQL: equal snapshots mean nothing changed."""
-    return list(conn.iterdump())
+    """Everything stored, as SQL (SQLite) or rows (PostgreSQL): equal snapshots mean nothing changed."""
+    if hasattr(conn, "iterdump"):
+        return list(conn.iterdump())
+    tables = [r[0] for r in conn.execute("SELECT table_name FROM information_schema.tables "
+                                         "WHERE table_schema = current_schema() ORDER BY 1")]
+    return [f"{t}: {tuple(r)!r}" for t in tables for r in conn.execute(f"SELECT * FROM {t} ORDER BY 1")]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition") -> None:
@@ -266,4 +271,4 @@ def stop_quietly(home: Home, pids: list[int]) -> None:
 
 
 # The real PostgreSQL server of the store tests (tests/pg/), started once per worker when used.
-from conftest_pg import pg_conn, pg_db, pg_server  # noqa: E402,F401 - fixtures, found by name
+from conftest_pg import pg_conn, pg_db, pg_server, pytest_generate_tests, store_kind  # noqa: E402,F401 - by name

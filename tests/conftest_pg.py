@@ -6,6 +6,7 @@ way (or through ``pytest_plugins`` in the top-level conftest).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -41,3 +42,35 @@ def pg_conn(pg_server: PgServer, pg_db: str) -> Iterator[object]:
         yield conn
     finally:
         conn.close()
+
+
+# -- the event core on either store -------------------------------------------------------------
+# A test that takes `store_kind` (the `conn` fixture does) runs on the home's SQLite file, and
+# also on PostgreSQL when it is marked `both_stores`, or `all_stores` with OMBRIDGE_TEST_STORES=all
+# (`make test-stores`): the full matrix stays out of `make test`'s time.
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run the tests marked so on both stores (see above)."""
+    if "store_kind" not in metafunc.fixturenames:
+        return
+    marked = metafunc.definition.get_closest_marker("both_stores") is not None or (
+        os.environ.get("OMBRIDGE_TEST_STORES") == "all"
+        and metafunc.definition.get_closest_marker("all_stores") is not None)
+    if marked and metafunc.definition.get_closest_marker("sqlite_only") is None:
+        metafunc.parametrize("store_kind", STORES, indirect=True)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which store the test's homes use: "sqlite" (their own file, the default) or "postgresql"
+    (a new database of the worker's server, named by OMBRIDGE_STORE, which every `ombridge` the
+    test starts inherits, with PGPASSFILE for the password)."""
+    kind = getattr(request, "param", "sqlite")
+    monkeypatch.delenv("OMBRIDGE_STORE", raising=False)
+    if kind == "postgresql":
+        server: PgServer = request.getfixturevalue("pg_server")
+        monkeypatch.setenv("OMBRIDGE_STORE", server.url(request.getfixturevalue("pg_db")))
+        monkeypatch.setenv("PGPASSFILE", server.passfile)
+    return kind

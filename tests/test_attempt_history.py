@@ -7,16 +7,21 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from bridge.home import Home
 from conftest import wait_for
 from console_support import login
 from web_support import omb
+
+pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 
 
 def delivery_json(home: Home, delivery_id: str) -> dict:
     return json.loads(omb(home, "deliveries", "show", delivery_id, "--json").stdout)
 
 
+@pytest.mark.both_stores
 def test_attempts_read_in_time_order_after_a_retry(home: Home, listening) -> None:
     srv = listening()
     omb(home, "topic", "add", "task/change", "--key", "TASK")

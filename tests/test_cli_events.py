@@ -13,8 +13,11 @@ from conftest import OMBRIDGE
 from conftest import run_ombridge as omb
 from conftest import snapshot
 
+pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 
 
+
+@pytest.mark.both_stores
 def test_the_seeds_how_to(home: Home) -> None:
     messages = home.root / "qsysopr.txt"
     omb(home, "topic", "add", "task/change", "--key", "APPC", "--key", "TASK", "--description", "a task was changed")
@@ -40,6 +43,7 @@ def test_the_seeds_how_to(home: Home) -> None:
     assert "filter &APPC = KE.*" in shown and "task/change (synchronized)" in shown
 
 
+@pytest.mark.both_stores
 def test_listings_and_json(home: Home) -> None:
     omb(home, "topic", "add", "job/end", "--key", "RC")
     sid = omb(home, "subscriber", "add", "--command", "exit 1", "--retries", "0").stdout.strip()
@@ -109,6 +113,7 @@ def test_bad_input_gets_one_clear_error_and_changes_nothing(home: Home, args: li
     assert snapshot(conn) == before
 
 
+@pytest.mark.sqlite_only
 def test_garbage_database_is_one_clear_error(home: Home) -> None:
     home.datafiles.mkdir()
     home.db.write_bytes(b"garbage" * 1000)

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import markupsafe
+import pytest
 
 from bridge import catalog, deliveries, events, ledger, store
 from bridge.model import ActionKind, Attempt
@@ -77,6 +78,7 @@ def test_login_sets_a_strict_session_cookie_and_logout_ends_it(home: Home, liste
         assert c.get("/ui/status").status_code == 303
 
 
+@pytest.mark.both_stores
 def test_a_session_ends_when_the_user_is_removed_or_changes_password(home: Home, listening) -> None:
     srv = listening()
     c = login(srv)
@@ -375,6 +377,7 @@ def test_every_maintenance_screen_changes_what_the_cli_shows(home: Home, listeni
     assert page.status_code == 200 and "vendor-a" in page.text
 
 
+@pytest.mark.both_stores
 def test_a_session_outlives_a_restart_and_is_known_to_every_listener_of_the_store(home: Home, listening) -> None:
     """Sessions live in the event core: a second listener (another node behind a load balancer)
     and a restarted supervisor accept the same cookie, and a logout on one ends it on all."""

@@ -15,6 +15,8 @@ from bridge.errors import NotFound, StoreError, UsageError
 from bridge.home import Home
 from conftest import snapshot
 
+pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
+
 
 def listen(conn: sqlite3.Connection, pattern: str, command: str = "true", sync: bool = False,
            **options) -> int:
@@ -35,6 +37,7 @@ def topics(conn: sqlite3.Connection) -> sqlite3.Connection:
     return conn
 
 
+@pytest.mark.sqlite_only
 def test_store_is_owner_only_wal_and_versioned(home: Home, conn: sqlite3.Connection) -> None:
     assert stat.S_IMODE(home.db.stat().st_mode) == 0o600
     assert stat.S_IMODE(home.datafiles.stat().st_mode) == 0o700
@@ -46,12 +49,14 @@ def test_store_is_owner_only_wal_and_versioned(home: Home, conn: sqlite3.Connect
     assert "subscriber_events_lane_due" not in indexes
 
 
+@pytest.mark.sqlite_only
 def test_newer_schema_is_refused(home: Home, conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="upgrade ombridge"):
         store.connect(home)
 
 
+@pytest.mark.sqlite_only
 def test_garbage_file_is_a_clear_error(home: Home) -> None:
     home.datafiles.mkdir()
     home.db.write_bytes(b"this is not sqlite" * 100)
@@ -89,6 +94,7 @@ def test_nobody_listens_stores_nothing_unless_forced(topics: sqlite3.Connection)
     assert row[0] == 1 and json.loads(row[1]) == {"APPC": "A", "TASK": "T"}
 
 
+@pytest.mark.both_stores
 def test_one_delivery_per_subscriber_even_when_several_topics_match(topics: sqlite3.Connection) -> None:
     sid = listen(topics, "task/*")
     catalog.attach_topic(topics, sid, "task/add")
@@ -97,6 +103,7 @@ def test_one_delivery_per_subscriber_even_when_several_topics_match(topics: sqli
     assert result.deliveries == 2 and open_for(topics, result.event_id) == [sid, other]
 
 
+@pytest.mark.both_stores
 def test_filters_all_must_match_the_whole_value(topics: sqlite3.Connection) -> None:
     sid = listen(topics, "task/change")
     catalog.add_filter(topics, sid, "task/change", "&APPC", "KE.*")
@@ -154,6 +161,7 @@ def test_bad_sends_are_refused_and_store_nothing(topics: sqlite3.Connection, top
     assert snapshot(topics) == before
 
 
+@pytest.mark.both_stores
 def test_send_many_is_all_or_nothing(topics: sqlite3.Connection) -> None:
     listen(topics, "task/*")
     before = snapshot(topics)
@@ -226,6 +234,7 @@ def test_system_subscribers_cannot_be_removed_or_rewired(topics: sqlite3.Connect
             call()
 
 
+@pytest.mark.both_stores
 def test_synchronized_subscriber_runs_before_send_returns(home: Home, topics: sqlite3.Connection) -> None:
     out = home.root / "sync.txt"
     listen(topics, "task/add", f"printf '%s %s' &TASK \"$OMBRIDGE_DEPTH\" > {out}", sync=True)
@@ -248,6 +257,7 @@ def test_failed_synchronized_call_stays_open_for_the_manager(topics: sqlite3.Con
     assert topics.execute("SELECT output FROM attempts").fetchone()[0] == "nope\n"
 
 
+@pytest.mark.both_stores
 def test_async_subscribers_are_left_open_and_claimable(topics: sqlite3.Connection) -> None:
     listen(topics, "task/add", "true")
     events.send(topics, "task/add", {"APPC": "A", "TASK": "T"})
@@ -280,6 +290,7 @@ def test_a_claim_with_nothing_due_takes_no_write_lock(home: Home, topics: sqlite
     assert len(deliveries.claim(topics, limit=10, lane=Lane.ACTIONS)) == 1
 
 
+@pytest.mark.sqlite_only
 def test_finish_and_claim_is_one_transaction_that_need_not_wait(home: Home, topics: sqlite3.Connection) -> None:
     # The backsync lane records a chunk and claims the next in one transaction, and does not
     # queue for the write lock while perl still has work (a sender may hold it for a while).
@@ -318,6 +329,7 @@ def test_finish_and_claim_is_one_transaction_that_need_not_wait(home: Home, topi
     assert [tuple(r) for r in topics.execute("SELECT number, started_at, ended_at, ok FROM attempts")] == [(1, 1.0, 2.0, 1)]
 
 
+@pytest.mark.both_stores
 def test_retries_run_out_then_failed_then_retry_reopens(topics: sqlite3.Connection) -> None:
     from bridge.model import Attempt
     listen(topics, "task/add", "false", retries=1)
@@ -369,6 +381,7 @@ def test_matching_queries_only_candidate_patterns() -> None:
     assert events.candidate_patterns("a/b/c") == ["a/b/c", "a/b/*", "a/*", "*"]
 
 
+@pytest.mark.sqlite_only
 def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> None:
     backsync.close_events(conn, ["OLD-1"])  # a Close waiting in an old store
     for index in ("subscriber_events_open", "subscriber_events_ended", "subscriber_events_failed"):

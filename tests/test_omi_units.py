@@ -11,6 +11,8 @@ from bridge.errors import UsageError
 from bridge.home import Home
 from bridge.web import omi
 
+pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
+
 NS = "{http://www.hp.com/2009/software/opr/data_model}"
 
 

@@ -18,6 +18,8 @@ from bridge.retention import parse_age, prune
 from conftest import run_ombridge as omb
 from conftest import ROOT, snapshot, wait_for
 
+pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
+
 
 VENDOR = """use strict;
 use warnings;
@@ -154,6 +156,7 @@ def test_context_variables_in_a_command_and_a_filter(home: Home, tmp_path: Path)
     assert json.loads(omb(home, "context", "list", "--json").stdout) == []
 
 
+@pytest.mark.sqlite_only
 def test_context_from_the_event_core_and_async_delivery(home: Home, conn) -> None:
     conn.execute("CREATE TABLE tasks (FIAPPL TEXT, FIFIXN TEXT, FISHFD TEXT, FIPGMR TEXT)")
     conn.execute("INSERT INTO tasks VALUES ('KE1', 'T1', 'fix the login', 'carol')")

@@ -8,11 +8,15 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from bridge import actions, backsync, catalog, events, sending, store
 from bridge.home import Home
 from bridge.model import ActionKind
 from bridge.reporter import Reporter
 from conftest import wait_for
+
+pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 
 
 def subscriber(conn: sqlite3.Connection, pattern: str, command: str, sync: bool = True) -> int:

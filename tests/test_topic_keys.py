@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bridge.home import Home
 from conftest import run_ombridge as omb
+
+pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 
 
 def topics(home: Home) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import rich_click as click
 
-from .. import backsync, store
+from .. import backsync, dialect, store
 from ..catalog import MAX_RETRIES, MAX_TIMEOUT
 from ..wording import when  # noqa: F401  (re-exported to the command modules)
 from ..errors import BridgeError, UsageError
@@ -45,7 +45,7 @@ class BridgeGroup(click.RichGroup):
             return super().invoke(ctx)
         except BridgeError as exc:
             fail_with(exc)
-        except (OSError, sqlite3.Error) as exc:  # a full disk, a read-only home, a damaged core
+        except (OSError, *dialect.errors()) as exc:  # a full disk, a read-only home, a damaged core
             message = describe_fault(exc)
             if message is None:
                 raise
@@ -97,14 +97,19 @@ def setup_logging(verbose: bool = False) -> None:
 @click.group(cls=BridgeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", "home", metavar="DIR", default=None,
               help="Home directory (default: $OMBRIDGE_HOME, then $OvDataDir, then the current directory).")
+@click.option("--store", "store_url", metavar="URL", default=None,
+              help="The event core: `postgresql://USER@HOST/DATABASE` (password in ~/.pgpass, never here) "
+                   "or `sqlite:` (default: $OMBRIDGE_STORE, then [store] url in conf/ombridge.conf, then the "
+                   "home's SQLite file). See docs/multinode.md.")
 @click.version_option(package_name="ombridge")
 @click.pass_context
-def main(ctx: click.Context, home: str | None) -> None:
+def main(ctx: click.Context, home: str | None, store_url: str | None) -> None:
     """**ombridge** runs `OMBackSync.pl` unchanged in a persistent perl child, fed by a durable
     event core of topics, subscribers and an event manager.
 
     Example: `ombridge --home /var/opt/OV check`
     """
+    store.choose(store_url)  # (what this command starts inherits it)
     ctx.obj = {"home_option": home}
 
 

@@ -49,6 +49,8 @@ def describe_fault(exc: BaseException) -> str | None:
     read-only home, a damaged event core); None for anything else (a bug: let it show)."""
     import sqlite3
 
+    from .. import dialect
+
     if isinstance(exc, sqlite3.Error):
         text = str(exc)
         if "full" in text:
@@ -61,6 +63,10 @@ def describe_fault(exc: BaseException) -> str | None:
         if "unable to open" in text:
             return "the event core cannot be opened (check that the home's datafiles/ exists and is writable)"
         return f"the event core failed: {text}"
+    if isinstance(exc, dialect.unavailable()):  # PostgreSQL: the server went away mid-command
+        return f"the event core's database cannot be reached ({' '.join(str(exc).split())}): try again"
+    if isinstance(exc, dialect.errors()):
+        return f"the event core failed: {' '.join(str(exc).split())}"
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"

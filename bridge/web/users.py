@@ -90,7 +90,7 @@ def add_user(conn: sqlite3.Connection, name: str, password: str) -> None:
     check_name(name)
     stored = hash_password(check_password(password))
     at = now()
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
             raise UsageError(f"user {name} exists (change the password with: ombridge user passwd {name})")
         conn.execute("INSERT INTO users (name, hash, created_at, updated_at) VALUES (?, ?, ?, ?)",
@@ -100,14 +100,14 @@ def add_user(conn: sqlite3.Connection, name: str, password: str) -> None:
 def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
     """Replace the password of user ``name``."""
     stored = hash_password(check_password(password))
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         if not conn.execute("UPDATE users SET hash = ?, updated_at = ? WHERE name = ?", (stored, now(), name)).rowcount:
             raise NotFound(f"no user {name}")
 
 
 def remove_user(conn: sqlite3.Connection, name: str) -> None:
     """Delete user ``name``."""
-    with transaction(conn):
+    with transaction(conn, catalog=True):
         if not conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
             raise NotFound(f"no user {name}")
 

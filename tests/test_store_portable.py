@@ -1,0 +1,67 @@
+"""The event core's portable SQL (docs/decisions.md, "Every SQLite-specific construct"): what
+changed spelling behaves as before, on the SQLite file and on PostgreSQL (``store_kind``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bridge import catalog, deliveries, events, ledger, omimap
+from bridge.model import ActionKind, Lane
+
+pytestmark = pytest.mark.both_stores
+
+
+def test_search_of_keys_takes_its_text_literally(conn: Any) -> None:
+    # (LIKE with the text escaped: % _ and \ are no wildcards, and case does not matter)
+    catalog.add_topic(conn, "t/x", ["K"])
+    for value in ("100% done", "a_b", "axb", "back\\slash", "ABC"):
+        events.send(conn, "t/x", {"K": value}, force=True)
+    found = {k: [events.json.loads(e["key"])["K"] for e in events.find_events(conn, text=k)]
+             for k in ("0%", "_", "\\", "abc", "%")}
+    assert found == {"0%": ["100% done"], "_": ["a_b"], "\\": ["back\\slash"], "abc": ["ABC"], "%": ["100% done"]}
+
+
+def test_ids_come_back_from_inserts(conn: Any) -> None:
+    first = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
+    second = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
+    assert second == first + 1
+    catalog.add_topic(conn, "t/x", ["K"])
+    st = catalog.attach_topic(conn, second, "t/x")
+    assert conn.execute("SELECT subscriber_id FROM subscriber_topics WHERE id = ?", (st,)).fetchone()[0] == second
+
+
+def test_subscriber_listing_joins_its_topics(conn: Any) -> None:
+    catalog.add_topic(conn, "t/x", ["K"])
+    catalog.add_topic(conn, "t/y", ["K"])
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
+    catalog.attach_topic(conn, sid, "t/x")
+    catalog.attach_topic(conn, sid, "t/y", synchronized=True)
+    lonely = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
+    listed = {r["id"]: r["topics"] for r in catalog.list_subscribers(conn)}
+    assert listed[sid] == "t/x, t/y (sync)" and listed[lonely] is None
+
+
+def test_event_counts_and_known_omi_ids(conn: Any) -> None:
+    catalog.add_topic(conn, "t/x", ["K"])
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
+    catalog.attach_topic(conn, sid, "t/x")
+    r = events.send(conn, "t/x", {"K": "1"})
+    assert ledger.per_event(conn, [r.event_id]) == {r.event_id: {"deliveries": 1, "open": 1}}
+    omimap.remember(conn, [("omi-1", "ext-1", r.event_id)])
+    omimap.remember(conn, [("omi-1", "ext-2", None)])  # a known OMi id keeps its first row
+    assert omimap.omi_ids(conn, "ext-1") == ["omi-1"] and omimap.omi_ids(conn, "ext-2") == []
+
+
+def test_reclaiming_a_prefix_does_not_treat_underscore_as_a_wildcard(conn: Any) -> None:
+    catalog.add_topic(conn, "t/x", ["K"])
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")
+    catalog.attach_topic(conn, sid, "t/x")
+    for n in range(2):
+        events.send(conn, "t/x", {"K": str(n)})
+    deliveries.claim(conn, limit=1, lane=Lane.ACTIONS, owner="node_a/supervisor:1")
+    deliveries.claim(conn, limit=1, lane=Lane.ACTIONS, owner="nodeXa/supervisor:2")
+    assert deliveries.reclaim_abandoned(conn, "node_a/", keep="node_a/supervisor:9") == 1
+    left = [r[0] for r in conn.execute("SELECT claimed_by FROM subscriber_events WHERE claimed_by IS NOT NULL")]
+    assert left == ["nodeXa/supervisor:2"]
