@@ -89,6 +89,7 @@ def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> li
         conn.executemany(
             "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, status, "
             f"attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 0, '{_OPEN}', 0, ?, ?, ?)", free)
+        conn.dialect.announce(conn)
     for r in rows:
         if r.claimed_by is not None:
             claimed.append(int(conn.execute(
@@ -272,11 +273,14 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
     of a supervisor that died (only one runs per home). Their attempts stay counted."""
     at = wall_now()
     with transaction(conn):
-        return conn.execute(
+        taken = conn.execute(
             "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, updated_at = ? "
             f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND substr(claimed_by, 1, length(?)) = ? "
             "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
             (at, at, at, owner_prefix, owner_prefix, keep)).rowcount
+        if taken:
+            conn.dialect.announce(conn)
+        return taken
 
 
 def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
@@ -292,8 +296,12 @@ def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, 
            f"claimed_by = NULL WHERE status = '{_FAILED}'" + "".join(f" AND {w}" for w in where))
     with transaction(conn):
         if delivery_ids is None:
-            return conn.execute(sql, (at, at, *args)).rowcount
-        return _count_ids(conn, sql + " AND id IN ({ids})", (at, at, *args), delivery_ids)
+            count = conn.execute(sql, (at, at, *args)).rowcount
+        else:
+            count = _count_ids(conn, sql + " AND id IN ({ids})", (at, at, *args), delivery_ids)
+        if count:
+            conn.dialect.announce(conn)
+        return count
 
 
 def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:

@@ -26,6 +26,7 @@ _BUSY_TIMEOUT = f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}"
 CHUNK = 500  # ids per statement on SQLite, whose statements take at most 32,766 parameters
 # The key of the advisory lock of catalog writes on PostgreSQL ("ombcat" as one bigint).
 CATALOG_LOCK = int.from_bytes(b"ombcat", "big")
+WAKE_CHANNEL = "ombridge_due"  # PostgreSQL's NOTIFY channel: deliveries became due (bridge/wakeups.py)
 
 
 class Busy(Exception):
@@ -38,6 +39,10 @@ class Dialect:
     name = "sqlite"
     skip_locked = ""  # the claim: SQLite's write lock already keeps claimers apart
     for_update = ""  # the fence's read: likewise
+
+    def announce(self, conn: Any) -> None:
+        """Deliveries became due now, in the caller's transaction: wake every node at its commit.
+        On SQLite the one supervisor's doorbell (rung by the sender) is enough."""
 
     def begin(self, conn: Any, wait: bool = True, catalog: bool = False) -> None:
         """Start a write transaction (``BEGIN IMMEDIATE``). Waiting for another process's write
@@ -123,6 +128,11 @@ class PostgreSQL(Dialect):
             if self.busy(exc):
                 raise Busy from exc
             raise
+
+    def announce(self, conn: Any) -> None:
+        # Delivered at the commit, to every connection that listens (bridge/wakeups.py); several
+        # in one transaction arrive as one.
+        conn.execute(f"NOTIFY {WAKE_CHANNEL}")
 
     def busy(self, exc: BaseException) -> bool:
         from psycopg import errors

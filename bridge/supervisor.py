@@ -41,6 +41,7 @@ from .model import HostState, ListenerState, ManagerState, SupervisorState
 from .perlenv import load_settings
 from .perlhost import PerlHost
 from .reporter import Reporter
+from .wakeups import Wakeups
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ class Supervisor:
         self.owner = f"{nodes.OWNER_PREFIX}{os.getpid()}"  # until the node joins (nodes.Node.owner)
         self.node: nodes.Node | None = None
         self.heartbeat: nodes.Heartbeat | None = None
+        self.wakeups: Wakeups | None = None  # on a shared store: other nodes' NOTIFY wakes the lanes
         self.started_at = time.time()
         self.state = SupervisorState.STARTING
         self.host: PerlHost | None = None
@@ -191,6 +193,7 @@ class Supervisor:
                                  "see `ombridge check --db` and the recovery procedure in docs/operations.md")
             backsync.ensure_backsync(conn)
             taken = self._join(conn)
+            shared = dialect.of(conn) is not dialect.SQLITE  # other nodes may make work due
             timeout = backsync.close_timeout(conn)
         finally:
             conn.close()
@@ -216,6 +219,9 @@ class Supervisor:
         lifecycle = threading.Thread(target=self._lifecycle, name="lifecycle", daemon=True)
         lifecycle.start()
         self.manager.start()
+        if shared:
+            self.wakeups = Wakeups(lambda: store.connect(self.home), self.manager.wake)
+            self.wakeups.start()
         self._change_state(SupervisorState.RUNNING)
         self._jobs.put((self._start_ombacksync, None))
         try:
@@ -264,6 +270,8 @@ class Supervisor:
         assert self.manager is not None and self.host is not None
         if self.listener is not None:
             self.listener.stop()  # drain first: the requests in flight are committed and answered
+        if self.wakeups is not None:
+            self.wakeups.stop()
         self.manager.stop()
         self.host.stop()
         self._leave()

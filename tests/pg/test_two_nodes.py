@@ -1,0 +1,136 @@
+"""Two real supervisors, two homes, one real PostgreSQL database (issue 24): work sent on one node
+wakes the other at once (LISTEN/NOTIFY), a command subscriber's events sent from both run once
+each, and a node killed with -9 in the middle of a burst of Closes loses none: the survivor takes
+its claims over once it stops heartbeating."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import nodes
+from bridge.home import Home
+from conftest import EXAMPLE, alive, status, stop_quietly, wait_for
+from conftest import run_ombridge as omb
+from pg_support import PgServer
+
+POLL = "60"  # seconds: far longer than any wait below, so only a wake-up explains a quick delivery
+
+
+def make_home(root: Path, name: str) -> Home:
+    (root / "conf" / "backsync").mkdir(parents=True)
+    shutil.copy(EXAMPLE, root / "conf" / "backsync" / "OMBackSync.pl")
+    os.chmod(root / "conf" / "backsync" / "OMBackSync.pl", 0o600)
+    (root / "conf" / "ombridge.conf").write_text(f'[store]\nnode = "{name}"\n')
+    return Home(root)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_server: PgServer, pg_db: str,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Home, Home]]:
+    """Homes a and b on one database (OMBRIDGE_STORE, inherited by every command); both
+    supervisors stopped (or killed) afterwards."""
+    monkeypatch.setenv("OMBRIDGE_STORE", pg_server.url(pg_db))
+    monkeypatch.setenv("PGPASSFILE", pg_server.passfile)
+    a, b = make_home(tmp_path / "a", "node-a"), make_home(tmp_path / "b", "node-b")
+    yield a, b
+    for h in (a, b):
+        stop_quietly(h, [])
+
+
+def start(home: Home) -> int:
+    omb(home, "start", "--poll", POLL)
+    return status(home)["supervisor"]["pid"]
+
+
+def deliveries(home: Home) -> list[dict]:
+    return json.loads(omb(home, "deliveries", "list", "--limit", "100000", "--json").stdout)
+
+
+def command_subscriber(home: Home, out: Path) -> None:
+    omb(home, "topic", "add", "task/change", "--key", "TASK")
+    sid = omb(home, "subscriber", "add", "--command", f'echo "&TASK" >> {out}').stdout.strip()
+    omb(home, "subscriber", "topic", "add", sid, "task/change")
+
+
+def test_an_event_sent_on_one_node_wakes_the_other_at_once(cluster, tmp_path: Path) -> None:
+    a, b = cluster
+    out = tmp_path / "ran.txt"
+    command_subscriber(a, out)
+    start(b)  # only b runs: a's doorbell rings nobody, and b polls every 60 s
+    begun = time.monotonic()
+    omb(a, "send", "task/change", '{"TASK": "T-1"}')
+    wait_for(lambda: out.exists() and out.read_text() == "T-1\n", timeout=15, what="b ran a's event")
+    assert time.monotonic() - begun < 15  # well inside the 60 s poll
+
+
+def test_events_sent_from_both_nodes_run_once_each(cluster, tmp_path: Path) -> None:
+    a, b = cluster
+    out = tmp_path / "ran.txt"
+    command_subscriber(a, out)
+    start(a)
+    start(b)
+    for n in range(15):
+        omb(a, "send", "task/change", json.dumps({"TASK": f"A-{n}"}))
+        omb(b, "send", "task/change", json.dumps({"TASK": f"B-{n}"}))
+    wait_for(lambda: all(d["status"] == "done" for d in deliveries(a)) and len(deliveries(a)) == 30,
+             timeout=60, what="every command ran")
+    ran = Counter(out.read_text().split())
+    assert ran == Counter([f"A-{n}" for n in range(15)] + [f"B-{n}" for n in range(15)])
+    listed = {n["name"]: n for n in status(a)["nodes"]}
+    assert listed["node-a"]["state"] == listed["node-b"]["state"] == "running"
+
+
+def closed_ids(*homes: Home) -> Counter[str]:
+    found: Counter[str] = Counter()
+    for h in homes:
+        if h.output.exists():
+            found.update(line.split()[-1] for line in h.output.read_text().splitlines() if " Close " in line)
+    return found
+
+
+SLOW = r"""use strict;
+use warnings;
+sub OMBackSync {
+    my ($op, $id) = @_;
+    select(undef, undef, undef, 0.002);    # a ticket system's 2 ms: the burst outlives the kill
+    open(my $fh, '>>', "$ENV{OvDataDir}/tmp/OMBSOutput.txt") or die $!;
+    print {$fh} "x $op $id\n";
+    close $fh;
+    return 1;
+}
+1;
+"""
+
+
+def test_a_node_killed_mid_burst_loses_no_close(cluster) -> None:
+    a, b = cluster
+    for h in (a, b):
+        h.script.write_text(SLOW)
+    ids = [f"K-{n}" for n in range(4000)]
+    pid_a = start(a)
+    start(b)
+    omb(a, "close", "-", stdin="\n".join(ids) + "\n")
+    wait_for(lambda: sum(closed_ids(a).values()) >= 200, timeout=60, what="node a closing")
+    os.kill(pid_a, signal.SIGKILL)
+    wait_for(lambda: not alive(pid_a), timeout=10, what="node a gone")
+    killed_at = time.monotonic()
+    wait_for(lambda: all(d["status"] == "done" for d in deliveries(b)), timeout=120,
+             what="node b delivered every Close")
+    took = time.monotonic() - killed_at
+    assert took > nodes.DEAD_AFTER - 1  # a's claims waited for it to be found dead, not for their leases
+    closed = closed_ids(a, b)
+    assert set(closed) == set(ids)  # nothing lost
+    repeated = sum(closed.values()) - len(ids)
+    assert repeated <= 500 + 10, repeated  # the Close window of one node (bridge/lanes.py), plus actions in flight
+    listed = {n["name"]: n for n in status(b)["nodes"]}
+    assert listed["node-a"]["state"] == "dead" and listed["node-a"]["leases"] == 0
+    assert listed["node-b"]["state"] == "running"
