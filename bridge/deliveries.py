@@ -268,6 +268,19 @@ def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | Non
             [(at, at, c.id, c.attempt) for c in claims])
 
 
+def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
+    """Make due again claims whose outcomes could not be recorded (the stream that held them
+    failed); their attempts stay counted: they may have run. A claim taken over meanwhile (its
+    attempt number moved on) or finished is left alone."""
+    at = wall_now() if at is None else at
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, "
+            f"updated_at = ? WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
+            [(at, at, c.id, c.attempt) for c in claims])
+        conn.dialect.announce(conn)
+
+
 def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) -> int:
     """Make due now the claims of owners named ``owner_prefix*`` other than ``keep``: the claims
     of a supervisor that died (only one runs per home). Their attempts stay counted."""

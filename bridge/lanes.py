@@ -137,6 +137,7 @@ class BacksyncLane:
         self.summary = _Summary(clock)
         self.batch = 10  # what a stream claims: grows to about BATCH_SECONDS worth after the first
         self.stream: _Stream | None = None
+        self.orphans: list[deliveries.Claimed] = []  # claims of a stream a failure ended, not yet due again
 
     def wait(self, conn: sqlite3.Connection, poll: float) -> float:
         """Seconds the lane may sleep when a step did nothing (the doorbell cuts it short)."""
@@ -154,14 +155,20 @@ class BacksyncLane:
     def step(self, conn: sqlite3.Connection) -> int:
         """One turn: begin a stream, or move the current one on. Returns non-zero while busy.
 
-        A failure (a full disk while recording) ends the stream: the perl child is killed so that
-        no reply in its pipe is ever taken for another Close's, and its claims wait out their lease.
+        A failure (a full disk, the database away while recording) ends the stream: the perl
+        child is killed so that no reply in its pipe is ever taken for another Close's, and its
+        claims are made due again by the next turn that reaches the store (attempts counted: they
+        may have run), instead of waiting out their lease.
         """
         try:
+            if self.orphans:
+                deliveries.due_again(conn, self.orphans)
+                self.orphans = []
             return self._advance(conn) if self.stream else self._begin(conn)
         except BaseException as exc:
             if self.stream is not None:
-                self.stream = None
+                stream, self.stream = self.stream, None
+                self.orphans += [*stream.in_flight, *(c for c, _ in stream.outcomes), *stream.given_back]
                 self.host.abandon(str(exc))
             raise
 

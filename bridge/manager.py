@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import deliveries, store
-from .errors import BridgeError
+from . import deliveries, dialect, store
+from .errors import BridgeError, StoreError
 from .home import Home
 from .lanes import BacksyncLane, step_actions
 from .model import LANE_MOVES, MANAGER_MOVES, Lane, LaneState, ManagerState, check_transition
@@ -50,6 +50,7 @@ class EventManager:
         self.delivered = 0
         self.failed_attempts = 0
         self._stopping = threading.Event()
+        self._said: dict[str, tuple[str, float]] = {}  # lane -> the store failure it last logged, when
         self.backsync = None if host is None else BacksyncLane(host, owner, count=self._count,
                                                                 stopping=self._stopping.is_set)
         self._wakes: list[threading.Event] = []
@@ -155,7 +156,11 @@ class EventManager:
                 wake.clear()
                 try:
                     self._set_lane(name, LaneState.BUSY)
-                    if step(conn):
+                    conn = store.reopen(self.home, conn, lane=True)  # the database restarted: a new one
+                    worked = step(conn)
+                    if name in self._said:
+                        self._recovered(name)
+                    if worked:
                         continue
                     wait = self._idle_wait(conn, lane)
                 except Exception as exc:  # a lane never dies: log, pause, go on
@@ -173,10 +178,24 @@ class EventManager:
         return self.backsync is not None and self.backsync.stream is not None
 
     def _lane_failed(self, name: str, exc: BaseException) -> None:
-        log.error("%s: unexpected error", name, exc_info=exc)
+        if isinstance(exc, (StoreError, *dialect.unavailable())):  # the database is away: no traceback,
+            text = " ".join(str(exc).split())  # and the same sentence once a minute at most
+            said, at = self._said.get(name, ("", 0.0))
+            if text != said or time.monotonic() - at > 60:
+                log.error("%s: %s", name, text)
+                self._said[name] = (text, time.monotonic())
+        else:
+            log.error("%s: unexpected error", name, exc_info=exc)
         self.last_error = (time.time(), f"{name}: {exc}")  # status shows it (a full disk, ...)
         if self._on_error:
             self._on_error(exc)
+
+    def _recovered(self, name: str) -> None:
+        # The event core answers this lane again: its outage is no longer the manager's last error.
+        del self._said[name]
+        log.info("%s: the event core answers again", name)
+        if self.last_error and self.last_error[1].startswith(f"{name}: "):
+            self.last_error = None
 
     def _idle_wait(self, conn: sqlite3.Connection, lane: Lane) -> float:
         if lane is Lane.BACKSYNC:

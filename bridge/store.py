@@ -353,6 +353,25 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
             raise Busy from value  # (PostgreSQL: a row lock not granted in time)
 
 
+def broken(conn: Any) -> bool:
+    """Whether ``conn`` can no longer be used (a PostgreSQL connection whose server went away or
+    restarted); a SQLite connection never breaks so."""
+    return bool(getattr(conn, "closed", False))
+
+
+def reopen(home: Home | str, conn: Any, *, lane: bool = False) -> Any:
+    """``conn`` if it still works, else a new connection to the same store (the old one closed);
+    raises as :func:`connect` does while the store cannot be reached."""
+    if conn is not None and not broken(conn):
+        return conn
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+            pass
+    return connect(home, lane=lane)
+
+
 def checkpoint(conn: sqlite3.Connection) -> None:
     """Copy what the WAL holds back into the database, without waiting for or blocking anyone
     (a passive checkpoint: what readers still use is copied next time). PostgreSQL checkpoints

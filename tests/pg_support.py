@@ -130,6 +130,17 @@ class PgServer:
             shutil.rmtree(self.dir, ignore_errors=True)
             atexit.unregister(self.stop)
 
+    def halt(self) -> None:
+        """Stop the server as a planned restart does (``pg_ctl stop -m fast``: sessions ended,
+        what was committed kept); :meth:`resume` starts it again on the same port and data."""
+        self._server_cmd([os.path.join(self.bin, "pg_ctl"), "stop", "-w", "-t", "30", "-m", "fast", "-D", self.data])
+
+    def resume(self) -> None:
+        """Start the server :meth:`halt` stopped."""
+        self._server_cmd([os.path.join(self.bin, "pg_ctl"), "start", "-w", "-t", str(int(START_TIMEOUT)),
+                          "-D", self.data, "-l", self.log])
+        self.pid = self._postmaster_pid()
+
     # -- connecting -----------------------------------------------------------------------------
 
     @property

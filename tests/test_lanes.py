@@ -270,6 +270,15 @@ def test_a_failed_record_kills_the_child_so_no_reply_is_taken_for_another_close(
         (after,) = host.close_many(["X-1"])
         assert after.ok and after.subject == "X-1" and host.pid != first
         assert home.output.read_text().splitlines()[-1] == "Close X-1"
+        # the failed stream's claims are due again at the lane's next turn, not after their lease
+        held = lane.orphans
+        assert held and all(c.attempt == 1 for c in held)
+        monkeypatch.undo()
+        lane.step(core)
+        assert lane.orphans == []
+        rows = core.execute(f"SELECT claimed_by, attempts FROM subscriber_events WHERE id IN "
+                            f"({','.join(str(c.id) for c in held)})").fetchall()
+        assert all(r[0] != "supervisor:test" or r[1] == 2 for r in rows)  # free, or claimed anew by that turn
 
 
 def test_the_real_host_streams_every_close_once_in_order(home: Home, core: sqlite3.Connection) -> None:

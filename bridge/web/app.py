@@ -39,9 +39,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .. import events, metrics, store
+from .. import dialect, events, metrics, store
 from ..backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
-from ..errors import NotFound, UsageError
+from ..errors import BridgeError, NotFound, UsageError
 from ..home import Home
 from ..names import check_topic_name
 from . import omi
@@ -89,6 +89,19 @@ def failure(exc: BaseException) -> Refused | None:
         return Refused(400, "the client went away before sending the whole body", {"Connection": "close"})
     if isinstance(exc, CommitFailed):
         return Refused(503, str(exc), {"Retry-After": "5"})
+    return None
+
+
+def store_trouble(home: Any) -> str | None:
+    """Why the event core cannot be used now (None when it answers): ``/healthz``'s probe."""
+    try:
+        conn = store.connect(home)
+        try:
+            conn.execute("SELECT 1 FROM topics LIMIT 1").fetchall()
+        finally:
+            conn.close()
+    except (BridgeError, *dialect.errors()) as exc:
+        return " ".join(str(exc).split())
     return None
 
 
@@ -179,8 +192,11 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
     """The ASGI application: routes, authentication, request counting."""
 
     async def healthz(request: Request) -> Response:
-        """Load balancers: 200 while the listener serves (no authentication)."""
-        return PlainTextResponse("ok\n")
+        """Load balancers: 200 while the listener serves and the event core answers; 503 (with
+        the reason) while it cannot be reached, so that a balancer sends OMi to another node."""
+        trouble = await run_in_threadpool(store_trouble, ctx.home)
+        return PlainTextResponse(f"the event core cannot be reached: {trouble}\n", status_code=503,
+                                 headers={"Retry-After": "5"}) if trouble else PlainTextResponse("ok\n")
 
     async def metrics_text(request: Request) -> Response:
         """The Prometheus text of ``ombridge metrics``."""

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import backsync, events, omitopic, store
+from .. import backsync, dialect, events, omitopic, store
 from ..errors import BridgeError, UsageError
 from ..home import Home
 from . import forwarded
@@ -126,7 +126,8 @@ class GroupCommitter:
                 batch = self._take(timeout)
                 if batch is None:
                     break
-                if batch and self._store(conn, batch) and wake_at is None:
+                conn, stored = self._store_batch(conn, batch)
+                if stored and wake_at is None:
                     wake_at = max(time.monotonic(), last_wake + self.wake_every)
                 if wake_at is not None and time.monotonic() >= wake_at:
                     # Before the answers: the deliveries may start while the answers travel.
@@ -147,6 +148,20 @@ class GroupCommitter:
                 self.wake()
         finally:
             conn.close()
+
+    def _store_batch(self, conn: Any, batch: list[_Work]) -> tuple[Any, bool]:
+        """Store a batch on ``conn``, or on a new connection when the database restarted (a batch
+        that finds it still away fails with the reason: 503, OMi sends it again)."""
+        if not batch:
+            return conn, False
+        try:
+            conn = store.reopen(self.home, conn)
+        except (BridgeError, *dialect.errors()) as exc:
+            error = self._failed(exc)
+            for w in batch:
+                w.error = error
+            return conn, False
+        return conn, self._store(conn, batch)
 
     def _store(self, conn: Any, batch: list[_Work]) -> bool:
         """Store a batch (forced and unforced requests in a transaction each); True when

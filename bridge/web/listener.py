@@ -28,7 +28,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .. import omisync, store
+from .. import dialect, omisync, store
 from ..model import ListenerState
 from ..errors import BridgeError
 from ..home import Home
@@ -146,6 +146,7 @@ class Listener:
         self._state_lock = threading.Lock()
         self.committer = GroupCommitter(home, wake)
         self._users_conn = None
+        self._users: dict[str, str] | None = None  # the users last read
         self.authenticator = Authenticator(self._load_users)
         self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status,
                               omisync.load_config(home).external_id, config.tls)
@@ -166,9 +167,16 @@ class Listener:
         log.info("HTTP listener %s -> %s", old.value, new.value)
 
     def _load_users(self) -> dict[str, str]:
-        if self._users_conn is None:
-            self._users_conn = store.connect(self.home)
-        return users.hashes(self._users_conn)
+        # While the database is away (or restarting), the users read last keep serving: OMi's
+        # requests are then refused with 503 by the commit, not with 401.
+        try:
+            self._users_conn = store.reopen(self.home, self._users_conn)
+            self._users = users.hashes(self._users_conn)
+        except (BridgeError, *dialect.errors()) as exc:
+            if self._users is None:
+                raise
+            log.warning("the users could not be read again (%s); the last ones read serve meanwhile", exc)
+        return self._users
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -176,6 +184,7 @@ class Listener:
         """Bind, load TLS, start serving; raises :class:`BridgeError` with the reason it cannot."""
         cfg = self.config
         context = tls.server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
+        self._load_users()  # now: the users serve even if the database is away at the first request
         sock = self._bind()
         try:
             # ssl_context_factory (uvicorn's public hook): our context, Mozilla intermediate

@@ -134,3 +134,45 @@ def test_a_node_killed_mid_burst_loses_no_close(cluster) -> None:
     listed = {n["name"]: n for n in status(b)["nodes"]}
     assert listed["node-a"]["state"] == "dead" and listed["node-a"]["leases"] == 0
     assert listed["node-b"]["state"] == "running"
+
+
+def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(cluster, pg_server: PgServer,
+                                                                               tmp_path: Path) -> None:
+    import httpx
+
+    from web_support import PASSWORD, USER
+
+    a, b = cluster
+    for h in (a, b):
+        h.script.write_text(SLOW)
+    omb(a, "user", "add", USER, stdin=PASSWORD + "\n")
+    omb(a, "start", "--poll", POLL, "--listen", "127.0.0.1:0")
+    url = status(a)["listener"]["url"]
+    start(b)
+    ids = [f"R-{n}" for n in range(2000)]
+    omb(a, "close", "-", stdin="\n".join(ids) + "\n")
+    wait_for(lambda: sum(closed_ids(a, b).values()) >= 300, timeout=60, what="both nodes closing")
+    pg_server.halt()
+    try:
+        # Down: nothing new is acknowledged, each refusal says why.
+        r = omb(b, "send", "task/change", '{"TASK": "T-1"}', check=False)
+        assert r.returncode == 1 and "unreachable" in r.stderr and "Traceback" not in r.stderr
+        with httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=30) as web:
+            r = web.post("/api/v1/events", json={"topic": "ombacksync/close", "key": {"ID": "late"}})
+            assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+            health = web.get("/healthz")
+            assert health.status_code == 503 and "cannot be reached" in health.text
+        st = json.loads(omb(a, "status", "--json", check=False).stdout)
+        assert any("cannot be read" in reason for reason in st["degraded"]), st["degraded"]
+    finally:
+        pg_server.resume()
+    wait_for(lambda: all(d["status"] == "done" for d in deliveries(a)) and len(deliveries(a)) == len(ids),
+             timeout=180, what="every Close delivered after the restart")
+    closed = closed_ids(a, b)
+    assert set(closed) == set(ids)
+    assert sum(closed.values()) - len(ids) <= 2 * 500  # at most one Close window per node repeated
+    with httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=30) as web:
+        assert web.get("/healthz").status_code == 200
+    wait_for(lambda: {n["name"]: n["state"] for n in status(a)["nodes"]} == {"node-a": "running", "node-b": "running"},
+             timeout=30, what="both nodes heartbeating again")
+    assert status(a)["degraded"] == [] and status(b)["degraded"] == []

@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from ... import store
-from ...errors import BridgeError, NotFound, UsageError
+from ... import dialect, store
+from ...errors import BridgeError, NotFound, StoreError, UsageError
 from ...home import Home
 from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, when
 from ..auth import REALM, Authenticator
@@ -139,6 +139,13 @@ class Console:
     def guarded(self, handler: Handler) -> Handler:
         """Authentication on every page and action; a valid CSRF token on every POST."""
         async def endpoint(request: Request) -> Response:
+            try:
+                return await guarded_call(request)
+            except (StoreError, *dialect.errors()) as exc:  # the database is away: try again soon
+                return PlainTextResponse(f"the event core cannot be reached now: {' '.join(str(exc).split())} (503)\n",
+                                         status_code=503, headers={"Retry-After": "5"})
+
+        async def guarded_call(request: Request) -> Response:
             who = await self.sessions.identify(request)
             if who is None:
                 wants_html = request.method == "GET" and request.query_params.get("format") != "json"

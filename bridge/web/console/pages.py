@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from ... import catalog, control, events, ledger
-from ...errors import BridgeError, ScriptSyntaxError, UsageError
+from ... import catalog, control, dialect, events, ledger
+from ...errors import BridgeError, ScriptSyntaxError, StoreError, UsageError
 from ...perlenv import load_settings
 from ...perlhost import check_syntax
 from ...wording import restarted
@@ -65,8 +65,12 @@ class Pages:
             return PlainTextResponse("refused: missing or wrong login token (403); reload the login page\n",
                                      status_code=403)
         client = request.client
-        session = await self.c.sessions.login(fields.get("user", ""), fields.get("password", ""),
-                                              client.host if client else "?")
+        try:
+            session = await self.c.sessions.login(fields.get("user", ""), fields.get("password", ""),
+                                                  client.host if client else "?")
+        except (StoreError, *dialect.errors()) as exc:  # the database is away: the session cannot be kept
+            return await self.login_form(request, f"the event core cannot be reached now: {exc}", 503,
+                                         user=fields.get("user", ""), nxt=fields.get("next", "/ui/status"))
         if session is None:
             return await self.login_form(request, "wrong user name or password", 401, user=fields.get("user", ""),
                                          nxt=fields.get("next", "/ui/status"))
