@@ -180,31 +180,31 @@ def activity(conn: sqlite3.Connection, since: float, until: float, step: float =
     delivery that was retried counts as open since it failed.
     """
     n = max(1, int((until - since + step - 1) // step))
-    bucket = conn.dialect.bucket
+    whole = conn.dialect.bucket  # the SQL of a bucket number
     succeeded, failures, created, finished = [0] * n, [0] * n, [0] * n, [0] * n
 
-    def add(into: list[int], slot: int, count: int) -> None:
-        if 0 <= slot < n:
-            into[slot] += count
+    def add(into: list[int], bucket: int, count: int) -> None:
+        if 0 <= bucket < n:
+            into[bucket] += count
 
     first = _first_id_from(conn, "attempts", "ended_at", since)
     if first is not None:
-        for slot, ok, count in conn.execute(
-                f"SELECT {bucket('(ended_at - ?) / ?')}, ok, count(*) FROM attempts "
+        for bucket, ok, count in conn.execute(
+                f"SELECT {whole('(ended_at - ?) / ?')}, ok, count(*) FROM attempts "
                 "WHERE id >= ? AND ended_at >= ? GROUP BY 1, 2", (since, step, first, since)):
-            add(succeeded if ok else failures, slot, count)
+            add(succeeded if ok else failures, bucket, count)
     first = _first_id_from(conn, "subscriber_events", "created_at", since)
     if first is not None:
-        for slot, count in conn.execute(
-                f"SELECT {bucket('(created_at - ?) / ?')}, count(*) FROM subscriber_events "
+        for bucket, count in conn.execute(
+                f"SELECT {whole('(created_at - ?) / ?')}, count(*) FROM subscriber_events "
                 "WHERE id >= ? AND created_at >= ? GROUP BY 1", (since, step, first, since)):
-            add(created, slot, count)
+            add(created, bucket, count)
     # A finished row's next_attempt_at is when it finished (finish and purge set both): so the
     # index of finished rows finds the window's, instead of a scan of every row.
-    for slot, count in conn.execute(
-            f"SELECT {bucket('(next_attempt_at - ?) / ?')}, count(*) FROM subscriber_events "
+    for bucket, count in conn.execute(
+            f"SELECT {whole('(next_attempt_at - ?) / ?')}, count(*) FROM subscriber_events "
             f"WHERE status != '{_OPEN}' AND next_attempt_at >= ? GROUP BY 1", (since, step, since)):
-        add(finished, slot, count)
+        add(finished, bucket, count)
     backlog_at = [0] * n
     level = backlog(conn)[_OPEN]
     for i in range(n - 1, -1, -1):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from bridge import catalog, deliveries, events, ledger, omimap
-from bridge.model import ActionKind, Lane
+from bridge.model import ActionKind, Attempt, Lane
 
 pytestmark = pytest.mark.both_stores
 
@@ -65,3 +65,19 @@ def test_reclaiming_a_prefix_does_not_treat_underscore_as_a_wildcard(conn: Any) 
     assert deliveries.reclaim_abandoned(conn, "node_a/", keep="node_a/supervisor:9") == 1
     left = [r[0] for r in conn.execute("SELECT claimed_by FROM subscriber_events WHERE claimed_by IS NOT NULL")]
     assert left == ["nodeXa/supervisor:2"]
+
+
+def test_the_chart_counts_attempts_in_whole_buckets(conn: Any) -> None:
+    # (a bucket is truncated on both: PostgreSQL's CAST would round 2.7 up)
+    catalog.add_topic(conn, "t/x", ["K"])
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true", retries=0)
+    catalog.attach_topic(conn, sid, "t/x")
+    for n in range(3):
+        events.send(conn, "t/x", {"K": str(n)})
+    claims = deliveries.claim(conn, limit=3, lane=Lane.ACTIONS, owner="t")
+    since = 1000.0
+    outcomes = [Attempt(True, since + 1, since + 10.7 * 6), Attempt(True, since + 1, since + 10.2 * 6),
+                Attempt(False, since + 1, since + 1.5 * 6, error="x")]
+    deliveries.finish(conn, list(zip(claims, outcomes)))
+    chart = ledger.activity(conn, since, since + 60 * 6, step=6)
+    assert chart["succeeded"][10] == 2 and chart["failures"][1] == 1 and sum(chart["succeeded"]) == 2
