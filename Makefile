@@ -66,7 +66,7 @@ soak: bytecode $(TEST_STAMP)
 chaos: bytecode $(TEST_STAMP)
 	$(BIN)/python tests/chaos.py --trials 20 --events 10000
 
-bench: bytecode
+bench: bytecode postgresql
 	$(BIN)/python bench/run.py
 
 check: bytecode
