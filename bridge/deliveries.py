@@ -268,6 +268,11 @@ def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | Non
             [(at, at, c.id, c.attempt) for c in claims])
 
 
+# Claims made due again go back to their place in the queue (oldest due first), not behind the
+# backlog: a node's Closes taken over by another come before what arrived after them.
+_AT_ITS_TURN = "CASE WHEN created_at < ? THEN created_at ELSE ? END"
+
+
 def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
     """Make due again claims whose outcomes could not be recorded (the stream that held them
     failed); their attempts stay counted: they may have run. A claim taken over meanwhile (its
@@ -275,9 +280,9 @@ def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | N
     at = wall_now() if at is None else at
     with transaction(conn):
         conn.executemany(
-            "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, "
+            f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, "
             f"updated_at = ? WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
-            [(at, at, c.id, c.attempt) for c in claims])
+            [(at, at, at, c.id, c.attempt) for c in claims])
         conn.dialect.announce(conn)
 
 
@@ -287,10 +292,10 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
     at = wall_now()
     with transaction(conn):
         taken = conn.execute(
-            "UPDATE subscriber_events SET next_attempt_at = ?, claimed_by = NULL, updated_at = ? "
+            f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, updated_at = ? "
             f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND substr(claimed_by, 1, length(?)) = ? "
             "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
-            (at, at, at, owner_prefix, owner_prefix, keep)).rowcount
+            (at, at, at, at, owner_prefix, owner_prefix, keep)).rowcount
         if taken:
             conn.dialect.announce(conn)
         return taken
