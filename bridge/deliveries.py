@@ -83,12 +83,11 @@ def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> li
     """Create one open subscriber event per row, inside the caller's transaction; returns the ids
     of the rows created already claimed (attempt 1, under a lease), in order."""
     claimed: list[int] = []
-    free = [(r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at, at, at)
+    free = [(r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, 0, _OPEN, 0, at, at, at)
             for r in rows if r.claimed_by is None]
     if free:
-        conn.executemany(
-            "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, status, "
-            f"attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 0, '{_OPEN}', 0, ?, ?, ?)", free)
+        conn.dialect.insert_rows(conn, "subscriber_events", "event_id, subscriber_id, subscriber_topic_id, lane, "
+                                 "synchronized, status, attempts, next_attempt_at, created_at, updated_at", free)
         conn.dialect.announce(conn)
     for r in rows:
         if r.claimed_by is not None:

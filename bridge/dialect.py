@@ -44,6 +44,12 @@ class Dialect:
         """Deliveries became due now, in the caller's transaction: wake every node at its commit.
         On SQLite the one supervisor's doorbell (rung by the sender) is enough."""
 
+    def insert_rows(self, conn: Any, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (values for ``columns``, comma-separated) into ``table``: one
+        ``executemany`` on SQLite."""
+        marks = ", ".join("?" * (columns.count(",") + 1))
+        conn.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+
     def begin(self, conn: Any, wait: bool = True, catalog: bool = False) -> None:
         """Start a write transaction (``BEGIN IMMEDIATE``). Waiting for another process's write
         lock never happens in SQLite's busy handler, which sleeps 10 to 100 ms at a time once a
@@ -128,6 +134,13 @@ class PostgreSQL(Dialect):
             if self.busy(exc):
                 raise Busy from exc
             raise
+
+    def insert_rows(self, conn: Any, table: str, columns: str, rows: Sequence[Sequence[Any]]) -> None:
+        # COPY: rows streamed in one statement, a fraction of the server's and the driver's work
+        # of an INSERT per row (a burst's sender: 3x faster, docs/decisions.md).
+        with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def announce(self, conn: Any) -> None:
         # Delivered at the commit, to every connection that listens (bridge/wakeups.py); several

@@ -362,7 +362,7 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
     sender = f"send:{os.getpid()}"
     at = now()
     with transaction(conn):
-        # The ids named explicitly, so that the rows go in with one executemany (bridge/dialect.py).
+        # The ids named explicitly, so that the rows go in with one statement (bridge/dialect.py).
         ids = iter(conn.dialect.reserve_ids(conn, "events", sum(1 for p in prepared if p.matches or force)))
         stored = []
         for p in prepared:
@@ -381,8 +381,8 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
                 if sync:
                     synchronized.append((event_id, p, m))
             results.append(SendResult(event_id, len(p.matches)))
-        conn.executemany("INSERT INTO events (id, topic, key, forced, parent_id, depth, created_at, context) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", stored)
+        conn.dialect.insert_rows(conn, "events", "id, topic, key, forced, parent_id, depth, created_at, context",
+                                 stored)
         claimed_ids = enqueue(conn, rows, at)
     if on_stored and rows:
         on_stored()
