@@ -160,7 +160,7 @@ sub take_output {
     while (($size = -s $CAPTURE || 0) > $pos) {
         sysseek($CAPTURE, $pos, 0);
         while ($pos < $size) {
-            my $n = sysread($CAPTURE, my $chunk, 65536);
+            my $n = sysread($CAPTURE, my $chunk, 1 << 20);
             last unless $n;
             $pos += $n;
             write_all($LOG, $chunk);
