@@ -217,17 +217,20 @@ def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], a
     # Every attempt is recorded. Those of current claims that ended alike (a chunk of Closes
     # shares its times and outcome) go in with one INSERT ... SELECT over their ids, instead of
     # a row of eight values each; a stale claim's only while its row exists.
+    # (On PostgreSQL, COPY of every row is cheaper still: one statement, no grouping.)
     alike: dict[tuple[Any, ...], list[int]] = {}
-    stale = []
+    rows = []
     for c, r in done:
-        if (c.id, c.attempt) in current:
-            alike.setdefault((r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error), []).append(c.id)
-        elif _exists(conn, c.id):
-            stale.append((c.id, c.attempt, r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error))
+        values = (r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error)
+        if (c.id, c.attempt) in current and not conn.dialect.copies:
+            alike.setdefault(values, []).append(c.id)
+        elif (c.id, c.attempt) in current or _exists(conn, c.id):
+            rows.append((c.id, c.attempt, *values))
     for values, ids in alike.items():
         _where_ids(conn, f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) SELECT id, attempts, ?, ?, ?, ?, ?, ? "
                          "FROM subscriber_events WHERE id IN ({ids})", values, ids)
-    conn.executemany(f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", stale)
+    if rows:
+        conn.dialect.insert_rows(conn, "attempts", _ATTEMPT_COLUMNS, rows)
     settled, succeeded, failures = [], [], []
     for c, r in done:
         if (c.id, c.attempt) not in current:

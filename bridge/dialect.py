@@ -38,6 +38,7 @@ class Dialect:
 
     name = "sqlite"
     skip_locked = ""  # the claim: SQLite's write lock already keeps claimers apart
+    copies = False  # whether insert_rows streams (COPY): then it beats any grouping of rows
     for_update = ""  # the fence's read: likewise
 
     def announce(self, conn: Any) -> None:
@@ -113,6 +114,7 @@ class PostgreSQL(Dialect):
     """PostgreSQL's spellings (the connections of :mod:`bridge.pgstore`)."""
 
     name = "postgresql"
+    copies = True
     # Two nodes claiming at once take disjoint rows and never wait for each other.
     skip_locked = " FOR UPDATE OF se SKIP LOCKED"
     # Else another node could re-claim an expired lease between the fence's read and its write.
