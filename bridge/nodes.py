@@ -215,3 +215,17 @@ def _closed(conn: Any) -> None:
         except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is dropped anyway
             pass
     return None
+
+
+def audit(conn: Any) -> list[str]:
+    """Claims that name a node the ``nodes`` table does not know (``check --db``): nobody would
+    ever take them over; their leases are the only way back."""
+    known = {r[0] for r in conn.execute("SELECT name FROM nodes")}
+    named: dict[str, int] = {}
+    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = ? AND "
+                                     "claimed_by IS NOT NULL GROUP BY claimed_by", (DeliveryStatus.OPEN.value,)):
+        if owner.startswith(OWNER_PREFIX) and "#" in owner:
+            name = owner[len(OWNER_PREFIX):].rsplit("#", 1)[0]
+            named[name] = named.get(name, 0) + count
+    return [f"{count} open claim(s) name node {name!r}, which is not in the nodes table (they come back when "
+            "their leases end)" for name, count in sorted(named.items()) if name not in known]

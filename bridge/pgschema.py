@@ -119,3 +119,50 @@ def _where(conn: Any) -> str:
     info = conn.info
     host = info.host if info.host and not info.host.startswith("/") else "localhost"
     return f"the database {info.dbname} on {host}:{info.port}"
+
+
+def check(conn: Any) -> list[str]:
+    """What is wrong with the event core's schema in PostgreSQL, a sentence each ([] when it is
+    sound): ``ombridge check --db``. The server guards its own pages; this checks what ours can
+    break: migrations applied and unchanged, every table and index there and valid (an
+    interrupted ``CREATE INDEX CONCURRENTLY`` leaves an invalid one), and each id sequence past
+    its table's largest id (a copy that forgot to move it would make new rows fail)."""
+    known = migrations()
+    found = []
+    applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    for m in known:
+        if m.version not in applied:
+            found.append(f"migration {m.version:04d}_{m.name}.sql is not applied")
+        elif applied[m.version] != m.checksum:
+            found.append(f"migration {m.version:04d}_{m.name}.sql was applied with other contents than this "
+                         "ombridge ships (checksum)")
+    sql = "\n".join(m.sql for m in known)
+    tables = re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", sql)
+    indexes = re.findall(r"CREATE (?:UNIQUE )?INDEX (?:IF NOT EXISTS )?(\w+)", sql)
+    present = {r[0] for r in conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                                          "c.relnamespace WHERE n.nspname = current_schema()")}
+    found += [f"table {t} is missing" for t in tables if t not in present]
+    found += [f"index {i} is missing" for i in indexes if i not in present]
+    found += [f"index {r[0]} is invalid (an interrupted build): drop it and run the migration's CREATE INDEX again"
+              for r in conn.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                    "WHERE n.nspname = current_schema() AND NOT i.indisvalid")]
+    for table in tables:
+        if table not in present:
+            continue
+        (sequence,) = conn.execute("SELECT pg_get_serial_sequence(?, 'id')", (table,)).fetchone() \
+            if _has_id(conn, table) else (None,)
+        if sequence is None:
+            continue
+        last = conn.execute("SELECT last_value FROM pg_sequences WHERE schemaname || '.' || sequencename = ?",
+                            (sequence.replace('"', ""),)).fetchone()
+        (largest,) = conn.execute(f"SELECT max(id) FROM {table}").fetchone()  # (a name from our own files)
+        if largest is not None and (last is None or last[0] is None or last[0] < largest):
+            found.append(f"the id sequence of {table} is behind its largest id {largest}: new rows would fail; "
+                         f"SELECT setval('{sequence}', {largest}) repairs it")
+    return found
+
+
+def _has_id(conn: Any, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND table_name = ? AND column_name = 'id'", (table,)).fetchone() is not None

@@ -228,6 +228,18 @@ def location(home: Home | str) -> tuple[str, str]:
     return url or values["url"], values["node"]
 
 
+def describe(home: Home | str) -> str:
+    """The event core of a home as an operator names it: its SQLite file, or "the database D on
+    H:P" (never a password)."""
+    root = os.fspath(home.root if isinstance(home, Home) else home)
+    url, _ = location(root)
+    if url in ("", "sqlite:"):
+        return os.path.join(root, DB_FILE)
+    from . import pgstore
+
+    return pgstore.where(url)
+
+
 def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sqlite3.Connection:
     """Open the event core of a home (a :class:`Home` or its root path): the SQLite file of the
     home, created or migrated first when needed, or the PostgreSQL database its store URL names
@@ -384,12 +396,13 @@ def checkpoint(conn: sqlite3.Connection) -> None:
 def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
     """What SQLite's integrity check finds wrong with the event core ([] when it is sound).
     PostgreSQL guards its own pages: the supervisor's ``quick`` check at start finds nothing
-    there, and the full one (``check --db``) is refused until its own checks exist."""
+    there, and the full one (``check --db``) is :func:`bridge.pgschema.check`."""
     if dialect.of(conn) is not SQLITE:
         if quick:
             return []
-        raise StoreError("check --db does not check an event core in PostgreSQL yet (the server checks its own "
-                         "pages); see docs/multinode.md")
+        from . import pgschema
+
+        return pgschema.check(conn)
     try:
         rows = [r[0] for r in conn.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check")]
     except sqlite3.DatabaseError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,24 @@ def test_what_only_sqlite_does_is_refused_in_one_sentence(home: Home, pg: Any, t
     r = omb(home, "backup", str(tmp_path / "copy.db"), check=False)
     assert r.returncode == 1 and "pg_dump, or store copy" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "copy.db").exists()
+
+
+def test_check_db_on_postgresql_finds_what_ours_can_break(home: Home, pg: Any) -> None:
+    r = omb(home, "check", "--db")
+    assert r.stdout.strip() == f"the database {pg.info.dbname} on 127.0.0.1:{pg.info.port}: ok"
+    _due(pg, 3)
+    # A sequence left behind its table (a copy that forgot it), an index gone, and claims of a
+    # node nobody knows:
+    pg.execute("SELECT setval(pg_get_serial_sequence('events', 'id'), 1)")
+    pg.execute("UPDATE subscriber_events SET claimed_by = 'supervisor:ghost#12', next_attempt_at = ? "
+               "WHERE id = (SELECT min(id) FROM subscriber_events)", (time.time() + 60,))
+    pg.execute("DROP INDEX subscriber_events_ended")
     r = omb(home, "check", "--db", check=False)
-    assert r.returncode == 1 and "PostgreSQL" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "the id sequence of events is behind its largest id 3" in r.stderr
+    assert "index subscriber_events_ended is missing" in r.stderr
+    assert "1 open claim(s) name node 'ghost', which is not in the nodes table" in r.stderr
+    assert f"the event core the database {pg.info.dbname} on 127.0.0.1:{pg.info.port} is damaged" in r.stderr
 
 
 def _due(conn: Any, n: int) -> int:

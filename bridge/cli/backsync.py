@@ -9,7 +9,7 @@ from pathlib import Path
 
 import rich_click as click
 
-from .. import protocol, store
+from .. import nodes, protocol, store
 from ..errors import ScriptSyntaxError
 from ..model import Attempt
 from ..perlenv import load_settings
@@ -52,11 +52,13 @@ def check(ctx: click.Context, database: bool, perl: str | None) -> None:
     """
     home = home_of(ctx)
     if database:
-        damage = store.integrity(store.connect(home))
+        conn = store.connect(home)
+        damage = store.integrity(conn) + nodes.audit(conn)
+        where = store.describe(home)
         if damage:
             click.echo("\n".join(damage[:20]), err=True)
-            fail(f"the event core {home.db} is damaged: see the recovery procedure in docs/operations.md", 1)
-        click.echo(f"{home.db}: ok")
+            fail(f"the event core {where} is damaged: see the recovery procedure in docs/operations.md", 1)
+        click.echo(f"{where}: ok")
         return
     try:
         text = check_syntax(home.script, home, load_settings(home, perl))
