@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -69,12 +68,12 @@ def check_name(name: str, where: str) -> str:
 
 def this_node(home: Home, pid: int | None = None) -> Node:
     """This home's node: named by ``[store] node`` in ``conf/ombridge.conf``, else ``<hostname>:<home>``."""
-    host = socket.gethostname()
+    host = os.uname().nodename
     _, configured = store.location(home)
     if configured:
         name = check_name(configured, f"{home.root / CONFIG_FILE}: [store] node")
     else:
-        name = f"{host}:{home.root}".replace("#", "_")
+        name = store.default_node(str(home.root))
     return Node(name, host, str(home.root), os.getpid() if pid is None else pid)
 
 
@@ -136,13 +135,7 @@ def listing(conn: Any) -> list[dict[str, Any]]:
     """Every node: name, host, home, pid, version, alive, state (running, dead, stopped), last
     seen (seconds ago), the claims it holds now, and its script's checksum."""
     at = time.time()
-    held: dict[str, int] = {}
-    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = ? "
-                                     "AND next_attempt_at > ? AND claimed_by IS NOT NULL GROUP BY claimed_by",
-                                     (DeliveryStatus.OPEN.value, at)):
-        if owner.startswith(OWNER_PREFIX) and "#" in owner:
-            name = owner[len(OWNER_PREFIX):].rsplit("#", 1)[0]
-            held[name] = held.get(name, 0) + count
+    held = _claims_by_node(conn, at)
     nodes = []
     for r in conn.execute("SELECT name, host, home, pid, version, script_checksum, listener, started_at, last_seen, "
                           "stopped_at FROM nodes ORDER BY name"):
@@ -167,9 +160,9 @@ def troubles(nodes: list[dict[str, Any]]) -> list[str]:
 class Heartbeat:
     """The thread that keeps this node alive in the table and takes over dead nodes' claims."""
 
-    def __init__(self, connect: Any, me: Node, script: os.PathLike[str] | str,
+    def __init__(self, home: Home, me: Node, script: os.PathLike[str] | str,
                  on_taken: Any = None, every: float = HEARTBEAT_EVERY) -> None:
-        self.connect = connect  # () -> a connection of its own
+        self.home = home  # the heartbeat has a connection of its own to the home's store
         self.me = me
         self.script = script
         self.on_taken = on_taken  # called after claims were taken over (wake the lanes)
@@ -190,7 +183,7 @@ class Heartbeat:
         next_log = 0.0
         while not self._stop.wait(self.every):
             try:
-                conn = conn or self.connect()
+                conn = store.reopen(self.home, conn)
                 taken = beat(conn, self.me, script_checksum(self.script))
                 self.last_error = None
             except Exception as exc:  # the database away: beat again, reconnected, next time
@@ -198,34 +191,33 @@ class Heartbeat:
                 if time.monotonic() >= next_log:
                     log.error("heartbeat of node %s failed: %s", self.me.name, exc)
                     next_log = time.monotonic() + 60.0
-                conn = _closed(conn)
                 continue
             for name, count in taken.items():
                 log.warning("node %s is dead (no heartbeat for %gs): %d of its claims are due again here",
                             name, DEAD_AFTER, count)
             if taken and self.on_taken:
                 self.on_taken()
-        _closed(conn)
-
-
-def _closed(conn: Any) -> None:
-    if conn is not None:
-        try:
+        if conn is not None:
             conn.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail; it is dropped anyway
-            pass
-    return None
 
 
 def audit(conn: Any) -> list[str]:
     """Claims that name a node the ``nodes`` table does not know (``check --db``): nobody would
     ever take them over; their leases are the only way back."""
     known = {r[0] for r in conn.execute("SELECT name FROM nodes")}
-    named: dict[str, int] = {}
-    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = ? AND "
-                                     "claimed_by IS NOT NULL GROUP BY claimed_by", (DeliveryStatus.OPEN.value,)):
-        if owner.startswith(OWNER_PREFIX) and "#" in owner:
-            name = owner[len(OWNER_PREFIX):].rsplit("#", 1)[0]
-            named[name] = named.get(name, 0) + count
+    named = _claims_by_node(conn)
     return [f"{count} open claim(s) name node {name!r}, which is not in the nodes table (they come back when "
             "their leases end)" for name, count in sorted(named.items()) if name not in known]
+
+
+def _claims_by_node(conn: Any, leased_at: float | None = None) -> dict[str, int]:
+    """{node: open claims it made} (with ``leased_at``, only those whose lease runs past it)."""
+    lease = "" if leased_at is None else " AND next_attempt_at > ?"
+    args = (DeliveryStatus.OPEN.value,) if leased_at is None else (DeliveryStatus.OPEN.value, leased_at)
+    found: dict[str, int] = {}
+    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = ?"
+                                     f"{lease} AND claimed_by IS NOT NULL GROUP BY claimed_by", args):
+        if owner.startswith(OWNER_PREFIX) and "#" in owner:
+            name = owner[len(OWNER_PREFIX):].rsplit("#", 1)[0]
+            found[name] = found.get(name, 0) + count
+    return found

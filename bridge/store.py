@@ -228,6 +228,12 @@ def location(home: Home | str) -> tuple[str, str]:
     return url or values["url"], values["node"]
 
 
+def default_node(root: str) -> str:
+    """The name of a home's node when ``[store] node`` names none: ``<hostname>:<home>`` (a ``#``,
+    which separates a claim's node from its pid, becomes ``_``)."""
+    return f"{os.uname().nodename}:{root}".replace("#", "_")
+
+
 def describe(home: Home | str) -> str:
     """The event core of a home as an operator names it: its SQLite file, or "the database D on
     H:P" (never a password)."""
@@ -266,7 +272,7 @@ def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sql
     if url.startswith(("postgresql://", "postgres://")) or "=" in url:  # (a URL, or libpq's key=value)
         from . import pgstore
 
-        return pgstore.connect(url, node=node or f"{os.uname().nodename}:{root}", lane=lane)
+        return pgstore.connect(url, node=node or default_node(root), lane=lane)
     if url not in ("", "sqlite:"):
         raise StoreError(f"unknown store {url!r}: a postgresql://USER@HOST/DATABASE URL, or sqlite: for the "
                          "home's own file (the default)")

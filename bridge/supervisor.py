@@ -199,7 +199,7 @@ class Supervisor:
             conn.close()
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
-        self.heartbeat = nodes.Heartbeat(lambda: store.connect(self.home), self.node, self.home.script,
+        self.heartbeat = nodes.Heartbeat(self.home, self.node, self.home.script,
                                          on_taken=lambda: self.manager.wake() if self.manager else None)
         self.heartbeat.start()
         control_sock, doorbell = controlserver.bind(self.home.run_dir)

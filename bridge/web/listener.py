@@ -147,6 +147,7 @@ class Listener:
         self.committer = GroupCommitter(home, wake)
         self._users_conn = None
         self._users: dict[str, str] | None = None  # the users last read
+        self._users_stale = False  # the last reading failed (and said so)
         self.authenticator = Authenticator(self._load_users)
         self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status,
                               omisync.load_config(home).external_id, config.tls)
@@ -172,10 +173,13 @@ class Listener:
         try:
             self._users_conn = store.reopen(self.home, self._users_conn)
             self._users = users.hashes(self._users_conn)
+            self._users_stale = False
         except (BridgeError, *dialect.errors()) as exc:
             if self._users is None:
                 raise
-            log.warning("the users could not be read again (%s); the last ones read serve meanwhile", exc)
+            if not self._users_stale:  # (re-read every second: said once per outage)
+                log.warning("the users could not be read again (%s); the last ones read serve meanwhile", exc)
+                self._users_stale = True
         return self._users
 
     # -- life ----------------------------------------------------------------------------------
