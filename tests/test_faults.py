@@ -72,8 +72,9 @@ def test_init_that_dies_is_retried_forever_and_recovers_by_itself(home: Home) ->
                  timeout=30, what="backoff after a failed start")
         st = status(home)["ombacksync"]
         assert "cannot reach the ticket system" in st["last_error"] and st["retry_in"] is not None
-        r = omb(home, "status", check=False)
-        assert r.returncode == 1 and "next try in" in r.stdout  # degraded, and says when
+        # degraded, and says when; the backoff is 1 s, so a look may land while it is starting again
+        wait_for(lambda: (r := omb(home, "status", check=False)).returncode == 1 and "next try in" in r.stdout,
+                 timeout=30, what="status saying when the next try is")
         errors = json.loads(omb(home, "events", "list", "--topic", "ombacksync/error", "--json").stdout)
         assert errors and "cannot reach the ticket system" in errors[0]["key"]["MESSAGE"]
         omb(home, "close", "C-1")
