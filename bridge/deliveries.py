@@ -291,16 +291,23 @@ def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | N
 def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) -> int:
     """Make due now the claims of owners named ``owner_prefix*`` other than ``keep``: the claims
     of a supervisor that died (only one runs per home). Their attempts stay counted."""
-    at = wall_now()
     with transaction(conn):
-        taken = conn.execute(
-            f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, updated_at = ? "
-            f"WHERE status = '{_OPEN}' AND next_attempt_at > ? AND substr(claimed_by, 1, length(?)) = ? "
-            "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
-            (at, at, at, at, owner_prefix, owner_prefix, keep)).rowcount
-        if taken:
-            conn.dialect.announce(conn)
-        return taken
+        return release_claims(conn, owner_prefix, keep)
+
+
+def release_claims(conn: sqlite3.Connection, owner_prefix: str, keep: str = "", *, ended_too: bool = False) -> int:
+    """:func:`reclaim_abandoned` inside the caller's transaction; with ``ended_too``, also the
+    claims whose lease already ended (so that none names that owner any more)."""
+    at = wall_now()
+    leased = "" if ended_too else "AND next_attempt_at > ? "
+    taken: int = conn.execute(
+        f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, updated_at = ? "
+        f"WHERE status = '{_OPEN}' {leased}AND substr(claimed_by, 1, length(?)) = ? "
+        "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
+        (at, at, at, *(() if ended_too else (at,)), owner_prefix, owner_prefix, keep)).rowcount
+    if taken:
+        conn.dialect.announce(conn)
+    return taken
 
 
 def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,

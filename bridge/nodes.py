@@ -131,6 +131,24 @@ def leave(conn: Any, me: Node) -> None:
                      (at, at, me.name, me.pid))
 
 
+def forget(conn: Any, name: str) -> int:
+    """Remove node ``name`` for good (a host gone), making every claim it still names due again;
+    returns how many. Refused for a node that runs (it would join again at its next start)."""
+    at = time.time()
+    with store.transaction(conn):
+        row = conn.execute("SELECT host, home, pid, last_seen, stopped_at FROM nodes WHERE name = ?",
+                           (name,)).fetchone()
+        if row is None:
+            raise UsageError(f"no node is named {name!r} (`ombridge nodes list` shows them)")
+        if row[4] is None and at - row[3] < DEAD_AFTER:
+            raise BridgeError(f"node {name!r} runs on {row[0]} in {row[1]} (pid {row[2]}, seen {at - row[3]:.0f}s "
+                              "ago): stop it first (`ombridge stop` there)")
+        released = deliveries.release_claims(conn, claim_prefix(name), ended_too=True)
+        conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+    log.info("node %s forgotten: %d of its claims are due again", name, released)
+    return released
+
+
 def listing(conn: Any) -> list[dict[str, Any]]:
     """Every node: name, host, home, pid, version, alive, state (running, dead, stopped), last
     seen (seconds ago), the claims it holds now, and its script's checksum."""

@@ -111,3 +111,28 @@ def test_status_and_the_console_show_every_node_and_a_dead_one_degrades(home: Ho
     page = login(srv).get("/ui/status").text
     assert 'id="nodes"' in page and "&lt;b&gt;connector-b&lt;/b&gt;" in page and "<b>connector-b" not in page
     assert '<tr class="node-dead">' in page and '<tr class="node-running">' in page
+
+
+def test_forgetting_a_node_gone_for_good_releases_every_claim_it_names(home: Home, conn) -> None:
+    omb(home, "close", "C-1", "C-2", "C-3")
+    nodes.join(conn, A, version="1", checksum="same")
+    nodes.join(conn, B, version="1", checksum="same")
+    from bridge import deliveries
+
+    assert len(deliveries.claim(conn, limit=3, lane=Lane.BACKSYNC, owner=A.owner)) == 3
+    conn.execute("UPDATE subscriber_events SET next_attempt_at = 0 WHERE id IN "
+                 "(SELECT min(id) FROM subscriber_events WHERE claimed_by = ?)", (A.owner,))  # one lease ended
+    r = omb(home, "nodes", "forget", A.name, check=False)
+    assert r.returncode == 1 and "node 'connector-a' runs on host-a in /srv/a" in r.stderr and "stop it first" in r.stderr
+    assert claimed_by(conn, A.owner) == 3  # refused: nothing changed
+
+    age(conn, A.name, nodes.DEAD_AFTER + 1)
+    r = omb(home, "nodes", "forget", A.name)
+    assert r.stdout.strip() == "node connector-a forgotten; 3 of its claims are due again"
+    assert claimed_by(conn, A.owner) == 0 and nodes.audit(conn) == []
+    assert [n["name"] for n in json.loads(omb(home, "nodes", "list", "--json").stdout)] == [B.name]
+    assert len(deliveries.claim(conn, limit=3, lane=Lane.BACKSYNC, owner=B.owner)) == 3  # due at once
+
+    r = omb(home, "nodes", "forget", A.name, check=False)
+    assert r.returncode == 2 and r.stderr.strip() == ("ombridge: error: no node is named 'connector-a' "
+                                                      "(`ombridge nodes list` shows them)")

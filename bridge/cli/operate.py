@@ -1,4 +1,4 @@
-"""Operator commands: integrations, context variables, pruning, metrics."""
+"""Operator commands: integrations, context variables, nodes, pruning, metrics."""
 
 from __future__ import annotations
 
@@ -118,6 +118,36 @@ def context_remove(ctx: click.Context, context_id: int) -> None:
 
     remove_context(core(ctx), context_id)
     click.echo(f"context {context_id} removed")
+
+
+@main.group()
+def nodes() -> None:
+    """The nodes sharing this home's event core (docs/multinode.md): list them, forget one gone for good."""
+
+
+@nodes.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def nodes_list(ctx: click.Context, as_json: bool) -> None:
+    """List every node: state, where it runs, last heartbeat, claims held. Example: `ombridge nodes list`"""
+    from ..nodes import listing as node_listing
+
+    rows = node_listing(core(ctx))
+    listing(as_json, rows, "Nodes", ["name", "state", "host", "home", "pid", "seen", "leases", "script"],
+            [[r["name"], r["state"], r["host"], r["home"], r["pid"], f"{r['seen_ago']:.0f}s ago", r["leases"],
+              (r["script_checksum"] or "unreadable")[:12]] for r in rows])
+
+
+@nodes.command("forget")
+@click.argument("name")
+@click.pass_context
+def nodes_forget(ctx: click.Context, name: str) -> None:
+    """Remove a dead or stopped node for good, making the claims it still holds due again on the
+    others (refused while it runs). Example: `ombridge nodes forget connector-b`"""
+    from ..nodes import forget
+
+    released = forget(core(ctx), name)
+    click.echo(f"node {name} forgotten; {released} of its claims are due again")
 
 
 @main.command()
