@@ -6,7 +6,8 @@ PostgreSQL server started here (tests/pg_support.py: 127.0.0.1, fsync off as in 
 - two nodes against one on the same database, the same burst (closes/s, both nodes' output);
 - failover: from a node's kill -9 to the first of its leased Closes re-run on the survivor
   (target <= the lease + 5 s; the lease of a Close is its timeout + 30 s);
-- `send` returned -> action started on PostgreSQL, p50 and p99 (target p50 <= 10 ms).
+- `send` returned -> action started on PostgreSQL, p50 and p99 (target p50 <= 10 ms);
+- a console page, logged in, on SQLite and on PostgreSQL (p50).
 """
 
 from __future__ import annotations
@@ -30,6 +31,34 @@ from pg_support import PgServer  # noqa: E402
 from bridge import backsync, launcher, nodes, store  # noqa: E402
 
 ROUNDS = 2  # bursts per store, alternated
+PAGES = 200  # console page loads per store
+
+
+def _console_page(home) -> float:
+    """p50 ms of a logged-in console page (the deliveries listing) through a real listener."""
+    import httpx
+
+    from bridge.web import users
+
+    conn = store.connect(home)
+    users.add_user(conn, "bench", "bench-password-1")
+    conn.close()
+    st = launcher.spawn(home, ["--listen", "127.0.0.1:0"])
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{st['listener']['port']}", timeout=30) as client:
+            page = client.get("/ui/login")
+            token = page.text.split('name="token" value="', 1)[1].split('"', 1)[0]
+            r = client.post("/ui/login", data={"token": token, "user": "bench", "password": "bench-password-1",
+                                               "next": "/ui/status"})
+            assert r.status_code == 303, r.text
+            samples = []
+            for _ in range(PAGES):
+                t = time.perf_counter()
+                assert client.get("/ui/deliveries").status_code == 200
+                samples.append((time.perf_counter() - t) * 1e3)
+    finally:
+        launcher.stop(home)
+    return statistics.median(samples)
 
 
 @contextmanager
@@ -119,6 +148,10 @@ def run() -> str:
         took, lease = _failover(server)
         with bench_home() as home, on_store(server.url(server.create_database("latency")), server.passfile):
             p50, p99 = _latency(home)
+        with bench_home() as home, on_store(None):
+            sqlite_page = _console_page(home)
+        with bench_home() as home, on_store(server.url(server.create_database("console")), server.passfile):
+            pg_page = _console_page(home)
     finally:
         server.stop()
     sqlite_rate, pg_rate = statistics.median(sqlite_rates), statistics.median(pg_rates)
@@ -132,6 +165,9 @@ def run() -> str:
          f"lease {lease:.0f} s (target <= lease + 5 s)"],
         ["`send` returned -> action started, PostgreSQL (1,000 sends)", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
          "target p50 <= 10 ms"],
+        [f"a console page (deliveries, logged in), SQLite (p50 of {PAGES})", f"{sqlite_page:.2f} ms", "1.00"],
+        [f"the same on PostgreSQL (connections lent by a pool)", f"{pg_page:.2f} ms",
+         f"{pg_page / sqlite_page:.2f}x SQLite"],
     ]
     return table("The event core on PostgreSQL (a local server, fsync off)", ["what", "measured", "against"], rows)
 

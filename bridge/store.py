@@ -269,7 +269,7 @@ def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sql
     """
     root = os.fspath(home.root if isinstance(home, Home) else home)
     url, node = location(root)
-    if url.startswith(("postgresql://", "postgres://")) or "=" in url:  # (a URL, or libpq's key=value)
+    if _is_postgresql(url):
         from . import pgstore
 
         return pgstore.connect(url, node=node or default_node(root), lane=lane)
@@ -277,6 +277,55 @@ def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sql
         raise StoreError(f"unknown store {url!r}: a postgresql://USER@HOST/DATABASE URL, or sqlite: for the "
                          "home's own file (the default)")
     return _sqlite(os.path.join(root, DB_FILE), create, lane)
+
+
+def _is_postgresql(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://")) or "=" in url  # (a URL, or libpq's key=value)
+
+
+class lend:  # noqa: N801 - used like a function: `with lend(home) as conn:`
+    """A connection to the event core of ``home`` for one short request (a console page,
+    ``/healthz``): on PostgreSQL lent by this process's pool (:class:`bridge.pgstore.Lender`,
+    made at the first request), on SQLite a new connection (opening the file costs ~0.1 ms),
+    closed after. Raises as :func:`connect` does while the store cannot be reached."""
+
+    def __init__(self, home: Home | str) -> None:
+        self.root = os.fspath(home.root if isinstance(home, Home) else home)
+        self.conn: Any = None
+        self.lent: Any = None
+
+    def __enter__(self) -> Any:
+        url, node = location(self.root)
+        if not _is_postgresql(url):
+            self.conn = connect(self.root)
+            return self.conn
+        with _LENDERS_LOCK:
+            lender = _LENDERS.get((url, node))
+            if lender is None:
+                from .pgstore import Lender
+
+                lender = _LENDERS[(url, node)] = Lender(url, node or default_node(self.root))
+        self.lent = lender.lend()
+        return self.lent.__enter__()
+
+    def __exit__(self, kind: object, value: object, traceback: object) -> None:
+        if self.lent is not None:
+            self.lent.__exit__(kind, value, traceback)
+        else:
+            self.conn.close()
+
+
+def close_lent() -> None:
+    """Close the pools :class:`lend` made (the listener stops)."""
+    with _LENDERS_LOCK:
+        lenders = list(_LENDERS.values())
+        _LENDERS.clear()
+    for lender in lenders:
+        lender.close()
+
+
+_LENDERS: dict[tuple[str, str], Any] = {}
+_LENDERS_LOCK = _thread.allocate_lock()
 
 
 def _sqlite(path: str, create: bool, lane: bool) -> sqlite3.Connection:

@@ -95,11 +95,8 @@ def failure(exc: BaseException) -> Refused | None:
 def store_trouble(home: Any) -> str | None:
     """Why the event core cannot be used now (None when it answers): ``/healthz``'s probe."""
     try:
-        conn = store.connect(home)
-        try:
+        with store.lend(home) as conn:
             conn.execute("SELECT 1 FROM topics LIMIT 1").fetchall()
-        finally:
-            conn.close()
     except (BridgeError, *dialect.errors()) as exc:
         return " ".join(str(exc).split())
     return None
@@ -201,11 +198,8 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
     async def metrics_text(request: Request) -> Response:
         """The Prometheus text of ``ombridge metrics``."""
         def render() -> str:
-            conn = store.connect(ctx.home)
-            try:
+            with store.lend(ctx.home) as conn:
                 return metrics.render(conn, ctx.status() if ctx.status else None)
-            finally:
-                conn.close()
         return PlainTextResponse(await run_in_threadpool(render), media_type="text/plain; version=0.0.4")
 
     @refusing

@@ -272,6 +272,7 @@ class Listener:
         if self._users_conn is not None:
             self._users_conn.close()
             self._users_conn = None
+        store.close_lent()
         self._server = None
         if self.state is not ListenerState.FAILED:
             self._change_state(ListenerState.STOPPED)

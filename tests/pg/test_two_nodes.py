@@ -152,6 +152,8 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
     ids = [f"R-{n}" for n in range(2000)]
     omb(a, "close", "-", stdin="\n".join(ids) + "\n")
     wait_for(lambda: sum(closed_ids(a, b).values()) >= 300, timeout=60, what="both nodes closing")
+    console = _console_session(url)  # its connections come from the listener's pool
+    assert console.get("/ui/deliveries").status_code == 200
     pg_server.halt()
     try:
         # Down: nothing new is acknowledged, each refusal says why.
@@ -162,6 +164,8 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
             assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
             health = web.get("/healthz")
             assert health.status_code == 503 and "cannot be reached" in health.text
+        page = console.get("/ui/deliveries")
+        assert page.status_code == 503 and "cannot be reached now" in page.text, page.text
         st = json.loads(omb(a, "status", "--json", check=False).stdout)
         assert any("cannot be read" in reason for reason in st["degraded"]), st["degraded"]
     finally:
@@ -173,6 +177,22 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
     assert sum(closed.values()) - len(ids) <= 2 * 500  # at most one Close window per node repeated
     with httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=30) as web:
         assert web.get("/healthz").status_code == 200
+    assert console.get("/ui/deliveries").status_code == 200  # the pool's broken connections were replaced
+    console.close()
     wait_for(lambda: {n["name"]: n["state"] for n in status(a)["nodes"]} == {"node-a": "running", "node-b": "running"},
              timeout=30, what="both nodes heartbeating again")
     assert status(a)["degraded"] == [] and status(b)["degraded"] == []
+
+
+def _console_session(url: str):
+    """A console session on the listener at ``url`` (logged in as a browser would)."""
+    import httpx
+
+    from console_support import form_token
+    from web_support import PASSWORD, USER
+
+    client = httpx.Client(base_url=url, timeout=30, follow_redirects=False)
+    token = form_token(client.get("/ui/login").text, "token")
+    r = client.post("/ui/login", data={"token": token, "user": USER, "password": PASSWORD, "next": "/ui/status"})
+    assert r.status_code == 303, r.text
+    return client

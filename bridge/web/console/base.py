@@ -81,13 +81,11 @@ class Console:
     # -- the library, off the event loop ---------------------------------------------------------
 
     async def core(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(conn, *args, **kwargs)`` on a fresh connection to the event core, in a worker thread."""
+        """``fn(conn, *args, **kwargs)`` on a connection to the event core (:class:`store.lend`),
+        in a worker thread."""
         def run() -> Any:
-            conn = store.connect(self.home)
-            try:
+            with store.lend(self.home) as conn:
                 return fn(conn, *args, **kwargs)
-            finally:
-                conn.close()
         return await run_in_threadpool(run)
 
     # -- answers ---------------------------------------------------------------------------------
