@@ -79,6 +79,10 @@ class Dialect:
         finally:
             conn.execute(_BUSY_TIMEOUT)
 
+    def clock(self, conn: Any) -> float | None:
+        """The store's clock (Unix time), when it is not this machine's: None on SQLite."""
+        return None
+
     def busy(self, exc: BaseException) -> bool:
         """Whether ``exc``, raised inside a transaction begun with ``wait=False``, means "another
         writer holds a lock" (SQLite's lock is taken by :meth:`begin` itself)."""
@@ -148,6 +152,9 @@ class PostgreSQL(Dialect):
         # Delivered at the commit, to every connection that listens (bridge/wakeups.py); several
         # in one transaction arrive as one.
         conn.execute(f"NOTIFY {WAKE_CHANNEL}")
+
+    def clock(self, conn: Any) -> float | None:
+        return float(conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0])
 
     def busy(self, exc: BaseException) -> bool:
         from psycopg import errors

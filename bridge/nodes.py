@@ -9,6 +9,11 @@ clean stop. A node without a heartbeat for :data:`DEAD_AFTER` seconds is dead: a
 any other node makes the dead node's claims due again, so a survivor delivers them at once
 instead of after their leases. On one box (SQLite) the table holds the home's one node.
 
+Heartbeats are written and judged by the store's clock (PostgreSQL's, read at each beat), so a
+node whose clock is off is not taken for dead; leases and retries are still each node's own
+clock, so each beat also records how far off it is, and a node more than
+:data:`CLOCK_TOLERANCE` seconds off makes ``status`` degraded (run NTP).
+
 Claims carry the node in their owner, ``supervisor:<node>#<pid>``: a node's claims, whatever
 run made them, are those whose owner starts with ``supervisor:<node>#`` (so ``#`` is not allowed
 in a node name).
@@ -34,6 +39,7 @@ log = logging.getLogger("ombridge.nodes")
 
 HEARTBEAT_EVERY = 2.0  # seconds between two heartbeats of a running node
 DEAD_AFTER = 10.0  # seconds without a heartbeat after which a node is dead
+CLOCK_TOLERANCE = 5.0  # seconds a node's clock may be off the store's before status says so
 OWNER_PREFIX = "supervisor:"  # what every supervisor's claims begin with
 MAX_NAME = 200
 CONFIG_FILE = os.path.join("conf", "ombridge.conf")
@@ -57,6 +63,16 @@ class Node:
 def claim_prefix(name: str) -> str:
     """The start of the owner of every claim node ``name`` made, in any of its runs."""
     return f"{OWNER_PREFIX}{name}#"
+
+
+def clocks(conn: Any) -> tuple[float, float]:
+    """(now by the store's clock, how many seconds this machine's clock is ahead of it): on
+    SQLite this machine's clock and 0."""
+    before = time.time()
+    theirs = conn.dialect.clock(conn)
+    if theirs is None:
+        return before, 0.0
+    return theirs, (before + time.time()) / 2 - theirs  # (half the round trip either side)
 
 
 def check_name(name: str, where: str) -> str:
@@ -93,8 +109,8 @@ def join(conn: Any, me: Node, *, version: str, checksum: str | None, listener: s
 
     Refused when another home, alive, runs under the same name: two nodes must not share one.
     """
-    at = time.time()
     with store.transaction(conn):
+        at, offset = clocks(conn)
         row = conn.execute("SELECT host, home, pid, last_seen, stopped_at FROM nodes WHERE name = ?",
                            (me.name,)).fetchone()
         if row is not None and row[4] is None and at - row[3] < DEAD_AFTER and (row[0], row[1]) != (me.host, me.home):
@@ -103,20 +119,22 @@ def join(conn: Any, me: Node, *, version: str, checksum: str | None, listener: s
                               f"{CONFIG_FILE})")
         conn.execute(
             "INSERT INTO nodes (name, host, home, pid, owner, version, script_checksum, listener, started_at, "
-            "last_seen, stopped_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (name) DO UPDATE SET "
-            "host = excluded.host, home = excluded.home, pid = excluded.pid, owner = excluded.owner, "
+            "last_seen, stopped_at, clock_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (name) "
+            "DO UPDATE SET host = excluded.host, home = excluded.home, pid = excluded.pid, owner = excluded.owner, "
             "version = excluded.version, script_checksum = excluded.script_checksum, listener = excluded.listener, "
-            "started_at = excluded.started_at, last_seen = excluded.last_seen, stopped_at = NULL",
-            (me.name, me.host, me.home, me.pid, me.owner, version, checksum, listener, at, at))
+            "started_at = excluded.started_at, last_seen = excluded.last_seen, stopped_at = NULL, "
+            "clock_offset = excluded.clock_offset",
+            (me.name, me.host, me.home, me.pid, me.owner, version, checksum, listener, at, at, offset))
     return deliveries.reclaim_abandoned(conn, reclaim_prefix or claim_prefix(me.name), me.owner)
 
 
 def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
     """One heartbeat of ``me``; then take over the claims of every node found dead.
     Returns {dead node: claims made due again} for those that held any."""
-    at = time.time()
+    at, offset = clocks(conn)
     with store.transaction(conn):
-        conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ? WHERE name = ?", (at, checksum, me.name))
+        conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ?, clock_offset = ? WHERE name = ?",
+                     (at, checksum, offset, me.name))
     dead = [r[0] for r in conn.execute("SELECT name FROM nodes WHERE stopped_at IS NULL AND last_seen < ? "
                                        "AND name != ?", (at - DEAD_AFTER, me.name))]
     taken = {name: deliveries.reclaim_abandoned(conn, claim_prefix(name), me.owner) for name in dead}
@@ -125,7 +143,7 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
 
 def leave(conn: Any, me: Node) -> None:
     """``me`` stopped cleanly: shown stopped, not dead (its claims were settled or given back)."""
-    at = time.time()
+    at, _ = clocks(conn)
     with store.transaction(conn):
         conn.execute("UPDATE nodes SET stopped_at = ?, last_seen = ? WHERE name = ? AND pid = ?",
                      (at, at, me.name, me.pid))
@@ -134,8 +152,8 @@ def leave(conn: Any, me: Node) -> None:
 def forget(conn: Any, name: str) -> int:
     """Remove node ``name`` for good (a host gone), making every claim it still names due again;
     returns how many. Refused for a node that runs (it would join again at its next start)."""
-    at = time.time()
     with store.transaction(conn):
+        at, _ = clocks(conn)
         row = conn.execute("SELECT host, home, pid, last_seen, stopped_at FROM nodes WHERE name = ?",
                            (name,)).fetchone()
         if row is None:
@@ -151,16 +169,18 @@ def forget(conn: Any, name: str) -> int:
 
 def listing(conn: Any) -> list[dict[str, Any]]:
     """Every node: name, host, home, pid, version, alive, state (running, dead, stopped), last
-    seen (seconds ago), the claims it holds now, and its script's checksum."""
-    at = time.time()
-    held = _claims_by_node(conn, at)
+    seen (seconds ago), the claims it holds now, its script's checksum, and how far its clock was
+    ahead of the store's at its last beat."""
+    at, _ = clocks(conn)
+    held = _claims_by_node(conn, time.time())  # (leases are in each node's clock; this one's will do)
     nodes = []
     for r in conn.execute("SELECT name, host, home, pid, version, script_checksum, listener, started_at, last_seen, "
-                          "stopped_at FROM nodes ORDER BY name"):
+                          "stopped_at, clock_offset FROM nodes ORDER BY name"):
         state = NodeState.STOPPED if r[9] is not None else NodeState.RUNNING if at - r[8] < DEAD_AFTER else NodeState.DEAD
         nodes.append({"name": r[0], "host": r[1], "home": r[2], "pid": r[3], "version": r[4], "state": state.value,
                       "alive": state is NodeState.RUNNING, "last_seen": r[8], "seen_ago": max(0.0, at - r[8]),
-                      "leases": held.get(r[0], 0), "script_checksum": r[5], "listener": r[6], "started_at": r[7]})
+                      "leases": held.get(r[0], 0), "script_checksum": r[5], "listener": r[6], "started_at": r[7],
+                      "clock_offset": r[10]})
     return nodes
 
 
@@ -169,6 +189,9 @@ def troubles(nodes: list[dict[str, Any]]) -> list[str]:
     found = [f"node {n['name']} is dead: no heartbeat for {n['seen_ago']:.0f}s (its claims are taken over)"
              for n in nodes if n["state"] == NodeState.DEAD.value]
     running = [n for n in nodes if n["alive"]]
+    found += [f"node {n['name']}'s clock is {abs(n['clock_offset']):.1f}s {'ahead of' if n['clock_offset'] > 0 else 'behind'} "
+              "the database's: run NTP there (leases and retries use each node's clock)"
+              for n in running if abs(n["clock_offset"] or 0.0) > CLOCK_TOLERANCE]
     if len({n["script_checksum"] for n in running}) > 1:
         found.append("the nodes run different OMBackSync.pl: " + ", ".join(
             f"{n['name']} {(n['script_checksum'] or 'unreadable')[:12]}" for n in running))

@@ -192,7 +192,14 @@ def _v10(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS console_sessions_expires_at ON console_sessions (expires_at)")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10]
+def _v11(db: Any) -> None:
+    # A node's clock against the store's (bridge/nodes.py; PostgreSQL: 0003_node_clock.sql). On
+    # SQLite the one box's clock is the store's: always 0.
+    if "clock_offset" not in [r[1] for r in db.execute("PRAGMA table_info(nodes)")]:
+        db.execute("ALTER TABLE nodes ADD COLUMN clock_offset REAL")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -136,3 +136,22 @@ def test_forgetting_a_node_gone_for_good_releases_every_claim_it_names(home: Hom
     r = omb(home, "nodes", "forget", A.name, check=False)
     assert r.returncode == 2 and r.stderr.strip() == ("ombridge: error: no node is named 'connector-a' "
                                                       "(`ombridge nodes list` shows them)")
+
+
+def test_heartbeats_go_by_the_stores_clock_and_a_node_whose_clock_is_off_degrades(conn, store_kind,
+                                                                                  monkeypatch) -> None:
+    real = nodes.time.time
+    nodes.join(conn, A, version="1", checksum="same")
+    monkeypatch.setattr(nodes.time, "time", lambda: real() + 3600)  # B's clock: an hour ahead
+    nodes.join(conn, B, version="1", checksum="same")
+    if store_kind == "sqlite":  # one box: the machine's clock is the store's, nothing to compare
+        monkeypatch.undo()
+        assert {n["name"]: n["clock_offset"] for n in nodes.listing(conn)} == {A.name: 0.0, B.name: 0.0}
+        return
+    assert nodes.beat(conn, B, "same") == {}  # A, seen a second ago by the store's clock, is alive
+    listed = {n["name"]: n for n in nodes.listing(conn)}
+    assert listed[A.name]["state"] == "running"
+    assert 3599 < listed[B.name]["clock_offset"] < 3601 and listed[B.name]["state"] == "running"
+    assert abs(listed[A.name]["clock_offset"]) < nodes.CLOCK_TOLERANCE
+    (trouble,) = nodes.troubles(list(listed.values()))
+    assert trouble.startswith("node connector-b's clock is 3600.") and "s ahead of the database's: run NTP" in trouble

@@ -193,6 +193,8 @@ def _print_nodes(nodes: list[dict]) -> None:
         return
     for n, node in enumerate(nodes):
         seen = "" if node["state"] == NodeState.STOPPED.value else f", seen {node['seen_ago']:.0f}s ago"
+        if abs(node.get("clock_offset") or 0.0) >= 1.0:
+            seen += f", clock {node['clock_offset']:+.1f}s"
         click.echo(f"{'nodes' if n == 0 else '':14}{node['name']}: {node['state']}{seen}, {node['leases']} leases, "
                    f"pid {node['pid']} on {node['host']}, script {(node['script_checksum'] or 'unreadable')[:12]}")
 
