@@ -345,8 +345,11 @@ def match(conn: sqlite3.Connection, topic: str, key: KeyInput) -> list[int]:
 
 def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
               environ: Mapping[str, str] | None = None,
-              on_stored: Callable[[], None] | None = None) -> list[SendResult]:
-    """Store many events in one transaction (all or none); see :func:`send`."""
+              on_stored: Callable[[], None] | None = None,
+              also: Callable[[sqlite3.Connection, list[SendResult]], None] | None = None) -> list[SendResult]:
+    """Store many events in one transaction (all or none); see :func:`send`. ``also(conn,
+    results)`` writes, in the same transaction, what must commit with the events (the OMi
+    mapping, :mod:`bridge.web.forwarded`); what it raises rolls the whole back."""
     parent, depth = chain_from(os.environ if environ is None else environ)
     if depth > MAX_DEPTH:
         raise UsageError(f"event chain too deep: this event would be at depth {depth} (limit {MAX_DEPTH}); "
@@ -384,6 +387,8 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
         conn.dialect.insert_rows(conn, "events", "id, topic, key, forced, parent_id, depth, created_at, context",
                                  stored)
         claimed_ids = enqueue(conn, rows, at)
+        if also is not None:
+            also(conn, results)
     if on_stored and rows:
         on_stored()
     if synchronized:

@@ -4,8 +4,9 @@ OMi addresses a change to ``/event_change/<external id>``; ombridge addresses a 
 OMi's gateway by **OMi's** event id. Several OMi events can carry the same source event ID (a
 duplicate in OMi), so an external id maps to one or more OMi ids. One row per OMi event id:
 
-- written when a forwarded ``omi/event`` is stored (:func:`remember`), so that the same OMi event
-  sent again is recognised (:func:`known`) and stored only once;
+- written in the transaction that stores a forwarded ``omi/event`` (:func:`remember`), so that
+  the same OMi event sent again, to this node or another, is recognised (:func:`known`) and
+  stored only once;
 - read by the sync back (:func:`omi_ids`) and stamped when a close went back to OMi
   (:func:`closed_back`), so that OMi's echo of that close is recognised (:func:`echoes`).
 
@@ -35,15 +36,25 @@ def known(conn: sqlite3.Connection, omi_ids: Iterable[str]) -> dict[str, tuple[s
     return found
 
 
+class Raced(Exception):
+    """Another node stored one of these OMi events first (:func:`remember`)."""
+
+
 def remember(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int | None]]) -> None:
-    """Record (OMi id, external id, event id) of forwarded events just stored (a known OMi id
-    keeps its first row)."""
+    """Record (OMi id, external id, event id) of forwarded events being stored, inside the
+    caller's transaction (the one storing the events). Raises :class:`Raced` when an OMi id is
+    already there: another node stored the same OMi event since it was looked up (on PostgreSQL
+    this insert waits for that node's commit), so the caller rolls back and looks again."""
     at = now()
-    values = [(omi_id, external, event_id, at) for omi_id, external, event_id in rows]
-    if values:
-        with transaction(conn):
-            conn.executemany("INSERT INTO omi_events (omi_id, external_id, event_id, received_at) "
-                             "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", values)
+    values = sorted({omi_id: (omi_id, external, event_id, at) for omi_id, external, event_id in rows}.values())
+    for start in range(0, len(values), 200):  # (sorted: two nodes lock the same ids in one order)
+        chunk = values[start:start + 200]
+        inserted = conn.execute(
+            "INSERT INTO omi_events (omi_id, external_id, event_id, received_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + " ON CONFLICT DO NOTHING RETURNING omi_id",
+            [v for row in chunk for v in row]).fetchall()
+        if len(inserted) < len(chunk):
+            raise Raced
 
 
 def omi_ids(conn: sqlite3.Connection, external_id: str) -> list[str]:

@@ -210,8 +210,8 @@ class GroupCommitter:
     def _send(self, conn: Any, items: list[tuple[str, Any]], force: bool) -> list[events.SendResult]:
         from ..sending import send_many  # stores, then makes the synchronized calls
 
-        results = forwarded.send(conn, items, lambda fresh: send_many(conn, fresh, force, environ={},
-                                                                       cwd=str(self.home.root)))
+        results = forwarded.send(conn, items, lambda fresh, **also: send_many(conn, fresh, force, environ={},
+                                                                               cwd=str(self.home.root), **also))
         self.commits += 1
         self.events += len(items)
         return results

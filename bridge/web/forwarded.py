@@ -1,17 +1,19 @@
 """What the committer does before and after storing OMi's requests (in its one thread).
 
 - ``omi/event``: an OMi event that was stored before (the same ``OMI_ID``, in this batch or an
-  earlier one) is not stored again. Its key's ``ID`` becomes the external id answered the first
-  time, and its result is the first event's, with no delivery: no subscriber runs twice. New
-  ones are remembered in ``omi_events`` (:mod:`bridge.omimap`) after their commit.
+  earlier one, by this node or another) is not stored again. Its key's ``ID`` becomes the
+  external id answered the first time, and its result is the first event's, with no delivery:
+  no subscriber runs twice. New ones are remembered in ``omi_events`` (:mod:`bridge.omimap`) in
+  the transaction that stores them.
 - ``event/update`` with ``STATE`` ``closed``: when ombridge itself closed that external id's OMi
   events within :data:`bridge.omimap.ECHO_WINDOW` (the sync back), OMi's close is the echo of
   ombridge's own; it is stored with ``STATE`` ``""`` and ``ECHO`` ``closed``, so it does not pass
   the backsync's filter and does not close the ticket a second time (the loop guard, docs/omi.md).
 
-The committer is the only writer of forwarded events, so checking before the commit is enough;
-a crash between the event's commit and the mapping's makes a re-sent event stored twice at worst
-(at least once, never lost).
+Each node's committer looks its OMi ids up before the transaction; a node that stored one of
+them in between makes the mapping's insert find it (on PostgreSQL it waits for that node's
+commit), which rolls the whole transaction back (:class:`bridge.omimap.Raced`), and the batch is
+looked up and stored again: once, whichever node OMi's retry reached.
 """
 
 from __future__ import annotations
@@ -26,13 +28,21 @@ from ..events import SendResult
 Items = list[tuple[str, Any]]
 
 
-def send(conn: Any, items: Items, send_many: Callable[[Items], list[SendResult]]) -> list[SendResult]:
+def send(conn: Any, items: Items, send_many: Callable[..., list[SendResult]]) -> list[SendResult]:
     """Store ``items`` through ``send_many``, forwarded events once, echoed closes disarmed."""
     _disarm_echoes(conn, items)
-    omi_ids = [key.get("OMI_ID") for topic, key in items if topic == OMI_EVENT_TOPIC]
-    if not any(omi_ids):
+    omi_ids = [str(key["OMI_ID"]) for topic, key in items if topic == OMI_EVENT_TOPIC and key.get("OMI_ID")]
+    if not omi_ids:
         return send_many(items)
-    known = omimap.known(conn, [str(i) for i in omi_ids if i])
+    try:
+        return _send_once(conn, items, omi_ids, send_many)
+    except omimap.Raced:  # another node stored one of them meanwhile: rolled back; now it is known
+        return _send_once(conn, items, omi_ids, send_many)
+
+
+def _send_once(conn: Any, items: Items, omi_ids: list[str],
+               send_many: Callable[..., list[SendResult]]) -> list[SendResult]:
+    known = omimap.known(conn, omi_ids)
     first: dict[str, int] = {}  # OMi id -> index of the item that stores it in this batch
     fresh: Items = []
     plan: list[int | tuple[str, int | None]] = []  # per item: index in fresh, or (external id, event id) known
@@ -48,11 +58,14 @@ def send(conn: Any, items: Items, send_many: Callable[[Items], list[SendResult]]
                 first[omi_id] = len(fresh)
             plan.append(len(fresh))
             fresh.append((topic, key))
-    results = send_many(fresh) if fresh else []
-    omimap.remember(conn, [(str(key["OMI_ID"]), str(key["ID"]), results[n].event_id)
-                           for n, (topic, key) in enumerate(fresh)
-                           if topic == OMI_EVENT_TOPIC and key.get("OMI_ID") and key.get("ID")
-                           and results[n].event_id is not None])
+
+    def remember(conn: Any, results: list[SendResult]) -> None:  # (in the events' transaction)
+        omimap.remember(conn, [(str(key["OMI_ID"]), str(key["ID"]), results[n].event_id)
+                               for n, (topic, key) in enumerate(fresh)
+                               if topic == OMI_EVENT_TOPIC and key.get("OMI_ID") and key.get("ID")
+                               and results[n].event_id is not None])
+
+    results = send_many(fresh, also=remember) if fresh else []
     return [_result(step, key, fresh, results) for step, (_, key) in zip(plan, items)]
 
 
