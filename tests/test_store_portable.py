@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bridge import catalog, deliveries, events, ledger, omimap
+from bridge import catalog, deliveries, events, ledger, omimap, store
 from bridge.model import ActionKind, Attempt, Lane
 
 pytestmark = pytest.mark.both_stores
@@ -50,7 +50,8 @@ def test_event_counts_and_known_omi_ids(conn: Any) -> None:
     r = events.send(conn, "t/x", {"K": "1"})
     assert ledger.per_event(conn, [r.event_id]) == {r.event_id: {"deliveries": 1, "open": 1}}
     omimap.remember(conn, [("omi-1", "ext-1", r.event_id)])
-    omimap.remember(conn, [("omi-1", "ext-2", None)])  # a known OMi id keeps its first row
+    with pytest.raises(omimap.Raced), store.transaction(conn):  # a known OMi id keeps its first row,
+        omimap.remember(conn, [("omi-2", "ext-2", None), ("omi-1", "ext-2", None)])  # and the caller is told
     assert omimap.omi_ids(conn, "ext-1") == ["omi-1"] and omimap.omi_ids(conn, "ext-2") == []
 
 
