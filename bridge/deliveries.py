@@ -209,15 +209,39 @@ def finish_and_claim(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Att
 
 
 def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], at: float) -> list[Settlement]:
-    # Inside the caller's transaction. Which claims are still current: one read, then batched
-    # writes, instead of statements per row (the backsync records hundreds of Closes at a time).
-    current = {(r[0], r[1]) for r in _where_ids(
-        conn, f"SELECT id, attempts FROM subscriber_events WHERE status = '{_OPEN}' AND id IN ({{ids}})"
-        + conn.dialect.for_update, (), [c.id for c, _ in done])}
-    # Every attempt is recorded. Those of current claims that ended alike (a chunk of Closes
-    # shares its times and outcome) go in with one INSERT ... SELECT over their ids, instead of
-    # a row of eight values each; a stale claim's only while its row exists.
-    # (On PostgreSQL, COPY of every row is cheaper still: one statement, no grouping.)
+    # Inside the caller's transaction. Each outcome's write is fenced by the attempt number its
+    # claim counted (`attempts = ?`, in the UPDATE itself): a claim taken over meanwhile (the
+    # number moved on) or finished changes nothing and is stale. Successes, the common case, go
+    # in with one UPDATE per attempt number (the backsync records hundreds of Closes at a time);
+    # on PostgreSQL, a concurrent takeover is seen by the UPDATE's own re-check of its row.
+    by_attempt: dict[int, list[int]] = {}
+    for c, r in done:
+        if r.ok:
+            by_attempt.setdefault(c.attempt, []).append(c.id)
+    current = {(row[0], attempt) for attempt, ids in by_attempt.items() for row in _where_ids(
+        conn, "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = NULL, updated_at = ?, "
+              f"claimed_by = NULL WHERE status = '{_OPEN}' AND attempts = ? AND id IN ({{ids}}) RETURNING id",
+        (Settlement.DONE.value, at, at, attempt), ids)}
+    settled = []
+    for c, r in done:
+        s = settle(c, r)
+        if not r.ok and conn.execute(
+                "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, updated_at = ?, "
+                f"claimed_by = NULL WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
+                (s.value, at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at, c.id,
+                 c.attempt)).rowcount:
+            current.add((c.id, c.attempt))
+        settled.append(s if (c.id, c.attempt) in current else Settlement.STALE)
+    _record_attempts(conn, done, current)
+    return settled
+
+
+def _record_attempts(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]],
+                     current: set[tuple[int, int]]) -> None:
+    # Every attempt is recorded; a stale claim's only while its row exists. On SQLite, those of
+    # current claims that ended alike (a chunk of Closes shares its times and outcome) go in with
+    # one INSERT ... SELECT over their ids instead of a row of eight values each; on PostgreSQL,
+    # COPY of every row is cheaper still: one statement, no grouping.
     alike: dict[tuple[Any, ...], list[int]] = {}
     rows = []
     for c, r in done:
@@ -231,25 +255,6 @@ def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], a
                          "FROM subscriber_events WHERE id IN ({ids})", values, ids)
     if rows:
         conn.dialect.insert_rows(conn, "attempts", _ATTEMPT_COLUMNS, rows)
-    settled, succeeded, failures = [], [], []
-    for c, r in done:
-        if (c.id, c.attempt) not in current:
-            settled.append(Settlement.STALE)
-            continue
-        s = settle(c, r)
-        settled.append(s)
-        if s is Settlement.DONE:
-            succeeded.append(c.id)
-        else:
-            failures.append((s.value, at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at,
-                             c.id))
-    if succeeded:  # the common case, in one statement
-        _where_ids(conn, "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = NULL, "
-                         "updated_at = ?, claimed_by = NULL WHERE id IN ({ids})",
-                   (Settlement.DONE.value, at, at), succeeded)
-    conn.executemany("UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, "
-                     "updated_at = ?, claimed_by = NULL WHERE id = ?", failures)
-    return settled
 
 
 _ATTEMPT_COLUMNS = "subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error"

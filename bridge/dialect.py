@@ -39,7 +39,6 @@ class Dialect:
     name = "sqlite"
     skip_locked = ""  # the claim: SQLite's write lock already keeps claimers apart
     copies = False  # whether insert_rows streams (COPY): then it beats any grouping of rows
-    for_update = ""  # the fence's read: likewise
 
     def announce(self, conn: Any) -> None:
         """Deliveries became due now, in the caller's transaction: wake every node at its commit.
@@ -121,8 +120,6 @@ class PostgreSQL(Dialect):
     copies = True
     # Two nodes claiming at once take disjoint rows and never wait for each other.
     skip_locked = " FOR UPDATE OF se SKIP LOCKED"
-    # Else another node could re-claim an expired lease between the fence's read and its write.
-    for_update = " FOR UPDATE"
 
     def begin(self, conn: Any, wait: bool = True, catalog: bool = False) -> None:
         """``BEGIN`` (read committed: row locks only). ``wait=False``: a lock not granted within
