@@ -328,6 +328,12 @@ _LENDERS: dict[tuple[str, str], Any] = {}
 _LENDERS_LOCK = _thread.allocate_lock()
 
 
+def open_file(path: str) -> sqlite3.Connection:
+    """The event core in the SQLite file ``path`` (any file, not only a home's), created or
+    migrated first when needed: ``ombridge store copy --to sqlite:PATH``."""
+    return _sqlite(os.path.abspath(path), True, False)
+
+
 def _sqlite(path: str, create: bool, lane: bool) -> sqlite3.Connection:
     if not os.path.exists(path):
         if not create:
