@@ -24,7 +24,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,16 +73,32 @@ def copy(home: Home, to: str) -> Copied:
         src = store.connect(home)
         try:
             _refuse_live_nodes(src, source_name, "other nodes could be writing into it")
-            tgt = _open(home, target_url, target_name)  # (migrated to the current schema)
-            try:
-                _refuse_live_nodes(tgt, target_name, "copy only into a store no node uses")
-                result = Copied(source_name, target_name, target_url)
-                _copy_all(src, tgt, result)
-                return result
-            finally:
-                tgt.close()
+            with _new_file_undone(target_url):
+                tgt = _open(home, target_url, target_name)  # (migrated to the current schema)
+                try:
+                    _refuse_live_nodes(tgt, target_name, "copy only into a store no node uses")
+                    result = Copied(source_name, target_name, target_url)
+                    _copy_all(src, tgt, result)
+                    return result
+                finally:
+                    tgt.close()
         finally:
             src.close()
+
+
+@contextmanager
+def _new_file_undone(url: str) -> Iterator[None]:
+    """A SQLite file the copy created is removed again when the copy fails."""
+    path = url[len("sqlite:"):] if url.startswith("sqlite:") else ""
+    created = bool(path) and not os.path.exists(path)
+    try:
+        yield
+    except BaseException:
+        if created:
+            for leftover in (path, path + "-wal", path + "-shm"):
+                with suppress(OSError):
+                    os.unlink(leftover)
+        raise
 
 
 def _target(home: Home, to: str) -> str:
