@@ -122,7 +122,11 @@ def test_postgresql_back_to_sqlite_is_row_for_row_the_original(home: Home, tmp_p
     populate(home, tmp_path)
     omb(home, "store", "copy", "--to", target)
     back = tmp_path / "back.db"
+    tmp_path.chmod(0o755)
     r = omb(home, "store", "copy", "--to", f"sqlite:{back}", env={"OMBRIDGE_STORE": target})
+    # The file is owner-only; the folder it went into is left as it was (it could be /tmp).
+    assert (back.stat().st_mode & 0o777, tmp_path.stat().st_mode & 0o777) == (0o600, 0o755)
+    assert not (tmp_path / ".migrate.lock").exists()
     assert r.stdout.splitlines()[-1].startswith(f"copied the event core of the database ")
 
     original, copied = rows(home.db), rows(back)
