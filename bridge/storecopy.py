@@ -179,7 +179,7 @@ def holdings(conn: Any) -> list[str]:
     def count(sql: str, *args: Any) -> int:
         return int(conn.execute(sql, args).fetchone()[0])
 
-    found = [_rows(n, what) for table, what in _MUST_BE_EMPTY if (n := count(f"SELECT count(*) FROM {table}"))]
+    found = [phrase(n, what) for table, what in _MUST_BE_EMPTY if (n := count(f"SELECT count(*) FROM {table}"))]
     topics = ", ".join("?" * len(SEED_TOPICS))
     extra = (("topic", count(f"SELECT count(*) FROM topics WHERE name NOT IN ({topics})", *SEED_TOPICS)),
              ("subscriber", count(f"SELECT count(*) FROM subscribers WHERE id NOT IN ({_SEED_SUBSCRIBERS})",
@@ -188,13 +188,13 @@ def holdings(conn: Any) -> list[str]:
                                          *SEED_ACTIONS, *SEED_TOPICS)),
              ("event filter", count(f"SELECT count(*) FROM event_filters WHERE subscriber_topic_id NOT IN "
                                      f"({_SEED_PAIRS})", *SEED_ACTIONS, *SEED_TOPICS)))
-    return found + [_rows(n, what) + " of its own" for what, n in extra if n]
+    return found + [phrase(n, what) + " of its own" for what, n in extra if n]
 
 
-def _rows(n: int, what: str) -> str:
-    """"1 event", "12 deliveries"."""
-    plural = what[:-1] + "ies" if what.endswith("y") else what + "s"
-    return f"{n:,} {what if n == 1 else plural}"
+def phrase(n: int, what: str) -> str:
+    """How many rows, in words: "1 event", "1,234 deliveries"."""
+    many = what[:-1] + "ies" if what.endswith("y") else what + "s"
+    return f"{n:,} {what if n == 1 else many}"
 
 
 def _copy_all(src: Any, tgt: Any, result: Copied) -> None:

@@ -96,7 +96,7 @@ def test_a_home_moves_to_postgresql_and_its_supervisor_delivers_there(moved: Hom
     lines = r.stdout.splitlines()
     assert [line.split()[0] for line in lines[:-1]] == [*storecopy.TABLES, "apps"]
     assert lines[-1].startswith(f"copied the event core of {home.db} to the database ")
-    assert "5 events, " in lines[-1] and "1 open claims released" in lines[-1] and "[store] url" in lines[-1]
+    assert "5 events, " in lines[-1] and "1 open claim released" in lines[-1] and "[store] url" in lines[-1]
     assert r.stderr == ""
 
     on_pg = {"OMBRIDGE_STORE": target}
