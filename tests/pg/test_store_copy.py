@@ -23,6 +23,7 @@ from conftest import run_ombridge as omb
 from conftest import snapshot, status, stop_quietly, wait_for
 from pg_support import PgServer, free_port
 
+pytestmark = pytest.mark.xdist_group("postgresql")  # one server for every test of this folder
 GONE = "supervisor:gone-node#4242"  # the owner of a claim whose node died and is not copied
 
 
