@@ -335,6 +335,22 @@ _LENDERS: dict[tuple[str, str], Any] = {}
 _LENDERS_LOCK = _thread.allocate_lock()
 
 
+def open_file(path: str) -> sqlite3.Connection:
+    """The event core in the SQLite file ``path`` (any file, not only a home's: ``ombridge store
+    copy --to sqlite:PATH``), created owner-only and migrated first when needed. Unlike a home's
+    ``datafiles/``, its directory is left as it was: no mode change, no lock file left behind."""
+    path = os.path.abspath(path)
+    lock = os.path.join(os.path.dirname(path), ".migrate.lock")
+    litter = not os.path.exists(lock)
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    try:
+        return _sqlite(path, False, False)
+    finally:
+        if litter and os.path.exists(lock):
+            os.unlink(lock)
+
+
 def _sqlite(path: str, create: bool, lane: bool) -> sqlite3.Connection:
     if not os.path.exists(path):
         if not create:
