@@ -129,9 +129,11 @@ def lookup(conn: sqlite3.Connection, declared: Sequence[sqlite3.Row], key: Mappi
             sources[path] = _open(path, conn)
         source = sources[path] if path else conn
         where = " AND ".join(f"{_quote(column)} = ?" for column in matches.values())
+        values = [key[f] for f in matches]
+        if dialect.of(source) is not dialect.SQLITE:  # a text parameter takes the column's type there, as
+            values = [v if v is None else value_text(v) for v in values]  # SQLite's affinity does: 5 = '5'
         try:
-            cur = source.execute(f"SELECT * FROM {_quote(ctx['table_name'])} WHERE {where} LIMIT 1",
-                                 [key[f] for f in matches])
+            cur = source.execute(f"SELECT * FROM {_quote(ctx['table_name'])} WHERE {where} LIMIT 1", values)
             row = cur.fetchone()
         except dialect.errors():
             continue  # the table changed or went away: no variables from it

@@ -82,3 +82,20 @@ def test_the_chart_counts_attempts_in_whole_buckets(conn: Any) -> None:
     deliveries.finish(conn, list(zip(claims, outcomes)))
     chart = ledger.activity(conn, since, since + 60 * 6, step=6)
     assert chart["succeeded"][10] == 2 and chart["failures"][1] == 1 and sum(chart["succeeded"]) == 2
+
+
+@pytest.mark.parametrize("port_type", ["TEXT", "INTEGER"])
+def test_a_context_row_matches_a_number_or_its_text_whatever_the_columns_type(conn: Any, port_type: str) -> None:
+    # (SQLite compares 8080 and '8080' equal through the column's affinity; PostgreSQL refuses
+    # text = integer, so the key's value goes as text there and takes the column's type)
+    from bridge.contexts import add_context
+
+    conn.execute(f'CREATE TABLE cmdb ("NODE" TEXT, "PORT" {port_type}, "OWNER" TEXT)')
+    conn.execute("INSERT INTO cmdb VALUES ('web1', 8080, 'carol')")
+    catalog.add_topic(conn, "t/x", ["HOST", "P"])
+    catalog.attach_topic(conn, catalog.add_subscriber(conn, ActionKind.COMMAND, "true"), "t/x")
+    add_context(conn, "t/x", "cmdb", {"HOST": "NODE", "P": "PORT"})
+    for port in (8080, "8080"):
+        event_id = events.send(conn, "t/x", {"HOST": "web1", "P": port}).event_id
+        context = conn.execute("SELECT context FROM events WHERE id = ?", (event_id,)).fetchone()[0]
+        assert events.json.loads(context)["OWNER"] == "carol", (port, context)
