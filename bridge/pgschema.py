@@ -9,7 +9,7 @@ recorded. A database whose schema is newer than the files this ombridge ships is
 :class:`bridge.errors.SchemaTooNew` before anything is written: an older node never writes
 into a newer schema. A released file is never edited; a change is a new file.
 
-This is the PostgreSQL twin of :mod:`bridge.store`'s ``MIGRATIONS`` (SQLite's ``user_version``
+This is the PostgreSQL twin of :mod:`bridge.sqlschema`'s ``MIGRATIONS`` (SQLite's ``user_version``
 and idempotent Python steps); ``tests/pg/test_pg_schema.py`` keeps the two schemas' tables and
 columns equal, except the differences it lists. Only the standard library is imported here;
 psycopg is the caller's (a ``psycopg.Connection``).

@@ -56,7 +56,9 @@ def test_only_the_queue_writes_its_tables() -> None:
     writers = sorted({str(p.relative_to(PACKAGE)) for p, tree in MODULES.items()
                       for node in ast.walk(tree)
                       if isinstance(node, ast.Constant) and isinstance(node.value, str) and write.search(node.value)})
-    assert writers == ["deliveries.py", "store.py"]  # store.py: the schema's migrations, nothing else
+    # sqlschema.py: the schema's migrations, nothing else (storecopy.py names tables at run time: it
+    # only fills an empty store with whole rows, see its docstring)
+    assert writers == ["deliveries.py", "sqlschema.py"]
 
 
 def imports_of(path: Path, tree: ast.AST) -> set[str]:
