@@ -7,7 +7,8 @@ PostgreSQL server started here (tests/pg_support.py: 127.0.0.1, fsync off as in 
 - failover: from a node's kill -9 to the first of its leased Closes re-run on the survivor
   (target <= the lease + 5 s; the lease of a Close is its timeout + 30 s);
 - `send` returned -> action started on PostgreSQL, p50 and p99 (target p50 <= 10 ms);
-- a console page, logged in, on SQLite and on PostgreSQL (p50).
+- a console page, logged in, on SQLite and on PostgreSQL (p50);
+- the `ombridge send` command (a process each time) on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -32,6 +33,20 @@ from bridge import backsync, launcher, nodes, store  # noqa: E402
 
 ROUNDS = 3  # bursts per store, alternated (this machine's speed drifts: the median of three)
 PAGES = 200  # console page loads per store
+COMMANDS = 15  # `ombridge send` commands per store
+
+
+def _send_command(home) -> float:
+    """Median ms of the `ombridge send` command (a new process each time, as a shell loop runs it)."""
+    subprocess.run([OMBRIDGE, "--home", str(home.root), "topic", "add", "bench/cmd", "--key", "N"], check=True,
+                   stdout=subprocess.DEVNULL)
+    samples = []
+    for n in range(COMMANDS + 1):
+        t = time.perf_counter()
+        subprocess.run([OMBRIDGE, "--home", str(home.root), "send", "bench/cmd", json.dumps({"N": n}), "--force"],
+                       check=True, stdout=subprocess.DEVNULL)
+        samples.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(samples[1:])  # (the first one migrates a new store)
 
 
 def _console_page(home) -> float:
@@ -149,9 +164,9 @@ def run() -> str:
         with bench_home() as home, on_store(server.url(server.create_database("latency")), server.passfile):
             p50, p99 = _latency(home)
         with bench_home() as home, on_store(None):
-            sqlite_page = _console_page(home)
+            sqlite_page, sqlite_send = _console_page(home), _send_command(home)
         with bench_home() as home, on_store(server.url(server.create_database("console")), server.passfile):
-            pg_page = _console_page(home)
+            pg_page, pg_send = _console_page(home), _send_command(home)
     finally:
         server.stop()
     sqlite_rate, pg_rate = statistics.median(sqlite_rates), statistics.median(pg_rates)
@@ -168,6 +183,9 @@ def run() -> str:
         [f"a console page (deliveries, logged in), SQLite (p50 of {PAGES})", f"{sqlite_page:.2f} ms", "1.00"],
         [f"the same on PostgreSQL (connections lent by a pool)", f"{pg_page:.2f} ms",
          f"{pg_page / sqlite_page:.2f}x SQLite"],
+        [f"the `ombridge send` command, SQLite (median of {COMMANDS})", f"{sqlite_send:.1f} ms", "1.00"],
+        ["the same on PostgreSQL (psycopg imported, a new connection)", f"{pg_send:.1f} ms",
+         f"{pg_send / sqlite_send:.2f}x SQLite"],
     ]
     return table("The event core on PostgreSQL (a local server, fsync off)", ["what", "measured", "against"], rows)
 
