@@ -133,12 +133,24 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
     Returns {dead node: claims made due again} for those that held any."""
     at, offset = clocks(conn)
     with store.transaction(conn):
-        conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ?, clock_offset = ? WHERE name = ?",
-                     (at, checksum, offset, me.name))
+        if not conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ?, clock_offset = ? WHERE name = ?",
+                            (at, checksum, offset, me.name)).rowcount:
+            _come_back(conn, me, checksum, at, offset)
     dead = [r[0] for r in conn.execute("SELECT name FROM nodes WHERE stopped_at IS NULL AND last_seen < ? "
                                        "AND name != ?", (at - DEAD_AFTER, me.name))]
     taken = {name: deliveries.reclaim_abandoned(conn, claim_prefix(name), me.owner) for name in dead}
     return {name: n for name, n in taken.items() if n}
+
+
+def _come_back(conn: Any, me: Node, checksum: str | None, at: float, offset: float) -> None:
+    # Forgotten while it ran (`nodes forget` after a pause longer than DEAD_AFTER): its row again,
+    # so that status lists it and its claims are taken over should it die.
+    from . import __version__
+
+    log.warning("node %s was forgotten while it ran: it is listed again", me.name)
+    conn.execute("INSERT INTO nodes (name, host, home, pid, owner, version, script_checksum, started_at, last_seen, "
+                 "clock_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 (me.name, me.host, me.home, me.pid, me.owner, __version__, checksum, at, at, offset))
 
 
 def leave(conn: Any, me: Node) -> None:
@@ -151,18 +163,19 @@ def leave(conn: Any, me: Node) -> None:
 
 def forget(conn: Any, name: str) -> int:
     """Remove node ``name`` for good (a host gone), making every claim it still names due again;
-    returns how many. Refused for a node that runs (it would join again at its next start)."""
+    returns how many. Refused for a node that runs (it would join again at its next start).
+    The removal itself is the check, so a node that beat or joined meanwhile is not removed."""
     with store.transaction(conn):
         at, _ = clocks(conn)
-        row = conn.execute("SELECT host, home, pid, last_seen, stopped_at FROM nodes WHERE name = ?",
-                           (name,)).fetchone()
-        if row is None:
-            raise UsageError(f"no node is named {name!r} (`ombridge nodes list` shows them)")
-        if row[4] is None and at - row[3] < DEAD_AFTER:
+        gone = conn.execute("DELETE FROM nodes WHERE name = ? AND (stopped_at IS NOT NULL OR last_seen < ?) "
+                            "RETURNING name", (name, at - DEAD_AFTER)).fetchall()
+        if not gone:
+            row = conn.execute("SELECT host, home, pid, last_seen FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise UsageError(f"no node is named {name!r} (`ombridge nodes list` shows them)")
             raise BridgeError(f"node {name!r} runs on {row[0]} in {row[1]} (pid {row[2]}, seen {at - row[3]:.0f}s "
                               "ago): stop it first (`ombridge stop` there)")
         released = deliveries.release_claims(conn, claim_prefix(name), ended_too=True)
-        conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
     log.info("node %s forgotten: %d of its claims are due again", name, released)
     return released
 

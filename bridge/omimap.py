@@ -39,6 +39,9 @@ def known(conn: sqlite3.Connection, omi_ids: Iterable[str]) -> dict[str, tuple[s
 class Raced(Exception):
     """Another node stored one of these OMi events first (:func:`remember`)."""
 
+    def __init__(self) -> None:
+        super().__init__("another node stored the same OMi event at the same moment; OMi's retry finds it stored")
+
 
 def remember(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int | None]]) -> None:
     """Record (OMi id, external id, event id) of forwarded events being stored, inside the

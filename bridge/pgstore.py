@@ -156,7 +156,7 @@ def connect(url: str, *, node: str = "", lane: bool = False) -> Connection:
 
 
 class Lender:
-    """Connections lent to short requests (the listener's console pages, ``/healthz``,
+    """Connections lent to short requests (the listener's console pages and
     ``/metrics``), from a psycopg pool: a new connection costs ~13 ms (TCP, SCRAM, the schema's
     check) where a query costs ~0.1 ms. A connection is checked before it is lent (one round
     trip: a server restart leaves no broken connection in the pool), rolled back if a request

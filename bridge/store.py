@@ -142,7 +142,7 @@ def _is_postgresql(url: str) -> bool:
 
 class lend:  # noqa: N801 - used like a function: `with lend(home) as conn:`
     """A connection to the event core of ``home`` for one short request (a console page,
-    ``/healthz``): on PostgreSQL lent by this process's pool (:class:`bridge.pgstore.Lender`,
+    ``/metrics``): on PostgreSQL lent by this process's pool (:class:`bridge.pgstore.Lender`,
     made at the first request), on SQLite a new connection (opening the file costs ~0.1 ms),
     closed after. Raises as :func:`connect` does while the store cannot be reached."""
 
@@ -156,12 +156,15 @@ class lend:  # noqa: N801 - used like a function: `with lend(home) as conn:`
         if not _is_postgresql(url):
             self.conn = connect(self.root)
             return self.conn
-        with _LENDERS_LOCK:
-            lender = _LENDERS.get((url, node))
-            if lender is None:
-                from .pgstore import Lender
+        lender = _LENDERS.get((url, node))
+        if lender is None:  # made outside the lock: a server that does not answer holds up one request, not all
+            from .pgstore import Lender
 
-                lender = _LENDERS[(url, node)] = Lender(url, node or default_node(self.root))
+            made = Lender(url, node or default_node(self.root))
+            with _LENDERS_LOCK:
+                lender = _LENDERS.setdefault((url, node), made)
+            if lender is not made:
+                made.close()
         self.lent = lender.lend()
         return self.lent.__enter__()
 

@@ -288,15 +288,15 @@ def _context_tables(src: Any) -> list[str]:
 
 
 def _copy_context_table(src: Any, tgt: Any, table: str) -> int:
-    """Create ``table`` in the target with the source's column names and copy its rows. On
-    PostgreSQL every column is text (lookups compare and substitute text anyway); on SQLite
-    the columns have no type (SQLite keeps each value as it comes)."""
+    """Create ``table`` in the target with the source's column names and copy its rows. Every
+    column is text on either side (lookups compare and substitute text anyway): on SQLite a
+    TEXT column's affinity still matches a key's number to its text (12 = '12'), which a column
+    without a type would not."""
     columns = dialect.of(src).columns(src, table)
     if dialect.of(tgt).columns(tgt, table):
         raise StoreError(f"the target holds a table {table} already: copy only into an empty store")
-    kind = "" if dialect.of(tgt) is dialect.SQLITE else " text"
-    tgt.execute(f"CREATE TABLE {dialect.quote(table)} ({', '.join(dialect.quote(c) + kind for c in columns)})")
-    as_text = None if not kind else (lambda row: tuple(_text(v) for v in row))
+    tgt.execute(f"CREATE TABLE {dialect.quote(table)} ({', '.join(dialect.quote(c) + ' TEXT' for c in columns)})")
+    as_text = None if dialect.of(tgt) is dialect.SQLITE else (lambda row: tuple(_text(v) for v in row))
     order = "rowid" if dialect.of(src) is dialect.SQLITE else dialect.quote(columns[0])
     return _stream(src, tgt, table, columns, order, as_text)
 
@@ -312,8 +312,11 @@ def _text(value: Any) -> Any:
 def _move_sequences(tgt: Any) -> None:
     """Each id sequence past its table's largest id (``pgschema.check`` looks for this)."""
     for table in TABLES:
-        if KEYS.get(table, "id") != "id":
+        if "id" not in dialect.of(tgt).columns(tgt, table):
+            continue  # (keyed by a name or an OMi id)
+        sequence = tgt.execute("SELECT pg_get_serial_sequence(?, 'id')", (table,)).fetchone()[0]
+        if sequence is None:  # (an id that is not generated: a console session's sha256)
             continue
         largest = tgt.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
         if largest is not None:
-            tgt.execute("SELECT setval(pg_get_serial_sequence(?, 'id'), ?)", (table, largest))
+            tgt.execute("SELECT setval(?, ?)", (sequence, largest))

@@ -155,3 +155,12 @@ def test_heartbeats_go_by_the_stores_clock_and_a_node_whose_clock_is_off_degrade
     assert abs(listed[A.name]["clock_offset"]) < nodes.CLOCK_TOLERANCE
     (trouble,) = nodes.troubles(list(listed.values()))
     assert trouble.startswith("node connector-b's clock is 3600.") and "s ahead of the database's: run NTP" in trouble
+
+
+def test_a_node_forgotten_while_it_ran_is_listed_again_at_its_next_beat(conn) -> None:
+    nodes.join(conn, A, version="1", checksum="same")
+    age(conn, A.name, nodes.DEAD_AFTER + 1)  # paused past the limit, still running
+    assert nodes.forget(conn, A.name) == 0
+    assert nodes.beat(conn, A, "same") == {}
+    (listed,) = nodes.listing(conn)
+    assert (listed["name"], listed["state"], listed["pid"]) == (A.name, "running", A.pid)

@@ -93,10 +93,15 @@ def failure(exc: BaseException) -> Refused | None:
 
 
 def store_trouble(home: Any) -> str | None:
-    """Why the event core cannot be used now (None when it answers): ``/healthz``'s probe."""
+    """Why the event core cannot be used now (None when it answers): ``/healthz``'s probe. A
+    connection of its own, not one lent by the console's pool: a node whose pool is busy with
+    slow pages still answers its load balancer."""
     try:
-        with store.lend(home) as conn:
+        conn = store.connect(home)
+        try:
             conn.execute("SELECT 1 FROM topics LIMIT 1").fetchall()
+        finally:
+            conn.close()
     except (BridgeError, *dialect.errors()) as exc:
         return " ".join(str(exc).split())
     return None

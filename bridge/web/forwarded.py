@@ -26,6 +26,7 @@ from ..backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
 from ..events import SendResult
 
 Items = list[tuple[str, Any]]
+RACES = 3  # tries of a batch whose OMi events other nodes keep storing at the same moment
 
 
 def send(conn: Any, items: Items, send_many: Callable[..., list[SendResult]]) -> list[SendResult]:
@@ -34,10 +35,12 @@ def send(conn: Any, items: Items, send_many: Callable[..., list[SendResult]]) ->
     omi_ids = [str(key["OMI_ID"]) for topic, key in items if topic == OMI_EVENT_TOPIC and key.get("OMI_ID")]
     if not omi_ids:
         return send_many(items)
-    try:
-        return _send_once(conn, items, omi_ids, send_many)
-    except omimap.Raced:  # another node stored one of them meanwhile: rolled back; now it is known
-        return _send_once(conn, items, omi_ids, send_many)
+    for _ in range(RACES - 1):
+        try:
+            return _send_once(conn, items, omi_ids, send_many)
+        except omimap.Raced:  # another node stored one of them meanwhile: rolled back; now it is known
+            pass
+    return _send_once(conn, items, omi_ids, send_many)  # (raced again: the batch is refused, 503, OMi retries)
 
 
 def _send_once(conn: Any, items: Items, omi_ids: list[str],
