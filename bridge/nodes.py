@@ -117,14 +117,7 @@ def join(conn: Any, me: Node, *, version: str, checksum: str | None, listener: s
             raise BridgeError(f"node {me.name!r} already runs on {row[0]} in {row[1]} (pid {row[2]}, seen "
                               f"{at - row[3]:.0f}s ago): give this home a name of its own ([store] node in "
                               f"{CONFIG_FILE})")
-        conn.execute(
-            "INSERT INTO nodes (name, host, home, pid, owner, version, script_checksum, listener, started_at, "
-            "last_seen, stopped_at, clock_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (name) "
-            "DO UPDATE SET host = excluded.host, home = excluded.home, pid = excluded.pid, owner = excluded.owner, "
-            "version = excluded.version, script_checksum = excluded.script_checksum, listener = excluded.listener, "
-            "started_at = excluded.started_at, last_seen = excluded.last_seen, stopped_at = NULL, "
-            "clock_offset = excluded.clock_offset",
-            (me.name, me.host, me.home, me.pid, me.owner, version, checksum, listener, at, at, offset))
+        _running(conn, me, version, checksum, listener, at, offset)
     return deliveries.reclaim_abandoned(conn, reclaim_prefix or claim_prefix(me.name), me.owner)
 
 
@@ -142,15 +135,26 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
     return {name: n for name, n in taken.items() if n}
 
 
+def _running(conn: Any, me: Node, version: str, checksum: str | None, listener: str | None, at: float,
+             offset: float) -> None:
+    # ``me``'s row, as a node that started at ``at`` and runs (the one writer of a whole row).
+    conn.execute(
+        "INSERT INTO nodes (name, host, home, pid, owner, version, script_checksum, listener, started_at, "
+        "last_seen, stopped_at, clock_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) ON CONFLICT (name) "
+        "DO UPDATE SET host = excluded.host, home = excluded.home, pid = excluded.pid, owner = excluded.owner, "
+        "version = excluded.version, script_checksum = excluded.script_checksum, listener = excluded.listener, "
+        "started_at = excluded.started_at, last_seen = excluded.last_seen, stopped_at = NULL, "
+        "clock_offset = excluded.clock_offset",
+        (me.name, me.host, me.home, me.pid, me.owner, version, checksum, listener, at, at, offset))
+
+
 def _come_back(conn: Any, me: Node, checksum: str | None, at: float, offset: float) -> None:
     # Forgotten while it ran (`nodes forget` after a pause longer than DEAD_AFTER): its row again,
     # so that status lists it and its claims are taken over should it die.
     from . import __version__
 
     log.warning("node %s was forgotten while it ran: it is listed again", me.name)
-    conn.execute("INSERT INTO nodes (name, host, home, pid, owner, version, script_checksum, started_at, last_seen, "
-                 "clock_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                 (me.name, me.host, me.home, me.pid, me.owner, __version__, checksum, at, at, offset))
+    _running(conn, me, __version__, checksum, None, at, offset)
 
 
 def leave(conn: Any, me: Node) -> None:

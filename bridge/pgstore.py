@@ -136,8 +136,7 @@ def connect(url: str, *, node: str = "", lane: bool = False) -> Connection:
     the last ones: a duplicate delivery, never a loss)."""
     check_url(url)
     try:
-        conn = Connection.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                  application_name="ombridge", cursor_factory=Cursor, row_factory=rows)
+        conn = Connection.connect(url, **_settings())
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())
         raise StoreError(f"the event core in {where(url)} is unreachable ({reason})") from None
@@ -155,6 +154,12 @@ def connect(url: str, *, node: str = "", lane: bool = False) -> Connection:
     return conn
 
 
+def _settings() -> dict[str, Any]:
+    # Every connection's, made by connect() or by a Lender's pool.
+    return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "application_name": "ombridge",
+            "cursor_factory": Cursor, "row_factory": rows}
+
+
 class Lender:
     """Connections lent to short requests (the listener's console pages and
     ``/metrics``), from a psycopg pool: a new connection costs ~13 ms (TCP, SCRAM, the schema's
@@ -166,9 +171,9 @@ class Lender:
     WAIT = 2.0  # then the request is refused (503): the server is away, or every connection busy
 
     def __init__(self, url: str, node: str) -> None:
-        from psycopg_pool import ConnectionPool
-
         import logging
+
+        from psycopg_pool import ConnectionPool
 
         # The pool would log each failed reconnection while the server is away; the requests it
         # refuses meanwhile (503) and `status` already say so.
@@ -177,9 +182,7 @@ class Lender:
         self.where = where(url)
         self.pool = ConnectionPool(
             url, min_size=1, max_size=self.MAX_SIZE, timeout=self.WAIT, open=True, name="ombridge",
-            connection_class=Connection, check=ConnectionPool.check_connection,
-            kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "application_name": "ombridge",
-                    "cursor_factory": Cursor, "row_factory": rows})
+            connection_class=Connection, check=ConnectionPool.check_connection, kwargs=_settings())
 
     @contextmanager
     def lend(self) -> Iterator[Connection]:

@@ -53,6 +53,10 @@ def now() -> float:
 
 
 
+def _root(home: Home | str) -> str:
+    return os.fspath(home.root if isinstance(home, Home) else home)
+
+
 def choose(url: str | None) -> None:
     """Make ``url`` the store of this process and of everything it starts (``ombridge --store``:
     a supervisor, its perl child and the ``ombridge send`` of subscribers then all use it)."""
@@ -64,7 +68,7 @@ def location(home: Home | str) -> tuple[str, str]:
     """The store URL of a home ('' for its SQLite file) and the name of this node in it ('' when
     not set), by precedence: ``--store`` or ``OMBRIDGE_STORE``, then ``[store]`` in
     ``conf/ombridge.conf``, then the default."""
-    root = os.fspath(home.root if isinstance(home, Home) else home)
+    root = _root(home)
     url = os.environ.get(STORE_ENV, "")
     try:
         with open(os.path.join(root, CONF_FILE), "rb") as f:
@@ -94,7 +98,7 @@ def default_node(root: str) -> str:
 def describe(home: Home | str) -> str:
     """The event core of a home as an operator names it: its SQLite file, or "the database D on
     H:P" (never a password)."""
-    root = os.fspath(home.root if isinstance(home, Home) else home)
+    root = _root(home)
     url, _ = location(root)
     if url in ("", "sqlite:"):
         return os.path.join(root, DB_FILE)
@@ -124,9 +128,9 @@ def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sql
     - statement journals in memory (a multi-row write inside a transaction keeps one), not in a
       temporary file each time.
     """
-    root = os.fspath(home.root if isinstance(home, Home) else home)
+    root = _root(home)
     url, node = location(root)
-    if _is_postgresql(url):
+    if is_postgresql(url):
         from . import pgstore
 
         return pgstore.connect(url, node=node or default_node(root), lane=lane)
@@ -136,8 +140,9 @@ def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sql
     return _sqlite(os.path.join(root, DB_FILE), create, lane)
 
 
-def _is_postgresql(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://")) or "=" in url  # (a URL, or libpq's key=value)
+def is_postgresql(url: str) -> bool:
+    """Whether the store URL ``url`` names a PostgreSQL database (a URL, or libpq's key=value)."""
+    return url.startswith(("postgresql://", "postgres://")) or "=" in url
 
 
 class lend:  # noqa: N801 - used like a function: `with lend(home) as conn:`
@@ -147,13 +152,13 @@ class lend:  # noqa: N801 - used like a function: `with lend(home) as conn:`
     closed after. Raises as :func:`connect` does while the store cannot be reached."""
 
     def __init__(self, home: Home | str) -> None:
-        self.root = os.fspath(home.root if isinstance(home, Home) else home)
+        self.root = _root(home)
         self.conn: Any = None
         self.lent: Any = None
 
     def __enter__(self) -> Any:
         url, node = location(self.root)
-        if not _is_postgresql(url):
+        if not is_postgresql(url):
             self.conn = connect(self.root)
             return self.conn
         lender = _LENDERS.get((url, node))

@@ -107,7 +107,7 @@ def _target(home: Home, to: str) -> str:
         return "sqlite:" + str(home.db)
     if to.startswith("sqlite:"):
         return "sqlite:" + os.path.abspath(os.path.expanduser(to[len("sqlite:"):]))
-    if to.startswith(("postgresql://", "postgres://")) or "=" in to:
+    if store.is_postgresql(to):
         from . import pgstore
 
         pgstore.check_url(to)
