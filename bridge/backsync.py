@@ -27,7 +27,7 @@ DESCRIPTION = "ombacksync: OMBackSync('Close', &ID) for closed events, in the pe
 CLOSE_TIMEOUT = 30.0  # seconds one OMBackSync call may take (the perl host's per-call timeout)
 CLOSE_RETRIES = 10
 
-_TOPICS = [
+BUILTIN_TOPICS = [
     (UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
     (ERROR_TOPIC, ["FILE", "MESSAGE"],
      "ombacksync's script does not compile (ombacksync stopped, or a restart kept the old one) or Init failed"),
@@ -43,7 +43,7 @@ def ensure_backsync(conn: sqlite3.Connection) -> int:
     """Create the built-in topics and the backsync system subscriber if missing; returns its id."""
     return catalog.ensure_system_subscriber(
         conn, ActionKind.BACKSYNC, description=DESCRIPTION, timeout=CLOSE_TIMEOUT, retries=CLOSE_RETRIES,
-        topics=_TOPICS, pattern=(UPDATE_TOPIC, "closed events"), filters=[("STATE", "closed", "only closed events")])
+        topics=BUILTIN_TOPICS, pattern=(UPDATE_TOPIC, "closed events"), filters=[("STATE", "closed", "only closed events")])
 
 
 def close_timeout(conn: sqlite3.Connection) -> float:

@@ -12,19 +12,20 @@ import gc
 import sys
 
 
+def _option(argv: list[str], name: str) -> tuple[str | None, list[str]]:
+    """The value of a leading ``name V`` or ``name=V`` (None when absent), and the rest of ``argv``."""
+    if len(argv) >= 2 and argv[0] == name:
+        return argv[1], argv[2:]
+    if argv and argv[0].startswith(name + "="):
+        return argv[0].split("=", 1)[1], argv[1:]
+    return None, argv
+
+
 def _fast(argv: list[str]) -> int | None:
     """Run a plain ``send``/``key get``; None when the full CLI must handle ``argv``."""
-    home = None
-    if len(argv) >= 2 and argv[0] == "--home":
-        home, argv = argv[1], argv[2:]
-    elif argv and argv[0].startswith("--home="):
-        home, argv = argv[0].split("=", 1)[1], argv[1:]
-    url = None  # --store URL (after --home): as store.choose, and psycopg loads only for PostgreSQL's
-    if len(argv) >= 2 and argv[0] == "--store":
-        url, argv = argv[1], argv[2:]
-    elif argv and argv[0].startswith("--store="):
-        url, argv = argv[0].split("=", 1)[1], argv[1:]
-    if url is not None:
+    home, argv = _option(argv, "--home")
+    url, argv = _option(argv, "--store")  # (after --home, as the CLI takes them)
+    if url is not None:  # as store.choose (store.STORE_ENV), without importing it for `key get`
         import os
 
         os.environ["OMBRIDGE_STORE"] = url

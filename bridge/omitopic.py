@@ -19,14 +19,14 @@ CHANGE_TOPIC = "omi/change"
 DESCRIPTION = "OMi sync back: omi/change -> POST event_change/<OMi id> to OMi's gateway"
 TIMEOUT = 30.0
 RETRIES = 300  # with the backoff capped at 5 minutes: about a day of an unreachable gateway
-_TOPICS = [(CHANGE_TOPIC, ["ID"], "a change for OMi: ID is the external id (OMI_ID optional); STATE, SEVERITY, TITLE, "
+BUILTIN_TOPICS = [(CHANGE_TOPIC, ["ID"], "a change for OMi: ID is the external id (OMI_ID optional); STATE, SEVERITY, TITLE, "
                                   "ANNOTATION, ASSIGNED_USER, ASSIGNED_GROUP, CA_<NAME> go to OMi's gateway")]
 
 
 def ensure_subscriber(conn: sqlite3.Connection) -> int:
     """Create topic ``omi/change`` and the sync-back system subscriber if missing; returns its id."""
     return catalog.ensure_system_subscriber(
-        conn, ActionKind.OMI, description=DESCRIPTION, timeout=TIMEOUT, retries=RETRIES, topics=_TOPICS,
+        conn, ActionKind.OMI, description=DESCRIPTION, timeout=TIMEOUT, retries=RETRIES, topics=BUILTIN_TOPICS,
         pattern=(CHANGE_TOPIC, "every change for OMi"), filters=[])
 
 

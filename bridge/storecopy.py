@@ -28,7 +28,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import backsync, dialect, nodes, omitopic, store
+from . import backsync, deliveries, dialect, nodes, omitopic, store
 from .errors import StoreError, UsageError
 from .home import Home
 from .model import ActionKind, DeliveryStatus
@@ -39,11 +39,11 @@ TABLES = ("topics", "subscribers", "subscriber_topics", "event_filters", "contex
 KEYS = {"topics": "name", "users": "name", "omi_events": "omi_id"}  # the others: id
 CHUNK = 5_000  # rows read and written at a time: memory stays bounded for any size
 # What ``ombridge init`` (or any command's first connection) creates itself: not "holding" anything.
-SEED_TOPICS = (backsync.UPDATE_TOPIC, backsync.ERROR_TOPIC, backsync.OMI_EVENT_TOPIC, omitopic.CHANGE_TOPIC)
+SEED_TOPICS = tuple(name for name, _, _ in (*backsync.BUILTIN_TOPICS, *omitopic.BUILTIN_TOPICS))
 SEED_ACTIONS = (ActionKind.BACKSYNC.value, ActionKind.OMI.value)
-# Tables that must be empty, as an operator calls their rows.
-_MUST_BE_EMPTY = (("events", "event"), ("subscriber_events", "delivery"), ("attempts", "attempt"), ("users", "user"),
-                  ("console_sessions", "console session"), ("omi_events", "OMi mapping"), ("contexts", "context"))
+# Tables that must be empty, and what an operator calls their rows.
+NOUNS = {"events": "event", "subscriber_events": "delivery", "attempts": "attempt", "users": "user",
+         "console_sessions": "console session", "omi_events": "OMi mapping", "contexts": "context"}
 _SEED_SUBSCRIBERS = f"SELECT id FROM subscribers WHERE system = 1 AND action IN ({', '.join('?' * len(SEED_ACTIONS))})"
 _SEED_PAIRS = f"SELECT id FROM subscriber_topics WHERE subscriber_id IN ({_SEED_SUBSCRIBERS}) AND pattern IN " \
               f"({', '.join('?' * len(SEED_TOPICS))})"
@@ -179,7 +179,7 @@ def holdings(conn: Any) -> list[str]:
     def count(sql: str, *args: Any) -> int:
         return int(conn.execute(sql, args).fetchone()[0])
 
-    found = [phrase(n, what) for table, what in _MUST_BE_EMPTY if (n := count(f"SELECT count(*) FROM {table}"))]
+    found = [phrase(n, what) for table, what in NOUNS.items() if (n := count(f"SELECT count(*) FROM {table}"))]
     topics = ", ".join("?" * len(SEED_TOPICS))
     extra = (("topic", count(f"SELECT count(*) FROM topics WHERE name NOT IN ({topics})", *SEED_TOPICS)),
              ("subscriber", count(f"SELECT count(*) FROM subscribers WHERE id NOT IN ({_SEED_SUBSCRIBERS})",
@@ -206,7 +206,9 @@ def _copy_all(src: Any, tgt: Any, result: Copied) -> None:
             for table in ("event_filters", "subscriber_topics", "subscribers", "topics"):  # (the seed)
                 tgt.execute(f"DELETE FROM {table}")
             for table in TABLES:
-                result.counts.append((table, _copy_table(src, tgt, table, result)))
+                result.counts.append((table, _copy_table(src, tgt, table)))
+            # No node of the target holds a claim: each is due again at its own place in the queue.
+            result.released = deliveries.release_claims(tgt, "", ended_too=True)  # ("": every owner)
             for table in _context_tables(src):
                 result.counts.append((table, _copy_context_table(src, tgt, table)))
             if dialect.of(tgt) is not dialect.SQLITE:
@@ -237,10 +239,9 @@ def _columns(src: Any, tgt: Any, table: str) -> list[str]:
     return mine
 
 
-def _copy_table(src: Any, tgt: Any, table: str, result: Copied) -> int:
+def _copy_table(src: Any, tgt: Any, table: str) -> int:
     columns = _columns(src, tgt, table)
-    release = _releaser(columns, result) if table == "subscriber_events" else None
-    return _stream(src, tgt, table, columns, KEYS.get(table, "id"), release)
+    return _stream(src, tgt, table, columns, KEYS.get(table, "id"))
 
 
 def _stream(src: Any, tgt: Any, table: str, columns: list[str], order: str, change: Any = None) -> int:
@@ -260,24 +261,6 @@ def _stream(src: Any, tgt: Any, table: str, columns: list[str], order: str, chan
         total += len(rows)
     cur.close()
     return total
-
-
-def _releaser(columns: list[str], result: Copied) -> Any:
-    """Release an open claim (no node of the target holds it): due again at its own place in
-    the queue, as :func:`bridge.deliveries.reclaim_abandoned` does for a dead node's claims."""
-    status, owner = columns.index("status"), columns.index("claimed_by")
-    due, created = columns.index("next_attempt_at"), columns.index("created_at")
-    at = time.time()
-
-    def release(row: tuple[Any, ...]) -> tuple[Any, ...]:
-        if row[status] != DeliveryStatus.OPEN.value or row[owner] is None:
-            return row
-        result.released += 1
-        changed = list(row)
-        changed[owner], changed[due] = None, min(row[created], at)
-        return tuple(changed)
-
-    return release
 
 
 def _context_tables(src: Any) -> list[str]:

@@ -8,9 +8,7 @@ import rich_click as click
 from ..home import Home
 from .base import home_of, main, print_json
 
-# The tables the summary line names, as an operator calls their rows.
-_SUMMARY = (("events", "event"), ("subscriber_events", "delivery"), ("attempts", "attempt"), ("users", "user"),
-            ("omi_events", "OMi mapping"))
+_SUMMARY = ("events", "subscriber_events", "attempts", "users", "omi_events")  # the tables the summary line names
 
 
 @main.group("store")
@@ -30,7 +28,7 @@ def store_copy(ctx: click.Context, to: str, as_json: bool) -> None:
 
     Example: `ombridge stop && ombridge store copy --to postgresql://ombridge@db.example.com/ombridge`
     """
-    from ..storecopy import copy, phrase
+    from ..storecopy import NOUNS, copy, phrase
 
     done = copy(home_of(ctx), to)
     counts = dict(done.counts)
@@ -40,7 +38,7 @@ def store_copy(ctx: click.Context, to: str, as_json: bool) -> None:
     width = max(len(t) for t in counts)
     for table, n in done.counts:
         click.echo(f"{table:<{width}}  {n:>12,}")
-    what = ", ".join(phrase(counts.get(t, 0), name) for t, name in _SUMMARY)
+    what = ", ".join(phrase(counts.get(t, 0), NOUNS[t]) for t in _SUMMARY)
     released = f" ({phrase(done.released, 'open claim')} released: due again)" if done.released else ""
     hint = _hint(done.target_url, home_of(ctx))
     click.echo(f"copied the event core of {done.source} to {done.target}: {what}{released}; {hint}")

@@ -220,10 +220,10 @@ def test_a_failure_into_a_new_sqlite_file_leaves_no_file(home: Home, tmp_path: P
     omb(home, "close", "A")
     real = storecopy._copy_table
 
-    def fail_at_events(src, tgt, table, result):  # noqa: ANN001 - a fault hard to cause: a disk full mid-copy
+    def fail_at_events(src, tgt, table):  # noqa: ANN001 - a fault hard to cause: a disk full mid-copy
         if table == "events":
             raise sqlite3.OperationalError("database or disk is full")
-        return real(src, tgt, table, result)
+        return real(src, tgt, table)
 
     monkeypatch.setattr(storecopy, "_copy_table", fail_at_events)
     with pytest.raises(StoreError, match=r"the copy into .*out.db failed \(database or disk is full\); nothing"):
