@@ -17,7 +17,7 @@ import os
 import socket
 
 from .doorbell import DOORBELL, SocketAddress, ring, run_dir  # noqa: F401  (re-exported)
-from .errors import BridgeError, NotRunning
+from .errors import AlreadyRunning, BridgeError, NotRunning
 
 RESTART_TIMEOUT = 600.0  # seconds a restart may take (perl -c, a graceful stop, Init) before it is reported unanswered
 RESTARTABLE = ("ombacksync", "eventmanager", "all")  # what ``restart`` takes
@@ -26,8 +26,33 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from .home import Home
+
 CONTROL = "control.sock"
 PIDFILE = "ombridge.pid"
+
+
+def lock_home(home: Home) -> int:
+    """Take the home's lock (its pid file's, owner-only), which one supervisor holds while it
+    runs; returns the open descriptor that holds it. Raises :class:`AlreadyRunning` with the
+    holder's pid."""
+    import fcntl
+
+    fd = os.open(home.private_dir(home.run_dir) / PIDFILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise AlreadyRunning(read_pid(home)) from None
+    return fd
+
+
+def read_pid(home: Home) -> int | None:
+    """The pid in the pid file, if any (it may be stale)."""
+    try:
+        return int((home.run_dir / PIDFILE).read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
 
 
 def request(root: str | os.PathLike[str], command: str, timeout: float = 120.0, **args: Any) -> Any:

@@ -20,7 +20,6 @@ nothing). This module is the one writer of ``subscriber_events`` and ``attempts`
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import backsync, deliveries, dialect, nodes, omitopic, store
-from .errors import StoreError, UsageError
+from .errors import AlreadyRunning, StoreError, UsageError
 from .home import Home
 from .model import ActionKind, DeliveryStatus
 
@@ -134,18 +133,16 @@ def _same(home: Home, source_url: str, target_url: str) -> bool:
 def _no_supervisor(home: Home) -> Iterator[None]:
     """Refuse while the home's supervisor runs; hold its lock (the pid file's) meanwhile, so
     that none starts until the copy is over."""
-    from .control import PIDFILE
+    from .control import PIDFILE, lock_home
 
     path = home.run_dir / PIDFILE
     existed = path.exists()
-    fd = os.open(home.private_dir(home.run_dir) / PIDFILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            raise StoreError(f"ombridge is running in {home.root} (pid {pid}): `ombridge stop` first, "
-                             "then copy") from None
+        fd = lock_home(home)
+    except AlreadyRunning as exc:
+        raise StoreError(f"ombridge is running in {home.root} (pid {exc.pid or '?'}): `ombridge stop` first, "
+                         "then copy") from None
+    try:
         yield
     finally:
         if not existed:

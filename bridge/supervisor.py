@@ -12,7 +12,6 @@ the periodic chores (:mod:`bridge.chores`) and the ``ombacksync/error`` reports
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import logging.handlers
 import os
@@ -33,7 +32,7 @@ from . import __version__, actions, backsync, control, controlserver, dialect, n
 from .backlog import stored_backlog
 from .chores import Chores
 from .control import RESTARTABLE
-from .errors import (AlreadyRunning, BridgeError, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
+from .errors import (BridgeError, PerlStartError, RestartRefused, ScriptSyntaxError, StoreError,
                      UsageError)
 from .home import Home
 from .manager import EventManager
@@ -50,14 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ombridge.supervisor")
 DEFAULT_RETENTION = 30 * 86400.0
-
-
-def read_pid(home: Home) -> int | None:
-    """The pid in the pid file, if any (it may be stale)."""
-    try:
-        return int((home.run_dir / control.PIDFILE).read_text().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
 
 
 def setup_logging(home: Home, to_stderr: bool) -> None:
@@ -172,13 +163,7 @@ class Supervisor:
             self._cleanup()
 
     def _take_lock(self) -> None:
-        run = self.home.private_dir(self.home.run_dir)
-        fd = os.open(run / control.PIDFILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AlreadyRunning(read_pid(self.home)) from None
+        fd = control.lock_home(self.home)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
