@@ -205,7 +205,12 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
         def render() -> str:
             with store.lend(ctx.home) as conn:
                 return metrics.render(conn, ctx.status() if ctx.status else None)
-        return PlainTextResponse(await run_in_threadpool(render), media_type="text/plain; version=0.0.4")
+        try:
+            text = await run_in_threadpool(render)
+        except (BridgeError, *dialect.errors()) as exc:  # the database away: say so, as /healthz does
+            return PlainTextResponse(f"the event core cannot be reached: {' '.join(str(exc).split())}\n",
+                                     status_code=503, headers={"Retry-After": "5"})
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @refusing
     async def api_events(request: Request) -> Response:

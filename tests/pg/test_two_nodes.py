@@ -164,6 +164,8 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
             assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
             health = web.get("/healthz")
             assert health.status_code == 503 and "cannot be reached" in health.text
+            scrape = web.get("/metrics")
+            assert scrape.status_code == 503 and "cannot be reached" in scrape.text, scrape.text
         page = console.get("/ui/deliveries")
         assert page.status_code == 503 and "cannot be reached now" in page.text, page.text
         st = json.loads(omb(a, "status", "--json", check=False).stdout)
