@@ -107,6 +107,12 @@ def store_trouble(home: Any) -> str | None:
     return None
 
 
+def _unreachable(reason: str) -> Response:
+    """``/healthz``'s and ``/metrics``' answer while the event core cannot be reached."""
+    return PlainTextResponse(f"the event core cannot be reached: {reason}\n", status_code=503,
+                             headers={"Retry-After": "5"})
+
+
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     if request.scope["path"].startswith("/api/"):
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -197,8 +203,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
         """Load balancers: 200 while the listener serves and the event core answers; 503 (with
         the reason) while it cannot be reached, so that a balancer sends OMi to another node."""
         trouble = await run_in_threadpool(store_trouble, ctx.home)
-        return PlainTextResponse(f"the event core cannot be reached: {trouble}\n", status_code=503,
-                                 headers={"Retry-After": "5"}) if trouble else PlainTextResponse("ok\n")
+        return _unreachable(trouble) if trouble else PlainTextResponse("ok\n")
 
     async def metrics_text(request: Request) -> Response:
         """The Prometheus text of ``ombridge metrics``."""
@@ -208,8 +213,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
         try:
             text = await run_in_threadpool(render)
         except (BridgeError, *dialect.errors()) as exc:  # the database away: say so, as /healthz does
-            return PlainTextResponse(f"the event core cannot be reached: {' '.join(str(exc).split())}\n",
-                                     status_code=503, headers={"Retry-After": "5"})
+            return _unreachable(" ".join(str(exc).split()))
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @refusing
