@@ -6,19 +6,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import dialect, ledger, nodes, store
+from . import catalog, dialect, ledger, nodes, store
 from .errors import BridgeError
 from .home import Home
 
 
-def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, Any]], str | None]:
-    """(open and failed deliveries, the nodes, None) from the event core, or (None, [], why it
-    cannot be read)."""
+def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, Any]], list[str]]:
+    """(open and failed deliveries, the nodes, what is wrong in words) from the event core, or
+    (None, [], [why it cannot be read]). What is wrong: a disabled system subscriber (its events
+    are refused), dead nodes, scripts that differ between nodes."""
     try:
         conn = store.connect(home)
         try:
-            return ledger.backlog(conn), nodes.listing(conn), None
+            listing = nodes.listing(conn)
+            return ledger.backlog(conn), listing, disabled_system(conn) + nodes.troubles(listing)
         finally:
             conn.close()
     except (BridgeError, *dialect.errors()) as exc:
-        return None, [], str(exc)
+        return None, [], [f"the event core cannot be read: {exc}"]
+
+
+def disabled_system(conn: Any) -> list[str]:
+    """A sentence for each disabled system subscriber: what it refuses, and how to enable it."""
+    said = []
+    for sid, action in catalog.disabled_system(conn):
+        what = {"backsync": "closes are refused (OMi is answered 503, `close` fails)",
+                "omi": "changes for OMi are refused (`omi close` fails)"}.get(action, "its events are refused")
+        said.append(f"the {action} subscriber ({sid}) is disabled: {what}; `ombridge subscriber enable {sid}`")
+    return said

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 
 from . import catalog, sending
-from .errors import BridgeError, UsageError
+from .errors import UsageError
 from .events import MAX_KEY_BYTES, SendResult, canonical_key, check_text, send
 from .model import ActionKind
 
@@ -33,10 +33,6 @@ BUILTIN_TOPICS = [
      "ombacksync's script does not compile (ombacksync stopped, or a restart kept the old one) or Init failed"),
     (OMI_EVENT_TOPIC, ["ID"], "OMi forwarded an event (POST <base>/event); ID is the external id ombridge answered"),
 ]
-
-
-class BackSyncDisabled(BridgeError):
-    """Closes refused because the backsync subscriber is disabled (nothing would deliver them)."""
 
 
 def ensure_backsync(conn: sqlite3.Connection) -> int:
@@ -62,11 +58,8 @@ def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | Non
         items.append((UPDATE_TOPIC, {"ID": event_id, "STATE": "closed"}))
     if not items:
         raise UsageError("no IDs to close")
-    sid = ensure_backsync(conn)
-    if catalog.get_subscriber(conn, sid).disabled:
-        # Stored, they would match nobody and be dropped: refuse them all, loudly, instead.
-        raise BackSyncDisabled(f"the backsync subscriber ({sid}) is disabled, so closes would not reach "
-                               f"OMBackSync: nothing was sent; `ombridge subscriber enable {sid}` first")
+    ensure_backsync(conn)
+    # (a disabled backsync refuses them all: events.SystemSubscriberDisabled, nothing stored)
     return sending.send_many(conn, items, cwd=cwd, on_stored=on_stored)
 
 

@@ -293,6 +293,12 @@ def _set_settings(conn: sqlite3.Connection, subscriber_id: int, timeout: float |
             conn.execute(f"UPDATE subscribers SET {column} = ? WHERE id = ?", (value, subscriber_id))
 
 
+def disabled_system(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """(id, action) of each disabled system subscriber: the events it would take are refused."""
+    return [(r[0], r[1]) for r in conn.execute("SELECT id, action FROM subscribers WHERE system = 1 AND disabled = 1 "
+                                               "ORDER BY id")]
+
+
 def set_disabled(conn: sqlite3.Connection, subscriber_id: int, disabled: bool) -> None:
     """Enable or disable a subscriber (a disabled one is not matched by new events)."""
     with transaction(conn, catalog=True):

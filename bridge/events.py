@@ -22,7 +22,7 @@ from json.decoder import scanstring
 
 from . import contexts
 from .deliveries import Delivery, enqueue
-from .errors import NotFound, UsageError
+from .errors import BridgeError, NotFound, UsageError
 from .filters import Filter, compile_filter
 from .model import ActionKind, Lane, Settlement
 from .names import FIELD_RE, RESERVED_FIELDS, check_topic_name, value_text
@@ -91,16 +91,29 @@ class SendResult:
 
 class _Subscription:
     __slots__ = ("subscriber_topic_id", "subscriber_id", "synchronized", "action", "target", "timeout", "retries",
-                 "filters", "secret_headers", "lane")
+                 "filters", "secret_headers", "lane", "disabled")
 
     def __init__(self, subscriber_topic_id: int, subscriber_id: int, synchronized: bool, action: str, target: str,
                  timeout: float, retries: int, filters: tuple[tuple[str, Filter | _LegacyFilter], ...],
-                 secret_headers: str | None = None) -> None:
+                 secret_headers: str | None = None, disabled: bool = False) -> None:
         self.subscriber_topic_id, self.subscriber_id, self.synchronized = subscriber_topic_id, subscriber_id, synchronized
         self.action, self.target, self.timeout, self.retries = action, target, timeout, retries
         self.filters = filters  # ((variable, compiled regex), ...)
         self.secret_headers = secret_headers  # JSON, for a synchronized web call
         self.lane = Lane.of(action)
+        self.disabled = disabled  # only a system subscriber is looked up while disabled: it refuses
+
+
+class SystemSubscriberDisabled(BridgeError):
+    """An event a disabled system subscriber would take (a close for the backsync, a change for
+    OMi's gateway): refused, nothing stored, because nothing would ever run it. Not bad input:
+    the sender may send it again once the subscriber is enabled (HTTP 503, CLI exit 1)."""
+
+    def __init__(self, subscriber_id: int, action: str, topic: str) -> None:
+        what = {"backsync": "the backsync subscriber", "omi": "the sync back to OMi"}.get(action, "a system subscriber")
+        super().__init__(f"{what} ({subscriber_id}) is disabled, so this {topic} event would reach nobody: "
+                         f"nothing was stored; `ombridge subscriber enable {subscriber_id}` first")
+        self.subscriber_id, self.action, self.topic = subscriber_id, action, topic
 
 
 def _compiled(regex: str) -> Filter:
@@ -237,9 +250,9 @@ def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
     patterns = candidate_patterns(topic)
     rows = conn.execute(
         "SELECT st.id, st.subscriber_id, st.synchronized, st.pattern, s.action, s.target, s.timeout, s.retries, "
-        "s.secret_headers "
+        "s.secret_headers, s.disabled "
         "FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id "
-        f"WHERE st.pattern IN ({','.join('?' * len(patterns))}) AND s.disabled = 0",
+        f"WHERE st.pattern IN ({','.join('?' * len(patterns))}) AND (s.disabled = 0 OR s.system = 1)",
         patterns,
     ).fetchall()
     filters: dict[int, list[tuple[str, Filter | _LegacyFilter]]] = {}
@@ -252,7 +265,8 @@ def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
     rank = {p: i for i, p in enumerate(patterns)}
     rows = sorted(rows, key=lambda r: (r["subscriber_id"], rank[r["pattern"]]))
     return [_Subscription(r["id"], r["subscriber_id"], bool(r["synchronized"]), r["action"], r["target"],
-                          r["timeout"], r["retries"], tuple(filters.get(r["id"], ())), r["secret_headers"])
+                          r["timeout"], r["retries"], tuple(filters.get(r["id"], ())), r["secret_headers"],
+                          bool(r["disabled"]))
             for r in rows]
 
 
@@ -265,10 +279,16 @@ def _passes(sub: _Subscription, variables: Mapping[str, str]) -> bool:
 
 
 def select_subscribers(subscriptions: Iterable[_Subscription], variables: Mapping[str, str]) -> list[_Subscription]:
-    """One subscription per subscriber: its most specific topic whose filters all match."""
+    """One subscription per subscriber: its most specific topic whose filters all match.
+
+    Raises :class:`SystemSubscriberDisabled` when a disabled system subscriber would take the
+    event: stored, it would wait for nobody (a close OMi was told was taken, then never run).
+    """
     chosen: dict[int, _Subscription] = {}
     for sub in subscriptions:
         if sub.subscriber_id not in chosen and _passes(sub, variables):
+            if sub.disabled:
+                raise SystemSubscriberDisabled(sub.subscriber_id, sub.action, variables["TOPIC"])
             chosen[sub.subscriber_id] = sub
     return list(chosen.values())
 

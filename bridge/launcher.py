@@ -88,12 +88,13 @@ def offline_status(home: Home) -> dict[str, Any]:
     """What ``status`` shows when no supervisor runs: everything stopped, and the stored backlog."""
     backlog: dict[str, int] | None = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
     nodes: list[dict[str, Any]] = []
+    troubles: list[str] = []
     if home.db.exists() or store.location(home)[0]:  # (a shared store: other nodes may run)
-        backlog, nodes, _ = stored_backlog(home)  # None when unreadable: `ombridge check --db` says why
+        backlog, nodes, troubles = stored_backlog(home)
     return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
             "ombacksync": {"state": HostState.STOPPED.value},
             "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "nodes": nodes,
-            "degraded": []}
+            "degraded": troubles}
 
 
 def is_alive(pid: int) -> bool:

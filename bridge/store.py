@@ -278,12 +278,26 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
 
     def __exit__(self, kind: object, value: object, traceback: object) -> None:
         try:
-            self.conn.execute("ROLLBACK" if kind is not None else "COMMIT")
+            if kind is not None:
+                self.conn.execute("ROLLBACK")
+            else:
+                try:
+                    self.conn.execute("COMMIT")
+                except BaseException as exc:
+                    exc.at_commit = True  # type: ignore[attr-defined]  # (see failed_at_commit)
+                    raise
         finally:
             if self.lock is not None:
                 self.lock.release()
         if not self.wait and isinstance(value, BaseException) and self.dialect.busy(value):
             raise Busy from value  # (PostgreSQL: a row lock not granted in time)
+
+
+def failed_at_commit(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by a transaction's COMMIT itself. Its outcome is then unknown
+    when the database went away meanwhile (PostgreSQL may have committed before the connection
+    broke): a sender must say so instead of inviting a blind re-send."""
+    return any(getattr(e, "at_commit", False) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
 
 
 def broken(conn: Any) -> bool:

@@ -428,10 +428,8 @@ class Supervisor:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         degraded = []
-        backlog, nodes_now, unreadable = stored_backlog(self.home)
-        if unreadable:
-            degraded.append(f"the event core cannot be read: {unreadable}")
-        degraded += nodes.troubles(nodes_now)
+        backlog, nodes_now, troubles = stored_backlog(self.home)
+        degraded += troubles
         if self.heartbeat is not None and self.heartbeat.last_error:
             degraded.append(f"the heartbeat of node {self.node.name if self.node else '?'} failed: "
                             f"{self.heartbeat.last_error}")

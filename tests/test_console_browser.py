@@ -346,3 +346,22 @@ def test_keys_fold_to_one_line_and_removals_ask_first(home: Home, listening, pag
     assert omb(home, "subscriber", "show", spare).returncode == 0
     page.click("#confirm-yes")
     expect(page.locator(".flash.ok")).to_have_text(f"subscriber {spare} removed")
+
+
+def test_disabling_a_system_subscriber_asks_first_and_says_what_it_refuses(home: Home, listening, page) -> None:
+    """Issue 28: one click on Disable must not leave OMi's closes refused unannounced."""
+    srv = listening()
+    subs = json.loads(omb(home, "subscriber", "list", "--json").stdout)
+    sid = next(s["id"] for s in subs if s["action"] == "backsync")
+    log_in(page, srv.url, f"/ui/subscribers/{sid}")
+    page.click("text=Disable…")
+    expect(page.locator("h1")).to_have_text(f"Disable system subscriber {sid}?")
+    assert "answered 503" in page.locator("main").inner_text()
+    page.click("text=Cancel")
+    assert json.loads(omb(home, "subscriber", "show", str(sid), "--json").stdout)["disabled"] == 0
+    page.click("text=Disable…")
+    page.click("#confirm-yes")
+    expect(page.locator(".flash.ok")).to_have_text(f"subscriber {sid} disabled")
+    assert json.loads(omb(home, "subscriber", "show", str(sid), "--json").stdout)["disabled"] == 1
+    page.click("button:text('Enable')")
+    expect(page.locator(".flash.ok")).to_have_text(f"subscriber {sid} enabled")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import time
@@ -10,13 +9,13 @@ from typing import Any
 
 import rich_click as click
 
-from .. import backsync, control, launcher
+from .. import backsync, control, dialect, launcher, store
 from ..errors import AlreadyRunning, BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, ListenerState, NodeState, SupervisorState
 from ..retention import parse_age
-from .base import core, home_of, main, print_json, stdin_ids
+from .base import core, home_of, main, print_json
 from ..wording import restarted
-from .report import fail
+from .report import describe_fault, fail
 
 
 OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
@@ -214,40 +213,82 @@ def restart(ctx: click.Context, what: str) -> None:
 
 @main.command()
 @click.argument("ids", nargs=-1, required=True)
+@click.option("--skip", type=click.IntRange(min=0), default=0, metavar="N",
+              help="With `-`: skip the first N input lines (to resume a `close -` that was cut off: it says N).")
 @click.pass_context
-def close(ctx: click.Context, ids: tuple[str, ...]) -> None:
+def close(ctx: click.Context, ids: tuple[str, ...], skip: int) -> None:
     """Close events: send `event/update {"ID": ID, "STATE": "closed"}` for each ID.
 
     Prints one event id per ID. `-` reads IDs from stdin, one per line, and stores them a few
     thousand per commit as they are read and checked, so that the first Closes run while the rest
-    are stored (prints how many). Example: `ombridge close EVT-1` or `ombridge close - < ids.txt`
+    are stored (prints how many). If the event core fails on the way, it says which input lines
+    were stored and how to resume (`--skip N`) without closing any of them twice.
+    Example: `ombridge close EVT-1` or `ombridge close - < ids.txt`
     """
     home = home_of(ctx)
     from_stdin = ids == ("-",)
-    chunks = _stdin_chunks(CLOSE_COMMIT_EVERY) if from_stdin else [list(ids)]
+    if skip and not from_stdin:
+        fail("--skip N is for `close -` (it skips input lines)", 2)
+    chunks = _stdin_chunks(CLOSE_COMMIT_EVERY, skip) if from_stdin else [(list(ids), 0)]
     sent = refused_any = 0
-    for chunk in chunks:
+    done_lines = skip  # every input line up to here is stored (or was refused by name)
+    for chunk, last_line in chunks:
         good, refused = backsync.split_storable(chunk)
         for event_id, reason in refused:
             shown = event_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             click.echo(f"ombridge: error: not sent: ID '{shown}': {reason}", err=True)
         refused_any = refused_any or bool(refused)
         if good:
-            results = backsync.close_events(core(ctx), good, cwd=str(home.root),
-                                            on_stored=lambda: control.ring(home.root))
+            try:
+                results = backsync.close_events(core(ctx), good, cwd=str(home.root),
+                                                on_stored=lambda: control.ring(home.root))
+            except (BridgeError, OSError, *dialect.errors()) as exc:
+                if from_stdin and not isinstance(exc, UsageError):
+                    _cut_off(exc, sent, done_lines, last_line)
+                raise
             sent += len(results)
             if not from_stdin:
                 for r in results:
                     click.echo(r.event_id)
+        done_lines = last_line
     if from_stdin:
         click.echo(f"{sent} closed events sent")
     if refused_any:
         sys.exit(2)
 
 
-def _stdin_chunks(size: int) -> Any:
-    """The IDs on stdin, ``size`` at a time, as they arrive; one that is not UTF-8 is kept as
-    such (surrogate escapes), to be refused by name."""
-    ids = (i.decode("utf-8", "surrogateescape") for i in stdin_ids())
-    while chunk := list(itertools.islice(ids, size)):
-        yield chunk
+def _cut_off(exc: BaseException, sent: int, done: int, last_line: int) -> None:
+    """``close -`` stopped by the event core: what was stored, and how to go on without closing
+    any ticket twice (never a bare "try again", which would re-send everything stored)."""
+    reason = str(exc) if isinstance(exc, BridgeError) else (describe_fault(exc) or str(exc))
+    reason = reason.removesuffix(": try again")  # (not blindly: what follows says from where)
+    said = [f"ombridge: error: {reason.rstrip('.')}."]
+    said.append(f"{sent:,} closed events were stored before that, from input lines 1 to {done:,}."
+                if done else "Nothing was stored.")
+    if store.failed_at_commit(exc):
+        said.append(f"Input lines {done + 1:,} to {last_line:,} were being committed when the event core went "
+                    f"away: they may or may not have been stored (look with `ombridge events list --topic "
+                    f"event/update`); the lines after them were not.")
+    else:
+        said.append(f"Nothing from input line {done + 1:,} on was stored.")
+    said.append(f"To go on from there: ombridge close --skip {done} - < FILE  (the same input).")
+    fail(" ".join(said), 1)
+
+
+def _stdin_chunks(size: int, skip: int) -> Any:
+    """The IDs on stdin, ``size`` at a time as they arrive, each chunk with the number of the last
+    input line it read (blank lines count, and are skipped); the first ``skip`` lines are skipped.
+    An ID that is not UTF-8 is kept as such (surrogate escapes), to be refused by name."""
+    chunk: list[str] = []
+    number = 0
+    for number, line in enumerate(sys.stdin.buffer, 1):
+        if number <= skip:
+            continue
+        close_id = line.rstrip(b"\n").rstrip(b"\r")
+        if close_id:
+            chunk.append(close_id.decode("utf-8", "surrogateescape"))
+            if len(chunk) == size:
+                yield chunk, number
+                chunk = []
+    if chunk:
+        yield chunk, number

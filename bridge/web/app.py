@@ -55,6 +55,7 @@ BODY_TIMEOUT = 60.0  # seconds a request body may take to arrive
 DISCARD_LIMIT = 16 << 20  # bytes of a too-large body read and dropped before the 413 (larger: no wait)
 DISCARD_TIMEOUT = 10.0  # seconds spent dropping it at most
 HSTS = (b"strict-transport-security", b"max-age=31536000")
+DISABLED_RETRY_AFTER = 30  # seconds: a disabled system subscriber waits for an operator, not for a blip
 
 
 @dataclass
@@ -89,6 +90,8 @@ def failure(exc: BaseException) -> Refused | None:
         return Refused(400, "the client went away before sending the whole body", {"Connection": "close"})
     if isinstance(exc, CommitFailed):
         return Refused(503, str(exc), {"Retry-After": "5"})
+    if isinstance(exc, events.SystemSubscriberDisabled):  # OMi keeps the close and sends it again
+        return Refused(503, str(exc), {"Retry-After": str(DISABLED_RETRY_AFTER)})
     return None
 
 
@@ -125,7 +128,7 @@ def refusing(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
     async def endpoint(request: Request) -> Response:
         try:
             return await handler(request)
-        except (Refused, ClientDisconnect, CommitFailed) as exc:
+        except (Refused, ClientDisconnect, CommitFailed, events.SystemSubscriberDisabled) as exc:
             refused = failure(exc)
             assert refused is not None
             return _error(request, refused.status, refused.message, refused.headers)
@@ -309,7 +312,7 @@ class OmiRoutes:
         else:
             try:
                 status, body = 200, await handler(_Request(scope, receive))
-            except (Refused, ClientDisconnect, CommitFailed) as exc:
+            except (Refused, ClientDisconnect, CommitFailed, events.SystemSubscriberDisabled) as exc:
                 refused = failure(exc)
                 assert refused is not None
                 status, body, media = refused.status, refused.message.encode() + b"\n", TEXT_TYPE

@@ -178,7 +178,7 @@ class GroupCommitter:
         items = [item for w in group for item in w.items]
         try:
             results = self._send(conn, items, force)
-        except UsageError as refused:
+        except (UsageError, events.SystemSubscriberDisabled) as refused:
             if len(group) == 1:
                 group[0].error = refused
                 return False
@@ -202,7 +202,7 @@ class GroupCommitter:
         try:
             for topic, key in work.items:
                 events.match(conn, topic, key)
-        except UsageError as exc:
+        except (UsageError, events.SystemSubscriberDisabled) as exc:
             work.error = exc
             return True
         return False

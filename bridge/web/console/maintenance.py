@@ -36,6 +36,10 @@ def _fields(text: str) -> list[str]:
     return [f for f in text.replace(",", " ").split() if f]
 
 
+class Unconfirmed(Exception):
+    """A system subscriber's Disable that was not confirmed yet: its question is shown first."""
+
+
 class Maintenance:
     """Topics, subscribers (with their topics and filters) and integrations, over one :class:`Console`."""
 
@@ -133,36 +137,54 @@ class Maintenance:
 
         return await self.c.act(request, f"/ui/subscribers/{sid}", edit)
 
-    async def subscriber_remove_confirm(self, request: Request) -> Response:
-        """The question before a subscriber is removed."""
+    async def subscriber_confirm(self, request: Request) -> Response:
+        """The question before a subscriber is removed, or before a system subscriber is disabled
+        (a disabled backsync refuses every close: OMi is answered 503 until it is enabled)."""
         sid = path_int(request, "subscriber_id")
+        what = request.path_params["what"]
+        if what not in ("remove", "disable"):
+            raise Refusal(404, f"no action {what!r}")
 
         def read(conn: sqlite3.Connection) -> dict[str, Any]:
             s = catalog.show_subscriber(conn, sid)
-            return {"title": f"Remove subscriber {sid}?", "action": f"/ui/subscribers/{sid}/remove", "fields": {},
-                    "text": f"Subscriber {sid} ({s['action']} {s['target']}) is removed with its deliveries and "
-                            "their attempts. It is refused while it has open deliveries: purge them first.",
-                    "button": "Yes, remove it", "cancel": f"/ui/subscribers/{sid}"}
+            page = {"action": f"/ui/subscribers/{sid}/{what}", "fields": {}, "cancel": f"/ui/subscribers/{sid}"}
+            if what == "remove":
+                return {**page, "title": f"Remove subscriber {sid}?", "button": "Yes, remove it",
+                        "text": f"Subscriber {sid} ({s['action']} {s['target']}) is removed with its deliveries "
+                                "and their attempts. It is refused while it has open deliveries: purge them first."}
+            return {**page, "title": f"Disable system subscriber {sid}?", "button": "Yes, disable it",
+                    "text": f"While the {s['action']} subscriber is disabled, the events it takes are refused, not "
+                            "stored: OMi's closes are answered 503 (OMi keeps them and sends them again) and "
+                            "`ombridge close` fails. Open deliveries stay open. To hold the work instead, "
+                            "keep it enabled and stop the supervisor for the window."}
 
         return await self.c.view(request, "confirm.html", read, gone="/ui/subscribers")
 
     async def subscriber_switch(self, request: Request) -> Response:
-        """Enable, disable or remove (once confirmed) a subscriber."""
+        """Enable, disable or remove (once confirmed) a subscriber; a system subscriber is disabled
+        only once confirmed too."""
         sid = path_int(request, "subscriber_id")
         what = request.path_params["what"]
-        if what == "remove" and form(request).get("confirm") != "yes":
+        if what not in ("enable", "disable", "remove"):
+            raise Refusal(404, f"no action {what!r}")
+        confirmed = form(request).get("confirm") == "yes"
+        if what == "remove" and not confirmed:
             return RedirectResponse(f"/ui/subscribers/{sid}/remove", status_code=303)
 
         def switch(conn: sqlite3.Connection) -> str:
             if what == "remove":
                 catalog.remove_subscriber(conn, sid)
                 return f"subscriber {sid} removed"
+            if what == "disable" and not confirmed and catalog.get_subscriber(conn, sid).system:
+                raise Unconfirmed
             catalog.set_disabled(conn, sid, what == "disable")
             return f"subscriber {sid} {what}d"
 
-        if what not in ("enable", "disable", "remove"):
-            raise Refusal(404, f"no action {what!r}")
-        return await self.c.act(request, "/ui/subscribers" if what == "remove" else f"/ui/subscribers/{sid}", switch)
+        try:
+            return await self.c.act(request, "/ui/subscribers" if what == "remove" else f"/ui/subscribers/{sid}",
+                                    switch)
+        except Unconfirmed:
+            return RedirectResponse(f"/ui/subscribers/{sid}/disable", status_code=303)
 
     # -- subscriber topics and filters ----------------------------------------------------------
 

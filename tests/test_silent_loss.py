@@ -1,0 +1,101 @@
+"""Issue 28: never a silent loss or a silent duplicate. Each test drives the fix as its user
+would (the CLI, OMi's HTTP requests, a database that goes away) and fails on the code before it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge import store
+from bridge.home import Home
+from conftest import run_ombridge as omb
+from conftest import wait_for
+from web_support import XML, change_body, change_path, install, recorded
+
+
+def backsync_id(home: Home) -> str:
+    subs = json.loads(omb(home, "subscriber", "list", "--json").stdout)
+    return str(next(s["id"] for s in subs if s["action"] == "backsync"))
+
+
+def stored_closes(home: Home) -> list[str]:
+    conn = store.connect(home)
+    try:
+        return [json.loads(k)["ID"] for (k,) in conn.execute("SELECT key FROM events WHERE topic = 'event/update' "
+                                                             "ORDER BY id")]
+    finally:
+        conn.close()
+
+
+# -- 1. a disabled backsync refuses closes, it does not store them for nobody --------------------
+
+
+def test_a_disabled_backsync_refuses_closes_from_the_cli_and_says_so_in_status(home: Home) -> None:
+    sid = backsync_id(home)
+    omb(home, "subscriber", "disable", sid)
+    for args in (("close", "EVT-1"), ("send", "event/update", '{"ID": "EVT-2", "STATE": "closed"}')):
+        r = omb(home, *args, check=False)
+        assert r.returncode == 1, (args, r.returncode, r.stderr)
+        assert f"the backsync subscriber ({sid}) is disabled" in r.stderr and "nothing was stored" in r.stderr
+        assert f"ombridge subscriber enable {sid}" in r.stderr and "Traceback" not in r.stderr
+    r = omb(home, "close", "-", stdin="EVT-3\nEVT-4\n", check=False)
+    assert r.returncode == 1 and "Nothing was stored" in r.stderr
+    assert stored_closes(home) == []
+    r = omb(home, "status", "--json", check=False)
+    assert r.returncode == 3  # (not running)
+    assert any(f"backsync subscriber ({sid}) is disabled" in d for d in json.loads(r.stdout)["degraded"])
+    omb(home, "subscriber", "enable", sid)
+    omb(home, "close", "EVT-5")
+    assert stored_closes(home) == ["EVT-5"]
+
+
+def test_omi_is_answered_503_while_the_backsync_is_disabled_and_the_close_runs_once_enabled(
+        home: Home, listening) -> None:
+    install(home, "recorder")
+    sid = backsync_id(home)
+    srv = listening()
+    omb(home, "subscriber", "disable", sid)
+    r = omb(home, "status", check=False)
+    assert r.returncode == 1 and f"backsync subscriber ({sid}) is disabled: closes are refused" in r.stdout
+    with srv.client() as http:
+        r = http.post(change_path("OMI-1"), content=change_body("closed"), headers=XML)
+        assert r.status_code == 503 and r.headers["retry-after"] == "30", r.text
+        assert "disabled" in r.text
+        # a change that is no close is stored as before: nothing would run it anyway
+        assert http.post(change_path("OMI-2"), content=change_body(None, title="t"), headers=XML).status_code == 200
+        r = http.post("/api/v1/events", json={"topic": "event/update", "key": {"ID": "API-1", "STATE": "closed"}})
+        assert r.status_code == 503 and r.json()["error"].startswith("the backsync subscriber")
+        assert stored_closes(home) == ["OMI-2"]
+        omb(home, "subscriber", "enable", sid)
+        assert omb(home, "status", check=False).returncode == 0
+        # OMi sends it again, as it does after a 503
+        assert http.post(change_path("OMI-1"), content=change_body("closed"), headers=XML).status_code == 200
+    wait_for(lambda: recorded(home) == ["OMI-1"], what="the close OMi sent again ran")
+
+
+def test_a_batch_of_the_group_commit_keeps_the_others_when_one_close_is_refused(home: Home, listening) -> None:
+    """Concurrent requests share a transaction: the refused close must not take the others with it."""
+    import concurrent.futures
+
+    sid = backsync_id(home)
+    omb(home, "topic", "add", "task/change", "--key", "TASK")
+    out = home.tmp / "ran.txt"
+    home.tmp.mkdir(exist_ok=True)
+    cid = omb(home, "subscriber", "add", "--command", f'echo "&TASK" >> {out}').stdout.strip()
+    omb(home, "subscriber", "topic", "add", cid, "task/change")
+    srv = listening()
+    omb(home, "subscriber", "disable", sid)
+    with srv.client() as http, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        def close(i: int) -> int:
+            return http.post(change_path(f"C-{i}"), content=change_body("closed"), headers=XML).status_code
+
+        def task(i: int) -> int:
+            return http.post("/api/v1/events", json={"topic": "task/change", "key": {"TASK": f"T-{i}"}}).status_code
+
+        futures = [pool.submit(close if i % 2 else task, i) for i in range(40)]
+        codes = [f.result() for f in futures]
+    assert [c for i, c in enumerate(codes) if i % 2] == [503] * 20
+    assert [c for i, c in enumerate(codes) if not i % 2] == [201] * 20
+    wait_for(lambda: out.exists() and len(out.read_text().split()) == 20, what="the other events ran")
+    assert stored_closes(home) == []
