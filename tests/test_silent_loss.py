@@ -99,3 +99,44 @@ def test_a_batch_of_the_group_commit_keeps_the_others_when_one_close_is_refused(
     assert [c for i, c in enumerate(codes) if not i % 2] == [201] * 20
     wait_for(lambda: out.exists() and len(out.read_text().split()) == 20, what="the other events ran")
     assert stored_closes(home) == []
+
+
+# -- 2. `close -` cut off by the event core says where to go on ---------------------------------
+
+
+@pytest.mark.xdist_group("postgresql")
+@pytest.mark.parametrize("store_kind", ["postgresql"], indirect=True)
+def test_close_stdin_cut_off_by_the_database_says_how_to_resume_without_closing_twice(
+        home: Home, store_kind: str, pg_server, pg_db: str) -> None:
+    import subprocess
+
+    from conftest import OMBRIDGE
+
+    ids = [f"C-{n}" for n in range(7000)]
+    text = "".join(f"{i}\n" for i in ids[:3000]) + "\n" + "".join(f"{i}\n" for i in ids[3000:])  # a blank line 3,001
+    lines = text.splitlines(keepends=True)
+    sender = subprocess.Popen([OMBRIDGE, "--home", str(home.root), "close", "-"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sender.stdin.write("".join(lines[:4001]))  # two commits of 2,000: the IDs of lines 1 to 4,001
+        sender.stdin.flush()
+        wait_for(lambda: len(stored_closes(home)) == 4000, what="the first two commits")
+        with pg_server.admin() as admin:  # the database goes away under the sender (a restart, a failover)
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                          "AND pid <> pg_backend_pid()", (pg_db,))
+        sender.stdin.write("".join(lines[4001:]))
+        out, err = sender.communicate(timeout=120)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.communicate()
+    assert sender.returncode == 1, (out, err)
+    assert err.startswith("ombridge: error: the event core's database cannot be reached (") and err.count("\n") == 1, err
+    assert "4,000 closed events were stored before that, from input lines 1 to 4,001" in err, err
+    assert "Nothing from input line 4,002 on was stored" in err and "try again" not in err
+    assert "ombridge close --skip 4001 - < FILE" in err
+    r = omb(home, "close", "--skip", "4001", "-", stdin=text)
+    assert r.stdout.strip() == "3000 closed events sent"
+    assert stored_closes(home) == ids  # each once, in order
+    r = omb(home, "close", "--skip", "3", "EVT-1", check=False)
+    assert r.returncode == 2 and "--skip N is for `close -`" in r.stderr

@@ -262,7 +262,7 @@ def _cut_off(exc: BaseException, sent: int, done: int, last_line: int) -> None:
     any ticket twice (never a bare "try again", which would re-send everything stored)."""
     reason = str(exc) if isinstance(exc, BridgeError) else (describe_fault(exc) or str(exc))
     reason = reason.removesuffix(": try again")  # (not blindly: what follows says from where)
-    said = [f"ombridge: error: {reason.rstrip('.')}."]
+    said = [f"{reason.rstrip('.')}."]
     said.append(f"{sent:,} closed events were stored before that, from input lines 1 to {done:,}."
                 if done else "Nothing was stored.")
     if store.failed_at_commit(exc):
