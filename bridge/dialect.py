@@ -99,8 +99,20 @@ class Dialect:
         """``n`` new ids of ``table``, inside the caller's write transaction: the ones SQLite
         would give, one after the other (the write lock is ours), so that the rows can go in
         with one ``executemany``."""
-        last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+        last = self.high_water(conn, table)
         return list(range(last + 1, last + 1 + n))
+
+    def high_water(self, conn: Any, table: str) -> int:
+        """The largest id ``table`` ever handed out (0: none yet), deleted rows included: no id at
+        or below it is given again (AUTOINCREMENT's sqlite_sequence, PostgreSQL's sequence)."""
+        return conn.execute(f"SELECT max(coalesce((SELECT max(id) FROM {table}), 0), coalesce((SELECT seq FROM "
+                            "sqlite_sequence WHERE name = ?), 0))", (table,)).fetchone()[0]
+
+    def keep_high_water(self, conn: Any, table: str, last: int) -> None:
+        """From now on ``table`` hands out ids above ``last`` (a copied store keeps the history of
+        its ids: an id shown before the copy does not come back after it)."""
+        if not conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (last, table)).rowcount:
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, last))
 
     def in_ids(self, sql: str, args: Sequence[Any], ids: Sequence[int]) -> Iterator[tuple[str, tuple[Any, ...]]]:
         """``sql`` (holding ``IN ({ids})``) and its arguments for every chunk of ``ids``."""
@@ -170,6 +182,15 @@ class PostgreSQL(Dialect):
             return []
         return [r[0] for r in conn.execute(
             "SELECT nextval(pg_get_serial_sequence(?, 'id')) FROM generate_series(1, ?)", (table, n))]
+
+    def high_water(self, conn: Any, table: str) -> int:
+        return conn.execute("SELECT greatest(coalesce(pg_sequence_last_value(pg_get_serial_sequence(?, 'id')), 0), "
+                            f"coalesce((SELECT max(id) FROM {table}), 0))", (table,)).fetchone()[0]
+
+    def keep_high_water(self, conn: Any, table: str, last: int) -> None:
+        if last > 0:
+            conn.execute("SELECT setval(pg_get_serial_sequence(?, 'id'), greatest(?, coalesce("
+                         "pg_sequence_last_value(pg_get_serial_sequence(?, 'id')), 0)))", (table, last, table))
 
     def in_ids(self, sql: str, args: Sequence[Any], ids: Sequence[int]) -> Iterator[tuple[str, tuple[Any, ...]]]:
         if ids:  # one statement, the ids as one array

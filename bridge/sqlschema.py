@@ -164,7 +164,54 @@ def _v11(db: Any) -> None:
         db.execute("ALTER TABLE nodes ADD COLUMN clock_offset REAL")
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11]
+# The tables whose ids are shown (delivery 13, subscriber 4, attempt 92): AUTOINCREMENT from v12.
+ID_TABLES = ("subscribers", "subscriber_topics", "event_filters", "events", "subscriber_events", "attempts",
+             "contexts")
+
+
+def _v12(db: Any) -> None:
+    # Ids never come back: without AUTOINCREMENT SQLite hands out max(id) + 1, so the subscriber
+    # added after one was removed got its id, and its deliveries and attempts got those of the
+    # removed one's: two different "delivery 13" in one log. SQLite cannot add AUTOINCREMENT to
+    # a table, so each is rebuilt as its documented procedure says (foreign keys off, a new table,
+    # the rows copied with their ids, the old one dropped, the new one renamed, its indexes made
+    # again), all in one transaction. sqlite_sequence starts at each table's largest id: the ids
+    # of rows deleted before this migration cannot be known any more.
+    conn = db.conn
+    conn.execute("PRAGMA foreign_keys = OFF")  # (a no-op inside a transaction: set before it)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table in ID_TABLES:
+                _autoincrement(conn, table)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("PRAGMA foreign_keys = ON")
+
+
+def _autoincrement(conn: Any, table: str) -> None:
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+    if "AUTOINCREMENT" in sql.upper():
+        return  # (rebuilt already)
+    head = sql.index("(")
+    body = sql[head:].replace('"id" INTEGER PRIMARY KEY,', '"id" INTEGER PRIMARY KEY AUTOINCREMENT,', 1)
+    body = body.replace("[id] INTEGER PRIMARY KEY,", "[id] INTEGER PRIMARY KEY AUTOINCREMENT,", 1)
+    if "AUTOINCREMENT" not in body:
+        raise RuntimeError(f"cannot find the id column of {table} in: {sql}")
+    indexes = [r[0] for r in conn.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                                          "AND sql IS NOT NULL", (table,))]
+    conn.execute(f'CREATE TABLE "{table}_v12" {body}')
+    conn.execute(f'INSERT INTO "{table}_v12" SELECT * FROM "{table}"')
+    conn.execute(f'DROP TABLE "{table}"')
+    conn.execute(f'ALTER TABLE "{table}_v12" RENAME TO "{table}"')
+    for index in indexes:
+        conn.execute(index)
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -208,8 +208,7 @@ def _copy_all(src: Any, tgt: Any, result: Copied) -> None:
             result.released = deliveries.release_claims(tgt, "", ended_too=True)  # ("": every owner)
             for table in _context_tables(src):
                 result.counts.append((table, _copy_context_table(src, tgt, table)))
-            if dialect.of(tgt) is not dialect.SQLITE:
-                _move_sequences(tgt)
+            _move_sequences(src, tgt)
     except dialect.errors() as exc:
         reason = " ".join(str(exc).split())
         raise StoreError(f"the copy into {result.target} failed ({reason}); nothing was copied: "
@@ -289,14 +288,10 @@ def _text(value: Any) -> Any:
     return str(value)
 
 
-def _move_sequences(tgt: Any) -> None:
-    """Each id sequence past its table's largest id (``pgschema.check`` looks for this)."""
+def _move_sequences(src: Any, tgt: Any) -> None:
+    """Each generated id of the target past the largest the source ever handed out, deleted
+    rows included (``pgschema.check`` looks for this): no id shown before the copy comes back."""
     for table in TABLES:
-        if "id" not in dialect.of(tgt).columns(tgt, table):
-            continue  # (keyed by a name or an OMi id)
-        sequence = tgt.execute("SELECT pg_get_serial_sequence(?, 'id')", (table,)).fetchone()[0]
-        if sequence is None:  # (an id that is not generated: a console session's sha256)
-            continue
-        largest = tgt.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
-        if largest is not None:
-            tgt.execute("SELECT setval(?, ?)", (sequence, largest))
+        if "id" not in dialect.of(tgt).columns(tgt, table) or table == "console_sessions":
+            continue  # (keyed by a name or an OMi id; a console session's id is a sha256)
+        dialect.of(tgt).keep_high_water(tgt, table, dialect.of(src).high_water(src, table))

@@ -140,3 +140,77 @@ def test_close_stdin_cut_off_by_the_database_says_how_to_resume_without_closing_
     assert stored_closes(home) == ids  # each once, in order
     r = omb(home, "close", "--skip", "3", "EVT-1", check=False)
     assert r.returncode == 2 and "--skip N is for `close -`" in r.stderr
+
+
+# -- 5. an id that was ever shown never comes back --------------------------------------------
+
+
+def _delivery_and_attempt(home: Home, sid: str) -> tuple[int, int]:
+    """The newest delivery of subscriber ``sid`` and the id of its attempt row (the log names it)."""
+    rows = json.loads(omb(home, "deliveries", "list", "--subscriber", sid, "--json").stdout)
+    conn = store.connect(home)
+    try:
+        return rows[0]["id"], conn.execute("SELECT max(id) FROM attempts WHERE subscriber_event_id = ?",
+                                           (rows[0]["id"],)).fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.both_stores
+def test_ids_are_never_reused_after_a_removal_or_a_prune(home: Home, store_kind: str, tmp_path) -> None:
+    omb(home, "topic", "add", "task/change", "--key", "TASK")
+    seen: dict[str, set[int]] = {"subscriber": set(), "delivery": set(), "attempt": set(), "event": set()}
+    for round_ in range(2):
+        sid = omb(home, "subscriber", "add", "--command", "true").stdout.strip()
+        omb(home, "subscriber", "topic", "add", sid, "task/change", "--sync")  # delivered before send returns
+        event = int(omb(home, "send", "task/change", f'{{"TASK": "T{round_}"}}').stdout)
+        delivery, attempt = _delivery_and_attempt(home, sid)
+        for what, value in (("subscriber", int(sid)), ("delivery", delivery), ("attempt", attempt), ("event", event)):
+            assert value not in seen[what], f"{what} {value} came back after its removal"
+            seen[what].add(value)
+        omb(home, "subscriber", "remove", sid, "--force")
+        omb(home, "prune", "--all")
+    events = json.loads(omb(home, "events", "list", "--json").stdout)
+    assert events == []  # (pruned: their ids were free for reuse before)
+
+
+def test_the_migration_to_autoincrement_keeps_every_row_and_id(tmp_path) -> None:
+    """An event core of schema 11 (ids by max + 1) is rebuilt with AUTOINCREMENT, rows and keys kept."""
+    import sqlite3
+
+    import sqlite_utils
+
+    from bridge import sqlschema
+
+    home = Home(tmp_path / "old")
+    home.db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(home.db, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    for step in sqlschema.MIGRATIONS[:11]:
+        step(db)
+    conn.execute("PRAGMA user_version = 11")
+    conn.execute("INSERT INTO subscribers (id, action, target, timeout, retries, created_at) "
+                 "VALUES (7, 'command', 'true', 5, 1, 0)")
+    conn.execute("INSERT INTO topics (name, key_fields, created_at) VALUES ('a/b', '[]', 0)")
+    conn.execute("INSERT INTO subscriber_topics (id, subscriber_id, pattern) VALUES (3, 7, 'a/b')")
+    conn.execute("INSERT INTO events (id, topic, key, created_at) VALUES (41, 'a/b', '{}', 0)")
+    conn.execute("INSERT INTO subscriber_events (id, event_id, subscriber_id, subscriber_topic_id, status, "
+                 "next_attempt_at, created_at, updated_at, lane) VALUES (13, 41, 7, 3, 'done', 0, 0, 0, 'actions')")
+    conn.execute("INSERT INTO attempts (id, subscriber_event_id, number, started_at, ended_at, ok) "
+                 "VALUES (92, 13, 1, 0, 0, 1)")
+    before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in sqlschema.ID_TABLES}
+    conn.close()
+    new = store.connect(home)  # migrates
+    try:
+        assert new.execute("PRAGMA user_version").fetchone()[0] == sqlschema.SCHEMA_VERSION
+        assert {t: [tuple(r) for r in new.execute(f"SELECT * FROM {t} ORDER BY 1")] for t in sqlschema.ID_TABLES} \
+            == {t: [tuple(r) for r in rows] for t, rows in before.items()}
+        assert new.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert new.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert new.execute("SELECT sql FROM sqlite_master WHERE name = 'subscriber_events_open'").fetchone()
+        new.execute("DELETE FROM attempts")
+        new.execute("INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok) "
+                    "VALUES (13, 2, 0, 0, 1)")
+        assert new.execute("SELECT id FROM attempts").fetchone()[0] == 93  # not 1: 92 was shown once
+    finally:
+        new.close()
