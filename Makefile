@@ -11,7 +11,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check --config-settin
 # (make test: 2m54s with 4, 5m58s with 1; 3m44s with 4 beside a busy loop taking one core).
 TEST_WORKERS ?= 4
 
-.PHONY: run test test-stores soak chaos bench check clean bytecode chromium postgresql
+.PHONY: run test test-stores soak chaos bench check clean bytecode chromium postgresql faketime
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,8 +47,13 @@ postgresql:
 			/etc/postgresql-common/createcluster.conf && \
 		$$as env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; }
 
+## Debian's faketime: the clock tests run a real node whose clock is off (tests/test_silent_loss.py)
+faketime:
+	@command -v faketime >/dev/null || { as=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$as apt-get update && $$as env DEBIAN_FRONTEND=noninteractive apt-get install -y faketime; }
+
 ## the test suite (bounded; the long soak/chaos runs are `make soak`)
-test: bytecode $(TEST_STAMP) chromium postgresql
+test: bytecode $(TEST_STAMP) chromium postgresql faketime
 	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 ## the full store matrix: the PostgreSQL half of the event-core, delivery and CLI tests marked

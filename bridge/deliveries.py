@@ -129,7 +129,7 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, 
           owner: str | None = None) -> list[Claimed]:
     """Claim up to ``limit`` due open subscriber events (of ``lane``, or of any), oldest due
     first, for ``owner``."""
-    at = wall_now() if at is None else at
+    at = wall_now(conn) if at is None else at
     of_lane, args = _of_lane(lane)
     # A read first: a lane woken for another lane's work (or for nothing) takes no write lock.
     if conn.execute(f"SELECT 1 FROM subscriber_events se WHERE {of_lane}se.status = '{_OPEN}' "
@@ -191,7 +191,7 @@ def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) ->
     """
     if not done:
         return []
-    at = wall_now()
+    at = wall_now(conn)
     with transaction(conn):
         return _finish(conn, done, at)
 
@@ -202,7 +202,7 @@ def finish_and_claim(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Att
     lane that streams its work takes the write lock once per chunk, not twice. With
     ``wait=False``, raises :class:`bridge.store.Busy` at once (nothing done) while another
     writer holds the lock."""
-    at = wall_now()
+    at = wall_now(conn)
     with transaction(conn, wait=wait):
         settled = _finish(conn, done, at) if done else []
         return settled, _claim(conn, limit, at, lane, owner) if limit > 0 else []
@@ -267,7 +267,7 @@ def _exists(conn: sqlite3.Connection, delivery_id: int) -> bool:
 
 def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
     """Give back claims that were never attempted (the attempt is not counted), due at ``at``."""
-    at = wall_now() if at is None else at
+    at = wall_now(conn) if at is None else at
     with transaction(conn):
         conn.executemany(
             "UPDATE subscriber_events SET attempts = attempts - 1, next_attempt_at = ?, claimed_by = NULL, "
@@ -284,7 +284,7 @@ def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | N
     """Make due again claims whose outcomes could not be recorded (the stream that held them
     failed); their attempts stay counted: they may have run. A claim taken over meanwhile (its
     attempt number moved on) or finished is left alone."""
-    at = wall_now() if at is None else at
+    at = wall_now(conn) if at is None else at
     with transaction(conn):
         conn.executemany(
             f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, "
@@ -303,7 +303,7 @@ def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) ->
 def release_claims(conn: sqlite3.Connection, owner_prefix: str, keep: str = "", *, ended_too: bool = False) -> int:
     """:func:`reclaim_abandoned` inside the caller's transaction; with ``ended_too``, also the
     claims whose lease already ended (so that none names that owner any more)."""
-    at = wall_now()
+    at = wall_now(conn)
     leased = "" if ended_too else "AND next_attempt_at > ? "
     taken: int = conn.execute(
         f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, updated_at = ? "
@@ -323,7 +323,7 @@ def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, 
     from .ledger import equal_conditions
 
     where, args = equal_conditions([("subscriber_id", subscriber_id), ("event_id", event_id)])
-    at = wall_now()
+    at = wall_now(conn)
     sql = (f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
            f"claimed_by = NULL WHERE status = '{_FAILED}'" + "".join(f" AND {w}" for w in where))
     with transaction(conn):
@@ -339,7 +339,7 @@ def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, 
 def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """Drop a subscriber's open deliveries (status ``purged``) inside the caller's transaction;
     returns how many. A delivery in flight finishes, but its outcome no longer changes the row."""
-    at = wall_now()
+    at = wall_now(conn)
     return conn.execute(
         f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, updated_at = ?, "
         f"claimed_by = NULL WHERE subscriber_id = ? AND status = '{_OPEN}'", (at, at, subscriber_id)).rowcount
@@ -348,7 +348,7 @@ def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
 def purge_chosen(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
     """Drop the deliveries of ``delivery_ids`` that are open or failed (status ``purged``: never
     delivered, no longer in the backlog); returns how many. Done ones are left as they are."""
-    at = wall_now()
+    at = wall_now(conn)
     with transaction(conn):
         return _count_ids(
             conn, f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, "
@@ -366,7 +366,7 @@ def in_flight(conn: sqlite3.Connection, subscriber_id: int) -> int:
     """How many of a subscriber's deliveries are claimed under a lease that has not run out."""
     return conn.execute(
         f"SELECT count(*) FROM subscriber_events WHERE subscriber_id = ? AND status = '{_OPEN}' "
-        "AND claimed_by IS NOT NULL AND next_attempt_at > ?", (subscriber_id, wall_now())).fetchone()[0]
+        "AND claimed_by IS NOT NULL AND next_attempt_at > ?", (subscriber_id, wall_now(conn))).fetchone()[0]
 
 
 def delete_for_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, force: bool = False) -> None:

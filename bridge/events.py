@@ -383,7 +383,7 @@ def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], f
     rows: list[Delivery] = []
     synchronized: list[tuple[int, _Prepared, _Subscription]] = []  # (event id, event, subscription)
     sender = f"send:{os.getpid()}"
-    at = now()
+    at = now(conn)
     with transaction(conn):
         # The ids named explicitly, so that the rows go in with one statement (bridge/dialect.py).
         ids = iter(conn.dialect.reserve_ids(conn, "events", sum(1 for p in prepared if p.matches or force)))

@@ -149,7 +149,7 @@ class BacksyncLane:
         wait = min(poll, 2.0)  # look at the child now and then, even with nothing to close
         next_at = deliveries.next_due(conn, Lane.BACKSYNC)
         if next_at is not None:
-            wait = min(wait, max(0.0, next_at - self.clock()) + 0.001)
+            wait = min(wait, max(0.0, next_at - store.now(conn)) + 0.001)  # (due times: the store's clock)
         return wait
 
     def step(self, conn: sqlite3.Connection) -> int:

@@ -202,7 +202,7 @@ class EventManager:
             assert self.backsync is not None
             return self.backsync.wait(conn, self.poll)
         next_at = deliveries.next_due(conn, lane)
-        return self.poll if next_at is None else min(self.poll, max(0.0, next_at - time.time()) + 0.001)
+        return self.poll if next_at is None else min(self.poll, max(0.0, next_at - store.now(conn)) + 0.001)
 
     def drain(self, conn: sqlite3.Connection, timeout: float = 60.0) -> int:
         """Deliver in this thread until nothing is due (tests and one-shot runs); returns how many."""

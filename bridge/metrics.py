@@ -35,7 +35,7 @@ def render(conn: sqlite3.Connection, status: dict[str, Any] | None) -> str:
             [(f'{{status="{s}"}}', n) for s, n in by_status.items()])
     _metric(lines, "ombridge_backlog_open", "gauge", "Deliveries still to make.", [("", by_status[DeliveryStatus.OPEN.value])])
     _metric(lines, "ombridge_oldest_open_age_seconds", "gauge", "Age of the oldest open delivery (0 when none).",
-            [("", round(now() - oldest, 3) if oldest else 0.0)])
+            [("", round(now(conn) - oldest, 3) if oldest else 0.0)])
     _metric(lines, "ombridge_attempts", "gauge", "Delivery attempts stored, by result.",
             [('{result="ok"}', attempts[True]), ('{result="failed"}', attempts[False])])
     _metric(lines, "ombridge_events", "gauge", "Events stored.", [("", events)])

@@ -10,9 +10,15 @@ any other node makes the dead node's claims due again, so a survivor delivers th
 instead of after their leases. On one box (SQLite) the table holds the home's one node.
 
 Heartbeats are written and judged by the store's clock (PostgreSQL's, read at each beat), so a
-node whose clock is off is not taken for dead; leases and retries are still each node's own
-clock, so each beat also records how far off it is, and a node more than
-:data:`CLOCK_TOLERANCE` seconds off makes ``status`` degraded (run NTP).
+node whose clock is off is not taken for dead; due times and leases follow it too
+(:func:`bridge.store.now`). Each beat records how far off the node's clock is, and a node more
+than :data:`CLOCK_TOLERANCE` seconds off makes ``status`` degraded (run NTP: its logs and
+attempt times are its own clock's).
+
+Each start of a node is an instance of its own (:attr:`Node.instance`, in the row's ``owner``):
+a heartbeat writes the row only while it is its own instance's, so when a node frozen past
+:data:`DEAD_AFTER` (a paused VM) comes back to find another home started under its name, it
+stops (:class:`NodeReplaced`) instead of running beside it as one node.
 
 Claims carry the node in their owner, ``supervisor:<node>#<pid>``: a node's claims, whatever
 run made them, are those whose owner starts with ``supervisor:<node>#`` (so ``#`` is not allowed
@@ -24,9 +30,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import deliveries, store
@@ -47,17 +54,25 @@ CONFIG_FILE = os.path.join("conf", "ombridge.conf")
 
 @dataclass(frozen=True)
 class Node:
-    """This node: its name, where it runs, and the owner its claims carry."""
+    """This node: its name, where it runs, and the owner its claims carry. ``instance`` tells
+    this start from every other, of this home or of another under the same name (pids repeat
+    across hosts): the heartbeat writes the node's row only while the row is this instance's."""
 
     name: str
     host: str
     home: str
     pid: int
+    instance: str = field(default_factory=lambda: secrets.token_hex(4))
 
     @property
     def owner(self) -> str:
-        """What this run's claims carry in ``subscriber_events.claimed_by``."""
-        return f"{claim_prefix(self.name)}{self.pid}"
+        """What this run's claims carry in ``subscriber_events.claimed_by`` (and its row in ``nodes``)."""
+        return f"{claim_prefix(self.name)}{self.pid}.{self.instance}"
+
+
+class NodeReplaced(BridgeError):
+    """Another home started under this node's name while this one was not heard from (a frozen
+    VM, a long pause): two homes must not run as one node, so this one, the second to notice, stops."""
 
 
 def claim_prefix(name: str) -> str:
@@ -67,7 +82,8 @@ def claim_prefix(name: str) -> str:
 
 def clocks(conn: Any) -> tuple[float, float]:
     """(now by the store's clock, how many seconds this machine's clock is ahead of it): on
-    SQLite this machine's clock and 0."""
+    SQLite this machine's clock and 0. (Due times and leases use :func:`bridge.store.now`, the
+    connection's running measure of the same.)"""
     before = time.time()
     theirs = conn.dialect.clock(conn)
     if theirs is None:
@@ -126,8 +142,15 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
     Returns {dead node: claims made due again} for those that held any."""
     at, offset = clocks(conn)
     with store.transaction(conn):
-        if not conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ?, clock_offset = ? WHERE name = ?",
-                            (at, checksum, offset, me.name)).rowcount:
+        if not conn.execute("UPDATE nodes SET last_seen = ?, script_checksum = ?, clock_offset = ? WHERE name = ? "
+                            "AND owner = ?", (at, checksum, offset, me.name, me.owner)).rowcount:
+            row = conn.execute("SELECT host, home, pid, started_at FROM nodes WHERE name = ?", (me.name,)).fetchone()
+            if row is not None:
+                raise NodeReplaced(
+                    f"node {me.name!r} was started again on {row[0]} in {row[1]} (pid {row[2]}) "
+                    f"{max(0.0, at - row[3]):.0f}s ago, while this one was not heard from (a paused machine?): two "
+                    f"homes must not run as one node, so this one stops; give each home a name of its own "
+                    f"([store] node in {CONFIG_FILE})")
             _come_back(conn, me, checksum, at, offset)
     dead = [r[0] for r in conn.execute("SELECT name FROM nodes WHERE stopped_at IS NULL AND last_seen < ? "
                                        "AND name != ?", (at - DEAD_AFTER, me.name))]
@@ -161,8 +184,8 @@ def leave(conn: Any, me: Node) -> None:
     """``me`` stopped cleanly: shown stopped, not dead (its claims were settled or given back)."""
     at, _ = clocks(conn)
     with store.transaction(conn):
-        conn.execute("UPDATE nodes SET stopped_at = ?, last_seen = ? WHERE name = ? AND pid = ?",
-                     (at, at, me.name, me.pid))
+        conn.execute("UPDATE nodes SET stopped_at = ?, last_seen = ? WHERE name = ? AND owner = ?",
+                     (at, at, me.name, me.owner))
 
 
 def forget(conn: Any, name: str) -> int:
@@ -189,7 +212,7 @@ def listing(conn: Any) -> list[dict[str, Any]]:
     seen (seconds ago), the claims it holds now, its script's checksum, and how far its clock was
     ahead of the store's at its last beat."""
     at, _ = clocks(conn)
-    held = _claims_by_node(conn, time.time())  # (leases are in each node's clock; this one's will do)
+    held = _claims_by_node(conn, at)  # (leases are in the store's clock: store.now)
     nodes = []
     for r in conn.execute("SELECT name, host, home, pid, version, script_checksum, listener, started_at, last_seen, "
                           "stopped_at, clock_offset FROM nodes ORDER BY name"):
@@ -207,7 +230,8 @@ def troubles(nodes: list[dict[str, Any]]) -> list[str]:
              for n in nodes if n["state"] == NodeState.DEAD.value]
     running = [n for n in nodes if n["alive"]]
     found += [f"node {n['name']}'s clock is {abs(n['clock_offset']):.1f}s {'ahead of' if n['clock_offset'] > 0 else 'behind'} "
-              "the database's: run NTP there (leases and retries use each node's clock)"
+              "the database's: run NTP there (due times and leases follow the database's clock, its logs and "
+              "attempt times do not)"
               for n in running if abs(n["clock_offset"] or 0.0) > CLOCK_TOLERANCE]
     if len({n["script_checksum"] for n in running}) > 1:
         found.append("the nodes run different OMBackSync.pl: " + ", ".join(
@@ -219,11 +243,12 @@ class Heartbeat:
     """The thread that keeps this node alive in the table and takes over dead nodes' claims."""
 
     def __init__(self, home: Home, me: Node, script: os.PathLike[str] | str,
-                 on_taken: Any = None, every: float = HEARTBEAT_EVERY) -> None:
+                 on_taken: Any = None, every: float = HEARTBEAT_EVERY, on_replaced: Any = None) -> None:
         self.home = home  # the heartbeat has a connection of its own to the home's store
         self.me = me
         self.script = script
         self.on_taken = on_taken  # called after claims were taken over (wake the lanes)
+        self.on_replaced = on_replaced  # called once with the sentence when another home took the name
         self.every = every
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
@@ -244,6 +269,12 @@ class Heartbeat:
                 conn = store.reopen(self.home, conn)
                 taken = beat(conn, self.me, script_checksum(self.script))
                 self.last_error = None
+            except NodeReplaced as exc:
+                self.last_error = str(exc)
+                log.error("%s", exc)
+                if self.on_replaced:
+                    self.on_replaced(str(exc))
+                break  # (the row is the other home's now: never written again from here)
             except Exception as exc:  # the database away: beat again, reconnected, next time
                 self.last_error = str(exc)
                 if time.monotonic() >= next_log:

@@ -48,7 +48,7 @@ def remember(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int | None
     caller's transaction (the one storing the events). Raises :class:`Raced` when an OMi id is
     already there: another node stored the same OMi event since it was looked up (on PostgreSQL
     this insert waits for that node's commit), so the caller rolls back and looks again."""
-    at = now()
+    at = now(conn)
     values = sorted({omi_id: (omi_id, external, event_id, at) for omi_id, external, event_id in rows}.values())
     for start in range(0, len(values), 200):  # (sorted: two nodes lock the same ids in one order)
         chunk = values[start:start + 200]
@@ -68,7 +68,7 @@ def omi_ids(conn: sqlite3.Connection, external_id: str) -> list[str]:
 
 def closed_back(conn: sqlite3.Connection, external_id: str, omi_ids_closed: Iterable[str]) -> None:
     """Note that OMi accepted a close of these OMi events from ombridge (for the loop guard)."""
-    at = now()
+    at = now(conn)
     with transaction(conn):
         for omi_id in omi_ids_closed:
             conn.execute("INSERT INTO omi_events (omi_id, external_id, received_at, closed_back_at) "
@@ -82,7 +82,7 @@ def echoes(conn: sqlite3.Connection, external_ids: Iterable[str], at: float | No
     ids = list(dict.fromkeys(external_ids))
     if not ids:
         return set()
-    since = (now() if at is None else at) - ECHO_WINDOW
+    since = (now(conn) if at is None else at) - ECHO_WINDOW
     found: set[str] = set()
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]

@@ -19,6 +19,7 @@ connection, refusing a schema newer than this ombridge.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,7 @@ from .errors import StoreError
 
 POSTGRESQL = PostgreSQL()
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server is said so, not waited for
+CLOCK_EVERY = 30.0  # seconds between two measures of a connection's clock against the database's
 
 _QMARKS: dict[str, str] = {}
 
@@ -99,6 +101,22 @@ class Connection(psycopg.Connection):
 
     dialect = POSTGRESQL
     write_lock = None  # (SQLite's in-process lock: PostgreSQL locks rows)
+    _skew = 0.0
+    _skew_at: float | None = None
+
+    def clock_skew(self) -> float:
+        """How many seconds this machine's clock is ahead of the database's, measured on this
+        connection at most every :data:`CLOCK_EVERY` seconds (the last measure while a new one
+        cannot be taken: the statement that follows says why)."""
+        if self._skew_at is None or time.monotonic() - self._skew_at > CLOCK_EVERY:
+            try:
+                before = time.time()
+                theirs = float(self.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0])
+                self._skew = (before + time.time()) / 2 - theirs  # (half the round trip either side)
+                self._skew_at = time.monotonic()
+            except psycopg.Error:
+                pass
+        return self._skew
 
     def executemany(self, sql: str, params_seq: Any) -> Any:
         """Run ``sql`` once per item of ``params_seq``, as ``sqlite3.Connection.executemany``."""

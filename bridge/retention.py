@@ -29,7 +29,7 @@ def parse_age(text: str) -> float:
 def prune(conn: sqlite3.Connection, older_than: float, at: float | None = None) -> dict[str, int]:
     """Delete done and purged deliveries (with their attempts) last changed more than
     ``older_than`` seconds ago, then events older than that with no delivery left."""
-    cutoff = (now() if at is None else at) - older_than
+    cutoff = (now(conn) if at is None else at) - older_than
     counts = {"deliveries": 0, "attempts": 0, "events": 0}
     while True:
         gone, attempts = deliveries.prune(conn, cutoff, CHUNK)

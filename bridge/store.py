@@ -46,9 +46,14 @@ class _Connection(sqlite3.Connection):
     dialect = SQLITE
 
 
-def now() -> float:
-    """Wall-clock time as stored in the event core (seconds since the epoch)."""
-    return time.time()
+def now(conn: Any = None) -> float:
+    """Time as the event core keeps it (seconds since the epoch): when a delivery is due, until
+    when a claim holds. On SQLite (one box, one clock) and without ``conn``, this machine's
+    clock; on PostgreSQL, this machine's corrected by how far it is off the database's (measured
+    by the connection, :meth:`bridge.pgstore.Connection.clock_skew`): a node whose clock is
+    ahead neither delays the Closes it stores nor takes claims before they are due."""
+    skew = getattr(conn, "clock_skew", None)
+    return time.time() if skew is None else time.time() - skew()
 
 
 

@@ -185,7 +185,8 @@ class Supervisor:
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
         self.heartbeat = nodes.Heartbeat(self.home, self.node, self.home.script,
-                                         on_taken=lambda: self.manager.wake() if self.manager else None)
+                                         on_taken=lambda: self.manager.wake() if self.manager else None,
+                                         on_replaced=lambda why: self._command(Command.STOP))
         self.heartbeat.start()
         control_sock, doorbell = controlserver.bind(self.home.run_dir)
         self.host = PerlHost(self.home, timeout=timeout, settings=load_settings(self.home, self.perl),

@@ -166,13 +166,14 @@ OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 def run_ombridge(home: Home | Path | None, *args: str, check: bool = True, timeout: float = 300,
                  stdin: str | None = None, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+                 cwd: Path | None = None, wrap: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     """``ombridge --home HOME ARGS`` as an operator types it (no ``--home`` when ``home`` is None):
     no OvDataDir or OMBRIDGE_HOME inherited from the tests, a wide terminal for tables, ``stdin``
-    as its input (none by default), ``env`` added; with ``check``, exit status 0 is asserted."""
+    as its input (none by default), ``env`` added, run through ``wrap`` (e.g. faketime) when
+    given; with ``check``, exit status 0 is asserted."""
     home_args = [] if home is None else ["--home", str(home.root if isinstance(home, Home) else home)]
     environ = {k: v for k, v in os.environ.items() if k not in ("OvDataDir", "OMBRIDGE_HOME")}
-    r = subprocess.run([OMBRIDGE, *home_args, *args], capture_output=True, text=True, timeout=timeout,
+    r = subprocess.run([*(wrap or []), OMBRIDGE, *home_args, *args], capture_output=True, text=True, timeout=timeout,
                        env={**environ, "COLUMNS": "200", **(env or {})}, input=stdin,
                        stdin=subprocess.DEVNULL if stdin is None else None, cwd=cwd)
     if check:

@@ -164,3 +164,19 @@ def test_a_node_forgotten_while_it_ran_is_listed_again_at_its_next_beat(conn) ->
     assert nodes.beat(conn, A, "same") == {}
     (listed,) = nodes.listing(conn)
     assert (listed["name"], listed["state"], listed["pid"]) == (A.name, "running", A.pid)
+
+
+def test_a_node_that_comes_back_to_find_its_name_taken_stops_and_never_writes_the_row(conn) -> None:
+    """Issue 28: a node paused past DEAD_AFTER, another home started under its name; both then
+    beat one row, status showed one healthy node and a later death waited out the lease."""
+    nodes.join(conn, A, version="1", checksum="same")
+    age(conn, A.name, nodes.DEAD_AFTER + 2)  # A is paused
+    twin = nodes.Node(A.name, "host-z", "/srv/z", A.pid)  # even with the same pid, on another host
+    nodes.join(conn, twin, version="1", checksum="same")
+    with pytest.raises(nodes.NodeReplaced, match=r"node 'connector-a' was started again on host-z in /srv/z "
+                                                 r"\(pid 101\) .*this one stops; give each home a name of its own"):
+        nodes.beat(conn, A, "same")
+    nodes.leave(conn, A)  # A's clean stop does not mark the twin stopped
+    (listed,) = nodes.listing(conn)
+    assert (listed["host"], listed["state"]) == ("host-z", "running")
+    assert nodes.beat(conn, twin, "same") == {}

@@ -214,3 +214,43 @@ def test_the_migration_to_autoincrement_keeps_every_row_and_id(tmp_path) -> None
         assert new.execute("SELECT id FROM attempts").fetchone()[0] == 93  # not 1: 92 was shown once
     finally:
         new.close()
+
+
+# -- 7. the database's clock sets when a Close is due, not the sending node's -----------------
+
+
+def faketime() -> str:
+    """Debian's faketime (make test installs it): a real process whose clock is off."""
+    import os
+    import shutil
+
+    found = shutil.which("faketime")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("faketime is missing: make test installs it (apt-get install faketime)")
+        pytest.skip("faketime is missing (make test installs it: apt-get install faketime)")
+    return found
+
+
+@pytest.mark.xdist_group("postgresql")
+@pytest.mark.parametrize("store_kind", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("off", ["+40s", "-40s"])
+def test_a_node_whose_clock_is_off_neither_delays_nor_hurries_the_closes(home: Home, store_kind: str,
+                                                                         off: str) -> None:
+    """Closes stored by a sender whose clock is 40 s ahead ran 40 s late; a supervisor whose clock
+    is 40 s behind waited as long for every Close. Both now read the database's clock."""
+    import time
+
+    from conftest import stop_quietly
+
+    install(home, "recorder")
+    ahead = off.startswith("+")
+    # the sender's clock is ahead; or the supervisor's is behind
+    omb(home, "start", "--poll", "120", **({} if ahead else {"wrap": [faketime(), "-f", off]}))
+    try:
+        begun = time.monotonic()
+        omb(home, "close", "CLK-1", **({"wrap": [faketime(), "-f", off]} if ahead else {}))
+        wait_for(lambda: recorded(home) == ["CLK-1"], timeout=30, what="the Close ran")
+        assert time.monotonic() - begun < 15  # not 40 s late
+    finally:
+        stop_quietly(home, [])

@@ -198,3 +198,27 @@ def _console_session(url: str):
     r = client.post("/ui/login", data={"token": token, "user": USER, "password": PASSWORD, "next": "/ui/status"})
     assert r.status_code == 303, r.text
     return client
+
+
+def test_a_frozen_node_that_finds_its_name_taken_stops_and_one_node_remains(cluster) -> None:
+    """Issue 28: node-a pauses past DEAD_AFTER (a VM paused), a second home starts under its
+    name; when node-a resumes it stops by itself, saying why, instead of running as the same node."""
+    a, b = cluster
+    (b.root / "conf" / "ombridge.conf").write_text('[store]\nnode = "node-a"\n')
+    a_pid = start(a)
+    os.kill(a_pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: json.loads(omb(b, "nodes", "list", "--json").stdout)[0]["state"] == "dead",
+                 timeout=30, what="node-a taken for dead")
+        b_pid = start(b)
+    finally:
+        os.kill(a_pid, signal.SIGCONT)
+    wait_for(lambda: not alive(a_pid), timeout=60, what="the resumed node-a stopped by itself")
+    log = (a.root / "log" / "ombridge.log").read_text()
+    assert "node 'node-a' was started again on" in log and "this one stops; give each home a name" in log
+    st = status(b)
+    assert st["supervisor"]["pid"] == b_pid and st["degraded"] == []
+    (only,) = st["nodes"]
+    assert (only["home"], only["pid"], only["state"]) == (str(b.root), b_pid, "running")
+    omb(b, "close", "AFTER-1")
+    wait_for(lambda: [d["status"] for d in deliveries(b)] == ["done"], timeout=30, what="b serves on")
