@@ -32,8 +32,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from . import deliveries, store
+from . import deliveries, dialect, store
 from .actions import perform
+from .errors import StoreError
 from .events import stored_field
 from .model import Attempt, Lane, Settlement
 from .names import value_text
@@ -155,10 +156,10 @@ class BacksyncLane:
     def step(self, conn: sqlite3.Connection) -> int:
         """One turn: begin a stream, or move the current one on. Returns non-zero while busy.
 
-        A failure (a full disk, the database away while recording) ends the stream: the perl
-        child is killed so that no reply in its pipe is ever taken for another Close's, and its
-        claims are made due again by the next turn that reaches the store (attempts counted: they
-        may have run), instead of waiting out their lease.
+        When the event core fails (the database away, a full disk) the stream holds what ran,
+        claims nothing more, and records it at a later turn once the store answers: the perl
+        child and its globals are kept through an outage. Any other failure (or a store failure
+        while stopping) ends the stream (:meth:`give_up`).
         """
         try:
             if self.orphans:
@@ -167,10 +168,23 @@ class BacksyncLane:
             return self._advance(conn) if self.stream else self._begin(conn)
         except BaseException as exc:
             if self.stream is not None:
-                stream, self.stream = self.stream, None
-                self.orphans += [*stream.in_flight, *(c for c, _ in stream.outcomes), *stream.given_back]
-                self.host.abandon(str(exc))
+                if isinstance(exc, (StoreError, *dialect.errors())) and not self.stopping():
+                    self.stream.topping = False  # held: recorded when the store answers again
+                else:
+                    self.give_up(str(exc))
             raise
+
+    def give_up(self, reason: str) -> None:
+        """End the stream without recording it: its claims are made due again by the next turn
+        that reaches the store (attempts counted: they may have run), or come back when their
+        leases end. The perl child is killed only while replies are still to come, so that none
+        is ever taken for another Close's."""
+        if self.stream is None:
+            return
+        stream, self.stream = self.stream, None
+        self.orphans += [*stream.in_flight, *(c for c, _ in stream.outcomes), *stream.given_back]
+        if stream.in_flight:
+            self.host.abandon(reason)
 
     def _begin(self, conn: sqlite3.Connection) -> int:
         due = self.host.ready_at()

@@ -156,8 +156,7 @@ class EventManager:
                 wake.clear()
                 try:
                     self._set_lane(name, LaneState.BUSY)
-                    conn = store.reopen(self.home, conn, lane=True)  # the database restarted: a new one
-                    worked = step(conn)
+                    conn, worked = self._step(step, conn)
                     if name in self._said:
                         self._recovered(name)
                     if worked:
@@ -165,6 +164,8 @@ class EventManager:
                     wait = self._idle_wait(conn, lane)
                 except Exception as exc:  # a lane never dies: log, pause, go on
                     self._lane_failed(name, exc)
+                    if self._stopping.is_set() and lane is Lane.BACKSYNC and self.backsync is not None:
+                        self.backsync.give_up(f"stopping while the event core fails: {exc}")  # (not forever)
                     wait = 1.0
                 self._set_lane(name, LaneState.IDLE)
                 wake.wait(wait)
@@ -172,6 +173,19 @@ class EventManager:
             conn.close()
             self._set_lane(name, LaneState.STOPPED)
             log.info("lane %s stopped", name)
+
+    def _step(self, step: Callable[[sqlite3.Connection], int], conn: Any) -> tuple[Any, int]:
+        """One step on a working connection: a new one when the database restarted. A connection
+        the server dropped while the lane slept only says so at its first statement: then one
+        new connection and one more try, before anything is reported (nothing was written)."""
+        conn = store.reopen(self.home, conn, lane=True)
+        try:
+            return conn, step(conn)
+        except dialect.unavailable():
+            if not store.broken(conn):
+                raise
+        conn = store.reopen(self.home, conn, lane=True)
+        return conn, step(conn)
 
     def _streaming(self) -> bool:
         # A stop finishes the stream in flight (its Closes ran or are running: record them).

@@ -154,6 +154,7 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
     wait_for(lambda: sum(closed_ids(a, b).values()) >= 300, timeout=60, what="both nodes closing")
     console = _console_session(url)  # its connections come from the listener's pool
     assert console.get("/ui/deliveries").status_code == 200
+    children = {h.root: status(h)["ombacksync"]["pid"] for h in (a, b)}
     pg_server.halt()
     try:
         # Down: nothing new is acknowledged, each refusal says why.
@@ -184,6 +185,11 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
     wait_for(lambda: {n["name"]: n["state"] for n in status(a)["nodes"]} == {"node-a": "running", "node-b": "running"},
              timeout=30, what="both nodes heartbeating again")
     assert status(a)["degraded"] == [] and status(b)["degraded"] == []
+    # issue 28: the perl children rode the outage out (no Init again, no "ombacksync is backoff")
+    for h in (a, b):
+        ob = status(h)["ombacksync"]
+        assert (ob["pid"], ob["state"], ob["restarts"]) == (children[h.root], "running", 0)
+        assert (h.tmp / "OMBSOutput.txt").read_text().count(" Init") == 1
 
 
 def _console_session(url: str):
