@@ -72,7 +72,17 @@ def _ring(root: str) -> None:
 
 
 def main() -> None:
-    """Run the command line."""
+    """Run the command line; a reader that went away (``ombridge status | head -1``) ends it
+    quietly, as it ends ``cat`` (exit 141, 128 + SIGPIPE), never with a traceback."""
+    try:
+        _main()
+    except BrokenPipeError:
+        from .cli.report import reader_gone
+
+        reader_gone()
+
+
+def _main() -> None:
     gc.disable()  # imports make many objects and no garbage: collecting during them is wasted
     from .errors import BridgeError
 
@@ -82,6 +92,8 @@ def main() -> None:
         from .cli.report import fail_with
 
         fail_with(exc)
+    except BrokenPipeError:
+        raise  # (main ends quietly)
     except Exception as exc:  # a full disk, a read-only home, a damaged event core: one sentence
         from .cli.report import describe_fault, fail
 

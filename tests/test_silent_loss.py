@@ -254,3 +254,24 @@ def test_a_node_whose_clock_is_off_neither_delays_nor_hurries_the_closes(home: H
         assert time.monotonic() - begun < 15  # not 40 s late
     finally:
         stop_quietly(home, [])
+
+
+# -- the smaller defects ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("status",), ("status", "--json"), ("subscriber", "list"), ("key", "get", '{"A": "x"}', "A")])
+def test_a_reader_that_goes_away_ends_the_command_quietly(home: Home, args: tuple[str, ...]) -> None:
+    """`ombridge status | head -1` printed a BrokenPipeError traceback and exited 120."""
+    import os
+    import subprocess
+
+    from conftest import OMBRIDGE
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        r = subprocess.run([OMBRIDGE, "--home", str(home.root), *args], stdout=write, stderr=subprocess.PIPE,
+                           text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert (r.returncode, r.stderr) == (141, "")

@@ -19,7 +19,7 @@ from ..catalog import MAX_RETRIES, MAX_TIMEOUT
 from ..wording import when  # noqa: F401  (re-exported to the command modules)
 from ..errors import BridgeError, UsageError
 from ..home import Home, resolve_home
-from .report import describe_fault, fail, fail_with
+from .report import describe_fault, fail, fail_with, reader_gone
 
 click.rich_click.USE_MARKDOWN = True
 click.rich_click.SHOW_ARGUMENTS = True
@@ -45,6 +45,8 @@ class BridgeGroup(click.RichGroup):
             return super().invoke(ctx)
         except BridgeError as exc:
             fail_with(exc)
+        except BrokenPipeError:
+            reader_gone()
         except (OSError, *dialect.errors()) as exc:  # a full disk, a read-only home, a damaged core
             message = describe_fault(exc)
             if message is None:

@@ -22,6 +22,16 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def reader_gone() -> NoReturn:
+    """The reader of stdout went away (``ombridge status | head -1``): end quietly, as ``cat``
+    does (exit 141, 128 + SIGPIPE), never with a traceback or an error about it."""
+    import os
+
+    # Python would report the BrokenPipeError of flushing stdout at exit: flush into nothing.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(141)
+
+
 def fail_with(exc: BridgeError) -> NoReturn:
     """A library error as the command line reports it: its sentence and its exit code."""
     fail(str(exc), exc.exit_code)
