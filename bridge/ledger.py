@@ -58,7 +58,8 @@ def show(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any]:
     attempts = conn.execute(
         "SELECT number, started_at, ended_at, ok, exit_status, output, error FROM attempts "
         "WHERE subscriber_event_id = ? ORDER BY started_at, id", (delivery_id,)).fetchall()
-    return {**dict(row), "key": json.loads(row["key"]), "attempt_log": numbered(dict(a) for a in attempts)}
+    return {**dict(row), "key": json.loads(row["key"]), "context": json.loads(row["context"]) if row["context"] else None,
+            "attempt_log": numbered(dict(a) for a in attempts)}
 
 
 def numbered(attempts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

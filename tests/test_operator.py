@@ -150,6 +150,10 @@ def test_context_variables_in_a_command_and_a_filter(home: Home, tmp_path: Path)
     assert omb(home, "send", "task/change", '{"APPC": "KE2", "TASK": "T2"}', check=False).returncode == 3
     assert omb(home, "send", "task/change", '{"APPC": "NONE", "TASK": "T3"}', check=False).returncode == 3
     assert out.read_text() == "T1 of Kernel for alice\n"
+    (stored,) = json.loads(omb(home, "events", "list", "--json").stdout)  # the context as an object, as the key
+    assert stored["context"] == {"APAPPL": "KE1", "APAPNM": "Kernel", "APERPR": "alice"}, stored
+    (shown,) = json.loads(omb(home, "deliveries", "list", "--json").stdout)
+    assert json.loads(omb(home, "deliveries", "show", str(shown["id"]), "--json").stdout)["context"] == stored["context"]
     ctx = json.loads(omb(home, "context", "list", "--json").stdout)
     assert ctx[0]["matches"] == {"APPC": "APAPPL"} and ctx[0]["db_path"] == str(apps)
     omb(home, "context", "remove", "1")

@@ -315,7 +315,8 @@ def events_group() -> None:
 def events_list(ctx: click.Context, topic_name: str | None, limit: int, as_json: bool) -> None:
     """List events, newest first. Example: `ombridge events list --topic task/change`"""
     rows = events.list_events(core(ctx), topic_name, limit)
-    listing(as_json, [{**r, "key": json.loads(r["key"])} for r in rows], "Events",
+    listing(as_json, [{**r, "key": json.loads(r["key"]), "context": json.loads(r["context"]) if r["context"] else None}
+                      for r in rows], "Events",
             ["id", "topic", "key", "deliveries", OPEN, "forced", "parent", "depth", "created"],
             [[r["id"], r["topic"], r["key"], r["deliveries"], r[OPEN], r["forced"], r["parent_id"], r["depth"],
               when(r["created_at"])] for r in rows])
