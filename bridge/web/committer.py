@@ -23,6 +23,7 @@ from typing import Any
 from .. import backsync, dialect, events, omitopic, store
 from ..errors import BridgeError, UsageError
 from ..home import Home
+from ..outage import Outage
 from . import forwarded
 
 log = logging.getLogger("ombridge.web")
@@ -68,6 +69,7 @@ class GroupCommitter:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self.outage = Outage(log, "could not store events received over HTTP")
 
     def start(self) -> None:
         """Open the event core (defining the built-in topics if missing) and start the thread."""
@@ -191,6 +193,7 @@ class GroupCommitter:
             for w in group:
                 w.error = error
             return False
+        self.outage.recovered()
         n = 0
         for w in group:
             w.results = results[n:n + len(w.items)]
@@ -216,9 +219,9 @@ class GroupCommitter:
         self.events += len(items)
         return results
 
-    @staticmethod
-    def _failed(exc: BaseException) -> CommitFailed:
-        log.error("could not store events received over HTTP: %s", exc)
+    def _failed(self, exc: BaseException) -> CommitFailed:
+        # (each refused request is counted, the outage said once: OMi may retry hundreds a minute)
+        self.outage.failed(f"{exc} (requests are answered 503 meanwhile)")
         return CommitFailed(f"the event core could not store the events: {exc}")
 
     def status(self) -> dict[str, Any]:
