@@ -34,6 +34,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from . import deliveries, store
@@ -107,6 +108,11 @@ def this_node(home: Home, pid: int | None = None) -> Node:
     else:
         name = store.default_node(str(home.root))
     return Node(name, host, str(home.root), os.getpid() if pid is None else pid)
+
+
+def short_checksum(checksum: str | None) -> str:
+    """A script's checksum as listings show it (12 digits), or what stands for none."""
+    return checksum[:12] if checksum else "none loaded"
 
 
 def script_checksum(path: os.PathLike[str] | str) -> str | None:
@@ -233,20 +239,21 @@ def troubles(nodes: list[dict[str, Any]]) -> list[str]:
               "the database's: run NTP there (due times and leases follow the database's clock, its logs and "
               "attempt times do not)"
               for n in running if abs(n["clock_offset"] or 0.0) > CLOCK_TOLERANCE]
-    if len({n["script_checksum"] for n in running}) > 1:
+    loaded = [n for n in running if n["script_checksum"]]
+    if len({n["script_checksum"] for n in loaded}) > 1:
         found.append("the nodes run different OMBackSync.pl: " + ", ".join(
-            f"{n['name']} {(n['script_checksum'] or 'unreadable')[:12]}" for n in running))
+            f"{n['name']} {short_checksum(n['script_checksum'])}" for n in loaded))
     return found
 
 
 class Heartbeat:
     """The thread that keeps this node alive in the table and takes over dead nodes' claims."""
 
-    def __init__(self, home: Home, me: Node, script: os.PathLike[str] | str,
+    def __init__(self, home: Home, me: Node, checksum: Callable[[], str | None],
                  on_taken: Any = None, every: float = HEARTBEAT_EVERY, on_replaced: Any = None) -> None:
         self.home = home  # the heartbeat has a connection of its own to the home's store
         self.me = me
-        self.script = script
+        self.checksum = checksum  # of the script the node's perl loaded (None: none loaded)
         self.on_taken = on_taken  # called after claims were taken over (wake the lanes)
         self.on_replaced = on_replaced  # called once with the sentence when another home took the name
         self.every = every
@@ -267,7 +274,7 @@ class Heartbeat:
         while not self._stop.wait(self.every):
             try:
                 conn = store.reopen(self.home, conn)
-                taken = beat(conn, self.me, script_checksum(self.script))
+                taken = beat(conn, self.me, self.checksum())
                 self.last_error = None
             except NodeReplaced as exc:
                 self.last_error = str(exc)

@@ -34,6 +34,7 @@ from .errors import BridgeError, PerlFault, PerlStartError, ScriptSyntaxError
 from .home import Home
 from .model import HOST_MOVES, Attempt, HostState, check_transition
 from .perlchild import PerlChild, describe_exit
+from .nodes import script_checksum
 from .perlenv import HOST_SCRIPT, HostSettings, check_syntax
 
 __all__ = ["HOST_SCRIPT", "Backoff", "HostSettings", "PerlHost", "check_syntax"]
@@ -100,6 +101,8 @@ class PerlHost:
         self.retry_at: float | None = None
         self.restarts = 0
         self.perl_version: str | None = None
+        self.loaded_checksum: str | None = None  # sha256 of the script as the running child loaded it
+        self._checked_checksum: str | None = None  # ... as it was when the start in progress checked it
         self.init_started_at: float | None = None  # wall clock, while a start is loading/Init-ing
         self._starting_pid: int | None = None
         self._failures = 0  # faults and failed starts in a row
@@ -158,6 +161,7 @@ class PerlHost:
         pid = self.pid if state is not HostState.STARTING else self._starting_pid
         return {
             "state": state.value, "pid": pid, "script": str(self.script), "perl": self.perl_version,
+            "script_checksum": self.loaded_checksum,
             "perl_path": self.settings.perl, "restarts": self.restarts, "last_error": self.last_error,
             "retry_in": max(0.0, retry_at - self.clock()) if retry_at is not None and state is HostState.BACKOFF else None,
             "init_started_at": started if state is HostState.STARTING else None,
@@ -209,6 +213,7 @@ class PerlHost:
                 raise exc if isinstance(exc, PerlStartError) else PerlStartError(str(exc), exc.pid) from exc
             self._child = child
             self.perl_version = text
+            self.loaded_checksum = self._checked_checksum
             self._failed_starts = 0
             self.last_error = None
             self.retry_at = None
@@ -221,6 +226,7 @@ class PerlHost:
         try:
             self.home.ensure_layout()
             self.home.private_dir(self.home.log_dir)  # `try` and `start` see the same layout
+            self._checked_checksum = script_checksum(self.script)  # (read just before perl reads it)
             self.check()
         except ScriptSyntaxError as exc:
             self.last_error = exc.message

@@ -184,7 +184,7 @@ class Supervisor:
             conn.close()
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
-        self.heartbeat = nodes.Heartbeat(self.home, self.node, self.home.script,
+        self.heartbeat = nodes.Heartbeat(self.home, self.node, lambda: self.host.loaded_checksum if self.host else None,
                                          on_taken=lambda: self.manager.wake() if self.manager else None,
                                          on_replaced=lambda why: self._command(Command.STOP))
         self.heartbeat.start()
@@ -225,7 +225,7 @@ class Supervisor:
         self.node = nodes.this_node(self.home)
         self.owner = self.node.owner
         everything = nodes.OWNER_PREFIX if dialect.of(conn) is dialect.SQLITE else None
-        return nodes.join(conn, self.node, version=__version__, checksum=nodes.script_checksum(self.home.script),
+        return nodes.join(conn, self.node, version=__version__, checksum=None,  # (perl has loaded nothing yet)
                           reclaim_prefix=everything)
 
     def _lifecycle(self) -> None:

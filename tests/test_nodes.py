@@ -5,6 +5,7 @@ tests on a real PostgreSQL server are in tests/pg/."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -88,7 +89,15 @@ def test_the_supervisor_is_its_homes_node_and_says_so_in_status(home: Home) -> N
         (node,) = status(home)["nodes"]
         assert node["name"] == "connector-a" and node["state"] == "running"
         assert node["pid"] == status(home)["supervisor"]["pid"]
-        assert node["script_checksum"] == nodes.script_checksum(home.script)
+        loaded = nodes.script_checksum(home.script)
+        wait_for(lambda: status(home)["nodes"][0]["script_checksum"] == loaded, what="the loaded script's checksum")
+        # issue 28: the script perl loaded, not the file on disk (edited, not yet restarted)
+        home.script.write_text(home.script.read_text() + "\n# edited\n")
+        time.sleep(nodes.HEARTBEAT_EVERY * 2)  # (two beats: nothing may change; no event to wait for)
+        assert status(home)["nodes"][0]["script_checksum"] == loaded
+        omb(home, "restart", "ombacksync")
+        edited = nodes.script_checksum(home.script)
+        wait_for(lambda: status(home)["nodes"][0]["script_checksum"] == edited, what="the new script's checksum")
         omb(home, "close", "N-1")
         wait_for(lambda: status(home)["backlog"]["open"] == 0, what="the Close delivered")
     finally:

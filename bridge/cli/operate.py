@@ -7,6 +7,7 @@ from pathlib import Path
 import rich_click as click
 
 from .. import control, integrations, store
+from ..nodes import short_checksum
 from ..errors import BridgeError, NotRunning, UsageError
 from .base import ROW_ID, core, home_of, listing, main
 
@@ -135,7 +136,7 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
     rows = node_listing(core(ctx))
     listing(as_json, rows, "Nodes", ["name", "state", "host", "home", "pid", "seen", "leases", "script"],
             [[r["name"], r["state"], r["host"], r["home"], r["pid"], f"{r['seen_ago']:.0f}s ago", r["leases"],
-              (r["script_checksum"] or "unreadable")[:12]] for r in rows])
+              short_checksum(r["script_checksum"])] for r in rows])
 
 
 @nodes.command("forget")

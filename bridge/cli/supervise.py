@@ -10,6 +10,7 @@ from typing import Any
 import rich_click as click
 
 from .. import backsync, control, dialect, launcher, store
+from ..nodes import short_checksum
 from ..errors import AlreadyRunning, BridgeError, NotRunning, UsageError
 from ..model import DeliveryStatus, HostState, ListenerState, NodeState, SupervisorState
 from ..retention import parse_age
@@ -195,7 +196,7 @@ def _print_nodes(nodes: list[dict]) -> None:
         if abs(node.get("clock_offset") or 0.0) >= 1.0:
             seen += f", clock {node['clock_offset']:+.1f}s"
         click.echo(f"{'nodes' if n == 0 else '':14}{node['name']}: {node['state']}{seen}, {node['leases']} leases, "
-                   f"pid {node['pid']} on {node['host']}, script {(node['script_checksum'] or 'unreadable')[:12]}")
+                   f"pid {node['pid']} on {node['host']}, script {short_checksum(node['script_checksum'])}")
 
 
 @main.command()

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from ... import dialect, store
+from ... import dialect, nodes, store
 from ...errors import BridgeError, NotFound, StoreError, UsageError
 from ...home import Home
 from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, when
@@ -76,7 +76,8 @@ class Console:
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(when=when, clock=clock, duration=duration, pretty_json=pretty_json,
                                 compact_json=compact_json, eventmanager_facts=eventmanager_facts,
-                                history_header=history_header, attempt_rounds=attempt_rounds)
+                                history_header=history_header, attempt_rounds=attempt_rounds,
+                                short_checksum=nodes.short_checksum)
 
     # -- the library, off the event loop ---------------------------------------------------------
 
