@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import catalog, dialect, ledger, nodes, store
+from . import catalog, conf, dialect, ledger, nodes, store
 from .errors import BridgeError
 from .home import Home
 
@@ -15,15 +15,17 @@ def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, An
     """(open and failed deliveries, the nodes, what is wrong in words) from the event core, or
     (None, [], [why it cannot be read]). What is wrong: a disabled system subscriber (its events
     are refused), dead nodes, scripts that differ between nodes."""
+    settings = conf.problem(home.root)  # (a broken file is said as such, not only as "cannot be read")
+    said = [settings] if settings else []
     try:
         conn = store.connect(home)
         try:
             listing = nodes.listing(conn)
-            return ledger.backlog(conn), listing, disabled_system(conn) + nodes.troubles(listing)
+            return ledger.backlog(conn), listing, said + disabled_system(conn) + nodes.troubles(listing)
         finally:
             conn.close()
     except (BridgeError, *dialect.errors()) as exc:
-        return None, [], [f"the event core cannot be read: {exc}"]
+        return None, [], said or [f"the event core cannot be read: {exc}"]
 
 
 def disabled_system(conn: Any) -> list[str]:

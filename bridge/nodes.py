@@ -33,11 +33,11 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from . import deliveries, store
+from . import conf, deliveries, store
 from .errors import BridgeError, UsageError
 from .home import Home
 from .model import DeliveryStatus, NodeState
@@ -50,7 +50,6 @@ DEAD_AFTER = 10.0  # seconds without a heartbeat after which a node is dead
 CLOCK_TOLERANCE = 5.0  # seconds a node's clock may be off the store's before status says so
 OWNER_PREFIX = "supervisor:"  # what every supervisor's claims begin with
 MAX_NAME = 200
-CONFIG_FILE = os.path.join("conf", "ombridge.conf")
 
 
 @dataclass(frozen=True)
@@ -104,7 +103,7 @@ def this_node(home: Home, pid: int | None = None) -> Node:
     host = os.uname().nodename
     _, configured = store.location(home)
     if configured:
-        name = check_name(configured, f"{home.root / CONFIG_FILE}: [store] node")
+        name = check_name(configured, f"{conf.path(home.root)}: [store] node")
     else:
         name = store.default_node(str(home.root))
     return Node(name, host, str(home.root), os.getpid() if pid is None else pid)
@@ -138,7 +137,7 @@ def join(conn: Any, me: Node, *, version: str, checksum: str | None, listener: s
         if row is not None and row[4] is None and at - row[3] < DEAD_AFTER and (row[0], row[1]) != (me.host, me.home):
             raise BridgeError(f"node {me.name!r} already runs on {row[0]} in {row[1]} (pid {row[2]}, seen "
                               f"{at - row[3]:.0f}s ago): give this home a name of its own ([store] node in "
-                              f"{CONFIG_FILE})")
+                              f"{conf.CONF_FILE})")
         _running(conn, me, version, checksum, listener, at, offset)
     return deliveries.reclaim_abandoned(conn, reclaim_prefix or claim_prefix(me.name), me.owner)
 
@@ -156,7 +155,7 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
                     f"node {me.name!r} was started again on {row[0]} in {row[1]} (pid {row[2]}) "
                     f"{max(0.0, at - row[3]):.0f}s ago, while this one was not heard from (a paused machine?): two "
                     f"homes must not run as one node, so this one stops; give each home a name of its own "
-                    f"([store] node in {CONFIG_FILE})")
+                    f"([store] node in {conf.CONF_FILE})")
             _come_back(conn, me, checksum, at, offset)
     dead = [r[0] for r in conn.execute("SELECT name FROM nodes WHERE stopped_at IS NULL AND last_seen < ? "
                                        "AND name != ?", (at - DEAD_AFTER, me.name))]

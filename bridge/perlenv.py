@@ -17,18 +17,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from . import bundled
+from . import bundled, conf
 from .errors import BridgeError, ScriptSyntaxError, UsageError
 from .home import Home
 
 PERL_DIR = bundled.perl_dir()
 HOST_SCRIPT = PERL_DIR / "ombridge_host.pl"
 CHECK_INC = PERL_DIR / "check"  # OMBridgeCheck.pm: appends the script's folder to @INC for perl -c
-CONFIG_FILE = Path("conf") / "ombridge.conf"
 CHECK_TIMEOUT = 60.0  # seconds `perl -c` may take
 
 # Switch letters honoured from the #! line; the others (-n, -p, -a, -i, -0, -x, -e, -s, -d, …)
@@ -54,14 +52,8 @@ class HostSettings:
 
 def load_settings(home: Home, perl: str | None = None) -> HostSettings:
     """The home's settings (defaults when it has no ``conf/ombridge.conf``), ``perl`` overriding."""
-    path = home.root / CONFIG_FILE
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return HostSettings().with_perl(perl)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
-    table = data.get("ombacksync", {})
+    path = conf.path(home.root)
+    table = conf.table(home.root, "ombacksync")
     known = {f.name: f for f in fields(HostSettings)}
     values: dict[str, object] = {}
     for key, value in table.items():

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-from . import dialect
+from . import conf, dialect
 from .dialect import BUSY_TIMEOUT, SQLITE, Busy
 from .errors import StoreError
 from .home import DB_FILE, Home
@@ -30,7 +30,6 @@ from .sqlschema import SCHEMA_VERSION
 
 __all__ = ["BUSY_TIMEOUT", "Busy", "connect", "transaction"]
 STORE_ENV = "OMBRIDGE_STORE"  # the store URL; `ombridge --store URL` sets it for what it starts
-CONF_FILE = os.path.join("conf", "ombridge.conf")
 
 # One write lock per event core per process. Threads of one process (the supervisor's lanes and
 # the HTTP listener's committer) queue on it and are handed the write lock the instant it is
@@ -75,22 +74,10 @@ def location(home: Home | str) -> tuple[str, str]:
     ``conf/ombridge.conf``, then the default."""
     root = _root(home)
     url = os.environ.get(STORE_ENV, "")
-    try:
-        with open(os.path.join(root, CONF_FILE), "rb") as f:
-            data = f.read()
-    except OSError:
-        data = b""
-    if b"store" not in data:  # (no TOML parser on `ombridge send`'s path when nothing is set)
-        return url, ""
-    import tomllib
-
-    try:
-        section = tomllib.loads(data.decode("utf-8")).get("store", {})
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise StoreError(f"{os.path.join(root, CONF_FILE)} cannot be read: {exc}") from None
-    values = {name: section.get(name, "") for name in ("url", "node")} if isinstance(section, dict) else {}
-    if any(not isinstance(v, str) for v in values.values()) or not values:
-        raise StoreError(f"{os.path.join(root, CONF_FILE)}: [store] url and node must be strings")
+    section = conf.table(root, "store")
+    values = {name: section.get(name, "") for name in ("url", "node")}
+    if any(not isinstance(v, str) for v in values.values()):
+        raise StoreError(f"{conf.path(root)}: [store] url and node must be strings")
     return url or values["url"], values["node"]
 
 

@@ -68,7 +68,7 @@ def test_settings_from_the_home_and_the_command_line(home: Home, tmp_path: Path)
         "/opt/OV/nonOV/perl/a/bin/perl", 600.0, 2.5, 60.0, "/opt/OV")
     assert load_settings(home, "/usr/bin/perl").perl == "/usr/bin/perl"  # --perl beats the file
     for bad, message in [("[ombacksync]\nperl = 3\n", "must be a path"), ("[ombacksync]\nnope = 1\n", "unknown setting"),
-                         ("[ombacksync]\ninit_timeout = -1\n", "positive number"), ("[ombacksync\n", "cannot read")]:
+                         ("[ombacksync]\ninit_timeout = -1\n", "positive number"), ("[ombacksync\n", "is not valid TOML")]:
         config.write_text(bad)
         with pytest.raises(UsageError, match=message):
             load_settings(home)

@@ -275,3 +275,23 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(home: Home, args: tupl
     finally:
         os.close(write)
     assert (r.returncode, r.stderr) == (141, "")
+
+
+def test_status_says_when_the_settings_file_is_broken(home: Home) -> None:
+    """It said only that the backlog was unknown, or nothing at all."""
+    conf = home.root / "conf" / "ombridge.conf"
+    omb(home, "start")
+    try:
+        conf.write_text("[ombacksync\nperl = 'perl'\n")
+        r = omb(home, "status", check=False)
+        assert r.returncode == 1, r.stdout
+        assert f"degraded      {conf} is not valid TOML: " in r.stdout and "(the next start or restart fails)" in r.stdout
+        conf.write_text("[ombacksync]\nperl = 'perl'\n[nonsense]\n")
+        assert f"{conf}: unknown table(s) nonsense" in omb(home, "status", check=False).stdout
+        conf.write_text("[ombacksync]\nperl = 'perl'\n")
+        assert omb(home, "status", check=False).returncode == 0
+    finally:
+        omb(home, "stop", check=False)
+    conf.write_text("[store\n")
+    r = omb(home, "status", check=False)
+    assert r.returncode == 3 and f"degraded      {conf} is not valid TOML" in r.stdout
