@@ -339,6 +339,13 @@ def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
     return [] if rows == ["ok"] else problems or rows
 
 
+def recovery(conn: Any) -> str:
+    """Where the procedure for what :func:`integrity` found is written, for this store."""
+    if dialect.of(conn) is SQLITE:
+        return "follow \"Recovering a damaged event core\" in docs/operations.md"
+    return "each line says what repairs it; \"Checking the database\" in docs/multinode.md says more"
+
+
 def backup(conn: sqlite3.Connection, target: str) -> None:
     """Copy the event core to ``target`` with SQLite's online backup (consistent while it is in
     use); the copy is owner-only. Refuses to overwrite an existing file, and a PostgreSQL store."""

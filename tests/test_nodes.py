@@ -189,3 +189,23 @@ def test_a_node_that_comes_back_to_find_its_name_taken_stops_and_never_writes_th
     (listed,) = nodes.listing(conn)
     assert (listed["host"], listed["state"]) == ("host-z", "running")
     assert nodes.beat(conn, twin, "same") == {}
+
+
+def test_check_db_names_orphaned_claims_and_nodes_forget_releases_them(home: Home, conn) -> None:
+    """Issue 28: check --db ended with a garbled sentence pointing at SQLite's recovery, and
+    nodes forget refused the orphan it reported ("no node is named ...")."""
+    from bridge import deliveries, store
+
+    omb(home, "close", "C-1", "C-2")
+    ghost = nodes.Node("ghost", "gone-host", "/srv/gone", 12)  # never in the table (a copied store, say)
+    assert len(deliveries.claim(conn, limit=2, lane=Lane.BACKSYNC, owner=ghost.owner)) == 2
+    r = omb(home, "check", "--db", check=False)
+    where = store.describe(home)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "2 open claim(s) name node 'ghost', which is not in the nodes table" in r.stderr
+    assert r.stderr.splitlines()[-1] == (f"ombridge: error: {where}: claims name nodes that are not in the nodes "
+                                         "table: `ombridge nodes forget NAME` makes them due again now")
+    r = omb(home, "nodes", "forget", "ghost")
+    assert r.stdout.strip() == "node ghost forgotten; 2 of its claims are due again"
+    assert claimed_by(conn, ghost.owner) == 0
+    assert omb(home, "check", "--db").stdout.strip() == f"{where}: ok"

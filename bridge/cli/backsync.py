@@ -53,11 +53,14 @@ def check(ctx: click.Context, database: bool, perl: str | None) -> None:
     home = home_of(ctx)
     if database:
         conn = store.connect(home)
-        damage = store.integrity(conn) + nodes.audit(conn)
+        damage, orphans = store.integrity(conn), nodes.audit(conn)
         where = store.describe(home)
+        click.echo("\n".join([*damage[:20], *orphans]), err=True) if damage or orphans else None
         if damage:
-            click.echo("\n".join(damage[:20]), err=True)
-            fail(f"the event core {where} is damaged: see the recovery procedure in docs/operations.md", 1)
+            fail(f"{where}: {len(damage)} problem(s) in the event core: {store.recovery(conn)}", 1)
+        if orphans:
+            fail(f"{where}: claims name nodes that are not in the nodes table: `ombridge nodes forget NAME` "
+                 "makes them due again now", 1)
         click.echo(f"{where}: ok")
         return
     try:
