@@ -12,6 +12,7 @@ import json
 import os
 import re
 import sqlite3
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from . import contexts, deliveries, ledger, substitution
@@ -439,14 +440,19 @@ def remove_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, va
 # -- the operator console's edit of a subscriber (bridge/web/console) ----------------------------
 
 
-def edit_subscriber(conn: sqlite3.Connection, subscriber_id: int, action: ActionKind, target: str, *,
-                    allow_nested_shell: bool = False, timeout: float | None = None, retries: int | None = None,
-                    description: str | None = None) -> None:
+def edit_subscriber(conn: sqlite3.Connection, subscriber_id: int, action: ActionKind | None = None,
+                    target: str | None = None, *, allow_nested_shell: bool = False, timeout: float | None = None,
+                    retries: int | None = None, description: str | None = None,
+                    secret_headers: dict[str, str] | None = None, drop_headers: Sequence[str] = ()) -> None:
     """Change what a subscriber runs and its settings, all or nothing: every value is checked
-    before anything is written. A new command, program or URL is checked as :func:`add_subscriber`
-    checks it (an unchanged one is not checked again); a system subscriber's action is fixed."""
+    before anything is written. A new command, program or URL (``action`` and ``target``, None:
+    unchanged) is checked as :func:`add_subscriber` checks it (an unchanged one is not checked
+    again); a system subscriber's action is fixed. ``secret_headers`` are set (a web
+    subscriber's), ``drop_headers`` removed."""
     _check_limits(timeout, retries)
     current = get_subscriber(conn, subscriber_id)
+    action = ActionKind(current.action) if action is None else action
+    target = current.target if target is None else target
     changed = (action.value, target) != (current.action, current.target)
     if changed:
         if current.system:
@@ -454,8 +460,18 @@ def edit_subscriber(conn: sqlite3.Connection, subscriber_id: int, action: Action
         if action is ActionKind.BACKSYNC:
             raise UsageError("the backsync is a built-in action: a subscriber runs a command, a program or a URL")
         _check_action(action, target, allow_nested_shell)
+    (stored,) = conn.execute("SELECT secret_headers FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
+    headers: dict[str, str] = json.loads(stored) if stored else {}
+    unknown = [name for name in drop_headers if name not in headers]
+    if unknown:
+        raise UsageError(f"subscriber {subscriber_id} has no secret header {', '.join(unknown)}")
+    headers = {k: v for k, v in headers.items() if k not in drop_headers} | (secret_headers or {})
+    _check_secret_headers(action, headers)
     with transaction(conn, catalog=True):
         if changed:
             conn.execute("UPDATE subscribers SET action = ?, target = ? WHERE id = ?",
                          (action.value, target, subscriber_id))
+        if secret_headers or drop_headers:
+            conn.execute("UPDATE subscribers SET secret_headers = ? WHERE id = ?",
+                         (json.dumps(headers) if headers else None, subscriber_id))
         _set_settings(conn, subscriber_id, timeout, retries, description)

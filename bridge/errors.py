@@ -80,7 +80,7 @@ class AlreadyRunning(BridgeError):
     """Another supervisor holds this home."""
 
     def __init__(self, pid: int | None) -> None:
-        super().__init__(f"ombridge is already running in this home (pid {pid})")
+        super().__init__(f"a supervisor already runs in this home (pid {pid})")
         self.pid = pid
 
 

@@ -158,7 +158,9 @@ def parse_key(key: KeyInput) -> dict[str, Any]:
 
 def _check_value(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise UsageError(f"key field {name} must be a string or a number, not {type(value).__name__}")
+        what = ("true or false" if isinstance(value, bool) else "null" if value is None
+                else "an object" if isinstance(value, dict) else "a list" if isinstance(value, list) else "another value")
+        raise UsageError(f"key field {name} must be a string or a number, not {what}")
     if isinstance(value, float) and not math.isfinite(value):
         raise UsageError(f"key field {name} must be a finite number")
     if isinstance(value, str):

@@ -295,3 +295,40 @@ def test_status_says_when_the_settings_file_is_broken(home: Home) -> None:
     conf.write_text("[store\n")
     r = omb(home, "status", check=False)
     assert r.returncode == 3 and f"degraded      {conf} is not valid TOML" in r.stdout
+
+
+def test_subscriber_set_changes_what_it_runs_and_its_secret_headers(home: Home) -> None:
+    sid = omb(home, "subscriber", "add", "--command", "true").stdout.strip()
+    omb(home, "subscriber", "set", sid, "--command", "echo '&ID' >> /dev/null", "--retries", "3")
+    shown = json.loads(omb(home, "subscriber", "show", sid, "--json").stdout)
+    assert (shown["action"], shown["target"], shown["retries"]) == ("command", "echo '&ID' >> /dev/null", 3)
+    r = omb(home, "subscriber", "set", sid, "--command", "sh -c 'echo &ID'", check=False)
+    assert r.returncode == 2 and "sh -c" in r.stderr  # checked as `subscriber add` checks it
+    omb(home, "subscriber", "set", sid, "--url", "https://itsm.example.com/close", "--secret-header", "Authorization",
+        stdin="Bearer s3cret-token\n")
+    shown = json.loads(omb(home, "subscriber", "show", sid, "--json").stdout)
+    assert (shown["action"], shown["target"], shown["secret_headers"]) == (
+        "web", "https://itsm.example.com/close", ["Authorization"])
+    assert "s3cret-token" not in omb(home, "subscriber", "show", sid).stdout
+    r = omb(home, "subscriber", "set", sid, "--command", "true", check=False)
+    assert r.returncode == 2 and "secret headers are for web subscribers" in r.stderr  # all or nothing
+    omb(home, "subscriber", "set", sid, "--remove-secret-header", "Authorization", "--command", "true")
+    assert json.loads(omb(home, "subscriber", "show", sid, "--json").stdout)["secret_headers"] == []
+    r = omb(home, "subscriber", "set", sid, "--url", "https://a.example", "--command", "true", check=False)
+    assert r.returncode == 2 and "at most one of --command, --program or --url" in r.stderr
+    r = omb(home, "subscriber", "set", backsync_id(home), "--command", "true", check=False)
+    assert r.returncode == 2 and "its action is fixed" in r.stderr
+    assert "  system yes, disabled no, timeout" in omb(home, "subscriber", "show", backsync_id(home)).stdout
+
+
+def test_wording_names_no_python_type_and_no_doubled_name(home: Home) -> None:
+    omb(home, "topic", "add", "a/b", "--key", "K")
+    r = omb(home, "send", "a/b", '{"K": {"x": 1}}', "--force", check=False)
+    assert r.stderr.strip() == "ombridge: error: key field K must be a string or a number, not an object"
+    omb(home, "start")
+    try:
+        r = omb(home, "start", check=False)
+        assert r.returncode == 0 and r.stderr.startswith("ombridge: a supervisor already runs in this home (pid ")
+        assert ", restarts after faults 0" in omb(home, "status").stdout
+    finally:
+        omb(home, "stop")

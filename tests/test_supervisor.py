@@ -81,7 +81,7 @@ def test_status_stop_and_start_exit_codes(home: Home, running) -> None:
     st = running()
     assert st["supervisor"]["pid"] > 0
     again = omb(home, "start")
-    assert "already running" in again.stderr
+    assert "a supervisor already runs in this home (pid " in again.stderr
     pid = st["supervisor"]["pid"]
     perl = st["ombacksync"]["pid"]
     assert omb(home, "stop").stdout.strip() == f"ombridge stopped (pid {pid})"

@@ -129,18 +129,40 @@ def subscriber_add(ctx: click.Context, command: str | None, program: str | None,
 
 @subscriber.command("set")
 @click.argument("subscriber_id", metavar="ID", type=ROW_ID)
+@click.option("--command", "command", metavar="CMD", help="A new command string (checked as `subscriber add` checks it).")
+@click.option("--program", metavar="PATH", help="A new event program.")
+@click.option("--url", metavar="URL", help="A new URL for a web call.")
+@click.option("--allow-nested-shell", is_flag=True, help="As for `subscriber add`: accept &VARs after sh -c / ssh / eval.")
 @click.option("--timeout", type=SECONDS, default=None, help="Seconds an attempt may take (for backsync: one Close).")
 @click.option("--retries", type=RETRIES, default=None, help="Retries after a failed attempt before it is failed.")
 @click.option("--description", default=None)
+@click.option("--secret-header", "secret_headers", multiple=True, metavar="NAME",
+              help="Set a header the web call sends; its value is asked for, or read from stdin, one line per header.")
+@click.option("--remove-secret-header", "drop_headers", multiple=True, metavar="NAME", help="Stop sending this header.")
 @click.pass_context
-def subscriber_set(ctx: click.Context, subscriber_id: int, timeout: float | None, retries: int | None,
-                   description: str | None) -> None:
-    """Change a subscriber's timeout, retries or description; system subscribers too.
+def subscriber_set(ctx: click.Context, subscriber_id: int, command: str | None, program: str | None,
+                   url: str | None, allow_nested_shell: bool, timeout: float | None, retries: int | None,
+                   description: str | None, secret_headers: tuple[str, ...], drop_headers: tuple[str, ...]) -> None:
+    """Change a subscriber: what it runs, its timeout, retries, description or secret headers;
+    system subscribers' settings too (their action is fixed). All or nothing.
 
-    A new backsync timeout applies when ombacksync next starts. Example: `ombridge subscriber set 1 --retries 20`
+    A new backsync timeout applies when ombacksync next starts.
+    Example: `ombridge subscriber set 1 --retries 20` or `ombridge subscriber set 4 --url https://itsm/api/close`
     """
-    catalog.update_subscriber(core(ctx), subscriber_id, timeout=timeout, retries=retries, description=description)
+    given = [(a, t) for a, t in ((ActionKind.COMMAND, command), (ActionKind.PROGRAM, program), (ActionKind.WEB, url))
+             if t is not None]
+    if len(given) > 1:
+        raise UsageError("give at most one of --command, --program or --url")
+    action, target = given[0] if given else (None, None)
+    secrets = {name: read_secret(f"Value of header {name}") for name in secret_headers}
+    catalog.edit_subscriber(core(ctx), subscriber_id, action, target, allow_nested_shell=allow_nested_shell,
+                            timeout=timeout, retries=retries, description=description, secret_headers=secrets,
+                            drop_headers=drop_headers)
     click.echo(f"subscriber {subscriber_id} updated")
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "no"
 
 
 @subscriber.command("list")
@@ -151,7 +173,7 @@ def subscriber_list(ctx: click.Context, as_json: bool) -> None:
     rows = catalog.list_subscribers(core(ctx))
     listing(as_json, rows, "Subscribers",
             ["id", "action", "target", "topics", "sys", "disabled", OPEN, FAILED, "description"],
-            [[r["id"], r["action"], r["target"], r["topics"], r["system"], r["disabled"], r[OPEN], r[FAILED],
+            [[r["id"], r["action"], r["target"], r["topics"], _yes(r["system"]), _yes(r["disabled"]), r[OPEN], r[FAILED],
               r["description"]] for r in rows])
 
 
@@ -166,7 +188,8 @@ def subscriber_show(ctx: click.Context, subscriber_id: int, as_json: bool) -> No
         print_json(s)
         return
     click.echo(f"subscriber {s['id']}: {s['description']}\n  {s['action']}: {s['target']}\n"
-               f"  system {s['system']}, disabled {s['disabled']}, timeout {s['timeout']:g}s, retries {s['retries']}")
+               f"  system {_yes(s['system'])}, disabled {_yes(s['disabled'])}, timeout {s['timeout']:g}s, "
+               f"retries {s['retries']}")
     for t in s["topics"]:
         click.echo(f"  topic {t['pattern']}{' (synchronized)' if t['synchronized'] else ''}")
         for f in t["filters"]:

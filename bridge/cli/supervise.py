@@ -163,7 +163,7 @@ def _print_status(s: dict) -> None:
             line += f", Init running for {ob['init_running_for']:.0f}s"
         if ob.get("pid"):
             line += f", pid {ob['pid']}" + (f", perl {ob['perl']}" if ob.get("perl") else "")
-        line += f", restarts {ob['restarts']}"
+        line += f", restarts after faults {ob['restarts']}"
         if ob.get("retry_in") is not None:
             line += f", next try in {ob['retry_in']:.0f}s"
         click.echo(line)
