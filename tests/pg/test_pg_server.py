@@ -50,7 +50,9 @@ def test_stop_leaves_no_process_and_no_directory():
     try:
         assert conn.execute("SELECT 1").fetchone() == (1,)
         processes = [server.pid, *children(server.pid)]
-        assert len(processes) > 1 and all(alive(p) for p in processes)
+        # (a worker may end between the listing and the look, under load: the postmaster and one
+        # child alive is what the stop below must end)
+        assert alive(server.pid) and any(alive(p) for p in processes[1:])
         server.stop()
     finally:
         conn.close()
