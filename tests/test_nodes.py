@@ -209,3 +209,7 @@ def test_check_db_names_orphaned_claims_and_nodes_forget_releases_them(home: Hom
     assert r.stdout.strip() == "node ghost forgotten; 2 of its claims are due again"
     assert claimed_by(conn, ghost.owner) == 0
     assert omb(home, "check", "--db").stdout.strip() == f"{where}: ok"
+    nodes.join(conn, A, version="1", checksum="c" * 64)
+    header, row = omb(home, "nodes", "list").stdout.splitlines()
+    assert header.split() == ["name", "state", "host", "home", "pid", "seen", "leases", "clock", "script"]
+    assert row.split()[7:] == ["+0.0s", "cccccccccccc"] or row.split()[7].endswith("s")

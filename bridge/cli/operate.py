@@ -134,9 +134,10 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
     from ..nodes import listing as node_listing
 
     rows = node_listing(core(ctx))
-    listing(as_json, rows, "Nodes", ["name", "state", "host", "home", "pid", "seen", "leases", "script"],
+    listing(as_json, rows, "Nodes", ["name", "state", "host", "home", "pid", "seen", "leases", "clock", "script"],
             [[r["name"], r["state"], r["host"], r["home"], r["pid"], f"{r['seen_ago']:.0f}s ago", r["leases"],
-              short_checksum(r["script_checksum"])] for r in rows])
+              "" if r["clock_offset"] is None else f"{r['clock_offset']:+.1f}s", short_checksum(r["script_checksum"])]
+             for r in rows])
 
 
 @nodes.command("forget")
