@@ -64,7 +64,8 @@ def free_port() -> int:
 class PgServer:
     """One throw-away PostgreSQL server (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable  # production's settings (fsync, full pages, synchronous commits) or a throw-away's
         self.bin = bindir()
         self.runs_as: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
@@ -185,6 +186,12 @@ class PgServer:
         with self.admin() as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
+    def durability(self) -> str:
+        """The server's fsync, synchronous_commit and full_page_writes, as a table shows them."""
+        with self.admin() as conn:
+            return ", ".join(f"{name} {conn.execute(f'SHOW {name}').fetchone()[0]}"
+                             for name in ("fsync", "synchronous_commit", "full_page_writes"))
+
     def server_log(self) -> str:
         """What the server wrote to its log so far ('' when there is none)."""
         try:
@@ -210,7 +217,8 @@ class PgServer:
     def _configure(self) -> None:
         settings = {
             "listen_addresses": "'127.0.0.1'", "port": str(self.port), "unix_socket_directories": f"'{self.dir}'",
-            "fsync": "off", "full_page_writes": "off", "synchronous_commit": "off",  # a throw-away server
+            # a throw-away server's, unless asked for production's (the bench: bench/bench_pg.py)
+            **({} if self.durable else {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}),
             "shared_buffers": "32MB", "max_connections": "100", "log_min_messages": "warning",
         }
         conf = os.path.join(self.data, "postgresql.auto.conf")  # ALTER SYSTEM's file: read last, wins
