@@ -74,7 +74,10 @@ def location(home: Home | str) -> tuple[str, str]:
     ``conf/ombridge.conf``, then the default."""
     root = _root(home)
     url = os.environ.get(STORE_ENV, "")
-    section = conf.table(root, "store")
+    try:
+        section = conf.table(root, "store")
+    except conf.ConfError as exc:  # (the store's settings: a store error, as before the one reader)
+        raise StoreError(str(exc)) from None
     values = {name: section.get(name, "") for name in ("url", "node")}
     if any(not isinstance(v, str) for v in values.values()):
         raise StoreError(f"{conf.path(root)}: [store] url and node must be strings")
