@@ -56,6 +56,36 @@ class OmiConfigError(UsageError):
     """``[omi]`` in ``conf/ombridge.conf`` is missing something or holds a bad value."""
 
 
+class Unsendable(UsageError):
+    """A change no retry can send: no OMi event is known behind its external id, or OMi's event
+    id cannot be put into the gateway's URL safely."""
+
+
+def path_segment(omi_id: str) -> str:
+    """OMi's event id as the last segment of the ``event_change`` URL: percent-encoded whole (a
+    ``/``, ``?``, ``#``, ``%`` or space stays part of the id). ``.`` and ``..`` are refused: they
+    are dot segments, which clients and proxies resolve (``event_change/..`` is the
+    synchronization base itself) whether encoded or not; an empty id would name no event."""
+    if omi_id in ("", ".", ".."):
+        shown = "an empty id" if not omi_id else f"the id {omi_id!r}"
+        raise Unsendable(f"OMi's event id cannot be {shown}: it would address another URL of the gateway "
+                         "than the event's; nothing was sent")
+    return quote(omi_id, safe="")
+
+
+def targets(conn: Any, key: Mapping[str, Any]) -> list[str]:
+    """The OMi event ids a change of ``key`` goes to: its ``OMI_ID``, or else every OMi event
+    stored behind its ``ID``. Raises :class:`Unsendable` when there is none, or one cannot be sent."""
+    external = str(key.get("ID", ""))
+    found = [str(key["OMI_ID"])] if key.get("OMI_ID") else omimap.omi_ids(conn, external)
+    if not found:
+        raise Unsendable(f"no OMi event is known behind the external id {external!r}: OMi never forwarded "
+                         "an event with that id to ombridge; give OMi's own event id as OMI_ID in the key")
+    for omi_id in found:
+        path_segment(omi_id)
+    return found
+
+
 @dataclass(frozen=True)
 class OmiConfig:
     """The ``[omi]`` settings of a home."""
@@ -70,7 +100,7 @@ class OmiConfig:
         if not self.gateway:
             raise OmiConfigError(f"[omi] gateway is not set in {CONF_FILE} (e.g. gateway = \"https://omi.example.com\")")
         base = self.gateway.rstrip("/") + SYNC_PATH
-        return base if omi_id is None else base + "event_change/" + quote(omi_id, safe="")
+        return base if omi_id is None else base + "event_change/" + path_segment(omi_id)
 
 
 def load_config(home: Home) -> OmiConfig:
@@ -208,27 +238,26 @@ def deliver(event: Any, timeout: float, cwd: str | None) -> Attempt:
     started = time.time()
     home = Home(cwd or os.getcwd())
     key = event.key
-    external = str(key.get("ID", ""))
     try:
         config = load_config(home)
         auth = _credentials(home, config)
         config.url()
         conn = _conn(home)
-        targets = [str(key["OMI_ID"])] if key.get("OMI_ID") else omimap.omi_ids(conn, external)
-    except UsageError as exc:
-        return Attempt(False, started, time.time(), error=str(exc))
-    if not targets:
-        return Attempt(False, started, time.time(),
-                       error=f"no OMi event is known behind the external id {external!r}: give OMI_ID in the key")
+        omi_ids = targets(conn, key)
+    except UsageError as exc:  # (a setting can be mended and the delivery then goes; an unsendable id never)
+        return Attempt(False, started, time.time(), error=str(exc), final=isinstance(exc, Unsendable))
+    # The loop guard is armed before sending: OMi may forward its echo of this close before its
+    # gateway has answered us (omimap.arm).
+    guard = omimap.arm(conn, str(key["ID"]), omi_ids) if key.get("STATE") == "closed" else None
     outputs = []
-    for omi_id in targets:
+    for n, omi_id in enumerate(omi_ids):
         answer = omihttp.post(config, config.url(omi_id), change_body(omi_id, key), auth, timeout)
         outputs.append(f"{omi_id}: {answer.summary()}")
         if not answer.ok:
+            if guard is not None:  # OMi refused this one (an answer) or may have closed it (none)
+                omimap.disarm(conn, guard, omi_ids[n if answer.status is not None else n + 1:])
             return Attempt(False, started, time.time(), answer.status, "\n".join(outputs)[-OUTPUT_TAIL:],
                            answer.error, final=answer.status in (401, 403, 404))
-    if key.get("STATE") == "closed":
-        omimap.closed_back(conn, external, targets)
     return Attempt(True, started, time.time(), 200, "\n".join(outputs)[-OUTPUT_TAIL:])
 
 
