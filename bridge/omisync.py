@@ -129,14 +129,48 @@ def load_config(home: Home) -> OmiConfig:
             raise OmiConfigError(f"{path}: omi.{name} must be a non-empty string")
     gateway = section.get("gateway")
     if gateway is not None:
-        parts = urlsplit(gateway)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.username:
-            raise OmiConfigError(f"{path}: omi.gateway must be http(s)://HOST[:PORT], without user, path query or "
-                                 f"credentials (got {gateway!r})")
+        _check_gateway(path, gateway)
     ca_file = section.get("ca_file")
     if ca_file is not None:
         ca_file = os.path.join(str(home.root), os.path.expanduser(ca_file))
     return OmiConfig(tuple(candidates), gateway, section.get("user"), ca_file)
+
+
+def _check_gateway(path: object, gateway: str) -> None:
+    """Refuse a gateway URL that is not ``http(s)://HOST[:PORT][/PATH]``; one holding credentials
+    (``USER:PASSWORD@``) without repeating it, since it holds a secret."""
+    if "@" in gateway:
+        raise OmiConfigError(f"{path}: omi.gateway must not hold credentials (USER:PASSWORD@HOST): set omi.user, "
+                             "and store the password with `ombridge omi password` (the value is not repeated "
+                             "here, it holds a secret)")
+    try:
+        parts = urlsplit(gateway)
+        good = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        good = False
+    if not good:
+        raise OmiConfigError(f"{path}: omi.gateway must be https://HOST[:PORT], without query or fragment "
+                             f"(got {gateway!r})")
+
+
+def clear_text_warning(config: OmiConfig) -> str | None:
+    """A warning when the gateway is plain HTTP: the connected server's password goes with every
+    request, readable by anyone on the way. Accepted all the same (a test gateway, a tunnel)."""
+    if config.gateway and urlsplit(config.gateway).scheme == "http":
+        return (f"[omi] gateway {config.gateway} is plain HTTP: the connected server's password, sent with every "
+                "request, crosses the network in clear; use https:// (with [omi] ca_file for a private CA)")
+    return None
+
+
+def setting_warnings(home: Home) -> list[str]:
+    """What ``ombridge check`` says about the sync back's settings: a gateway in plain HTTP, or
+    why ``[omi]`` cannot be used (the sync back would fail every change until it is mended)."""
+    try:
+        warning = clear_text_warning(load_config(home))
+    except OmiConfigError as exc:
+        return [str(exc)]
+    return [warning] if warning else []
 
 
 # -- the password ---------------------------------------------------------------------------------
