@@ -23,7 +23,7 @@ from ... import dialect, store
 from ...errors import BridgeError, NotFound, StoreError, UsageError
 from ...home import Home
 from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, when
-from ..auth import REALM, Authenticator
+from ..auth import REALM, Authenticator, Throttled
 from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +144,10 @@ class Console:
                                          status_code=503, headers={"Retry-After": "5"})
 
         async def guarded_call(request: Request) -> Response:
-            who = await self.sessions.identify(request)
+            try:
+                who = await self.sessions.identify(request)
+            except Throttled as exc:  # Basic credentials from an address that must wait
+                return PlainTextResponse(f"{exc} (429)\n", status_code=429, headers={"Retry-After": str(exc.seconds)})
             if who is None:
                 wants_html = request.method == "GET" and request.query_params.get("format") != "json"
                 if wants_html:
