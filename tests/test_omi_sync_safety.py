@@ -68,6 +68,11 @@ def test_a_close_the_gateway_refused_leaves_no_guard_behind(home: Home, synced, 
     omb(home, "omi", "close", "INC-1")
     wait_for(lambda: _deliveries(home, "omi/change") == [("failed",)], what="the refused close failed")
     assert rows(home, "SELECT closed_back_at FROM omi_events WHERE omi_id = 'omi-1'") == [(None,)]
+    (delivery,) = rows(home, "SELECT se.id FROM subscriber_events se JOIN events e ON e.id = se.event_id "
+                             "WHERE e.topic = 'omi/change'")
+    with synced.client() as http:  # the console names the gateway's answer an HTTP status, not an exit status
+        page = http.get(f"/ui/deliveries/{delivery[0]}").text
+        assert "<dt>HTTP status</dt><dd>403</dd>" in page and "exit status" not in page
     with synced.client() as http:  # so OMi's own close later is a close as always
         assert http.post(change_path("INC-1"), content=_close(), headers=XML).status_code == 200
     wait_for(lambda: recorded(home) == ["INC-1"], what="OMi's close reaching the script")

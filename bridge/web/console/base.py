@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from ... import dialect, store
 from ...errors import BridgeError, NotFound, StoreError, UsageError
 from ...home import Home
-from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, when
+from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, status_name, when
 from ..auth import REALM, Authenticator, Throttled
 from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
 
@@ -76,7 +76,7 @@ class Console:
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(when=when, clock=clock, duration=duration, pretty_json=pretty_json,
                                 compact_json=compact_json, eventmanager_facts=eventmanager_facts,
-                                history_header=history_header, attempt_rounds=attempt_rounds)
+                                history_header=history_header, attempt_rounds=attempt_rounds, status_name=status_name)
 
     # -- the library, off the event loop ---------------------------------------------------------
 
