@@ -4,12 +4,15 @@ The built-in system subscriber (action ``omi``, lane ACTIONS) of topic ``omi/cha
 event into ``POST <gateway>/opr-gateway/rest/9.10/synchronization/event_change/<OMi event id>``
 with HTTP Basic ``[omi] user``:password (docs/omi.md). OMi's event id comes from the key's
 ``OMI_ID``, or from every OMi event stored behind the key's ``ID`` (:mod:`bridge.omimap`); an
-unknown one fails the attempt with a clear error, nothing is guessed.
+unknown one, or an OMi id that cannot be one path segment of the URL (``.``, ``..``, empty), is
+:class:`Unsendable`: refused before anything is stored where the sender asks (:func:`targets`:
+``omi close``, the JSON API), else the delivery fails at once with the reason. Nothing is guessed.
 
 Outcomes: 2xx is done; a gateway that cannot be reached, times out or answers 5xx is an attempt
 that failed and is retried with the Event Manager's backoff; 401/403/404 fail the attempt with
 the gateway's answer in it and fail the delivery at once (no retry can mend them: after fixing
-the password or the user, ``ombridge retry --subscriber ID`` sends it again).
+the password or the user, ``ombridge retry --subscriber ID`` sends it again). A close arms the
+loop guard before it is sent (:func:`bridge.omimap.arm`).
 
 Settings, in ``conf/ombridge.conf``::
 

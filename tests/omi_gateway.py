@@ -22,8 +22,9 @@ SYNC = "/opr-gateway/rest/9.10/synchronization/"
 class Gateway:
     """``url``, ``requests`` (method, path, authorised, body, content type), ``status`` to answer."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, password: str = GW_PASSWORD) -> None:
         self.port = port or free_port()
+        self.password = password
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[dict[str, Any]] = []
         self.status = 200
@@ -43,7 +44,7 @@ class Gateway:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                expected = "Basic " + base64.b64encode(f"{GW_USER}:{GW_PASSWORD}".encode()).decode()
+                expected = "Basic " + base64.b64encode(f"{GW_USER}:{gateway.password}".encode()).decode()
                 authorised = self.headers.get("Authorization") == expected
                 request = {"method": self.command, "path": self.path, "authorised": authorised, "body": body,
                            "type": self.headers.get("Content-Type")}
