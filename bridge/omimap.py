@@ -83,10 +83,11 @@ def arm(conn: sqlite3.Connection, external_id: str, omi_ids_closing: Iterable[st
     OMi may forward its echo of the close before its gateway has answered ombridge, and that
     echo must already find the note. Committed when this returns."""
     ids = list(dict.fromkeys(omi_ids_closing))
-    at = now()
     with transaction(conn):
         before = {r[0]: r[1] for r in conn.execute(
             f"SELECT omi_id, closed_back_at FROM omi_events WHERE omi_id IN ({','.join('?' * len(ids))})", ids)}
+        # (a stamp of its own, never one it replaces: disarm takes back only what this arm wrote)
+        at = max([now(), *(stamp + 1e-3 for stamp in before.values() if stamp is not None)])
         for omi_id in ids:
             conn.execute("INSERT INTO omi_events (omi_id, external_id, received_at, closed_back_at) "
                          "VALUES (?, ?, ?, ?) ON CONFLICT (omi_id) DO UPDATE SET closed_back_at = excluded.closed_back_at",
