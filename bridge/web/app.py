@@ -107,9 +107,13 @@ def store_trouble(home: Any) -> str | None:
     return None
 
 
-async def sendable_change(home: Home, key: dict[str, Any]) -> None:
+async def sendable_change(home: Home, topic: str, key: dict[str, Any]) -> None:
     """422 for an ``omi/change`` that could never reach OMi (no OMi event known behind its ID, an
-    OMi id that cannot be put in a URL): refused now rather than retried for a day."""
+    OMi id that cannot be put in a URL): refused now rather than retried for a day. Other topics,
+    and a change without ID (the event core's 422 says so), pass."""
+    if topic != omitopic.CHANGE_TOPIC or "ID" not in key:
+        return
+
     def check() -> None:
         with store.lend(home) as conn:
             omisync.targets(conn, key)
@@ -236,8 +240,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
         """JSON ``{"topic", "key", "force"}`` -> the event core's send."""
         require_media(request, "json")
         topic, key, force = _event_request(await read_body(request, ctx.max_body))
-        if topic == omitopic.CHANGE_TOPIC and "ID" in key:  # (without ID: the event core's 422 says so)
-            await sendable_change(ctx.home, key)
+        await sendable_change(ctx.home, topic, key)
         try:
             (result,) = await ctx.committer.commit([(topic, key)], force=force)
         except NotFound as exc:
