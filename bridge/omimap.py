@@ -7,8 +7,9 @@ duplicate in OMi), so an external id maps to one or more OMi ids. One row per OM
 - written in the transaction that stores a forwarded ``omi/event`` (:func:`remember`), so that
   the same OMi event sent again, to this node or another, is recognised (:func:`known`) and
   stored only once;
-- read by the sync back (:func:`omi_ids`) and stamped when a close went back to OMi
-  (:func:`closed_back`), so that OMi's echo of that close is recognised (:func:`echoes`).
+- read by the sync back (:func:`omi_ids`) and stamped when a close goes back to OMi, before it
+  is sent (:func:`arm`; :func:`disarm` when OMi refused it), so that OMi's echo of that close is
+  recognised (:func:`echoes`) even when it arrives before the gateway's answer.
 
 The table outlives the events (retention prunes events, not this table): a ticket may be closed
 months after its event was forwarded.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from .store import now, transaction
 
@@ -66,14 +68,45 @@ def omi_ids(conn: sqlite3.Connection, external_id: str) -> list[str]:
                                        "omi_id", (external_id,))]
 
 
-def closed_back(conn: sqlite3.Connection, external_id: str, omi_ids_closed: Iterable[str]) -> None:
-    """Note that OMi accepted a close of these OMi events from ombridge (for the loop guard)."""
-    at = now(conn)
+@dataclass(frozen=True)
+class Guard:
+    """The loop guard armed for one close going back to OMi (:func:`arm`): the stamp it wrote,
+    and what each OMi event held before (absent: ombridge knew no row for it)."""
+
+    external_id: str
+    at: float
+    before: dict[str, float | None]
+
+
+def arm(conn: sqlite3.Connection, external_id: str, omi_ids_closing: Iterable[str]) -> Guard:
+    """Note, **before** the close is sent, that ombridge closes these OMi events (the loop guard):
+    OMi may forward its echo of the close before its gateway has answered ombridge, and that
+    echo must already find the note. Committed when this returns."""
+    ids = list(dict.fromkeys(omi_ids_closing))
     with transaction(conn):
-        for omi_id in omi_ids_closed:
+        before = {r[0]: r[1] for r in conn.execute(
+            f"SELECT omi_id, closed_back_at FROM omi_events WHERE omi_id IN ({','.join('?' * len(ids))})", ids)}
+        # (a stamp of its own, never one it replaces: disarm takes back only what this arm wrote)
+        at = max([now(conn), *(stamp + 1e-3 for stamp in before.values() if stamp is not None)])
+        for omi_id in ids:
             conn.execute("INSERT INTO omi_events (omi_id, external_id, received_at, closed_back_at) "
                          "VALUES (?, ?, ?, ?) ON CONFLICT (omi_id) DO UPDATE SET closed_back_at = excluded.closed_back_at",
                          (omi_id, external_id, at, at))
+    return Guard(external_id, at, before)
+
+
+def disarm(conn: sqlite3.Connection, guard: Guard, omi_ids_not_closed: Iterable[str]) -> None:
+    """Take back :func:`arm`'s note for the OMi events the close certainly did not reach (the
+    gateway refused it, or it was never sent), unless a later close armed them again meanwhile:
+    OMi's own close of them is then a close as always."""
+    with transaction(conn):
+        for omi_id in dict.fromkeys(omi_ids_not_closed):
+            if omi_id in guard.before:
+                conn.execute("UPDATE omi_events SET closed_back_at = ? WHERE omi_id = ? AND closed_back_at = ?",
+                             (guard.before[omi_id], omi_id, guard.at))
+            else:  # the row was made by arm (an OMI_ID given in the key, never forwarded)
+                conn.execute("DELETE FROM omi_events WHERE omi_id = ? AND closed_back_at = ? AND event_id IS NULL",
+                             (omi_id, guard.at))
 
 
 def echoes(conn: sqlite3.Connection, external_ids: Iterable[str], at: float | None = None) -> set[str]:

@@ -4,12 +4,15 @@ The built-in system subscriber (action ``omi``, lane ACTIONS) of topic ``omi/cha
 event into ``POST <gateway>/opr-gateway/rest/9.10/synchronization/event_change/<OMi event id>``
 with HTTP Basic ``[omi] user``:password (docs/omi.md). OMi's event id comes from the key's
 ``OMI_ID``, or from every OMi event stored behind the key's ``ID`` (:mod:`bridge.omimap`); an
-unknown one fails the attempt with a clear error, nothing is guessed.
+unknown one, or an OMi id that cannot be one path segment of the URL (``.``, ``..``, empty), is
+:class:`Unsendable`: refused before anything is stored where the sender asks (:func:`targets`:
+``omi close``, the JSON API), else the delivery fails at once with the reason. Nothing is guessed.
 
 Outcomes: 2xx is done; a gateway that cannot be reached, times out or answers 5xx is an attempt
 that failed and is retried with the Event Manager's backoff; 401/403/404 fail the attempt with
 the gateway's answer in it and fail the delivery at once (no retry can mend them: after fixing
-the password or the user, ``ombridge retry --subscriber ID`` sends it again).
+the password or the user, ``ombridge retry --subscriber ID`` sends it again). A close arms the
+loop guard before it is sent (:func:`bridge.omimap.arm`).
 
 Settings, in ``conf/ombridge.conf``::
 
@@ -56,6 +59,36 @@ class OmiConfigError(UsageError):
     """``[omi]`` in ``conf/ombridge.conf`` is missing something or holds a bad value."""
 
 
+class Unsendable(UsageError):
+    """A change no retry can send: no OMi event is known behind its external id, or OMi's event
+    id cannot be put into the gateway's URL safely."""
+
+
+def path_segment(omi_id: str) -> str:
+    """OMi's event id as the last segment of the ``event_change`` URL: percent-encoded whole (a
+    ``/``, ``?``, ``#``, ``%`` or space stays part of the id). ``.`` and ``..`` are refused: they
+    are dot segments, which clients and proxies resolve (``event_change/..`` is the
+    synchronization base itself) whether encoded or not; an empty id would name no event."""
+    if omi_id in ("", ".", ".."):
+        shown = "an empty id" if not omi_id else f"the id {omi_id!r}"
+        raise Unsendable(f"OMi's event id cannot be {shown}: it would address another URL of the gateway "
+                         "than the event's; nothing was sent")
+    return quote(omi_id, safe="")
+
+
+def targets(conn: Any, key: Mapping[str, Any]) -> list[str]:
+    """The OMi event ids a change of ``key`` goes to: its ``OMI_ID``, or else every OMi event
+    stored behind its ``ID``. Raises :class:`Unsendable` when there is none, or one cannot be sent."""
+    external = str(key.get("ID", ""))
+    found = [str(key["OMI_ID"])] if key.get("OMI_ID") else omimap.omi_ids(conn, external)
+    if not found:
+        raise Unsendable(f"no OMi event is known behind the external id {external!r}: OMi never forwarded "
+                         "an event with that id to ombridge; give OMi's own event id as OMI_ID in the key")
+    for omi_id in found:
+        path_segment(omi_id)
+    return found
+
+
 @dataclass(frozen=True)
 class OmiConfig:
     """The ``[omi]`` settings of a home."""
@@ -70,7 +103,7 @@ class OmiConfig:
         if not self.gateway:
             raise OmiConfigError(f"[omi] gateway is not set in {CONF_FILE} (e.g. gateway = \"https://omi.example.com\")")
         base = self.gateway.rstrip("/") + SYNC_PATH
-        return base if omi_id is None else base + "event_change/" + quote(omi_id, safe="")
+        return base if omi_id is None else base + "event_change/" + path_segment(omi_id)
 
 
 def load_config(home: Home) -> OmiConfig:
@@ -99,14 +132,48 @@ def load_config(home: Home) -> OmiConfig:
             raise OmiConfigError(f"{path}: omi.{name} must be a non-empty string")
     gateway = section.get("gateway")
     if gateway is not None:
-        parts = urlsplit(gateway)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.username:
-            raise OmiConfigError(f"{path}: omi.gateway must be http(s)://HOST[:PORT], without user, path query or "
-                                 f"credentials (got {gateway!r})")
+        _check_gateway(path, gateway)
     ca_file = section.get("ca_file")
     if ca_file is not None:
         ca_file = os.path.join(str(home.root), os.path.expanduser(ca_file))
     return OmiConfig(tuple(candidates), gateway, section.get("user"), ca_file)
+
+
+def _check_gateway(path: object, gateway: str) -> None:
+    """Refuse a gateway URL that is not ``http(s)://HOST[:PORT][/PATH]``; one holding credentials
+    (``USER:PASSWORD@``) without repeating it, since it holds a secret."""
+    if "@" in gateway:
+        raise OmiConfigError(f"{path}: omi.gateway must not hold credentials (USER:PASSWORD@HOST): set omi.user, "
+                             "and store the password with `ombridge omi password` (the value is not repeated "
+                             "here, it holds a secret)")
+    try:
+        parts = urlsplit(gateway)
+        good = parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query and not parts.fragment
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        good = False
+    if not good:
+        raise OmiConfigError(f"{path}: omi.gateway must be https://HOST[:PORT], without query or fragment "
+                             f"(got {gateway!r})")
+
+
+def clear_text_warning(config: OmiConfig) -> str | None:
+    """A warning when the gateway is plain HTTP: the connected server's password goes with every
+    request, readable by anyone on the way. Accepted all the same (a test gateway, a tunnel)."""
+    if config.gateway and urlsplit(config.gateway).scheme == "http":
+        return (f"[omi] gateway {config.gateway} is plain HTTP: the connected server's password, sent with every "
+                "request, crosses the network in clear; use https:// (with [omi] ca_file for a private CA)")
+    return None
+
+
+def setting_warnings(home: Home) -> list[str]:
+    """What ``ombridge check`` says about the sync back's settings: a gateway in plain HTTP, or
+    why ``[omi]`` cannot be used (the sync back would fail every change until it is mended)."""
+    try:
+        warning = clear_text_warning(load_config(home))
+    except OmiConfigError as exc:
+        return [str(exc)]
+    return [warning] if warning else []
 
 
 # -- the password ---------------------------------------------------------------------------------
@@ -208,27 +275,26 @@ def deliver(event: Any, timeout: float, cwd: str | None) -> Attempt:
     started = time.time()
     home = Home(cwd or os.getcwd())
     key = event.key
-    external = str(key.get("ID", ""))
     try:
         config = load_config(home)
         auth = _credentials(home, config)
         config.url()
         conn = _conn(home)
-        targets = [str(key["OMI_ID"])] if key.get("OMI_ID") else omimap.omi_ids(conn, external)
-    except UsageError as exc:
-        return Attempt(False, started, time.time(), error=str(exc))
-    if not targets:
-        return Attempt(False, started, time.time(),
-                       error=f"no OMi event is known behind the external id {external!r}: give OMI_ID in the key")
+        omi_ids = targets(conn, key)
+    except UsageError as exc:  # (a setting can be mended and the delivery then goes; an unsendable id never)
+        return Attempt(False, started, time.time(), error=str(exc), final=isinstance(exc, Unsendable))
+    # The loop guard is armed before sending: OMi may forward its echo of this close before its
+    # gateway has answered us (omimap.arm).
+    guard = omimap.arm(conn, str(key["ID"]), omi_ids) if key.get("STATE") == "closed" else None
     outputs = []
-    for omi_id in targets:
+    for n, omi_id in enumerate(omi_ids):
         answer = omihttp.post(config, config.url(omi_id), change_body(omi_id, key), auth, timeout)
         outputs.append(f"{omi_id}: {answer.summary()}")
         if not answer.ok:
+            if guard is not None:  # OMi refused this one (an answer) or may have closed it (none)
+                omimap.disarm(conn, guard, omi_ids[n if answer.status is not None else n + 1:])
             return Attempt(False, started, time.time(), answer.status, "\n".join(outputs)[-OUTPUT_TAIL:],
                            answer.error, final=answer.status in (401, 403, 404))
-    if key.get("STATE") == "closed":
-        omimap.closed_back(conn, external, targets)
     return Attempt(True, started, time.time(), 200, "\n".join(outputs)[-OUTPUT_TAIL:])
 
 

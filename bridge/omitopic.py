@@ -42,14 +42,17 @@ def close_key(event_id: str, annotation: str | None = None) -> dict[str, str]:
 
 def send_close(home: Home, event_id: str, annotation: str | None = None,
                on_stored: Callable[[], None] | None = None) -> int:
-    """Store ``omi/change`` for a close of ``event_id``; returns the event id."""
+    """Store ``omi/change`` for a close of ``event_id``; returns the event id. Refused at once
+    (:class:`bridge.omisync.Unsendable`, nothing stored) when no OMi event is known behind it."""
+    from .omisync import targets
     from .sending import send
 
+    key = close_key(event_id, annotation)
     conn = store.connect(home)
     try:
+        targets(conn, key)
         ensure_subscriber(conn)
-        result = send(conn, CHANGE_TOPIC, close_key(event_id, annotation), force=True, cwd=str(home.root),
-                      on_stored=on_stored)
+        result = send(conn, CHANGE_TOPIC, key, force=True, cwd=str(home.root), on_stored=on_stored)
     finally:
         conn.close()
     assert result.event_id is not None

@@ -72,6 +72,25 @@ def attempt_rounds(attempts: list[dict[str, Any]]) -> int:
     return max((a["round"] for a in attempts), default=0)
 
 
+def _calls_a_url(action: str) -> bool:
+    """Whether an action's status is an HTTP status: a web call, the sync back to OMi's gateway."""
+    from .model import ActionKind
+
+    return action in (ActionKind.WEB, ActionKind.OMI)
+
+
+def status_name(action: str) -> str:
+    """What an attempt's status number is: ``HTTP status`` or ``exit status``."""
+    return "HTTP status" if _calls_a_url(action) else "exit status"
+
+
+def attempt_status(action: str, exit_status: int | None) -> str:
+    """An attempt's status in words: ``HTTP 401``, ``exit status 7``; "" when it has none."""
+    if exit_status is None:
+        return ""
+    return f"HTTP {exit_status}" if _calls_a_url(action) else f"exit status {exit_status}"
+
+
 def history_header(delivery: dict[str, Any]) -> str:
     """A delivery's state and what its history lists: ``failed, 4 attempts in 2 rounds (retried
     once), 1 retry allowed per round``."""

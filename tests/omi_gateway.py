@@ -1,12 +1,15 @@
 """A stand-in for OMi's gateway: a real HTTP server on 127.0.0.1 that implements the sync-back
 path (``/opr-gateway/rest/9.10/synchronization/``), checks HTTP Basic credentials and records
-every request it got. Its answer can be set (``status``); it can be started late (``down``)."""
+every request it got. Its answer can be set (``status``); it can be started late (``down``);
+``before_answer`` (a callable given each request) runs before it answers, e.g. to forward OMi's
+echo of a close to the listener while ombridge still waits for the gateway."""
 
 from __future__ import annotations
 
 import base64
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,13 @@ SYNC = "/opr-gateway/rest/9.10/synchronization/"
 class Gateway:
     """``url``, ``requests`` (method, path, authorised, body, content type), ``status`` to answer."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, password: str = GW_PASSWORD) -> None:
         self.port = port or free_port()
+        self.password = password
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[dict[str, Any]] = []
         self.status = 200
+        self.before_answer: Callable[[dict[str, Any]], None] | None = None
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
 
@@ -39,11 +44,14 @@ class Gateway:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                expected = "Basic " + base64.b64encode(f"{GW_USER}:{GW_PASSWORD}".encode()).decode()
+                expected = "Basic " + base64.b64encode(f"{GW_USER}:{gateway.password}".encode()).decode()
                 authorised = self.headers.get("Authorization") == expected
+                request = {"method": self.command, "path": self.path, "authorised": authorised, "body": body,
+                           "type": self.headers.get("Content-Type")}
                 with gateway._lock:
-                    gateway.requests.append({"method": self.command, "path": self.path, "authorised": authorised,
-                                             "body": body, "type": self.headers.get("Content-Type")})
+                    gateway.requests.append(request)
+                if gateway.before_answer is not None:
+                    gateway.before_answer(request)
                 status = gateway.status if authorised else 401
                 if not self.path.startswith(SYNC):
                     status = 404

@@ -365,3 +365,27 @@ def test_disabling_a_system_subscriber_asks_first_and_says_what_it_refuses(home:
     assert json.loads(omb(home, "subscriber", "show", str(sid), "--json").stdout)["disabled"] == 1
     page.click("button:text('Enable')")
     expect(page.locator(".flash.ok")).to_have_text(f"subscriber {sid} enabled")
+
+
+def test_an_operator_locked_out_by_wrong_passwords_is_told_to_wait_then_gets_in(home: Home, listening, page) -> None:
+    srv = listening()
+    page.goto(srv.url + "/ui/status")
+    flash = page.locator(".flash.error")
+
+    def submit(password: str) -> str:
+        page.fill("input[name=user]", USER)
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit]")
+        page.wait_for_load_state()
+        return flash.inner_text() if flash.count() else ""
+
+    wrong = 0
+    while wrong < 5:  # five checked failures: the address then waits 2 s between checks
+        said = submit(f"guess-{wrong}")
+        assert "wrong user name or password" in said or "too many failed logins" in said, said
+        wrong += "wrong user name or password" in said
+    said = submit(PASSWORD)  # the right password, too soon: told to wait, not that it is wrong
+    assert re.fullmatch(r"too many failed logins from this address: wait \d s, then try again", said), said
+    assert "/ui/login" in page.url and page.input_value("input[name=user]") == USER
+    wait_for(lambda: not submit(PASSWORD), timeout=30, what="the login admitted after the wait")
+    page.wait_for_url(re.compile(r"/ui/status$"))

@@ -78,6 +78,34 @@ def test_login_sets_a_strict_session_cookie_and_logout_ends_it(home: Home, liste
         assert c.get("/ui/status").status_code == 303
 
 
+def test_a_throttled_address_is_told_to_wait_even_with_the_right_password(home: Home, listening) -> None:
+    srv = listening()
+    with srv.client(auth=None, follow_redirects=False) as c:
+
+        def log_in(password: str) -> Any:
+            page = c.get("/ui/login")
+            return c.post("/ui/login", data={"token": form_token(page.text, "token"), "user": USER,
+                                             "password": password, "next": "/ui/events"})
+
+        failures, deadline = 0, time.monotonic() + 60
+        while failures < 5:  # five checked failures: the address then waits 2 s before the next check
+            r = log_in(f"wrong-{failures}")
+            assert r.status_code in (401, 429) and time.monotonic() < deadline, r.status_code
+            failures += r.status_code == 401
+            if r.status_code == 429:
+                time.sleep(0.05)  # (the throttle's own interval, not a synchronisation)
+        r = log_in(PASSWORD)  # the right one, from the throttled address: not even checked
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 8, r.status_code
+        text = html.unescape(r.text)
+        assert "too many failed logins from this address: wait" in text and "then try again" in text
+        assert "wrong user name or password" not in text
+        assert 'name="password"' in r.text and f'value="{USER}"' in r.text and 'value="/ui/events"' in r.text
+        assert not any(v.startswith("ombridge_session=") for v in r.headers.get_list("set-cookie"))
+    with srv.client(auth=(USER, "yet-another-guess")) as basic:  # HTTP Basic on a console page: the same
+        r = basic.get("/ui/status?format=json")
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1 and "wait" in r.text
+
+
 @pytest.mark.both_stores
 def test_a_session_ends_when_the_user_is_removed_or_changes_password(home: Home, listening) -> None:
     srv = listening()

@@ -55,6 +55,25 @@ def test_event_counts_and_known_omi_ids(conn: Any) -> None:
     assert omimap.omi_ids(conn, "ext-1") == ["omi-1"] and omimap.omi_ids(conn, "ext-2") == []
 
 
+def test_the_loop_guard_is_armed_and_taken_back_row_by_row(conn: Any) -> None:
+    omimap.remember(conn, [("omi-1", "ext-1", None), ("omi-2", "ext-1", None)])
+    first = omimap.arm(conn, "ext-1", ["omi-1", "omi-2"])
+    assert omimap.echoes(conn, ["ext-1", "ext-2"]) == {"ext-1"}
+    omimap.disarm(conn, first, ["omi-2"])  # omi-2 refused: only omi-1's close stays armed
+    assert [r[0] is not None for r in conn.execute("SELECT closed_back_at FROM omi_events ORDER BY omi_id")] \
+        == [True, False]
+    omimap.disarm(conn, first, ["omi-1"])
+    assert omimap.echoes(conn, ["ext-1"]) == set()
+    given = omimap.arm(conn, "ext-3", ["omi-9"])  # an OMI_ID OMi never forwarded: its row goes with the guard
+    assert omimap.echoes(conn, ["ext-3"]) == {"ext-3"}
+    omimap.disarm(conn, given, ["omi-9"])
+    assert omimap.omi_ids(conn, "ext-3") == []
+    second = omimap.arm(conn, "ext-1", ["omi-1"])
+    third = omimap.arm(conn, "ext-1", ["omi-1"])  # armed again meanwhile: the older guard takes nothing back
+    omimap.disarm(conn, second, ["omi-1"])
+    assert omimap.echoes(conn, ["ext-1"]) == {"ext-1"} and third.at >= second.at
+
+
 def test_reclaiming_a_prefix_does_not_treat_underscore_as_a_wildcard(conn: Any) -> None:
     catalog.add_topic(conn, "t/x", ["K"])
     sid = catalog.add_subscriber(conn, ActionKind.COMMAND, "true")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import rich_click as click
 
-from .. import nodes, protocol, store
+from .. import nodes, omisync, protocol, store
 from ..errors import ScriptSyntaxError
 from ..model import Attempt
 from ..perlenv import load_settings
@@ -68,8 +68,7 @@ def check(ctx: click.Context, database: bool, perl: str | None) -> None:
     except ScriptSyntaxError as exc:
         click.echo(exc.message, err=True)
         sys.exit(1)
-    warning = permission_warning(home.script)
-    if warning:
+    for warning in filter(None, [permission_warning(home.script), *omisync.setting_warnings(home)]):
         click.echo(f"ombridge: warning: {warning}", err=True)
     click.echo(text.rstrip("\n"))
 

@@ -64,6 +64,21 @@ def home_of(ctx: click.Context) -> Home:
     return obj["home"]
 
 
+# The commands that read a secret take extra words on their command line without complaint from
+# click (whose refusal would repeat them, and a password typed there is one of them), so that
+# refuse_secret_words says what to do instead, repeating none of them.
+SECRET_WORDS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def refuse_secret_words(ctx: click.Context, command: str) -> None:
+    """Refuse a command given more words than it takes, without repeating them: one of them may
+    be the password, typed where ``ps`` shows it to every user of the machine."""
+    if ctx.args:
+        raise UsageError(f"{command} takes no further word on the command line (a password there can be read "
+                         f"by every user of the machine): nothing was changed; type the password at the prompt, or "
+                         f"give it on stdin: printf '%s\\n' \"$PW\" | ombridge {command}")
+
+
 def read_secret(what: str, confirm: bool = False) -> str:
     """A secret from the terminal (asked for, not echoed; twice with ``confirm``) or, when stdin is
     not a terminal, from its next line: never from the command line, where `ps` would show it."""

@@ -12,7 +12,7 @@ from .. import catalog, deliveries, events, ledger
 from ..control import ring
 from ..errors import UsageError
 from ..model import ActionKind, DeliveryStatus
-from ..wording import attempt_rounds, history_header
+from ..wording import attempt_rounds, attempt_status, history_header
 from .base import (LIMIT, RETRIES, ROW_ID, SECONDS, core, home_of, json_option, listing, main, print_json,
                    read_secret, when)
 from .report import print_send
@@ -390,7 +390,7 @@ def deliveries_show(ctx: click.Context, delivery_id: int, as_json: bool) -> None
             shown = a["round"]
             click.echo(f"  round {a['round']}" + (" (retried)" if a["round"] > 1 else ""))
         outcome = "ok" if a["ok"] else f"failed: {a['error']}"
-        status = "" if a["exit_status"] is None else f", exit status {a['exit_status']}"
+        status = "" if a["exit_status"] is None else f", {attempt_status(d['action'], a['exit_status'])}"
         click.echo(f"  attempt {a['n']}: {when(a['started_at'])} -> {when(a['ended_at'])} "
                    f"({a['ended_at'] - a['started_at']:.3f}s){status}, {outcome}")
         if a["output"]:

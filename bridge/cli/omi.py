@@ -10,7 +10,7 @@ from __future__ import annotations
 import rich_click as click
 
 from ..control import ring
-from .base import home_of, main, read_secret
+from .base import SECRET_WORDS, home_of, main, read_secret, refuse_secret_words
 
 
 @main.group()
@@ -18,13 +18,14 @@ def omi() -> None:
     """Sync back to OMi: changes of OMi events sent to OMi's gateway (docs/omi.md)."""
 
 
-@omi.command("password")
+@omi.command("password", context_settings=SECRET_WORDS)
 @click.pass_context
 def omi_password(ctx: click.Context) -> None:
     """Store the password of OMi's connected server (its incoming connection), asked for or read
     from stdin's first line. Example: `printf '%s\\n' "$PW" | ombridge omi password`"""
     from ..omisync import set_password
 
+    refuse_secret_words(ctx, "omi password")
     set_password(home_of(ctx), read_secret("Password", confirm=True))
     click.echo("OMi password stored")
 
@@ -34,8 +35,11 @@ def omi_password(ctx: click.Context) -> None:
 def omi_test(ctx: click.Context) -> None:
     """HEAD OMi's gateway with the stored credentials; one line saying what answered.
     Example: `ombridge omi test`"""
-    from ..omisync import test_gateway
+    from ..omisync import clear_text_warning, load_config, test_gateway
 
+    warning = clear_text_warning(load_config(home_of(ctx)))
+    if warning:
+        click.echo(f"ombridge: warning: {warning}", err=True)
     click.echo(test_gateway(home_of(ctx)))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import rich_click as click
 
 from ..errors import UsageError
-from .base import core, json_option, listing, main, read_secret, when
+from .base import SECRET_WORDS, core, json_option, listing, main, read_secret, refuse_secret_words, when
 
 
 @main.group()
@@ -17,7 +17,7 @@ def user() -> None:
     """Users of the HTTP listener (OMi's connected server, the event API): HTTP Basic credentials."""
 
 
-@user.command("add")
+@user.command("add", context_settings=SECRET_WORDS)
 @click.argument("name")
 @click.pass_context
 def user_add(ctx: click.Context, name: str) -> None:
@@ -28,6 +28,7 @@ def user_add(ctx: click.Context, name: str) -> None:
     """
     from ..web.users import add_user, check_name
 
+    refuse_secret_words(ctx, "user add NAME")
     check_name(name)
     conn = core(ctx)
     if _exists(conn, name):  # said before a password is typed for nothing (add_user checks again)
@@ -42,7 +43,7 @@ def _exists(conn: object, name: str) -> bool:
     return any(u["name"] == name for u in list_users(conn))  # type: ignore[arg-type]
 
 
-@user.command("passwd")
+@user.command("passwd", context_settings=SECRET_WORDS)
 @click.argument("name")
 @click.pass_context
 def user_passwd(ctx: click.Context, name: str) -> None:
@@ -53,6 +54,7 @@ def user_passwd(ctx: click.Context, name: str) -> None:
     from ..errors import NotFound
     from ..web.users import set_password
 
+    refuse_secret_words(ctx, "user passwd NAME")
     conn = core(ctx)
     if not _exists(conn, name):  # said before a password is typed for nothing
         raise NotFound(f"no user {name}")

@@ -39,7 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .. import dialect, events, metrics, store
+from .. import dialect, events, metrics, omisync, omitopic, store
 from ..backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
 from ..errors import BridgeError, NotFound, UsageError
 from ..home import Home
@@ -108,6 +108,25 @@ def store_trouble(home: Any) -> str | None:
     except (BridgeError, *dialect.errors()) as exc:
         return " ".join(str(exc).split())
     return None
+
+
+async def sendable_change(home: Home, topic: str, key: dict[str, Any]) -> None:
+    """422 for an ``omi/change`` that could never reach OMi (no OMi event known behind its ID, an
+    OMi id that cannot be put in a URL): refused now rather than retried for a day. Other topics,
+    and a change without ID (the event core's 422 says so), pass."""
+    if topic != omitopic.CHANGE_TOPIC or "ID" not in key:
+        return
+
+    def check() -> None:
+        with store.lend(home) as conn:
+            omisync.targets(conn, key)
+    try:
+        await run_in_threadpool(check)
+    except omisync.Unsendable as exc:
+        raise Refused(422, str(exc)) from exc
+    except (BridgeError, *dialect.errors()) as exc:  # the database is away: OMi's answer to a commit too
+        raise Refused(503, f"the event core cannot be reached now: {' '.join(str(exc).split())}",
+                      {"Retry-After": "5"}) from exc
 
 
 def _unreachable(reason: str) -> Response:
@@ -224,6 +243,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
         """JSON ``{"topic", "key", "force"}`` -> the event core's send."""
         require_media(request, "json")
         topic, key, force = _event_request(await read_body(request, ctx.max_body))
+        await sendable_change(ctx.home, topic, key)
         try:
             (result,) = await ctx.committer.commit([(topic, key)], force=force)
         except NotFound as exc:

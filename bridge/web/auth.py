@@ -46,6 +46,15 @@ MAX_DELAY = 8.0
 PUBLIC = frozenset({"/healthz"})
 
 
+class Throttled(Exception):
+    """Too many failed logins from the client's address: answered 429 with ``Retry-After``
+    (``seconds``), without checking the password, by HTTP Basic and the console alike."""
+
+    def __init__(self, wait: float) -> None:
+        self.seconds = max(1, math.ceil(wait))
+        super().__init__(f"too many failed logins from this address: wait {self.seconds} s, then try again")
+
+
 class _Seen:
     __slots__ = ("failures", "last", "next_at", "in_flight")
 
@@ -257,9 +266,10 @@ class BasicAuthMiddleware:
         client = scope.get("client")
         user, wait = await self.auth.attempt(header, client[0] if client else "?")
         if wait:
-            body = f"too many failed logins from this address: retry in {math.ceil(wait)} s\n".encode()
+            throttled = Throttled(wait)
+            body = f"{throttled}\n".encode()
             await send({"type": "http.response.start", "status": 429, "headers": [
-                (b"retry-after", str(math.ceil(wait)).encode()), (b"content-type", b"text/plain; charset=utf-8"),
+                (b"retry-after", str(throttled.seconds).encode()), (b"content-type", b"text/plain; charset=utf-8"),
                 (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
             return

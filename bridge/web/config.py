@@ -11,11 +11,13 @@ tls_cert = "conf/tls/cert.pem"     # relative paths are under the home
 tls_key  = "conf/tls/key.pem"
 omi_base = "/omi"                  # where OMi's connected server points
 max_body = 1048576                 # bytes; a larger request body is refused with 413
+trusted_proxies = ["127.0.0.1"]    # reverse proxies whose X-Forwarded-For/-Proto count; default none
 ```
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -27,7 +29,7 @@ from ..home import Home
 CONF_FILE = os.path.join("conf", "ombridge.conf")
 DEFAULT_BASE = "/omi"
 DEFAULT_MAX_BODY = 1 << 20
-_KEYS = {"address", "tls_cert", "tls_key", "omi_base", "max_body"}
+_KEYS = {"address", "tls_cert", "tls_key", "omi_base", "max_body", "trusted_proxies"}
 _BASE_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 _ADDRESS_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})")
 
@@ -42,11 +44,23 @@ class ListenConfig:
     tls_key: str | None = None
     omi_base: str = DEFAULT_BASE
     max_body: int = DEFAULT_MAX_BODY
+    trusted_proxies: tuple[str, ...] = ()  # networks, as written by trusted_proxies()
 
     @property
     def tls(self) -> bool:
         """True when the listener speaks HTTPS only."""
         return self.tls_cert is not None
+
+    def forwarded_allow_ips(self) -> list[str]:
+        """The proxies whose ``X-Forwarded-*`` headers count, as uvicorn takes them: each network,
+        and for IPv4 its IPv4-mapped IPv6 form too (how an IPv4 client looks on a ``[::]`` socket)."""
+        allowed = []
+        for text in self.trusted_proxies:
+            net = ipaddress.ip_network(text)
+            allowed.append(str(net))
+            if net.version == 4:
+                allowed.append(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+        return allowed
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -108,7 +122,26 @@ def resolve(home: Home, address: str | None = None, tls_cert: str | None = None,
         raise UsageError(f"bad OMi base path {base!r}: one or more /segments of letters, digits, . _ ~ -")
     if base.startswith(("/api/", "/healthz", "/metrics")) or base == "/api":
         raise UsageError(f"the OMi base path {base} would hide one of ombridge's own paths")
-    return ListenConfig(host, port, _under(home, cert), _under(home, key), base, max_body)
+    return ListenConfig(host, port, _under(home, cert), _under(home, key), base, max_body,
+                        trusted_proxies(conf.get("trusted_proxies", [])))
+
+
+def trusted_proxies(value: object) -> tuple[str, ...]:
+    """``listen.trusted_proxies``: the reverse proxies (IP addresses or networks) whose
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` the listener believes. None by default: a
+    client that could set them would choose the address the login throttle counts, and whether
+    the console's cookies are ``Secure``."""
+    example = 'e.g. trusted_proxies = ["127.0.0.1", "10.1.0.0/16"]'
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"{CONF_FILE}: listen.trusted_proxies is a list of IP addresses or networks ({example})")
+    networks = []
+    for text in value:
+        try:
+            networks.append(str(ipaddress.ip_network(text.strip())))
+        except ValueError as exc:
+            raise UsageError(f"{CONF_FILE}: listen.trusted_proxies: {text!r} is not an IP address or network "
+                             f"({exc}; {example})") from None
+    return tuple(networks)
 
 
 def _text(conf: dict[str, object], name: str) -> str | None:

@@ -192,7 +192,10 @@ class Listener:
         sock = self._bind()
         try:
             # ssl_context_factory (uvicorn's public hook): our context, Mozilla intermediate
+            # X-Forwarded-For/-Proto only from the proxies named in listen.trusted_proxies (uvicorn
+            # would believe 127.0.0.1's: any local client could pick the address the throttle counts)
             uv = uvicorn.Config(create_app(self.ctx), http=_BoundedProtocol, lifespan="off", log_config=None,
+                                proxy_headers=bool(cfg.trusted_proxies), forwarded_allow_ips=cfg.forwarded_allow_ips(),
                                 access_log=False, server_header=False, timeout_keep_alive=30,
                                 timeout_graceful_shutdown=DRAIN_TIMEOUT, limit_concurrency=2048,
                                 ssl_context_factory=(lambda config, default: context) if context else None)
@@ -216,7 +219,8 @@ class Listener:
             time.sleep(0.005)
         self._change_state(ListenerState.LISTENING)
         self.started_at = time.time()
-        log.info("listening on %s (OMi base %s, body limit %d bytes)", self.url, cfg.omi_base, cfg.max_body)
+        log.info("listening on %s (OMi base %s, body limit %d bytes, X-Forwarded-For/-Proto believed from %s)",
+                 self.url, cfg.omi_base, cfg.max_body, ", ".join(cfg.trusted_proxies) or "no proxy")
 
     def _bind(self) -> socket.socket:
         cfg = self.config
@@ -296,6 +300,7 @@ class Listener:
         host, port = self.address or (self.config.host, self.config.port)
         return {"state": state.value, "host": host, "port": port, "url": self.url, "tls": self.config.tls,
                 "omi_base": self.config.omi_base, "max_body": self.config.max_body,
+                "trusted_proxies": list(self.config.trusted_proxies),
                 "requests": self.ctx.requests, "by_status": {str(k): v for k, v in sorted(self.ctx.by_status.items())},
                 "auth_failures": self.authenticator.failures, "auth_throttled": self.authenticator.throttled,
                 **self.committer.status()}

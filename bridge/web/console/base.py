@@ -22,8 +22,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from ... import dialect, nodes, store
 from ...errors import BridgeError, NotFound, StoreError, UsageError
 from ...home import Home
-from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, when
-from ..auth import REALM, Authenticator
+from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, status_name, when
+from ..auth import REALM, Authenticator, Throttled
 from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
 
 HERE = Path(__file__).resolve().parent
@@ -76,7 +76,7 @@ class Console:
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(when=when, clock=clock, duration=duration, pretty_json=pretty_json,
                                 compact_json=compact_json, eventmanager_facts=eventmanager_facts,
-                                history_header=history_header, attempt_rounds=attempt_rounds,
+                                history_header=history_header, attempt_rounds=attempt_rounds, status_name=status_name,
                                 short_checksum=nodes.short_checksum)
 
     # -- the library, off the event loop ---------------------------------------------------------
@@ -145,7 +145,10 @@ class Console:
                                          status_code=503, headers={"Retry-After": "5"})
 
         async def guarded_call(request: Request) -> Response:
-            who = await self.sessions.identify(request)
+            try:
+                who = await self.sessions.identify(request)
+            except Throttled as exc:  # Basic credentials from an address that must wait
+                return PlainTextResponse(f"{exc} (429)\n", status_code=429, headers={"Retry-After": str(exc.seconds)})
             if who is None:
                 wants_html = request.method == "GET" and request.query_params.get("format") != "json"
                 if wants_html:

@@ -19,6 +19,7 @@ from ...errors import BridgeError, ScriptSyntaxError, StoreError, UsageError
 from ...perlenv import load_settings
 from ...perlhost import check_syntax
 from ...wording import restarted
+from ..auth import Throttled
 from .base import Console, Refusal, form, is_tls, number, read_form
 from .chart import render, summary, table
 from .session import LOGIN_COOKIE, SESSION_COOKIE, COOKIE_PATH, set_cookie
@@ -44,13 +45,13 @@ class Pages:
     # -- login ----------------------------------------------------------------------------------
 
     async def login_form(self, request: Request, message: str = "", status_code: int = 200,
-                         user: str = "", nxt: str | None = None) -> Response:
+                         user: str = "", nxt: str | None = None, headers: dict[str, str] | None = None) -> Response:
         """The login form (after a failed login: with the user name typed); its token is
         double-submitted in a cookie."""
         token = self.c.sessions.login_token()
         nxt = request.query_params.get("next", "/ui/status") if nxt is None else nxt
         html = self.c.env.get_template("login.html").render(token=token, next=nxt, message=message, user=user)
-        response = HTMLResponse(html, status_code=status_code)
+        response = HTMLResponse(html, status_code=status_code, headers=headers)
         set_cookie(response, LOGIN_COOKIE, token, is_tls(request), max_age=3600)
         return response
 
@@ -65,15 +66,16 @@ class Pages:
             return PlainTextResponse("refused: missing or wrong login token (403); reload the login page\n",
                                      status_code=403)
         client = request.client
+        again = {"user": fields.get("user", ""), "nxt": fields.get("next", "/ui/status")}  # the form, filled again
         try:
             session = await self.c.sessions.login(fields.get("user", ""), fields.get("password", ""),
                                                   client.host if client else "?")
+        except Throttled as exc:  # as HTTP Basic answers: the password was not even checked
+            return await self.login_form(request, str(exc), 429, headers={"Retry-After": str(exc.seconds)}, **again)
         except (StoreError, *dialect.errors()) as exc:  # the database is away: the session cannot be kept
-            return await self.login_form(request, f"the event core cannot be reached now: {exc}", 503,
-                                         user=fields.get("user", ""), nxt=fields.get("next", "/ui/status"))
+            return await self.login_form(request, f"the event core cannot be reached now: {exc}", 503, **again)
         if session is None:
-            return await self.login_form(request, "wrong user name or password", 401, user=fields.get("user", ""),
-                                         nxt=fields.get("next", "/ui/status"))
+            return await self.login_form(request, "wrong user name or password", 401, **again)
         nxt = fields.get("next", "")
         if not nxt.startswith("/ui/") or nxt.startswith("//"):  # never redirect off the console
             nxt = "/ui/status"

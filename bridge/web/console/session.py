@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ...store import transaction
-from ..auth import Authenticator
+from ..auth import Authenticator, Throttled
 
 SESSION_COOKIE = "ombridge_session"
 LOGIN_COOKIE = "ombridge_login"
@@ -97,11 +97,12 @@ class Sessions:
 
     async def login(self, name: str, password: str, address: str) -> str | None:
         """A session cookie value when ``name``/``password`` are a user's, else None (and the
-        failure is counted and throttled like a failed Basic login)."""
+        failure is counted and throttled like a failed Basic login: :class:`Throttled` while the
+        address must wait, the password unchecked)."""
         # The Authenticator checks Basic headers; building one keeps one password check, one
         # cache and one throttle for both ways in.
         header = b"Basic " + base64.b64encode(name.encode() + b":" + password.encode())
-        user = await self.auth.check(header, address)
+        user = await self._check(header, address)
         if user is None:
             return None
         session_id = _b64(secrets.token_bytes(32))
@@ -109,7 +110,8 @@ class Sessions:
         return session_id if opened else None
 
     async def identify(self, request: Request) -> tuple[str, str] | None:
-        """(user, session id) of a valid session cookie, or (user, "") for valid Basic credentials."""
+        """(user, session id) of a valid session cookie, or (user, "") for valid Basic credentials
+        (:class:`Throttled` for Basic credentials from an address that must wait)."""
         session_id = request.cookies.get(SESSION_COOKIE)
         if session_id:
             user = await self.core(session_user, _digest(session_id), self.clock())
@@ -117,10 +119,16 @@ class Sessions:
         header = request.headers.get("authorization")
         if header and header[:6].lower() == "basic ":
             client = request.client
-            user = await self.auth.check(header.encode("latin-1"), client.host if client else "?")
+            user = await self._check(header.encode("latin-1"), client.host if client else "?")
             if user is not None:
                 return user, ""
         return None
+
+    async def _check(self, header: bytes, address: str) -> str | None:
+        user, wait = await self.auth.attempt(header, address)
+        if wait:
+            raise Throttled(wait)
+        return user
 
     async def end(self, session_id: str) -> None:
         """Log out: the session is refused from now on, even if its cookie was copied."""
