@@ -56,11 +56,9 @@ def problem(root: os.PathLike[str] | str) -> str | None:
     except OSError as exc:
         return f"cannot read {path(root)}: {exc.strerror or exc} (the next start or restart fails)"
     try:
-        unknown = set(_parse(root, data)) - set(TABLES)
+        _parse(root, data)
     except ConfError as exc:
         return f"{exc} (the next start or restart fails)"
-    if unknown:
-        return f"{path(root)}: unknown table(s) {', '.join(sorted(unknown))} (known: {', '.join(TABLES)})"
     return None
 
 
@@ -68,6 +66,11 @@ def _parse(root: os.PathLike[str] | str, data: bytes) -> dict[str, object]:
     import tomllib
 
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        parsed = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfError(f"{path(root)} is not valid TOML: {exc}") from None
+    unknown = set(parsed) - set(TABLES)  # (a typo'd table would be silently ignored)
+    if unknown:
+        raise ConfError(f"{path(root)}: unknown setting(s) {', '.join(sorted(unknown))} (known tables: "
+                        f"{', '.join(f'[{t}]' for t in TABLES)})")
+    return parsed

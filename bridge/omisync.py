@@ -35,18 +35,16 @@ import re
 import sqlite3
 import threading
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from . import omimap, store
+from . import conf, omimap, store
 from .errors import UsageError
 from .home import Home
 from .model import OUTPUT_TAIL, Attempt
 
-CONF_FILE = os.path.join("conf", "ombridge.conf")
 PASSWORD_FILE = os.path.join("conf", "omi-password")
 SYNC_PATH = "/opr-gateway/rest/9.10/synchronization/"
 NS = "http://www.hp.com/2009/software/opr/data_model"
@@ -101,23 +99,18 @@ class OmiConfig:
     def url(self, omi_id: str | None = None) -> str:
         """The synchronization base (the ping), or the ``event_change`` URL of ``omi_id``."""
         if not self.gateway:
-            raise OmiConfigError(f"[omi] gateway is not set in {CONF_FILE} (e.g. gateway = \"https://omi.example.com\")")
+            raise OmiConfigError(f"[omi] gateway is not set in {conf.CONF_FILE} (e.g. gateway = \"https://omi.example.com\")")
         base = self.gateway.rstrip("/") + SYNC_PATH
         return base if omi_id is None else base + "event_change/" + path_segment(omi_id)
 
 
 def load_config(home: Home) -> OmiConfig:
     """The home's ``[omi]`` settings (defaults when there are none); :class:`OmiConfigError` for a bad one."""
-    path = home.root / CONF_FILE
+    path = conf.path(home.root)
     try:
-        with open(path, "rb") as f:
-            section = tomllib.load(f).get("omi", {})
-    except FileNotFoundError:
-        return OmiConfig()
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise OmiConfigError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(section, dict):
-        raise OmiConfigError(f"{path}: [omi] must be a table")
+        section = conf.table(home.root, "omi")
+    except conf.ConfError as exc:
+        raise OmiConfigError(str(exc)) from None
     unknown = set(section) - _KEYS
     if unknown:
         raise OmiConfigError(f"{path}: unknown setting(s) {', '.join(sorted(f'omi.{k}' for k in unknown))} "
@@ -200,7 +193,7 @@ def set_password(home: Home, password: str) -> None:
 def _credentials(home: Home, config: OmiConfig) -> str:
     """The ``Authorization`` header's value."""
     if not config.user:
-        raise OmiConfigError(f"[omi] user is not set in {CONF_FILE} (the connected server's name in OMi)")
+        raise OmiConfigError(f"[omi] user is not set in {conf.CONF_FILE} (the connected server's name in OMi)")
     try:
         with open(home.root / PASSWORD_FILE, encoding="utf-8") as f:
             password = f.readline().rstrip("\r\n")

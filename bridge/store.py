@@ -19,7 +19,6 @@ import time
 
 TYPE_CHECKING = False  # typing is not imported at run time: `ombridge send` starts faster
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from typing import Any
 
 from . import conf, dialect

@@ -21,7 +21,6 @@ nothing). This module is the one writer of ``subscriber_events`` and ``attempts`
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 from . import backsync, deliveries, dialect, nodes, omitopic, store
 from .errors import AlreadyRunning, StoreError, UsageError
 from .home import Home
-from .model import ActionKind, DeliveryStatus
+from .model import ActionKind
 
 # The event core in foreign-key order (a row's parents are copied before it).
 TABLES = ("topics", "subscribers", "subscriber_topics", "event_filters", "contexts", "users", "events",

@@ -287,7 +287,7 @@ def test_status_says_when_the_settings_file_is_broken(home: Home) -> None:
         assert r.returncode == 1, r.stdout
         assert f"degraded      {conf} is not valid TOML: " in r.stdout and "(the next start or restart fails)" in r.stdout
         conf.write_text("[ombacksync]\nperl = 'perl'\n[nonsense]\n")
-        assert f"{conf}: unknown table(s) nonsense" in omb(home, "status", check=False).stdout
+        assert f"{conf}: unknown setting(s) nonsense (known tables: [ombacksync]" in omb(home, "status", check=False).stdout
         conf.write_text("[ombacksync]\nperl = 'perl'\n")
         assert omb(home, "status", check=False).returncode == 0
     finally:

@@ -135,7 +135,7 @@ def test_resolve_merges_the_file_and_the_command_line(home: Home, tmp_path) -> N
     with pytest.raises(UsageError, match="does not exist"):
         config.resolve(home, tls_cert=str(tmp_path / "missing.pem"))
     (home.root / "conf" / "ombridge.conf").write_text("[listen\n")
-    with pytest.raises(UsageError, match="cannot read"):
+    with pytest.raises(UsageError, match="is not valid TOML"):
         config.resolve(home)
 
 

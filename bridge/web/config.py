@@ -20,13 +20,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 
+from .. import conf
 from ..errors import UsageError
 from ..home import Home
 
-CONF_FILE = os.path.join("conf", "ombridge.conf")
 DEFAULT_BASE = "/omi"
 DEFAULT_MAX_BODY = 1 << 20
 _KEYS = {"address", "tls_cert", "tls_key", "omi_base", "max_body", "trusted_proxies"}
@@ -73,22 +72,10 @@ def parse_address(text: str) -> tuple[str, int]:
 
 def read_file(home: Home) -> dict[str, object]:
     """The ``[listen]`` section of the home's ``conf/ombridge.conf`` ({} when there is none)."""
-    path = home.root / CONF_FILE
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from exc
-    # [ombacksync]: bridge/perlenv.py, [omi]: bridge/omisync.py, [store]: bridge/nodes.py
-    unknown = set(data) - {"listen", "ombacksync", "omi", "store"}
-    section = data.get("listen", {})
-    if not isinstance(section, dict):
-        raise UsageError(f"{path}: [listen] must be a table")
-    unknown |= {f"listen.{k}" for k in set(section) - _KEYS}
+    section = conf.table(home.root, "listen")
+    unknown = {f"listen.{k}" for k in set(section) - _KEYS}
     if unknown:
-        raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))} "
+        raise UsageError(f"{conf.path(home.root)}: unknown setting(s) {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(f'listen.{k}' for k in sorted(_KEYS))})")
     return section
 
@@ -105,7 +92,7 @@ def resolve(home: Home, address: str | None = None, tls_cert: str | None = None,
     if max_body is None:
         raw = conf.get("max_body", DEFAULT_MAX_BODY)
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise UsageError(f"{CONF_FILE}: listen.max_body is a number of bytes")
+            raise UsageError(f"{conf.CONF_FILE}: listen.max_body is a number of bytes")
         max_body = raw
     if not address:
         if cert or key:
@@ -133,13 +120,13 @@ def trusted_proxies(value: object) -> tuple[str, ...]:
     the console's cookies are ``Secure``."""
     example = 'e.g. trusted_proxies = ["127.0.0.1", "10.1.0.0/16"]'
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UsageError(f"{CONF_FILE}: listen.trusted_proxies is a list of IP addresses or networks ({example})")
+        raise UsageError(f"{conf.CONF_FILE}: listen.trusted_proxies is a list of IP addresses or networks ({example})")
     networks = []
     for text in value:
         try:
             networks.append(str(ipaddress.ip_network(text.strip())))
         except ValueError as exc:
-            raise UsageError(f"{CONF_FILE}: listen.trusted_proxies: {text!r} is not an IP address or network "
+            raise UsageError(f"{conf.CONF_FILE}: listen.trusted_proxies: {text!r} is not an IP address or network "
                              f"({exc}; {example})") from None
     return tuple(networks)
 
@@ -147,7 +134,7 @@ def trusted_proxies(value: object) -> tuple[str, ...]:
 def _text(conf: dict[str, object], name: str) -> str | None:
     value = conf.get(name)
     if value is not None and not isinstance(value, str):
-        raise UsageError(f"{CONF_FILE}: listen.{name} must be a string")
+        raise UsageError(f"{conf.CONF_FILE}: listen.{name} must be a string")
     return value or None
 
 
