@@ -114,6 +114,6 @@ def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool
                     _print_outcome(outcome)
                     sys.stdout.flush()
     if as_json:
-        print_json([{"id": shown(o.subject), "ok": o.ok, "error": o.error} for o in results])
+        print_json([{"id": shown(o.subject), "ok": o.ok, "error": o.error, "output": o.output} for o in results])
     sys.exit(1 if failed else 0)
 
