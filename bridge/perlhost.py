@@ -39,6 +39,9 @@ from .perlenv import HOST_SCRIPT, HostSettings, check_syntax
 __all__ = ["HOST_SCRIPT", "Backoff", "HostSettings", "PerlHost", "check_syntax"]
 
 DEFAULT_TIMEOUT = 30.0
+# The host's exit status when a call destroyed its channel and was answered (ERR): the requests
+# pipelined after it were never read (perl/ombridge_host.pl, channel_broken).
+CHANNEL_REPLIED = 5
 
 log = logging.getLogger("ombridge.perl")
 
@@ -368,7 +371,7 @@ class PerlHost:
         if fault and fault.replaced_by:
             outcomes += self._fail_in_flight(self._after_exec(fault.replaced_by), final=True)
         elif fault:
-            outcomes += self._fail_in_flight(fault.reason)
+            outcomes += self._fail_in_flight(fault.reason, ran=fault.status != CHANNEL_REPLIED)
         return outcomes
 
     def _after_exec(self, program: str) -> str:
@@ -405,19 +408,19 @@ class PerlHost:
             self._quiet_since = self.clock()
         return out
 
-    def _fail_in_flight(self, reason: str, final: bool = False) -> list[Attempt]:
+    def _fail_in_flight(self, reason: str, final: bool = False, ran: bool = True) -> list[Attempt]:
         # The call in flight failed (for good when ``final``: no retry may run it again); the ones
-        # queued behind it never reached the script.
+        # queued behind it never reached the script (nor did it, unless it ``ran``).
         self.log.error("ombacksync fault: %s", reason)
         ended = time.time()
         child = self._child
         subjects, self._subjects = list(self._subjects), deque()
         self._fault(reason)  # kills the child: what the failed call printed is its leftover now
-        output = child.leftover if child else ""
-        out = [Attempt(False, self._call_started, ended, output=output, error=reason, subject=subjects[0],
-                       final=final)]
-        out += [Attempt(False, ended, ended, error=f"not attempted: {reason}", attempted=False, subject=i)
-                for i in subjects[1:]]
+        out = [Attempt(False, ended, ended, error=f"not attempted: {reason}", attempted=False, subject=i)
+               for i in subjects]
+        if ran and out:
+            out[0] = Attempt(False, self._call_started, ended, output=child.leftover if child else "", error=reason,
+                             subject=subjects[0], final=final)
         return out
 
     def _settle_in_flight(self) -> None:

@@ -29,8 +29,8 @@
 # to close-on-exec descriptors far above the ranges scripts close before they run a program
 # (4094 and 4095 when the descriptor limit allows, else 1022/1023, else 254/255), with its own
 # copy of the output pipe just below them (4093, 1021, 253), and after every call it checks
-# that they are still the same pipes (the copy: still an open pipe). A call that closed or
-# replaced them fails with
+# that they are still the same pipes (the copy: that its mark could be written). A call that
+# closed or replaced them fails with
 # "ERR OMBackSync closed or replaced the ombridge host's protocol descriptors ..." when the
 # reply descriptor survived; either way the host then exits with status 4 (it can no longer
 # read requests) and the bridge starts a new one. The same check after loading the script gives
@@ -80,11 +80,13 @@ package OMBridge::Host;
 
 sub EINTR ()  { 4 }     # Linux values: %! would load Errno, `use constant` constant.pm
 sub EAGAIN () { 11 }
+sub EBADF ()  { 9 }
 sub ESPIPE () { 29 }
 sub F_DUPFD_CLOEXEC () { 1030 }    # Fcntl would be a module
 sub BROKEN () { 4 }     # exit status: the script closed or replaced a protocol descriptor
+sub REPLIED () { 5 }    # the same, and the call that did it was answered (ERR)
 our ($IN, $OUT, $LOG, $PARENT, @CHANNEL);    # requests, replies, the output pipe (for the marks)
-our @NUMBERS;    # the descriptor numbers of $IN and $OUT, for the message of a destroyed channel
+our @NUMBERS;    # the descriptor numbers of $IN, $OUT and $LOG, for the message of a destroyed channel
 my $MARK;    # "\0<MARK>\0"; a lexical of this file: the script's code cannot see it
 
 sub high_copy {
@@ -112,34 +114,40 @@ sub identity {
 }
 
 sub channel_intact {
-    # After every call: the protocol descriptors are still the very pipes (one fstat each), and
-    # the copy of the output pipe is still an open pipe (a cheaper lseek, which fails with ESPIPE
-    # on a pipe; a file of the script's that took its number seeks, and a closed one fails with
-    # EBADF). Only a pipe the script made while more than 4,000 descriptors were open could take
-    # its number unseen.
+    # After every call: the protocol descriptors are still the very pipes (one fstat each). The
+    # copy of the output pipe is not looked at (a system call more for every Close): its mark's
+    # write fails if the script closed it (see reply), and a descriptor of the script's lands on
+    # its number only while more than 4,000 others are open.
     for my $n (0, 1) {
         my $fh = $n ? $OUT : $IN;
         return 0 unless defined fileno($fh);
         my ($dev, $ino) = stat $fh;
         return 0 unless defined $ino && "$dev:$ino" eq $CHANNEL[$n];
     }
-    return 1 unless $LOG;
-    return !defined(sysseek($LOG, 0, 1)) && $! == ESPIPE;
+    return 1;
 }
 
 sub channel_broken {
     # The call that just ran (or the script's top level, with $token FATAL) closed or replaced
     # the host's own descriptors: the host can no longer read requests, and must not write
     # replies into whatever file took their numbers. The call fails with this sentence when the
-    # reply descriptor survived; otherwise the host's exit status (BROKEN) is the bridge's only
-    # news, and the sentence is in the log. Either way the call counts as attempted: the bridge
-    # does not run it again as unrun.
+    # reply descriptor survived, and the host exits with REPLIED: the requests after it were
+    # never read. Otherwise it exits with BROKEN, the bridge's only news (the call in flight is
+    # the one that broke it), and the sentence is in the log. Either way the call counts as
+    # attempted: the bridge does not run it again as unrun.
     my ($who, $token) = @_;
-    my $what = sprintf('%s closed or replaced the ombridge host\'s protocol descriptors (%d and %d);'
-                       . ' the host restarts', $who, @NUMBERS);
+    my @n = grep { $_ >= 0 } @NUMBERS;
+    my $what = "$who closed or replaced the ombridge host's protocol descriptors ("
+               . join(', ', @n[0 .. $#n - 1]) . " and $n[-1]); the host restarts";
+    flush_stdout();
     say_to_log("ombridge host: $what\n");
-    syswrite($OUT, "$token " . escape($what) . "\n") if identity($OUT) eq $CHANNEL[1];
-    CORE::exit(BROKEN);
+    my $replying = identity($OUT) eq $CHANNEL[1];
+    syswrite($LOG, $MARK) if $replying && $LOG && identity($LOG) eq $CHANNEL[2];    # the call's output ends
+    my $replied = $replying && syswrite($OUT, "$token " . escape($what) . "\n");
+    for my $fh ($IN, $OUT, $LOG) {    # closed under perl's feet: closed quietly now, not with a
+        close $fh if $fh && identity($fh) eq '';    # warning of perl's at the exit
+    }
+    CORE::exit($replied ? REPLIED : BROKEN);
 }
 
 sub say_to_log {
@@ -184,20 +192,29 @@ sub reply {
     # reply: the bridge sees each outcome as soon as it exists, so a call that hangs later in a
     # pipelined batch is never blamed on an earlier one. (Inline: this runs for every Close.)
     if ($LOG) {
-        # What perl buffered for STDOUT (on a pipe it buffers 8 KiB) goes out now: $| = 1
-        # flushes at once, and the script's setting is put back. STDOUT is nearly always the
-        # selected handle: then no select is needed (half the cost of this, for every Close).
-        my $was = select() eq 'main::STDOUT' ? undef : select(STDOUT);
-        unless ($|) {
-            $| = 1;
-            $| = 0;
-        }
-        select($was) if defined $was;
+        flush_stdout();
         my $n = syswrite($LOG, $MARK);
-        write_all($LOG, substr($MARK, $n || 0)) unless $n && $n == length $MARK;
+        unless ($n && $n == length $MARK) {
+            channel_broken($line =~ /\A(?:READY|FATAL)/ ? ('the script, while it loaded,', 'FATAL')
+                                                        : ('OMBackSync', 'ERR'))
+                if !defined $n && $! == EBADF;    # the script closed our copy of the output pipe
+            write_all($LOG, substr($MARK, $n || 0));
+        }
     }
     my $n = syswrite($OUT, "$line\n");
     write_all($OUT, substr("$line\n", $n || 0)) unless $n && $n == 1 + length $line;
+}
+
+sub flush_stdout {
+    # What perl buffered for STDOUT (on a pipe it buffers 8 KiB) goes out now: $| = 1 flushes at
+    # once, and the script's setting is put back. STDOUT is nearly always the selected handle:
+    # then no select is needed (half the cost of this, which runs for every Close).
+    my $was = select() eq 'main::STDOUT' ? undef : select(STDOUT);
+    unless ($|) {
+        $| = 1;
+        $| = 0;
+    }
+    select($was) if defined $was;
 }
 
 sub write_all {
@@ -345,12 +362,13 @@ sub main {
     $IN = high_copy(\*STDIN, '<', 4094, 1022, 254) or die "cannot move STDIN: $!\n";
     open(STDIN, '<', '/dev/null') or die "cannot reopen STDIN: $!\n";
     @CHANNEL = (identity($IN), identity($OUT));
-    @NUMBERS = (fileno($IN), fileno($OUT));
+    @NUMBERS = (fileno($IN), fileno($OUT), -1);
     if (defined $mark) {
         ($MARK) = "\0$mark\0" =~ /\A(.*)\z/s;
         $LOG = high_copy(\*STDOUT, '>', 4093, 1021, 253) or die "cannot copy STDOUT: $!\n";
         die "MARK needs STDOUT on a pipe\n" if defined sysseek($LOG, 0, 1) || $! != ESPIPE;
         $CHANNEL[2] = identity($LOG);
+        $NUMBERS[2] = fileno($LOG);
     }
     $PARENT = getppid();
     # As if perl ran the script itself: $0 is its path, @ARGV is empty, and its folder comes
