@@ -195,6 +195,8 @@ class OutputReader:
         self._calls = 0  # calls whose mark came
         self._taken = 0  # calls whose tail was taken
         self._tails: dict[int, tuple[bytes, bool]] = {}  # call -> (tail, cut), for calls that printed
+        self._buffer = bytearray(READ_SIZE)
+        self._view = memoryview(self._buffer)
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"{label}-out")
         self.thread.start()
 
@@ -267,11 +269,14 @@ class OutputReader:
         total = 0
         while not self._closed:
             try:
-                chunk = os.read(self._fd, READ_SIZE)
+                # Into a buffer of our own: os.read(fd, 1 MiB) allocates (and maps) a megabyte
+                # for every read, most of the cost of reading a few marks.
+                size = os.readv(self._fd, [self._buffer])
             except BlockingIOError:
                 return total
-            if not chunk:
+            if not size:
                 return None
+            chunk = self._view[:size].tobytes()
             total += len(chunk)
             self._take(chunk)
             if not until_empty:
