@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ProtocolError, UsageError
-from .scriptlog import text_of
+from .outputtext import text_of
 
 _NEEDS_ESCAPE = re.compile(rb"[\x00-\x1f\x7f%]")
 _ESCAPED = re.compile(rb"%([0-9A-Fa-f]{2})")

@@ -18,14 +18,13 @@ the useful log away in seconds. So the reader:
   :data:`~bridge.model.OUTPUT_TAIL` bytes between two marks as that call's tail, whatever the
   budget dropped. The marks themselves never reach the log.
 
-Text is read by one rule, for the log and the tails alike (:func:`text_of`): UTF-8 where the bytes
-are valid UTF-8, each other byte as Latin-1 (ISO-8859-1), the charset of the European scripts of
-the connector's age: ``St\\xf6rung`` reads "Störung" in both.
+Text is read by one rule, for the log and the tails alike (:func:`bridge.outputtext.text_of`):
+UTF-8 where the bytes are valid UTF-8, each other byte as Latin-1 (ISO-8859-1), the charset of
+the European scripts of the connector's age: ``St\\xf6rung`` reads "Störung" in both.
 """
 
 from __future__ import annotations
 
-import codecs
 import fcntl
 import logging
 import os
@@ -36,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .model import OUTPUT_TAIL
+from .outputtext import text_of
 
 READ_SIZE = 1 << 20
 PIPE_SIZE = 1 << 20  # the default maximum of /proc/sys/fs/pipe-max-size
@@ -44,29 +44,6 @@ BUDGET = 64 << 10  # bytes logged per window
 WINDOW = 1.0  # seconds
 SMALL_READ = 64 << 10  # after a read smaller than this the reader naps, to let output pile up
 NAPS = (0.001, 0.02)  # seconds: the first nap after a big read or a quiet spell, and the longest
-_LATIN1 = "ombridge-latin1"
-
-
-def _as_latin1(exc: UnicodeError) -> tuple[str, int]:
-    assert isinstance(exc, UnicodeDecodeError)
-    return exc.object[exc.start:exc.end].decode("latin-1"), exc.end
-
-
-codecs.register_error(_LATIN1, _as_latin1)
-
-
-def text_of(data: bytes, cut: bool = False) -> str:
-    """Output bytes as text: UTF-8 where they are valid UTF-8, each other byte as Latin-1. A tail
-    that was ``cut`` from longer output may begin inside a UTF-8 character: its first bytes, up to
-    three continuation bytes, are dropped (they would read as Latin-1 symbols)."""
-    if cut:
-        skip = 0
-        while skip < 3 and skip < len(data) and 0x80 <= data[skip] <= 0xBF:
-            skip += 1
-        data = data[skip:]
-    return data.decode("utf-8", _LATIN1)
-
-
 class LineLogger:
     """Turns chunks of output into log records: whole lines, a byte budget per time window.
 

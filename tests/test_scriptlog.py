@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import scriptlog
+from bridge import outputtext, scriptlog
 from bridge.scriptlog import LineLogger
 from bridge.home import Home
 from bridge.perlhost import PerlHost
@@ -65,8 +65,8 @@ def test_bytes_that_are_not_utf8_are_read_as_latin1(records: Callable[[], list[s
 
 
 def test_a_tail_cut_inside_a_character_drops_the_stray_bytes() -> None:
-    assert scriptlog.text_of("✓ done\n".encode()[1:], cut=True) == " done\n"
-    assert scriptlog.text_of(b"\xa3 5", cut=False) == "£ 5"  # uncut: a Latin-1 pound sign
+    assert outputtext.text_of("✓ done\n".encode()[1:], cut=True) == " done\n"
+    assert outputtext.text_of(b"\xa3 5", cut=False) == "£ 5"  # uncut: a Latin-1 pound sign
 
 
 def test_past_the_budget_lines_are_counted_and_noted_once_per_window(records: Callable[[], list[str]]) -> None:
