@@ -97,8 +97,14 @@ class PerlChild:
             self._sel.register(self._exited, selectors.EVENT_READ)
 
     def alive(self) -> bool:
-        """True while the process has not exited."""
-        return self.proc.poll() is None
+        """True while the process has not exited. It is not reaped here: what /proc says of it
+        tells an ``exec`` from a crash (:meth:`replaced_by`)."""
+        if self.proc.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return False
 
     @property
     def outstanding(self) -> int:

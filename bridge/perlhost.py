@@ -303,7 +303,7 @@ class PerlHost:
 
     def _child_exit_reason(self) -> str:
         assert self._child is not None
-        return describe_exit(self._child.pid, self._child.proc.returncode)
+        return describe_exit(self._child.pid, self._child.wait(1.0))
 
     def _fault(self, reason: str) -> None:
         self.restarts += 1

@@ -54,9 +54,10 @@ def test_the_program_runs_to_its_end_and_the_close_fails_once_for_good(home: Hom
 
 def test_a_program_that_ends_at_once_or_is_perl_itself_is_seen(home: Home) -> None:
     with host(home) as h:
-        (quick,) = h.close_many(["quick-1"])
+        quick, after = h.close_many(["quick-1", "T-2"])  # ended before the bridge looked: a zombie's name
         (perl,) = h.close_many(["perl-2"])
     assert quick.final and "replaced by true, which exited with status 0" in quick.error
+    assert not after.attempted
     assert perl.final and "replaced by perl, which exited with status 0" in perl.error
     assert ran(home) == ["perl closed perl-2"]
 
