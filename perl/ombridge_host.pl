@@ -154,8 +154,8 @@ sub say_to_log {
     # The host's own words go to its copy of the output pipe, or, when the script closed that,
     # to descriptor 2 if that is still the same pipe: never into a file of the script's.
     my ($text) = @_;
-    return unless defined $CHANNEL[2];
-    if (identity($LOG) eq $CHANNEL[2]) {
+    return if $CHANNEL[2] eq '';
+    if ($LOG && identity($LOG) eq $CHANNEL[2]) {
         syswrite($LOG, $text);
     } elsif (open(my $err, '>&=', 2)) {    # descriptor 2 itself: a tie on STDERR is the script's
         syswrite($err, $text) if identity($err) eq $CHANNEL[2];
@@ -361,13 +361,12 @@ sub main {
     close $reply;    # the original, not close-on-exec
     $IN = high_copy(\*STDIN, '<', 4094, 1022, 254) or die "cannot move STDIN: $!\n";
     open(STDIN, '<', '/dev/null') or die "cannot reopen STDIN: $!\n";
-    @CHANNEL = (identity($IN), identity($OUT));
+    @CHANNEL = (identity($IN), identity($OUT), identity(\*STDOUT));    # the last: the output pipe
     @NUMBERS = (fileno($IN), fileno($OUT), -1);
     if (defined $mark) {
         ($MARK) = "\0$mark\0" =~ /\A(.*)\z/s;
         $LOG = high_copy(\*STDOUT, '>', 4093, 1021, 253) or die "cannot copy STDOUT: $!\n";
         die "MARK needs STDOUT on a pipe\n" if defined sysseek($LOG, 0, 1) || $! != ESPIPE;
-        $CHANNEL[2] = identity($LOG);
         $NUMBERS[2] = fileno($LOG);
     }
     $PARENT = getppid();
