@@ -28,6 +28,7 @@ from typing import Any
 from . import substitution
 from .model import OUTPUT_TAIL, ActionKind, Attempt
 from .names import value_text
+from .outputtext import text_of
 
 _running: set[int] = set()  # process groups of actions in flight (for an immediate stop)
 _running_lock = threading.Lock()
@@ -114,6 +115,7 @@ def run_process(argv: list[str], env: Mapping[str, str], timeout: float, cwd: st
 def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> Attempt:
     assert proc.stdout is not None
     tail = bytearray()
+    produced = 0  # bytes of output, the tail's and those before it
     deadline = time.monotonic() + timeout
     timed_out = False
     fd = proc.stdout.fileno()
@@ -130,6 +132,7 @@ def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> A
                 if not chunk:
                     break
                 tail += chunk
+                produced += len(chunk)
                 if len(tail) > 2 * OUTPUT_TAIL:
                     del tail[:-OUTPUT_TAIL]
             elif proc.poll() is not None:
@@ -137,7 +140,8 @@ def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> A
     if timed_out:
         _kill_group(proc.pid)
     status = proc.wait()
-    output = bytes(tail[-OUTPUT_TAIL:]).decode("utf-8", "replace")
+    # Read as every output shown with an attempt is: UTF-8 where valid, Latin-1 elsewhere.
+    output = text_of(bytes(tail[-OUTPUT_TAIL:]), cut=produced > OUTPUT_TAIL)
     ended = time.time()
     if timed_out:
         return Attempt(False, started, ended, None, output, f"timed out after {timeout:g}s (process group killed)")

@@ -49,13 +49,19 @@ class PerlStartError(BridgeError):
 
 
 class PerlFault(BridgeError):
-    """The perl child stopped serving: it exited, timed out or broke the line protocol."""
+    """The perl child stopped serving: it exited, timed out or broke the line protocol.
 
-    def __init__(self, reason: str, pid: int | None = None, status: int | None = None) -> None:
+    ``replaced_by`` names the program that took the host's place when the script called
+    ``exec`` (the process lives on as that program, whose end is the call's end).
+    """
+
+    def __init__(self, reason: str, pid: int | None = None, status: int | None = None,
+                 replaced_by: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.pid = pid
         self.status = status
+        self.replaced_by = replaced_by
 
 
 class ProtocolError(PerlFault):

@@ -105,7 +105,18 @@ DISPATCHER = r"""# --- dispatcher: OMBackSync calls the script's own OMBackSync 
                 next;
             }
             my $error = $@;
-            $error = 'called exit(' . ($error->{code} || 0) . ')' if ref $error && ref($error) eq 'OMBridge::Exit';
+            if (ref $error && ref($error) eq 'OMBridge::Exit') {
+                $error = 'called exit(' . ($error->{code} || 0) . ')';
+            } elsif (ref $error && "$error" =~ /\A(?:[\w:]+=)?[A-Z]+\(0x[0-9a-f]+\)\z/) {
+                # A reference without a text of its own: the readable one-line dump a script's
+                # own die of it gets (docs/protocol.md, "Faults"); Data::Dumper only now.
+                local ($@, $!, $SIG{__DIE__}, $SIG{__WARN__});
+                my $dump = eval {
+                    require Data::Dumper;
+                    Data::Dumper->new([$error])->Indent(0)->Terse(1)->Sortkeys(1)->Useqq(1)->Dump;
+                };
+                $error = $dump if defined $dump;
+            }
             $error = "$error";
             $error =~ s/\s+\z//;
             push @failed, "$part->[0]: $error";

@@ -1,31 +1,30 @@
 """One running perl host process and the two ends of its line protocol (:mod:`bridge.protocol`).
 
-:class:`PerlChild` spawns ``perl [#! switches] perl/ombridge_host.pl <reply fd> <script>`` in a
-process group of its own, pumps what the script prints into the log, and stops or kills the
-whole group. It is passive: the caller :meth:`~PerlChild.push` puts request lines in and
-:meth:`~PerlChild.poll` takes replies out (pipelined; the host's exit is watched through a pidfd,
-since a process the script forked without ``fork()`` may hold the reply pipe open); nothing here
-decides when. :class:`bridge.perlhost.PerlHost` owns the one child and every decision about it.
+:class:`PerlChild` spawns ``perl [#! switches] perl/ombridge_host.pl <reply fd> <script> <mark>``
+in a process group of its own, with the script's STDOUT and STDERR on one pipe that a
+:class:`bridge.scriptlog.OutputReader` reads into the log and splits at the host's marks into one
+output tail per call (docs/protocol.md, "Output"); it stops or kills the whole group. It is
+passive: the caller :meth:`~PerlChild.push` puts request lines in and :meth:`~PerlChild.poll`
+takes replies out (pipelined; the host's exit is watched through a pidfd, since a process the
+script forked without ``fork()`` may hold the reply pipe open); nothing here decides when.
+:class:`bridge.perlhost.PerlHost` owns the one child and every decision about it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
+import secrets
 import selectors
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
-from typing import BinaryIO
 from pathlib import Path
 
 from . import protocol, scriptlog
 from .errors import PerlFault, PerlStartError
 from .home import Home
-from .model import OUTPUT_TAIL
 from .perlenv import HostSettings, host_command, perl_env
 
 _CHUNK = 65536
@@ -40,13 +39,18 @@ def describe_exit(pid: int, status: int | None) -> str:
     """How the child ended, in words (``status`` as :attr:`subprocess.Popen.returncode`)."""
     if status is None:
         return f"perl child {pid} closed its reply channel"
+    return f"perl child {pid} {describe_status(status)}"
+
+
+def describe_status(status: int) -> str:
+    """``exited with status N`` or ``was killed by SIGNAME`` (``status`` as a returncode)."""
     if status < 0:
         try:
             name = signal.Signals(-status).name
         except ValueError:
             name = f"signal {-status}"
-        return f"perl child {pid} was killed by {name}"
-    return f"perl child {pid} exited with status {status}"
+        return f"was killed by {name}"
+    return f"exited with status {status}"
 
 
 class PerlChild:
@@ -54,34 +58,35 @@ class PerlChild:
 
     def __init__(self, settings: HostSettings, host_script: Path, script: Path, home: Home) -> None:
         reply_r, reply_w = os.pipe()
-        self._capture = _capture_file()
+        # New for every host and never in its environment: no output forges a mark by chance.
+        mark = secrets.token_hex(16) if settings.output_tails else None
         try:
             self.proc = subprocess.Popen(
-                host_command(script, settings, reply_w, host_script),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=self._capture.fileno() if self._capture else subprocess.STDOUT,
+                host_command(script, settings, reply_w, host_script, mark),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 pass_fds=(reply_w,), start_new_session=True, env=perl_env(home, settings),
                 cwd=str(home.root), bufsize=0,
             )
         except OSError as exc:
             os.close(reply_r)
-            self._drop_capture()
             raise PerlStartError(f"cannot run {settings.perl}: {exc}") from exc
         finally:
             os.close(reply_w)
-        self.leftover = ""  # the tail of what the host left unforwarded when it ended (see kill)
+        self.leftover = ""  # the output tail of the call the host did not finish (see kill)
         self.pid = self.proc.pid
         self._reply = reply_r
         os.set_blocking(reply_r, False)
-        assert self.proc.stdin is not None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
         self._stdin = self.proc.stdin.fileno()
         os.set_blocking(self._stdin, False)
         self._buf = bytearray()
-        self._parser = protocol.ReplyParser(self.pid)
         # Readable once the host has exited: a process it forked without fork() (a piped open)
         # may hold the reply pipe open, so its EOF alone would come late.
         self._exited: int | None = _pidfd(self.pid)
-        self._pump = scriptlog.start(self.proc.stdout, script_log, f"perl[{self.pid}]")  # type: ignore[arg-type]
+        self._output = scriptlog.OutputReader(self.proc.stdout, script_log, f"perl[{self.pid}]",
+                                              mark=b"\0" + mark.encode() + b"\0" if mark else None)
+        self._exe: str | None = None  # what the host process is once it serves (see replaced_by)
+        self._comm: str | None = None
         self._out = bytearray()  # pushed, not written yet
         self._outstanding = 0  # pushed, not answered yet
         self._gone = False  # the host has exited (seen through the pidfd)
@@ -92,8 +97,14 @@ class PerlChild:
             self._sel.register(self._exited, selectors.EVENT_READ)
 
     def alive(self) -> bool:
-        """True while the process has not exited."""
-        return self.proc.poll() is None
+        """True while the process has not exited. It is not reaped here: what /proc says of it
+        tells an ``exec`` from a crash (:meth:`replaced_by`)."""
+        if self.proc.returncode is not None:
+            return False
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+        except ChildProcessError:
+            return False
 
     @property
     def outstanding(self) -> int:
@@ -118,7 +129,10 @@ class PerlChild:
         while True:
             self._write()
             lines = self._wait_lines(max(0.0, deadline - time.monotonic()))
-            replies, garbage = self._parser.parse(lines or [])
+            replies, garbage = protocol.parse_replies(lines or [], self.pid)
+            if replies:  # each call's output ends with a mark the host wrote before its reply
+                tails = self._output.take_calls(len(replies))
+                replies = [protocol.Reply(r.ok, r.message, t) if t else r for r, t in zip(replies, tails)]
             self._outstanding -= len(replies)
             if garbage:
                 return replies, garbage
@@ -143,6 +157,7 @@ class PerlChild:
                 quiet_since = time.monotonic()
             elif time.monotonic() >= quiet_since + timeout:
                 return replies, PerlFault(f"call timed out after {timeout:g}s", self.pid)
+        self._remember_identity()  # Init (or the script's top level) may have set $0
         return replies, None
 
     def _write(self) -> None:
@@ -195,6 +210,8 @@ class PerlChild:
                     raise self._exit_fault()
         line, _, rest = bytes(self._buf).partition(b"\n")
         self._buf = bytearray(rest)
+        self._output.take_calls(1)  # what loading printed is in the log; no attempt keeps it
+        self._remember_identity()
         return line
 
     def _read_lines(self, until_empty: bool = False) -> list[bytes] | None:
@@ -223,14 +240,46 @@ class PerlChild:
                 return True
 
     def _exit_fault(self) -> PerlFault:
-        try:
-            status = self.proc.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            status = None
+        program = self.replaced_by()
+        if program is not None:  # the program runs on as this process: its end is the call's
+            return PerlFault(f"OMBackSync called exec: the perl host was replaced by {program}", self.pid,
+                             replaced_by=program)
+        status = self.wait(1.0)
         return PerlFault(describe_exit(self.pid, status), self.pid, status)
 
+    def wait(self, timeout: float) -> int | None:
+        """The process's exit status (a returncode) once it ends within ``timeout``, else None."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def replaced_by(self) -> str | None:
+        """The program that took the host's place, when the script called ``exec``; else None.
+
+        Read from /proc before the process is reaped: a live process whose executable is no
+        longer the host's perl, or whose name (``comm``: the first 15 bytes of ``$0`` for the
+        host, the program's file name after an exec) changed since the host last answered. A
+        process that a signal killed crashed (a host that renamed itself and died), it did not
+        exec."""
+        if self._comm is None or self.proc.returncode is not None:
+            return None
+        exe, comm = _exe_of(self.pid), _comm_of(self.pid)
+        if comm is None:
+            return None
+        renamed = comm != self._comm  # the program's own name (as the script called it), if so
+        if exe is not None:  # still running
+            if renamed or exe != self._exe:
+                return comm if renamed else os.path.basename(exe.removesuffix(" (deleted)"))
+            return None
+        return comm if renamed and not _killed_by_signal(self.pid) else None
+
+    def _remember_identity(self) -> None:
+        self._exe, self._comm = _exe_of(self.pid), _comm_of(self.pid)
+
     def kill(self) -> None:
-        """Kill the child's whole process group at once and reap it."""
+        """Kill the child's whole process group at once and reap it. :attr:`leftover` is then the
+        output tail of the call it did not finish."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -239,29 +288,9 @@ class PerlChild:
         if self._exited is not None:
             os.close(self._exited)
             self._exited = None
-        self._collect_leftover()
-
-    def _collect_leftover(self) -> None:
-        # A host that died or was killed inside a call left that call's output in the capture
-        # file (the host forwards it only when a call returns): into the log, and its tail kept
-        # for the failed attempt. Whatever processes of its group wrote after its stop, too.
-        if self._capture is None:
-            return
-        lines = scriptlog.LineLogger(script_log, f"perl[{self.pid}]")
-        tail = b""
-        offset = 0
-        while chunk := os.pread(self._capture.fileno(), _CHUNK, offset):
-            offset += len(chunk)
-            lines.feed(chunk)
-            tail = (tail + chunk)[-OUTPUT_TAIL:]
-        lines.finish()
-        self.leftover = protocol.decode_output(tail) if tail else ""
-        self._drop_capture()
-
-    def _drop_capture(self) -> None:
-        if self._capture is not None:
-            self._capture.close()
-            self._capture = None
+        # Everything the group wrote is in the pipe now (or was read): what came after the last
+        # mark is the unfinished call's. Processes that escaped the group write on into the log.
+        self.leftover = self._output.take_leftover()
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop as a plain perl is stopped, then kill whatever is left after ``grace`` seconds.
@@ -310,25 +339,7 @@ class PerlChild:
             os.close(self._reply)
         except OSError:
             pass
-        self._pump.join(timeout=1.0)
-
-
-def _capture_file() -> BinaryIO | None:
-    """An anonymous file, opened for reading and appending, for the host's STDOUT and STDERR
-    (see the host's header): in memory where the kernel offers it (``memfd_create``: a flood of
-    small writes costs a sixth less than into a file on disk), else in ``$TMPDIR``; None where none
-    can be made (the host then writes into the log pipe directly, and attempts carry no output)."""
-    try:
-        if hasattr(os, "memfd_create"):
-            capture: BinaryIO = open(os.memfd_create("ombridge-output", os.MFD_CLOEXEC), "w+b", buffering=0)
-        else:
-            capture = tempfile.TemporaryFile()
-        flags = fcntl.fcntl(capture.fileno(), fcntl.F_GETFL)
-        fcntl.fcntl(capture.fileno(), fcntl.F_SETFL, flags | os.O_APPEND)
-    except OSError as exc:
-        log.warning("no capture file for the script's output (%s): attempts will carry none", exc)
-        return None
-    return capture
+        self._output.join(timeout=1.0)
 
 
 def _pidfd(pid: int) -> int | None:
@@ -337,6 +348,33 @@ def _pidfd(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
+
+
+def _exe_of(pid: int) -> str | None:
+    """The executable of a live process (None once it has ended)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def _comm_of(pid: int) -> str | None:
+    """A process's name (``comm``), also while it is a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.find(b"(") + 1:stat.rfind(b")")].decode("utf-8", "replace")
+
+
+def _killed_by_signal(pid: int) -> bool:
+    """True when the (exited, not yet reaped) process ``pid`` was killed by a signal."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG)
+    except (OSError, AttributeError):
+        return False
+    return info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
 
 
 def _group_alive(pgid: int) -> bool:

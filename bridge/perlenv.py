@@ -33,6 +33,7 @@ CHECK_TIMEOUT = 60.0  # seconds `perl -c` may take
 # would turn the host itself into something else and are ignored (docs/compatibility.md).
 _FLAGS = "wWXTt"
 _WITH_ARGUMENT = "MmI"  # -Mmodule, -mmodule, -Idir: the rest of the word is the argument
+_KINDS = {"perl": str, "ov_install_dir": str, "output_tails": bool}  # the other settings: seconds
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class HostSettings:
     stop_grace: float = 10.0  # seconds the script and what it started get to finish on a stop
     start_backoff_cap: float = 300.0  # longest wait between two tries of a failing start
     ov_install_dir: str | None = None  # $OvInstallDir for scripts that use it
+    # Each Close keeps the tail of its own output (docs/protocol.md, "Output"); off, the script's
+    # output only goes to the log, and a Close costs a flush check and two system calls less.
+    output_tails: bool = True
 
     def with_perl(self, perl: str | None) -> HostSettings:
         """These settings, with ``perl`` when one is given (``--perl`` beats the file)."""
@@ -60,13 +64,14 @@ def load_settings(home: Home, perl: str | None = None) -> HostSettings:
         name = key.replace("-", "_")
         if name not in known:
             raise UsageError(f"{path}: unknown setting {key!r} in [ombacksync] (known: {', '.join(known)})")
-        want = str if name in ("perl", "ov_install_dir") else float
+        want = _KINDS.get(name, float)
         if want is float and isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
             values[name] = float(value)
-        elif want is str and isinstance(value, str) and value:
+        elif want is str and isinstance(value, str) and value or want is bool and isinstance(value, bool):
             values[name] = value
         else:
-            raise UsageError(f"{path}: [ombacksync] {key} must be a {'path' if want is str else 'positive number'}")
+            what = {float: "positive number", str: "path", bool: "true or false"}[want]
+            raise UsageError(f"{path}: [ombacksync] {key} must be a {what}")
     return HostSettings(**values).with_perl(perl)  # type: ignore[arg-type]
 
 
@@ -126,9 +131,12 @@ def script_path(script: Path) -> str:
     return os.path.abspath(script)
 
 
-def host_command(script: Path, settings: HostSettings, reply_fd: int, host_script: Path = HOST_SCRIPT) -> list[str]:
-    """The command line of the persistent child."""
-    return [settings.perl, *shebang_switches(script), str(host_script), str(reply_fd), script_path(script)]
+def host_command(script: Path, settings: HostSettings, reply_fd: int, host_script: Path = HOST_SCRIPT,
+                 mark: str | None = None) -> list[str]:
+    """The command line of the persistent child (``mark``: the end-of-call mark it writes on its
+    output, docs/protocol.md "Output"; none without)."""
+    return [settings.perl, *shebang_switches(script), str(host_script), str(reply_fd), script_path(script),
+            *([mark] if mark else [])]
 
 
 def check_command(script: Path, settings: HostSettings) -> list[str]:

@@ -33,13 +33,16 @@ from . import protocol
 from .errors import BridgeError, PerlFault, PerlStartError, ScriptSyntaxError
 from .home import Home
 from .model import HOST_MOVES, Attempt, HostState, check_transition
-from .perlchild import PerlChild, describe_exit
 from .nodes import script_checksum
+from .perlchild import PerlChild, describe_exit, describe_status
 from .perlenv import HOST_SCRIPT, HostSettings, check_syntax
 
 __all__ = ["HOST_SCRIPT", "Backoff", "HostSettings", "PerlHost", "check_syntax"]
 
 DEFAULT_TIMEOUT = 30.0
+# The host's exit status when a call destroyed its channel and was answered (ERR): the requests
+# pipelined after it were never read (perl/ombridge_host.pl, channel_broken).
+CHANNEL_REPLIED = 5
 
 log = logging.getLogger("ombridge.perl")
 
@@ -306,7 +309,7 @@ class PerlHost:
 
     def _child_exit_reason(self) -> str:
         assert self._child is not None
-        return describe_exit(self._child.pid, self._child.proc.returncode)
+        return describe_exit(self._child.pid, self._child.wait(1.0))
 
     def _fault(self, reason: str) -> None:
         self.restarts += 1
@@ -369,10 +372,25 @@ class PerlHost:
         if replies:
             self._failures = 0
         elif fault is None and self.clock() >= self._quiet_since + self.timeout:
-            fault = PerlFault(f"call timed out after {self.timeout:g}s", self._child.pid)
-        if fault:
-            outcomes += self._fail_in_flight(fault.reason)
+            fault = PerlFault(f"call timed out after {self.timeout:g}s", self._child.pid,
+                              replaced_by=self._child.replaced_by())
+        if fault and fault.replaced_by:
+            outcomes += self._fail_in_flight(self._after_exec(fault.replaced_by), final=True)
+        elif fault:
+            outcomes += self._fail_in_flight(fault.reason, ran=fault.status != CHANNEL_REPLIED)
         return outcomes
+
+    def _after_exec(self, program: str) -> str:
+        # The script called exec: the program runs as the host's process, in its place. It is
+        # what the Close does now, so it has the rest of the call's time to end (plain perl would
+        # let it run); then the one reason this Close fails with, and it is not run again: a
+        # retry would run the program again (docs/compatibility.md, "exec").
+        assert self._child is not None
+        status = self._child.wait(max(0.0, self._quiet_since + self.timeout - self.clock()))
+        how = (f"which {describe_status(status)}" if status is not None
+               else f"which still ran at the call timeout ({self.timeout:g}s) and was killed")
+        return (f"OMBackSync called exec: the perl host was replaced by {program}, {how}; this Close is "
+                "not run again (that would run the program again), and ombacksync starts a new host")
 
     def abandon(self, reason: str) -> None:
         """The caller cannot take the outcomes of the Closes in flight (recording them failed):
@@ -396,17 +414,19 @@ class PerlHost:
             self._quiet_since = self.clock()
         return out
 
-    def _fail_in_flight(self, reason: str) -> list[Attempt]:
-        # The call in flight failed; the ones queued behind it never reached the script.
+    def _fail_in_flight(self, reason: str, final: bool = False, ran: bool = True) -> list[Attempt]:
+        # The call in flight failed (for good when ``final``: no retry may run it again); the ones
+        # queued behind it never reached the script (nor did it, unless it ``ran``).
         self.log.error("ombacksync fault: %s", reason)
         ended = time.time()
         child = self._child
         subjects, self._subjects = list(self._subjects), deque()
         self._fault(reason)  # kills the child: what the failed call printed is its leftover now
-        output = child.leftover if child else ""
-        out = [Attempt(False, self._call_started, ended, output=output, error=reason, subject=subjects[0])]
-        out += [Attempt(False, ended, ended, error=f"not attempted: {reason}", attempted=False, subject=i)
-                for i in subjects[1:]]
+        out = [Attempt(False, ended, ended, error=f"not attempted: {reason}", attempted=False, subject=i)
+               for i in subjects]
+        if ran and out:
+            out[0] = Attempt(False, self._call_started, ended, output=child.leftover if child else "", error=reason,
+                             subject=subjects[0], final=final)
         return out
 
     def _settle_in_flight(self) -> None:

@@ -4,9 +4,10 @@ One request a line on the child's STDIN, one reply a line on a descriptor of its
 
     bridge -> host   Init | Close <ID>
     host -> bridge   READY <perl version> | FATAL <message>   (once, at start)
-                     [OUT <output>] OK | ERR <message>        (one per request, in order)
+                     OK | ERR <message>                       (one per request, in order)
 
-``OUT`` (optional) carries the last 4096 bytes the call printed, for its attempt.
+What each call printed travels on the script's own STDOUT/STDERR pipe, split by the host's marks
+(:class:`bridge.scriptlog.OutputReader`), never on this channel.
 
 In ``<ID>`` and ``<message>``, ``%`` and every byte below 0x20 or equal to 0x7F is written as
 ``%XX``; every other byte passes as is, so any ID reaches ``OMBackSync`` byte-identical.
@@ -19,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import ProtocolError, UsageError
+from .outputtext import text_of
 
 _NEEDS_ESCAPE = re.compile(rb"[\x00-\x1f\x7f%]")
 _ESCAPED = re.compile(rb"%([0-9A-Fa-f]{2})")
@@ -69,28 +71,15 @@ class Reply:
 OK = Reply(True)
 
 
-class ReplyParser:
-    """Turns reply lines into :class:`Reply` values, an ``OUT`` line joining the reply after it."""
-
-    def __init__(self, pid: int | None = None) -> None:
-        self.pid = pid
-        self._output = ""
-
-    def parse(self, lines: list[bytes]) -> tuple[list[Reply], ProtocolError | None]:
-        """The replies in ``lines`` and the error of the first line that is not the protocol."""
-        replies = []
-        for line in lines:
-            if line.startswith(b"OUT "):
-                self._output = decode_output(unescape(line[4:]))
-                continue
-            try:
-                reply = parse_reply(line, self.pid)
-            except ProtocolError as exc:
-                return replies, exc
-            if self._output:
-                reply, self._output = Reply(reply.ok, reply.message, self._output), ""
-            replies.append(reply)
-        return replies, None
+def parse_replies(lines: list[bytes], pid: int | None = None) -> tuple[list[Reply], ProtocolError | None]:
+    """The replies in ``lines`` and the error of the first line that is not the protocol."""
+    replies = []
+    for line in lines:
+        try:
+            replies.append(parse_reply(line, pid))
+        except ProtocolError as exc:
+            return replies, exc
+    return replies, None
 
 
 def parse_reply(line: bytes, pid: int | None = None) -> Reply:
@@ -112,11 +101,6 @@ def parse_greeting(line: bytes, pid: int | None = None) -> tuple[bool, str]:
 
 
 def decode_message(text: bytes) -> str:
-    """A message from perl as text (perl's bytes are usually UTF-8; others are kept visible)."""
-    return unescape(text).decode("utf-8", "backslashreplace")
-
-
-def decode_output(data: bytes) -> str:
-    """Output as text. A tail may begin inside a UTF-8 character: its stray bytes are dropped."""
-    text = data.decode("utf-8", "replace")
-    return text.lstrip("\ufffd") if text.startswith("\ufffd") else text
+    """A message from perl as text, read as the script's output is (:func:`bridge.scriptlog.text_of`:
+    UTF-8 where valid, other bytes as Latin-1)."""
+    return text_of(unescape(text))

@@ -7,9 +7,10 @@
 # record a `die` with a reference.
 #
 # Invocation
-#   perl [the script's #! switches] ombridge_host.pl REPLY_FD SCRIPT
+#   perl [the script's #! switches] ombridge_host.pl REPLY_FD SCRIPT [MARK]
 #   SCRIPT is an absolute path. The script sees @ARGV empty, $0 = SCRIPT, and perl's own @INC
-#   followed by the script's folder.
+#   followed by the script's folder. MARK (32 hex digits, new for every host) asks for the
+#   end-of-call marks described under Output; without it the host writes none.
 #
 # Line protocol (also in docs/protocol.md). One line each way, "\n"-terminated.
 #   bridge -> host, on STDIN:
@@ -18,7 +19,6 @@
 #   host -> bridge, on file descriptor REPLY_FD (never on STDOUT):
 #     READY <perl version> once, after SCRIPT was loaded and OMBackSync is defined
 #     FATAL <message>      once, instead of READY, when SCRIPT cannot be loaded; the host exits 2
-#     OUT <output>         the last 4096 bytes the call printed (optional, before its OK/ERR)
 #     OK                   the call returned
 #     ERR <message>        the call died, called exit, or the request was malformed
 #   Escaping: in <ID> and <message>, '%' and every byte below 0x20 or equal to 0x7F is written
@@ -27,27 +27,32 @@
 #
 # Descriptors: at start-up the host moves both ends of the protocol (its STDIN and REPLY_FD)
 # to close-on-exec descriptors far above the ranges scripts close before they run a program
-# (4094 and 4095 when the descriptor limit allows, else 1022/1023, else 254/255), and after
-# every call it checks that they are still the same pipes. A call that closed or replaced them
-# fails with "ERR OMBackSync closed or replaced the ombridge host's protocol descriptors ..."
-# when the reply descriptor survived; either way the host then exits with status 4 (it can no
-# longer read requests) and the bridge starts a new one. The same check after loading the
-# script gives "FATAL the script, while it loaded, closed or replaced ...", or the exit alone.
+# (4094 and 4095 when the descriptor limit allows, else 1022/1023, else 254/255), with its own
+# copy of the output pipe just below them (4093, 1021, 253), and after every call it checks
+# that they are still the same pipes (the copy: that its mark could be written). A call that
+# closed or replaced them fails with
+# "ERR OMBackSync closed or replaced the ombridge host's protocol descriptors ..." when the
+# reply descriptor survived; either way the host then exits with status 4 (it can no longer
+# read requests) and the bridge starts a new one. The same check after loading the script gives
+# "FATAL the script, while it loaded, closed or replaced ...", or the exit alone.
 #
-# Output: the bridge starts the host with STDOUT on its log pipe and STDERR on an anonymous
-# file it opened for reading and appending (the capture file). The host keeps a private copy of
-# the log pipe and points the script's STDOUT and STDERR at the capture file, so that what a
-# call prints or warns, and what the programs it runs write, land there. After each call the
-# host forwards what the file holds to the log pipe, empties the file, and sends the last 4096
-# bytes of it as "OUT <escaped bytes>" just before that call's OK or ERR (no OUT line when the
-# call wrote nothing): the bridge keeps that tail with the Close's attempt, whatever its log
-# budget drops. A host that dies or is killed in the middle of a call leaves that call's output
-# in the file, where the bridge reads it. Output of background processes between calls is
-# forwarded once a second while idle (and is part of the next call's tail if it comes during
-# it). When STDERR is not a plain file (the host run by hand) output goes where STDOUT and
-# STDERR point, and no OUT line is sent. The script's STDIN is /dev/null. When its STDIN closes the host stops like a plain perl being stopped: the
-# script's $SIG{TERM} handler runs (if it set one), then its END blocks. It also exits when its
-# parent process goes away.
+# Output: the bridge starts the host with STDOUT and STDERR on one pipe, which the bridge reads
+# into its log. The host never touches the script's STDOUT and STDERR again: whatever the script
+# does with them (reopens them on its own file, dups them, ties them, hands them to programs,
+# opens /dev/stderr, calls exec) it sees what plain perl gives it, a pipe from a service manager.
+# To tell which call printed what, the host keeps a private, close-on-exec copy of the pipe and,
+# after loading the script and after each call, flushes STDOUT (what perl buffered for it: plain
+# perl would write it when the buffer fills or at the end) and then writes MARK, framed by NUL
+# bytes, on that copy, just before its READY/FATAL/OK/ERR line. What the pipe carries between two
+# marks is one call's output (its tail stays with the Close's attempt); what the processes the
+# script left running write lands in whichever call runs. Neither the bridge nor the host reads
+# or empties anything the script writes to: nothing can be lost, moved or overwritten. The
+# mark is random per host and never in the environment, so no output forges it by chance. The
+# host's own words (a destroyed channel) go to that copy, never to the script's handles. The
+# host has no warnings of its own to give (it is clean under -W). The script's STDIN is
+# /dev/null. When its STDIN closes the host stops like a plain perl being stopped: the script's
+# $SIG{TERM} handler runs (if it set one), then its END blocks. It also exits when its parent
+# process goes away.
 #
 # exit() inside the script, in the host process itself, is trapped: it becomes an ERR reply and
 # the host, with the script's globals, lives on (the lesson of Nagios' embedded perl). In any
@@ -75,23 +80,24 @@ package OMBridge::Host;
 
 sub EINTR ()  { 4 }     # Linux values: %! would load Errno, `use constant` constant.pm
 sub EAGAIN () { 11 }
+sub EBADF ()  { 9 }
+sub ESPIPE () { 29 }
 sub F_DUPFD_CLOEXEC () { 1030 }    # Fcntl would be a module
 sub BROKEN () { 4 }     # exit status: the script closed or replaced a protocol descriptor
-
-sub TAIL () { 4096 }    # bytes of a call's output sent back with its reply
-
-our ($IN, $OUT, $PARENT, @CHANNEL);
-our ($LOG, $CAPTURE);    # the log pipe, and the capture file STDOUT and STDERR point at
+sub REPLIED () { 5 }    # the same, and the call that did it was answered (ERR)
+our ($IN, $OUT, $LOG, $PARENT, @CHANNEL);    # requests, replies, the output pipe (for the marks)
+our @NUMBERS;    # the descriptor numbers of $IN, $OUT and $LOG, for the message of a destroyed channel
+my $MARK;    # "\0<MARK>\0"; a lexical of this file: the script's code cannot see it
 
 sub high_copy {
     # A close-on-exec duplicate of $fh on the highest descriptor the limit allows among a few
-    # (4094 and up, else 1022, else 254): idioms close 3 .. 63, 3 .. 255 or 3 .. 1023.
-    # (Below a limit of 255 descriptors, any free one.)
-    my ($fh, $mode) = @_;
-    for my $lowest (4094, 1022, 254, 3) {
+    # (the first of @lowest that works: idioms close 3 .. 63, 3 .. 255 or 3 .. 1023), else any.
+    my ($fh, $mode, @lowest) = @_;
+    for my $lowest (@lowest, 3) {
         my $fd = fcntl($fh, F_DUPFD_CLOEXEC, $lowest);    # EINVAL when the limit is lower
         next unless defined $fd;
         open(my $copy, "$mode&=", $fd + 0) or return undef;
+        binmode $copy;    # bytes, whatever -C said
         return $copy;
     }
     return undef;
@@ -100,94 +106,70 @@ sub high_copy {
 sub identity {
     # What a descriptor is (device and inode of its pipe): a script that closed ours and then
     # opened a file of its own would otherwise get our replies on the same number.
+    # (A handle perl itself closed is checked first: stat on it would warn under -w.)
     my ($fh) = @_;
+    return '' unless $fh && defined fileno($fh);
     my @st = stat $fh;
     return @st ? "$st[0]:$st[1]" : '';
 }
 
 sub channel_intact {
-    my @now = (identity($IN), identity($OUT));
-    return $now[0] eq $CHANNEL[0] && $now[1] eq $CHANNEL[1] && $now[0] ne '';
+    # After every call: the protocol descriptors are still the very pipes (one fstat each). The
+    # copy of the output pipe is not looked at (a system call more for every Close): its mark's
+    # write fails if the script closed it (see reply), and a descriptor of the script's lands on
+    # its number only while more than 4,000 others are open.
+    for my $n (0, 1) {
+        my $fh = $n ? $OUT : $IN;
+        return 0 unless defined fileno($fh);
+        my ($dev, $ino) = stat $fh;
+        return 0 unless defined $ino && "$dev:$ino" eq $CHANNEL[$n];
+    }
+    return 1;
 }
 
 sub channel_broken {
     # The call that just ran (or the script's top level, with $token FATAL) closed or replaced
     # the host's own descriptors: the host can no longer read requests, and must not write
     # replies into whatever file took their numbers. The call fails with this sentence when the
-    # reply descriptor survived; otherwise the host's exit status (BROKEN) is the bridge's only
-    # news, and the sentence is in the log. Either way the call counts as attempted: the bridge
-    # does not run it again as unrun.
+    # reply descriptor survived, and the host exits with REPLIED: the requests after it were
+    # never read. Otherwise it exits with BROKEN, the bridge's only news (the call in flight is
+    # the one that broke it), and the sentence is in the log. Either way the call counts as
+    # attempted: the bridge does not run it again as unrun.
     my ($who, $token) = @_;
-    my $what = sprintf('%s closed or replaced the ombridge host\'s protocol descriptors (%d and %d);'
-                       . ' the host restarts', $who, fileno($IN), fileno($OUT));
-    print STDERR "ombridge host: $what\n";
-    syswrite($OUT, "$token " . escape($what) . "\n") if identity($OUT) eq $CHANNEL[1];
-    CORE::exit(BROKEN);
+    my @n = grep { $_ >= 0 } @NUMBERS;
+    my $what = "$who closed or replaced the ombridge host's protocol descriptors ("
+               . join(', ', @n[0 .. $#n - 1]) . " and $n[-1]); the host restarts";
+    flush_stdout();
+    say_to_log("ombridge host: $what\n");
+    my $replying = identity($OUT) eq $CHANNEL[1];
+    syswrite($LOG, $MARK) if $replying && $LOG && identity($LOG) eq $CHANNEL[2];    # the call's output ends
+    my $replied = $replying && syswrite($OUT, "$token " . escape($what) . "\n");
+    for my $fh ($IN, $OUT, $LOG) {    # closed under perl's feet: closed quietly now, not with a
+        close $fh if $fh && identity($fh) eq '';    # warning of perl's at the exit
+    }
+    CORE::exit($replied ? REPLIED : BROKEN);
+}
+
+sub say_to_log {
+    # The host's own words go to its copy of the output pipe, or, when the script closed that,
+    # to descriptor 2 if that is still the same pipe: never into a file of the script's.
+    my ($text) = @_;
+    return if $CHANNEL[2] eq '';
+    if ($LOG && identity($LOG) eq $CHANNEL[2]) {
+        syswrite($LOG, $text);
+    } elsif (open(my $err, '>&=', 2)) {    # descriptor 2 itself: a tie on STDERR is the script's
+        syswrite($err, $text) if identity($err) eq $CHANNEL[2];
+    }
 }
 
 sub forked {
     # A child of the script has no business with the protocol: drop its copies at once, so that
-    # it can neither read a request nor reply, and the bridge sees EOF when the host dies.
-    close $IN  if $IN;
-    close $OUT if $OUT;
-    $IN = $OUT = undef;
-    # Its output keeps going to the capture file, which the host forwards to the log.
-    close $LOG     if $LOG;
-    close $CAPTURE if $CAPTURE;
-    $LOG = $CAPTURE = undef;
-}
-
-sub capture_output {
-    # STDERR is the capture file (the bridge opened it for reading and appending): keep a
-    # private copy of the log pipe (STDOUT) and of the file, and point STDOUT at the file too.
-    return unless -f STDERR;
-    $LOG     = high_copy(\*STDOUT, '>') or die "cannot move STDOUT: $!\n";
-    $CAPTURE = high_copy(\*STDERR, '<') or die "cannot copy STDERR: $!\n";
-    open(STDOUT, '>&', \*STDERR) or die "cannot point STDOUT at the capture file: $!\n";
-    binmode $LOG;
-    binmode $CAPTURE;
-}
-
-sub take_output {
-    # Forward what the capture file holds to the log, empty it, and return its last TAIL bytes.
-    # One fstat when nothing was written. Processes the script left running write with
-    # O_APPEND, so after the truncation they write at the start again; the file is read until
-    # its size stands still, so only a write in the instant between that look and the
-    # truncation can be missed.
-    return '' unless $CAPTURE;
-    flush_std();
-    my ($pos, $tail, $size) = (0, '');
-    while (($size = -s $CAPTURE || 0) > $pos) {
-        sysseek($CAPTURE, $pos, 0);
-        while ($pos < $size) {
-            my $n = sysread($CAPTURE, my $chunk, 1 << 20);
-            last unless $n;
-            $pos += $n;
-            write_all($LOG, $chunk);
-            $tail .= $chunk;
-            substr($tail, 0, length($tail) - TAIL, '') if length $tail > TAIL;
-        }
+    # it can neither read a request nor reply, and the bridge sees EOF when the host dies. Its
+    # output goes where its STDOUT and STDERR point, as in plain perl.
+    for my $fh ($IN, $OUT, $LOG) {
+        close $fh if $fh;
     }
-    truncate($CAPTURE, 0) if $pos;
-    return $tail;
-}
-
-sub flush_std {
-    # What the script left in STDOUT's buffer when it turned autoflush off: setting $| flushes
-    # at once, and the script's setting is put back. (STDERR is never buffered in perl.)
-    my $was = select(STDOUT);
-    ($| = 1) && ($| = 0) unless $|;
-    select($was);
-}
-
-sub release_output {
-    # Stopping: what is left goes to the log, and so does whatever the TERM handler and the END
-    # blocks print from now on (the capture file dies with the host).
-    return unless $CAPTURE;
-    take_output();
-    open(STDOUT, '>&', $LOG);
-    open(STDERR, '>&', $LOG);
-    $CAPTURE = undef;
+    $IN = $OUT = $LOG = undef;
 }
 
 sub escape {
@@ -205,9 +187,34 @@ sub unescape {
 
 sub reply {
     my ($line) = @_;
-    # One syswrite per reply: the bridge sees each outcome as soon as it exists, so a call that
-    # hangs later in a pipelined batch is never blamed on an earlier one.
-    write_all($OUT, "$line\n");
+    # What the call printed is flushed, and ended by a mark on the output pipe, before its reply
+    # exists (the bridge reads the reply, then finds the mark in the pipe). One syswrite per
+    # reply: the bridge sees each outcome as soon as it exists, so a call that hangs later in a
+    # pipelined batch is never blamed on an earlier one. (Inline: this runs for every Close.)
+    if ($LOG) {
+        flush_stdout();
+        my $n = syswrite($LOG, $MARK);
+        unless ($n && $n == length $MARK) {
+            channel_broken($line =~ /\A(?:READY|FATAL)/ ? ('the script, while it loaded,', 'FATAL')
+                                                        : ('OMBackSync', 'ERR'))
+                if !defined $n && $! == EBADF;    # the script closed our copy of the output pipe
+            write_all($LOG, substr($MARK, $n || 0));
+        }
+    }
+    my $n = syswrite($OUT, "$line\n");
+    write_all($OUT, substr("$line\n", $n || 0)) unless $n && $n == 1 + length $line;
+}
+
+sub flush_stdout {
+    # What perl buffered for STDOUT (on a pipe it buffers 8 KiB) goes out now: $| = 1 flushes at
+    # once, and the script's setting is put back. STDOUT is nearly always the selected handle:
+    # then no select is needed (half the cost of this, which runs for every Close).
+    my $was = select() eq 'main::STDOUT' ? undef : select(STDOUT);
+    unless ($|) {
+        $| = 1;
+        $| = 0;
+    }
+    select($was) if defined $was;
 }
 
 sub write_all {
@@ -281,7 +288,6 @@ sub load_script {
 }
 
 sub call {
-    # What the call printed is in the log, and its tail in the reply, before the reply.
     my $ok;
     {
         local $TRAP = 1;
@@ -290,9 +296,7 @@ sub call {
     my $err = $@;
     leave_child($ok, $err) if $$ != $PID;
     channel_broken('OMBackSync', 'ERR') unless channel_intact();
-    my $output = take_output();
-    my $outcome = $ok ? 'OK' : 'ERR ' . escape(message_of($err));
-    return length $output ? 'OUT ' . escape($output) . "\n$outcome" : $outcome;
+    return $ok ? 'OK' : 'ERR ' . escape(message_of($err));
 }
 
 sub handle {
@@ -322,7 +326,6 @@ sub serve {
         }
         if (select(my $rout = $rin, undef, undef, 1) <= 0) {    # idle (or a signal came)
             return if getppid() != $PARENT;    # orphaned: never outlive the supervisor
-            take_output();    # what processes the script left running wrote, into the log
             next;
         }
         my $n = sysread($IN, $buf, 65536, length $buf);
@@ -336,8 +339,8 @@ sub serve {
 
 sub stop {
     # Stopped like a plain perl that a service manager stops: the script's TERM handler (if it
-    # installed one) runs, then perl ends normally, END blocks and destructors included.
-    release_output();
+    # installed one) runs, then perl ends normally, END blocks and destructors included. What
+    # they print goes wherever the script's STDOUT and STDERR point (the host never moved them).
     my $handler = $SIG{TERM};
     kill 'TERM', $$ if ref $handler || (defined $handler && $handler ne '' && $handler ne 'DEFAULT'
                                         && $handler ne 'IGNORE');
@@ -345,24 +348,27 @@ sub stop {
 }
 
 sub main {
-    my ($fd, $script) = @ARGV;
-    die "usage: $0 REPLY_FD SCRIPT\n"
-        unless defined $script && defined $fd && $fd =~ /\A(\d+)\z/ && $script =~ m{\A(/.*)\z}s;
+    my ($fd, $script, $mark) = @ARGV;
+    die "usage: $0 REPLY_FD SCRIPT [MARK]\n"
+        unless defined $script && defined $fd && $fd =~ /\A(\d+)\z/ && $script =~ m{\A(/.*)\z}s
+               && (!defined $mark || $mark =~ /\A[0-9a-f]{32}\z/);
     ($fd, $script) = ($fd =~ /\A(\d+)\z/, $script =~ /\A(.*)\z/s);    # ours, not outside input (-T)
     # Private, close-on-exec copies of the protocol descriptors, far above the descriptors a
     # script closes before it runs a program (POSIX::close($_) for 3 .. 63): programs the
     # script starts inherit neither, and the script's own STDIN reads nothing.
     open(my $reply, '>&=', $fd) or die "cannot open reply descriptor $fd: $!\n";
-    $OUT = high_copy($reply, '>') or die "cannot move reply descriptor $fd: $!\n";
+    $OUT = high_copy($reply, '>', 4094, 1022, 254) or die "cannot move reply descriptor $fd: $!\n";
     close $reply;    # the original, not close-on-exec
-    $IN = high_copy(\*STDIN, '<') or die "cannot move STDIN: $!\n";
+    $IN = high_copy(\*STDIN, '<', 4094, 1022, 254) or die "cannot move STDIN: $!\n";
     open(STDIN, '<', '/dev/null') or die "cannot reopen STDIN: $!\n";
-    binmode $IN;
-    binmode $OUT;
-    @CHANNEL = (identity($IN), identity($OUT));
-    capture_output();
-    select((select(STDERR), $| = 1)[0]);
-    $| = 1;    # STDOUT
+    @CHANNEL = (identity($IN), identity($OUT), identity(\*STDOUT));    # the last: the output pipe
+    @NUMBERS = (fileno($IN), fileno($OUT), -1);
+    if (defined $mark) {
+        ($MARK) = "\0$mark\0" =~ /\A(.*)\z/s;
+        $LOG = high_copy(\*STDOUT, '>', 4093, 1021, 253) or die "cannot copy STDOUT: $!\n";
+        die "MARK needs STDOUT on a pipe\n" if defined sysseek($LOG, 0, 1) || $! != ESPIPE;
+        $NUMBERS[2] = fileno($LOG);
+    }
     $PARENT = getppid();
     # As if perl ran the script itself: $0 is its path, @ARGV is empty, and its folder comes
     # after perl's own @INC (a sibling Config.pm must not shadow perl's Config).
@@ -372,7 +378,6 @@ sub main {
     push @INC, length $dir ? $dir : '/';
     my $failure = load_script($script);
     channel_broken('the script, while it loaded,', 'FATAL') unless channel_intact();
-    take_output();    # what loading printed: into the log
     if (defined $failure) {
         reply('FATAL ' . escape($failure));
         CORE::exit(2);

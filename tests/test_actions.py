@@ -58,6 +58,11 @@ def test_output_is_bounded_to_its_tail() -> None:
     assert result.ok and len(result.output) == actions.OUTPUT_TAIL and result.output.endswith("aEND\n")
 
 
+def test_output_reads_as_a_script_s_does_utf8_else_latin1() -> None:
+    result = actions.perform("command", r"printf 'St\366rung, caf\303\251\n'", EVENT, 10)
+    assert result.ok and result.output == "Störung, café\n"
+
+
 def test_failure_exit_status_and_missing_program(tmp_path: Path) -> None:
     assert actions.perform("command", "exit 4", EVENT, 10).error == "exit status 4"
     assert actions.perform("command", "kill -TERM $$", EVENT, 10).error == "killed by SIGTERM"

@@ -16,6 +16,7 @@ from console_support import login
 
 SCRIPT = r"""use strict;
 use warnings;
+$| = 1;    # every line at once, in the order printed (perl buffers STDOUT on a pipe otherwise)
 sub OMBackSync {
     my ($op, $id) = @_;
     return 1 if $op eq 'Init';

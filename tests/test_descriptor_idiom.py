@@ -5,9 +5,11 @@ way, and a script that does destroy the channel fails that one ID, never closing
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 
 from bridge.home import Home
+from bridge.perlhost import PerlHost
 from compat.harness import home_processes
 from conftest import run_ombridge as omb
 from conftest import status, wait_for
@@ -78,3 +80,23 @@ def test_a_script_that_closes_every_descriptor_while_it_loads_fails_to_start(hom
     r = omb(home, "try", "T-1", check=False)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "the script, while it loaded, closed or replaced the ombridge host's protocol descriptors" in r.stderr
+
+
+def test_a_call_that_closes_one_of_the_host_s_descriptors_fails_alone_and_the_next_ones_run(
+        home: Home, caplog) -> None:
+    # The host answers that call (ERR), exits 5, and the Closes pipelined behind it were never
+    # read: given back, not attempted, and run by the next host (they were blamed for its exit).
+    caplog.set_level(logging.INFO, logger="ombridge.script")
+    for fd in (4095, 4093):  # the host's requests; its copy of the output pipe
+        home.script.write_text("use POSIX ();\nsub OMBackSync { my ($op, $id) = @_; print \"$op \", $id // '-', "
+                               f"\"\\n\"; POSIX::close({fd}) if ($id // '') eq 'breaks'; 1 }}\n1;\n")
+        with PerlHost(home, timeout=10) as host:
+            first, breaks, after = host.close_many(["T-1", "breaks", "T-3"])
+            assert first.ok and not breaks.ok and breaks.attempted and not after.attempted
+            assert breaks.error.startswith("OMBackSync closed or replaced the ombridge host's protocol descriptors")
+            if fd == 4095:  # the output copy is there to end the call's output with a mark
+                assert breaks.output == "Close breaks\nombridge host: " + breaks.error + "\n"
+            (again,) = host.close_many(["T-3"])
+            assert again.ok and again.output == "Close T-3\n"
+    assert caplog.text.count("Close breaks") == 2  # in the log in both cases
+    assert "Warning" not in caplog.text  # nothing of perl's own about the closed descriptors

@@ -54,16 +54,12 @@ def test_replies_and_greetings_parse() -> None:
         protocol.parse_greeting(b"OK")
 
 
-def test_an_out_line_joins_the_reply_after_it_only() -> None:
-    parser = protocol.ReplyParser(pid=7)
-    replies, garbage = parser.parse([b"OUT line 1%0Aline 2%0A", b"ERR no", b"OK", b"OUT \xe2\x9c\x93%0A"])
-    assert garbage is None
-    assert replies == [protocol.Reply(False, "no", "line 1\nline 2\n"), protocol.OK]
-    (ok,), _ = parser.parse([b"OK"])  # an OUT at the end of one read waits for its reply in the next
-    assert ok.output == "\u2713\n"
-    replies, garbage = parser.parse([b"OK", b"OUTPUT", b"OK"])
-    assert replies == [protocol.OK] and isinstance(garbage, ProtocolError)
+def test_replies_stop_at_the_first_line_that_is_not_the_protocol() -> None:
+    replies, garbage = protocol.parse_replies([b"ERR no", b"OK", b"OUT line%0A", b"OK"], pid=7)
+    assert replies == [protocol.Reply(False, "no"), protocol.OK]
+    assert isinstance(garbage, ProtocolError) and garbage.pid == 7  # OUT lines are gone from the protocol
 
 
-def test_a_tail_cut_inside_a_character_drops_the_stray_bytes() -> None:
-    assert protocol.decode_output("✓ done\n".encode()[1:]) == " done\n"
+def test_messages_read_as_output_is_read_latin1_where_not_utf8() -> None:
+    assert protocol.decode_message("St%C3%B6rung".encode()) == "Störung"
+    assert protocol.decode_message(b"St\xf6rung caf\xc3\xa9") == "Störung café"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import scriptlog
+from bridge import outputtext, scriptlog
 from bridge.scriptlog import LineLogger
 from bridge.home import Home
 from bridge.perlhost import PerlHost
@@ -58,9 +59,14 @@ def test_a_long_line_is_cut_and_says_how_much(records: Callable[[], list[str]]) 
                          "L: abcdefghij [... 6 more bytes of this line not logged]"]
 
 
-def test_bytes_that_are_not_utf8_are_escaped(records: Callable[[], list[str]]) -> None:
-    lines().feed("café ".encode() + b"\xff\n")
-    assert records() == ["L: café \\xff"]
+def test_bytes_that_are_not_utf8_are_read_as_latin1(records: Callable[[], list[str]]) -> None:
+    lines().feed("café ".encode() + b"St\xf6rung \xff\n")
+    assert records() == ["L: café Störung ÿ"]
+
+
+def test_a_tail_cut_inside_a_character_drops_the_stray_bytes() -> None:
+    assert outputtext.text_of("✓ done\n".encode()[1:], cut=True) == " done\n"
+    assert outputtext.text_of(b"\xa3 5", cut=False) == "£ 5"  # uncut: a Latin-1 pound sign
 
 
 def test_past_the_budget_lines_are_counted_and_noted_once_per_window(records: Callable[[], list[str]]) -> None:
@@ -122,3 +128,53 @@ def test_a_script_flooding_stdout_is_served_and_its_log_stays_bounded(
     script = [r for r in caplog.records if r.name == "ombridge.script"]
     assert sum(len(r.getMessage()) for r in script) < scriptlog.BUDGET * 3  # a window or two, not 2 MB
     assert any(re.search(r"\d+ lines \(\d+ bytes\) not logged", r.getMessage()) for r in script)
+
+
+MARK = b"\0" + b"0123456789abcdef" * 2 + b"\0"
+
+
+def reader(**options: object) -> tuple[scriptlog.OutputReader, int]:
+    """An OutputReader on a real pipe, and the pipe's write end."""
+    read_end, write_end = os.pipe()
+    return scriptlog.OutputReader(os.fdopen(read_end, "rb", buffering=0), log, "L", MARK, **options), write_end
+
+
+def test_output_is_split_at_the_marks_whoever_reads_and_wherever_a_read_ends(
+        records: Callable[[], list[str]]) -> None:
+    out, pipe = reader()
+    os.write(pipe, b"load\n" + MARK + b"one\n" + MARK[:7])  # a read may end inside a mark
+    wait_for(lambda: records() == ["L: load", "L: one"], what="the reader thread got there")
+    os.write(pipe, MARK[7:] + MARK + b"three, no newline" + MARK + b"\x00 a NUL and " + MARK[:-1] + b"X\n" + MARK)
+    assert out.take_calls(1) == ["load\n"]
+    assert out.take_calls(3) == ["one\n", "", "three, no newline"]
+    assert out.take_calls(1) == ["\x00 a NUL and " + MARK[:-1].decode() + "X\n"]  # not the mark: kept
+    assert out.take_calls(2) == ["", ""]  # no mark came for these (a stand-in host writes none)
+    os.write(pipe, b"then the host died in a call\n")
+    os.close(pipe)
+    assert out.take_leftover() == "then the host died in a call\n"
+    out.join(5)
+    assert not out.thread.is_alive()
+    # the log has lines (a call's last line without its newline runs on into the next one's)
+    assert records()[-2:] == ["L: three, no newline\x00 a NUL and " + MARK[:-1].decode() + "X",
+                              "L: then the host died in a call"]
+    assert not any("0123456789abcdef" * 2 + "\x00" in r for r in records()[:-2])
+
+
+def test_a_tail_keeps_the_last_bytes_of_a_call_and_says_it_was_cut() -> None:
+    out, pipe = reader()
+    os.write(pipe, "✓".encode() + b"x" * 5000 + b"\n" + MARK + b"short\n" + MARK)
+    long, short = out.take_calls(2)
+    assert long == "x" * 4095 + "\n" and short == "short\n"
+    os.write(pipe, b"\xa3" + b"y" * 4095 + MARK)  # 4096 bytes, not cut: the Latin-1 pound sign stays
+    assert out.take_calls(1) == ["£" + "y" * 4095]
+    os.close(pipe)
+
+
+def test_without_a_mark_output_only_goes_to_the_log(records: Callable[[], list[str]]) -> None:
+    read_end, pipe = os.pipe()
+    out = scriptlog.OutputReader(os.fdopen(read_end, "rb", buffering=0), log, "L")
+    os.write(pipe, b"a\n" + MARK + b"b\n")
+    os.close(pipe)
+    out.join(5)
+    assert out.take_calls(2) == ["", ""] and out.take_leftover() == ""
+    assert records() == ["L: a", "L: " + MARK.decode() + "b"]

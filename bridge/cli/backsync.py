@@ -84,7 +84,7 @@ def _print_outcome(outcome: Attempt) -> None:
 @click.argument("ids", nargs=-1, required=True)
 @click.option("--timeout", type=SECONDS, default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds one call may take before the child is killed and restarted.")
-@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON: id, ok, error and the output tail.")
 @click.option("-v", "--verbose", is_flag=True, help="Log the child's life (start, faults, restarts).")
 @_PERL_OPTION
 @click.pass_context
@@ -116,6 +116,6 @@ def try_(ctx: click.Context, ids: tuple[str, ...], timeout: float, as_json: bool
                     _print_outcome(outcome)
                     sys.stdout.flush()
     if as_json:
-        print_json([{"id": shown(o.subject), "ok": o.ok, "error": o.error} for o in results])
+        print_json([{"id": shown(o.subject), "ok": o.ok, "error": o.error, "output": o.output} for o in results])
     sys.exit(1 if failed else 0)
 

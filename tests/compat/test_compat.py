@@ -7,11 +7,12 @@ script may rely on. docs/compatibility.md lists what is identical and what delib
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from harness import RUNNERS, Case, fresh, load_cases, run_reference
+from harness import RUNNERS, Case, Run, call_key, fresh, load_cases, run_reference
 
 CASES = load_cases()
 PAIRS = [(case, runner) for case in CASES for runner in case.runners]
@@ -27,6 +28,25 @@ def test_same_as_plain_perl(case: Case, runner: str, tmp_path: Path) -> None:
     reference = run_reference(fresh(tmp_path / "plain", case), case)
     assert reference.outcomes, "the reference driver recorded nothing"
     bridged = RUNNERS[runner](fresh(tmp_path / "bridged", case), case)
-    assert bridged.outcomes == reference.outcomes
+    assert same_calls(case, bridged) == reference.outcomes
+    # A reference's address (HASH(0x...)) is never a readable outcome, and differs run to run.
+    assert not [o for o in bridged.outcomes if re.search(r"[A-Z]+\(0x[0-9a-f]+\)", o)]
     assert bridged.files == reference.files
+    assert bridged.output == reference.output  # what the script printed or warned: no more, no less
+    if "tails" not in case.skip:
+        assert bridged.tails == reference.tails
     assert reference.leftovers == [] and bridged.leftovers == []
+
+
+def same_calls(case: Case, bridged: Run) -> list[str]:
+    """ombridge's outcomes without those of the calls plain perl never finishes (``differs``),
+    each checked against the documented difference."""
+    keys = {call_key(call): start for call, start in case.differs.items()}
+    kept = []
+    for outcome in bridged.outcomes:
+        key = next((k for k in keys if outcome.startswith(k + " ")), None)
+        if key is None:
+            kept.append(outcome)
+        else:
+            assert outcome.startswith(f"{key} {keys[key]}"), outcome
+    return kept
