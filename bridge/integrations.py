@@ -282,8 +282,27 @@ def add(home: Home, name: str, source: Path) -> bool:
     replaced = any(i.name == name for i in integrations)
     entry = Integration(name, f"from {source.resolve()}, {time.strftime('%Y-%m-%d %H:%M:%S')}", code)
     integrations = [entry if i.name == name else i for i in integrations] if replaced else [*integrations, entry]
-    _write(home, text, join(head, integrations, tail))
+    merged = join(head, integrations, tail)
+    try:
+        _write(home, text, merged)
+    except ScriptSyntaxError as exc:
+        raise _not_merged(exc, name, source, home.script, merged, code) from None
     return replaced
+
+
+def _not_merged(exc: ScriptSyntaxError, name: str, source: Path, script: Path, merged: str,
+                code: str) -> ScriptSyntaxError:
+    """perl's refusal of a merge, told of the integration: its name, its file and its own lines
+    (perl named the merged file's), and that the home's script was left as it was."""
+    first = merged[:merged.index(f"# --- integration {name} (")].count("\n") + 3  # (after the header lines)
+    last = first + code.count("\n")
+
+    def own_line(m: re.Match[str]) -> str:
+        n = int(m[1])
+        return f"{source} line {n - first + 1}" if first <= n <= last else m[0]
+
+    message = re.sub(rf"{re.escape(str(script))} line (\d+)", own_line, exc.message).rstrip("\n")
+    return ScriptSyntaxError(f"integration {name} ({source})", f"{message}\nnothing was merged: {script} is unchanged")
 
 
 def remove(home: Home, name: str) -> None:

@@ -332,3 +332,15 @@ def test_wording_names_no_python_type_and_no_doubled_name(home: Home) -> None:
         assert ", restarts after faults 0" in omb(home, "status").stdout
     finally:
         omb(home, "stop")
+
+
+def test_integration_add_of_a_broken_file_names_the_integration_its_file_and_its_line(home: Home, tmp_path) -> None:
+    broken = tmp_path / "vendor.pl"
+    broken.write_text("sub OMBackSync {\n    my ($op, $id) = @_;\n    my $x = ;\n    return 1;\n}\n1;\n")
+    before = home.script.read_bytes()
+    r = omb(home, "integration", "add", "vendor", str(broken), check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"ombridge: error: integration vendor ({broken}) does not compile:\n")
+    assert f"syntax error at {broken} line 3, near" in r.stderr
+    assert r.stderr.rstrip().endswith(f"nothing was merged: {home.script} is unchanged")
+    assert home.script.read_bytes() == before
