@@ -123,7 +123,7 @@ def test_a_redirect_is_a_failed_attempt_not_followed(home: Home, web: tuple[str,
     assert row["last_error"] == f"HTTP 302 redirect to {base}/landing not followed: configure the subscriber's URL"
     assert hits == ["POST /redirect"]  # never to /landing
     shown = omb(home, "deliveries", "show", str(row["id"])).stdout
-    assert "exit status 302" in shown and "redirect to" in shown
+    assert "HTTP 302, failed: HTTP 302 redirect" in shown and "redirect to" in shown
 
 
 def test_credentials_go_in_a_secret_header_never_in_a_url(home: Home, web: tuple[str, list[str]]) -> None:
