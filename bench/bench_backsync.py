@@ -10,7 +10,7 @@ import subprocess
 
 from common import bench_home, machine, table, timed
 
-from bridge.perlhost import PerlHost
+from bridge.ombacksync.perlhost import PerlHost
 
 N = 50_000  # closes for the bridge and in-process runs
 SPAWNS = 300  # closes for the spawn-per-event run

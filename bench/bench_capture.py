@@ -22,9 +22,9 @@ from pathlib import Path
 from bench_supervisor import OMBRIDGE
 from common import bench_home, table
 
-from bridge import control, launcher
-from bridge.perlenv import HostSettings
-from bridge.perlhost import PerlHost
+from bridge.client import control, launcher
+from bridge.ombacksync.perlenv import HostSettings
+from bridge.ombacksync.perlhost import PerlHost
 
 BURST = 100_000
 CALLS = 50_000

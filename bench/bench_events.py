@@ -16,7 +16,9 @@ from pathlib import Path
 
 from common import bench_home, table, timed
 
-from bridge import actions, catalog, events, store
+from bridge import store
+from bridge.delivery import actions
+from bridge.eventcore import catalog, events
 from bridge.model import ActionKind
 
 SENDS = 2_000

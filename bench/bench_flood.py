@@ -15,7 +15,9 @@ import time
 
 from common import bench_home, table
 
-from bridge import backsync, control, launcher, store
+from bridge import store
+from bridge.client import control, launcher
+from bridge.delivery import backsync
 
 MB = 20
 LINE = b"x" * 79  # + "\n": 80 bytes a line

@@ -30,7 +30,10 @@ from common import bench_home, table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from pg_support import PgServer  # noqa: E402
 
-from bridge import backsync, launcher, nodes, store  # noqa: E402
+from bridge import store  # noqa: E402
+from bridge.client import launcher
+from bridge.delivery import backsync
+from bridge.eventcore import nodes
 
 ROUNDS = 3  # bursts per store, alternated (this machine's speed drifts: the median of three)
 PAGES = 200  # console page loads per store
@@ -186,7 +189,7 @@ def run() -> str:
         ["`send` returned -> action started, PostgreSQL (1,000 sends)", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
          "target p50 <= 10 ms"],
         [f"a console page (deliveries, logged in), SQLite (p50 of {PAGES})", f"{sqlite_page:.2f} ms", "1.00"],
-        [f"the same on PostgreSQL (connections lent by a pool)", f"{pg_page:.2f} ms",
+        ["the same on PostgreSQL (connections lent by a pool)", f"{pg_page:.2f} ms",
          f"{pg_page / sqlite_page:.2f}x SQLite"],
         [f"the `ombridge send` command, SQLite (median of {COMMANDS})", f"{sqlite_send:.1f} ms", "1.00"],
         ["the same on PostgreSQL (psycopg imported, a new connection)", f"{pg_send:.1f} ms",

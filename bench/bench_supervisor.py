@@ -18,7 +18,9 @@ from pathlib import Path
 from bench_backsync import in_process_rate, spawn_per_event_rate
 from common import bench_home, table
 
-from bridge import catalog, control, events, launcher, store
+from bridge import store
+from bridge.client import control, launcher
+from bridge.eventcore import catalog, events
 from bridge.model import ActionKind
 
 SENDS = 1_000

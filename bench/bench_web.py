@@ -33,8 +33,12 @@ from urllib.parse import quote
 
 from common import bench_home, table
 
-from bridge import backsync, control, events, launcher, omimap, omisync, omitopic, store
+from bridge import store
+from bridge.client import control, launcher
+from bridge.delivery import backsync
 from bridge.doorbell import ring
+from bridge.eventcore import events, omimap
+from bridge.syncback import omisync, omitopic
 from bridge.web import users
 from bridge.web.config import ListenConfig
 from bridge.web.listener import Listener

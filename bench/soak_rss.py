@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common import bench_home, machine, table
 
-from bridge import control, launcher
+from bridge.client import control, launcher
 
 ROUNDS = 10
 PER_ROUND = 100_000

@@ -20,7 +20,7 @@ _CHECKOUT = Path(__file__).resolve().parent.parent
 def perl_dir() -> Path:
     """The folder of the perl side: ``ombridge_host.pl`` and ``check/OMBridgeCheck.pm``.
 
-    Never raises (it is looked up when :mod:`bridge.perlenv` is imported): in a broken
+    Never raises (it is looked up when :mod:`bridge.ombacksync.perlenv` is imported): in a broken
     installation it names the checkout's folder, and starting perl then fails with perl's message.
     """
     found = _find("bridge.perl", "ombridge_host.pl", _CHECKOUT / "perl")

@@ -1,7 +1,7 @@
 """The one reader of a home's ``conf/ombridge.conf`` (TOML): each owner asks it for its table.
 
-``[ombacksync]`` is read by :mod:`bridge.perlenv`, ``[store]`` by :mod:`bridge.store`, ``[omi]``
-by :mod:`bridge.omisync`, ``[listen]`` by :mod:`bridge.web.config`; each checks its own values.
+``[ombacksync]`` is read by :mod:`bridge.ombacksync.perlenv`, ``[store]`` by :mod:`bridge.store`, ``[omi]``
+by :mod:`bridge.syncback.omisync`, ``[listen]`` by :mod:`bridge.web.config`; each checks its own values.
 A file that cannot be read or parsed is one :class:`ConfError` naming the file and the reason,
 for whichever asks first, and :func:`problem` says so for ``status``.
 

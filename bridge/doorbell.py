@@ -6,9 +6,8 @@ that stored deliveries, and importing :mod:`socket` alone would cost it ~2 ms.
 
 from __future__ import annotations
 
-import os
-
 import _socket
+import os
 
 DOORBELL = "doorbell.sock"
 MAX_PATH = 100  # sun_path holds 108 bytes

@@ -34,8 +34,9 @@ def _fast(argv: list[str]) -> int | None:
         force, argv = True, argv[:-1]
     plain = all(not a.startswith("-") for a in argv[1:])
     if len(argv) == 3 and argv[0] == "send" and plain:
-        from . import sending, store
+        from . import store
         from .cli.report import print_send
+        from .delivery import sending
         from .home import resolve_root
 
         _imported()
@@ -43,7 +44,7 @@ def _fast(argv: list[str]) -> int | None:
         return print_send(sending.send(store.connect(root), argv[1], argv[2], force, cwd=root,
                                        on_stored=lambda: _ring(root)))
     if len(argv) == 4 and argv[:2] == ["key", "get"] and plain and not force:
-        from .events import key_field
+        from .eventcore.events import key_field
 
         _imported()
         print(key_field(argv[2], argv[3]))

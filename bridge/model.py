@@ -35,7 +35,7 @@ class ActionKind(str, Enum):
     PROGRAM = "program"  # an event program: argv = [program, topic, key JSON], no shell
     WEB = "web"  # HTTP POST of the event as JSON
     BACKSYNC = "backsync"  # the built-in: OMBackSync('Close', &ID) in the persistent perl child
-    OMI = "omi"  # the built-in sync back: omi/change -> event_change to OMi's gateway (bridge/omisync.py)
+    OMI = "omi"  # the built-in sync back: omi/change -> event_change to OMi's gateway (bridge/syncback/omisync.py)
 
 
 class Lane(str, Enum):
@@ -126,7 +126,7 @@ class ListenerState(str, Enum):
 
 
 class NodeState(str, Enum):
-    """A node of the event core as the ``nodes`` table shows it (bridge/nodes.py): derived from its
+    """A node of the event core as the ``nodes`` table shows it (bridge/eventcore/nodes.py): derived from its
     row at each reading (a heartbeat within the dead-node limit, or a clean stop), never stored."""
 
     RUNNING = "running"

@@ -28,10 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge import backsync, catalog, control, launcher, ledger, store  # noqa: E402
-from bridge.model import ActionKind  # noqa: E402
+from bridge import store  # noqa: E402
+from bridge.client import control, launcher
+from bridge.delivery import backsync
 from bridge.errors import BridgeError, NotRunning  # noqa: E402
+from bridge.eventcore import catalog, ledger
 from bridge.home import Home  # noqa: E402
+from bridge.model import ActionKind  # noqa: E402
 
 RECORDER = r"""
 use strict;

@@ -6,7 +6,6 @@ import html
 import re
 
 import httpx
-
 from web_support import PASSWORD, USER, Listening
 
 TOKEN = re.compile(r'name="(token|csrf)" value="([^"]*)"')

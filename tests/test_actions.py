@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import actions
-from bridge.actions import EventContext
+from bridge.delivery import actions
+from bridge.eventcore.deliveries import EventContext
 
 EVENT = EventContext(7, "task/change", {"APPC": "KE1", "TASK": "T 1", "N": 3}, '{"APPC":"KE1","TASK":"T 1","N":3}', 2)
 

@@ -8,11 +8,11 @@ import json
 import re
 
 import pytest
-
-from bridge.home import Home
 from conftest import wait_for
 from console_support import login
 from web_support import omb
+
+from bridge.home import Home
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE
 from pytest_subprocess import FakeProcess
 
-from bridge import integrations
 from bridge.errors import BridgeError, ScriptSyntaxError
 from bridge.home import Home
-from bridge.perlenv import HostSettings, check_command
-from bridge.perlhost import HostState, PerlHost, check_syntax
-from conftest import EXAMPLE
+from bridge.ombacksync import integrations
+from bridge.ombacksync.perlenv import HostSettings, check_command
+from bridge.ombacksync.perlhost import HostState, PerlHost, check_syntax
 
 
 def perl_c(script: Path) -> list[str]:

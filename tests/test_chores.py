@@ -1,4 +1,4 @@
-"""The supervisor's chores scheduler (bridge/chores.py), with a fake clock and a real event core."""
+"""The supervisor's chores scheduler (bridge/daemon/chores.py), with a fake clock and a real event core."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import sqlite3
 
 import pytest
 
-from bridge import chores, retention, store
-from bridge.chores import Chores
+from bridge import store
+from bridge.daemon import chores
+from bridge.daemon.chores import Chores
+from bridge.eventcore import retention
 from bridge.home import Home
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import OMBRIDGE, hex_lines, run_ombridge
 
 from bridge.home import Home, resolve_home
-from conftest import OMBRIDGE, hex_lines, run_ombridge
 
 
 def run(home: Home | None, *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
@@ -112,8 +112,8 @@ def test_home_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_split_storable_refuses_exactly_what_the_event_core_would_refuse() -> None:
-    from bridge.backsync import split_storable
-    from bridge.events import canonical_key
+    from bridge.delivery.backsync import split_storable
+    from bridge.eventcore.events import canonical_key
 
     ids = ["EVT-1", "", "a\x00b", "x" * 70000, "\x01" * 11000, "\x01" * 10000, "é" * 30000]
     good, refused = split_storable(ids)

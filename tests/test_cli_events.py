@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import OMBRIDGE, snapshot
+from conftest import run_ombridge as omb
 
 from bridge import store
 from bridge.home import Home
-from conftest import OMBRIDGE
-from conftest import run_ombridge as omb
-from conftest import snapshot
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import html
 import json
 
-from bridge.home import Home
-from bridge.model import OUTPUT_TAIL
-from bridge.perlhost import HostSettings, PerlHost
 from conftest import run_ombridge as omb
 from conftest import wait_for
 from console_support import login
+
+from bridge.home import Home
+from bridge.model import OUTPUT_TAIL
+from bridge.ombacksync.perlhost import HostSettings, PerlHost
 
 SCRIPT = r"""use strict;
 use warnings;

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from bridge.home import Home
 from conftest import wait_for
 from web_support import PASSWORD, USER, install, omb
+
+from bridge.home import Home
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]  # one Chromium, on one worker
 from playwright.sync_api import expect  # noqa: E402  (a test dependency: never skipped for want of it)

@@ -10,14 +10,15 @@ from typing import Any
 
 import markupsafe
 import pytest
-
-from bridge import catalog, deliveries, events, ledger, store
-from bridge.model import ActionKind, Attempt
-from bridge.home import Home
-from bridge.web.console.chart import render
 from conftest import wait_for
 from console_support import csrf_of, form_token, login
 from web_support import PASSWORD, USER, install, make_cert, omb
+
+from bridge import store
+from bridge.eventcore import catalog, deliveries, events, ledger
+from bridge.home import Home
+from bridge.model import ActionKind, Attempt
+from bridge.web.console.chart import render
 
 XSS = "<script>alert(1)</script>"
 PAGES = ["/ui/status", "/ui/status/chart.svg", "/ui/events", "/ui/deliveries", "/ui/deliveries/1", "/ui/topics",

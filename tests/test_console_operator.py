@@ -9,10 +9,11 @@ import html
 import json
 import re
 
-from bridge.home import Home
 from conftest import wait_for
 from console_support import csrf_of, form_token, login
 from web_support import USER, omb
+
+from bridge.home import Home
 
 XSS = "<script>alert(1)</script>"
 

@@ -8,11 +8,12 @@ import json
 import logging
 from collections import Counter
 
-from bridge.home import Home
-from bridge.perlhost import PerlHost
 from compat.harness import home_processes
 from conftest import run_ombridge as omb
-from conftest import status, wait_for
+from conftest import wait_for
+
+from bridge.home import Home
+from bridge.ombacksync.perlhost import PerlHost
 
 SCRIPT = r"""use strict;
 use warnings;

@@ -8,12 +8,14 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from bridge import backsync, catalog, deliveries, events, ledger, sending, store
-from bridge.model import ActionKind
-from bridge.errors import NotFound, StoreError, UsageError
-from bridge.home import Home
 from conftest import snapshot
+
+from bridge import store
+from bridge.delivery import backsync, sending
+from bridge.errors import NotFound, StoreError, UsageError
+from bridge.eventcore import catalog, deliveries, events, ledger
+from bridge.home import Home
+from bridge.model import ActionKind
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 

@@ -7,7 +7,7 @@ through `try` and a supervisor; these are the host-level details."""
 from __future__ import annotations
 
 from bridge.home import Home
-from bridge.perlhost import HostSettings, PerlHost
+from bridge.ombacksync.perlhost import HostSettings, PerlHost
 
 SCRIPT = r"""use strict;
 use warnings;

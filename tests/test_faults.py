@@ -11,15 +11,11 @@ import os
 import subprocess
 
 import pytest
+from chaos import perls_of
+from conftest import EXAMPLE, FIXTURES, OMBRIDGE, status, wait_for
+from conftest import run_ombridge as omb
 
 from bridge.home import Home
-from chaos import perls_of
-from conftest import OMBRIDGE
-from conftest import run_ombridge as omb
-from conftest import status
-from conftest import EXAMPLE, FIXTURES, wait_for
-
-
 
 
 def by_id(home: Home) -> dict[str, dict]:

@@ -10,8 +10,10 @@ import threading
 
 import pytest
 
-from bridge import backsync, catalog, omimap, sending, store
-from bridge.backsync import OMI_EVENT_TOPIC
+from bridge import store
+from bridge.delivery import backsync, sending
+from bridge.delivery.backsync import OMI_EVENT_TOPIC
+from bridge.eventcore import catalog, omimap
 from bridge.home import Home
 from bridge.model import ActionKind
 from bridge.web import forwarded

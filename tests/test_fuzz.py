@@ -11,17 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import backsync, catalog, events, sending, store, substitution
+from bridge import store
+from bridge.delivery import backsync, sending
+from bridge.delivery.manager import EventManager
+from bridge.errors import BridgeError, UsageError
+from bridge.eventcore import catalog, events, substitution
+from bridge.home import Home
 from bridge.model import ActionKind
 from bridge.names import value_text
-from bridge.errors import BridgeError, UsageError
-from bridge.home import Home
-from bridge.manager import EventManager
-from bridge.perlhost import PerlHost
-from conftest import FIXTURES
+from bridge.ombacksync.perlhost import PerlHost
 
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

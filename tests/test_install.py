@@ -12,12 +12,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE, ROOT, wait_for
 
 from bridge import bundled, store
 from bridge.errors import UsageError
 from bridge.home import Home, is_home
-from bridge.newhome import create_home
-from conftest import EXAMPLE, ROOT, wait_for
+from bridge.setup.newhome import create_home
 
 
 def _mode(path: Path) -> int:
@@ -138,7 +138,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_from_the_root_directory(d
         return _run([ombridge, *args], cwd="/", env=env)
 
     where = _run([str(venv / "bin" / "python"), "-c",
-                  "import bridge, bridge.bundled as b, bridge.perlhost as p\n"
+                  "import bridge, bridge.bundled as b, bridge.ombacksync.perlhost as p\n"
                   "print(bridge.__file__, p.HOST_SCRIPT, b.example_script())"],
                  cwd="/", env=env).stdout.split()
     assert all(Path(w).is_relative_to(venv) for w in where), where  # nothing comes from the checkout

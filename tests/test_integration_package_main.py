@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bridge.home import Home
 from compat.harness import Case, fresh, run_reference, run_try
 from conftest import run_ombridge as omb
+
+from bridge.home import Home
 
 VENDOR = r"""use strict;
 use warnings;

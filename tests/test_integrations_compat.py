@@ -6,14 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from compat.harness import Case, fresh, run_reference, run_try
+from conftest import run_ombridge as omb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge import integrations
 from bridge.home import Home
-from bridge.integrations import BEGIN, END, POD_CLOSER, Integration, join, split
-from conftest import run_ombridge as omb
-from compat.harness import Case, fresh, run_reference, run_try
+from bridge.ombacksync import integrations
+from bridge.ombacksync.integrations import (
+    BEGIN,
+    END,
+    POD_CLOSER,
+    Integration,
+    join,
+    split,
+)
 
 TRICKY_LINES = [
     "# closes tickets (ServiceNow)", "sub OMBackSync { 1 }", "1;", "}", "{", "=pod", "=head1 NAME", "=cut", "",

@@ -14,11 +14,13 @@ from collections import deque
 
 import pytest
 
-from bridge import backsync, deliveries, lanes, ledger, store
+from bridge import store
+from bridge.delivery import backsync, lanes
+from bridge.delivery.lanes import BATCH_SECONDS, RECORD_EVERY, WINDOW, BacksyncLane
+from bridge.eventcore import deliveries, ledger
 from bridge.home import Home
-from bridge.lanes import BATCH_SECONDS, RECORD_EVERY, WINDOW, BacksyncLane
 from bridge.model import Attempt
-from bridge.perlhost import PerlHost
+from bridge.ombacksync.perlhost import PerlHost
 
 
 class Clock:

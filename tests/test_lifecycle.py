@@ -19,17 +19,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from bridge import catalog, deliveries, events, ledger
-from bridge.errors import UsageError
-from bridge.home import Home
-from bridge.lanes import RECORD_EVERY
-from bridge.model import ActionKind, Attempt, DeliveryStatus, Settlement
 from chaos import perls_of
-from conftest import OMBRIDGE
+from conftest import FIXTURES, OMBRIDGE, alive, status, wait_for
 from conftest import run_ombridge as omb
-from conftest import status
-from conftest import FIXTURES, alive, wait_for
+
+from bridge.delivery.lanes import RECORD_EVERY
+from bridge.errors import UsageError
+from bridge.eventcore import catalog, deliveries, events, ledger
+from bridge.home import Home
+from bridge.model import ActionKind, Attempt, DeliveryStatus, Settlement
 
 OK = Attempt(True, 0.0, 0.0, 0)
 

@@ -9,18 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import OMBRIDGE, ROOT, wait_for
+from conftest import run_ombridge as omb
 
 from bridge.home import Home
-from conftest import OMBRIDGE
-from conftest import run_ombridge as omb
-from conftest import ROOT, wait_for
-
 
 PRODUCER = """
 import sys
 sys.path.insert(0, {root!r})
-from bridge import events, store
-from bridge.control import ring
+from bridge.eventcore import events
+from bridge import store
+from bridge.client.control import ring
 from bridge.home import Home
 home = Home({home!r})
 conn = store.connect(home)

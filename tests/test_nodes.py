@@ -9,13 +9,13 @@ import re
 import time
 
 import pytest
-
-from bridge import nodes
-from bridge.errors import BridgeError, UsageError
-from bridge.home import Home
-from bridge.model import Lane
 from conftest import run_ombridge as omb
 from conftest import status, wait_for
+
+from bridge.errors import BridgeError, UsageError
+from bridge.eventcore import nodes
+from bridge.home import Home
+from bridge.model import Lane
 
 pytestmark = pytest.mark.both_stores
 
@@ -47,7 +47,7 @@ def test_a_dead_nodes_claims_are_made_due_by_the_next_beat_of_another(home: Home
     omb(home, "close", "C-1", "C-2", "C-3")
     nodes.join(conn, A, version="1", checksum="same")
     nodes.join(conn, B, version="1", checksum="same")
-    from bridge import deliveries
+    from bridge.eventcore import deliveries
 
     claims = deliveries.claim(conn, limit=3, lane=Lane.BACKSYNC, owner=A.owner)
     assert len(claims) == 3 and claimed_by(conn, A.owner) == 3
@@ -127,7 +127,7 @@ def test_forgetting_a_node_gone_for_good_releases_every_claim_it_names(home: Hom
     omb(home, "close", "C-1", "C-2", "C-3")
     nodes.join(conn, A, version="1", checksum="same")
     nodes.join(conn, B, version="1", checksum="same")
-    from bridge import deliveries
+    from bridge.eventcore import deliveries
 
     assert len(deliveries.claim(conn, limit=3, lane=Lane.BACKSYNC, owner=A.owner)) == 3
     conn.execute("UPDATE subscriber_events SET next_attempt_at = 0 WHERE id IN "
@@ -195,7 +195,8 @@ def test_a_node_that_comes_back_to_find_its_name_taken_stops_and_never_writes_th
 def test_check_db_names_orphaned_claims_and_nodes_forget_releases_them(home: Home, conn) -> None:
     """Issue 28: check --db ended with a garbled sentence pointing at SQLite's recovery, and
     nodes forget refused the orphan it reported ("no node is named ...")."""
-    from bridge import deliveries, store
+    from bridge import store
+    from bridge.eventcore import deliveries
 
     omb(home, "close", "C-1", "C-2")
     ghost = nodes.Node("ghost", "gone-host", "/srv/gone", 12)  # never in the table (a copied store, say)

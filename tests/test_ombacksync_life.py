@@ -10,14 +10,13 @@ import time
 from collections import Counter
 
 import pytest
+from compat.harness import home_processes
+from conftest import run_ombridge as omb
+from conftest import status, wait_for
 
 from bridge.errors import PerlStartError
 from bridge.home import Home
-from bridge.perlhost import HostSettings, HostState, PerlHost
-from compat.harness import home_processes
-from conftest import run_ombridge as omb
-from conftest import status
-from conftest import wait_for
+from bridge.ombacksync.perlhost import HostSettings, HostState, PerlHost
 
 FORKING = r"""use strict;
 use warnings;

@@ -9,9 +9,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from bridge.home import Home
 from omi_gateway import SYNC, Gateway, configure
 from web_support import omb
+
+from bridge.home import Home
 
 OMI_MD = Path(__file__).resolve().parent.parent / "docs" / "omi.md"
 

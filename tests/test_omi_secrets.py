@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bridge.home import Home
 from omi_gateway import GW_PASSWORD, Gateway, configure
 from web_support import omb
+
+from bridge.home import Home
 
 SECRET = "Typed-0n-The-Command-Line-Pa55"
 

@@ -8,12 +8,12 @@ import json
 from xml.etree import ElementTree as ET
 
 import pytest
-
-from bridge import store
-from bridge.home import Home
 from conftest import wait_for
 from omi_gateway import GW_PASSWORD, SYNC, Gateway, configure
 from web_support import NS, XML, change_path, install, omb, recorded
+
+from bridge import store
+from bridge.home import Home
 
 E = f"{{{NS}}}"
 

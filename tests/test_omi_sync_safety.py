@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from bridge.home import Home
 from conftest import wait_for
 from omi_gateway import GW_PASSWORD, SYNC, Gateway, configure
 from test_omi_sync import _close, attempts_of, event_list, event_xml, keys_of, rows
 from web_support import XML, change_path, install, omb, recorded
+
+from bridge.home import Home
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from bridge import omisync
 from bridge.errors import UsageError
 from bridge.home import Home
+from bridge.syncback import omisync
 from bridge.web import omi
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)

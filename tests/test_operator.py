@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from bridge import catalog, deliveries, events, ledger, metrics, store
-from bridge.model import ActionKind
-from bridge.home import Home
-from bridge.retention import parse_age, prune
-from conftest import run_ombridge as omb
 from conftest import ROOT, snapshot, wait_for
+from conftest import run_ombridge as omb
+
+from bridge import store
+from bridge.eventcore import metrics
+from bridge.eventcore import catalog, deliveries, events, ledger
+from bridge.eventcore.retention import parse_age, prune
+from bridge.home import Home
+from bridge.model import ActionKind
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 
@@ -165,11 +167,11 @@ def test_context_from_the_event_core_and_async_delivery(home: Home, conn) -> Non
     conn.execute("CREATE TABLE tasks (FIAPPL TEXT, FIFIXN TEXT, FISHFD TEXT, FIPGMR TEXT)")
     conn.execute("INSERT INTO tasks VALUES ('KE1', 'T1', 'fix the login', 'carol')")
     catalog.add_topic(conn, "task/add", ["APPC", "TASK"])
-    from bridge.contexts import add_context
+    from bridge.eventcore.contexts import add_context
     add_context(conn, "task/add", "tasks", {"APPC": "FIAPPL", "TASK": "FIFIXN"})
     catalog.attach_topic(conn, catalog.add_subscriber(conn, ActionKind.COMMAND, "printf '%s/%s' &FISHFD &FIPGMR"), "task/add")
     events.send(conn, "task/add", {"APPC": "KE1", "TASK": "T1"})
-    from bridge.manager import EventManager
+    from bridge.delivery.manager import EventManager
     EventManager(home, None, owner="test").drain(conn)
     assert conn.execute("SELECT output FROM attempts").fetchone()[0] == "fix the login/carol"
 

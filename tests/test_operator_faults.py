@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES, status, wait_for
+from conftest import run_ombridge as omb
 
 from bridge.home import Home
-from conftest import run_ombridge as omb
-from conftest import status
-from conftest import FIXTURES, wait_for
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root (CI runs as root)")
 

@@ -8,14 +8,18 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import OMBRIDGE, wait_for
+from conftest import run_ombridge as omb
 
 from bridge.errors import UsageError
 from bridge.home import Home
-from bridge.perlenv import HostSettings, check_command, host_command, load_settings, shebang_switches
-from conftest import OMBRIDGE
-from conftest import run_ombridge as omb
-from conftest import wait_for
-
+from bridge.ombacksync.perlenv import (
+    HostSettings,
+    check_command,
+    host_command,
+    load_settings,
+    shebang_switches,
+)
 
 
 @pytest.mark.parametrize(("first_line", "switches"), [

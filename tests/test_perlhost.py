@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, alive, hex_lines, wait_for
 
 from bridge.errors import PerlStartError, ScriptSyntaxError
 from bridge.home import Home
-from bridge.perlhost import Backoff, HostState, PerlHost
-from conftest import ROOT, alive, hex_lines, wait_for
+from bridge.ombacksync.perlhost import Backoff, HostState, PerlHost
 
 HOSTILE_IDS = [
     "EVT-1",
@@ -217,7 +217,7 @@ def test_pipelined_batch_keeps_order(home: Home, use_script: Callable[[str], Pat
 def test_child_exits_when_stdin_closes_and_when_the_parent_dies(home: Home) -> None:
     program = (
         "import os, sys; sys.path.insert(0, %r)\n"
-        "from pathlib import Path; from bridge.home import Home; from bridge.perlhost import PerlHost\n"
+        "from pathlib import Path; from bridge.home import Home; from bridge.ombacksync.perlhost import PerlHost\n"
         "h = PerlHost(Home(Path(%r))); h.start(); print(h.pid, flush=True); os._exit(0)\n"
     ) % (str(ROOT), str(home.root))
     out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)

@@ -7,11 +7,11 @@ greeting, then one per request (see tests/fixtures/hosts/scripted_host.pl).
 from __future__ import annotations
 
 import pytest
+from conftest import SCRIPTED_HOST
 
 from bridge.errors import PerlStartError
 from bridge.home import Home
-from bridge.perlhost import HostSettings, HostState, PerlHost
-from conftest import SCRIPTED_HOST
+from bridge.ombacksync.perlhost import HostSettings, HostState, PerlHost
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The event core in PostgreSQL (bridge/pgstore.py, bridge/dialect.py): choosing the store, what is
+"""The event core in PostgreSQL (bridge/store/pgstore.py, bridge/store/dialect.py): choosing the store, what is
 refused with one sentence, claims of two connections, and a real supervisor delivering Closes
 through the real perl child with its store in the test server (tests/pg_support.py)."""
 
@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from bridge import catalog, deliveries, events, pgschema, pgstore, store
-from bridge.errors import SchemaTooNew, StoreError
-from bridge.home import Home
-from bridge.model import ActionKind, Attempt, Lane
 from conftest import run_ombridge as omb
 from conftest import stop_quietly, wait_for
 from pg_support import PgServer, free_port
+
+from bridge import store
+from bridge.errors import SchemaTooNew, StoreError
+from bridge.eventcore import catalog, deliveries, events
+from bridge.home import Home
+from bridge.model import ActionKind, Attempt, Lane
+from bridge.store import pgschema, pgstore
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import protocol
 from bridge.errors import ProtocolError, UsageError
+from bridge.ombacksync import protocol
 
 
 @given(st.binary())

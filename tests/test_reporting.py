@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from bridge.home import Home
 from conftest import FIXTURES, OMBRIDGE, alive, status, wait_for
 from conftest import run_ombridge as omb
+
+from bridge.home import Home
 
 SLEEP = 20  # seconds the synchronized subscriber sleeps: far more than any bound asserted below
 PROMPT = 6.0  # seconds within which status, stop and a signal must be done (a busy machine: generous)

@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from bridge import outputtext, scriptlog
-from bridge.scriptlog import LineLogger
-from bridge.home import Home
-from bridge.perlhost import PerlHost
 from conftest import wait_for
+
+from bridge import outputtext
+from bridge.home import Home
+from bridge.ombacksync import scriptlog
+from bridge.ombacksync.perlhost import PerlHost
+from bridge.ombacksync.scriptlog import LineLogger
 
 log = logging.getLogger("ombridge.test.scriptlog")
 NOTE = re.compile(r"^L: (\d+) lines \((\d+) bytes\) not logged: output above (\d+) bytes per (\S+)s$")

@@ -10,8 +10,9 @@ import json
 import subprocess
 import sys
 
-from bridge.home import Home
 from conftest import run_ombridge as omb
+
+from bridge.home import Home
 
 HEAVY = {"_socket", "socket", "click", "rich", "rich_click", "sqlite_utils", "logging", "subprocess",
          "threading", "pathlib", "dataclasses", "typing", "inspect", "email", "urllib", "asyncio", "uuid"}

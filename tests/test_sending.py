@@ -1,5 +1,5 @@
-"""Storing and delivering are two steps: bridge.events stores and hands back the synchronized
-deliveries, bridge.sending (and the supervisor's reporter) make them. Real SQLite in tmp_path,
+"""Storing and delivering are two steps: bridge.eventcore.events stores and hands back the synchronized
+deliveries, bridge.delivery.sending (and the supervisor's reporter) make them. Real SQLite in tmp_path,
 real commands."""
 
 from __future__ import annotations
@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
-from bridge import actions, backsync, catalog, events, sending, store
+from bridge import store
+from bridge.daemon.reporter import Reporter
+from bridge.delivery import actions, backsync, sending
+from bridge.eventcore import catalog, events
 from bridge.home import Home
 from bridge.model import ActionKind
-from bridge.reporter import Reporter
-from conftest import wait_for
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 
@@ -62,9 +64,9 @@ def test_send_without_a_synchronized_subscriber_imports_no_action(tmp_path: Path
     catalog.add_topic(c, "task/add", ["TASK"])
     subscriber(c, "task/add", "true", sync=False)
     c.close()
-    probe = ("import sys; from bridge import sending, store; "
+    probe = ("import sys; from bridge.delivery import sending; from bridge import store; "
              f"sending.send(store.connect({str(home.root)!r}), 'task/add', {{'TASK': 'T'}}); "
-             "print('bridge.actions' in sys.modules)")
+             "print('bridge.delivery.actions' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from bridge import store
-from bridge.home import Home
 from conftest import run_ombridge as omb
 from conftest import wait_for
 from web_support import XML, change_body, change_path, install, recorded
+
+from bridge import store
+from bridge.home import Home
 
 
 def backsync_id(home: Home) -> str:
@@ -180,7 +180,7 @@ def test_the_migration_to_autoincrement_keeps_every_row_and_id(tmp_path) -> None
 
     import sqlite_utils
 
-    from bridge import sqlschema
+    from bridge.store import sqlschema
 
     home = Home(tmp_path / "old")
     home.db.parent.mkdir(parents=True)

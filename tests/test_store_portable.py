@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from bridge import catalog, deliveries, events, ledger, omimap, store
+from bridge import store
+from bridge.eventcore import catalog, deliveries, events, ledger, omimap
 from bridge.model import ActionKind, Attempt, Lane
 
 pytestmark = pytest.mark.both_stores
@@ -107,7 +108,7 @@ def test_the_chart_counts_attempts_in_whole_buckets(conn: Any) -> None:
 def test_a_context_row_matches_a_number_or_its_text_whatever_the_columns_type(conn: Any, port_type: str) -> None:
     # (SQLite compares 8080 and '8080' equal through the column's affinity; PostgreSQL refuses
     # text = integer, so the key's value goes as text there and takes the column's type)
-    from bridge.contexts import add_context
+    from bridge.eventcore.contexts import add_context
 
     conn.execute(f'CREATE TABLE cmdb ("NODE" TEXT, "PORT" {port_type}, "OWNER" TEXT)')
     conn.execute("INSERT INTO cmdb VALUES ('web1', 8080, 'carol')")

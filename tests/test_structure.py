@@ -1,7 +1,7 @@
 """The house rules of the package, checked on its source: one owner per state and per table.
 
 - no state or status is spelled as a literal outside ``bridge/model.py``;
-- only ``bridge/deliveries.py`` writes ``subscriber_events`` and ``attempts`` (the migrations aside);
+- only ``bridge/eventcore/deliveries.py`` writes ``subscriber_events`` and ``attempts`` (the migrations aside);
 - no import cycle between the package's modules, lazy imports inside functions included;
 - nothing under ``bridge/web/`` imports the command line (``bridge.cli``): the wording both use is
   ``bridge/wording.py``'s;
@@ -58,7 +58,7 @@ def test_only_the_queue_writes_its_tables() -> None:
                       if isinstance(node, ast.Constant) and isinstance(node.value, str) and write.search(node.value)})
     # sqlschema.py: the schema's migrations, nothing else (storecopy.py names tables at run time: it
     # only fills an empty store with whole rows, see its docstring)
-    assert writers == ["deliveries.py", "sqlschema.py"]
+    assert writers == ["eventcore/deliveries.py", "store/sqlschema.py"]
 
 
 def imports_of(path: Path, tree: ast.AST) -> set[str]:
@@ -189,10 +189,10 @@ def reached_from(start: str) -> set[str]:
 
 
 def test_events_imports_no_action_code() -> None:
-    # events stores; the synchronized calls are the delivery layer's (bridge.sending)
-    events = next(p for p in MODULES if name_of(p) == "bridge.events")
-    assert not imports_of(events, MODULES[events]) & {"bridge.actions", "bridge.sending", "bridge.manager"}
+    # events stores; the synchronized calls are the delivery layer's (bridge.delivery.sending)
+    events = next(p for p in MODULES if name_of(p) == "bridge.eventcore.events")
+    assert not imports_of(events, MODULES[events]) & {"bridge.delivery.actions", "bridge.delivery.sending", "bridge.delivery.manager"}
 
 
 def test_the_client_side_needs_nothing_of_the_daemon() -> None:
-    assert not reached_from("bridge.launcher") & {"bridge.supervisor", "bridge.manager", "bridge.perlhost"}
+    assert not reached_from("bridge.client.launcher") & {"bridge.daemon.supervisor", "bridge.delivery.manager", "bridge.ombacksync.perlhost"}

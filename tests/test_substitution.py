@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge import substitution
+from bridge.eventcore import substitution
 
 HOSTILE = [
     "$(touch {canary})",

@@ -12,14 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLE, FIXTURES, OMBRIDGE, alive, status, stop_quietly, wait_for
+from conftest import run_ombridge as omb
 
 from bridge.home import Home
-from conftest import OMBRIDGE
-from conftest import run_ombridge as omb
-from conftest import status
-from conftest import EXAMPLE, FIXTURES, alive, stop_quietly, wait_for
-
-
 
 
 def closed_ids(home: Home) -> list[str]:

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from bridge import store, supervisor
+from bridge import store
+from bridge.daemon import supervisor
+from bridge.daemon.supervisor import Command, Supervisor
 from bridge.errors import BridgeError, RestartRefused, ScriptSyntaxError
 from bridge.home import Home
 from bridge.model import HostState, SupervisorState
-from bridge.supervisor import Command, Supervisor
 
 
 class FakeHost:

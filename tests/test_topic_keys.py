@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_ombridge as omb
 
 from bridge.home import Home
-from conftest import run_ombridge as omb
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 

@@ -9,10 +9,10 @@ import subprocess
 import time
 
 import pytest
-
-from bridge.home import Home
 from conftest import OMBRIDGE
 from conftest import run_ombridge as omb
+
+from bridge.home import Home
 
 
 def at_a_terminal(home: Home, *args: str, timeout: float = 30) -> tuple[int | None, str]:

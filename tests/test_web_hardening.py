@@ -12,11 +12,11 @@ import time
 
 import httpx
 import pytest
+from conftest import status
+from web_support import PASSWORD, USER, make_cert, omb
 
 from bridge.errors import BridgeError
 from bridge.model import ListenerState
-from conftest import status
-from web_support import PASSWORD, USER, make_cert, omb
 
 
 def test_parallel_wrong_guesses_are_not_checked_faster_than_sequential_ones(home, listening) -> None:

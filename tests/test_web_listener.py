@@ -12,13 +12,23 @@ import time
 
 import httpx
 import pytest
+from conftest import alive, status, wait_for
+from web_support import (
+    NS,
+    PASSWORD,
+    USER,
+    XML,
+    change_body,
+    change_path,
+    event_count,
+    install,
+    make_cert,
+    omb,
+    recorded,
+)
 
 from bridge import store
 from bridge.home import Home
-from conftest import alive, wait_for
-from conftest import status
-from web_support import (NS, PASSWORD, USER, XML, change_body, change_path, event_count, install, make_cert, omb,
-                         recorded)
 
 ODD_IDS = ["EVT 1", "a/b/c", "ü€ 😀", "100% sure", "semi;colon?&=+#", "quote'\"`$(x)", " lead and trail ",
            "line1\nline2\r\n", "back\\slash", "%2F-literal"]

@@ -6,10 +6,10 @@ A real supervisor and listener on 127.0.0.1, a real HTTP client."""
 from __future__ import annotations
 
 import httpx
-
-from bridge.home import Home
 from conftest import status
 from web_support import USER, omb
+
+from bridge.home import Home
 
 
 def _conf(home: Home, text: str) -> None:

@@ -11,13 +11,14 @@ import time
 from xml.etree import ElementTree as ET
 
 import pytest
+from web_support import NS, change_body, omb
 
-from bridge import events, store
+from bridge import store
 from bridge.errors import NotFound, UsageError
+from bridge.eventcore import events
 from bridge.home import Home
 from bridge.web import auth, config, omi, users
 from bridge.web.committer import GroupCommitter
-from web_support import NS, change_body, omb
 
 # -- OMi's XML ------------------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-
-from bridge.home import Home
 from conftest import FIXTURES
 from conftest import run_ombridge as omb  # noqa: F401 - the web tests take it from here
+
+from bridge.home import Home
+
 USER = "omi"
 PASSWORD = "Sup3r-Secret-Pa55word-ombridge"  # distinctive: searched for in files, logs and ps
 NS = "http://www.hp.com/2009/software/opr/data_model"

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import rich_click as click
 
-from .. import nodes, omisync, protocol, store
+from .. import store
 from ..errors import ScriptSyntaxError
+from ..eventcore import nodes
 from ..model import Attempt
-from ..perlenv import load_settings
-from ..perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
+from ..ombacksync import protocol
+from ..ombacksync.perlenv import load_settings
+from ..ombacksync.perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
+from ..syncback import omisync
 from .base import SECONDS, home_of, main, print_json, setup_logging, stdin_ids
 from .report import fail
 

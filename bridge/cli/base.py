@@ -14,11 +14,13 @@ from typing import Any
 
 import rich_click as click
 
-from .. import backsync, dialect, store
-from ..catalog import MAX_RETRIES, MAX_TIMEOUT
-from ..wording import when  # noqa: F401  (re-exported to the command modules)
+from .. import store
+from ..delivery import backsync
 from ..errors import BridgeError, UsageError
+from ..eventcore.catalog import MAX_RETRIES, MAX_TIMEOUT
 from ..home import Home, resolve_home
+from ..store import dialect
+from ..wording import when  # noqa: F401  (re-exported to the command modules)
 from .report import describe_fault, fail, fail_with, reader_gone
 
 click.rich_click.USE_MARKDOWN = True

@@ -8,15 +8,26 @@ from typing import Any
 
 import rich_click as click
 
-from .. import catalog, deliveries, events, ledger
-from ..control import ring
+from ..client.control import ring
 from ..errors import UsageError
+from ..eventcore import catalog, deliveries, events, ledger
 from ..model import ActionKind, DeliveryStatus
 from ..wording import attempt_rounds, attempt_status, history_header
-from .base import (LIMIT, RETRIES, ROW_ID, SECONDS, core, home_of, json_option, listing, main, print_json,
-                   read_secret, when)
+from .base import (
+    LIMIT,
+    RETRIES,
+    ROW_ID,
+    SECONDS,
+    core,
+    home_of,
+    json_option,
+    listing,
+    main,
+    print_json,
+    read_secret,
+    when,
+)
 from .report import print_send
-
 
 OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
 
@@ -304,7 +315,7 @@ def send(ctx: click.Context, topic_name: str, key: str, force: bool) -> None:
 
     Example: `ombridge send task/change '{"APPC": "KE1", "TASK": "T0123"}'`
     """
-    from ..sending import send as send_event
+    from ..delivery.sending import send as send_event
 
     root = home_of(ctx).root
     code = print_send(send_event(core(ctx), topic_name, key, force, cwd=str(root), on_stored=lambda: ring(root)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import rich_click as click
 
-from ..control import ring
+from ..client.control import ring
 from .base import SECRET_WORDS, home_of, main, read_secret, refuse_secret_words
 
 
@@ -23,7 +23,7 @@ def omi() -> None:
 def omi_password(ctx: click.Context) -> None:
     """Store the password of OMi's connected server (its incoming connection), asked for or read
     from stdin's first line. Example: `printf '%s\\n' "$PW" | ombridge omi password`"""
-    from ..omisync import set_password
+    from ..syncback.omisync import set_password
 
     refuse_secret_words(ctx, "omi password")
     set_password(home_of(ctx), read_secret("Password", confirm=True))
@@ -35,7 +35,7 @@ def omi_password(ctx: click.Context) -> None:
 def omi_test(ctx: click.Context) -> None:
     """HEAD OMi's gateway with the stored credentials; one line saying what answered.
     Example: `ombridge omi test`"""
-    from ..omisync import clear_text_warning, load_config, test_gateway
+    from ..syncback.omisync import clear_text_warning, load_config, test_gateway
 
     warning = clear_text_warning(load_config(home_of(ctx)))
     if warning:
@@ -50,7 +50,7 @@ def omi_test(ctx: click.Context) -> None:
 def omi_close(ctx: click.Context, event_id: str, annotation: str | None) -> None:
     """Close the OMi event(s) behind external id ID (sends `omi/change` {"ID": ID, "STATE": "closed"}).
     Example: `ombridge omi close INC-42 --annotation "resolved in the ticket"`"""
-    from ..omitopic import send_close
+    from ..syncback.omitopic import send_close
 
     root = home_of(ctx).root
     event = send_close(home_of(ctx), event_id, annotation, on_stored=lambda: ring(root))

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import rich_click as click
 
-from .. import control, integrations, store
-from ..nodes import short_checksum
+from .. import store
+from ..client import control
 from ..errors import BridgeError, NotRunning, UsageError
+from ..eventcore.nodes import short_checksum
+from ..ombacksync import integrations
 from .base import ROW_ID, core, home_of, listing, main
 
 
@@ -92,7 +94,7 @@ def context_add(ctx: click.Context, pattern: str, table_name: str, db_path: str 
 
     Example: `ombridge context add 'task/*' applications --db apps.db --match APPC=APAPPL`
     """
-    from ..contexts import add_context
+    from ..eventcore.contexts import add_context
 
     click.echo(add_context(core(ctx), pattern, table_name, dict(_pair(p) for p in pairs), db_path))
 
@@ -102,7 +104,7 @@ def context_add(ctx: click.Context, pattern: str, table_name: str, db_path: str 
 @click.pass_context
 def context_list(ctx: click.Context, as_json: bool) -> None:
     """List the contexts. Example: `ombridge context list`"""
-    from ..contexts import list_contexts
+    from ..eventcore.contexts import list_contexts
 
     rows = list_contexts(core(ctx))
     listing(as_json, rows, "Contexts", ["id", "pattern", "table", "file", "match"],
@@ -115,7 +117,7 @@ def context_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def context_remove(ctx: click.Context, context_id: int) -> None:
     """Forget a context (stored events keep their variables). Example: `ombridge context remove 1`"""
-    from ..contexts import remove_context
+    from ..eventcore.contexts import remove_context
 
     remove_context(core(ctx), context_id)
     click.echo(f"context {context_id} removed")
@@ -131,7 +133,7 @@ def nodes() -> None:
 @click.pass_context
 def nodes_list(ctx: click.Context, as_json: bool) -> None:
     """List every node: state, where it runs, last heartbeat, claims held. Example: `ombridge nodes list`"""
-    from ..nodes import listing as node_listing
+    from ..eventcore.nodes import listing as node_listing
 
     rows = node_listing(core(ctx))
     listing(as_json, rows, "Nodes", ["name", "state", "host", "home", "pid", "seen", "leases", "clock", "script"],
@@ -146,7 +148,7 @@ def nodes_list(ctx: click.Context, as_json: bool) -> None:
 def nodes_forget(ctx: click.Context, name: str) -> None:
     """Remove a dead or stopped node for good, making the claims it still holds due again on the
     others (refused while it runs). Example: `ombridge nodes forget connector-b`"""
-    from ..nodes import forget
+    from ..eventcore.nodes import forget
 
     released = forget(core(ctx), name)
     click.echo(f"node {name} forgotten; {released} of its claims are due again")
@@ -161,8 +163,8 @@ def prune(ctx: click.Context, age: str | None, everything: bool) -> None:
 
     Open and failed deliveries are never pruned. Example: `ombridge prune --older-than 7d`
     """
-    from ..retention import parse_age
-    from ..retention import prune as prune_store
+    from ..eventcore.retention import parse_age
+    from ..eventcore.retention import prune as prune_store
 
     if everything == (age is not None):
         raise UsageError("give either --older-than AGE or --all")
@@ -179,7 +181,7 @@ def prune(ctx: click.Context, age: str | None, everything: bool) -> None:
 @click.pass_context
 def metrics(ctx: click.Context, textfile: str | None) -> None:
     """Print metrics in Prometheus text format. Example: `ombridge metrics --textfile /var/lib/node_exporter/ombridge.prom`"""
-    from ..metrics import render, write_textfile
+    from ..eventcore.metrics import render, write_textfile
 
     try:
         status = control.request(home_of(ctx).root, "status", timeout=10)
@@ -211,7 +213,7 @@ def init(directory: str) -> None:
     Then replace the script with yours, `ombridge --home DIR check`, `ombridge --home DIR try ID`
     and `ombridge --home DIR start`. Example: `ombridge init /var/opt/ombridge`
     """
-    from ..newhome import create_home
+    from ..setup.newhome import create_home
 
     home = create_home(directory)
     click.echo(f"created home {home.root}: edit {home.script}, then `ombridge --home {home.root} check`")

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
     from ..errors import BridgeError
-    from ..events import SendResult
+    from ..eventcore.events import SendResult
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -59,7 +59,7 @@ def describe_fault(exc: BaseException) -> str | None:
     read-only home, a damaged event core); None for anything else (a bug: let it show)."""
     import sqlite3
 
-    from .. import dialect
+    from ..store import dialect
 
     if isinstance(exc, sqlite3.Error):
         text = str(exc)

@@ -28,7 +28,7 @@ def store_copy(ctx: click.Context, to: str, as_json: bool) -> None:
 
     Example: `ombridge stop && ombridge store copy --to postgresql://ombridge@db.example.com/ombridge`
     """
-    from ..storecopy import NOUNS, copy, phrase
+    from ..setup.storecopy import NOUNS, copy, phrase
 
     done = copy(home_of(ctx), to)
     counts = dict(done.counts)

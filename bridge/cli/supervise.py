@@ -9,15 +9,17 @@ from typing import Any
 
 import rich_click as click
 
-from .. import backsync, control, dialect, launcher, store
-from ..nodes import short_checksum
+from .. import store
+from ..client import control, launcher
+from ..delivery import backsync
 from ..errors import AlreadyRunning, BridgeError, NotRunning, UsageError
+from ..eventcore.nodes import short_checksum
+from ..eventcore.retention import parse_age
 from ..model import DeliveryStatus, HostState, ListenerState, NodeState, SupervisorState
-from ..retention import parse_age
-from .base import core, home_of, main, print_json
+from ..store import dialect
 from ..wording import restarted
+from .base import core, home_of, main, print_json
 from .report import describe_fault, fail
-
 
 OPEN, FAILED = DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value
 CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Event Manager)
@@ -66,7 +68,9 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
         raise UsageError(f"--metrics-textfile {textfile}: the folder {os.path.dirname(textfile)} does not exist")
     listen_config = web_config.resolve(home, listen, tls_cert, tls_key, max_body)  # refused here, before spawning
     if foreground:
-        from .. import supervisor  # the daemon, loaded only by the process that runs it
+        from ..daemon import (
+            supervisor,  # the daemon, loaded only by the process that runs it
+        )
 
         sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
                                     retention=keep or None, metrics_textfile=textfile,

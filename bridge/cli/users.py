@@ -9,7 +9,16 @@ from __future__ import annotations
 import rich_click as click
 
 from ..errors import UsageError
-from .base import SECRET_WORDS, core, json_option, listing, main, read_secret, refuse_secret_words, when
+from .base import (
+    SECRET_WORDS,
+    core,
+    json_option,
+    listing,
+    main,
+    read_secret,
+    refuse_secret_words,
+    when,
+)
 
 
 @main.group()

@@ -39,11 +39,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .. import dialect, events, metrics, omisync, omitopic, store
-from ..backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
+from .. import store
+from ..delivery.backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
 from ..errors import BridgeError, NotFound, UsageError
+from ..eventcore import events, metrics
 from ..home import Home
 from ..names import check_topic_name
+from ..store import dialect
+from ..syncback import omisync, omitopic
 from . import omi
 from .auth import Authenticator, BasicAuthMiddleware
 from .committer import CommitFailed, GroupCommitter

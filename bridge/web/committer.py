@@ -1,7 +1,7 @@
 """Group commit: many requests' events stored in one durable transaction, then acknowledged.
 
 A request hands its events to :meth:`GroupCommitter.commit` and waits. One thread takes
-everything pending, stores it with :func:`bridge.events.send_many` (one ``BEGIN IMMEDIATE ...
+everything pending, stores it with :func:`bridge.eventcore.events.send_many` (one ``BEGIN IMMEDIATE ...
 COMMIT``; the event core runs ``synchronous=FULL``, so the commit is on disk when it returns),
 wakes the Event Manager, and only then resolves every waiting request. So a 2xx always follows a
 commit, and N concurrent requests cost one fsync instead of N.
@@ -20,10 +20,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .. import backsync, dialect, events, omitopic, store
+from .. import store
+from ..delivery import backsync
 from ..errors import BridgeError, UsageError
+from ..eventcore import events
 from ..home import Home
 from ..outage import Outage
+from ..store import dialect
+from ..syncback import omitopic
 from . import forwarded
 
 log = logging.getLogger("ombridge.web")
@@ -211,7 +215,9 @@ class GroupCommitter:
         return False
 
     def _send(self, conn: Any, items: list[tuple[str, Any]], force: bool) -> list[events.SendResult]:
-        from ..sending import send_many  # stores, then makes the synchronized calls
+        from ..delivery.sending import (
+            send_many,  # stores, then makes the synchronized calls
+        )
 
         results = forwarded.send(conn, items, lambda fresh, **also: send_many(conn, fresh, force, environ={},
                                                                                cwd=str(self.home.root), **also))

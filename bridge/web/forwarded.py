@@ -3,16 +3,16 @@
 - ``omi/event``: an OMi event that was stored before (the same ``OMI_ID``, in this batch or an
   earlier one, by this node or another) is not stored again. Its key's ``ID`` becomes the
   external id answered the first time, and its result is the first event's, with no delivery:
-  no subscriber runs twice. New ones are remembered in ``omi_events`` (:mod:`bridge.omimap`) in
+  no subscriber runs twice. New ones are remembered in ``omi_events`` (:mod:`bridge.eventcore.omimap`) in
   the transaction that stores them.
 - ``event/update`` with ``STATE`` ``closed``: when ombridge itself closed that external id's OMi
-  events within :data:`bridge.omimap.ECHO_WINDOW` (the sync back), OMi's close is the echo of
+  events within :data:`bridge.eventcore.omimap.ECHO_WINDOW` (the sync back), OMi's close is the echo of
   ombridge's own; it is stored with ``STATE`` ``""`` and ``ECHO`` ``closed``, so it does not pass
   the backsync's filter and does not close the ticket a second time (the loop guard, docs/omi.md).
 
 Each node's committer looks its OMi ids up before the transaction; a node that stored one of
 them in between makes the mapping's insert find it (on PostgreSQL it waits for that node's
-commit), which rolls the whole transaction back (:class:`bridge.omimap.Raced`), and the batch is
+commit), which rolls the whole transaction back (:class:`bridge.eventcore.omimap.Raced`), and the batch is
 looked up and stored again: once, whichever node OMi's retry reached.
 """
 
@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import omimap
-from ..backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
-from ..events import SendResult
+from ..delivery.backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
+from ..eventcore import omimap
+from ..eventcore.events import SendResult
 
 Items = list[tuple[str, Any]]
 RACES = 3  # tries of a batch whose OMi events other nodes keep storing at the same moment

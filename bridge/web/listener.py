@@ -28,10 +28,12 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .. import dialect, omisync, store
-from ..model import ListenerState
+from .. import store
 from ..errors import BridgeError
 from ..home import Home
+from ..model import ListenerState
+from ..store import dialect
+from ..syncback import omisync
 from . import tls, users
 from .app import WebContext, create_app
 from .auth import Authenticator

@@ -42,8 +42,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge import protocol
 from conftest import OMBRIDGE, run_ombridge
+
+from bridge.ombacksync import protocol
 
 HERE = Path(__file__).resolve().parent
 CASES = HERE / "cases"

@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from harness import RUNNERS, Case, Run, call_key, fresh, load_cases, run_reference
 
 CASES = load_cases()

@@ -1,6 +1,6 @@
-"""The event core's PostgreSQL schema (bridge/sql/postgresql, bridge/pgschema.py) on a real server:
+"""The event core's PostgreSQL schema (bridge/store/sql/postgresql, bridge/store/pgschema.py) on a real server:
 migrations applied once, in order, under a lock, a newer schema refused, and the same tables and
-columns as the SQLite schema of bridge/store.py, but for the differences listed here."""
+columns as the SQLite schema of bridge/store/__init__.py, but for the differences listed here."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import time
 import psycopg
 import pytest
 
-from bridge import pgschema, store
+from bridge import store
 from bridge.errors import SchemaTooNew, StoreError
+from bridge.store import pgschema
 
 pytestmark = pytest.mark.xdist_group("postgresql")  # one server for every test of this folder
 
@@ -61,7 +62,7 @@ def test_migrate_refuses_a_connection_inside_a_transaction(pg_server, pg_db):
 _MIGRATOR = """
 import json, sys
 import psycopg
-from bridge import pgschema
+from bridge.store import pgschema
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     print(json.dumps(pgschema.migrate(conn, applied_by=sys.argv[2])))
 """

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from bridge import storecopy
-from bridge.errors import StoreError
-from bridge.home import Home
 from conftest import run_ombridge as omb
 from conftest import snapshot, status, stop_quietly, wait_for
 from pg_support import PgServer, free_port
+
+from bridge.errors import StoreError
+from bridge.home import Home
+from bridge.setup import storecopy
 
 pytestmark = pytest.mark.xdist_group("postgresql")  # one server for every test of this folder
 GONE = "supervisor:gone-node#4242"  # the owner of a claim whose node died and is not copied
@@ -130,7 +130,7 @@ def test_postgresql_back_to_sqlite_is_row_for_row_the_original(home: Home, tmp_p
     # The file is owner-only; the folder it went into is left as it was (it could be /tmp).
     assert (back.stat().st_mode & 0o777, tmp_path.stat().st_mode & 0o777) == (0o600, 0o755)
     assert not (tmp_path / ".migrate.lock").exists()
-    assert r.stdout.splitlines()[-1].startswith(f"copied the event core of the database ")
+    assert r.stdout.splitlines()[-1].startswith("copied the event core of the database ")
 
     original, copied = rows(home.db), rows(back)
     assert set(copied) == set(original)

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from bridge import nodes
-from bridge.home import Home
 from conftest import EXAMPLE, alive, status, stop_quietly, wait_for
 from conftest import run_ombridge as omb
 from pg_support import PgServer
+
+from bridge.eventcore import nodes
+from bridge.home import Home
 
 POLL = "60"  # seconds: far longer than any wait below, so only a wake-up explains a quick delivery
 
@@ -130,7 +130,7 @@ def test_a_node_killed_mid_burst_loses_no_close(cluster) -> None:
     closed = closed_ids(a, b)
     assert set(closed) == set(ids)  # nothing lost
     repeated = sum(closed.values()) - len(ids)
-    assert repeated <= 500 + 10, repeated  # the Close window of one node (bridge/lanes.py), plus actions in flight
+    assert repeated <= 500 + 10, repeated  # the Close window of one node (bridge/delivery/lanes.py), plus actions in flight
     listed = {n["name"]: n for n in status(b)["nodes"]}
     assert listed["node-a"]["state"] == "dead" and listed["node-a"]["leases"] == 0
     assert listed["node-b"]["state"] == "running"
@@ -139,7 +139,6 @@ def test_a_node_killed_mid_burst_loses_no_close(cluster) -> None:
 def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(cluster, pg_server: PgServer,
                                                                                tmp_path: Path) -> None:
     import httpx
-
     from web_support import PASSWORD, USER
 
     a, b = cluster
@@ -205,7 +204,6 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
 def _console_session(url: str):
     """A console session on the listener at ``url`` (logged in as a browser would)."""
     import httpx
-
     from console_support import form_token
     from web_support import PASSWORD, USER
 

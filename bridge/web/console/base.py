@@ -17,14 +17,30 @@ from urllib.parse import parse_qs, quote
 import jinja2
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 
-from ... import dialect, nodes, store
+from ... import store
 from ...errors import BridgeError, NotFound, StoreError, UsageError
+from ...eventcore import nodes
 from ...home import Home
-from ...wording import attempt_rounds, clock, duration, eventmanager_facts, history_header, status_name, when
+from ...store import dialect
+from ...wording import (
+    attempt_rounds,
+    clock,
+    duration,
+    eventmanager_facts,
+    history_header,
+    status_name,
+    when,
+)
 from ..auth import REALM, Authenticator, Throttled
-from .session import FLASH_COOKIE, COOKIE_PATH, Sessions
+from .session import COOKIE_PATH, FLASH_COOKIE, Sessions
 
 HERE = Path(__file__).resolve().parent
 MAX_FORM = 64 * 1024

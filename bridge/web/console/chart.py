@@ -1,7 +1,7 @@
 """The status page's chart as server-rendered SVG: attempts per minute and the backlog over the
 last hour or 24 hours, and the same numbers as a table (a row per twelfth of the window).
 
-Input is :func:`bridge.ledger.activity`; output is a small self-contained SVG (a few paths,
+Input is :func:`bridge.eventcore.ledger.activity`; output is a small self-contained SVG (a few paths,
 no script). Every text in it is a number or a time formatted here, escaped all the same.
 """
 
@@ -66,7 +66,7 @@ def _axis(top: float, vmax: float, label: str, activity: dict[str, Any], dx: flo
 
 
 def render(activity: dict[str, Any]) -> str:
-    """The SVG of one :func:`bridge.ledger.activity` result."""
+    """The SVG of one :func:`bridge.eventcore.ledger.activity` result."""
     succeeded, failures, backlog = activity["succeeded"], activity["failures"], activity["backlog"]
     n = max(1, len(succeeded))
     dx = (WIDTH - LEFT - RIGHT) / n

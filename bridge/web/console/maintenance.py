@@ -1,5 +1,5 @@
 """The console's maintenance screens: topics, subscribers, subscriber topics, event filters,
-integrations — each form calls the ``bridge.catalog`` function the matching CLI command calls, so
+integrations — each form calls the ``bridge.eventcore.catalog`` function the matching CLI command calls, so
 the checks and the error sentences are the CLI's.
 """
 
@@ -13,9 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ... import catalog, integrations
 from ...errors import BridgeError, UsageError
+from ...eventcore import catalog
 from ...model import ActionKind
+from ...ombacksync import integrations
 from .base import Console, Refusal, form, number, path_int
 
 ACTIONS = (ActionKind.COMMAND, ActionKind.PROGRAM, ActionKind.WEB)  # what an operator's subscriber can run

@@ -12,17 +12,25 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 
-from ... import catalog, control, dialect, events, ledger
+from ...client import control
 from ...errors import BridgeError, ScriptSyntaxError, StoreError, UsageError
-from ...perlenv import load_settings
-from ...perlhost import check_syntax
+from ...eventcore import catalog, events, ledger
+from ...ombacksync.perlenv import load_settings
+from ...ombacksync.perlhost import check_syntax
+from ...store import dialect
 from ...wording import restarted
 from ..auth import Throttled
 from .base import Console, Refusal, form, is_tls, number, read_form
 from .chart import render, summary, table
-from .session import LOGIN_COOKIE, SESSION_COOKIE, COOKIE_PATH, set_cookie
+from .session import COOKIE_PATH, LOGIN_COOKIE, SESSION_COOKIE, set_cookie
 
 EVENTS_PAGE = 50
 WINDOWS = {"1h": 3600.0, "24h": 24 * 3600.0}  # the chart's windows, the first one shown first

@@ -1,6 +1,6 @@
 """The console's deliveries: the list (with a retry button per failed row, a selection to retry or
 purge, and *Retry all failed*), one delivery with its attempt history, and the subscriber-wide
-retry and purge. Each action calls the ``bridge.deliveries`` function the CLI calls
+retry and purge. Each action calls the ``bridge.eventcore.deliveries`` function the CLI calls
 (``ombridge retry``, ``ombridge deliveries purge``, ``ombridge subscriber purge``).
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from ... import catalog, deliveries, ledger
 from ...doorbell import ring
 from ...errors import UsageError
+from ...eventcore import catalog, deliveries, ledger
 from ...model import DeliveryStatus
 from .base import Console, Refusal, form, form_ids, number, path_int, row_id
 

@@ -1,0 +1,1 @@
+"""Delivery: actions, sending, the backsync system subscriber, the Event Manager's lanes."""

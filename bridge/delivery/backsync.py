@@ -1,0 +1,102 @@
+"""Where the two halves meet: the backsync as a system subscriber of the event core.
+
+Closed events are ``event/update`` events whose key has ``STATE`` = ``closed``; the built-in
+subscriber (system indicator 1, action ``backsync``) is attached to that topic with that filter,
+and the Event Manager delivers its subscriber events as ``OMBackSync('Close', &ID)`` calls in the
+persistent perl child. A script that does not compile is reported as an ``ombacksync/error``
+event (stored even when nobody listens), as the connector's ombacksync did.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..errors import UsageError
+from ..eventcore import catalog
+from ..eventcore.events import (
+    MAX_KEY_BYTES,
+    SendResult,
+    canonical_key,
+    check_text,
+    send,
+)
+from ..model import ActionKind
+from . import sending
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+UPDATE_TOPIC = "event/update"
+ERROR_TOPIC = "ombacksync/error"
+OMI_EVENT_TOPIC = "omi/event"
+DESCRIPTION = "ombacksync: OMBackSync('Close', &ID) for closed events, in the persistent perl child"
+CLOSE_TIMEOUT = 30.0  # seconds one OMBackSync call may take (the perl host's per-call timeout)
+CLOSE_RETRIES = 10
+
+BUILTIN_TOPICS = [
+    (UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
+    (ERROR_TOPIC, ["FILE", "MESSAGE"],
+     "ombacksync's script does not compile (ombacksync stopped, or a restart kept the old one) or Init failed"),
+    (OMI_EVENT_TOPIC, ["ID"], "OMi forwarded an event (POST <base>/event); ID is the external id ombridge answered"),
+]
+
+
+def ensure_backsync(conn: sqlite3.Connection) -> int:
+    """Create the built-in topics and the backsync system subscriber if missing; returns its id."""
+    return catalog.ensure_system_subscriber(
+        conn, ActionKind.BACKSYNC, description=DESCRIPTION, timeout=CLOSE_TIMEOUT, retries=CLOSE_RETRIES,
+        topics=BUILTIN_TOPICS, pattern=(UPDATE_TOPIC, "closed events"), filters=[("STATE", "closed", "only closed events")])
+
+
+def close_timeout(conn: sqlite3.Connection) -> float:
+    """How long one OMBackSync call may take: the backsync subscriber's timeout."""
+    return catalog.get_subscriber(conn, ensure_backsync(conn)).timeout
+
+
+def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | None = None,
+                 on_stored: Callable[[], None] | None = None) -> list[SendResult]:
+    """Send ``event/update {"ID": id, "STATE": "closed"}`` for every ID, in one transaction
+    (every ID is checked before anything is written; ``on_stored`` wakes the Event Manager)."""
+    items = []
+    for event_id in ids:
+        if event_id == "":
+            raise UsageError("an ID must not be empty")
+        items.append((UPDATE_TOPIC, {"ID": event_id, "STATE": "closed"}))
+    if not items:
+        raise UsageError("no IDs to close")
+    ensure_backsync(conn)
+    # (a disabled backsync refuses them all: events.SystemSubscriberDisabled, nothing stored)
+    return sending.send_many(conn, items, cwd=cwd, on_stored=on_stored)
+
+
+def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(the IDs that can be stored as closed events, [(ID, why not)] for the others).
+
+    ``close`` sends the first and names each of the second: one ID that is not valid UTF-8
+    must not keep the others from being closed.
+    """
+    good: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for event_id in ids:
+        if event_id == "":
+            refused.append((event_id, "an ID must not be empty"))
+            continue
+        try:
+            check_text("ID", event_id)  # what parse_key would check of this key, at a third of its cost
+            if len(event_id) * 6 + 64 > MAX_KEY_BYTES:  # JSON escapes a character into 6 bytes at most
+                canonical_key({"ID": event_id, "STATE": "closed"})  # the exact size, for a long ID only
+        except UsageError as exc:
+            refused.append((event_id, str(exc).replace("key field ID", "the ID").replace("the key", "the ID")))
+            continue
+        good.append(event_id)
+    return good, refused
+
+
+def store_error(conn: sqlite3.Connection, script: str, message: str, *,
+                on_stored: Callable[[], None] | None = None) -> SendResult:
+    """Store (forced) an ``ombacksync/error`` event; its synchronized deliveries are left
+    ``pending`` for the caller (:func:`bridge.delivery.sending.deliver`), which may not want to wait."""
+    ensure_backsync(conn)
+    message = message.replace("\x00", "")[:16384]  # perl's message, bounded to fit in a key
+    return send(conn, ERROR_TOPIC, {"FILE": script, "MESSAGE": message}, force=True, on_stored=on_stored, environ={})

@@ -1,0 +1,40 @@
+"""The stored backlog and nodes of a home, read for ``status`` by the supervisor and by the client
+when no supervisor runs (:mod:`bridge.client.launcher`): a module of its own so that the client needs
+nothing of the daemon."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import conf, store
+from ..errors import BridgeError
+from ..home import Home
+from ..store import dialect
+from . import catalog, ledger, nodes
+
+
+def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, Any]], list[str]]:
+    """(open and failed deliveries, the nodes, what is wrong in words) from the event core, or
+    (None, [], [why it cannot be read]). What is wrong: a disabled system subscriber (its events
+    are refused), dead nodes, scripts that differ between nodes."""
+    settings = conf.problem(home.root)  # (a broken file is said as such, not only as "cannot be read")
+    said = [settings] if settings else []
+    try:
+        conn = store.connect(home)
+        try:
+            listing = nodes.listing(conn)
+            return ledger.backlog(conn), listing, said + disabled_system(conn) + nodes.troubles(listing)
+        finally:
+            conn.close()
+    except (BridgeError, *dialect.errors()) as exc:
+        return None, [], said or [f"the event core cannot be read: {exc}"]
+
+
+def disabled_system(conn: Any) -> list[str]:
+    """A sentence for each disabled system subscriber: what it refuses, and how to enable it."""
+    said = []
+    for sid, action in catalog.disabled_system(conn):
+        what = {"backsync": "closes are refused (OMi is answered 503, `close` fails)",
+                "omi": "changes for OMi are refused (`omi close` fails)"}.get(action, "its events are refused")
+        said.append(f"the {action} subscriber ({sid}) is disabled: {what}; `ombridge subscriber enable {sid}`")
+    return said

@@ -1,0 +1,446 @@
+"""Subscriber events as a durable queue: the only writer of ``subscriber_events`` and ``attempts``.
+
+A subscriber event is ``open`` until it is ``done``, ``failed`` (retries used up) or ``purged``
+(:class:`bridge.model.DeliveryStatus`). Claiming one moves its ``next_attempt_at`` past now by a
+lease, names its claimer and counts the attempt *at claim time*; so a claimer that dies (kill -9
+at any instant) leaves a row that is simply due again when the lease runs out (or at once, when
+the next supervisor takes back a dead one's claims), and its attempt still counts. Finishing is
+fenced by the attempt number: a claimer whose lease was lost and re-claimed cannot overwrite the
+newer claim's outcome. Nothing is deleted on read; a row that is claimed cannot be deleted
+(removing its subscriber is refused until the claim is released). Every attempt is recorded.
+Operators' reads of these tables (listings, history, backlog, chart) are :mod:`bridge.eventcore.ledger`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from ..errors import UsageError
+from ..model import ActionKind, Attempt, DeliveryStatus, Lane, Settlement
+from ..names import value_text
+from ..store import now as wall_now
+from ..store import transaction
+
+# `ombridge send` enqueues through this module: typing, random and the actions are imported only
+# where they are needed (see bench/bench_events.py for the startup figure).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+
+LEASE_MARGIN = 30.0  # seconds a claim outlives the subscriber's own timeout
+RETRY_BASE = 1.0
+RETRY_CAP = 300.0
+
+_OPEN = DeliveryStatus.OPEN.value
+_FAILED = DeliveryStatus.FAILED.value
+_FINISHED = (DeliveryStatus.DONE.value, DeliveryStatus.PURGED.value)  # what retention may delete
+
+
+class EventContext:
+    """What an action knows of the event it delivers. The key is parsed from ``key_json`` when
+    first read: the backsync lane claims thousands of Closes and reads only their ID (see
+    :func:`bridge.eventcore.events.stored_field`)."""
+
+    __slots__ = ("id", "topic", "_key", "key_json", "depth", "context")
+
+    def __init__(self, id: int, topic: str, key: Mapping[str, Any] | None, key_json: str, depth: int,
+                 context: Mapping[str, str] | None = None) -> None:
+        self.id = id
+        self.topic = topic
+        self._key = key
+        self.key_json = key_json
+        self.depth = depth
+        self.context = context or {}  # context variables looked up when the event was sent
+
+    @property
+    def key(self) -> Mapping[str, Any]:
+        if self._key is None:
+            self._key = json.loads(self.key_json)
+        return self._key
+
+    def variables(self) -> dict[str, str]:
+        """Every &VAR of this event: context columns, the key fields (which win), TOPIC, EVENT, KEY."""
+        values = dict(self.context)
+        values.update((name, value_text(v)) for name, v in self.key.items())
+        values.update(TOPIC=self.topic, EVENT=str(self.id), KEY=self.key_json)
+        return values
+
+
+class Claimed:
+    """One claimed subscriber event with what is needed to deliver it."""
+
+    __slots__ = ("id", "attempt", "event", "subscriber_id", "action", "target", "timeout", "retries", "headers")
+
+    def __init__(self, id: int, attempt: int, event: EventContext, subscriber_id: int, action: ActionKind,
+                 target: str, timeout: float, retries: int, headers: dict[str, str] | None = None) -> None:
+        self.id = id
+        self.attempt = attempt  # the attempt number this claim holds (the fencing token)
+        self.event = event
+        self.subscriber_id = subscriber_id
+        self.action = action
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.headers = headers or {}  # a web subscriber's secret headers
+
+    def __repr__(self) -> str:
+        return f"Claimed(id={self.id}, attempt={self.attempt}, subscriber_id={self.subscriber_id})"
+
+
+class Delivery:
+    """A subscriber event to create: :func:`enqueue` writes one row per delivery. A synchronized
+    one is created already claimed by its sender (``claimed_by``)."""
+
+    __slots__ = ("event_id", "subscriber_id", "subscriber_topic_id", "timeout", "lane", "claimed_by")
+
+    def __init__(self, event_id: int, subscriber_id: int, subscriber_topic_id: int, timeout: float, lane: Lane,
+                 claimed_by: str | None = None) -> None:
+        self.event_id = event_id
+        self.subscriber_id = subscriber_id
+        self.subscriber_topic_id = subscriber_topic_id
+        self.timeout = timeout
+        self.lane = lane
+        self.claimed_by = claimed_by
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> list[int]:
+    """Create one open subscriber event per row, inside the caller's transaction; returns the ids
+    of the rows created already claimed (attempt 1, under a lease), in order."""
+    claimed: list[int] = []
+    free = [(r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, 0, _OPEN, 0, at, at, at)
+            for r in rows if r.claimed_by is None]
+    if free:
+        conn.dialect.insert_rows(conn, "subscriber_events", "event_id, subscriber_id, subscriber_topic_id, lane, "
+                                 "synchronized, status, attempts, next_attempt_at, created_at, updated_at", free)
+        conn.dialect.announce(conn)
+    for r in rows:
+        if r.claimed_by is not None:
+            claimed.append(int(conn.execute(
+                "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, "
+                "status, attempts, next_attempt_at, created_at, updated_at, claimed_by) "
+                f"VALUES (?, ?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?) RETURNING id",
+                (r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at + r.timeout + LEASE_MARGIN,
+                 at, at, r.claimed_by)).fetchone()[0]))
+    return claimed
+
+
+_CLAIMED_SELECT = (
+    "SELECT se.id, se.attempts, se.subscriber_id, e.id AS event_id, e.topic, e.key, e.depth, e.context, "
+    "s.action, s.target, s.timeout, s.retries, s.secret_headers "
+    "FROM subscriber_events se JOIN events e ON e.id = se.event_id JOIN subscribers s ON s.id = se.subscriber_id "
+)
+
+
+_ACTION_KINDS = {kind.value: kind for kind in ActionKind}
+
+
+def _claims(rows: list[tuple[Any, ...]]) -> list[Claimed]:
+    # Plain tuples in _CLAIMED_SELECT's order: a burst claims thousands of rows at a time, and
+    # reading sqlite3.Row by name costs a third of building a claim.
+    loads = json.loads
+    claimed = []
+    for (se_id, attempts, subscriber_id, event_id, topic, key, depth, context, action, target, timeout, retries,
+         secret_headers) in rows:
+        event = EventContext(event_id, topic, None, key, depth, loads(context) if context else None)
+        claimed.append(Claimed(se_id, attempts + 1, event, subscriber_id, _ACTION_KINDS[action], target, timeout,
+                               retries, loads(secret_headers) if secret_headers else None))
+    return claimed
+
+
+def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, lane: Lane | None = None,
+          owner: str | None = None) -> list[Claimed]:
+    """Claim up to ``limit`` due open subscriber events (of ``lane``, or of any), oldest due
+    first, for ``owner``."""
+    at = wall_now(conn) if at is None else at
+    of_lane, args = _of_lane(lane)
+    # A read first: a lane woken for another lane's work (or for nothing) takes no write lock.
+    if conn.execute(f"SELECT 1 FROM subscriber_events se WHERE {of_lane}se.status = '{_OPEN}' "
+                    "AND se.next_attempt_at <= ? LIMIT 1", (*args, at)).fetchone() is None:
+        return []
+    with transaction(conn):
+        return _claim(conn, limit, at, lane, owner)
+
+
+def _claim(conn: sqlite3.Connection, limit: int, at: float, lane: Lane | None, owner: str | None) -> list[Claimed]:
+    # Inside the caller's transaction.
+    of_lane, args = _of_lane(lane)
+    cur = conn.cursor()
+    cur.row_factory = None  # tuples (see _claims)
+    rows = cur.execute(
+        _CLAIMED_SELECT + f"WHERE {of_lane}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
+        "ORDER BY se.next_attempt_at, se.id LIMIT ?" + conn.dialect.skip_locked, (*args, at, limit)
+    ).fetchall()
+    # Count the attempt now and hold the rows for a lease: one statement per lease length.
+    by_lease: dict[float, list[int]] = {}
+    for r in rows:
+        by_lease.setdefault(at + r[10] + LEASE_MARGIN, []).append(r[0])  # timeout, id
+    for lease, ids in by_lease.items():
+        _where_ids(conn, "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, "
+                         "updated_at = ?, claimed_by = ? WHERE id IN ({ids})", (lease, at, owner), ids)
+    return _claims(rows)
+
+
+def _where_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> list[Any]:
+    """Run ``sql`` (holding ``IN ({ids})``) over ``ids`` (500 at a time on SQLite); the rows it
+    returned (a SELECT's)."""
+    rows: list[Any] = []
+    for chunk_sql, chunk_args in conn.dialect.in_ids(sql, args, ids):
+        rows += conn.execute(chunk_sql, chunk_args).fetchall()
+    return rows
+
+
+def retry_delay(attempt: int) -> float:
+    """Capped exponential backoff with jitter before the attempt after ``attempt``."""
+    import random
+
+    return min(RETRY_CAP, RETRY_BASE * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+
+
+def settle(claim: Claimed, result: Attempt) -> Settlement:
+    """What an attempt's result makes of its delivery (before the fence is checked)."""
+    if result.ok:
+        return Settlement.DONE
+    return Settlement.FAILED if result.final or claim.attempt > claim.retries else Settlement.RETRY
+
+
+def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) -> list[Settlement]:
+    """Record attempts and their outcomes in one transaction; returns what each became.
+
+    Success -> done. Failure -> open again after backoff, or failed once the subscriber's
+    retries are used up (attempts > retries). A claim whose lease was taken over meanwhile
+    (its attempt number is no longer current), or whose row is gone, is ``stale``: its attempt
+    is recorded if the row still exists, and nothing else of the batch is affected.
+    """
+    if not done:
+        return []
+    at = wall_now(conn)
+    with transaction(conn):
+        return _finish(conn, done, at)
+
+
+def finish_and_claim(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], *, limit: int,
+                     lane: Lane, owner: str, wait: bool = True) -> tuple[list[Settlement], list[Claimed]]:
+    """:func:`finish` ``done``, then :func:`claim` up to ``limit`` more, in one transaction: a
+    lane that streams its work takes the write lock once per chunk, not twice. With
+    ``wait=False``, raises :class:`bridge.store.Busy` at once (nothing done) while another
+    writer holds the lock."""
+    at = wall_now(conn)
+    with transaction(conn, wait=wait):
+        settled = _finish(conn, done, at) if done else []
+        return settled, _claim(conn, limit, at, lane, owner) if limit > 0 else []
+
+
+def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], at: float) -> list[Settlement]:
+    # Inside the caller's transaction. Each outcome's write is fenced by the attempt number its
+    # claim counted (`attempts = ?`, in the UPDATE itself): a claim taken over meanwhile (the
+    # number moved on) or finished changes nothing and is stale. Successes, the common case, go
+    # in with one UPDATE per attempt number (the backsync records hundreds of Closes at a time);
+    # on PostgreSQL, a concurrent takeover is seen by the UPDATE's own re-check of its row.
+    by_attempt: dict[int, list[int]] = {}
+    for c, r in done:
+        if r.ok:
+            by_attempt.setdefault(c.attempt, []).append(c.id)
+    current = {(row[0], attempt) for attempt, ids in by_attempt.items() for row in _where_ids(
+        conn, "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = NULL, updated_at = ?, "
+              f"claimed_by = NULL WHERE status = '{_OPEN}' AND attempts = ? AND id IN ({{ids}}) RETURNING id",
+        (Settlement.DONE.value, at, at, attempt), ids)}
+    settled = []
+    for c, r in done:
+        s = settle(c, r)
+        if not r.ok and conn.execute(
+                "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, updated_at = ?, "
+                f"claimed_by = NULL WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
+                (s.value, at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at, c.id,
+                 c.attempt)).rowcount:
+            current.add((c.id, c.attempt))
+        settled.append(s if (c.id, c.attempt) in current else Settlement.STALE)
+    _record_attempts(conn, done, current)
+    return settled
+
+
+def _record_attempts(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]],
+                     current: set[tuple[int, int]]) -> None:
+    # Every attempt is recorded; a stale claim's only while its row exists. On SQLite, those of
+    # current claims that ended alike (a chunk of Closes shares its times and outcome) go in with
+    # one INSERT ... SELECT over their ids instead of a row of eight values each; on PostgreSQL,
+    # COPY of every row is cheaper still: one statement, no grouping.
+    alike: dict[tuple[Any, ...], list[int]] = {}
+    rows = []
+    for c, r in done:
+        values = (r.started_at, r.ended_at, int(r.ok), r.exit_status, r.output, r.error)
+        if (c.id, c.attempt) in current and not conn.dialect.copies:
+            alike.setdefault(values, []).append(c.id)
+        elif (c.id, c.attempt) in current or _exists(conn, c.id):
+            rows.append((c.id, c.attempt, *values))
+    for values, ids in alike.items():
+        _where_ids(conn, f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) SELECT id, attempts, ?, ?, ?, ?, ?, ? "
+                         "FROM subscriber_events WHERE id IN ({ids})", values, ids)
+    if rows:
+        conn.dialect.insert_rows(conn, "attempts", _ATTEMPT_COLUMNS, rows)
+
+
+_ATTEMPT_COLUMNS = "subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error"
+
+
+def _exists(conn: sqlite3.Connection, delivery_id: int) -> bool:
+    # A stale claim's attempt is still recorded, unless its row is gone (its subscriber removed).
+    return conn.execute("SELECT 1 FROM subscriber_events WHERE id = ?", (delivery_id,)).fetchone() is not None
+
+
+def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
+    """Give back claims that were never attempted (the attempt is not counted), due at ``at``."""
+    at = wall_now(conn) if at is None else at
+    with transaction(conn):
+        conn.executemany(
+            "UPDATE subscriber_events SET attempts = attempts - 1, next_attempt_at = ?, claimed_by = NULL, "
+            f"updated_at = ? WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
+            [(at, at, c.id, c.attempt) for c in claims])
+
+
+# Claims made due again go back to their place in the queue (oldest due first), not behind the
+# backlog: a node's Closes taken over by another come before what arrived after them.
+_AT_ITS_TURN = "CASE WHEN created_at < ? THEN created_at ELSE ? END"
+
+
+def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
+    """Make due again claims whose outcomes could not be recorded (the stream that held them
+    failed); their attempts stay counted: they may have run. A claim taken over meanwhile (its
+    attempt number moved on) or finished is left alone."""
+    at = wall_now(conn) if at is None else at
+    with transaction(conn):
+        conn.executemany(
+            f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, "
+            f"updated_at = ? WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
+            [(at, at, at, c.id, c.attempt) for c in claims])
+        conn.dialect.announce(conn)
+
+
+def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) -> int:
+    """Make due now the claims of owners named ``owner_prefix*`` other than ``keep``: the claims
+    of a supervisor that died (only one runs per home). Their attempts stay counted."""
+    with transaction(conn):
+        return release_claims(conn, owner_prefix, keep)
+
+
+def release_claims(conn: sqlite3.Connection, owner_prefix: str, keep: str = "", *, ended_too: bool = False) -> int:
+    """:func:`reclaim_abandoned` inside the caller's transaction; with ``ended_too``, also the
+    claims whose lease already ended (so that none names that owner any more)."""
+    at = wall_now(conn)
+    leased = "" if ended_too else "AND next_attempt_at > ? "
+    taken: int = conn.execute(
+        f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, updated_at = ? "
+        f"WHERE status = '{_OPEN}' {leased}AND substr(claimed_by, 1, length(?)) = ? "
+        "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
+        (at, at, at, *(() if ended_too else (at,)), owner_prefix, owner_prefix, keep)).rowcount
+    if taken:
+        conn.dialect.announce(conn)
+    return taken
+
+
+def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
+                 delivery_ids: Sequence[int] | None = None) -> int:
+    """Put failed deliveries (of a subscriber, of an event, or those of ``delivery_ids`` that are
+    failed) back to open, due now, for a new round of attempts (the count starts again); returns
+    how many."""
+    from .ledger import equal_conditions
+
+    where, args = equal_conditions([("subscriber_id", subscriber_id), ("event_id", event_id)])
+    at = wall_now(conn)
+    sql = (f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
+           f"claimed_by = NULL WHERE status = '{_FAILED}'" + "".join(f" AND {w}" for w in where))
+    with transaction(conn):
+        if delivery_ids is None:
+            count = conn.execute(sql, (at, at, *args)).rowcount
+        else:
+            count = _count_ids(conn, sql + " AND id IN ({ids})", (at, at, *args), delivery_ids)
+        if count:
+            conn.dialect.announce(conn)
+        return count
+
+
+def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
+    """Drop a subscriber's open deliveries (status ``purged``) inside the caller's transaction;
+    returns how many. A delivery in flight finishes, but its outcome no longer changes the row."""
+    at = wall_now(conn)
+    return conn.execute(
+        f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, updated_at = ?, "
+        f"claimed_by = NULL WHERE subscriber_id = ? AND status = '{_OPEN}'", (at, at, subscriber_id)).rowcount
+
+
+def purge_chosen(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
+    """Drop the deliveries of ``delivery_ids`` that are open or failed (status ``purged``: never
+    delivered, no longer in the backlog); returns how many. Done ones are left as they are."""
+    at = wall_now(conn)
+    with transaction(conn):
+        return _count_ids(
+            conn, f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, "
+                  f"updated_at = ?, claimed_by = NULL WHERE status IN ('{_OPEN}', '{_FAILED}') AND id IN ({{ids}})",
+            (at, at), delivery_ids)
+
+
+def _count_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> int:
+    """Run the write ``sql`` (holding ``IN ({ids})``) over ``ids``; how many rows it changed."""
+    return sum(conn.execute(chunk_sql, chunk_args).rowcount
+               for chunk_sql, chunk_args in conn.dialect.in_ids(sql, args, list(ids)))
+
+
+def in_flight(conn: sqlite3.Connection, subscriber_id: int) -> int:
+    """How many of a subscriber's deliveries are claimed under a lease that has not run out."""
+    return conn.execute(
+        f"SELECT count(*) FROM subscriber_events WHERE subscriber_id = ? AND status = '{_OPEN}' "
+        "AND claimed_by IS NOT NULL AND next_attempt_at > ?", (subscriber_id, wall_now(conn))).fetchone()[0]
+
+
+def delete_for_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, force: bool = False) -> None:
+    """Delete a subscriber's deliveries and attempts, inside the caller's transaction.
+
+    Refused while any is open (unless ``force``) and, always, while any is in flight: deleting a
+    claimed row would make its claimer's acknowledgement fail.
+    """
+    from .ledger import counts
+
+    flying = in_flight(conn, subscriber_id)
+    if flying:
+        raise UsageError(f"subscriber {subscriber_id} has {flying} deliveries in flight: try again when they "
+                         "have finished (ombridge deliveries list --subscriber ID shows them)")
+    open_count = counts(conn, subscriber_id=subscriber_id)[_OPEN]
+    if open_count and not force:
+        raise UsageError(f"subscriber {subscriber_id} has {open_count} open deliveries: "
+                         "purge them first (ombridge subscriber purge) or remove with --force")
+    conn.execute("DELETE FROM attempts WHERE subscriber_event_id IN "
+                 "(SELECT id FROM subscriber_events WHERE subscriber_id = ?)", (subscriber_id,))
+    conn.execute("DELETE FROM subscriber_events WHERE subscriber_id = ?", (subscriber_id,))
+
+
+def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> tuple[int, int]:
+    """Delete up to ``chunk`` done or purged deliveries last changed before ``cutoff``, with their
+    attempts, in one transaction; returns (deliveries, attempts) deleted."""
+    with transaction(conn):
+        ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM subscriber_events WHERE status IN {_FINISHED!r} AND updated_at < ? LIMIT ?",
+            (cutoff, chunk))]
+        if not ids:
+            return 0, 0
+        attempts = _count_ids(conn, "DELETE FROM attempts WHERE subscriber_event_id IN ({ids})", (), ids)
+        return _count_ids(conn, "DELETE FROM subscriber_events WHERE id IN ({ids})", (), ids), attempts
+
+
+# -- the queue's own reads (what is due; the reads of operators are in bridge/eventcore/ledger.py) -------------
+
+
+def next_due(conn: sqlite3.Connection, lane: Lane | None = None) -> float | None:
+    """When the next open delivery (of ``lane``, or of any) is due, if any."""
+    of_lane, args = _of_lane(lane)
+    return conn.execute(f"SELECT min(se.next_attempt_at) FROM subscriber_events se "
+                        f"WHERE {of_lane}se.status = '{_OPEN}'", args).fetchone()[0]
+
+
+def _of_lane(lane: Lane | None) -> tuple[str, list[str]]:
+    # The claim index starts with the lane: each lane reads only its own rows.
+    return ("se.lane = ? AND ", [lane.value]) if lane is not None else ("", [])

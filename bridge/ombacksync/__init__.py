@@ -1,0 +1,1 @@
+"""The perl side: the line protocol, the persistent perl child and its host, script output, integrations."""

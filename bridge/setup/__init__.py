@@ -1,0 +1,1 @@
+"""One-off setup tools: a new home, copying a home's event core to another store."""

@@ -1,0 +1,168 @@
+"""The event core's schema on PostgreSQL: versioned SQL files, applied in order under a lock.
+
+The files are ``bridge/store/sql/postgresql/NNNN_name.sql``, numbered from 0001 without gaps; version N
+of the schema is "files 1 to N applied". Each file is applied once, in a transaction of its own
+that also records it in ``schema_migrations`` (so a file is either wholly applied and recorded,
+or not at all), and that transaction first takes a transaction-level advisory lock: nodes
+starting together queue there, and each finds the files the one before it applied already
+recorded. A database whose schema is newer than the files this ombridge ships is refused with
+:class:`bridge.errors.SchemaTooNew` before anything is written: an older node never writes
+into a newer schema. A released file is never edited; a change is a new file.
+
+This is the PostgreSQL twin of :mod:`bridge.store.sqlschema`'s ``MIGRATIONS`` (SQLite's ``user_version``
+and idempotent Python steps); ``tests/pg/test_pg_schema.py`` keeps the two schemas' tables and
+columns equal, except the differences it lists. Only the standard library is imported here;
+psycopg is the caller's (a ``psycopg.Connection``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from importlib import resources
+from typing import Any, NamedTuple
+
+from ..errors import SchemaTooNew, StoreError
+
+# The key of the migrator's advisory lock: "ombrdg" as one bigint. Advisory locks are
+# database-wide; another program would have to pick this very number to meet ours.
+LOCK_KEY = int.from_bytes(b"ombrdg", "big")
+_FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql\Z")
+
+
+class Migration(NamedTuple):
+    """One SQL file: its version (the file's number), name, text and sha256."""
+
+    version: int
+    name: str
+    sql: str
+    checksum: str
+
+
+def migrations() -> list[Migration]:
+    """The SQL files shipped with this ombridge, in order (version 1 first)."""
+    found = []
+    for entry in resources.files("bridge.store").joinpath("sql", "postgresql").iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            text = entry.read_text(encoding="utf-8")
+            found.append(Migration(int(match[1]), match[2], text, hashlib.sha256(text.encode()).hexdigest()))
+    found.sort()
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise StoreError("the PostgreSQL migrations shipped with ombridge are not numbered 1, 2, 3...: "
+                         f"{', '.join(str(m.version) for m in found)} (a broken installation)")
+    return found
+
+
+def current_version(conn: Any) -> int:
+    """The schema version of the database ``conn`` is connected to (0: no ombridge schema yet)."""
+    if conn.execute("SELECT to_regclass('schema_migrations') IS NULL").fetchone()[0]:
+        return 0
+    return int(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0])
+
+
+def pending(conn: Any) -> list[int]:
+    """The versions :func:`migrate` would apply (``check --db``, ``status``); refuses a newer schema."""
+    known = len(migrations())
+    version = current_version(conn)
+    if version > known:
+        raise SchemaTooNew(_where(conn), version, known)
+    return list(range(version + 1, known + 1))
+
+
+def migrate(conn: Any, *, applied_by: str = "") -> list[int]:
+    """Apply the pending SQL files to the database of ``conn`` (a psycopg connection outside a
+    transaction), each in a transaction of its own under the migrator's lock; returns the
+    versions applied (``[]`` when the schema was current). ``applied_by`` names the node.
+
+    Raises :class:`bridge.errors.SchemaTooNew`, writing nothing, when the database's schema is
+    newer than this ombridge's files, and :class:`bridge.errors.StoreError` naming the file when
+    one fails (that file is rolled back whole; the ones before it stay applied).
+    """
+    from psycopg.pq import TransactionStatus
+
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise StoreError("the schema is migrated outside any transaction: each file is one transaction of its own")
+    known = migrations()
+    applied: list[int] = []
+    while True:
+        with conn.transaction():
+            # Queue behind any other migrator; the version is read once we hold the lock.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            version = current_version(conn)
+            if version > len(known):
+                raise SchemaTooNew(_where(conn), version, len(known))
+            if version == len(known):
+                return applied
+            step = known[version]
+            _apply(conn, step)
+            conn.execute("INSERT INTO schema_migrations (version, name, checksum, applied_at, applied_by) "
+                         "VALUES (%s, %s, %s, %s, %s)", (step.version, step.name, step.checksum, time.time(),
+                                                         applied_by))
+        applied.append(step.version)
+
+
+def _apply(conn: Any, step: Migration) -> None:
+    import psycopg
+
+    try:
+        conn.execute(step.sql)  # no parameters: sent as one simple query, several statements
+    except psycopg.DatabaseError as exc:  # (the caller's transaction rolls the whole file back)
+        message = (exc.diag.message_primary or str(exc)).strip()
+        raise StoreError(f"migration {step.version:04d}_{step.name}.sql failed in {_where(conn)}: {message}; "
+                         "nothing of it was applied") from exc
+
+
+def _where(conn: Any) -> str:
+    # The database as an operator would name it; never the password (libpq's info has none).
+    info = conn.info
+    host = info.host if info.host and not info.host.startswith("/") else "localhost"
+    return f"the database {info.dbname} on {host}:{info.port}"
+
+
+def check(conn: Any) -> list[str]:
+    """What is wrong with the event core's schema in PostgreSQL, a sentence each ([] when it is
+    sound): ``ombridge check --db``. The server guards its own pages; this checks what ours can
+    break: migrations applied and unchanged, every table and index there and valid (an
+    interrupted ``CREATE INDEX CONCURRENTLY`` leaves an invalid one), and each id sequence past
+    its table's largest id (a copy that forgot to move it would make new rows fail)."""
+    known = migrations()
+    found = []
+    applied = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    for m in known:
+        if m.version not in applied:
+            found.append(f"migration {m.version:04d}_{m.name}.sql is not applied")
+        elif applied[m.version] != m.checksum:
+            found.append(f"migration {m.version:04d}_{m.name}.sql was applied with other contents than this "
+                         "ombridge ships (checksum)")
+    sql = "\n".join(m.sql for m in known)
+    tables = re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", sql)
+    indexes = re.findall(r"CREATE (?:UNIQUE )?INDEX (?:IF NOT EXISTS )?(\w+)", sql)
+    present = {r[0] for r in conn.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = "
+                                          "c.relnamespace WHERE n.nspname = current_schema()")}
+    found += [f"table {t} is missing" for t in tables if t not in present]
+    found += [f"index {i} is missing" for i in indexes if i not in present]
+    found += [f"index {r[0]} is invalid (an interrupted build): drop it and run the migration's CREATE INDEX again"
+              for r in conn.execute("SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                    "WHERE n.nspname = current_schema() AND NOT i.indisvalid")]
+    for table in tables:
+        if table not in present:
+            continue
+        (sequence,) = conn.execute("SELECT pg_get_serial_sequence(?, 'id')", (table,)).fetchone() \
+            if _has_id(conn, table) else (None,)
+        if sequence is None:
+            continue
+        last = conn.execute("SELECT last_value FROM pg_sequences WHERE schemaname || '.' || sequencename = ?",
+                            (sequence.replace('"', ""),)).fetchone()
+        (largest,) = conn.execute(f"SELECT max(id) FROM {table}").fetchone()  # (a name from our own files)
+        if largest is not None and (last is None or last[0] is None or last[0] < largest):
+            found.append(f"the id sequence of {table} is behind its largest id {largest}: new rows would fail; "
+                         f"SELECT setval('{sequence}', {largest}) repairs it")
+    return found
+
+
+def _has_id(conn: Any, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND table_name = ? AND column_name = 'id'", (table,)).fetchone() is not None
