@@ -196,3 +196,59 @@ def test_events_imports_no_action_code() -> None:
 
 def test_the_client_side_needs_nothing_of_the_daemon() -> None:
     assert not reached_from("bridge.client.launcher") & {"bridge.daemon.supervisor", "bridge.delivery.manager", "bridge.ombacksync.perlhost"}
+
+
+# -- where things may live (issue 30) ----------------------------------------------------------
+
+
+def test_no_driver_is_named_and_no_store_asked_what_it_is_outside_the_store_seam() -> None:
+    # Above bridge/store/: `store.failures()`, `store.Connection` and the dialect's capabilities
+    # (`conn.dialect.shared`, `.checkpoints`...), never sqlite3, psycopg or "is this SQLite?".
+    found = []
+    for path, tree in MODULES.items():
+        if path.relative_to(PACKAGE).parts[0] == "store":
+            continue
+        for node in ast.walk(tree):
+            named = (node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else
+                     " ".join(a.name for a in node.names) if isinstance(node, ast.Import) else
+                     node.module or "" if isinstance(node, ast.ImportFrom) else "")
+            if re.search(r"\b(sqlite3|psycopg\w*|SQLITE|POSTGRESQL|is_postgresql)\b", named):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {named}")
+    assert not found, "driver names or store identity outside bridge/store/:\n" + "\n".join(found)
+
+
+def test_the_settings_file_has_one_reader() -> None:
+    readers = sorted(str(p.relative_to(PACKAGE)) for p, tree in MODULES.items() for node in ast.walk(tree)
+                     if isinstance(node, (ast.Import, ast.ImportFrom))
+                     and "tomllib" in ((node.module or "") if isinstance(node, ast.ImportFrom)
+                                       else " ".join(a.name for a in node.names)))
+    assert readers == ["conf.py"]
+
+
+def test_the_layers_are_packages_and_few_modules_stay_flat() -> None:
+    flat = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(flat) <= 15, flat
+    for layer in ("store", "eventcore", "ombacksync", "delivery", "syncback", "daemon", "client", "setup",
+                  "cli", "web"):
+        assert (PACKAGE / layer / "__init__.py").is_file(), layer
+
+
+LAYERS = ["store", "eventcore", "ombacksync", "delivery", "syncback", "daemon", "client", "setup"]
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    # the order of docs/architecture.md; the basics (flat modules) below them all, cli/ and web/ on top
+    def layer(name: str) -> int | None:
+        part = name.split(".")[1] if name.count(".") else ""
+        return LAYERS.index(part) if part in LAYERS else None
+
+    upward = []
+    for path, tree in MODULES.items():
+        mine = layer(name_of(path))
+        if mine is None:
+            continue
+        for other in imports_of(path, tree):
+            theirs = layer(other)
+            if (theirs is not None and theirs > mine) or other.split(".")[1:2] in (["cli"], ["web"]):
+                upward.append(f"{name_of(path)} imports {other}")
+    assert not upward, "imports that run back up:\n" + "\n".join(sorted(upward))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +18,7 @@ from ..delivery import backsync
 from ..errors import BridgeError, UsageError
 from ..eventcore.catalog import MAX_RETRIES, MAX_TIMEOUT
 from ..home import Home, resolve_home
-from ..store import dialect
+from ..store import Connection
 from ..wording import when  # noqa: F401  (re-exported to the command modules)
 from .report import describe_fault, fail, fail_with, reader_gone
 
@@ -49,7 +48,7 @@ class BridgeGroup(click.RichGroup):
             fail_with(exc)
         except BrokenPipeError:
             reader_gone()
-        except (OSError, *dialect.errors()) as exc:  # a full disk, a read-only home, a damaged core
+        except (OSError, *store.failures()) as exc:  # a full disk, a read-only home, a damaged core
             message = describe_fault(exc)
             if message is None:
                 raise
@@ -132,7 +131,7 @@ def main(ctx: click.Context, home: str | None, store_url: str | None) -> None:
     ctx.obj = {"home_option": home}
 
 
-def core(ctx: click.Context) -> sqlite3.Connection:
+def core(ctx: click.Context) -> Connection:
     """The home's event core, opened once per invocation (with its built-in topics and the
     backsync subscriber, which exist as soon as a home does)."""
     obj = ctx.find_root().obj

@@ -56,29 +56,12 @@ def print_send(result: SendResult) -> int:
 
 def describe_fault(exc: BaseException) -> str | None:
     """One sentence for a fault of the machine that reached the command line (a full disk, a
-    read-only home, a damaged event core); None for anything else (a bug: let it show)."""
-    import sqlite3
+    read-only home, a damaged event core, a database away); None for anything else (a bug: let
+    it show)."""
+    from ..store.failures import describe
 
-    from ..store import dialect
-
-    if isinstance(exc, sqlite3.Error):
-        text = str(exc)
-        if "full" in text:
-            return "the disk holding the event core is full: nothing was stored; free some space and try again"
-        if "readonly" in text or "read-only" in text:
-            return "the event core is read-only (check the owner and mode of the home's datafiles/)"
-        if "malformed" in text or "not a database" in text:
-            return ("the event core is damaged (" + text + "): `ombridge check --db` tells more; "
-                    "docs/operations.md has the recovery procedure")
-        if "unable to open" in text:
-            return "the event core cannot be opened (check that the home's datafiles/ exists and is writable)"
-        return f"the event core failed: {text}"
-    if isinstance(exc, dialect.unavailable()):  # PostgreSQL: the server went away mid-command
-        return f"the event core's database cannot be reached ({' '.join(str(exc).split())}): try again"
-    if isinstance(exc, dialect.errors()):
-        return f"the event core failed: {' '.join(str(exc).split())}"
-    if isinstance(exc, OSError):
+    said = describe(exc)
+    if said is None and isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror or exc}{where}"
-    return None
-
+    return said

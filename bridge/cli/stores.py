@@ -6,6 +6,7 @@ from __future__ import annotations
 import rich_click as click
 
 from ..home import Home
+from ..store import urls
 from .base import home_of, main, print_json
 
 _SUMMARY = ("events", "subscriber_events", "attempts", "users", "omi_events")  # the tables the summary line names
@@ -46,8 +47,8 @@ def store_copy(ctx: click.Context, to: str, as_json: bool) -> None:
 
 def _hint(url: str, home: Home) -> str:
     """What the operator does next to use the copy."""
-    if not url.startswith("sqlite:"):
+    if not urls.file_of(url):
         return f'point the home at it with [store] url = "{url}" in conf/ombridge.conf'
-    if url[len("sqlite:"):] == str(home.db):
+    if urls.file_of(url) == str(home.db):
         return "point the home back at it: remove [store] url from conf/ombridge.conf (or set it to \"sqlite:\")"
     return "a home reads its own datafiles/ombridge.db: move the file there to use it"

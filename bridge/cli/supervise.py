@@ -15,8 +15,8 @@ from ..delivery import backsync
 from ..errors import AlreadyRunning, BridgeError, NotRunning, UsageError
 from ..eventcore.nodes import short_checksum
 from ..eventcore.retention import parse_age
+from ..home import Home
 from ..model import DeliveryStatus, HostState, ListenerState, NodeState, SupervisorState
-from ..store import dialect
 from ..wording import restarted
 from .base import core, home_of, main, print_json
 from .report import describe_fault, fail
@@ -72,9 +72,16 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
             supervisor,  # the daemon, loaded only by the process that runs it
         )
 
+        make_listener = None
+        if listen_config is not None:  # (the web stack is imported only here: nothing of it loads unless asked)
+            from ..web.listener import Listener
+
+            def make_listener(home: Home, **hooks: Any) -> Listener:
+                return Listener(home, listen_config, **hooks)
+
         sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
                                     retention=keep or None, metrics_textfile=textfile,
-                                    metrics_interval=metrics_interval, listen=listen_config, perl=perl)
+                                    metrics_interval=metrics_interval, listen=make_listener, perl=perl)
         sys.exit(sup.run())
     listen_options = [*(["--listen", listen] if listen else []), *(["--tls-cert", tls_cert] if tls_cert else []),
                       *(["--tls-key", tls_key] if tls_key else []),
@@ -247,7 +254,7 @@ def close(ctx: click.Context, ids: tuple[str, ...], skip: int) -> None:
             try:
                 results = backsync.close_events(core(ctx), good, cwd=str(home.root),
                                                 on_stored=lambda: control.ring(home.root))
-            except (BridgeError, OSError, *dialect.errors()) as exc:
+            except (BridgeError, OSError, *store.failures()) as exc:
                 if from_stdin and not isinstance(exc, UsageError):
                     _cut_off(exc, sent, done_lines, last_line)
                 raise

@@ -9,7 +9,6 @@ most: the checkpoint runs every second.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from .. import store
 from ..errors import BridgeError
 from ..eventcore import metrics, retention
 from ..home import Home
-from ..store import dialect
+from ..store import Connection
 
 log = logging.getLogger("ombridge.supervisor")
 PRUNE_EVERY = 3600.0
@@ -43,6 +42,7 @@ class Chores:
         start = clock()
         self.next_at: dict[str, float] = {"prune": start + PRUNE_FIRST, "metrics": start, "checkpoint": start}
         self.running = threading.Lock()
+        self.conn: Any = None  # the chores' connection, kept from one run to the next
         self.next_log: dict[str, float] = {}  # chore -> when its next failure may be logged
 
     def due(self) -> list[str]:
@@ -52,7 +52,7 @@ class Chores:
                  "metrics": self.metrics_interval if self.metrics_textfile else None}
         found = []
         for chore, interval in every.items():
-            if interval is not None and clock >= self.next_at[chore]:
+            if interval is not None and chore in self.next_at and clock >= self.next_at[chore]:
                 found.append(chore)
                 self.next_at[chore] = clock + interval
         return found
@@ -65,28 +65,33 @@ class Chores:
             threading.Thread(target=self.run, args=(due,), name="chores", daemon=True).start()
 
     def run(self, due: list[str]) -> None:
-        """Run ``due`` chores, one after the other, then release :attr:`running` (held by the caller)."""
-        try:
-            conn = store.connect(self.home)
-        except (BridgeError, OSError, *dialect.errors()) as exc:
-            self.failed(" and ".join(due), exc)
-            self.running.release()
-            return
+        """Run ``due`` chores, one after the other, then release :attr:`running` (held by the
+        caller). One connection serves every run (runs never overlap), a new one only when the
+        database restarted (:func:`bridge.store.using`)."""
         try:
             for chore in due:  # one failing (a full disk) does not keep the others from running
                 try:
-                    self._run_one(conn, chore)
-                except (BridgeError, OSError, *dialect.errors()) as exc:  # a full disk, a missing folder
+                    self.conn, _ = store.using(self.home, self.conn, lambda conn, c=chore: self._run_one(conn, c))
+                except (BridgeError, OSError, *store.failures()) as exc:  # a full disk, the database away
                     self.failed(chore, exc)
                 except Exception:  # a chore never takes the supervisor down
                     log.exception("periodic %s failed", chore)
         finally:
-            conn.close()
             self.running.release()
 
-    def _run_one(self, conn: sqlite3.Connection, chore: str) -> None:
+    def close(self) -> None:
+        """Close the chores' connection (the supervisor's stop, once no run is left)."""
+        with self.running:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+    def _run_one(self, conn: Connection, chore: str) -> None:
         if chore == "checkpoint":
-            store.checkpoint(conn)
+            if conn.dialect.checkpoints:
+                store.checkpoint(conn)
+            else:  # (PostgreSQL checkpoints itself: no chore, no connection a second for it)
+                self.next_at.pop("checkpoint", None)
         elif chore == "prune" and self.retention:
             counts = retention.prune(conn, self.retention)
             if any(counts.values()):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -68,7 +67,7 @@ class Reporter:
     def _store_and_deliver(self, script: str, message: str) -> None:
         try:
             conn = store.connect(self.home)
-        except (BridgeError, OSError, sqlite3.Error) as exc:
+        except (BridgeError, OSError, *store.failures()) as exc:
             log.error("could not store the ombacksync/error event: %s", exc)
             return
         try:
@@ -78,7 +77,7 @@ class Reporter:
                 sending.hand_over(conn, [result])
             else:
                 sending.deliver(conn, [result], cwd=str(self.home.root))
-        except (BridgeError, OSError, sqlite3.Error) as exc:  # a full disk: the log line above tells
+        except (BridgeError, OSError, *store.failures()) as exc:  # a full disk: the log line above tells
             log.error("could not store or deliver the ombacksync/error event: %s", exc)
         finally:
             conn.close()

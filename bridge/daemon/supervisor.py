@@ -46,7 +46,6 @@ from ..home import Home
 from ..model import ActionKind, HostState, ListenerState, ManagerState, SupervisorState
 from ..ombacksync.perlenv import load_settings
 from ..ombacksync.perlhost import PerlHost
-from ..store import dialect
 from ..syncback import omisync
 from . import controlserver
 from .chores import Chores
@@ -55,8 +54,7 @@ from .wakeups import Wakeups
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ..web.config import ListenConfig
-    from ..web.listener import Listener
+    ListenerFactory = Callable[..., Any]  # (home, wake=, status=) -> a listener: start(), stop(), status()
 
 log = logging.getLogger("ombridge.supervisor")
 DEFAULT_RETENTION = 30 * 86400.0
@@ -116,12 +114,12 @@ class Supervisor:
 
     def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
                  retention: float | None = DEFAULT_RETENTION, metrics_textfile: str | None = None,
-                 metrics_interval: float = 15.0, listen: ListenConfig | None = None,
+                 metrics_interval: float = 15.0, listen: ListenerFactory | None = None,
                  perl: str | None = None) -> None:
         self.home = home
         self.perl = perl  # --perl: which perl runs the script (beats conf/ombridge.conf)
-        self.listen = listen  # the HTTP listener's settings; None: nothing listens
-        self.listener: Listener | None = None
+        self.listen = listen  # makes the HTTP listener (the command line's: it knows the web); None: nothing listens
+        self.listener: Any = None
         self.workers = workers
         self.poll = poll
         self.retention = retention  # seconds; None or 0: keep everything
@@ -189,7 +187,7 @@ class Supervisor:
                                  "see `ombridge check --db` and the recovery procedure in docs/operations.md")
             backsync.ensure_backsync(conn)
             taken = self._join(conn)
-            shared = dialect.of(conn) is not dialect.SQLITE  # other nodes may make work due
+            shared = conn.dialect.shared  # other nodes may make work due
             timeout = backsync.close_timeout(conn)
         finally:
             conn.close()
@@ -203,14 +201,11 @@ class Supervisor:
         self.host = PerlHost(self.home, timeout=timeout, settings=load_settings(self.home, self.perl),
                              on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll,
-                                    others={ActionKind.OMI: omisync.deliver})
+                                    others={ActionKind.OMI: omisync.SyncBack(self.home).deliver})
         self.reporter = Reporter(self.home, on_stored=self.manager.wake)
         if self.listen is not None:
             # Before perl starts, so that a busy port or a bad certificate fails the start at once.
-            # (The web stack is imported only here: nothing of it loads unless asked to listen.)
-            from ..web.listener import Listener
-
-            self.listener = Listener(self.home, self.listen, wake=self.manager.wake, status=self.status)
+            self.listener = self.listen(self.home, wake=self.manager.wake, status=self.status)
             self.listener.start()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         log.info("supervisor %d started in %s (ombridge %s)", os.getpid(), self.home.root, __version__)
@@ -227,6 +222,7 @@ class Supervisor:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        self.chores.close()
         self._change_state(SupervisorState.STOPPED)
         log.info("supervisor %d stopped", os.getpid())
         return 0
@@ -236,7 +232,7 @@ class Supervisor:
         # left claimed (on SQLite, whatever any supervisor of the home left: one box, one node).
         self.node = nodes.this_node(self.home)
         self.owner = self.node.owner
-        everything = nodes.OWNER_PREFIX if dialect.of(conn) is dialect.SQLITE else None
+        everything = None if conn.dialect.shared else nodes.OWNER_PREFIX
         return nodes.join(conn, self.node, version=__version__, checksum=None,  # (perl has loaded nothing yet)
                           reclaim_prefix=everything)
 
@@ -291,7 +287,7 @@ class Supervisor:
                 nodes.leave(conn, self.node)
             finally:
                 conn.close()
-        except (BridgeError, *dialect.errors()) as exc:
+        except (BridgeError, *store.failures()) as exc:
             log.warning("could not record the stop of node %s: %s", self.node.name, exc)
 
     def _loop(self, control_sock: socket.socket, doorbell: socket.socket) -> None:

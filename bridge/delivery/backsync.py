@@ -9,8 +9,6 @@ event (stored even when nobody listens), as the connector's ombacksync did.
 
 from __future__ import annotations
 
-import sqlite3
-
 from ..errors import UsageError
 from ..eventcore import catalog
 from ..eventcore.events import (
@@ -21,6 +19,7 @@ from ..eventcore.events import (
     send,
 )
 from ..model import ActionKind
+from ..store import Connection
 from . import sending
 
 TYPE_CHECKING = False
@@ -42,19 +41,19 @@ BUILTIN_TOPICS = [
 ]
 
 
-def ensure_backsync(conn: sqlite3.Connection) -> int:
+def ensure_backsync(conn: Connection) -> int:
     """Create the built-in topics and the backsync system subscriber if missing; returns its id."""
     return catalog.ensure_system_subscriber(
         conn, ActionKind.BACKSYNC, description=DESCRIPTION, timeout=CLOSE_TIMEOUT, retries=CLOSE_RETRIES,
         topics=BUILTIN_TOPICS, pattern=(UPDATE_TOPIC, "closed events"), filters=[("STATE", "closed", "only closed events")])
 
 
-def close_timeout(conn: sqlite3.Connection) -> float:
+def close_timeout(conn: Connection) -> float:
     """How long one OMBackSync call may take: the backsync subscriber's timeout."""
     return catalog.get_subscriber(conn, ensure_backsync(conn)).timeout
 
 
-def close_events(conn: sqlite3.Connection, ids: Iterable[str], *, cwd: str | None = None,
+def close_events(conn: Connection, ids: Iterable[str], *, cwd: str | None = None,
                  on_stored: Callable[[], None] | None = None) -> list[SendResult]:
     """Send ``event/update {"ID": id, "STATE": "closed"}`` for every ID, in one transaction
     (every ID is checked before anything is written; ``on_stored`` wakes the Event Manager)."""
@@ -93,7 +92,7 @@ def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
     return good, refused
 
 
-def store_error(conn: sqlite3.Connection, script: str, message: str, *,
+def store_error(conn: Connection, script: str, message: str, *,
                 on_stored: Callable[[], None] | None = None) -> SendResult:
     """Store (forced) an ``ombacksync/error`` event; its synchronized deliveries are left
     ``pending`` for the caller (:func:`bridge.delivery.sending.deliver`), which may not want to wait."""

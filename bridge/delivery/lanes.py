@@ -26,19 +26,17 @@ its claims' leases.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import store
-from ..errors import StoreError
 from ..eventcore import deliveries
 from ..eventcore.events import stored_field
 from ..model import Attempt, Lane, Settlement
 from ..names import value_text
-from ..store import dialect
+from ..store import Connection
 from .actions import Performer, perform
 
 TYPE_CHECKING = False
@@ -71,7 +69,7 @@ def log_settled(c: deliveries.Claimed, result: Attempt, settled: Settlement) -> 
             if settled is Settlement.RETRY else settled.value, result.error)
 
 
-def step_actions(conn: sqlite3.Connection, owner: str, cwd: str, count: Counter,
+def step_actions(conn: Connection, owner: str, cwd: str, count: Counter,
                  others: Mapping[str, Performer] | None = None) -> int:
     """Claim and deliver one due command/program/web (or ``others``') delivery; returns how many (0 or 1)."""
     claims = deliveries.claim(conn, limit=1, lane=Lane.ACTIONS, owner=owner)
@@ -143,7 +141,7 @@ class BacksyncLane:
         self.stream: _Stream | None = None
         self.orphans: list[deliveries.Claimed] = []  # claims of a stream a failure ended, not yet due again
 
-    def wait(self, conn: sqlite3.Connection, poll: float) -> float:
+    def wait(self, conn: Connection, poll: float) -> float:
         """Seconds the lane may sleep when a step did nothing (the doorbell cuts it short)."""
         due = self.host.ready_at()
         if due is None:
@@ -156,7 +154,7 @@ class BacksyncLane:
             wait = min(wait, max(0.0, next_at - store.now(conn)) + 0.001)  # (due times: the store's clock)
         return wait
 
-    def step(self, conn: sqlite3.Connection) -> int:
+    def step(self, conn: Connection) -> int:
         """One turn: begin a stream, or move the current one on. Returns non-zero while busy.
 
         When the event core fails (the database away, a full disk) the stream holds what ran,
@@ -171,7 +169,7 @@ class BacksyncLane:
             return self._advance(conn) if self.stream else self._begin(conn)
         except BaseException as exc:
             if self.stream is not None:
-                if isinstance(exc, (StoreError, *dialect.errors())) and not self.stopping():
+                if isinstance(exc, store.failures()) and not self.stopping():
                     self.stream.topping = False  # held: recorded when the store answers again
                 else:
                     self.give_up(str(exc))
@@ -189,7 +187,7 @@ class BacksyncLane:
         if stream.in_flight:
             self.host.abandon(reason)
 
-    def _begin(self, conn: sqlite3.Connection) -> int:
+    def _begin(self, conn: Connection) -> int:
         due = self.host.ready_at()
         if due is None or due > self.host.clock():
             return 0
@@ -204,7 +202,7 @@ class BacksyncLane:
             return 0
         return stream.claimed
 
-    def _push(self, conn: sqlite3.Connection, claims: list[deliveries.Claimed]) -> None:
+    def _push(self, conn: Connection, claims: list[deliveries.Claimed]) -> None:
         """Push the IDs of new ``claims`` to perl (a claim without an ID fails at once)."""
         stream = self.stream
         assert stream is not None
@@ -235,7 +233,7 @@ class BacksyncLane:
                 stream.given_back.append(claim)
                 stream.topping = False  # ombacksync is down: claim nothing more now
 
-    def _advance(self, conn: sqlite3.Connection) -> int:
+    def _advance(self, conn: Connection) -> int:
         stream = self.stream
         assert stream is not None
         if stream.in_flight:
@@ -250,7 +248,7 @@ class BacksyncLane:
             self._end(conn)
         return 1
 
-    def _record(self, conn: sqlite3.Connection, *, wait: bool) -> None:
+    def _record(self, conn: Connection, *, wait: bool) -> None:
         """Record the outcomes and claim enough more to keep perl a full window ahead, in one
         transaction. While another writer holds the lock and perl still has work, decline (the
         outcomes are offered again on a later turn): the lane waits for the lock only when perl does."""
@@ -280,7 +278,7 @@ class BacksyncLane:
         stream.failed += failed
         self.count(len(done) - failed, failed)
 
-    def _end(self, conn: sqlite3.Connection) -> None:
+    def _end(self, conn: Connection) -> None:
         stream = self.stream
         assert stream is not None
         self.stream = None

@@ -18,7 +18,6 @@ guarded place each (:meth:`EventManager._change_state`, :meth:`EventManager._set
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +36,7 @@ from ..model import (
     check_transition,
 )
 from ..ombacksync.perlhost import PerlHost
-from ..store import dialect
+from ..store import Connection
 from .actions import Performer
 from .lanes import BacksyncLane, step_actions
 
@@ -100,11 +99,11 @@ class EventManager:
 
     # -- steps ---------------------------------------------------------------------------------
 
-    def step_actions(self, conn: sqlite3.Connection) -> int:
+    def step_actions(self, conn: Connection) -> int:
         """Claim and deliver one due command/program/web delivery; returns how many (0 or 1)."""
         return step_actions(conn, self.owner, str(self.home.root), self._count, self.others)
 
-    def step_backsync(self, conn: sqlite3.Connection) -> int:
+    def step_backsync(self, conn: Connection) -> int:
         """One turn of the backsync lane (see :class:`bridge.delivery.lanes.BacksyncLane`)."""
         return self.backsync.step(conn) if self.backsync else 0
 
@@ -115,7 +114,7 @@ class EventManager:
 
         # STOPPED -> RUNNING (a running or stopping manager is not started again)
         """
-        lanes: list[tuple[str, Callable[[sqlite3.Connection], int], Lane]] = [
+        lanes: list[tuple[str, Callable[[Connection], int], Lane]] = [
             (f"actions-{n}", self.step_actions, Lane.ACTIONS) for n in range(self.workers)]
         if self.backsync is not None:
             lanes.append((Lane.BACKSYNC.value, self.step_backsync, Lane.BACKSYNC))
@@ -155,7 +154,7 @@ class EventManager:
             self.backsync.summary.flush()
         return self.state is ManagerState.STOPPED
 
-    def _lane(self, name: str, step: Callable[[sqlite3.Connection], int], lane: Lane,
+    def _lane(self, name: str, step: Callable[[Connection], int], lane: Lane,
               wake: threading.Event) -> None:
         try:
             conn = store.connect(self.home, lane=True)  # acknowledgements without an fsync each: see store.connect
@@ -186,25 +185,17 @@ class EventManager:
             self._set_lane(name, LaneState.STOPPED)
             log.info("lane %s stopped", name)
 
-    def _step(self, step: Callable[[sqlite3.Connection], int], conn: Any) -> tuple[Any, int]:
-        """One step on a working connection: a new one when the database restarted. A connection
-        the server dropped while the lane slept only says so at its first statement: then one
-        new connection and one more try, before anything is reported (nothing was written)."""
-        conn = store.reopen(self.home, conn, lane=True)
-        try:
-            return conn, step(conn)
-        except dialect.unavailable():
-            if not store.broken(conn):
-                raise
-        conn = store.reopen(self.home, conn, lane=True)
-        return conn, step(conn)
+    def _step(self, step: Callable[[Connection], int], conn: Any) -> tuple[Any, int]:
+        """One step on a working connection (:func:`bridge.store.using`: a new one when the
+        database restarted, before anything is reported)."""
+        return store.using(self.home, conn, step, lane=True)
 
     def _streaming(self) -> bool:
         # A stop finishes the stream in flight (its Closes ran or are running: record them).
         return self.backsync is not None and self.backsync.stream is not None
 
     def _lane_failed(self, name: str, exc: BaseException) -> None:
-        if isinstance(exc, (StoreError, *dialect.unavailable())):  # the database is away: no traceback,
+        if isinstance(exc, (StoreError, *store.unreachable())):  # the database is away: no traceback,
             text = " ".join(str(exc).split())  # and the same sentence once a minute at most
             said, at = self._said.get(name, ("", 0.0))
             if text != said or time.monotonic() - at > 60:
@@ -223,14 +214,14 @@ class EventManager:
         if self.last_error and self.last_error[1].startswith(f"{name}: "):
             self.last_error = None
 
-    def _idle_wait(self, conn: sqlite3.Connection, lane: Lane) -> float:
+    def _idle_wait(self, conn: Connection, lane: Lane) -> float:
         if lane is Lane.BACKSYNC:
             assert self.backsync is not None
             return self.backsync.wait(conn, self.poll)
         next_at = deliveries.next_due(conn, lane)
         return self.poll if next_at is None else min(self.poll, max(0.0, next_at - store.now(conn)) + 0.001)
 
-    def drain(self, conn: sqlite3.Connection, timeout: float = 60.0) -> int:
+    def drain(self, conn: Connection, timeout: float = 60.0) -> int:
         """Deliver in this thread until nothing is due (tests and one-shot runs); returns how many."""
         total = 0
         deadline = time.monotonic() + timeout

@@ -13,11 +13,11 @@ synchronized subscriber matched (see bench/bench_events.py for the start-up figu
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from ..eventcore import events
 from ..eventcore.deliveries import Claimed, finish, release
 from ..model import Settlement
+from ..store import Connection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,21 +27,21 @@ if TYPE_CHECKING:
     from ..eventcore.events import KeyInput, SendResult
 
 
-def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = False, *, cwd: str | None = None,
+def send(conn: Connection, topic: str, key: KeyInput, force: bool = False, *, cwd: str | None = None,
          **options: Any) -> SendResult:
     """Store one event (:func:`bridge.eventcore.events.send`) and call its synchronized subscribers before
     returning; ``cwd`` is where their commands and programs run."""
     return send_many(conn, [(topic, key)], force, cwd=cwd, **options)[0]
 
 
-def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
+def send_many(conn: Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
               cwd: str | None = None, **options: Any) -> list[SendResult]:
     """Store many events in one transaction (:func:`bridge.eventcore.events.send_many`), then call their
     synchronized subscribers, one after the other."""
     return deliver(conn, events.send_many(conn, items, force, **options), cwd)
 
 
-def deliver(conn: sqlite3.Connection, results: list[SendResult], cwd: str | None = None) -> list[SendResult]:
+def deliver(conn: Connection, results: list[SendResult], cwd: str | None = None) -> list[SendResult]:
     """Make the pending synchronized deliveries of ``results`` and record them; returns the
     results with ``synchronized`` filled in (``results`` themselves when none was pending)."""
     pending = [p for r in results for p in r.pending]
@@ -57,7 +57,7 @@ def deliver(conn: sqlite3.Connection, results: list[SendResult], cwd: str | None
     return [events.SendResult(r.event_id, r.deliveries, tuple(by_event.get(r.event_id or -1, ()))) for r in results]
 
 
-def hand_over(conn: sqlite3.Connection, results: list[SendResult]) -> int:
+def hand_over(conn: Connection, results: list[SendResult]) -> int:
     """Give the pending synchronized deliveries of ``results`` to the Event Manager instead
     (claims released, due now, no attempt counted): for a sender that must not wait for them,
     such as a supervisor that is stopping. Returns how many."""

@@ -9,7 +9,6 @@ from typing import Any
 from .. import conf, store
 from ..errors import BridgeError
 from ..home import Home
-from ..store import dialect
 from . import catalog, ledger, nodes
 
 
@@ -26,7 +25,7 @@ def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, An
             return ledger.backlog(conn), listing, said + disabled_system(conn) + nodes.troubles(listing)
         finally:
             conn.close()
-    except (BridgeError, *dialect.errors()) as exc:
+    except (BridgeError, *store.failures()) as exc:
         return None, [], said or [f"the event core cannot be read: {exc}"]
 
 

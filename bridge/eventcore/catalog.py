@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sqlite3
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -24,7 +23,7 @@ from ..names import (
     check_topic_name,
     variable_name,
 )
-from ..store import now, transaction
+from ..store import Connection, Row, now, transaction
 from . import contexts, deliveries, ledger, substitution
 from .events import candidate_patterns
 from .filters import compile_filter
@@ -36,7 +35,7 @@ DEFAULT_RETRIES = 5
 # -- topics ---------------------------------------------------------------------------------------
 
 
-def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str = "") -> None:
+def add_topic(conn: Connection, name: str, key_fields: list[str], description: str = "") -> None:
     """Define a topic with the names of its key fields."""
     check_topic_name(name)
     for field in key_fields:
@@ -49,14 +48,14 @@ def add_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], descri
         _insert_topic(conn, name, key_fields, description)
 
 
-def _insert_topic(conn: sqlite3.Connection, name: str, key_fields: list[str], description: str,
+def _insert_topic(conn: Connection, name: str, key_fields: list[str], description: str,
                   ignore_existing: bool = False) -> None:
     conn.execute(
         "INSERT INTO topics (name, description, key_fields, created_at) VALUES (?, ?, ?, ?)"
         + (" ON CONFLICT DO NOTHING" if ignore_existing else ""), (name, description, json.dumps(key_fields), now()))
 
 
-def get_topic(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
+def get_topic(conn: Connection, name: str) -> dict[str, Any]:
     """One topic as a dict (key_fields decoded); :class:`NotFound` if it is not defined."""
     row = conn.execute("SELECT * FROM topics WHERE name = ?", (name,)).fetchone()
     if row is None:
@@ -66,7 +65,7 @@ def get_topic(conn: sqlite3.Connection, name: str) -> dict[str, Any]:
     return topic
 
 
-def list_topics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_topics(conn: Connection) -> list[dict[str, Any]]:
     """All topics, by name, each with the number of subscriber topics naming it exactly."""
     rows = conn.execute(
         "SELECT t.*, (SELECT count(*) FROM subscriber_topics st WHERE st.pattern = t.name) AS subscribers "
@@ -75,7 +74,7 @@ def list_topics(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [{**dict(r), "key_fields": json.loads(r["key_fields"])} for r in rows]
 
 
-def remove_topic(conn: sqlite3.Connection, name: str, force: bool = False) -> None:
+def remove_topic(conn: Connection, name: str, force: bool = False) -> None:
     """Remove a topic; refused while subscribers are attached to it by name, unless ``force``
     (which detaches them). Stored events keep their topic."""
     with transaction(conn, catalog=True):
@@ -114,7 +113,7 @@ class Subscriber(NamedTuple):
     retries: int
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Subscriber:
+    def from_row(cls, row: Row) -> Subscriber:
         """Build from a ``subscribers`` row."""
         return cls(row["id"], row["description"], bool(row["system"]), bool(row["disabled"]),
                    ActionKind(row["action"]), row["target"], row["timeout"], row["retries"])
@@ -151,7 +150,7 @@ def _check_action(action: ActionKind, target: str, allow_nested_shell: bool) -> 
             "`ombridge key get \"$2\" NAME` reads a field), or --allow-nested-shell if the values are trusted")
 
 
-def add_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, *, description: str = "",
+def add_subscriber(conn: Connection, action: ActionKind, target: str, *, description: str = "",
                    timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
                    allow_nested_shell: bool = False, secret_headers: dict[str, str] | None = None) -> int:
     """Create a subscriber; returns its id.
@@ -183,7 +182,7 @@ def _check_secret_headers(action: ActionKind, headers: dict[str, str]) -> dict[s
     return headers
 
 
-def _insert_subscriber(conn: sqlite3.Connection, action: ActionKind, target: str, description: str,
+def _insert_subscriber(conn: Connection, action: ActionKind, target: str, description: str,
                        timeout: float, retries: int, system: bool) -> int:
     _check_limits(timeout, retries)
     return int(conn.execute(
@@ -204,14 +203,14 @@ def _check_limits(timeout: float | None, retries: int | None) -> None:
         raise UsageError(f"retries must be from 0 to {MAX_RETRIES}")
 
 
-def system_subscriber(conn: sqlite3.Connection, action: ActionKind) -> int | None:
+def system_subscriber(conn: Connection, action: ActionKind) -> int | None:
     """The id of the system subscriber of ``action``, if it exists."""
     row = conn.execute("SELECT id FROM subscribers WHERE system = 1 AND action = ? ORDER BY id LIMIT 1",
                        (action.value,)).fetchone()
     return None if row is None else int(row[0])
 
 
-def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, description: str, timeout: float,
+def ensure_system_subscriber(conn: Connection, action: ActionKind, *, description: str, timeout: float,
                              retries: int, topics: list[tuple[str, list[str], str]], pattern: tuple[str, str],
                              filters: list[tuple[str, str, str]]) -> int:
     """Create a built-in subscriber with its topics, subscriber topic and filters unless it exists;
@@ -239,7 +238,7 @@ def ensure_system_subscriber(conn: sqlite3.Connection, action: ActionKind, *, de
         return sid
 
 
-def get_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> Subscriber:
+def get_subscriber(conn: Connection, subscriber_id: int) -> Subscriber:
     """One subscriber; :class:`NotFound` if there is none with that id."""
     row = conn.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
     if row is None:
@@ -247,7 +246,7 @@ def get_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> Subscriber:
     return Subscriber.from_row(row)
 
 
-def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_subscribers(conn: Connection) -> list[dict[str, Any]]:
     """All subscribers with their topic patterns and open/failed delivery counts."""
     rows = conn.execute("SELECT * FROM subscribers ORDER BY id").fetchall()
     topics: dict[int, list[str]] = {}  # (joined here: group_concat is SQLite's, string_agg PostgreSQL's)
@@ -260,14 +259,14 @@ def list_subscribers(conn: sqlite3.Connection) -> list[dict[str, Any]]:
              **counts.get(r["id"], empty)} for r in rows]
 
 
-def _shown(row: sqlite3.Row) -> dict[str, Any]:
+def _shown(row: Row) -> dict[str, Any]:
     # A subscriber as listings show it: the names of its secret headers, never their values.
     shown = dict(row)
     shown["secret_headers"] = sorted(json.loads(shown["secret_headers"])) if shown.get("secret_headers") else []
     return shown
 
 
-def show_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> dict[str, Any]:
+def show_subscriber(conn: Connection, subscriber_id: int) -> dict[str, Any]:
     """A subscriber with its topics and their filters."""
     sub = _shown(conn.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
                  or _missing(subscriber_id))
@@ -284,7 +283,7 @@ def _missing(subscriber_id: int) -> Any:
     raise NotFound(f"no subscriber {subscriber_id}")
 
 
-def update_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, timeout: float | None = None,
+def update_subscriber(conn: Connection, subscriber_id: int, *, timeout: float | None = None,
                       retries: int | None = None, description: str | None = None) -> None:
     """Change a subscriber's timeout, retry limit or description (system subscribers too)."""
     _check_limits(timeout, retries)
@@ -293,27 +292,27 @@ def update_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, timeout: 
         _set_settings(conn, subscriber_id, timeout, retries, description)
 
 
-def _set_settings(conn: sqlite3.Connection, subscriber_id: int, timeout: float | None, retries: int | None,
+def _set_settings(conn: Connection, subscriber_id: int, timeout: float | None, retries: int | None,
                   description: str | None) -> None:
     for column, value in (("timeout", timeout), ("retries", retries), ("description", description)):
         if value is not None:
             conn.execute(f"UPDATE subscribers SET {column} = ? WHERE id = ?", (value, subscriber_id))
 
 
-def disabled_system(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+def disabled_system(conn: Connection) -> list[tuple[int, str]]:
     """(id, action) of each disabled system subscriber: the events it would take are refused."""
     return [(r[0], r[1]) for r in conn.execute("SELECT id, action FROM subscribers WHERE system = 1 AND disabled = 1 "
                                                "ORDER BY id")]
 
 
-def set_disabled(conn: sqlite3.Connection, subscriber_id: int, disabled: bool) -> None:
+def set_disabled(conn: Connection, subscriber_id: int, disabled: bool) -> None:
     """Enable or disable a subscriber (a disabled one is not matched by new events)."""
     with transaction(conn, catalog=True):
         get_subscriber(conn, subscriber_id)
         conn.execute("UPDATE subscribers SET disabled = ? WHERE id = ?", (int(disabled), subscriber_id))
 
 
-def remove_subscriber(conn: sqlite3.Connection, subscriber_id: int, force: bool = False) -> None:
+def remove_subscriber(conn: Connection, subscriber_id: int, force: bool = False) -> None:
     """Remove a subscriber with its topics, filters and delivery history.
 
     Refused for system subscribers, and while it has open deliveries unless ``force``.
@@ -330,7 +329,7 @@ def remove_subscriber(conn: sqlite3.Connection, subscriber_id: int, force: bool 
         conn.execute("DELETE FROM subscribers WHERE id = ?", (subscriber_id,))
 
 
-def purge_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
+def purge_subscriber(conn: Connection, subscriber_id: int) -> int:
     """Drop a subscriber's open deliveries (status ``purged``); returns how many."""
     with transaction(conn, catalog=True):
         get_subscriber(conn, subscriber_id)
@@ -340,7 +339,7 @@ def purge_subscriber(conn: sqlite3.Connection, subscriber_id: int) -> int:
 # -- subscriber topics and filters ----------------------------------------------------------------
 
 
-def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, synchronized: bool = False,
+def attach_topic(conn: Connection, subscriber_id: int, pattern: str, synchronized: bool = False,
                  description: str = "") -> int:
     """Attach a subscriber to a qualified or generic topic; returns the subscriber topic id.
 
@@ -364,7 +363,7 @@ def attach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str, syn
             "RETURNING id", (subscriber_id, pattern, int(synchronized), description)).fetchone()[0])
 
 
-def variables_of(conn: sqlite3.Connection, pattern: str) -> set[str]:
+def variables_of(conn: Connection, pattern: str) -> set[str]:
     """Every &VAR an event of topic ``pattern`` (qualified or generic) can have: the key fields of
     the topics it matches, their context variables, and TOPIC, EVENT and KEY."""
     topics = [(r[0], json.loads(r[1])) for r in conn.execute("SELECT name, key_fields FROM topics")]
@@ -379,7 +378,7 @@ def variables_of(conn: sqlite3.Connection, pattern: str) -> set[str]:
     return found | contexts.variables(conn, sorted(patterns))
 
 
-def _check_variables(conn: sqlite3.Connection, pattern: str, names: list[str], what: str, known: set[str]) -> None:
+def _check_variables(conn: Connection, pattern: str, names: list[str], what: str, known: set[str]) -> None:
     unknown = [n for n in dict.fromkeys(names) if n not in known]
     if unknown:
         raise UsageError(
@@ -388,7 +387,7 @@ def _check_variables(conn: sqlite3.Connection, pattern: str, names: list[str], w
             "(write '& ' with a space for the shell's own &)")
 
 
-def _subscriber_topic_id(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> int:
+def _subscriber_topic_id(conn: Connection, subscriber_id: int, pattern: str) -> int:
     row = conn.execute("SELECT id FROM subscriber_topics WHERE subscriber_id = ? AND pattern = ?",
                        (subscriber_id, pattern)).fetchone()
     if row is None:
@@ -397,12 +396,12 @@ def _subscriber_topic_id(conn: sqlite3.Connection, subscriber_id: int, pattern: 
     return int(row[0])
 
 
-def _delete_subscriber_topic(conn: sqlite3.Connection, st_id: int) -> None:
+def _delete_subscriber_topic(conn: Connection, st_id: int) -> None:
     conn.execute("DELETE FROM event_filters WHERE subscriber_topic_id = ?", (st_id,))
     conn.execute("DELETE FROM subscriber_topics WHERE id = ?", (st_id,))
 
 
-def detach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> None:
+def detach_topic(conn: Connection, subscriber_id: int, pattern: str) -> None:
     """Detach a subscriber from a topic pattern (its filters go with it)."""
     with transaction(conn, catalog=True):
         st_id = _subscriber_topic_id(conn, subscriber_id, pattern)
@@ -411,7 +410,7 @@ def detach_topic(conn: sqlite3.Connection, subscriber_id: int, pattern: str) -> 
         _delete_subscriber_topic(conn, st_id)
 
 
-def add_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, variable: str, regex: str,
+def add_filter(conn: Connection, subscriber_id: int, pattern: str, variable: str, regex: str,
                description: str = "") -> None:
     """Add an event filter: the subscriber topic fires only when every filter's regex matches
     the whole value of its variable (``KE.*`` = starts with KE)."""
@@ -431,7 +430,7 @@ def add_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, varia
             (st_id, name, regex, description))
 
 
-def remove_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, variable: str) -> None:
+def remove_filter(conn: Connection, subscriber_id: int, pattern: str, variable: str) -> None:
     """Remove the filter on ``variable`` from a subscriber topic."""
     name = variable_name(variable)
     with transaction(conn, catalog=True):
@@ -446,7 +445,7 @@ def remove_filter(conn: sqlite3.Connection, subscriber_id: int, pattern: str, va
 # -- the operator console's edit of a subscriber (bridge/web/console) ----------------------------
 
 
-def edit_subscriber(conn: sqlite3.Connection, subscriber_id: int, action: ActionKind | None = None,
+def edit_subscriber(conn: Connection, subscriber_id: int, action: ActionKind | None = None,
                     target: str | None = None, *, allow_nested_shell: bool = False, timeout: float | None = None,
                     retries: int | None = None, description: str | None = None,
                     secret_headers: dict[str, str] | None = None, drop_headers: Sequence[str] = ()) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 
+from .. import store
 from ..errors import NotFound, UsageError
 from ..names import FIELD_RE, RESERVED_FIELDS, check_pattern, value_text
-from ..store import dialect, now, transaction
+from ..store import Connection, Row, dialect, now, transaction
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,23 +27,23 @@ if TYPE_CHECKING:
 _quote = dialect.quote
 
 
-def _open(db_path: str | None, conn: sqlite3.Connection) -> sqlite3.Connection:
+def _open(db_path: str | None, conn: Connection) -> Connection:
     if not db_path:
         return conn
     try:
-        return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error as exc:
+        return store.open_readonly(db_path)
+    except store.failures() as exc:
         raise UsageError(f"cannot open {db_path}: {exc}") from exc
 
 
-def _columns(source: sqlite3.Connection, table: str) -> list[str]:
+def _columns(source: Connection, table: str) -> list[str]:
     try:
         return dialect.of(source).columns(source, table)
-    except dialect.errors() as exc:
+    except store.failures() as exc:
         raise UsageError(f"cannot read table {table}: {exc}") from exc
 
 
-def add_context(conn: sqlite3.Connection, pattern: str, table: str, matches: Mapping[str, str],
+def add_context(conn: Connection, pattern: str, table: str, matches: Mapping[str, str],
                 db_path: str | None = None) -> int:
     """Declare a context: for events of ``pattern``, the row of ``table`` where each
     ``matches`` column equals the key field it is paired with. Returns its id."""
@@ -80,25 +80,25 @@ def add_context(conn: sqlite3.Connection, pattern: str, table: str, matches: Map
                                 (pattern, table, db_path, json.dumps(dict(matches)), now())).fetchone()[0])
 
 
-def list_contexts(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_contexts(conn: Connection) -> list[dict[str, Any]]:
     """Every declared context."""
     return [{**dict(r), "matches": json.loads(r["matches"])} for r in conn.execute("SELECT * FROM contexts ORDER BY id")]
 
 
-def remove_context(conn: sqlite3.Connection, context_id: int) -> None:
+def remove_context(conn: Connection, context_id: int) -> None:
     """Forget a context (events already stored keep their variables)."""
     with transaction(conn, catalog=True):
         if not conn.execute("DELETE FROM contexts WHERE id = ?", (context_id,)).rowcount:
             raise NotFound(f"no context {context_id}")
 
 
-def for_patterns(conn: sqlite3.Connection, patterns: Sequence[str]) -> list[sqlite3.Row]:
+def for_patterns(conn: Connection, patterns: Sequence[str]) -> list[Row]:
     """The contexts declared for any of ``patterns`` (the candidates of one topic)."""
     return conn.execute(f"SELECT * FROM contexts WHERE pattern IN ({','.join('?' * len(patterns))}) ORDER BY id",
                         list(patterns)).fetchall()
 
 
-def variables(conn: sqlite3.Connection, patterns: Sequence[str]) -> set[str]:
+def variables(conn: Connection, patterns: Sequence[str]) -> set[str]:
     """The context variables events of ``patterns`` can get: the columns of their context tables."""
     found: set[str] = set()
     for ctx in for_patterns(conn, patterns):
@@ -115,8 +115,8 @@ def variables(conn: sqlite3.Connection, patterns: Sequence[str]) -> set[str]:
     return found
 
 
-def lookup(conn: sqlite3.Connection, declared: Sequence[sqlite3.Row], key: Mapping[str, Any],
-           sources: dict[str, sqlite3.Connection]) -> dict[str, str]:
+def lookup(conn: Connection, declared: Sequence[Row], key: Mapping[str, Any],
+           sources: dict[str, Connection]) -> dict[str, str]:
     """The context variables of one event (``sources`` caches connections to other files)."""
     found: dict[str, str] = {}
     for ctx in declared:
@@ -129,12 +129,12 @@ def lookup(conn: sqlite3.Connection, declared: Sequence[sqlite3.Row], key: Mappi
         source = sources[path] if path else conn
         where = " AND ".join(f"{_quote(column)} = ?" for column in matches.values())
         values = [key[f] for f in matches]
-        if dialect.of(source) is not dialect.SQLITE:  # a text parameter takes the column's type there, as
+        if not dialect.of(source).column_affinity:  # a text parameter takes the column's type there, as
             values = [v if v is None else value_text(v) for v in values]  # SQLite's affinity does: 5 = '5'
         try:
             cur = source.execute(f"SELECT * FROM {_quote(ctx['table_name'])} WHERE {where} LIMIT 1", values)
             row = cur.fetchone()
-        except dialect.errors():
+        except store.failures():
             continue  # the table changed or went away: no variables from it
         if row is None:
             continue

@@ -14,13 +14,12 @@ Operators' reads of these tables (listings, history, backlog, chart) are :mod:`b
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from ..errors import UsageError
 from ..model import ActionKind, Attempt, DeliveryStatus, Lane, Settlement
 from ..names import value_text
+from ..store import Connection, transaction
 from ..store import now as wall_now
-from ..store import transaction
 
 # `ombridge send` enqueues through this module: typing, random and the actions are imported only
 # where they are needed (see bench/bench_events.py for the startup figure).
@@ -109,7 +108,7 @@ class Delivery:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def enqueue(conn: sqlite3.Connection, rows: Sequence[Delivery], at: float) -> list[int]:
+def enqueue(conn: Connection, rows: Sequence[Delivery], at: float) -> list[int]:
     """Create one open subscriber event per row, inside the caller's transaction; returns the ids
     of the rows created already claimed (attempt 1, under a lease), in order."""
     claimed: list[int] = []
@@ -142,7 +141,7 @@ _ACTION_KINDS = {kind.value: kind for kind in ActionKind}
 
 def _claims(rows: list[tuple[Any, ...]]) -> list[Claimed]:
     # Plain tuples in _CLAIMED_SELECT's order: a burst claims thousands of rows at a time, and
-    # reading sqlite3.Row by name costs a third of building a claim.
+    # reading Row by name costs a third of building a claim.
     loads = json.loads
     claimed = []
     for (se_id, attempts, subscriber_id, event_id, topic, key, depth, context, action, target, timeout, retries,
@@ -153,7 +152,7 @@ def _claims(rows: list[tuple[Any, ...]]) -> list[Claimed]:
     return claimed
 
 
-def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, lane: Lane | None = None,
+def claim(conn: Connection, *, limit: int = 1, at: float | None = None, lane: Lane | None = None,
           owner: str | None = None) -> list[Claimed]:
     """Claim up to ``limit`` due open subscriber events (of ``lane``, or of any), oldest due
     first, for ``owner``."""
@@ -167,7 +166,7 @@ def claim(conn: sqlite3.Connection, *, limit: int = 1, at: float | None = None, 
         return _claim(conn, limit, at, lane, owner)
 
 
-def _claim(conn: sqlite3.Connection, limit: int, at: float, lane: Lane | None, owner: str | None) -> list[Claimed]:
+def _claim(conn: Connection, limit: int, at: float, lane: Lane | None, owner: str | None) -> list[Claimed]:
     # Inside the caller's transaction.
     of_lane, args = _of_lane(lane)
     cur = conn.cursor()
@@ -186,7 +185,7 @@ def _claim(conn: sqlite3.Connection, limit: int, at: float, lane: Lane | None, o
     return _claims(rows)
 
 
-def _where_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> list[Any]:
+def _where_ids(conn: Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> list[Any]:
     """Run ``sql`` (holding ``IN ({ids})``) over ``ids`` (500 at a time on SQLite); the rows it
     returned (a SELECT's)."""
     rows: list[Any] = []
@@ -209,7 +208,7 @@ def settle(claim: Claimed, result: Attempt) -> Settlement:
     return Settlement.FAILED if result.final or claim.attempt > claim.retries else Settlement.RETRY
 
 
-def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) -> list[Settlement]:
+def finish(conn: Connection, done: Sequence[tuple[Claimed, Attempt]]) -> list[Settlement]:
     """Record attempts and their outcomes in one transaction; returns what each became.
 
     Success -> done. Failure -> open again after backoff, or failed once the subscriber's
@@ -224,7 +223,7 @@ def finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]]) ->
         return _finish(conn, done, at)
 
 
-def finish_and_claim(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], *, limit: int,
+def finish_and_claim(conn: Connection, done: Sequence[tuple[Claimed, Attempt]], *, limit: int,
                      lane: Lane, owner: str, wait: bool = True) -> tuple[list[Settlement], list[Claimed]]:
     """:func:`finish` ``done``, then :func:`claim` up to ``limit`` more, in one transaction: a
     lane that streams its work takes the write lock once per chunk, not twice. With
@@ -236,7 +235,7 @@ def finish_and_claim(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Att
         return settled, _claim(conn, limit, at, lane, owner) if limit > 0 else []
 
 
-def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], at: float) -> list[Settlement]:
+def _finish(conn: Connection, done: Sequence[tuple[Claimed, Attempt]], at: float) -> list[Settlement]:
     # Inside the caller's transaction. Each outcome's write is fenced by the attempt number its
     # claim counted (`attempts = ?`, in the UPDATE itself): a claim taken over meanwhile (the
     # number moved on) or finished changes nothing and is stale. Successes, the common case, go
@@ -264,7 +263,7 @@ def _finish(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]], a
     return settled
 
 
-def _record_attempts(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Attempt]],
+def _record_attempts(conn: Connection, done: Sequence[tuple[Claimed, Attempt]],
                      current: set[tuple[int, int]]) -> None:
     # Every attempt is recorded; a stale claim's only while its row exists. On SQLite, those of
     # current claims that ended alike (a chunk of Closes shares its times and outcome) go in with
@@ -288,12 +287,12 @@ def _record_attempts(conn: sqlite3.Connection, done: Sequence[tuple[Claimed, Att
 _ATTEMPT_COLUMNS = "subscriber_event_id, number, started_at, ended_at, ok, exit_status, output, error"
 
 
-def _exists(conn: sqlite3.Connection, delivery_id: int) -> bool:
+def _exists(conn: Connection, delivery_id: int) -> bool:
     # A stale claim's attempt is still recorded, unless its row is gone (its subscriber removed).
     return conn.execute("SELECT 1 FROM subscriber_events WHERE id = ?", (delivery_id,)).fetchone() is not None
 
 
-def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
+def release(conn: Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
     """Give back claims that were never attempted (the attempt is not counted), due at ``at``."""
     at = wall_now(conn) if at is None else at
     with transaction(conn):
@@ -308,7 +307,7 @@ def release(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | Non
 _AT_ITS_TURN = "CASE WHEN created_at < ? THEN created_at ELSE ? END"
 
 
-def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
+def due_again(conn: Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
     """Make due again claims whose outcomes could not be recorded (the stream that held them
     failed); their attempts stay counted: they may have run. A claim taken over meanwhile (its
     attempt number moved on) or finished is left alone."""
@@ -321,14 +320,14 @@ def due_again(conn: sqlite3.Connection, claims: Sequence[Claimed], at: float | N
         conn.dialect.announce(conn)
 
 
-def reclaim_abandoned(conn: sqlite3.Connection, owner_prefix: str, keep: str) -> int:
+def reclaim_abandoned(conn: Connection, owner_prefix: str, keep: str) -> int:
     """Make due now the claims of owners named ``owner_prefix*`` other than ``keep``: the claims
     of a supervisor that died (only one runs per home). Their attempts stay counted."""
     with transaction(conn):
         return release_claims(conn, owner_prefix, keep)
 
 
-def release_claims(conn: sqlite3.Connection, owner_prefix: str, keep: str = "", *, ended_too: bool = False) -> int:
+def release_claims(conn: Connection, owner_prefix: str, keep: str = "", *, ended_too: bool = False) -> int:
     """:func:`reclaim_abandoned` inside the caller's transaction; with ``ended_too``, also the
     claims whose lease already ended (so that none names that owner any more)."""
     at = wall_now(conn)
@@ -343,7 +342,7 @@ def release_claims(conn: sqlite3.Connection, owner_prefix: str, keep: str = "", 
     return taken
 
 
-def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
+def retry_failed(conn: Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
                  delivery_ids: Sequence[int] | None = None) -> int:
     """Put failed deliveries (of a subscriber, of an event, or those of ``delivery_ids`` that are
     failed) back to open, due now, for a new round of attempts (the count starts again); returns
@@ -364,7 +363,7 @@ def retry_failed(conn: sqlite3.Connection, *, subscriber_id: int | None = None, 
         return count
 
 
-def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
+def purge(conn: Connection, subscriber_id: int) -> int:
     """Drop a subscriber's open deliveries (status ``purged``) inside the caller's transaction;
     returns how many. A delivery in flight finishes, but its outcome no longer changes the row."""
     at = wall_now(conn)
@@ -373,7 +372,7 @@ def purge(conn: sqlite3.Connection, subscriber_id: int) -> int:
         f"claimed_by = NULL WHERE subscriber_id = ? AND status = '{_OPEN}'", (at, at, subscriber_id)).rowcount
 
 
-def purge_chosen(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
+def purge_chosen(conn: Connection, delivery_ids: Sequence[int]) -> int:
     """Drop the deliveries of ``delivery_ids`` that are open or failed (status ``purged``: never
     delivered, no longer in the backlog); returns how many. Done ones are left as they are."""
     at = wall_now(conn)
@@ -384,20 +383,20 @@ def purge_chosen(conn: sqlite3.Connection, delivery_ids: Sequence[int]) -> int:
             (at, at), delivery_ids)
 
 
-def _count_ids(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> int:
+def _count_ids(conn: Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> int:
     """Run the write ``sql`` (holding ``IN ({ids})``) over ``ids``; how many rows it changed."""
     return sum(conn.execute(chunk_sql, chunk_args).rowcount
                for chunk_sql, chunk_args in conn.dialect.in_ids(sql, args, list(ids)))
 
 
-def in_flight(conn: sqlite3.Connection, subscriber_id: int) -> int:
+def in_flight(conn: Connection, subscriber_id: int) -> int:
     """How many of a subscriber's deliveries are claimed under a lease that has not run out."""
     return conn.execute(
         f"SELECT count(*) FROM subscriber_events WHERE subscriber_id = ? AND status = '{_OPEN}' "
         "AND claimed_by IS NOT NULL AND next_attempt_at > ?", (subscriber_id, wall_now(conn))).fetchone()[0]
 
 
-def delete_for_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, force: bool = False) -> None:
+def delete_for_subscriber(conn: Connection, subscriber_id: int, *, force: bool = False) -> None:
     """Delete a subscriber's deliveries and attempts, inside the caller's transaction.
 
     Refused while any is open (unless ``force``) and, always, while any is in flight: deleting a
@@ -418,7 +417,7 @@ def delete_for_subscriber(conn: sqlite3.Connection, subscriber_id: int, *, force
     conn.execute("DELETE FROM subscriber_events WHERE subscriber_id = ?", (subscriber_id,))
 
 
-def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> tuple[int, int]:
+def prune(conn: Connection, cutoff: float, chunk: int) -> tuple[int, int]:
     """Delete up to ``chunk`` done or purged deliveries last changed before ``cutoff``, with their
     attempts, in one transaction; returns (deliveries, attempts) deleted."""
     with transaction(conn):
@@ -434,7 +433,7 @@ def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> tuple[int, int
 # -- the queue's own reads (what is due; the reads of operators are in bridge/eventcore/ledger.py) -------------
 
 
-def next_due(conn: sqlite3.Connection, lane: Lane | None = None) -> float | None:
+def next_due(conn: Connection, lane: Lane | None = None) -> float | None:
     """When the next open delivery (of ``lane``, or of any) is due, if any."""
     of_lane, args = _of_lane(lane)
     return conn.execute(f"SELECT min(se.next_attempt_at) FROM subscriber_events se "

@@ -16,14 +16,13 @@ import json
 import math
 import os
 import re
-import sqlite3
 from collections.abc import Mapping
 from json.decoder import scanstring
 
 from ..errors import BridgeError, NotFound, UsageError
 from ..model import ActionKind, Lane, Settlement
 from ..names import FIELD_RE, RESERVED_FIELDS, check_topic_name, value_text
-from ..store import now, transaction
+from ..store import Connection, Row, now, transaction
 from . import contexts
 from .deliveries import Delivery, enqueue
 from .filters import Filter, compile_filter
@@ -248,7 +247,7 @@ def candidate_patterns(topic: str) -> list[str]:
     return [topic, *("/".join(parts[:i]) + "/*" for i in range(len(parts) - 1, 0, -1)), "*"]
 
 
-def _subscriptions(conn: sqlite3.Connection, topic: str) -> list[_Subscription]:
+def _subscriptions(conn: Connection, topic: str) -> list[_Subscription]:
     patterns = candidate_patterns(topic)
     rows = conn.execute(
         "SELECT st.id, st.subscriber_id, st.synchronized, st.pattern, s.action, s.target, s.timeout, s.retries, "
@@ -331,15 +330,15 @@ class _Lookups:
     def __init__(self) -> None:
         self.fields: dict[str, list[str]] = {}
         self.subs: dict[str, list[_Subscription]] = {}
-        self.contexts: dict[str, list[sqlite3.Row]] = {}
-        self.sources: dict[str, sqlite3.Connection] = {}
+        self.contexts: dict[str, list[Row]] = {}
+        self.sources: dict[str, Connection] = {}
 
     def close(self) -> None:
         for source in self.sources.values():
             source.close()
 
 
-def _prepare(conn: sqlite3.Connection, topic: str, key: KeyInput, seen: _Lookups) -> _Prepared:
+def _prepare(conn: Connection, topic: str, key: KeyInput, seen: _Lookups) -> _Prepared:
     if topic not in seen.fields:
         check_topic_name(topic)
         row = conn.execute("SELECT key_fields FROM topics WHERE name = ?", (topic,)).fetchone()
@@ -356,7 +355,7 @@ def _prepare(conn: sqlite3.Connection, topic: str, key: KeyInput, seen: _Lookups
     return _Prepared(topic, fields, canonical_key(fields), context, matches)
 
 
-def match(conn: sqlite3.Connection, topic: str, key: KeyInput) -> list[int]:
+def match(conn: Connection, topic: str, key: KeyInput) -> list[int]:
     """The subscribers an event would be delivered to; validates like :func:`send`, writes nothing."""
     seen = _Lookups()
     try:
@@ -365,10 +364,10 @@ def match(conn: sqlite3.Connection, topic: str, key: KeyInput) -> list[int]:
         seen.close()
 
 
-def send_many(conn: sqlite3.Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
+def send_many(conn: Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
               environ: Mapping[str, str] | None = None,
               on_stored: Callable[[], None] | None = None,
-              also: Callable[[sqlite3.Connection, list[SendResult]], None] | None = None) -> list[SendResult]:
+              also: Callable[[Connection, list[SendResult]], None] | None = None) -> list[SendResult]:
     """Store many events in one transaction (all or none); see :func:`send`. ``also(conn,
     results)`` writes, in the same transaction, what must commit with the events (the OMi
     mapping, :mod:`bridge.web.forwarded`); what it raises rolls the whole back."""
@@ -426,7 +425,7 @@ def _with_pending(results: list[SendResult], pending: list[Pending]) -> list[Sen
     return [SendResult(r.event_id, r.deliveries, pending=tuple(by_event.get(r.event_id or -1, ()))) for r in results]
 
 
-def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = False, **options: Any) -> SendResult:
+def send(conn: Connection, topic: str, key: KeyInput, force: bool = False, **options: Any) -> SendResult:
     """Store one event: the topic must be defined and the key must carry its fields.
 
     Stores the event and one open subscriber event per matching subscriber, or nothing when
@@ -437,7 +436,7 @@ def send(conn: sqlite3.Connection, topic: str, key: KeyInput, force: bool = Fals
     return send_many(conn, [(topic, key)], force, **options)[0]
 
 
-def list_events(conn: sqlite3.Connection, topic: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def list_events(conn: Connection, topic: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Events, newest first, with how many deliveries each has and how many are open."""
     from .ledger import per_event
 
@@ -447,7 +446,7 @@ def list_events(conn: sqlite3.Connection, topic: str | None = None, limit: int =
     return [{**r, **counts[r["id"]]} for r in rows]
 
 
-def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
+def prune(conn: Connection, cutoff: float, chunk: int) -> int:
     """Delete up to ``chunk`` events created before ``cutoff`` that have no delivery left, in one
     transaction; returns how many."""
     with transaction(conn):
@@ -459,7 +458,7 @@ def prune(conn: sqlite3.Connection, cutoff: float, chunk: int) -> int:
 # -- reads of the operator console (bridge/web/console) -----------------------------------------
 
 
-def find_events(conn: sqlite3.Connection, *, topic: str | None = None, text: str | None = None,
+def find_events(conn: Connection, *, topic: str | None = None, text: str | None = None,
                 before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """Events newest first, of ``topic`` when given, whose key holds ``text`` (case-insensitive),
     with ids below ``before`` (the next page starts below the last id shown)."""

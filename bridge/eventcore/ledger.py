@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from ..errors import UsageError
 from ..model import DeliveryStatus
+from ..store import Connection
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def equal_conditions(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]
     return [f"{column} = ?" for column, _ in given], [value for _, value in given]
 
 
-def list_deliveries(conn: sqlite3.Connection, status: DeliveryStatus | str | None = None,
+def list_deliveries(conn: Connection, status: DeliveryStatus | str | None = None,
                     subscriber_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Subscriber events, newest first, with the event's topic and key and the last error."""
     if status is not None:
@@ -45,7 +45,7 @@ def list_deliveries(conn: sqlite3.Connection, status: DeliveryStatus | str | Non
     return [dict(r) for r in conn.execute(sql, (*args, limit))]
 
 
-def show(conn: sqlite3.Connection, delivery_id: int) -> dict[str, Any]:
+def show(conn: Connection, delivery_id: int) -> dict[str, Any]:
     """One delivery with its event and every attempt (start, end, exit status, output tail, error)."""
     from ..errors import NotFound
 
@@ -73,7 +73,7 @@ def numbered(attempts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return log
 
 
-def counts(conn: sqlite3.Connection, *, subscriber_id: int | None = None) -> dict[str, int]:
+def counts(conn: Connection, *, subscriber_id: int | None = None) -> dict[str, int]:
     """How many deliveries there are in each status (of one subscriber, or of all)."""
     where, args = equal_conditions([("subscriber_id", subscriber_id)])
     result = dict.fromkeys((s.value for s in DeliveryStatus), 0)
@@ -89,7 +89,7 @@ def counts(conn: sqlite3.Connection, *, subscriber_id: int | None = None) -> dic
 # console's refresh ask for the backlog all the time, while done rows pile up.
 
 
-def backlog(conn: sqlite3.Connection) -> dict[str, int]:
+def backlog(conn: Connection) -> dict[str, int]:
     """How many deliveries are open and failed."""
     return {
         _OPEN: conn.execute(
@@ -103,12 +103,12 @@ def backlog(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
-def oldest_open(conn: sqlite3.Connection) -> float | None:
+def oldest_open(conn: Connection) -> float | None:
     """When the oldest open delivery was created, if any."""
     return conn.execute(f"SELECT min(created_at) FROM subscriber_events WHERE status = '{_OPEN}'").fetchone()[0]
 
 
-def attempt_totals(conn: sqlite3.Connection) -> dict[bool, int]:
+def attempt_totals(conn: Connection) -> dict[bool, int]:
     """Recorded attempts by result (True: succeeded)."""
     totals = {True: 0, False: 0}
     for ok, count in conn.execute("SELECT ok, count(*) FROM attempts GROUP BY ok"):
@@ -116,7 +116,7 @@ def attempt_totals(conn: sqlite3.Connection) -> dict[bool, int]:
     return totals
 
 
-def per_subscriber(conn: sqlite3.Connection) -> dict[int, dict[str, int]]:
+def per_subscriber(conn: Connection) -> dict[int, dict[str, int]]:
     """Open and failed deliveries of every subscriber that has any."""
     result: dict[int, dict[str, int]] = {}
     for sid, status, count in conn.execute(
@@ -126,7 +126,7 @@ def per_subscriber(conn: sqlite3.Connection) -> dict[int, dict[str, int]]:
     return result
 
 
-def per_event(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, dict[str, int]]:
+def per_event(conn: Connection, event_ids: Iterable[int]) -> dict[int, dict[str, int]]:
     """How many deliveries each of ``event_ids`` has, and how many are open."""
     ids = list(event_ids)
     result = {i: {"deliveries": 0, _OPEN: 0} for i in ids}
@@ -141,7 +141,7 @@ def per_event(conn: sqlite3.Connection, event_ids: Iterable[int]) -> dict[int, d
 # -- the operator console's reads (bridge/web/console) -------------------------------------------
 
 
-def of_events(conn: sqlite3.Connection, event_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+def of_events(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
     """The deliveries of each of ``event_ids`` (subscriber, status, attempts, last error)."""
     result: dict[int, list[dict[str, Any]]] = {i: [] for i in event_ids}
     if event_ids:
@@ -153,7 +153,7 @@ def of_events(conn: sqlite3.Connection, event_ids: Sequence[int]) -> dict[int, l
     return result
 
 
-def _first_id_from(conn: sqlite3.Connection, table: str, column: str, at: float) -> int | None:
+def _first_id_from(conn: Connection, table: str, column: str, at: float) -> int | None:
     # Rows are inserted in time order (a batch may be a few seconds out of order), so the first row
     # at or after ``at`` is found by bisecting the rowid: a few index lookups instead of a scan of
     # millions of rows, with no index on the time column.
@@ -171,7 +171,7 @@ def _first_id_from(conn: sqlite3.Connection, table: str, column: str, at: float)
     return lo
 
 
-def activity(conn: sqlite3.Connection, since: float, until: float, step: float = 60.0) -> dict[str, Any]:
+def activity(conn: Connection, since: float, until: float, step: float = 60.0) -> dict[str, Any]:
     """Attempts per ``step`` (``succeeded`` / ``failures``) and the open backlog at the end of each step,
     from ``since`` to ``until``: the console's chart.
 

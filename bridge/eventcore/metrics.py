@@ -7,12 +7,11 @@ textfile collector; the supervisor can refresh such a file periodically.
 from __future__ import annotations
 
 import os
-import sqlite3
 import tempfile
 from typing import Any
 
 from ..model import DeliveryStatus, HostState
-from ..store import now
+from ..store import Connection, now
 from . import ledger
 
 
@@ -23,7 +22,7 @@ def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: lis
         lines.append(f"{name}{labels} {value:g}" if isinstance(value, float) else f"{name}{labels} {value}")
 
 
-def render(conn: sqlite3.Connection, status: dict[str, Any] | None) -> str:
+def render(conn: Connection, status: dict[str, Any] | None) -> str:
     """The metrics text; ``status`` is the supervisor's (None when it is not running)."""
     by_status = ledger.counts(conn)
     oldest = ledger.oldest_open(conn)

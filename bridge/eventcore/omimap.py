@@ -17,16 +17,15 @@ months after its event was forwarded.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..store import now, transaction
+from ..store import Connection, now, transaction
 
 ECHO_WINDOW = 600.0  # seconds after a close went back to OMi in which OMi's close of it is its echo
 
 
-def known(conn: sqlite3.Connection, omi_ids: Iterable[str]) -> dict[str, tuple[str, int | None]]:
+def known(conn: Connection, omi_ids: Iterable[str]) -> dict[str, tuple[str, int | None]]:
     """{OMi id: (external id, event id)} of the OMi events already stored, among ``omi_ids``."""
     ids = list(dict.fromkeys(omi_ids))
     found: dict[str, tuple[str, int | None]] = {}
@@ -45,7 +44,7 @@ class Raced(Exception):
         super().__init__("another node stored the same OMi event at the same moment; OMi's retry finds it stored")
 
 
-def remember(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int | None]]) -> None:
+def remember(conn: Connection, rows: Iterable[tuple[str, str, int | None]]) -> None:
     """Record (OMi id, external id, event id) of forwarded events being stored, inside the
     caller's transaction (the one storing the events). Raises :class:`Raced` when an OMi id is
     already there: another node stored the same OMi event since it was looked up (on PostgreSQL
@@ -62,7 +61,7 @@ def remember(conn: sqlite3.Connection, rows: Iterable[tuple[str, str, int | None
             raise Raced
 
 
-def omi_ids(conn: sqlite3.Connection, external_id: str) -> list[str]:
+def omi_ids(conn: Connection, external_id: str) -> list[str]:
     """Every OMi event id behind ``external_id``, oldest first ([] when none is known)."""
     return [r[0] for r in conn.execute("SELECT omi_id FROM omi_events WHERE external_id = ? ORDER BY received_at, "
                                        "omi_id", (external_id,))]
@@ -78,7 +77,7 @@ class Guard:
     before: dict[str, float | None]
 
 
-def arm(conn: sqlite3.Connection, external_id: str, omi_ids_closing: Iterable[str]) -> Guard:
+def arm(conn: Connection, external_id: str, omi_ids_closing: Iterable[str]) -> Guard:
     """Note, **before** the close is sent, that ombridge closes these OMi events (the loop guard):
     OMi may forward its echo of the close before its gateway has answered ombridge, and that
     echo must already find the note. Committed when this returns."""
@@ -95,7 +94,7 @@ def arm(conn: sqlite3.Connection, external_id: str, omi_ids_closing: Iterable[st
     return Guard(external_id, at, before)
 
 
-def disarm(conn: sqlite3.Connection, guard: Guard, omi_ids_not_closed: Iterable[str]) -> None:
+def disarm(conn: Connection, guard: Guard, omi_ids_not_closed: Iterable[str]) -> None:
     """Take back :func:`arm`'s note for the OMi events the close certainly did not reach (the
     gateway refused it, or it was never sent), unless a later close armed them again meanwhile:
     OMi's own close of them is then a close as always."""
@@ -109,7 +108,7 @@ def disarm(conn: sqlite3.Connection, guard: Guard, omi_ids_not_closed: Iterable[
                              (omi_id, guard.at))
 
 
-def echoes(conn: sqlite3.Connection, external_ids: Iterable[str], at: float | None = None) -> set[str]:
+def echoes(conn: Connection, external_ids: Iterable[str], at: float | None = None) -> set[str]:
     """The external ids, among ``external_ids``, whose OMi events ombridge itself closed within
     :data:`ECHO_WINDOW` seconds: a close OMi sends for them now is the echo of ombridge's own."""
     ids = list(dict.fromkeys(external_ids))

@@ -7,10 +7,9 @@ transactions, so a prune never holds the write lock for long while sends and del
 from __future__ import annotations
 
 import re
-import sqlite3
 
 from ..errors import UsageError
-from ..store import now
+from ..store import Connection, now
 from . import deliveries, events
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)")
@@ -26,7 +25,7 @@ def parse_age(text: str) -> float:
     return float(m[1]) * _UNITS[m[2]]
 
 
-def prune(conn: sqlite3.Connection, older_than: float, at: float | None = None) -> dict[str, int]:
+def prune(conn: Connection, older_than: float, at: float | None = None) -> dict[str, int]:
     """Delete done and purged deliveries (with their attempts) last changed more than
     ``older_than`` seconds ago, then events older than that with no delivery left."""
     cutoff = (now(conn) if at is None else at) - older_than

@@ -28,11 +28,11 @@ from typing import Any
 
 from .. import store
 from ..delivery import backsync
-from ..errors import AlreadyRunning, StoreError, UsageError
+from ..errors import AlreadyRunning, StoreError
 from ..eventcore import deliveries, nodes
 from ..home import Home
 from ..model import ActionKind
-from ..store import dialect
+from ..store import dialect, urls
 from ..syncback import omitopic
 
 # The event core in foreign-key order (a row's parents are copied before it).
@@ -67,9 +67,9 @@ def copy(home: Home, to: str) -> Copied:
     what was copied. Raises :class:`StoreError` / :class:`UsageError` with one sentence, the
     target unchanged, when it refuses or fails."""
     url, _ = store.location(home)
-    target_url = _target(home, to)
-    source_name, target_name = store.describe(home), _name(target_url)
-    if _same(home, url, target_url):
+    target_url = urls.target(home, to)
+    source_name, target_name = store.describe(home), urls.name_of(target_url)
+    if urls.same(home, url, target_url):
         raise StoreError(f"{target_name} is the home's store already: copy it to another one")
     with _no_supervisor(home):
         src = store.connect(home)
@@ -91,7 +91,7 @@ def copy(home: Home, to: str) -> Copied:
 @contextmanager
 def _new_file_undone(url: str) -> Iterator[None]:
     """A SQLite file the copy created is removed again when the copy fails."""
-    path = url[len("sqlite:"):] if url.startswith("sqlite:") else ""
+    path = urls.file_of(url)
     created = bool(path) and not os.path.exists(path)
     try:
         yield
@@ -101,35 +101,6 @@ def _new_file_undone(url: str) -> Iterator[None]:
                 with suppress(OSError):
                     os.unlink(leftover)
         raise
-
-
-def _target(home: Home, to: str) -> str:
-    """``to`` as a store URL: ``sqlite:`` the home's own file, ``sqlite:PATH`` any file."""
-    if to == "sqlite:":
-        return "sqlite:" + str(home.db)
-    if to.startswith("sqlite:"):
-        return "sqlite:" + os.path.abspath(os.path.expanduser(to[len("sqlite:"):]))
-    if store.is_postgresql(to):
-        from ..store import pgstore
-
-        pgstore.check_url(to)
-        return to
-    raise UsageError(f"unknown store {to!r}: --to takes a postgresql://USER@HOST/DATABASE URL, sqlite:PATH, "
-                     "or sqlite: for the home's own file")
-
-
-def _name(url: str) -> str:
-    if url.startswith("sqlite:"):
-        return url[len("sqlite:"):]
-    from ..store import pgstore
-
-    return pgstore.where(url)
-
-
-def _same(home: Home, source_url: str, target_url: str) -> bool:
-    if target_url.startswith("sqlite:"):
-        return source_url in ("", "sqlite:") and os.path.realpath(target_url[7:]) == os.path.realpath(home.db)
-    return source_url not in ("", "sqlite:") and _name(source_url) == _name(target_url)
 
 
 @contextmanager
@@ -154,7 +125,7 @@ def _no_supervisor(home: Home) -> Iterator[None]:
 
 
 def _refuse_live_nodes(conn: Any, name: str, why: str) -> None:
-    if dialect.of(conn) is dialect.SQLITE:
+    if not conn.dialect.shared:
         return  # the home's one node: its supervisor was checked
     alive = [n["name"] for n in nodes.listing(conn) if n["alive"]]
     if alive:
@@ -162,14 +133,10 @@ def _refuse_live_nodes(conn: Any, name: str, why: str) -> None:
 
 
 def _open(home: Home, url: str, name: str) -> Any:
-    if url.startswith("sqlite:"):
-        try:
-            return store.open_file(url[len("sqlite:"):])
-        except OSError as exc:
-            raise StoreError(f"{name} cannot be created: {exc.strerror or exc}") from None
-    from ..store import pgstore
-
-    return pgstore.connect(url, node=store.default_node(str(home.root)))
+    try:
+        return urls.open_url(url, store.default_node(str(home.root)))
+    except OSError as exc:
+        raise StoreError(f"{name} cannot be created: {exc.strerror or exc}") from None
 
 
 def holdings(conn: Any) -> list[str]:
@@ -212,7 +179,7 @@ def _copy_all(src: Any, tgt: Any, result: Copied) -> None:
             for table in _context_tables(src):
                 result.counts.append((table, _copy_context_table(src, tgt, table)))
             _move_sequences(src, tgt)
-    except dialect.errors() as exc:
+    except store.failures() as exc:
         reason = " ".join(str(exc).split())
         raise StoreError(f"the copy into {result.target} failed ({reason}); nothing was copied: "
                          "the target is as it was") from None
@@ -221,8 +188,7 @@ def _copy_all(src: Any, tgt: Any, result: Copied) -> None:
 @contextmanager
 def _snapshot(conn: Any) -> Iterator[None]:
     """One read transaction on the source: every table read as of one instant."""
-    sqlite = dialect.of(conn) is dialect.SQLITE
-    conn.execute("BEGIN" if sqlite else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    conn.dialect.begin_snapshot(conn)
     try:
         yield
     finally:
@@ -231,7 +197,7 @@ def _snapshot(conn: Any) -> Iterator[None]:
 
 def _columns(src: Any, tgt: Any, table: str) -> list[str]:
     """The columns of ``table``, the same in both schemas (else the copy says so)."""
-    mine, theirs = dialect.of(src).columns(src, table), dialect.of(tgt).columns(tgt, table)
+    mine, theirs = src.dialect.columns(src, table), tgt.dialect.columns(tgt, table)
     if set(mine) != set(theirs):
         raise StoreError(f"table {table} has the columns {', '.join(mine)} in the source but "
                          f"{', '.join(theirs)} in the target: this ombridge cannot copy between them")
@@ -248,7 +214,7 @@ def _stream(src: Any, tgt: Any, table: str, columns: list[str], order: str, chan
     ``change`` applied to each row."""
     names = ", ".join(dialect.quote(c) for c in columns)
     select = f"SELECT {names} FROM {dialect.quote(table)} ORDER BY {order}"
-    cur = src.cursor() if dialect.of(src) is dialect.SQLITE else src.cursor(name=f"ombridge_copy_{table}")
+    cur = src.dialect.stream(src, f"ombridge_copy_{table}")
     cur.execute(select)
     total = 0
     while True:
@@ -256,7 +222,7 @@ def _stream(src: Any, tgt: Any, table: str, columns: list[str], order: str, chan
         if not rows:
             break
         rows = [tuple(r) if change is None else change(tuple(r)) for r in rows]
-        dialect.of(tgt).insert_rows(tgt, dialect.quote(table), names, rows)
+        tgt.dialect.insert_rows(tgt, dialect.quote(table), names, rows)
         total += len(rows)
     cur.close()
     return total
@@ -266,7 +232,7 @@ def _context_tables(src: Any) -> list[str]:
     """The context tables inside the event core (a context without a file), those that exist."""
     names = sorted({r[0] for r in src.execute("SELECT table_name FROM contexts WHERE db_path IS NULL "
                                               "OR db_path = ''")})
-    return [n for n in names if n not in TABLES and n != "nodes" and dialect.of(src).columns(src, n)]
+    return [n for n in names if n not in TABLES and n != "nodes" and src.dialect.columns(src, n)]
 
 
 def _copy_context_table(src: Any, tgt: Any, table: str) -> int:
@@ -274,12 +240,12 @@ def _copy_context_table(src: Any, tgt: Any, table: str) -> int:
     column is text on either side (lookups compare and substitute text anyway): on SQLite a
     TEXT column's affinity still matches a key's number to its text (12 = '12'), which a column
     without a type would not."""
-    columns = dialect.of(src).columns(src, table)
-    if dialect.of(tgt).columns(tgt, table):
+    columns = src.dialect.columns(src, table)
+    if tgt.dialect.columns(tgt, table):
         raise StoreError(f"the target holds a table {table} already: copy only into an empty store")
     tgt.execute(f"CREATE TABLE {dialect.quote(table)} ({', '.join(dialect.quote(c) + ' TEXT' for c in columns)})")
-    as_text = None if dialect.of(tgt) is dialect.SQLITE else (lambda row: tuple(_text(v) for v in row))
-    order = "rowid" if dialect.of(src) is dialect.SQLITE else dialect.quote(columns[0])
+    as_text = None if tgt.dialect.column_affinity else (lambda row: tuple(_text(v) for v in row))
+    order = src.dialect.insertion_order(columns[0])
     return _stream(src, tgt, table, columns, order, as_text)
 
 
@@ -295,6 +261,6 @@ def _move_sequences(src: Any, tgt: Any) -> None:
     """Each generated id of the target past the largest the source ever handed out, deleted
     rows included (``pgschema.check`` looks for this): no id shown before the copy comes back."""
     for table in TABLES:
-        if "id" not in dialect.of(tgt).columns(tgt, table) or table == "console_sessions":
+        if "id" not in tgt.dialect.columns(tgt, table) or table == "console_sessions":
             continue  # (keyed by a name or an OMi id; a console session's id is a sha256)
-        dialect.of(tgt).keep_high_water(tgt, table, dialect.of(src).high_water(src, table))
+        tgt.dialect.keep_high_water(tgt, table, src.dialect.high_water(src, table))

@@ -19,16 +19,22 @@ import time
 
 TYPE_CHECKING = False  # typing is not imported at run time: `ombridge send` starts faster
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 from .. import conf
 from ..errors import StoreError
 from ..home import DB_FILE, Home
 from . import dialect
 from .dialect import BUSY_TIMEOUT, SQLITE, Busy
+from .failures import failures, unreachable
 from .sqlschema import SCHEMA_VERSION
 
-__all__ = ["BUSY_TIMEOUT", "Busy", "connect", "transaction"]
+__all__ = ["BUSY_TIMEOUT", "Busy", "Connection", "connect", "failures", "transaction", "unreachable"]
+Connection = sqlite3.Connection  # (for annotations above the seam: either store's connection reads like it)
+Row = sqlite3.Row  # (a row of either store reads like it: by name and by index)
 STORE_ENV = "OMBRIDGE_STORE"  # the store URL; `ombridge --store URL` sets it for what it starts
 
 # One write lock per event core per process. Threads of one process (the supervisor's lanes and
@@ -188,6 +194,11 @@ _LENDERS: dict[tuple[str, str], Any] = {}
 _LENDERS_LOCK = _thread.allocate_lock()
 
 
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A SQLite file of the operator's, read only (a context table kept in a file of its own)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+
+
 def open_file(path: str) -> sqlite3.Connection:
     """The event core in the SQLite file ``path`` (any file, not only a home's: ``ombridge store
     copy --to sqlite:PATH``), created owner-only and migrated first when needed. Unlike a home's
@@ -312,6 +323,22 @@ def reopen(home: Home | str, conn: Any, *, lane: bool = False) -> Any:
         except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
             pass
     return connect(home, lane=lane)
+
+
+def using(home: Home | str, conn: Any, work: Callable[[Any], T], *, lane: bool = False) -> tuple[Any, T]:
+    """``work(conn)`` on a working connection: the one reconnect path of every long-lived
+    connection (lanes, chores, the sync back). ``conn`` (None: none yet) is replaced by a new one
+    when the database restarted; one that the server dropped while it lay idle only says so at
+    its first statement, so then ``work`` gets one new connection and one more try. Returns the
+    connection to keep and what ``work`` returned; raises as ``work`` does otherwise."""
+    conn = reopen(home, conn, lane=lane)
+    try:
+        return conn, work(conn)
+    except unreachable():
+        if not broken(conn):
+            raise
+    conn = reopen(home, conn, lane=lane)
+    return conn, work(conn)
 
 
 def checkpoint(conn: sqlite3.Connection) -> None:

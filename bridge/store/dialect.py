@@ -39,6 +39,22 @@ class Dialect:
     name = "sqlite"
     skip_locked = ""  # the claim: SQLite's write lock already keeps claimers apart
     copies = False  # whether insert_rows streams (COPY): then it beats any grouping of rows
+    # What the store can do, asked instead of "which database is this" (tests/test_structure.py):
+    shared = False  # several nodes may share it (nodes, leases across hosts, LISTEN/NOTIFY wake-ups)
+    checkpoints = True  # its WAL is copied back by a checkpoint of ours (store.checkpoint)
+    column_affinity = True  # a text parameter matches a number in a column by the column's affinity (5 = '5')
+
+    def begin_snapshot(self, conn: Any) -> None:
+        """A read transaction that sees every table as of one instant (``ROLLBACK`` ends it)."""
+        conn.execute("BEGIN")
+
+    def stream(self, conn: Any, name: str) -> Any:
+        """A cursor that reads a large result a chunk at a time (``fetchmany``): SQLite's does."""
+        return conn.cursor()
+
+    def insertion_order(self, first_column: str) -> str:
+        """The SQL order of a table's rows as they were inserted (a table without an id of ours)."""
+        return "rowid"
 
     def announce(self, conn: Any) -> None:
         """Deliveries became due now, in the caller's transaction: wake every node at its commit.
@@ -130,6 +146,18 @@ class PostgreSQL(Dialect):
 
     name = "postgresql"
     copies = True
+    shared = True
+    checkpoints = False  # (the server checkpoints itself)
+    column_affinity = False  # a parameter's type is what it is: a text must be compared as text
+
+    def begin_snapshot(self, conn: Any) -> None:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def stream(self, conn: Any, name: str) -> Any:
+        return conn.cursor(name=name)  # a server-side cursor: rows come as they are fetched
+
+    def insertion_order(self, first_column: str) -> str:
+        return quote(first_column)
     # Two nodes claiming at once take disjoint rows and never wait for each other.
     skip_locked = " FOR UPDATE OF se SKIP LOCKED"
 

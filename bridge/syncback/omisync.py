@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -45,6 +44,7 @@ from ..errors import UsageError
 from ..eventcore import omimap
 from ..home import Home
 from ..model import OUTPUT_TAIL, Attempt
+from ..store import Connection
 
 PASSWORD_FILE = os.path.join("conf", "omi-password")
 SYNC_PATH = "/opr-gateway/rest/9.10/synchronization/"
@@ -249,47 +249,69 @@ def change_body(omi_id: str, key: Mapping[str, Any]) -> bytes:
 
 # -- delivery -------------------------------------------------------------------------------------
 
-_local = threading.local()  # each lane thread: its event core connection
+class SyncBack:
+    """The sync back of one home: the Event Manager's performer for ``omi`` actions (the daemon
+    hands it over: ``others``). It keeps, for each action lane (a thread), a connection to the
+    event core, reconnected by :func:`bridge.store.using` when the database restarted, and the
+    ``[omi]`` settings with the password, read again only when their files changed."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._local = threading.local()  # each lane thread: its connection
+        self._read: tuple[tuple[float, float], OmiConfig, str] | None = None  # (stamps, settings, credentials)
+
+    def settings(self) -> tuple[OmiConfig, str]:
+        """The ``[omi]`` settings and the ``Authorization`` value, as the files now hold them."""
+        stamps = (_stamp(conf.path(self.home.root)), _stamp(self.home.root / PASSWORD_FILE))
+        read = self._read
+        if read is None or read[0] != stamps:
+            config = load_config(self.home)
+            read = self._read = (stamps, config, _credentials(self.home, config))
+        return read[1], read[2]
+
+    def deliver(self, event: Any, timeout: float, cwd: str | None = None) -> Attempt:
+        """Deliver one ``omi/change`` event (an :class:`~bridge.eventcore.deliveries.EventContext`)
+        to OMi's gateway."""
+        from . import omihttp
+
+        started = time.time()
+        key = event.key
+        closing = key.get("STATE") == "closed"
+        try:
+            config, auth = self.settings()
+            config.url()
+            # The loop guard is armed before sending: OMi may forward its echo of this close
+            # before its gateway has answered us (omimap.arm).
+            omi_ids, guard = self._use(lambda conn: _targets_and_guard(conn, key, closing))
+        except UsageError as exc:  # (a setting can be mended and the delivery then goes; an unsendable id never)
+            return Attempt(False, started, time.time(), error=str(exc), final=isinstance(exc, Unsendable))
+        outputs = []
+        for n, omi_id in enumerate(omi_ids):
+            answer = omihttp.post(config, config.url(omi_id), change_body(omi_id, key), auth, timeout)
+            outputs.append(f"{omi_id}: {answer.summary()}")
+            if not answer.ok:
+                if guard is not None:  # OMi refused this one (an answer) or may have closed it (none)
+                    rest = omi_ids[n if answer.status is not None else n + 1:]
+                    self._use(lambda conn: omimap.disarm(conn, guard, rest))
+                return Attempt(False, started, time.time(), answer.status, "\n".join(outputs)[-OUTPUT_TAIL:],
+                               answer.error, final=answer.status in (401, 403, 404))
+        return Attempt(True, started, time.time(), 200, "\n".join(outputs)[-OUTPUT_TAIL:])
+
+    def _use(self, work: Any) -> Any:
+        self._local.conn, result = store.using(self.home, getattr(self._local, "conn", None), work)
+        return result
 
 
-def _conn(home: Home) -> sqlite3.Connection:
-    conns = getattr(_local, "conns", None)
-    if conns is None:
-        conns = _local.conns = {}
-    conn = conns.get(home.root)
-    if conn is None:
-        conn = conns[home.root] = store.connect(home)
-    return conn
+def _targets_and_guard(conn: Connection, key: Mapping[str, Any], closing: bool) -> tuple[list[str], Any]:
+    omi_ids = targets(conn, key)
+    return omi_ids, omimap.arm(conn, str(key["ID"]), omi_ids) if closing else None
 
 
-def deliver(event: Any, timeout: float, cwd: str | None) -> Attempt:
-    """Deliver one ``omi/change`` event (an :class:`~bridge.delivery.actions.EventContext`) to OMi's gateway."""
-    from . import omihttp
-
-    started = time.time()
-    home = Home(cwd or os.getcwd())
-    key = event.key
+def _stamp(path: os.PathLike[str] | str) -> float:
     try:
-        config = load_config(home)
-        auth = _credentials(home, config)
-        config.url()
-        conn = _conn(home)
-        omi_ids = targets(conn, key)
-    except UsageError as exc:  # (a setting can be mended and the delivery then goes; an unsendable id never)
-        return Attempt(False, started, time.time(), error=str(exc), final=isinstance(exc, Unsendable))
-    # The loop guard is armed before sending: OMi may forward its echo of this close before its
-    # gateway has answered us (omimap.arm).
-    guard = omimap.arm(conn, str(key["ID"]), omi_ids) if key.get("STATE") == "closed" else None
-    outputs = []
-    for n, omi_id in enumerate(omi_ids):
-        answer = omihttp.post(config, config.url(omi_id), change_body(omi_id, key), auth, timeout)
-        outputs.append(f"{omi_id}: {answer.summary()}")
-        if not answer.ok:
-            if guard is not None:  # OMi refused this one (an answer) or may have closed it (none)
-                omimap.disarm(conn, guard, omi_ids[n if answer.status is not None else n + 1:])
-            return Attempt(False, started, time.time(), answer.status, "\n".join(outputs)[-OUTPUT_TAIL:],
-                           answer.error, final=answer.status in (401, 403, 404))
-    return Attempt(True, started, time.time(), 200, "\n".join(outputs)[-OUTPUT_TAIL:])
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1.0
 
 
 def test_gateway(home: Home, timeout: float = 10.0) -> str:

@@ -7,7 +7,6 @@ to OMi's gateway, durable and retried like every delivery.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 
 from .. import store
@@ -15,6 +14,7 @@ from ..errors import UsageError
 from ..eventcore import catalog
 from ..home import Home
 from ..model import ActionKind
+from ..store import Connection
 
 CHANGE_TOPIC = "omi/change"
 DESCRIPTION = "OMi sync back: omi/change -> POST event_change/<OMi id> to OMi's gateway"
@@ -24,7 +24,7 @@ BUILTIN_TOPICS = [(CHANGE_TOPIC, ["ID"], "a change for OMi: ID is the external i
                                   "ANNOTATION, ASSIGNED_USER, ASSIGNED_GROUP, CA_<NAME> go to OMi's gateway")]
 
 
-def ensure_subscriber(conn: sqlite3.Connection) -> int:
+def ensure_subscriber(conn: Connection) -> int:
     """Create topic ``omi/change`` and the sync-back system subscriber if missing; returns its id."""
     return catalog.ensure_system_subscriber(
         conn, ActionKind.OMI, description=DESCRIPTION, timeout=TIMEOUT, retries=RETRIES, topics=BUILTIN_TOPICS,

@@ -45,7 +45,6 @@ from ..errors import BridgeError, NotFound, UsageError
 from ..eventcore import events, metrics
 from ..home import Home
 from ..names import check_topic_name
-from ..store import dialect
 from ..syncback import omisync, omitopic
 from . import omi
 from .auth import Authenticator, BasicAuthMiddleware
@@ -108,7 +107,7 @@ def store_trouble(home: Any) -> str | None:
             conn.execute("SELECT 1 FROM topics LIMIT 1").fetchall()
         finally:
             conn.close()
-    except (BridgeError, *dialect.errors()) as exc:
+    except (BridgeError, *store.failures()) as exc:
         return " ".join(str(exc).split())
     return None
 
@@ -127,7 +126,7 @@ async def sendable_change(home: Home, topic: str, key: dict[str, Any]) -> None:
         await run_in_threadpool(check)
     except omisync.Unsendable as exc:
         raise Refused(422, str(exc)) from exc
-    except (BridgeError, *dialect.errors()) as exc:  # the database is away: OMi's answer to a commit too
+    except (BridgeError, *store.failures()) as exc:  # the database is away: OMi's answer to a commit too
         raise Refused(503, f"the event core cannot be reached now: {' '.join(str(exc).split())}",
                       {"Retry-After": "5"}) from exc
 
@@ -237,7 +236,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
                 return metrics.render(conn, ctx.status() if ctx.status else None)
         try:
             text = await run_in_threadpool(render)
-        except (BridgeError, *dialect.errors()) as exc:  # the database away: say so, as /healthz does
+        except (BridgeError, *store.failures()) as exc:  # the database away: say so, as /healthz does
             return _unreachable(" ".join(str(exc).split()))
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

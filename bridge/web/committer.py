@@ -26,7 +26,6 @@ from ..errors import BridgeError, UsageError
 from ..eventcore import events
 from ..home import Home
 from ..outage import Outage
-from ..store import dialect
 from ..syncback import omitopic
 from . import forwarded
 
@@ -162,7 +161,7 @@ class GroupCommitter:
             return conn, False
         try:
             conn = store.reopen(self.home, conn)
-        except (BridgeError, *dialect.errors()) as exc:
+        except (BridgeError, *store.failures()) as exc:
             error = self._failed(exc)
             for w in batch:
                 w.error = error

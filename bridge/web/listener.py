@@ -32,7 +32,6 @@ from .. import store
 from ..errors import BridgeError
 from ..home import Home
 from ..model import ListenerState
-from ..store import dialect
 from ..syncback import omisync
 from . import tls, users
 from .app import WebContext, create_app
@@ -176,7 +175,7 @@ class Listener:
             self._users_conn = store.reopen(self.home, self._users_conn)
             self._users = users.hashes(self._users_conn)
             self._users_stale = False
-        except (BridgeError, *dialect.errors()) as exc:
+        except (BridgeError, *store.failures()) as exc:
             if self._users is None:
                 raise
             if not self._users_stale:  # (re-read every second: said once per outage)

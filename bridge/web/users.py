@@ -18,11 +18,10 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 from typing import Any
 
 from ..errors import NotFound, UsageError
-from ..store import now, transaction
+from ..store import Connection, now, transaction
 
 LOG2_N, R, P = 15, 8, 1
 DKLEN = 32
@@ -85,7 +84,7 @@ def check_password(password: str) -> str:
     return password
 
 
-def add_user(conn: sqlite3.Connection, name: str, password: str) -> None:
+def add_user(conn: Connection, name: str, password: str) -> None:
     """Create user ``name``; refused when it exists."""
     check_name(name)
     stored = hash_password(check_password(password))
@@ -97,7 +96,7 @@ def add_user(conn: sqlite3.Connection, name: str, password: str) -> None:
                      (name, stored, at, at))
 
 
-def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
+def set_password(conn: Connection, name: str, password: str) -> None:
     """Replace the password of user ``name``."""
     stored = hash_password(check_password(password))
     with transaction(conn, catalog=True):
@@ -105,18 +104,18 @@ def set_password(conn: sqlite3.Connection, name: str, password: str) -> None:
             raise NotFound(f"no user {name}")
 
 
-def remove_user(conn: sqlite3.Connection, name: str) -> None:
+def remove_user(conn: Connection, name: str) -> None:
     """Delete user ``name``."""
     with transaction(conn, catalog=True):
         if not conn.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
             raise NotFound(f"no user {name}")
 
 
-def list_users(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_users(conn: Connection) -> list[dict[str, Any]]:
     """Every user's name and dates (never the hash)."""
     return [dict(r) for r in conn.execute("SELECT name, created_at, updated_at FROM users ORDER BY name")]
 
 
-def hashes(conn: sqlite3.Connection) -> dict[str, str]:
+def hashes(conn: Connection) -> dict[str, str]:
     """name -> stored hash, for the listener."""
     return dict(conn.execute("SELECT name, hash FROM users").fetchall())

@@ -26,10 +26,9 @@ from starlette.responses import (
 )
 
 from ... import store
-from ...errors import BridgeError, NotFound, StoreError, UsageError
+from ...errors import BridgeError, NotFound, UsageError
 from ...eventcore import nodes
 from ...home import Home
-from ...store import dialect
 from ...wording import (
     attempt_rounds,
     clock,
@@ -156,7 +155,7 @@ class Console:
         async def endpoint(request: Request) -> Response:
             try:
                 return await guarded_call(request)
-            except (StoreError, *dialect.errors()) as exc:  # the database is away: try again soon
+            except store.failures() as exc:  # the database is away: try again soon
                 return PlainTextResponse(f"the event core cannot be reached now: {' '.join(str(exc).split())} (503)\n",
                                          status_code=503, headers={"Retry-After": "5"})
 

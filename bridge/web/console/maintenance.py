@@ -5,7 +5,6 @@ the checks and the error sentences are the CLI's.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 from urllib.parse import quote
 
@@ -17,6 +16,7 @@ from ...errors import BridgeError, UsageError
 from ...eventcore import catalog
 from ...model import ActionKind
 from ...ombacksync import integrations
+from ...store import Connection
 from .base import Console, Refusal, form, number, path_int
 
 ACTIONS = (ActionKind.COMMAND, ActionKind.PROGRAM, ActionKind.WEB)  # what an operator's subscriber can run
@@ -57,7 +57,7 @@ class Maintenance:
         """``ombridge topic add NAME --key F ... --description D``."""
         f = form(request)
 
-        def add(conn: sqlite3.Connection) -> str:
+        def add(conn: Connection) -> str:
             catalog.add_topic(conn, f.get("name", "").strip(), _fields(f.get("keys", "")), f.get("description", ""))
             return f"topic {f.get('name', '').strip()} defined"
 
@@ -78,7 +78,7 @@ class Maintenance:
         if form(request).get("confirm") != "yes":
             return RedirectResponse(f"/ui/topics/remove?name={quote(name)}", status_code=303)
 
-        def remove(conn: sqlite3.Connection) -> str:
+        def remove(conn: Connection) -> str:
             catalog.remove_topic(conn, name)
             return f"topic {name} removed"
 
@@ -96,7 +96,7 @@ class Maintenance:
         """``ombridge subscriber add --command|--program|--url ... --timeout --retries``."""
         f = form(request)
 
-        def add(conn: sqlite3.Connection) -> str:
+        def add(conn: Connection) -> str:
             options: dict[str, Any] = {"description": f.get("description", "")}
             for name, kind in (("timeout", float), ("retries", int)):
                 value = number(f.get(name), name, kind)
@@ -112,7 +112,7 @@ class Maintenance:
         """One subscriber: its settings (editable), topics with their filters, its backlog."""
         sid = path_int(request, "subscriber_id")
 
-        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        def read(conn: Connection) -> dict[str, Any]:
             return {"subscriber": catalog.show_subscriber(conn, sid),
                     "topics": [t["name"] for t in catalog.list_topics(conn)],
                     "actions": [a.value for a in ACTIONS]}
@@ -124,7 +124,7 @@ class Maintenance:
         sid = path_int(request, "subscriber_id")
         f = form(request)
 
-        def edit(conn: sqlite3.Connection) -> str:
+        def edit(conn: Connection) -> str:
             timeout = number(f.get("timeout"), "timeout", float)
             retries = number(f.get("retries"), "retries", int)
             if f.get("target") is not None and f.get("action"):
@@ -146,7 +146,7 @@ class Maintenance:
         if what not in ("remove", "disable"):
             raise Refusal(404, f"no action {what!r}")
 
-        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        def read(conn: Connection) -> dict[str, Any]:
             s = catalog.show_subscriber(conn, sid)
             page = {"action": f"/ui/subscribers/{sid}/{what}", "fields": {}, "cancel": f"/ui/subscribers/{sid}"}
             if what == "remove":
@@ -172,7 +172,7 @@ class Maintenance:
         if what == "remove" and not confirmed:
             return RedirectResponse(f"/ui/subscribers/{sid}/remove", status_code=303)
 
-        def switch(conn: sqlite3.Connection) -> str:
+        def switch(conn: Connection) -> str:
             if what == "remove":
                 catalog.remove_subscriber(conn, sid)
                 return f"subscriber {sid} removed"
@@ -195,7 +195,7 @@ class Maintenance:
         f = form(request)
         pattern, sync = f.get("pattern", "").strip(), f.get("synchronized") == "on"
 
-        def attach(conn: sqlite3.Connection) -> str:
+        def attach(conn: Connection) -> str:
             catalog.attach_topic(conn, sid, pattern, sync, f.get("description", ""))
             return f"subscriber {sid} attached to {pattern}{' (synchronized)' if sync else ''}"
 
@@ -206,7 +206,7 @@ class Maintenance:
         sid = path_int(request, "subscriber_id")
         pattern = form(request).get("pattern", "")
 
-        def detach(conn: sqlite3.Connection) -> str:
+        def detach(conn: Connection) -> str:
             catalog.detach_topic(conn, sid, pattern)
             return f"subscriber {sid} detached from {pattern}"
 
@@ -218,7 +218,7 @@ class Maintenance:
         f = form(request)
         pattern, variable, regex = f.get("pattern", ""), f.get("variable", "").strip(), f.get("regex", "")
 
-        def add(conn: sqlite3.Connection) -> str:
+        def add(conn: Connection) -> str:
             catalog.add_filter(conn, sid, pattern, variable, regex, f.get("description", ""))
             return f"subscriber {sid} on {pattern}: filter {variable} = {regex}"
 
@@ -229,7 +229,7 @@ class Maintenance:
         sid = path_int(request, "subscriber_id")
         f = form(request)
 
-        def remove(conn: sqlite3.Connection) -> str:
+        def remove(conn: Connection) -> str:
             catalog.remove_filter(conn, sid, f.get("pattern", ""), f.get("variable", ""))
             return f"subscriber {sid} on {f.get('pattern', '')}: filter {f.get('variable', '')} removed"
 

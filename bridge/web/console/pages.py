@@ -6,7 +6,6 @@ Each route reads its parameters, calls library functions (``ledger``, ``events``
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -20,12 +19,13 @@ from starlette.responses import (
     Response,
 )
 
+from ... import store
 from ...client import control
-from ...errors import BridgeError, ScriptSyntaxError, StoreError, UsageError
+from ...errors import BridgeError, ScriptSyntaxError, UsageError
 from ...eventcore import catalog, events, ledger
 from ...ombacksync.perlenv import load_settings
 from ...ombacksync.perlhost import check_syntax
-from ...store import dialect
+from ...store import Connection
 from ...wording import restarted
 from ..auth import Throttled
 from .base import Console, Refusal, form, is_tls, number, read_form
@@ -80,7 +80,7 @@ class Pages:
                                                   client.host if client else "?")
         except Throttled as exc:  # as HTTP Basic answers: the password was not even checked
             return await self.login_form(request, str(exc), 429, headers={"Retry-After": str(exc.seconds)}, **again)
-        except (StoreError, *dialect.errors()) as exc:  # the database is away: the session cannot be kept
+        except store.failures() as exc:  # the database is away: the session cannot be kept
             return await self.login_form(request, f"the event core cannot be reached now: {exc}", 503, **again)
         if session is None:
             return await self.login_form(request, "wrong user name or password", 401, **again)
@@ -155,7 +155,7 @@ class Pages:
         except UsageError as exc:
             raise Refusal(400, str(exc)) from exc
 
-        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        def read(conn: Connection) -> dict[str, Any]:
             found = events.find_events(conn, topic=topic, text=text, before=before, limit=EVENTS_PAGE)
             per_event = ledger.of_events(conn, [e["id"] for e in found])
             return {"events": [{**e, "deliveries": per_event[e["id"]]} for e in found],

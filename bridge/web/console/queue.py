@@ -6,7 +6,6 @@ retry and purge. Each action calls the ``bridge.eventcore.deliveries`` function 
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from starlette.requests import Request
@@ -16,6 +15,7 @@ from ...doorbell import ring
 from ...errors import UsageError
 from ...eventcore import catalog, deliveries, ledger
 from ...model import DeliveryStatus
+from ...store import Connection
 from .base import Console, Refusal, form, form_ids, number, path_int, row_id
 
 LIST = "/ui/deliveries"
@@ -45,7 +45,7 @@ class Queue:
         except UsageError as exc:
             raise Refusal(400, str(exc)) from exc
 
-        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        def read(conn: Connection) -> dict[str, Any]:
             return {"deliveries": ledger.list_deliveries(conn, status, subscriber, limit),
                     "subscribers": catalog.list_subscribers(conn), "statuses": [st.value for st in DeliveryStatus],
                     "filter": {"status": status or "", "subscriber": subscriber}, "limit": limit,
@@ -66,7 +66,7 @@ class Queue:
         to = _back(form(request).get("back")) if form(request).get("back") else f"{LIST}/{delivery_id}"
         return await self.c.act(request, to, self._retry_one, delivery_id)
 
-    def _retry_one(self, conn: sqlite3.Connection, delivery_id: int) -> str:
+    def _retry_one(self, conn: Connection, delivery_id: int) -> str:
         if not deliveries.retry_failed(conn, delivery_ids=[delivery_id]):
             raise UsageError(f"delivery {delivery_id} is not failed: nothing to retry")
         ring(self.c.home.root)
@@ -91,7 +91,7 @@ class Queue:
         return await self.c.act(request, to, lambda conn: f"{deliveries.purge_chosen(conn, ids)} of {len(ids)} "
                                                           "chosen deliveries purged")
 
-    def _retry(self, conn: sqlite3.Connection, ids: list[int] | None) -> str:
+    def _retry(self, conn: Connection, ids: list[int] | None) -> str:
         n = deliveries.retry_failed(conn, delivery_ids=ids)
         if n:
             ring(self.c.home.root)
@@ -103,7 +103,7 @@ class Queue:
         """Every failed delivery of one subscriber back to open."""
         sid = path_int(request, "subscriber_id")
 
-        def retry(conn: sqlite3.Connection) -> str:
+        def retry(conn: Connection) -> str:
             catalog.get_subscriber(conn, sid)
             n = deliveries.retry_failed(conn, subscriber_id=sid)
             ring(self.c.home.root)
@@ -115,7 +115,7 @@ class Queue:
         """The confirmation step before a purge: what would be dropped."""
         sid = path_int(request, "subscriber_id")
 
-        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        def read(conn: Connection) -> dict[str, Any]:
             sub = catalog.show_subscriber(conn, sid)
             open_count = ledger.counts(conn, subscriber_id=sid)[DeliveryStatus.OPEN.value]
             return {"subscriber": sub, "open_count": open_count}
@@ -128,7 +128,7 @@ class Queue:
         if form(request).get("confirm") != "yes":
             return RedirectResponse(f"/ui/subscribers/{sid}/purge", status_code=303)
 
-        def purge(conn: sqlite3.Connection) -> str:
+        def purge(conn: Connection) -> str:
             return f"subscriber {sid}: {catalog.purge_subscriber(conn, sid)} open deliveries purged"
 
         return await self.c.act(request, f"{LIST}?subscriber={sid}", purge)
