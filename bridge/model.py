@@ -125,6 +125,22 @@ class ListenerState(str, Enum):
     FAILED = "failed"
 
 
+SUPERVISOR_MOVES: dict[Enum, frozenset[Enum]] = {  # never back
+    SupervisorState.STARTING: frozenset({SupervisorState.RUNNING, SupervisorState.STOPPING}),
+    SupervisorState.RUNNING: frozenset({SupervisorState.STOPPING}),
+    SupervisorState.STOPPING: frozenset({SupervisorState.STOPPED}),
+    SupervisorState.STOPPED: frozenset(),
+}
+
+LISTENER_MOVES: dict[Enum, frozenset[Enum]] = {  # OFF is never a listener's: status shows it when none was asked
+    ListenerState.STOPPED: frozenset({ListenerState.LISTENING, ListenerState.FAILED}),  # (FAILED: died starting)
+    ListenerState.LISTENING: frozenset({ListenerState.STOPPING, ListenerState.FAILED}),
+    ListenerState.FAILED: frozenset({ListenerState.STOPPING}),
+    ListenerState.STOPPING: frozenset({ListenerState.STOPPED, ListenerState.FAILED}),
+    ListenerState.OFF: frozenset(),
+}
+
+
 class NodeState(str, Enum):
     """A node of the event core as the ``nodes`` table shows it (bridge/eventcore/nodes.py): derived from its
     row at each reading (a heartbeat within the dead-node limit, or a clean stop), never stored."""

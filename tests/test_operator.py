@@ -14,8 +14,7 @@ from conftest import ROOT, snapshot, wait_for
 from conftest import run_ombridge as omb
 
 from bridge import store
-from bridge.eventcore import metrics
-from bridge.eventcore import catalog, deliveries, events, ledger
+from bridge.eventcore import catalog, deliveries, events, ledger, metrics
 from bridge.eventcore.retention import parse_age, prune
 from bridge.home import Home
 from bridge.model import ActionKind

@@ -252,3 +252,21 @@ def test_each_layer_imports_only_the_layers_below_it() -> None:
             if (theirs is not None and theirs > mine) or other.split(".")[1:2] in (["cli"], ["web"]):
                 upward.append(f"{name_of(path)} imports {other}")
     assert not upward, "imports that run back up:\n" + "\n".join(sorted(upward))
+
+
+def test_one_place_for_each_thing() -> None:
+    # state tables on model.check_transition; one process-group kill; one registry of system subscribers
+    found = []
+    for path, tree in MODULES.items():
+        rel = str(path.relative_to(PACKAGE))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Assign) and rel != "model.py" and any(
+                    isinstance(t, ast.Name) and re.search(r"TRANSITIONS|_MOVES$", t.id) for t in node.targets)):
+                found.append(f"{rel}:{node.lineno}: a state table outside bridge/model.py")
+            if isinstance(node, ast.Attribute) and node.attr == "killpg" and rel not in ("processes.py",
+                                                                                        "ombacksync/perlchild.py"):
+                found.append(f"{rel}:{node.lineno}: killpg outside bridge/processes.py")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "ensure_system_subscriber" and rel != "eventcore/builtins.py"):
+                found.append(f"{rel}:{node.lineno}: a system subscriber seeded outside bridge/eventcore/builtins.py")
+    assert not found, "\n".join(found)

@@ -17,7 +17,7 @@ from bridge.daemon import supervisor
 from bridge.daemon.supervisor import Command, Supervisor
 from bridge.errors import BridgeError, RestartRefused, ScriptSyntaxError
 from bridge.home import Home
-from bridge.model import HostState, SupervisorState
+from bridge.model import HostState, IllegalTransition, SupervisorState
 
 
 class FakeHost:
@@ -165,9 +165,9 @@ def test_which_host_changes_are_reported(sup: Supervisor) -> None:
 
 
 def test_an_illegal_state_change_is_refused_loudly(sup: Supervisor) -> None:
-    with pytest.raises(BridgeError, match="cannot go from running to stopped"):
+    with pytest.raises(IllegalTransition, match="cannot go from running to stopped"):
         sup._change_state(SupervisorState.STOPPED)
     sup._change_state(SupervisorState.STOPPING)
-    with pytest.raises(BridgeError, match="cannot go from stopping to running"):
+    with pytest.raises(IllegalTransition, match="cannot go from stopping to running"):
         sup._change_state(SupervisorState.RUNNING)
     assert supervisor.SupervisorState.STOPPING is sup.state

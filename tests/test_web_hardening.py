@@ -15,8 +15,7 @@ import pytest
 from conftest import status
 from web_support import PASSWORD, USER, make_cert, omb
 
-from bridge.errors import BridgeError
-from bridge.model import ListenerState
+from bridge.model import IllegalTransition, ListenerState
 
 
 def test_parallel_wrong_guesses_are_not_checked_faster_than_sequential_ones(home, listening) -> None:
@@ -140,7 +139,7 @@ def test_the_listener_state_changes_only_along_its_table(home) -> None:
     from bridge.web.listener import Listener
 
     listener = Listener(home, ListenConfig("127.0.0.1", 0))
-    with pytest.raises(BridgeError, match="cannot go from stopped to stopping"):
+    with pytest.raises(IllegalTransition, match="cannot go from stopped to stopping"):
         listener._change_state(ListenerState.STOPPING)
     listener._change_state(ListenerState.LISTENING)
     listener._change_state(ListenerState.STOPPING)

@@ -44,14 +44,14 @@ def omi_test(ctx: click.Context) -> None:
 
 
 @omi.command("close")
-@click.argument("event_id", metavar="ID")
+@click.argument("external_id", metavar="ID")
 @click.option("--annotation", metavar="TEXT", default=None, help="An annotation added to the OMi event.")
 @click.pass_context
-def omi_close(ctx: click.Context, event_id: str, annotation: str | None) -> None:
+def omi_close(ctx: click.Context, external_id: str, annotation: str | None) -> None:
     """Close the OMi event(s) behind external id ID (sends `omi/change` {"ID": ID, "STATE": "closed"}).
     Example: `ombridge omi close INC-42 --annotation "resolved in the ticket"`"""
     from ..syncback.omitopic import send_close
 
     root = home_of(ctx).root
-    event = send_close(home_of(ctx), event_id, annotation, on_stored=lambda: ring(root))
-    click.echo(f"event {event} stored: the close of {event_id} goes to OMi")
+    event = send_close(home_of(ctx), external_id, annotation, on_stored=lambda: ring(root))
+    click.echo(f"event {event} stored: the close of {external_id} goes to OMi")

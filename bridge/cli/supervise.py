@@ -246,8 +246,8 @@ def close(ctx: click.Context, ids: tuple[str, ...], skip: int) -> None:
     done_lines = skip  # every input line up to here is stored (or was refused by name)
     for chunk, last_line in chunks:
         good, refused = backsync.split_storable(chunk)
-        for event_id, reason in refused:
-            shown = event_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        for external_id, reason in refused:
+            shown = external_id.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             click.echo(f"ombridge: error: not sent: ID '{shown}': {reason}", err=True)
         refused_any = refused_any or bool(refused)
         if good:

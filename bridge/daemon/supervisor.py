@@ -40,15 +40,24 @@ from ..errors import (
     StoreError,
     UsageError,
 )
-from ..eventcore import nodes
+from ..eventcore import builtins, nodes
 from ..eventcore.backlog import stored_backlog
 from ..home import Home
-from ..model import ActionKind, HostState, ListenerState, ManagerState, SupervisorState
+from ..model import (
+    SUPERVISOR_MOVES,
+    ActionKind,
+    HostState,
+    ListenerState,
+    ManagerState,
+    SupervisorState,
+    check_transition,
+)
 from ..ombacksync.perlenv import load_settings
 from ..ombacksync.perlhost import PerlHost
 from ..syncback import omisync
 from . import controlserver
 from .chores import Chores
+from .heartbeat import Heartbeat
 from .reporter import Reporter
 from .wakeups import Wakeups
 
@@ -91,13 +100,6 @@ class Command(str, Enum):
     HOST_CHANGED = "host-changed"  # ombacksync changed state (old, new, reason)
 
 
-# SupervisorState transitions; anything else is a bug, refused by _change_state.
-_TRANSITIONS = {
-    SupervisorState.STARTING: {SupervisorState.RUNNING, SupervisorState.STOPPING},
-    SupervisorState.RUNNING: {SupervisorState.STOPPING},
-    SupervisorState.STOPPING: {SupervisorState.STOPPED},
-    SupervisorState.STOPPED: set(),
-}
 
 
 class Supervisor:
@@ -129,7 +131,7 @@ class Supervisor:
         self.log_to_stderr = log_to_stderr
         self.owner = f"{nodes.OWNER_PREFIX}{os.getpid()}"  # until the node joins (nodes.Node.owner)
         self.node: nodes.Node | None = None
-        self.heartbeat: nodes.Heartbeat | None = None
+        self.heartbeat: Heartbeat | None = None
         self.wakeups: Wakeups | None = None  # on a shared store: other nodes' NOTIFY wakes the lanes
         self.started_at = time.time()
         self.state = SupervisorState.STARTING
@@ -145,10 +147,9 @@ class Supervisor:
     # -- state ---------------------------------------------------------------------------------
 
     def _change_state(self, new: SupervisorState) -> None:
-        """The one place the supervisor's state changes (guarded, logged)."""
+        """The one place the supervisor's state changes (guarded by :data:`model.SUPERVISOR_MOVES`, logged)."""
         old = self.state
-        if new not in _TRANSITIONS[old]:
-            raise BridgeError(f"supervisor cannot go from {old.value} to {new.value}")
+        check_transition(SUPERVISOR_MOVES, old, new, "supervisor")
         self.state = new
         log.info("supervisor %s -> %s", old.value, new.value)
 
@@ -185,7 +186,7 @@ class Supervisor:
                 # Refuse rather than half-run on a damaged core (and log errors every second).
                 raise StoreError(f"the event core {self.home.db} is damaged ({damage[0]}); nothing was started: "
                                  "see `ombridge check --db` and the recovery procedure in docs/operations.md")
-            backsync.ensure_backsync(conn)
+            builtins.ensure_all(conn)
             taken = self._join(conn)
             shared = conn.dialect.shared  # other nodes may make work due
             timeout = backsync.close_timeout(conn)
@@ -193,7 +194,7 @@ class Supervisor:
             conn.close()
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
-        self.heartbeat = nodes.Heartbeat(self.home, self.node, lambda: self.host.loaded_checksum if self.host else None,
+        self.heartbeat = Heartbeat(self.home, self.node, lambda: self.host.loaded_checksum if self.host else None,
                                          on_taken=lambda: self.manager.wake() if self.manager else None,
                                          on_replaced=lambda why: self._command(Command.STOP))
         self.heartbeat.start()
@@ -213,7 +214,7 @@ class Supervisor:
         lifecycle.start()
         self.manager.start()
         if shared:
-            self.wakeups = Wakeups(lambda: store.connect(self.home), self.manager.wake)
+            self.wakeups = Wakeups(self.home, lambda: store.connect(self.home), self.manager.wake)
             self.wakeups.start()
         self._change_state(SupervisorState.RUNNING)
         self._jobs.put((self._start_ombacksync, None))

@@ -13,11 +13,12 @@ supervisor's doorbell is rung by the sender itself.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
+from ..home import Home
 from ..store.dialect import WAKE_CHANNEL
+from .service import Service
 
 log = logging.getLogger("ombridge.wakeups")
 
@@ -25,44 +26,42 @@ LISTEN_SLICE = 1.0  # seconds between two looks at the stop flag while no notifi
 BACKOFF_MAX = 10.0
 
 
-class Wakeups:
-    """The thread that listens for ``NOTIFY ombridge_due`` and calls ``wake``."""
+class Wakeups(Service):
+    """The thread that listens for ``NOTIFY ombridge_due`` and calls ``wake``. Its connection is
+    one of its own that listens (``connect``), not the service's store connection."""
 
-    def __init__(self, connect: Callable[[], Any], wake: Callable[[], None]) -> None:
+    def __init__(self, home: Home, connect: Callable[[], Any], wake: Callable[[], None]) -> None:
+        super().__init__(home, "wakeups", log, "listening for other nodes' wake-ups failed (polling meanwhile)")
         self.connect = connect  # () -> a PostgreSQL connection of its own (bridge.store.pgstore)
         self.wake = wake
         self.received = 0
         self.connected = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="wakeups", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def stop(self, timeout: float = LISTEN_SLICE + 5) -> None:
+        """Stop listening (within one listening slice)."""
+        super().stop(timeout)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=LISTEN_SLICE + 5)
-
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Listen until stopped; reconnect with capped backoff while the database is away."""
         failures = 0
-        while not self._stop.is_set():
+        while not self.stopping:
             try:
                 self._listen()
                 failures = 0
             except Exception as exc:  # the database went away: listen again once it is back
                 self.connected = False
                 failures += 1
-                if failures == 1:
-                    log.warning("listening for other nodes' wake-ups failed (%s); polling meanwhile", exc)
-                self._stop.wait(min(BACKOFF_MAX, 0.5 * 2 ** min(failures, 5)))
+                self.failed(exc)
+                self.wait(min(BACKOFF_MAX, 0.5 * 2 ** min(failures, 5)))
 
     def _listen(self) -> None:
         conn = self.connect()
         try:
             conn.execute(f"LISTEN {WAKE_CHANNEL}")
             self.connected = True
+            self.answered()
             self.wake()  # what became due while nobody listened
-            while not self._stop.is_set():
+            while not self.stopping:
                 got = sum(1 for _ in conn.notifies(timeout=LISTEN_SLICE, stop_after=1))
                 if got:
                     self.received += got
@@ -70,4 +69,3 @@ class Wakeups:
         finally:
             self.connected = False
             conn.close()
-

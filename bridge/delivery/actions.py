@@ -29,6 +29,7 @@ from ..eventcore import substitution
 from ..eventcore.deliveries import EventContext
 from ..model import OUTPUT_TAIL, ActionKind, Attempt
 from ..outputtext import text_of
+from ..processes import kill_group
 
 _running: set[int] = set()  # process groups of actions in flight (for an immediate stop)
 _running_lock = threading.Lock()
@@ -109,7 +110,7 @@ def _collect(proc: subprocess.Popen[bytes], timeout: float, started: float) -> A
             elif proc.poll() is not None:
                 break
     if timed_out:
-        _kill_group(proc.pid)
+        kill_group(proc.pid)
     status = proc.wait()
     # Read as every output shown with an attempt is: UTF-8 where valid, Latin-1 elsewhere.
     output = text_of(bytes(tail[-OUTPUT_TAIL:]), cut=produced > OUTPUT_TAIL)
@@ -133,15 +134,8 @@ def kill_running() -> int:
     with _running_lock:
         groups = list(_running)
     for pid in groups:
-        _kill_group(pid)
+        kill_group(pid)
     return len(groups)
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run_web(url: str, event: EventContext, timeout: float, headers: Mapping[str, str] | None = None) -> Attempt:

@@ -10,7 +10,8 @@ event (stored even when nobody listens), as the connector's ombacksync did.
 from __future__ import annotations
 
 from ..errors import UsageError
-from ..eventcore import catalog
+from ..eventcore import builtins, catalog
+from ..eventcore.builtins import ERROR_TOPIC, OMI_EVENT_TOPIC, UPDATE_TOPIC  # noqa: F401  (their home for senders)
 from ..eventcore.events import (
     MAX_KEY_BYTES,
     SendResult,
@@ -18,7 +19,6 @@ from ..eventcore.events import (
     check_text,
     send,
 )
-from ..model import ActionKind
 from ..store import Connection
 from . import sending
 
@@ -26,26 +26,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-UPDATE_TOPIC = "event/update"
-ERROR_TOPIC = "ombacksync/error"
-OMI_EVENT_TOPIC = "omi/event"
-DESCRIPTION = "ombacksync: OMBackSync('Close', &ID) for closed events, in the persistent perl child"
-CLOSE_TIMEOUT = 30.0  # seconds one OMBackSync call may take (the perl host's per-call timeout)
-CLOSE_RETRIES = 10
-
-BUILTIN_TOPICS = [
-    (UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
-    (ERROR_TOPIC, ["FILE", "MESSAGE"],
-     "ombacksync's script does not compile (ombacksync stopped, or a restart kept the old one) or Init failed"),
-    (OMI_EVENT_TOPIC, ["ID"], "OMi forwarded an event (POST <base>/event); ID is the external id ombridge answered"),
-]
-
-
 def ensure_backsync(conn: Connection) -> int:
     """Create the built-in topics and the backsync system subscriber if missing; returns its id."""
-    return catalog.ensure_system_subscriber(
-        conn, ActionKind.BACKSYNC, description=DESCRIPTION, timeout=CLOSE_TIMEOUT, retries=CLOSE_RETRIES,
-        topics=BUILTIN_TOPICS, pattern=(UPDATE_TOPIC, "closed events"), filters=[("STATE", "closed", "only closed events")])
+    return builtins.ensure(conn, builtins.BACKSYNC)
 
 
 def close_timeout(conn: Connection) -> float:
@@ -58,10 +41,10 @@ def close_events(conn: Connection, ids: Iterable[str], *, cwd: str | None = None
     """Send ``event/update {"ID": id, "STATE": "closed"}`` for every ID, in one transaction
     (every ID is checked before anything is written; ``on_stored`` wakes the Event Manager)."""
     items = []
-    for event_id in ids:
-        if event_id == "":
+    for external_id in ids:
+        if external_id == "":
             raise UsageError("an ID must not be empty")
-        items.append((UPDATE_TOPIC, {"ID": event_id, "STATE": "closed"}))
+        items.append((UPDATE_TOPIC, {"ID": external_id, "STATE": "closed"}))
     if not items:
         raise UsageError("no IDs to close")
     ensure_backsync(conn)
@@ -77,18 +60,18 @@ def split_storable(ids: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]
     """
     good: list[str] = []
     refused: list[tuple[str, str]] = []
-    for event_id in ids:
-        if event_id == "":
-            refused.append((event_id, "an ID must not be empty"))
+    for external_id in ids:
+        if external_id == "":
+            refused.append((external_id, "an ID must not be empty"))
             continue
         try:
-            check_text("ID", event_id)  # what parse_key would check of this key, at a third of its cost
-            if len(event_id) * 6 + 64 > MAX_KEY_BYTES:  # JSON escapes a character into 6 bytes at most
-                canonical_key({"ID": event_id, "STATE": "closed"})  # the exact size, for a long ID only
+            check_text("ID", external_id)  # what parse_key would check of this key, at a third of its cost
+            if len(external_id) * 6 + 64 > MAX_KEY_BYTES:  # JSON escapes a character into 6 bytes at most
+                canonical_key({"ID": external_id, "STATE": "closed"})  # the exact size, for a long ID only
         except UsageError as exc:
-            refused.append((event_id, str(exc).replace("key field ID", "the ID").replace("the key", "the ID")))
+            refused.append((external_id, str(exc).replace("key field ID", "the ID").replace("the key", "the ID")))
             continue
-        good.append(event_id)
+        good.append(external_id)
     return good, refused
 
 

@@ -4,7 +4,7 @@ the claims of one that died (docs/multinode.md).
 A node is a running supervisor, named by ``[store] node`` in ``conf/ombridge.conf`` (default
 ``<hostname>:<home>``). It owns the ``nodes`` table: it joins at its start (taking back what its
 own earlier runs left claimed), heartbeats every :data:`HEARTBEAT_EVERY` seconds from a thread of
-its own (:class:`Heartbeat`: a busy chore or lane never makes it look dead), and leaves at a
+its own (:class:`bridge.daemon.heartbeat.Heartbeat`: a busy chore or lane never makes it look dead), and leaves at a
 clean stop. A node without a heartbeat for :data:`DEAD_AFTER` seconds is dead: at its next beat,
 any other node makes the dead node's claims due again, so a survivor delivers them at once
 instead of after their leases. On one box (SQLite) the table holds the home's one node.
@@ -31,9 +31,7 @@ import hashlib
 import logging
 import os
 import secrets
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,57 +243,6 @@ def troubles(nodes: list[dict[str, Any]]) -> list[str]:
         found.append("the nodes run different OMBackSync.pl: " + ", ".join(
             f"{n['name']} {short_checksum(n['script_checksum'])}" for n in loaded))
     return found
-
-
-class Heartbeat:
-    """The thread that keeps this node alive in the table and takes over dead nodes' claims."""
-
-    def __init__(self, home: Home, me: Node, checksum: Callable[[], str | None],
-                 on_taken: Any = None, every: float = HEARTBEAT_EVERY, on_replaced: Any = None) -> None:
-        self.home = home  # the heartbeat has a connection of its own to the home's store
-        self.me = me
-        self.checksum = checksum  # of the script the node's perl loaded (None: none loaded)
-        self.on_taken = on_taken  # called after claims were taken over (wake the lanes)
-        self.on_replaced = on_replaced  # called once with the sentence when another home took the name
-        self.every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
-        self.last_error: str | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        conn = None
-        next_log = 0.0
-        while not self._stop.wait(self.every):
-            try:
-                conn = store.reopen(self.home, conn)
-                taken = beat(conn, self.me, self.checksum())
-                self.last_error = None
-            except NodeReplaced as exc:
-                self.last_error = str(exc)
-                log.error("%s", exc)
-                if self.on_replaced:
-                    self.on_replaced(str(exc))
-                break  # (the row is the other home's now: never written again from here)
-            except Exception as exc:  # the database away: beat again, reconnected, next time
-                self.last_error = str(exc)
-                if time.monotonic() >= next_log:
-                    log.error("heartbeat of node %s failed: %s", self.me.name, exc)
-                    next_log = time.monotonic() + 60.0
-                continue
-            for name, count in taken.items():
-                log.warning("node %s is dead (no heartbeat for %gs): %d of its claims are due again here",
-                            name, DEAD_AFTER, count)
-            if taken and self.on_taken:
-                self.on_taken()
-        if conn is not None:
-            conn.close()
 
 
 def audit(conn: Any) -> list[str]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import PerlFault, PerlStartError
 from ..home import Home
+from ..processes import kill_group
 from . import protocol, scriptlog
 from .perlenv import HostSettings, host_command, perl_env
 
@@ -280,10 +281,7 @@ class PerlChild:
     def kill(self) -> None:
         """Kill the child's whole process group at once and reap it. :attr:`leftover` is then the
         output tail of the call it did not finish."""
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(self.pid)
         self._reap(5.0)
         if self._exited is not None:
             os.close(self._exited)

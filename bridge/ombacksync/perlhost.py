@@ -19,8 +19,6 @@ reads them without waiting for a start in progress.
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 import time
 from collections import deque
@@ -33,6 +31,7 @@ from ..errors import BridgeError, PerlFault, PerlStartError, ScriptSyntaxError
 from ..eventcore.nodes import script_checksum
 from ..home import Home
 from ..model import HOST_MOVES, Attempt, HostState, check_transition
+from ..processes import kill_group
 from . import protocol
 from .perlchild import PerlChild, describe_exit, describe_status
 from .perlenv import HOST_SCRIPT, HostSettings, check_syntax
@@ -249,10 +248,7 @@ class PerlHost:
         self._closing = True
         pid = self._starting_pid
         if pid is not None and self.state is HostState.STARTING:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            kill_group(pid)
 
     def stop(self) -> None:
         """Stop the child gracefully (see :meth:`PerlChild.stop`), killing what lingers after the grace."""

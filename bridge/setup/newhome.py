@@ -25,8 +25,7 @@ def create_home(root: str | os.PathLike[str]) -> Home:
     already is a home, is not a directory or is not empty; nothing is left behind on a failure.
     """
     from .. import bundled, store
-    from ..delivery import backsync
-    from ..syncback import omitopic
+    from ..eventcore import builtins
 
     if not os.fspath(root):
         raise UsageError("name the directory of the new home, e.g. ombridge init /var/opt/ombridge")
@@ -51,8 +50,7 @@ def create_home(root: str | os.PathLike[str]) -> Home:
         home.private_dir(home.run_dir)
         conn = store.connect(home)
         try:
-            backsync.ensure_backsync(conn)
-            omitopic.ensure_subscriber(conn)
+            builtins.ensure_all(conn)
         finally:
             conn.close()
     except OSError as exc:

@@ -27,13 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import store
-from ..delivery import backsync
 from ..errors import AlreadyRunning, StoreError
-from ..eventcore import deliveries, nodes
+from ..eventcore import builtins, deliveries, nodes
 from ..home import Home
 from ..model import ActionKind
 from ..store import dialect, urls
-from ..syncback import omitopic
 
 # The event core in foreign-key order (a row's parents are copied before it).
 TABLES = ("topics", "subscribers", "subscriber_topics", "event_filters", "contexts", "users", "events",
@@ -41,7 +39,7 @@ TABLES = ("topics", "subscribers", "subscriber_topics", "event_filters", "contex
 KEYS = {"topics": "name", "users": "name", "omi_events": "omi_id"}  # the others: id
 CHUNK = 5_000  # rows read and written at a time: memory stays bounded for any size
 # What ``ombridge init`` (or any command's first connection) creates itself: not "holding" anything.
-SEED_TOPICS = tuple(name for name, _, _ in (*backsync.BUILTIN_TOPICS, *omitopic.BUILTIN_TOPICS))
+SEED_TOPICS = builtins.SEED_TOPICS
 SEED_ACTIONS = (ActionKind.BACKSYNC.value, ActionKind.OMI.value)
 # Tables that must be empty, and what an operator calls their rows.
 NOUNS = {"events": "event", "subscriber_events": "delivery", "attempts": "attempt", "users": "user",

@@ -11,44 +11,35 @@ from collections.abc import Callable
 
 from .. import store
 from ..errors import UsageError
-from ..eventcore import catalog
+from ..eventcore import builtins
+from ..eventcore.builtins import CHANGE_TOPIC
 from ..home import Home
-from ..model import ActionKind
 from ..store import Connection
-
-CHANGE_TOPIC = "omi/change"
-DESCRIPTION = "OMi sync back: omi/change -> POST event_change/<OMi id> to OMi's gateway"
-TIMEOUT = 30.0
-RETRIES = 300  # with the backoff capped at 5 minutes: about a day of an unreachable gateway
-BUILTIN_TOPICS = [(CHANGE_TOPIC, ["ID"], "a change for OMi: ID is the external id (OMI_ID optional); STATE, SEVERITY, TITLE, "
-                                  "ANNOTATION, ASSIGNED_USER, ASSIGNED_GROUP, CA_<NAME> go to OMi's gateway")]
 
 
 def ensure_subscriber(conn: Connection) -> int:
     """Create topic ``omi/change`` and the sync-back system subscriber if missing; returns its id."""
-    return catalog.ensure_system_subscriber(
-        conn, ActionKind.OMI, description=DESCRIPTION, timeout=TIMEOUT, retries=RETRIES, topics=BUILTIN_TOPICS,
-        pattern=(CHANGE_TOPIC, "every change for OMi"), filters=[])
+    return builtins.ensure(conn, builtins.OMI)
 
 
-def close_key(event_id: str, annotation: str | None = None) -> dict[str, str]:
-    """The ``omi/change`` key of a close of external id ``event_id`` (with an annotation)."""
-    if not event_id:
+def close_key(external_id: str, annotation: str | None = None) -> dict[str, str]:
+    """The ``omi/change`` key of a close of external id ``external_id`` (with an annotation)."""
+    if not external_id:
         raise UsageError("an ID must not be empty")
-    key = {"ID": event_id, "STATE": "closed"}
+    key = {"ID": external_id, "STATE": "closed"}
     if annotation:
         key["ANNOTATION"] = annotation
     return key
 
 
-def send_close(home: Home, event_id: str, annotation: str | None = None,
+def send_close(home: Home, external_id: str, annotation: str | None = None,
                on_stored: Callable[[], None] | None = None) -> int:
-    """Store ``omi/change`` for a close of ``event_id``; returns the event id. Refused at once
+    """Store ``omi/change`` for a close of ``external_id``; returns the event id. Refused at once
     (:class:`bridge.syncback.omisync.Unsendable`, nothing stored) when no OMi event is known behind it."""
     from ..delivery.sending import send
     from .omisync import targets
 
-    key = close_key(event_id, annotation)
+    key = close_key(external_id, annotation)
     conn = store.connect(home)
     try:
         targets(conn, key)

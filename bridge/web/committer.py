@@ -21,12 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import store
-from ..delivery import backsync
 from ..errors import BridgeError, UsageError
-from ..eventcore import events
+from ..eventcore import builtins, events
 from ..home import Home
 from ..outage import Outage
-from ..syncback import omitopic
 from . import forwarded
 
 log = logging.getLogger("ombridge.web")
@@ -77,8 +75,7 @@ class GroupCommitter:
     def start(self) -> None:
         """Open the event core (defining the built-in topics if missing) and start the thread."""
         conn = store.connect(self.home)
-        backsync.ensure_backsync(conn)
-        omitopic.ensure_subscriber(conn)
+        builtins.ensure_all(conn)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, args=(conn,), name="group-commit", daemon=True)
         self._thread.start()

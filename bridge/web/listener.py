@@ -31,7 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .. import store
 from ..errors import BridgeError
 from ..home import Home
-from ..model import ListenerState
+from ..model import LISTENER_MOVES, ListenerState, check_transition
 from ..syncback import omisync
 from . import tls, users
 from .app import WebContext, create_app
@@ -126,14 +126,6 @@ def _route_uvicorn_logs() -> None:
         lg.propagate = False
 
 
-# The listener's life; OFF is never a Listener's state (``status`` shows it when none was asked for).
-_TRANSITIONS = {
-    ListenerState.STOPPED: {ListenerState.LISTENING, ListenerState.FAILED},  # (FAILED: died while starting)
-    ListenerState.LISTENING: {ListenerState.STOPPING, ListenerState.FAILED},
-    ListenerState.FAILED: {ListenerState.STOPPING},
-    ListenerState.STOPPING: {ListenerState.STOPPED, ListenerState.FAILED},
-    ListenerState.OFF: set(),
-}
 
 
 class Listener:
@@ -159,12 +151,11 @@ class Listener:
         self.started_at: float | None = None
 
     def _change_state(self, new: ListenerState) -> None:
-        """The one place the listener's state changes (guarded by :data:`_TRANSITIONS`, logged).
+        """The one place the listener's state changes (guarded by :data:`model.LISTENER_MOVES`, logged).
         Called from the supervisor's thread and the serving thread: one lock orders them."""
         with self._state_lock:
             old = self.state
-            if new not in _TRANSITIONS[old]:
-                raise BridgeError(f"the HTTP listener cannot go from {old.value} to {new.value}")
+            check_transition(LISTENER_MOVES, old, new, "the HTTP listener")
             self.state = new
         log.info("HTTP listener %s -> %s", old.value, new.value)
 
