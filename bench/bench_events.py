@@ -85,7 +85,7 @@ def run() -> str:
         event = actions.EventContext(1, "task/change", {"APPC": "KE1", "TASK": "T 1"}, "{}", 0)
         command = "printf '%s' &TASK > /dev/null"
         ours = timed(lambda: [actions.perform("command", command, event, 30) for _ in range(DISPATCHES)])
-        env = event.environment()
+        env = actions.environment(event)
         raw = timed(lambda: [subprocess.run(["/bin/sh", "-c", "printf '%s' \"$OMB_V_TASK\" > /dev/null"], env=env,
                                             capture_output=True) for _ in range(DISPATCHES)])
         rows.append(["command action vs raw `subprocess.run` of the same command",
