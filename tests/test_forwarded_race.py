@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from bridge import store
-from bridge.delivery import backsync, sending
+from bridge.delivery import backsync
 from bridge.delivery.backsync import OMI_EVENT_TOPIC
 from bridge.eventcore import catalog, omimap
 from bridge.home import Home
@@ -42,8 +42,8 @@ def test_the_second_node_answers_the_first_ones_external_id_and_stores_nothing(h
                   ("omi-1", "EXT-FIRST"))
     key = {"ID": "EXT-SECOND", "OMI_ID": "omi-1"}
     answered: list = []
-    second = threading.Thread(target=lambda: answered.append(forwarded.send(
-        conn, [(OMI_EVENT_TOPIC, key)], lambda fresh, **also: sending.send_many(conn, fresh, **also))))
+    second = threading.Thread(target=lambda: answered.append(forwarded.store_all(conn, [(OMI_EVENT_TOPIC, key)],
+                                                                                 force=True)))
     second.start()
     try:
         assert looked_up.wait(30)

@@ -366,56 +366,73 @@ def match(conn: Connection, topic: str, key: KeyInput) -> list[int]:
 
 def send_many(conn: Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
               environ: Mapping[str, str] | None = None,
-              on_stored: Callable[[], None] | None = None,
-              also: Callable[[Connection, list[SendResult]], None] | None = None) -> list[SendResult]:
-    """Store many events in one transaction (all or none); see :func:`send`. ``also(conn,
-    results)`` writes, in the same transaction, what must commit with the events (the OMi
-    mapping, :mod:`bridge.web.forwarded`); what it raises rolls the whole back."""
+              on_stored: Callable[[], None] | None = None) -> list[SendResult]:
+    """Store many events in one transaction (all or none); see :func:`send`."""
+    prepared, parent, depth = _prepare_all(conn, items, environ)
+    with transaction(conn):
+        results, delivered = _store(conn, prepared, force, parent, depth)
+    if on_stored and delivered:
+        on_stored()
+    return results
+
+
+def store_many(conn: Connection, items: Iterable[tuple[str, KeyInput]], force: bool = False, *,
+               environ: Mapping[str, str] | None = None) -> list[SendResult]:
+    """:func:`send_many` inside the caller's open write transaction: for a caller that writes, in
+    the same transaction, what must commit with the events (the OMi mapping of forwarded events,
+    :mod:`bridge.web.forwarded`). The caller wakes the Event Manager once it has committed."""
+    prepared, parent, depth = _prepare_all(conn, items, environ)
+    return _store(conn, prepared, force, parent, depth)[0]
+
+
+def _prepare_all(conn: Connection, items: Iterable[tuple[str, KeyInput]],
+                 environ: Mapping[str, str] | None) -> tuple[list[_Prepared], int | None, int]:
+    # Everything checked and matched before anything is written.
     parent, depth = chain_from(os.environ if environ is None else environ)
     if depth > MAX_DEPTH:
         raise UsageError(f"event chain too deep: this event would be at depth {depth} (limit {MAX_DEPTH}); "
                          f"a subscriber is probably sending the event that triggers it (parent event {parent})")
     seen = _Lookups()
     try:
-        prepared = [_prepare(conn, topic, key, seen) for topic, key in items]  # refuse before writing
+        return [_prepare(conn, topic, key, seen) for topic, key in items], parent, depth
     finally:
         seen.close()
+
+
+def _store(conn: Connection, prepared: list[_Prepared], force: bool, parent: int | None,
+           depth: int) -> tuple[list[SendResult], bool]:
+    # The writes, inside a transaction: (the results, whether deliveries were created).
     results: list[SendResult] = []
     rows: list[Delivery] = []
     synchronized: list[tuple[int, _Prepared, _Subscription]] = []  # (event id, event, subscription)
     sender = f"send:{os.getpid()}"
     at = now(conn)
-    with transaction(conn):
-        # The ids named explicitly, so that the rows go in with one statement (bridge/store/dialect.py).
-        ids = iter(conn.dialect.reserve_ids(conn, "events", sum(1 for p in prepared if p.matches or force)))
-        stored = []
-        for p in prepared:
-            if not p.matches and not force:
-                results.append(SendResult(None, 0))
-                continue
-            event_id = next(ids)
-            stored.append((event_id, p.topic, p.key_json, int(force), parent, depth, at,
-                           json.dumps(p.context, ensure_ascii=False) if p.context else None))
-            for m in p.matches:
-                # A synchronized delivery is created already claimed by this sender (attempt 1,
-                # under a lease), so the Event Manager cannot deliver it at the same time.
-                sync = m.synchronized and m.action != ActionKind.BACKSYNC
-                rows.append(Delivery(event_id, m.subscriber_id, m.subscriber_topic_id, m.timeout, m.lane,
-                                     sender if sync else None))
-                if sync:
-                    synchronized.append((event_id, p, m))
-            results.append(SendResult(event_id, len(p.matches)))
-        conn.dialect.insert_rows(conn, "events", "id, topic, key, forced, parent_id, depth, created_at, context",
-                                 stored)
-        claimed_ids = enqueue(conn, rows, at)
-        if also is not None:
-            also(conn, results)
-    if on_stored and rows:
-        on_stored()
+    # The ids named explicitly, so that the rows go in with one statement (bridge/store/dialect.py).
+    ids = iter(conn.dialect.reserve_ids(conn, "events", sum(1 for p in prepared if p.matches or force)))
+    stored = []
+    for p in prepared:
+        if not p.matches and not force:
+            results.append(SendResult(None, 0))
+            continue
+        event_id = next(ids)
+        stored.append((event_id, p.topic, p.key_json, int(force), parent, depth, at,
+                       json.dumps(p.context, ensure_ascii=False) if p.context else None))
+        for m in p.matches:
+            # A synchronized delivery is created already claimed by this sender (attempt 1,
+            # under a lease), so the Event Manager cannot deliver it at the same time.
+            sync = m.synchronized and m.action != ActionKind.BACKSYNC
+            rows.append(Delivery(event_id, m.subscriber_id, m.subscriber_topic_id, m.timeout, m.lane,
+                                 sender if sync else None))
+            if sync:
+                synchronized.append((event_id, p, m))
+        results.append(SendResult(event_id, len(p.matches)))
+    conn.dialect.insert_rows(conn, "events", "id, topic, key, forced, parent_id, depth, created_at, context",
+                             stored)
+    claimed_ids = enqueue(conn, rows, at)
     if synchronized:
-        return _with_pending(results, [Pending(se_id, event_id, p, m, depth)
-                                       for se_id, (event_id, p, m) in zip(claimed_ids, synchronized)])
-    return results
+        results = _with_pending(results, [Pending(se_id, event_id, p, m, depth)
+                                          for se_id, (event_id, p, m) in zip(claimed_ids, synchronized)])
+    return results, bool(rows)
 
 
 def _with_pending(results: list[SendResult], pending: list[Pending]) -> list[SendResult]:

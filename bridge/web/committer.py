@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import store
+from ..delivery.sending import deliver
 from ..errors import BridgeError, UsageError
 from ..eventcore import builtins, events
 from ..home import Home
@@ -211,12 +212,8 @@ class GroupCommitter:
         return False
 
     def _send(self, conn: Any, items: list[tuple[str, Any]], force: bool) -> list[events.SendResult]:
-        from ..delivery.sending import (
-            send_many,  # stores, then makes the synchronized calls
-        )
-
-        results = forwarded.send(conn, items, lambda fresh, **also: send_many(conn, fresh, force, environ={},
-                                                                               cwd=str(self.home.root), **also))
+        # Stored (the caller's transaction holds the OMi mapping too), then the synchronized calls.
+        results = deliver(conn, forwarded.store_all(conn, items, force), cwd=str(self.home.root))
         self.commits += 1
         self.events += len(items)
         return results

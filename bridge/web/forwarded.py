@@ -18,33 +18,35 @@ looked up and stored again: once, whichever node OMi's retry reached.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from .. import store
 from ..delivery.backsync import OMI_EVENT_TOPIC, UPDATE_TOPIC
-from ..eventcore import omimap
+from ..eventcore import events, omimap
 from ..eventcore.events import SendResult
 
 Items = list[tuple[str, Any]]
 RACES = 3  # tries of a batch whose OMi events other nodes keep storing at the same moment
 
 
-def send(conn: Any, items: Items, send_many: Callable[..., list[SendResult]]) -> list[SendResult]:
-    """Store ``items`` through ``send_many``, forwarded events once, echoed closes disarmed."""
+def store_all(conn: Any, items: Items, force: bool) -> list[SendResult]:
+    """Store ``items`` in one transaction of this module's own, forwarded events once (their OMi
+    mapping written in that transaction), echoed closes disarmed. The synchronized deliveries
+    come back pending: the caller makes them once this returned (:func:`bridge.delivery.sending.deliver`)."""
     _disarm_echoes(conn, items)
     omi_ids = [str(key["OMI_ID"]) for topic, key in items if topic == OMI_EVENT_TOPIC and key.get("OMI_ID")]
     if not omi_ids:
-        return send_many(items)
+        with store.transaction(conn):
+            return events.store_many(conn, items, force, environ={})
     for _ in range(RACES - 1):
         try:
-            return _send_once(conn, items, omi_ids, send_many)
+            return _store_once(conn, items, omi_ids, force)
         except omimap.Raced:  # another node stored one of them meanwhile: rolled back; now it is known
             pass
-    return _send_once(conn, items, omi_ids, send_many)  # (raced again: the batch is refused, 503, OMi retries)
+    return _store_once(conn, items, omi_ids, force)  # (raced again: the batch is refused, 503, OMi retries)
 
 
-def _send_once(conn: Any, items: Items, omi_ids: list[str],
-               send_many: Callable[..., list[SendResult]]) -> list[SendResult]:
+def _store_once(conn: Any, items: Items, omi_ids: list[str], force: bool) -> list[SendResult]:
     known = omimap.known(conn, omi_ids)
     first: dict[str, int] = {}  # OMi id -> index of the item that stores it in this batch
     fresh: Items = []
@@ -61,14 +63,12 @@ def _send_once(conn: Any, items: Items, omi_ids: list[str],
                 first[omi_id] = len(fresh)
             plan.append(len(fresh))
             fresh.append((topic, key))
-
-    def remember(conn: Any, results: list[SendResult]) -> None:  # (in the events' transaction)
+    with store.transaction(conn):  # the events and their OMi mapping, all or none
+        results = events.store_many(conn, fresh, force, environ={}) if fresh else []
         omimap.remember(conn, [(str(key["OMI_ID"]), str(key["ID"]), results[n].event_id)
                                for n, (topic, key) in enumerate(fresh)
                                if topic == OMI_EVENT_TOPIC and key.get("OMI_ID") and key.get("ID")
                                and results[n].event_id is not None])
-
-    results = send_many(fresh, also=remember) if fresh else []
     return [_result(step, key, fresh, results) for step, (_, key) in zip(plan, items)]
 
 
