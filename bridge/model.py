@@ -42,12 +42,13 @@ class Lane(str, Enum):
     """Which lanes of the Event Manager deliver a subscriber event (stored with it, indexed)."""
 
     ACTIONS = "actions"  # commands, programs and web calls, one at a time per lane
-    BACKSYNC = "backsync"  # Closes in the persistent perl child, in batches
+    BACKSYNC = "backsync"  # Closes in the persistent perl children, in batches
+    OMI = "omi"  # the sync back to OMi's gateway, in a lane of its own
 
     @classmethod
     def of(cls, action: str) -> Lane:
         """The lane of a subscriber's action."""
-        return cls.BACKSYNC if action == ActionKind.BACKSYNC else cls.ACTIONS
+        return cls.BACKSYNC if action == ActionKind.BACKSYNC else cls.OMI if action == ActionKind.OMI else cls.ACTIONS
 
 
 class SupervisorState(str, Enum):

@@ -210,7 +210,7 @@ def test_graceful_stop_finishes_in_flight_and_leaves_the_rest_open(home: Home, r
     marks = tmp_path / "marks"
     marks.mkdir()
     omb(home, "topic", "add", "job/run", "--key", "N")
-    sid = omb(home, "subscriber", "add", "--command", f"touch {marks}/&N.start; sleep 1; touch {marks}/&N.end").stdout.strip()
+    sid = omb(home, "subscriber", "add", "--command", f"touch {marks}/&N.start; sleep 3; touch {marks}/&N.end").stdout.strip()
     omb(home, "subscriber", "topic", "add", sid, "job/run")
     running()
     for n in range(6):

@@ -32,6 +32,9 @@ class FakeHost:
     def close_down(self) -> None:
         self.calls.append("close_down")
 
+    def any_running(self) -> bool:
+        return self.state is HostState.RUNNING
+
     def kill(self) -> None:
         self.calls.append("kill")
 

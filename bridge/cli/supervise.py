@@ -28,8 +28,11 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
 @main.command(context_settings={"ignore_unknown_options": False})
 @click.option("--foreground", is_flag=True, help="Stay attached and log to stderr (for systemd and `make run`).")
 @click.option("--no-stderr-log", "no_stderr_log", is_flag=True, hidden=True)
-@click.option("--workers", type=click.IntRange(min=1, max=64), default=2, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1, max=64), default=4, show_default=True,
               help="Action lanes delivering command, program and web subscribers in parallel.")
+@click.option("--per-subscriber", "per_subscriber", type=click.IntRange(min=1, max=64), default=None,
+              help="Action lanes one subscriber may hold at once (default: half of --workers, at least 1), "
+                   "so that a slow destination leaves the others free.")
 @click.option("--poll", type=click.FloatRange(min=0.05, max=3600), default=30.0, show_default=True,
               help="Seconds between looks for due work when no doorbell rings (the seed's 30-second cycle).")
 @click.option("--retention", default="30d", show_default=True, metavar="AGE",
@@ -50,7 +53,8 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
 @click.option("--perl", "perl", metavar="PATH", default=None,
               help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.conf, else perl).")
 @click.pass_context
-def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, poll: float, retention: str,
+def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, per_subscriber: int | None,
+          poll: float, retention: str,
           metrics_textfile: str | None, metrics_interval: float, listen: str | None, tls_cert: str | None,
           tls_key: str | None, max_body: int | None, perl: str | None) -> None:
     """Start the supervisor: the Event Manager, ombacksync and, when asked, the HTTP listener.
@@ -79,14 +83,20 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
             def make_listener(home: Home, **hooks: Any) -> Listener:
                 return Listener(home, listen_config, **hooks)
 
-        sup = supervisor.Supervisor(home, workers=workers, poll=poll, log_to_stderr=not no_stderr_log,
+        if per_subscriber is not None and per_subscriber > workers:
+            raise UsageError(f"--per-subscriber {per_subscriber} is more than the {workers} action lanes (--workers)")
+        sup = supervisor.Supervisor(home, workers=workers, per_subscriber=per_subscriber, poll=poll,
+                                    log_to_stderr=not no_stderr_log,
                                     retention=keep or None, metrics_textfile=textfile,
                                     metrics_interval=metrics_interval, listen=make_listener, perl=perl)
         sys.exit(sup.run())
     listen_options = [*(["--listen", listen] if listen else []), *(["--tls-cert", tls_cert] if tls_cert else []),
                       *(["--tls-key", tls_key] if tls_key else []),
                       *(["--max-body", str(max_body)] if max_body is not None else [])]
-    options = ["--workers", str(workers), "--poll", str(poll), "--retention", retention,
+    if per_subscriber is not None and per_subscriber > workers:
+        raise UsageError(f"--per-subscriber {per_subscriber} is more than the {workers} action lanes (--workers)")
+    options = ["--workers", str(workers), *(["--per-subscriber", str(per_subscriber)] if per_subscriber else []),
+               "--poll", str(poll), "--retention", retention,
                "--metrics-interval", str(metrics_interval), *(["--metrics-textfile", textfile] if textfile else []),
                *listen_options, *(["--perl", perl] if perl else [])]
     try:
@@ -172,7 +182,9 @@ def _print_status(s: dict) -> None:
         line = f"ombacksync    {ob['state']}"
         if ob.get("init_running_for") is not None:
             line += f", Init running for {ob['init_running_for']:.0f}s"
-        if ob.get("pid"):
+        if (ob.get("size") or 1) > 1:
+            line += f", {ob['size']} children" + (f", perl {ob['perl']}" if ob.get("perl") else "")
+        elif ob.get("pid"):
             line += f", pid {ob['pid']}" + (f", perl {ob['perl']}" if ob.get("perl") else "")
         line += f", restarts after faults {ob['restarts']}"
         if ob.get("retry_in") is not None:
@@ -180,7 +192,10 @@ def _print_status(s: dict) -> None:
         click.echo(line)
         if ob.get("last_error") and ob["state"] != HostState.RUNNING.value:
             click.echo("              " + ob["last_error"].replace("\n", "\n              "))
-        click.echo(f"eventmanager  {em['state']}, {em['workers']} action lane(s), delivered {em['delivered']}, "
+        _print_children(ob.get("children") or [])
+        click.echo(f"eventmanager  {em['state']}, {em['workers']} action lane(s)"
+                   + (f" ({em['per_subscriber']} at most per subscriber)" if em.get("per_subscriber") else "")
+                   + f", delivered {em['delivered']}, "
                    f"failed attempts {em['failed_attempts']}")
         if em.get("lanes"):
             click.echo("              lanes: " + ", ".join(f"{lane['name']} {lane['state']}" for lane in em["lanes"]))
@@ -196,6 +211,23 @@ def _print_status(s: dict) -> None:
     _print_nodes(s.get("nodes") or [])
     for reason in s.get("degraded") or ():
         click.echo(f"degraded      {reason}")
+
+
+def _print_children(children: list[dict]) -> None:
+    # Only with several children (`[ombacksync] children`): one is the line above.
+    if len(children) < 2:
+        return
+    for child in children:
+        line = f"  child {child['index']:<5} {child['state']}"
+        if child.get("pid"):
+            line += f", pid {child['pid']}"
+        line += f", {child['closes']} Closes"
+        current = child.get("current")
+        if current:
+            line += f", on {current['id']!r} for {current['seconds']:.1f}s"
+        if child.get("retry_in") is not None:
+            line += f", next try in {child['retry_in']:.0f}s"
+        click.echo(line)
 
 
 def _print_nodes(nodes: list[dict]) -> None:

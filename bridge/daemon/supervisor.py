@@ -53,7 +53,7 @@ from ..model import (
     check_transition,
 )
 from ..ombacksync.perlenv import load_settings
-from ..ombacksync.perlhost import PerlHost
+from ..ombacksync.perlpool import PerlPool
 from ..syncback import omisync
 from . import controlserver
 from .chores import Chores
@@ -114,7 +114,8 @@ class Supervisor:
     the ``ombacksync/error`` reports have threads of their own).
     """
 
-    def __init__(self, home: Home, *, workers: int = 2, poll: float = 30.0, log_to_stderr: bool = True,
+    def __init__(self, home: Home, *, workers: int = 4, per_subscriber: int | None = None, poll: float = 30.0,
+                 log_to_stderr: bool = True,
                  retention: float | None = DEFAULT_RETENTION, metrics_textfile: str | None = None,
                  metrics_interval: float = 15.0, listen: ListenerFactory | None = None,
                  perl: str | None = None) -> None:
@@ -123,6 +124,7 @@ class Supervisor:
         self.listen = listen  # makes the HTTP listener (the command line's: it knows the web); None: nothing listens
         self.listener: Any = None
         self.workers = workers
+        self.per_subscriber = per_subscriber
         self.poll = poll
         self.retention = retention  # seconds; None or 0: keep everything
         self.metrics_textfile = metrics_textfile
@@ -135,7 +137,7 @@ class Supervisor:
         self.wakeups: Wakeups | None = None  # on a shared store: other nodes' NOTIFY wakes the lanes
         self.started_at = time.time()
         self.state = SupervisorState.STARTING
-        self.host: PerlHost | None = None
+        self.host: PerlPool | None = None
         self.manager: EventManager | None = None
         self.reporter: Reporter | None = None  # started with the run: ombacksync/error events
         self._commands: queue.SimpleQueue[tuple[Command, Any]] = queue.SimpleQueue()  # put() is reentrant
@@ -199,9 +201,11 @@ class Supervisor:
                                          on_replaced=lambda why: self._command(Command.STOP))
         self.heartbeat.start()
         control_sock, doorbell = controlserver.bind(self.home.run_dir)
-        self.host = PerlHost(self.home, timeout=timeout, settings=load_settings(self.home, self.perl),
-                             on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
+        settings = load_settings(self.home, self.perl)
+        self.host = PerlPool.create(self.home, settings.children, timeout=timeout, settings=settings,
+                                    on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
         self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll,
+                                    per_subscriber=self.per_subscriber,
                                     others={ActionKind.OMI: omisync.SyncBack(self.home).deliver})
         self.reporter = Reporter(self.home, on_stored=self.manager.wake)
         if self.listen is not None:
@@ -414,9 +418,9 @@ class Supervisor:
                 self.host.timeout = backsync.close_timeout(conn)  # `subscriber set 1 --timeout` applies here
             finally:
                 conn.close()
-            if self.host.state is HostState.RUNNING:
+            if self.host.any_running():
                 try:
-                    self.host.restart()  # a broken script raises here, the old child serving on
+                    self.host.restart()  # a broken script raises here, the old children serving on
                 except ScriptSyntaxError as exc:
                     # Told like a failed start: the file on disk would fail the next start.
                     log.error("restart refused, the running ombacksync kept: %s", exc.message)

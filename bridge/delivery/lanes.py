@@ -26,6 +26,8 @@ its claims' leases.
 from __future__ import annotations
 
 import logging
+import select
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -36,6 +38,7 @@ from ..eventcore import deliveries
 from ..eventcore.events import stored_field
 from ..model import Attempt, Lane, Settlement
 from ..names import value_text
+from ..ombacksync.perlpool import PerlPool
 from ..store import Connection
 from .actions import Performer, perform
 
@@ -49,6 +52,8 @@ MAX_BATCH = 10_000  # Closes one stream may claim (a stream takes about BATCH_SE
 RECORD_EVERY = 250  # outcomes between two records
 WINDOW = 2 * RECORD_EVERY  # Closes perl may run ahead of the last record: what one crash may repeat
 BATCH_SECONDS = 0.5  # a stream tops up for this long at most
+LOOK_EVERY = 0.05  # with several children: seconds between two looks for new Closes while a child has room
+RECORD_SECONDS = 0.25  # with several children, the oldest outcome waits this long for its record at most
 POLL_SLICE = 0.1  # seconds one step waits for outcomes (a stop is seen between two)
 SUMMARY_EVERY = 10.0  # seconds between two log lines of Closes that went well
 
@@ -69,14 +74,57 @@ def log_settled(c: deliveries.Claimed, result: Attempt, settled: Settlement) -> 
             if settled is Settlement.RETRY else settled.value, result.error)
 
 
+class Shares:
+    """How many action lanes each subscriber holds on this node. A subscriber holding ``limit``
+    is skipped by the next claim, so that one slow destination never takes every lane: another
+    subscriber's delivery always finds a free one while the slow one is at its share."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self._held: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, conn: Connection, lane: Lane, owner: str) -> deliveries.Claimed | None:
+        """Claim one due delivery of ``lane`` whose subscriber is below its share, and count it held."""
+        with self._lock:  # (claims of the action lanes take turns: two never both take the last share)
+            skip = [s for s, n in self._held.items() if n >= self.limit]
+            claims = deliveries.claim(conn, limit=1, lane=lane, owner=owner, skip=skip)
+            if claims:
+                sid = claims[0].subscriber_id
+                self._held[sid] = self._held.get(sid, 0) + 1
+        return claims[0] if claims else None
+
+    def release(self, subscriber_id: int) -> None:
+        with self._lock:
+            left = self._held.get(subscriber_id, 0) - 1
+            if left > 0:
+                self._held[subscriber_id] = left
+            else:
+                self._held.pop(subscriber_id, None)
+
+    def held(self) -> dict[int, int]:
+        """Subscriber id -> the action lanes it holds now."""
+        with self._lock:
+            return dict(self._held)
+
+
 def step_actions(conn: Connection, owner: str, cwd: str, count: Counter,
-                 others: Mapping[str, Performer] | None = None) -> int:
-    """Claim and deliver one due command/program/web (or ``others``') delivery; returns how many (0 or 1)."""
-    claims = deliveries.claim(conn, limit=1, lane=Lane.ACTIONS, owner=owner)
-    if not claims:
+                 others: Mapping[str, Performer] | None = None, *, shares: Shares | None = None,
+                 lane: Lane = Lane.ACTIONS) -> int:
+    """Claim and deliver one due command/program/web (or ``others``') delivery of ``lane``;
+    returns how many (0 or 1). With ``shares``, no subscriber holds more than its share."""
+    if shares is not None:
+        c = shares.claim(conn, lane, owner)
+    else:
+        claims = deliveries.claim(conn, limit=1, lane=lane, owner=owner)
+        c = claims[0] if claims else None
+    if c is None:
         return 0
-    c = claims[0]
-    result = perform(c.action, c.target, c.event, c.timeout, cwd, c.headers, others)
+    try:
+        result = perform(c.action, c.target, c.event, c.timeout, cwd, c.headers, others)
+    finally:
+        if shares is not None:
+            shares.release(c.subscriber_id)
     settled = deliveries.finish(conn, [(c, result)])[0]
     count(int(result.ok), int(not result.ok))
     log_settled(c, result, settled)
@@ -92,9 +140,9 @@ class _Summary:
         self.closed = self.streams = 0
         self.since = clock()
 
-    def add(self, closed: int) -> None:
+    def add(self, closed: int, streams: int = 1) -> None:
         self.closed += closed
-        self.streams += 1
+        self.streams += streams
         self.tick()
 
     def tick(self) -> None:
@@ -104,46 +152,69 @@ class _Summary:
 
     def flush(self) -> None:
         if self.closed:
-            log.info("backsync: %d closed in %d batch(es) over %.0f s", self.closed, self.streams,
-                     self.clock() - self.since)
+            log.info("backsync: %d closed%s over %.0f s", self.closed,
+                     f" in {self.streams} batch(es)" if self.streams else "", self.clock() - self.since)
         self.closed = self.streams = 0
         self.since = self.clock()
 
 
 class _Stream:
-    """One stream of Closes: what is in flight in perl, what came back and waits to be recorded."""
+    """One stream of Closes: what waits for a child, what is in flight in each child, what came
+    back and waits to be recorded."""
 
-    def __init__(self, started: float, budget: int) -> None:
+    def __init__(self, started: float, budget: int, children: int) -> None:
         self.started = started
         self.budget = budget  # Closes this stream may claim
         self.claimed = 0
         self.topping = True  # still claims more as it records
-        self.in_flight: deque[deliveries.Claimed] = deque()  # pushed, in order
+        self.waiting: deque[tuple[deliveries.Claimed, str]] = deque()  # claimed, for the next free child
+        self.in_flight: list[deque[deliveries.Claimed]] = [deque() for _ in range(children)]  # pushed, in order
+        self.running: dict[str, list[int]] = {}  # ID -> [its child, its Closes in flight there]
         self.outcomes: list[tuple[deliveries.Claimed, Attempt]] = []  # back from perl, not recorded
+        self.first_outcome_at = 0.0  # when the oldest of them came back
+        self.look_at = 0.0  # with several children: when to look for new Closes next (see _widen)
         self.given_back: list[deliveries.Claimed] = []  # never reached the script
         self.attempted = self.failed = 0
         self.first_error: str | None = None
 
+    def flying(self) -> int:
+        return sum(len(q) for q in self.in_flight)
+
+    def held(self) -> list[deliveries.Claimed]:
+        """Every claim the stream holds and has not recorded."""
+        return [*(c for q in self.in_flight for c in q), *(c for c, _ in self.outcomes), *self.given_back,
+                *(c for c, _ in self.waiting)]
+
 
 class BacksyncLane:
-    """The backsync lane: one loop that claims Closes, pushes them to the perl host and records
-    what came back (see the module's docstring for one stream, step by step)."""
+    """The backsync lane: one loop that claims Closes, pushes them to the perl children and
+    records what came back (see the module's docstring for one stream, step by step)."""
 
-    def __init__(self, host: PerlHost, owner: str, *, count: Counter, stopping: Callable[[], bool],
+    def __init__(self, host: PerlHost | PerlPool, owner: str, *, count: Counter, stopping: Callable[[], bool],
                  clock: Callable[[], float] = time.time) -> None:
-        self.host = host
+        self.pool = host if isinstance(host, PerlPool) else None
+        self.hosts: list[PerlHost] = self.pool.hosts if self.pool else [host]  # type: ignore[list-item]
+        self.host = self.hosts[0]
+        self.wide = self.pool is not None and self.pool.wide
+        self.depth = 1 if self.wide else WINDOW  # Closes one child holds at a time
+        self.target = len(self.hosts) * 2 if self.wide else WINDOW  # Closes a stream holds unrecorded
         self.owner = owner
         self.count = count
         self.stopping = stopping
         self.clock = clock  # wall clock (the store's due times); the host keeps its own for timeouts
         self.summary = _Summary(clock)
-        self.batch = 10  # what a stream claims: grows to about BATCH_SECONDS worth after the first
+        # What a stream claims: with one child about BATCH_SECONDS worth; with several, no bound
+        # (a stream then runs until nothing is left or the lane stops; each child holds one Close).
+        self.batch = 1 << 62 if self.wide else 10
         self.stream: _Stream | None = None
         self.orphans: list[deliveries.Claimed] = []  # claims of a stream a failure ended, not yet due again
 
+    def _ready_at(self) -> float | None:
+        return self.pool.ready_at() if self.pool else self.host.ready_at()
+
     def wait(self, conn: Connection, poll: float) -> float:
         """Seconds the lane may sleep when a step did nothing (the doorbell cuts it short)."""
-        due = self.host.ready_at()
+        due = self._ready_at()
         if due is None:
             return poll  # waits for an operator or a start in progress: a state change wakes the lane
         if due > self.host.clock():
@@ -159,8 +230,8 @@ class BacksyncLane:
 
         When the event core fails (the database away, a full disk) the stream holds what ran,
         claims nothing more, and records it at a later turn once the store answers: the perl
-        child and its globals are kept through an outage. Any other failure (or a store failure
-        while stopping) ends the stream (:meth:`give_up`).
+        children and their globals are kept through an outage. Any other failure (or a store
+        failure while stopping) ends the stream (:meth:`give_up`).
         """
         try:
             if self.orphans:
@@ -178,83 +249,187 @@ class BacksyncLane:
     def give_up(self, reason: str) -> None:
         """End the stream without recording it: its claims are made due again by the next turn
         that reaches the store (attempts counted: they may have run), or come back when their
-        leases end. The perl child is killed only while replies are still to come, so that none
+        leases end. A perl child is killed only while replies are still to come, so that none
         is ever taken for another Close's."""
         if self.stream is None:
             return
         stream, self.stream = self.stream, None
-        self.orphans += [*stream.in_flight, *(c for c, _ in stream.outcomes), *stream.given_back]
-        if stream.in_flight:
-            self.host.abandon(reason)
+        self.orphans += stream.held()
+        for host, flying in zip(self.hosts, stream.in_flight):
+            if flying:
+                host.abandon(reason)
 
     def _begin(self, conn: Connection) -> int:
-        due = self.host.ready_at()
+        due = self._ready_at()
         if due is None or due > self.host.clock():
+            if self.wide:
+                self._revive()
             return 0
-        stream = _Stream(self.clock(), self.batch)
+        stream = _Stream(self.clock(), self.batch, len(self.hosts))
         self.stream = stream
-        self._push(conn, deliveries.claim(conn, limit=min(WINDOW, stream.budget), lane=Lane.BACKSYNC,
+        self._push(conn, deliveries.claim(conn, limit=min(self.target, stream.budget), lane=Lane.BACKSYNC,
                                           owner=self.owner))
         if not stream.claimed:
             self.stream = None
-            self.host.ensure_running()  # notice a child that died while idle; restart after backoff
+            if self.wide:
+                self._revive()  # notice a child that died while idle; start it again after its backoff
+            else:
+                self.host.ensure_running()  # (the one child: here, in the lane)
             self.summary.tick()  # an idle lane looks every 2 s at most (see wait)
             return 0
         return stream.claimed
 
+    def _revive(self) -> None:
+        assert self.pool is not None
+        for n in range(len(self.hosts)):
+            if self.pool.needs_start(n):
+                self.pool.revive(n)
+
     def _push(self, conn: Connection, claims: list[deliveries.Claimed]) -> None:
-        """Push the IDs of new ``claims`` to perl (a claim without an ID fails at once)."""
+        """Hand the IDs of new ``claims`` to the children (a claim without an ID fails at once)."""
         stream = self.stream
         assert stream is not None
         stream.claimed += len(claims)
-        ids, without_id = [], []
+        without_id = []
         for c in claims:
             close_id = stored_field(c.event.key_json, "ID")  # the key's ID field, not the event's row id
             if close_id == "":
                 now = self.clock()
                 without_id.append((c, Attempt(False, now, now, error="the event has no ID to close")))
             else:
-                stream.in_flight.append(c)
-                ids.append(close_id)
+                stream.waiting.append((c, close_id))
         if without_id:
             self._settle(without_id, deliveries.finish(conn, without_id))
-        if ids:
-            self._take(self.host.push(ids))
+        self._dispatch()
 
-    def _take(self, outcomes: list[Attempt]) -> None:
-        """Pair outcomes (in push order) with their claims; those never sent are given back."""
+    def _dispatch(self) -> None:
+        """Push waiting Closes to children with room, oldest first. An ID in flight goes to the
+        child that runs it, behind it: one ID is never in two children at once, and its Closes
+        run in the order claimed. A Close whose ID waits for its child keeps every later Close of
+        that ID waiting too."""
         stream = self.stream
         assert stream is not None
+        if not stream.waiting:
+            return
+        usable = [n for n in range(len(self.hosts)) if not self.wide or self.pool.usable(n)]  # type: ignore[union-attr]
+        if not usable:
+            self._revive()
+            stream.given_back += [c for c, _ in stream.waiting]  # no child can take them now: open again
+            stream.waiting.clear()
+            stream.topping = False
+            return
+        room = {n: self.depth - len(stream.in_flight[n]) for n in usable}
+        batches: dict[int, list[tuple[deliveries.Claimed, str]]] = {}
+        blocked: set[str] = set()
+        keep: deque[tuple[deliveries.Claimed, str]] = deque()
+        for item in stream.waiting:
+            close_id = item[1]
+            held = stream.running.get(close_id)
+            child = held[0] if held else max(room, key=room.__getitem__)
+            if close_id in blocked or room.get(child, 0) <= 0:
+                blocked.add(close_id)
+                keep.append(item)
+                continue
+            room[child] -= 1
+            batches.setdefault(child, []).append(item)
+            if held:
+                held[1] += 1
+            else:
+                stream.running[close_id] = [child, 1]
+        stream.waiting = keep
+        for child, batch in batches.items():
+            stream.in_flight[child].extend(c for c, _ in batch)
+            ids = [i for _, i in batch]
+            self._take(child, self.hosts[child].push(ids, start=False) if self.wide else self.host.push(ids))
+
+    def _take(self, child: int, outcomes: list[Attempt]) -> None:
+        """Pair a child's outcomes (in push order) with their claims. Those never sent go to
+        another child (with several) or are given back."""
+        stream = self.stream
+        assert stream is not None
+        again: list[tuple[deliveries.Claimed, str]] = []
         for outcome in outcomes:
-            claim = stream.in_flight.popleft()
+            claim = stream.in_flight[child].popleft()
+            close_id = outcome.subject if isinstance(outcome.subject, str) else str(outcome.subject)
+            held = stream.running.get(close_id)
+            if held:
+                held[1] -= 1
+                if not held[1]:
+                    del stream.running[close_id]
             if outcome.attempted:
+                if not stream.outcomes:
+                    stream.first_outcome_at = self.clock()
                 stream.outcomes.append((claim, outcome))
+            elif self.wide and not self.stopping():
+                again.append((claim, close_id))  # that child is down: another one takes it
             else:
                 stream.given_back.append(claim)
                 stream.topping = False  # ombacksync is down: claim nothing more now
+        if again:
+            stream.waiting.extendleft(reversed(again))
+
+    def _poll(self) -> None:
+        """Take the outcomes the children have, waiting up to POLL_SLICE for the first."""
+        stream = self.stream
+        assert stream is not None
+        if not self.wide:
+            self._take(0, self.host.poll(POLL_SLICE))
+            return
+        busy = [n for n, q in enumerate(stream.in_flight) if q]
+        got = 0
+        for n in busy:
+            outcomes = self.hosts[n].poll(0)
+            got += len(outcomes)
+            self._take(n, outcomes)
+        if got or not busy:
+            return
+        fds = [fd for n in busy for fd in self.hosts[n].wait_fds()]
+        if fds:
+            select.select(fds, [], [], POLL_SLICE)
+        for n in busy:
+            self._take(n, self.hosts[n].poll(0))
 
     def _advance(self, conn: Connection) -> int:
         stream = self.stream
         assert stream is not None
-        if stream.in_flight:
-            self._take(self.host.poll(POLL_SLICE))
-        if stream.topping and (self.stopping() or self.clock() > stream.started + BATCH_SECONDS
-                               or stream.claimed >= stream.budget):
+        if stream.flying():
+            self._poll()
+        if stream.topping and (self.stopping() or not self.wide and (self.clock() > stream.started + BATCH_SECONDS
+                                                                     or stream.claimed >= stream.budget)):
             stream.topping = False
-        perl_waits = not stream.in_flight
-        if stream.outcomes and (len(stream.outcomes) >= RECORD_EVERY or perl_waits):
+        if self.wide:
+            self._widen(conn)
+        perl_waits = not stream.flying()
+        if stream.outcomes and (len(stream.outcomes) >= RECORD_EVERY or perl_waits
+                                or self.wide and self.clock() - stream.first_outcome_at >= RECORD_SECONDS):
             self._record(conn, wait=perl_waits)
-        if not stream.in_flight and not stream.outcomes:
+        if not stream.flying() and not stream.outcomes and not stream.waiting:
             self._end(conn)
         return 1
 
+    def _widen(self, conn: Connection) -> None:
+        """With several children: hand waiting Closes to children that came free, and look for
+        new ones now and then while a child has room (a long Close must not hold the others up
+        until the next record)."""
+        stream = self.stream
+        assert stream is not None
+        if self.stopping():  # a stop waits for what runs, not for what waits
+            stream.given_back += [c for c, _ in stream.waiting]
+            stream.waiting.clear()
+            return
+        self._dispatch()
+        room = self.target - stream.flying() - len(stream.waiting)
+        if stream.topping and room > 0 and not stream.outcomes and self.clock() >= stream.look_at:
+            stream.look_at = self.clock() + LOOK_EVERY
+            self._push(conn, deliveries.claim(conn, limit=room, lane=Lane.BACKSYNC, owner=self.owner))
+
     def _record(self, conn: Connection, *, wait: bool) -> None:
-        """Record the outcomes and claim enough more to keep perl a full window ahead, in one
-        transaction. While another writer holds the lock and perl still has work, decline (the
+        """Record the outcomes and claim enough more to keep the children a full window ahead, in
+        one transaction. While another writer holds the lock and perl still has work, decline (the
         outcomes are offered again on a later turn): the lane waits for the lock only when perl does."""
         stream = self.stream
         assert stream is not None
-        want = WINDOW - len(stream.in_flight) if stream.topping else 0
+        want = self.target - stream.flying() - len(stream.waiting) if stream.topping else 0
         try:
             settled, claims = deliveries.finish_and_claim(
                 conn, stream.outcomes, limit=max(0, min(want, stream.budget - stream.claimed)), lane=Lane.BACKSYNC,
@@ -277,6 +452,8 @@ class BacksyncLane:
         stream.attempted += len(done)
         stream.failed += failed
         self.count(len(done) - failed, failed)
+        if self.wide:  # (a stream of several children may run for hours: its summary goes as it records)
+            self.summary.add(len(done) - failed, streams=0)
 
     def _end(self, conn: Connection) -> None:
         stream = self.stream
@@ -285,17 +462,17 @@ class BacksyncLane:
         if stream.given_back:
             deliveries.release(conn, stream.given_back)  # never reached the script: no attempt counted
         took = self.clock() - stream.started
-        if stream.attempted and took > 0:
+        if stream.attempted and took > 0 and not self.wide:
             self.batch = max(1, min(MAX_BATCH, int(stream.attempted / took * BATCH_SECONDS)))
         if stream.failed or stream.given_back:
             self.summary.flush()
             log.info("backsync: %d closed, %d failed, %d released%s", stream.attempted - stream.failed,
                      stream.failed, len(stream.given_back),
                      f" (first error: {stream.first_error})" if stream.first_error else "")
-        else:
+        elif not self.wide:
             self.summary.add(stream.attempted)
 
     def status(self) -> dict[str, Any]:
         """What the lane is doing, for tests and ``status``."""
         stream = self.stream
-        return {"streaming": stream is not None, "in_flight": len(stream.in_flight) if stream else 0}
+        return {"streaming": stream is not None, "in_flight": stream.flying() if stream else 0}

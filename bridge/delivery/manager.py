@@ -30,32 +30,42 @@ from ..home import Home
 from ..model import (
     LANE_MOVES,
     MANAGER_MOVES,
+    ActionKind,
     Lane,
     LaneState,
     ManagerState,
     check_transition,
 )
 from ..ombacksync.perlhost import PerlHost
+from ..ombacksync.perlpool import PerlPool
 from ..store import Connection
 from .actions import Performer
-from .lanes import BacksyncLane, step_actions
+from .lanes import BacksyncLane, Shares, step_actions
 
 log = logging.getLogger("ombridge.manager")
 
+DEFAULT_WORKERS = 4  # action lanes
 ERROR_FRESH = 120.0  # seconds a lane's error keeps the Event Manager "degraded" in status
+
+
+def default_share(workers: int) -> int:
+    """The action lanes one subscriber may hold by default: half of them (at least one), so that
+    a slow destination leaves the other half to everybody else."""
+    return max(1, workers // 2)
 
 
 class EventManager:
     """Delivers subscriber events: action lanes and one backsync lane."""
 
-    def __init__(self, home: Home, host: PerlHost | None, *, owner: str, workers: int = 2, poll: float = 30.0,
-                 on_error: Callable[[BaseException], None] | None = None,
-                 others: Mapping[str, Performer] | None = None) -> None:
+    def __init__(self, home: Home, host: PerlHost | PerlPool | None, *, owner: str, workers: int = DEFAULT_WORKERS,
+                 poll: float = 30.0, on_error: Callable[[BaseException], None] | None = None,
+                 others: Mapping[str, Performer] | None = None, per_subscriber: int | None = None) -> None:
         self.home = home
         self.host = host
         self.others = others or {}  # action kinds a layer above delivers (the daemon's: the sync back to OMi)
         self.owner = owner
         self.workers = workers
+        self.shares = Shares(per_subscriber or default_share(workers))
         self.poll = poll
         self.state = ManagerState.STOPPED
         self.delivered = 0
@@ -101,7 +111,11 @@ class EventManager:
 
     def step_actions(self, conn: Connection) -> int:
         """Claim and deliver one due command/program/web delivery; returns how many (0 or 1)."""
-        return step_actions(conn, self.owner, str(self.home.root), self._count, self.others)
+        return step_actions(conn, self.owner, str(self.home.root), self._count, self.others, shares=self.shares)
+
+    def step_omi(self, conn: Connection) -> int:
+        """Deliver one due sync back to OMi, in its own lane (a late gateway holds no action lane)."""
+        return step_actions(conn, self.owner, str(self.home.root), self._count, self.others, lane=Lane.OMI)
 
     def step_backsync(self, conn: Connection) -> int:
         """One turn of the backsync lane (see :class:`bridge.delivery.lanes.BacksyncLane`)."""
@@ -116,6 +130,8 @@ class EventManager:
         """
         lanes: list[tuple[str, Callable[[Connection], int], Lane]] = [
             (f"actions-{n}", self.step_actions, Lane.ACTIONS) for n in range(self.workers)]
+        if ActionKind.OMI in self.others:
+            lanes.append((Lane.OMI.value, self.step_omi, Lane.OMI))
         if self.backsync is not None:
             lanes.append((Lane.BACKSYNC.value, self.step_backsync, Lane.BACKSYNC))
         with self._lock:
@@ -129,7 +145,8 @@ class EventManager:
             self._change_state(ManagerState.RUNNING)
         for thread in self._threads:
             thread.start()
-        log.info("event manager running: %d action lane(s)%s", self.workers,
+        log.info("event manager running: %d action lane(s) (%d at most for one subscriber)%s%s", self.workers,
+                 self.shares.limit, ", the OMi lane" if ActionKind.OMI in self.others else "",
                  " and the backsync lane" if self.backsync else "")
 
     def wake(self) -> None:
@@ -227,6 +244,7 @@ class EventManager:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             n = self.step_actions(conn) + self.step_backsync(conn)
+            n += self.step_omi(conn) if ActionKind.OMI in self.others else 0
             while self._streaming() and time.monotonic() < deadline:
                 self.step_backsync(conn)
             if not n:
@@ -237,7 +255,8 @@ class EventManager:
     def status(self) -> dict[str, Any]:
         """The Event Manager's part of ``status``."""
         recent = self.last_error if self.last_error and time.time() - self.last_error[0] < ERROR_FRESH else None
-        return {"state": self.state.value, "workers": self.workers, "poll_seconds": self.poll,
+        return {"state": self.state.value, "workers": self.workers, "per_subscriber": self.shares.limit,
+                "held": {str(k): v for k, v in self.shares.held().items()}, "poll_seconds": self.poll,
                 "delivered": self.delivered, "failed_attempts": self.failed_attempts,
                 "last_error": recent[1] if recent else None, "last_error_at": recent[0] if recent else None,
                 "lanes": [{"name": name, "state": state.value} for name, state in self._lane_states.items()]}

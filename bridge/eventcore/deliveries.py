@@ -153,22 +153,23 @@ def _claims(rows: list[tuple[Any, ...]]) -> list[Claimed]:
 
 
 def claim(conn: Connection, *, limit: int = 1, at: float | None = None, lane: Lane | None = None,
-          owner: str | None = None) -> list[Claimed]:
+          owner: str | None = None, skip: Sequence[int] = ()) -> list[Claimed]:
     """Claim up to ``limit`` due open subscriber events (of ``lane``, or of any), oldest due
-    first, for ``owner``."""
+    first, for ``owner``; none of the subscribers in ``skip`` (those at their share of the lanes)."""
     at = wall_now(conn) if at is None else at
-    of_lane, args = _of_lane(lane)
+    of_lane, args = _of_lane(lane, skip)
     # A read first: a lane woken for another lane's work (or for nothing) takes no write lock.
     if conn.execute(f"SELECT 1 FROM subscriber_events se WHERE {of_lane}se.status = '{_OPEN}' "
                     "AND se.next_attempt_at <= ? LIMIT 1", (*args, at)).fetchone() is None:
         return []
     with transaction(conn):
-        return _claim(conn, limit, at, lane, owner)
+        return _claim(conn, limit, at, lane, owner, skip)
 
 
-def _claim(conn: Connection, limit: int, at: float, lane: Lane | None, owner: str | None) -> list[Claimed]:
+def _claim(conn: Connection, limit: int, at: float, lane: Lane | None, owner: str | None,
+           skip: Sequence[int] = ()) -> list[Claimed]:
     # Inside the caller's transaction.
-    of_lane, args = _of_lane(lane)
+    of_lane, args = _of_lane(lane, skip)
     cur = conn.cursor()
     cur.row_factory = None  # tuples (see _claims)
     rows = cur.execute(
@@ -440,6 +441,10 @@ def next_due(conn: Connection, lane: Lane | None = None) -> float | None:
                         f"WHERE {of_lane}se.status = '{_OPEN}'", args).fetchone()[0]
 
 
-def _of_lane(lane: Lane | None) -> tuple[str, list[str]]:
+def _of_lane(lane: Lane | None, skip: Sequence[int] = ()) -> tuple[str, list[Any]]:
     # The claim index starts with the lane: each lane reads only its own rows.
-    return ("se.lane = ? AND ", [lane.value]) if lane is not None else ("", [])
+    sql, args = ("se.lane = ? AND ", [lane.value]) if lane is not None else ("", [])
+    if skip:
+        sql += f"se.subscriber_id NOT IN ({', '.join('?' * len(skip))}) AND "
+        args += [int(s) for s in skip]
+    return sql, args

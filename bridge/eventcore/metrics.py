@@ -44,6 +44,14 @@ def render(conn: Connection, status: dict[str, Any] | None) -> str:
                 [(f'{{state="{s.value}"}}', int(ob["state"] == s.value)) for s in HostState])
         _metric(lines, "ombridge_perl_restarts_total", "counter", "Restarts of the perl child after a fault, "
                 "since the supervisor started.", [("", ob["restarts"])])
+        children = ob.get("children") or []
+        _metric(lines, "ombridge_ombacksync_child_up", "gauge", "1 while that perl child runs ([ombacksync] children).",
+                [(f'{{child="{c["index"]}"}}', int(c["state"] == HostState.RUNNING.value)) for c in children])
+        _metric(lines, "ombridge_ombacksync_child_closes_total", "counter", "Closes that perl child ran, since the "
+                "supervisor started.", [(f'{{child="{c["index"]}"}}', c["closes"]) for c in children])
+        _metric(lines, "ombridge_ombacksync_child_busy_seconds", "gauge", "How long that child has been on its "
+                "current Close (0 when idle).", [(f'{{child="{c["index"]}"}}', round(c["current"]["seconds"], 3)
+                                                  if c["current"] else 0.0) for c in children])
         _metric(lines, "ombridge_delivered_total", "counter", "Deliveries made since the supervisor started.",
                 [("", em["delivered"])])
         _metric(lines, "ombridge_failed_attempts_total", "counter", "Failed attempts since the supervisor started.",

@@ -112,6 +112,10 @@ class PerlChild:
         """Requests pushed and not answered yet."""
         return self._outstanding
 
+    def wait_fds(self) -> list[int]:
+        """What :meth:`poll` waits on to read: the reply pipe and the exit."""
+        return [self._reply] if self._exited is None else [self._reply, self._exited]
+
     def push(self, requests: Sequence[bytes]) -> None:
         """Queue request lines; :meth:`poll` writes them as the pipe takes them."""
         for request in requests:

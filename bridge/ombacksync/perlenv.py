@@ -33,7 +33,8 @@ CHECK_TIMEOUT = 60.0  # seconds `perl -c` may take
 # would turn the host itself into something else and are ignored (docs/compatibility.md).
 _FLAGS = "wWXTt"
 _WITH_ARGUMENT = "MmI"  # -Mmodule, -mmodule, -Idir: the rest of the word is the argument
-_KINDS = {"perl": str, "ov_install_dir": str, "output_tails": bool}  # the other settings: seconds
+_KINDS = {"perl": str, "ov_install_dir": str, "output_tails": bool, "children": int}  # the others: seconds
+MAX_CHILDREN = 64
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class HostSettings:
     # Each Close keeps the tail of its own output (docs/protocol.md, "Output"); off, the script's
     # output only goes to the log, and a Close costs a flush check and two system calls less.
     output_tails: bool = True
+    # Persistent perl children running the script side by side (docs/operations.md, "Several
+    # children"); 1 is the connector's own ombacksync, and the default.
+    children: int = 1
 
     def with_perl(self, perl: str | None) -> HostSettings:
         """These settings, with ``perl`` when one is given (``--perl`` beats the file)."""
@@ -69,8 +73,11 @@ def load_settings(home: Home, perl: str | None = None) -> HostSettings:
             values[name] = float(value)
         elif want is str and isinstance(value, str) and value or want is bool and isinstance(value, bool):
             values[name] = value
+        elif want is int and isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CHILDREN:
+            values[name] = value
         else:
-            what = {float: "positive number", str: "path", bool: "true or false"}[want]
+            what = {float: "positive number", str: "path", bool: "true or false",
+                    int: f"whole number from 1 to {MAX_CHILDREN}"}[want]
             raise UsageError(f"{path}: [ombacksync] {key} must be a {what}")
     return HostSettings(**values).with_perl(perl)  # type: ignore[arg-type]
 

@@ -67,8 +67,6 @@ class Backoff:
         return min(cap, self.base * 2 ** min(failures - 2, 30))
 
 
-
-
 StateListener = Callable[[HostState, HostState, str], None]
 
 
@@ -88,8 +86,10 @@ class PerlHost:
         logger: logging.Logger = log,
         clock: Callable[[], float] = time.monotonic,
         on_state: StateListener | None = None,
+        name: str = "ombacksync",
     ) -> None:
         self.home = home
+        self.name = name  # "ombacksync", or "ombacksync[2]" for one of several children (the log's word)
         self.script = script or home.script
         self.timeout = timeout  # one Close call
         self.settings = (settings or HostSettings()).with_perl(perl)
@@ -113,6 +113,7 @@ class PerlHost:
         self._subjects: deque[str | bytes] = deque()  # pushed, in order, no outcome returned yet
         self._settled: list[Attempt] = []  # outcomes read by a stop, for the next poll
         self._call_started = 0.0  # wall clock: when the call now in flight began
+        self.closes = 0  # Closes this host answered (or failed) since the bridge started
         self._quiet_since = 0.0  # self.clock(): the last reply (or the push into an idle pipe)
         self._lock = threading.RLock()
         self._closing = False  # set once by close_down: nothing starts afterwards
@@ -122,22 +123,17 @@ class PerlHost:
         """Starts that failed in a row (0 once one succeeds)."""
         return self._failed_starts
 
-    @property
-    def perl(self) -> str:
-        """The perl that runs the script."""
-        return self.settings.perl
-
     # -- state -------------------------------------------------------------------------------
 
     def _change_state(self, new: HostState, reason: str = "") -> None:
         """The one place the host's state changes: guarded by :data:`HOST_MOVES`, logged, reported."""
         old = self.state
-        check_transition(HOST_MOVES, old, new, "ombacksync")
+        check_transition(HOST_MOVES, old, new, self.name)
         if old is new:
             return
         self.state = new
         level = logging.WARNING if new in (HostState.BACKOFF, HostState.SYNTAX_ERROR) else logging.INFO
-        self.log.log(level, "ombacksync %s -> %s%s", old.value, new.value, f": {reason}" if reason else "")
+        self.log.log(level, "%s %s -> %s%s", self.name, old.value, new.value, f": {reason}" if reason else "")
         if self.on_state:
             self.on_state(old, new, reason)
 
@@ -264,10 +260,12 @@ class PerlHost:
             self._child.stop(self.settings.stop_grace)
             self._child = None
 
-    def restart(self) -> None:
-        """Check the script first: a broken one leaves the running child serving (and raises)."""
+    def restart(self, *, checked: bool = False) -> None:
+        """Check the script first (unless the caller just did): a broken one leaves the running
+        child serving (and raises)."""
         with self._lock:
-            self.check()
+            if not checked:
+                self.check()
             self.stop()
             self._failures = self._failed_starts = 0
             self.start()
@@ -303,6 +301,12 @@ class PerlHost:
                 return True
             return False
 
+    def serving(self) -> bool:
+        """True while a running child can take a Close now (read without the lock; a dead one is
+        left to :meth:`ensure_running`)."""
+        child = self._child
+        return self.state is HostState.RUNNING and child is not None and child.alive()
+
     def _child_exit_reason(self) -> str:
         assert self._child is not None
         return describe_exit(self._child.pid, self._child.wait(1.0))
@@ -328,15 +332,17 @@ class PerlHost:
         """Closes pushed whose outcome :meth:`poll` has not returned yet."""
         return len(self._subjects) + len(self._settled)
 
-    def push(self, ids: Sequence[str | bytes]) -> list[Attempt]:
+    def push(self, ids: Sequence[str | bytes], *, start: bool = True) -> list[Attempt]:
         """Send ``Close`` requests for ``ids`` (pipelined, after those in flight); their outcomes
         come from :meth:`poll`, in order. Returns the outcomes of IDs that could not be sent at
-        all (``attempted=False``: ombacksync is not running, or not due to start yet)."""
+        all (``attempted=False``: ombacksync is not running, or not due to start yet). Without
+        ``start``, a child that is not running is not started here (one of several children:
+        :class:`~bridge.ombacksync.perlpool.PerlPool` starts it in a thread of its own)."""
         requests = [protocol.close_request(i) for i in ids]  # refuses an empty ID up front
         if not requests:
             return []
         with self._lock:
-            if not self.ensure_running():
+            if not (self.ensure_running() if start else self.serving()):
                 now = time.time()
                 reason = f"ombacksync is {self.state.value}" + (f": {self.last_error}" if self.last_error else "")
                 return [Attempt(False, now, now, error=reason, attempted=False, subject=i) for i in ids]
@@ -346,6 +352,19 @@ class PerlHost:
             self._child.push(requests)
             self._subjects.extend(ids)
             return []
+
+    def current(self) -> tuple[str | bytes, float] | None:
+        """(the ID of the Close being run now, since when on the wall clock), or None when idle."""
+        try:  # (read without the lock: the queue may empty in between)
+            return self._subjects[0], self._call_started
+        except IndexError:
+            return None
+
+    def wait_fds(self) -> list[int]:
+        """The descriptors a :meth:`poll` would wait on ([] while nothing is in flight): the backsync
+        lane waits on several hosts' at once."""
+        child = self._child
+        return child.wait_fds() if child is not None and self._subjects else []
 
     def poll(self, timeout: float) -> list[Attempt]:
         """The outcomes that arrived, in the order pushed, waiting up to ``timeout`` seconds for
@@ -406,6 +425,7 @@ class PerlHost:
             out.append(Attempt(reply.ok, self._call_started, ended, output=reply.output, error=reply.message,
                                subject=self._subjects.popleft()))
             self._call_started = ended
+        self.closes += len(replies)
         if replies:
             self._quiet_since = self.clock()
         return out
@@ -413,7 +433,7 @@ class PerlHost:
     def _fail_in_flight(self, reason: str, final: bool = False, ran: bool = True) -> list[Attempt]:
         # The call in flight failed (for good when ``final``: no retry may run it again); the ones
         # queued behind it never reached the script (nor did it, unless it ``ran``).
-        self.log.error("ombacksync fault: %s", reason)
+        self.log.error("%s fault: %s", self.name, reason)
         ended = time.time()
         child = self._child
         subjects, self._subjects = list(self._subjects), deque()
@@ -421,6 +441,7 @@ class PerlHost:
         out = [Attempt(False, ended, ended, error=f"not attempted: {reason}", attempted=False, subject=i)
                for i in subjects]
         if ran and out:
+            self.closes += 1
             out[0] = Attempt(False, self._call_started, ended, output=child.leftover if child else "", error=reason,
                              subject=subjects[0], final=final)
         return out

@@ -211,7 +211,14 @@ def _autoincrement(conn: Any, table: str) -> None:
         conn.execute(index)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12]
+def _v13(db: Any) -> None:
+    # The sync back to OMi has a lane of its own (issue 31): a gateway that answers late holds
+    # no lane of the command, program and web subscribers. Its open deliveries move there.
+    db.execute("UPDATE subscriber_events SET lane = ? WHERE lane = ? AND subscriber_id IN "
+               "(SELECT id FROM subscribers WHERE action = ?)", [Lane.OMI.value, Lane.ACTIONS.value, ActionKind.OMI.value])
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12, _v13]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
