@@ -14,9 +14,10 @@ import bench_flood  # noqa: E402
 import bench_pg  # noqa: E402
 import bench_supervisor  # noqa: E402
 import bench_web  # noqa: E402
+import bench_wide  # noqa: E402
 from common import machine  # noqa: E402
 
-BENCHES = [bench_backsync, bench_events, bench_supervisor, bench_web, bench_flood, bench_capture, bench_pg]
+BENCHES = [bench_backsync, bench_events, bench_supervisor, bench_wide, bench_web, bench_flood, bench_capture, bench_pg]
 
 
 def main() -> None:

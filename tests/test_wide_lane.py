@@ -123,21 +123,21 @@ def test_closes_run_side_by_side_one_id_in_one_child_at_a_time_in_the_order_sent
 def test_a_hung_close_costs_only_its_own_child(home: Home, started) -> None:
     wide(home, 2)
     started()
-    omb(home, "subscriber", "set", "1", "--timeout", "6")
+    omb(home, "subscriber", "set", "1", "--timeout", "15")
     omb(home, "restart", "ombacksync")  # (the timeout applies from the next start)
     before = child_pids(home)
     omb(home, "close", "hang-1")
     wait_for(lambda: any(n[0] == "start" and n[1] == "hang-1" for n in notes(home)), what="the hang began")
     others = [f"X{n}-20ms" for n in range(12)]
     omb(home, "close", *others)
-    wait_for(lambda: set(others) <= set(ended(home)), timeout=5, what="the other Closes ran beside the hang")
+    wait_for(lambda: set(others) <= set(ended(home)), timeout=12, what="the other Closes ran beside the hang")
     children = status(home)["ombacksync"]["children"]
     hung = [c for c in children if c["current"] and c["current"]["id"] == "hang-1"]
     assert len(hung) == 1, children  # still on it: the others did not wait for it
     text = omb(home, "status").stdout
     assert "on 'hang-1' for" in text and "child 2" in text
 
-    wait_for(lambda: status(home)["ombacksync"]["restarts"] == 1, timeout=30, what="the hung child killed")
+    wait_for(lambda: status(home)["ombacksync"]["restarts"] == 1, timeout=40, what="the hung child killed")
     wait_for(lambda: status(home)["ombacksync"]["state"] == "running", timeout=30, what="it started again")
     after = child_pids(home)
     kept = [p for p in before if p in after]
@@ -175,10 +175,11 @@ def test_metrics_show_each_child(home: Home, listening) -> None:
 
 def test_one_slow_subscriber_holds_no_more_than_its_share_of_the_action_lanes(home: Home, started,
                                                                                 tmp_path: Path) -> None:
-    slow_done, fast_done = tmp_path / "slow-done", tmp_path / "fast-done"
+    slow_done, fast_done, gate = tmp_path / "slow-done", tmp_path / "fast-done", tmp_path / "gate"
     omb(home, "topic", "add", "t/slow", "--key", "N")
     omb(home, "topic", "add", "t/fast", "--key", "N")
-    slow = omb(home, "subscriber", "add", "--command", f"sleep 3; echo &N >> {slow_done}").stdout.strip()
+    slow = omb(home, "subscriber", "add", "--command",  # (a destination that answers when the test says)
+               f"until [ -e {gate} ]; do sleep 0.05; done; echo &N >> {slow_done}").stdout.strip()
     fast = omb(home, "subscriber", "add", "--command", f"echo &N >> {fast_done}").stdout.strip()
     omb(home, "subscriber", "topic", "add", slow, "t/slow")
     omb(home, "subscriber", "topic", "add", fast, "t/fast")
@@ -191,6 +192,9 @@ def test_one_slow_subscriber_holds_no_more_than_its_share_of_the_action_lanes(ho
     wait_for(fast_done.exists, timeout=10, what="the fast subscriber's delivery ran")
     assert not slow_done.exists()  # it ran while the slow one still held its lane: not behind it
     assert status(home)["eventmanager"]["held"] == {slow: 1}
+    gate.touch()
+    wait_for(lambda: len(slow_done.read_text().split()) == 4 if slow_done.exists() else False,
+             what="the slow ones ran afterwards")
 
 
 def test_per_subscriber_above_the_lanes_is_refused(home: Home) -> None:

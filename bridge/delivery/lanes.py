@@ -52,6 +52,7 @@ MAX_BATCH = 10_000  # Closes one stream may claim (a stream takes about BATCH_SE
 RECORD_EVERY = 250  # outcomes between two records
 WINDOW = 2 * RECORD_EVERY  # Closes perl may run ahead of the last record: what one crash may repeat
 BATCH_SECONDS = 0.5  # a stream tops up for this long at most
+PREFETCH_SECONDS = 0.1  # with several children: Closes claimed ahead, in seconds of their rate
 LOOK_EVERY = 0.05  # with several children: seconds between two looks for new Closes while a child has room
 RECORD_SECONDS = 0.25  # with several children, the oldest outcome waits this long for its record at most
 POLL_SLICE = 0.1  # seconds one step waits for outcomes (a stop is seen between two)
@@ -197,7 +198,8 @@ class BacksyncLane:
         self.host = self.hosts[0]
         self.wide = self.pool is not None and self.pool.wide
         self.depth = 1 if self.wide else WINDOW  # Closes one child holds at a time
-        self.target = len(self.hosts) * 2 if self.wide else WINDOW  # Closes a stream holds unrecorded
+        self._swept_at = 0.0  # with several children: when each busy one was last polled (see _poll)
+        self.rate = 0.0  # with several children: Closes a second, the last stream's (sets the prefetch)
         self.owner = owner
         self.count = count
         self.stopping = stopping
@@ -267,7 +269,7 @@ class BacksyncLane:
             return 0
         stream = _Stream(self.clock(), self.batch, len(self.hosts))
         self.stream = stream
-        self._push(conn, deliveries.claim(conn, limit=min(self.target, stream.budget), lane=Lane.BACKSYNC,
+        self._push(conn, deliveries.claim(conn, limit=min(self._target(), stream.budget), lane=Lane.BACKSYNC,
                                           owner=self.owner))
         if not stream.claimed:
             self.stream = None
@@ -375,18 +377,12 @@ class BacksyncLane:
         if not self.wide:
             self._take(0, self.host.poll(POLL_SLICE))
             return
-        busy = [n for n, q in enumerate(stream.in_flight) if q]
-        got = 0
-        for n in busy:
-            outcomes = self.hosts[n].poll(0)
-            got += len(outcomes)
-            self._take(n, outcomes)
-        if got or not busy:
-            return
-        fds = [fd for n in busy for fd in self.hosts[n].wait_fds()]
-        if fds:
-            select.select(fds, [], [], POLL_SLICE)
-        for n in busy:
+        busy = {fd: n for n, q in enumerate(stream.in_flight) if q for fd in self.hosts[n].wait_fds()}
+        ready, _, _ = select.select(list(busy), [], [], POLL_SLICE) if busy else ([], [], [])
+        if self.clock() >= self._swept_at + POLL_SLICE:  # now and then every busy child: a call's timeout
+            self._swept_at = self.clock()
+            ready = list(busy)
+        for n in sorted({busy[fd] for fd in ready}):
             self._take(n, self.hosts[n].poll(0))
 
     def _advance(self, conn: Connection) -> int:
@@ -400,12 +396,22 @@ class BacksyncLane:
         if self.wide:
             self._widen(conn)
         perl_waits = not stream.flying()
-        if stream.outcomes and (len(stream.outcomes) >= RECORD_EVERY or perl_waits
-                                or self.wide and self.clock() - stream.first_outcome_at >= RECORD_SECONDS):
+        if stream.outcomes and (len(stream.outcomes) >= RECORD_EVERY or perl_waits or self.wide and (
+                self.clock() - stream.first_outcome_at >= RECORD_SECONDS
+                or stream.topping and len(stream.waiting) < len(self.hosts))):  # (children about to run dry)
             self._record(conn, wait=perl_waits)
         if not stream.flying() and not stream.outcomes and not stream.waiting:
             self._end(conn)
         return 1
+
+    def _target(self) -> int:
+        """Closes a stream holds before recording: with one child a full WINDOW in its pipe; with
+        several, one in each child and about PREFETCH_SECONDS worth waiting for the next free one
+        (a few for a slow ticket system, hundreds for a quick script)."""
+        if not self.wide:
+            return WINDOW
+        children = len(self.hosts)
+        return children + max(children, min(WINDOW - children, int(self.rate * PREFETCH_SECONDS)))
 
     def _widen(self, conn: Connection) -> None:
         """With several children: hand waiting Closes to children that came free, and look for
@@ -418,7 +424,7 @@ class BacksyncLane:
             stream.waiting.clear()
             return
         self._dispatch()
-        room = self.target - stream.flying() - len(stream.waiting)
+        room = self._target() - stream.flying() - len(stream.waiting)
         if stream.topping and room > 0 and not stream.outcomes and self.clock() >= stream.look_at:
             stream.look_at = self.clock() + LOOK_EVERY
             self._push(conn, deliveries.claim(conn, limit=room, lane=Lane.BACKSYNC, owner=self.owner))
@@ -429,7 +435,7 @@ class BacksyncLane:
         outcomes are offered again on a later turn): the lane waits for the lock only when perl does."""
         stream = self.stream
         assert stream is not None
-        want = self.target - stream.flying() - len(stream.waiting) if stream.topping else 0
+        want = self._target() - stream.flying() - len(stream.waiting) if stream.topping else 0
         try:
             settled, claims = deliveries.finish_and_claim(
                 conn, stream.outcomes, limit=max(0, min(want, stream.budget - stream.claimed)), lane=Lane.BACKSYNC,
@@ -454,6 +460,9 @@ class BacksyncLane:
         self.count(len(done) - failed, failed)
         if self.wide:  # (a stream of several children may run for hours: its summary goes as it records)
             self.summary.add(len(done) - failed, streams=0)
+            took = self.clock() - stream.started
+            if took >= RECORD_SECONDS:
+                self.rate = stream.attempted / took
 
     def _end(self, conn: Connection) -> None:
         stream = self.stream

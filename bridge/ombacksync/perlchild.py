@@ -117,10 +117,11 @@ class PerlChild:
         return [self._reply] if self._exited is None else [self._reply, self._exited]
 
     def push(self, requests: Sequence[bytes]) -> None:
-        """Queue request lines; :meth:`poll` writes them as the pipe takes them."""
+        """Write request lines, as many as the pipe takes now; :meth:`poll` writes the rest."""
         for request in requests:
             self._out += request
         self._outstanding += len(requests)
+        self._write()
 
     def poll(self, timeout: float) -> tuple[list[protocol.Reply], PerlFault | None]:
         """Write what the pipe takes, then return the replies that arrived (in order), waiting
