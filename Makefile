@@ -70,6 +70,7 @@ soak: bytecode $(TEST_STAMP)
 ## the full chaos suite: 20 trials x 10,000 events, SIGKILLs at random instants
 chaos: bytecode $(TEST_STAMP)
 	$(BIN)/python tests/chaos.py --trials 20 --events 10000
+	$(BIN)/python tests/chaos.py --trials 20 --events 10000 --children 4
 
 bench: bytecode postgresql
 	$(BIN)/python bench/run.py

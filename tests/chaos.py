@@ -90,13 +90,15 @@ def perls_of(home: Home) -> list[int]:
     return found
 
 
-def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> Trial:
-    """One trial in a fresh home: send ``events`` closes in batches while killing ``crashes`` times."""
+def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False, children: int = 1) -> Trial:
+    """One trial in a fresh home: send ``events`` closes in batches while killing ``crashes`` times
+    (``children``: the home's ``[ombacksync] children``; a perl kill takes one of them)."""
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="ombridge-chaos-"))
     home = Home(tmp)
     (tmp / "conf" / "backsync").mkdir(parents=True)
     home.script.write_text(RECORDER)
+    (tmp / "conf" / "ombridge.conf").write_text(f"[ombacksync]\nchildren = {children}\n")
     out = tmp / "tmp" / "command.txt"
     (tmp / "tmp").mkdir()
     conn = store.connect(home)
@@ -127,8 +129,9 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False) -> T
         if st is None:
             launcher.spawn(home)
             continue
-        if rng.random() < 0.3 and st["ombacksync"]["pid"]:
-            os.kill(st["ombacksync"]["pid"], signal.SIGKILL)  # the perl child alone
+        perls = [c["pid"] for c in st["ombacksync"].get("children") or [] if c["pid"]]
+        if rng.random() < 0.3 and perls:
+            os.kill(rng.choice(perls), signal.SIGKILL)  # a perl child alone
             kills["perl"] += 1
             continue
         os.kill(st["supervisor"]["pid"], signal.SIGKILL)
@@ -168,12 +171,14 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--crashes", type=int, default=4, help="kills per trial")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--children", type=int, default=1, help="[ombacksync] children")
     args = parser.parse_args()
+    print(f"[ombacksync] children = {args.children}\n")
     print("| trial | events | supervisor kills | perl kills | lost | duplicates | dup/crash | orphans | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
     total = Trial(0, 0, 0, 0, 0, 0.0, 0)
     for n in range(args.trials):
-        t = run_trial(args.events, args.seed + n, args.crashes)
+        t = run_trial(args.events, args.seed + n, args.crashes, children=args.children)
         kills = t.crashes + t.perl_kills
         print(f"| {n + 1} | {t.events:,} | {t.crashes} | {t.perl_kills} | {t.lost} | {t.duplicates} | "
               f"{t.duplicates / max(1, kills):.1f} | {t.orphans} | {t.seconds:.1f} |", flush=True)

@@ -13,6 +13,13 @@ def test_kill_9_at_random_instants_loses_nothing() -> None:
     assert trial.orphans == 0
 
 
+def test_kill_9_with_four_children_loses_nothing() -> None:
+    trial = run_trial(events=1500, seed=11, crashes=3, children=4)
+    assert trial.crashes + trial.perl_kills == 3
+    assert trial.lost == 0
+    assert trial.orphans == 0
+
+
 @pytest.mark.slow
 def test_chaos_soak() -> None:
     for seed in range(5):
