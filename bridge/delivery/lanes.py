@@ -52,6 +52,7 @@ MAX_BATCH = 10_000  # Closes one stream may claim (a stream takes about BATCH_SE
 RECORD_EVERY = 250  # outcomes between two records
 WINDOW = 2 * RECORD_EVERY  # Closes perl may run ahead of the last record: what one crash may repeat
 BATCH_SECONDS = 0.5  # a stream tops up for this long at most
+QUEUE_SECONDS = 0.005  # with several children: the work one child may hold queued behind its Close
 PREFETCH_SECONDS = 0.1  # with several children: Closes claimed ahead, in seconds of their rate
 LOOK_EVERY = 0.05  # with several children: seconds between two looks for new Closes while a child has room
 RECORD_SECONDS = 0.25  # with several children, the oldest outcome waits this long for its record at most
@@ -197,7 +198,7 @@ class BacksyncLane:
         self.hosts: list[PerlHost] = self.pool.hosts if self.pool else [host]  # type: ignore[list-item]
         self.host = self.hosts[0]
         self.wide = self.pool is not None and self.pool.wide
-        self.depth = 1 if self.wide else WINDOW  # Closes one child holds at a time
+        self.call_seconds = 1.0  # with several children: a Close's time, on average lately (sets the depth)
         self._swept_at = 0.0  # with several children: when each busy one was last polled (see _poll)
         self.rate = 0.0  # with several children: Closes a second, the last stream's (sets the prefetch)
         self.owner = owner
@@ -320,7 +321,8 @@ class BacksyncLane:
             stream.waiting.clear()
             stream.topping = False
             return
-        room = {n: self.depth - len(stream.in_flight[n]) for n in usable}
+        depth = self._depth()
+        room = {n: depth - len(stream.in_flight[n]) for n in usable}
         batches: dict[int, list[tuple[deliveries.Claimed, str]]] = {}
         blocked: set[str] = set()
         keep: deque[tuple[deliveries.Claimed, str]] = deque()
@@ -362,6 +364,8 @@ class BacksyncLane:
                 if not stream.outcomes:
                     stream.first_outcome_at = self.clock()
                 stream.outcomes.append((claim, outcome))
+                if self.wide:  # (what one Close takes lately: the depth follows it)
+                    self.call_seconds += (outcome.ended_at - outcome.started_at - self.call_seconds) * 0.05
             elif self.wide and not self.stopping():
                 again.append((claim, close_id))  # that child is down: another one takes it
             else:
@@ -404,14 +408,22 @@ class BacksyncLane:
             self._end(conn)
         return 1
 
+    def _depth(self) -> int:
+        """Closes one child holds at a time: with one child a full WINDOW; with several, one while
+        Closes take QUEUE_SECONDS or more (a ticket system: a hang then holds up no other Close),
+        and as many as fit in QUEUE_SECONDS for a quick script (the pipe keeps it busy)."""
+        if not self.wide:
+            return WINDOW
+        return max(1, min(WINDOW // len(self.hosts), int(QUEUE_SECONDS / max(self.call_seconds, 1e-6))))
+
     def _target(self) -> int:
         """Closes a stream holds before recording: with one child a full WINDOW in its pipe; with
-        several, one in each child and about PREFETCH_SECONDS worth waiting for the next free one
-        (a few for a slow ticket system, hundreds for a quick script)."""
+        several, what the children hold and about PREFETCH_SECONDS worth waiting for the next free
+        one (a few for a slow ticket system, hundreds for a quick script)."""
         if not self.wide:
             return WINDOW
         children = len(self.hosts)
-        return children + max(children, min(WINDOW - children, int(self.rate * PREFETCH_SECONDS)))
+        return min(WINDOW + children, children * self._depth() + max(children, int(self.rate * PREFETCH_SECONDS)))
 
     def _widen(self, conn: Connection) -> None:
         """With several children: hand waiting Closes to children that came free, and look for
