@@ -11,6 +11,7 @@ from bridge.daemon import chores
 from bridge.daemon.chores import Chores
 from bridge.eventcore import retention
 from bridge.home import Home
+from bridge.outage import REPEAT_EVERY
 
 
 class Clock:
@@ -62,13 +63,11 @@ def test_a_failing_chore_neither_stops_the_others_nor_floods_the_log(home: Home,
     clock = Clock()
     c = make(home, clock)
     for _ in range(3):
-        assert c.running.acquire(blocking=False)  # (as start_due does)
-        c.run(["checkpoint", "prune"])
+        c.run_due(["checkpoint", "prune"])
         clock.now += 1.0
     assert pruned == [3600, 3600, 3600]
     failures = [r.getMessage() for r in caplog.records if "periodic" in r.getMessage()]
     assert failures == ["periodic checkpoint failed: database or disk is full"]
-    clock.now += chores.LOG_FAILURE_EVERY
-    assert c.running.acquire(blocking=False)
-    c.run(["checkpoint"])
+    clock.now += REPEAT_EVERY
+    c.run_due(["checkpoint"])
     assert len([r for r in caplog.records if "periodic" in r.getMessage()]) == 2  # a minute later: again

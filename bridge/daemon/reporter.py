@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 
@@ -22,20 +21,20 @@ from .. import store
 from ..delivery import actions, backsync, sending
 from ..errors import BridgeError
 from ..home import Home
+from ..store import Connection
+from .service import Service
 
 log = logging.getLogger("ombridge.supervisor")
 
 
-class Reporter:
+class Reporter(Service):
     """Stores and delivers ``ombacksync/error`` events, in order, off the main loop."""
 
     def __init__(self, home: Home, on_stored: Callable[[], None] | None = None) -> None:
-        self.home = home
+        super().__init__(home, "reporter", log, "the ombacksync/error report failed")
         self.on_stored = on_stored  # wakes the Event Manager
         self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
-        self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reporter", daemon=True)
-        self._thread.start()
+        self.start()
 
     def report(self, message: str, script: str | None = None) -> None:
         """Queue an ``ombacksync/error`` event about ``script`` (the home's by default); returns at once."""
@@ -44,7 +43,7 @@ class Reporter:
     def close(self, wait: float = 5.0) -> bool:
         """Store what is queued without waiting for subscribers, end a synchronized call in
         flight, and wait up to ``wait`` seconds for the thread; False if it is still busy."""
-        self._closing.set()
+        self._stop.set()
         self._queue.put(None)
         deadline = time.monotonic() + wait
         while self._thread.is_alive() and time.monotonic() < deadline:
@@ -54,30 +53,24 @@ class Reporter:
             self._thread.join(0.1)
         return not self._thread.is_alive()
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Store and deliver each report, in order, until :meth:`close`."""
         while True:
             item = self._queue.get()
             if item is None:
                 return
             try:
-                self._store_and_deliver(*item)
+                self.use(lambda conn, i=item: self._store_and_deliver(conn, *i))
+                self.answered()
+            except (BridgeError, OSError, *store.failures()) as exc:  # a full disk, the database away
+                self.failed(exc)
             except Exception:  # a report never takes the supervisor down
                 log.exception("could not report the ombacksync error")
 
-    def _store_and_deliver(self, script: str, message: str) -> None:
-        try:
-            conn = store.connect(self.home)
-        except (BridgeError, OSError, *store.failures()) as exc:
-            log.error("could not store the ombacksync/error event: %s", exc)
-            return
-        try:
-            result = backsync.store_error(conn, script, message, on_stored=self.on_stored)
-            log.info("ombacksync/error event %s stored", result.event_id)
-            if self._closing.is_set():
-                sending.hand_over(conn, [result])
-            else:
-                sending.deliver(conn, [result], cwd=str(self.home.root))
-        except (BridgeError, OSError, *store.failures()) as exc:  # a full disk: the log line above tells
-            log.error("could not store or deliver the ombacksync/error event: %s", exc)
-        finally:
-            conn.close()
+    def _store_and_deliver(self, conn: Connection, script: str, message: str) -> None:
+        result = backsync.store_error(conn, script, message, on_stored=self.on_stored)
+        log.info("ombacksync/error event %s stored", result.event_id)
+        if self.stopping:
+            sending.hand_over(conn, [result])
+        else:
+            sending.deliver(conn, [result], cwd=str(self.home.root))

@@ -200,6 +200,7 @@ class Supervisor:
                                          on_taken=lambda: self.manager.wake() if self.manager else None,
                                          on_replaced=lambda why: self._command(Command.STOP))
         self.heartbeat.start()
+        self.chores.start()
         control_sock, doorbell = controlserver.bind(self.home.run_dir)
         settings = load_settings(self.home, self.perl)
         self.host = PerlPool.create(self.home, settings.children, timeout=timeout, settings=settings,
@@ -227,7 +228,7 @@ class Supervisor:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-        self.chores.close()
+        self.chores.stop()
         self._change_state(SupervisorState.STOPPED)
         log.info("supervisor %d stopped", os.getpid())
         return 0
@@ -311,7 +312,6 @@ class Supervisor:
                     else:
                         os.read(self._wake_r, 4096)
                 self._apply_commands()
-                self.chores.start_due()
             control_sock.close()
             doorbell.close()
 
