@@ -1,7 +1,11 @@
 """The event core's schema on PostgreSQL: versioned SQL files, applied in order under a lock.
 
-The files are ``bridge/store/sql/postgresql/NNNN_name.sql``, numbered from 0001 without gaps; version N
-of the schema is "files 1 to N applied". Each file is applied once, in a transaction of its own
+The files are ``bridge/store/sql/postgresql/NNNN_name.sql``. From 0013 on, a file's number is the
+schema version both stores share: step N is the same change on SQLite (:mod:`bridge.store.sqlschema`,
+``user_version`` N) and on PostgreSQL, and ``tests/pg/test_pg_schema.py`` checks that the two
+lines end at the same number. The three files before it (0001-0003, from before the numbering was
+shared) bring a database to what SQLite has at step 12; there is no file 0004-0012. The schema
+version is the last file applied. Each file is applied once, in a transaction of its own
 that also records it in ``schema_migrations`` (so a file is either wholly applied and recorded,
 or not at all), and that transaction first takes a transaction-level advisory lock: nodes
 starting together queue there, and each finds the files the one before it applied already
@@ -28,6 +32,8 @@ from ..errors import SchemaTooNew, StoreError
 # The key of the migrator's advisory lock: "ombrdg" as one bigint. Advisory locks are
 # database-wide; another program would have to pick this very number to meet ours.
 LOCK_KEY = int.from_bytes(b"ombrdg", "big")
+LEGACY = 3  # files numbered on their own, before the stores shared one numbering
+SHARED_FROM = 13  # the first file numbered by the shared schema version
 _FILE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql\Z")
 
 
@@ -49,10 +55,16 @@ def migrations() -> list[Migration]:
             text = entry.read_text(encoding="utf-8")
             found.append(Migration(int(match[1]), match[2], text, hashlib.sha256(text.encode()).hexdigest()))
     found.sort()
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise StoreError("the PostgreSQL migrations shipped with ombridge are not numbered 1, 2, 3...: "
-                         f"{', '.join(str(m.version) for m in found)} (a broken installation)")
+    versions = [m.version for m in found]
+    if versions != [*range(1, LEGACY + 1), *range(SHARED_FROM, SHARED_FROM + len(found) - LEGACY)]:
+        raise StoreError(f"the PostgreSQL migrations shipped with ombridge are not numbered 1-{LEGACY}, then "
+                         f"{SHARED_FROM}, {SHARED_FROM + 1}...: {', '.join(map(str, versions))} (a broken installation)")
     return found
+
+
+def latest() -> int:
+    """The schema version this ombridge's files bring a database to (the same number as SQLite's)."""
+    return migrations()[-1].version
 
 
 def current_version(conn: Any) -> int:
@@ -64,11 +76,11 @@ def current_version(conn: Any) -> int:
 
 def pending(conn: Any) -> list[int]:
     """The versions :func:`migrate` would apply (``check --db``, ``status``); refuses a newer schema."""
-    known = len(migrations())
+    known = migrations()
     version = current_version(conn)
-    if version > known:
-        raise SchemaTooNew(_where(conn), version, known)
-    return list(range(version + 1, known + 1))
+    if version > known[-1].version:
+        raise SchemaTooNew(_where(conn), version, known[-1].version)
+    return [m.version for m in known if m.version > version]
 
 
 def migrate(conn: Any, *, applied_by: str = "") -> list[int]:
@@ -91,11 +103,11 @@ def migrate(conn: Any, *, applied_by: str = "") -> list[int]:
             # Queue behind any other migrator; the version is read once we hold the lock.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             version = current_version(conn)
-            if version > len(known):
-                raise SchemaTooNew(_where(conn), version, len(known))
-            if version == len(known):
+            if version > known[-1].version:
+                raise SchemaTooNew(_where(conn), version, known[-1].version)
+            if version == known[-1].version:
                 return applied
-            step = known[version]
+            step = next(m for m in known if m.version > version)
             _apply(conn, step)
             conn.execute("INSERT INTO schema_migrations (version, name, checksum, applied_at, applied_by) "
                          "VALUES (%s, %s, %s, %s, %s)", (step.version, step.name, step.checksum, time.time(),

@@ -15,11 +15,12 @@ import pytest
 
 from bridge import store
 from bridge.errors import SchemaTooNew, StoreError
-from bridge.store import pgschema
+from bridge.store import pgschema, sqlschema
 
 pytestmark = pytest.mark.xdist_group("postgresql")  # one server for every test of this folder
 
-LATEST = len(pgschema.migrations())
+LATEST = pgschema.latest()
+VERSIONS = [m.version for m in pgschema.migrations()]
 
 # Tables only the PostgreSQL store has, and why (docs/multinode.md).
 PG_ONLY_TABLES = {
@@ -39,17 +40,23 @@ def _versions(conn) -> list[tuple[int, str]]:
 
 def test_migrate_creates_the_schema_in_an_empty_database_and_a_second_run_changes_nothing(pg_conn):
     assert pgschema.current_version(pg_conn) == 0
-    assert pgschema.pending(pg_conn) == list(range(1, LATEST + 1))
-    assert pgschema.migrate(pg_conn, applied_by="test") == list(range(1, LATEST + 1))
+    assert pgschema.pending(pg_conn) == VERSIONS
+    assert pgschema.migrate(pg_conn, applied_by="test") == VERSIONS
     assert pgschema.current_version(pg_conn) == LATEST and pgschema.pending(pg_conn) == []
     first = pg_conn.execute("SELECT version, name, checksum, applied_at, applied_by FROM schema_migrations "
                             "ORDER BY version").fetchall()
-    assert [(v, by) for v, _, _, _, by in first] == [(v, "test") for v in range(1, LATEST + 1)]
+    assert [(v, by) for v, _, _, _, by in first] == [(v, "test") for v in VERSIONS]
     assert [c for _, _, c, _, _ in first] == [m.checksum for m in pgschema.migrations()]
 
     assert pgschema.migrate(pg_conn) == []
     assert pg_conn.execute("SELECT version, name, checksum, applied_at, applied_by FROM schema_migrations "
                            "ORDER BY version").fetchall() == first
+
+
+def test_both_stores_share_one_numbering_from_step_13() -> None:
+    # Step N is the same change on both lines; the last number is the same (issue 30).
+    assert LATEST == sqlschema.SCHEMA_VERSION
+    assert VERSIONS[:pgschema.LEGACY] == [1, 2, 3] and VERSIONS[pgschema.LEGACY] == pgschema.SHARED_FROM == 13
 
 
 def test_migrate_refuses_a_connection_inside_a_transaction(pg_server, pg_db):
@@ -62,7 +69,7 @@ def test_migrate_refuses_a_connection_inside_a_transaction(pg_server, pg_db):
 _MIGRATOR = """
 import json, sys
 import psycopg
-from bridge.store import pgschema
+from bridge.store import pgschema, sqlschema
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
     print(json.dumps(pgschema.migrate(conn, applied_by=sys.argv[2])))
 """
@@ -88,8 +95,8 @@ def test_two_nodes_migrating_at_once_both_succeed_and_each_file_is_applied_once(
             outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     applied = [json.loads(out) for out, _ in outputs]
-    assert sorted(applied[0] + applied[1]) == list(range(1, LATEST + 1)), applied
-    assert [v for v, _ in _versions(pg_conn)] == list(range(1, LATEST + 1))
+    assert sorted(applied[0] + applied[1]) == VERSIONS, applied
+    assert [v for v, _ in _versions(pg_conn)] == VERSIONS
 
 
 def test_a_schema_newer_than_this_ombridge_is_refused_before_anything_is_written(pg_conn):
@@ -204,5 +211,5 @@ def test_a_migration_that_fails_is_rolled_back_whole_and_named(pg_conn, monkeypa
     assert str(failed.value) == (f"migration {LATEST + 1:04d}_broken.sql failed in the database {pg_conn.info.dbname} "
                                  f"on 127.0.0.1:{pg_conn.info.port}: division by zero; nothing of it was applied")
     # the files before it were applied and recorded, the broken one not at all
-    assert [v for v, _ in _versions(pg_conn)] == list(range(1, LATEST + 1))
+    assert [v for v, _ in _versions(pg_conn)] == VERSIONS
     assert pg_conn.execute("SELECT to_regclass('half_done')").fetchone() == (None,)
