@@ -151,7 +151,8 @@ def test_a_paused_backsync_accepts_closes_runs_none_and_runs_them_in_order_once_
     assert not home.output.exists() or " Close " not in home.output.read_text()  # nothing reached OMBackSync
 
     st = status(home)
-    assert st["backlog"]["paused"][0]["id"] == 1 and st["backlog"]["paused"][0]["held"] == 3
+    assert st["paused"][0]["id"] == 1 and st["paused"][0]["held"] == 3
+    assert st["backlog"] == {"open": 3, "failed": 0}
     assert st["degraded"] == []  # an operator's choice, not a fault
     text = omb(home, "status").stdout
     assert re.search(r"^paused +subscriber 1 \(backsync\), paused since .* by local user .*, holding 3 open; "

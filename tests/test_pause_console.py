@@ -45,7 +45,7 @@ def test_pause_and_resume_are_confirmed_posts_and_the_audit_names_the_console_us
     assert re.search(r'<p class="paused" id="paused">.*paused since \S+ \S+ by console user omi', subscriber)
     assert 'href="/ui/subscribers/1/resume" id="pause">Resume…</a>' in subscriber
     assert 'id="paused-1"' in ui.get("/ui/status").text
-    assert ui.get("/ui/status?format=json").json()["status"]["backlog"]["paused"][0]["held"] == 1
+    assert ui.get("/ui/status?format=json").json()["status"]["paused"][0]["held"] == 1
     assert '<span class="badge paused"' in ui.get("/ui/subscribers").text
     assert ui.get("/ui/subscribers/1/resume").status_code == 200
     ui.post("/ui/subscribers/1/resume", data={"csrf": token, "confirm": "yes"})

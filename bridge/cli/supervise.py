@@ -193,7 +193,7 @@ def _print_status(s: dict) -> None:
                        f"{web['events']} events in {web['commits']} commits, {web['auth_failures']} auth failures")
     click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed" if bl else "backlog       unknown (the event core "
                "cannot be read)")
-    for p in (bl or {}).get("paused") or ():
+    for p in s.get("paused") or ():
         click.echo(f"paused        subscriber {p['id']} ({p['action']}), {paused_since(p['paused_at'], p['paused_by'])}, "
                    f"holding {p['held']} open; ombridge subscriber resume {p['id']}")
     _print_nodes(s.get("nodes") or [])

@@ -438,7 +438,7 @@ class Supervisor:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         degraded = []
-        backlog, nodes_now, troubles = stored_backlog(self.home)
+        backlog, nodes_now, troubles, paused = stored_backlog(self.home)
         degraded += troubles
         if self.heartbeat is not None and self.heartbeat.last_error:
             degraded.append(f"the heartbeat of node {self.node.name if self.node else '?'} failed: "
@@ -464,6 +464,7 @@ class Supervisor:
             "eventmanager": manager_status,
             "listener": listener_status,
             "backlog": backlog,
+            "paused": paused,
             "nodes": nodes_now,
             "degraded": degraded,
         }

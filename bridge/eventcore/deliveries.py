@@ -170,10 +170,11 @@ def claim(conn: Connection, *, limit: int = 1, at: float | None = None, lane: La
 
 
 def _claim(conn: Connection, limit: int, at: float, lane: Lane | None, owner: str | None,
-           held: tuple[str, list[int]] | None) -> list[Claimed]:
-    # Inside the caller's transaction; ``held``: _held's answer (None: nothing may be claimed).
+           held: tuple[str, list[int]] | None = None) -> list[Claimed]:
+    # Inside the caller's transaction; ``held``: _held's answer when the caller read it already.
+    held = _held(conn, lane) if held is None else held
     if held is None:
-        return []
+        return []  # every subscriber of the lane is paused
     of_lane, args = _of_lane(lane)
     cur = conn.cursor()
     cur.row_factory = None  # tuples (see _claims)
@@ -238,7 +239,7 @@ def finish_and_claim(conn: Connection, done: Sequence[tuple[Claimed, Attempt]], 
     at = wall_now(conn)
     with transaction(conn, wait=wait):
         settled = _finish(conn, done, at) if done else []
-        return settled, _claim(conn, limit, at, lane, owner, _held(conn, lane)) if limit > 0 else []
+        return settled, _claim(conn, limit, at, lane, owner) if limit > 0 else []
 
 
 def _finish(conn: Connection, done: Sequence[tuple[Claimed, Attempt]], at: float) -> list[Settlement]:

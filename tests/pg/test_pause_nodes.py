@@ -39,7 +39,7 @@ def test_a_pause_on_one_node_holds_the_closes_on_every_node_and_a_resume_runs_th
     assert open_closes(a) == [("open", 0)] * 3  # stored, attempted by no node
     assert closed_ids(a, b) == Counter()
     for home in (a, b):
-        (paused,) = status(home)["backlog"]["paused"]
+        (paused,) = status(home)["paused"]
         assert paused["id"] == 1 and paused["held"] == 3 and paused["paused_by"].startswith("local user ")
 
     begun = time.monotonic()
