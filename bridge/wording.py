@@ -49,6 +49,28 @@ def restarted(what: str, result: dict[str, Any]) -> str:
     return f"{what} restarted; ombacksync {ob.get('state', 'unknown')}" + (f" (pid {ob['pid']})" if ob.get("pid") else "")
 
 
+def paused_since(paused_at: float | None, paused_by: str | None) -> str:
+    """A pause in words: ``paused since 2024-05-01 10:02:03 by local user alice on host-a (command
+    line)`` (empty for a subscriber that runs)."""
+    return "" if paused_at is None else f"paused since {when(paused_at)} by {paused_by}"
+
+
+def pause_answer(change: Any) -> str:
+    """What ``subscriber pause`` / ``resume`` answer (a :class:`bridge.eventcore.pauses.PauseChange`),
+    the command line and the console alike."""
+    sid, held = change.subscriber_id, plural(change.open, "open delivery", "open deliveries")
+    if change.paused_at is not None and not change.changed:
+        return f"subscriber {sid} is already {paused_since(change.paused_at, change.paused_by)}: nothing changed"
+    if change.paused_at is None and not change.changed:
+        return f"subscriber {sid} is not paused: nothing changed"
+    if change.paused_at is None:
+        return f"subscriber {sid} ({change.action}) resumed: " + (
+            f"its {held} run now, oldest first" if change.open else "nothing was waiting")
+    flying = f"; {change.in_flight} already running will finish" if change.in_flight else ""
+    return (f"subscriber {sid} ({change.action}) paused on every node: its deliveries are stored and wait until "
+            f"`ombridge subscriber resume {sid}` ({held} now{flying})")
+
+
 def eventmanager_facts(em: dict[str, Any]) -> list[tuple[str, str, str]]:
     """The Event Manager's figures of ``status`` as (label, value, the status field it shows), in
     words: ``poll_seconds`` reads "looks for due work every 1 s"."""

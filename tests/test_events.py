@@ -396,7 +396,7 @@ def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> 
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 13
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 14
     assert [r[0] for r in migrated.execute("SELECT lane FROM subscriber_events")] == ["backsync"]
     indexes = {r[1] for r in migrated.execute("PRAGMA index_list(subscriber_events)")}
     assert "subscriber_events_open" in indexes and "subscriber_events_ended" in indexes

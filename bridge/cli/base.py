@@ -142,6 +142,21 @@ def core(ctx: click.Context) -> Connection:
     return obj["conn"]
 
 
+def audited(ctx: click.Context, what: str) -> None:
+    """The audit line of a state change this command made in the store itself, naming the local
+    user, appended to the home's ``log/ombridge.log`` (:mod:`bridge.eventcore.audit`)."""
+    from ..eventcore import audit
+
+    audit.to_home_log(home_of(ctx).log_dir)
+    audit.record(audit.local_user(), what)
+
+
+def done(ctx: click.Context, message: str) -> None:
+    """What a state change did: its audit line, then ``message`` on stdout."""
+    audited(ctx, message)
+    click.echo(message)
+
+
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     """Print a listing: a rich table on a terminal; piped, plain tab-separated lines with a header
     (a table squeezed to 80 columns folds every cell into slivers; scripts want lines)."""

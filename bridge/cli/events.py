@@ -12,13 +12,15 @@ from ..client.control import ring
 from ..errors import UsageError
 from ..eventcore import catalog, deliveries, events, ledger
 from ..model import ActionKind, DeliveryStatus
-from ..wording import attempt_rounds, attempt_status, history_header
+from ..wording import attempt_rounds, attempt_status, history_header, paused_since
 from .base import (
     LIMIT,
     RETRIES,
     ROW_ID,
     SECONDS,
+    audited,
     core,
+    done,
     home_of,
     json_option,
     listing,
@@ -57,7 +59,7 @@ def topic_add(ctx: click.Context, name: str, more_keys: tuple[str, ...], keys: t
     if more_keys and not keys:  # a bare word after NAME is a typo more likely than a key field
         raise UsageError(f"unexpected {more_keys[0]!r}: key fields follow --key (--key {' '.join(more_keys)})")
     catalog.add_topic(core(ctx), name, [*keys, *more_keys], description)
-    click.echo(f"topic {name} defined")
+    done(ctx, f"topic {name} defined")
 
 
 @topic.command("list")
@@ -94,7 +96,7 @@ def topic_remove(ctx: click.Context, name: str, force: bool) -> None:
     Example: `ombridge topic remove task/change`
     """
     catalog.remove_topic(core(ctx), name, force)
-    click.echo(f"topic {name} removed")
+    done(ctx, f"topic {name} removed")
 
 
 # -- subscribers ----------------------------------------------------------------------------------
@@ -133,9 +135,10 @@ def subscriber_add(ctx: click.Context, command: str | None, program: str | None,
         raise UsageError("give exactly one of --command, --program or --url")
     action, target = chosen[0]
     secrets = {name: read_secret(f"Value of header {name}") for name in secret_headers}
-    click.echo(catalog.add_subscriber(core(ctx), action, target, description=description,
-                                      timeout=timeout, retries=retries, allow_nested_shell=allow_nested_shell,
-                                      secret_headers=secrets))
+    sid = catalog.add_subscriber(core(ctx), action, target, description=description, timeout=timeout,
+                                 retries=retries, allow_nested_shell=allow_nested_shell, secret_headers=secrets)
+    audited(ctx, f"subscriber {sid} added ({action.value})")
+    click.echo(sid)
 
 
 @subscriber.command("set")
@@ -169,6 +172,10 @@ def subscriber_set(ctx: click.Context, subscriber_id: int, command: str | None, 
     catalog.edit_subscriber(core(ctx), subscriber_id, action, target, allow_nested_shell=allow_nested_shell,
                             timeout=timeout, retries=retries, description=description, secret_headers=secrets,
                             drop_headers=drop_headers)
+    what = [name for name, value in (("command", command), ("program", program), ("url", url), ("timeout", timeout),
+                                     ("retries", retries), ("description", description)) if value is not None]
+    what += [f"secret header {name}" for name in secret_headers] + [f"no secret header {n}" for n in drop_headers]
+    audited(ctx, f"subscriber {subscriber_id} updated" + (f" ({', '.join(what)})" if what else ""))
     click.echo(f"subscriber {subscriber_id} updated")
 
 
@@ -183,9 +190,10 @@ def subscriber_list(ctx: click.Context, as_json: bool) -> None:
     """List the subscribers. Example: `ombridge subscriber list`"""
     rows = catalog.list_subscribers(core(ctx))
     listing(as_json, rows, "Subscribers",
-            ["id", "action", "target", "topics", "sys", "disabled", OPEN, FAILED, "description"],
-            [[r["id"], r["action"], r["target"], r["topics"], _yes(r["system"]), _yes(r["disabled"]), r[OPEN], r[FAILED],
-              r["description"]] for r in rows])
+            ["id", "action", "target", "topics", "sys", "disabled", "paused", OPEN, FAILED, "description"],
+            [[r["id"], r["action"], r["target"], r["topics"], _yes(r["system"]), _yes(r["disabled"]),
+              f"since {when(r['paused_at'])}" if r["paused_at"] else "no", r[OPEN], r[FAILED], r["description"]]
+             for r in rows])
 
 
 @subscriber.command("show")
@@ -201,6 +209,8 @@ def subscriber_show(ctx: click.Context, subscriber_id: int, as_json: bool) -> No
     click.echo(f"subscriber {s['id']}: {s['description']}\n  {s['action']}: {s['target']}\n"
                f"  system {_yes(s['system'])}, disabled {_yes(s['disabled'])}, timeout {s['timeout']:g}s, "
                f"retries {s['retries']}")
+    if s["paused_at"] is not None:
+        click.echo(f"  {paused_since(s['paused_at'], s['paused_by'])} (ombridge subscriber resume {s['id']})")
     for t in s["topics"]:
         click.echo(f"  topic {t['pattern']}{' (synchronized)' if t['synchronized'] else ''}")
         for f in t["filters"]:
@@ -215,7 +225,7 @@ def _simple(name: str, doc: str, fn: Any, message: str, wake: bool = False) -> N
         result = fn(core(ctx), subscriber_id)
         if wake:
             ring(home_of(ctx).root)  # work may be due now: the Event Manager looks at once
-        click.echo(message.format(id=subscriber_id, n=result))
+        done(ctx, message.format(id=subscriber_id, n=result))
 
 
 _simple("enable", "Enable a subscriber. Example: `ombridge subscriber enable 2`",
@@ -236,7 +246,7 @@ def subscriber_remove(ctx: click.Context, subscriber_id: int, force: bool) -> No
     Refused for system subscribers and while deliveries are open. Example: `ombridge subscriber remove 2`
     """
     catalog.remove_subscriber(core(ctx), subscriber_id, force)
-    click.echo(f"subscriber {subscriber_id} removed")
+    done(ctx, f"subscriber {subscriber_id} removed")
 
 
 @subscriber.group("topic")
@@ -256,7 +266,7 @@ def subscriber_topic_add(ctx: click.Context, subscriber_id: int, pattern: str, s
     Example: `ombridge subscriber topic add 2 task/change`
     """
     catalog.attach_topic(core(ctx), subscriber_id, pattern, sync, description)
-    click.echo(f"subscriber {subscriber_id} attached to {pattern}{' (synchronized)' if sync else ''}")
+    done(ctx, f"subscriber {subscriber_id} attached to {pattern}{' (synchronized)' if sync else ''}")
 
 
 @subscriber_topic.command("remove")
@@ -266,7 +276,7 @@ def subscriber_topic_add(ctx: click.Context, subscriber_id: int, pattern: str, s
 def subscriber_topic_remove(ctx: click.Context, subscriber_id: int, pattern: str) -> None:
     """Detach a subscriber from a topic pattern. Example: `ombridge subscriber topic remove 2 task/change`"""
     catalog.detach_topic(core(ctx), subscriber_id, pattern)
-    click.echo(f"subscriber {subscriber_id} detached from {pattern}")
+    done(ctx, f"subscriber {subscriber_id} detached from {pattern}")
 
 
 @subscriber.group("filter")
@@ -288,7 +298,7 @@ def subscriber_filter_add(ctx: click.Context, subscriber_id: int, pattern: str, 
     Example: `ombridge subscriber filter add 2 task/change '&APPC' 'KE.*'`
     """
     catalog.add_filter(core(ctx), subscriber_id, pattern, variable, regex, description)
-    click.echo(f"subscriber {subscriber_id} on {pattern}: filter {variable} = {regex}")
+    done(ctx, f"subscriber {subscriber_id} on {pattern}: filter {variable} = {regex}")
 
 
 @subscriber_filter.command("remove")
@@ -299,7 +309,7 @@ def subscriber_filter_add(ctx: click.Context, subscriber_id: int, pattern: str, 
 def subscriber_filter_remove(ctx: click.Context, subscriber_id: int, pattern: str, variable: str) -> None:
     """Remove a filter. Example: `ombridge subscriber filter remove 2 task/change '&APPC'`"""
     catalog.remove_filter(core(ctx), subscriber_id, pattern, variable)
-    click.echo(f"subscriber {subscriber_id} on {pattern}: filter {variable} removed")
+    done(ctx, f"subscriber {subscriber_id} on {pattern}: filter {variable} removed")
 
 
 # -- sending and reading --------------------------------------------------------------------------
@@ -423,6 +433,9 @@ def retry(ctx: click.Context, subscriber_id: int | None, event_id: int | None, d
                                 delivery_ids=delivery_ids or None)
     if n:
         ring(home_of(ctx).root)
+    scope = [f"{what} {value}" for what, value in (("subscriber", subscriber_id), ("event", event_id)) if value]
+    scope += [f"deliveries {', '.join(map(str, delivery_ids))}"] if delivery_ids else []
+    audited(ctx, f"{n} failed deliveries reopened" + (f" (of {', '.join(scope)})" if scope else ""))
     click.echo(f"{n} failed deliveries reopened")
 
 
@@ -435,4 +448,5 @@ def deliveries_purge(ctx: click.Context, delivery_ids: tuple[int, ...]) -> None:
     Example: `ombridge deliveries purge 7 9`
     """
     n = deliveries.purge_chosen(core(ctx), delivery_ids)
+    audited(ctx, f"{n} deliveries purged (of {', '.join(map(str, delivery_ids))})")
     click.echo(f"{n} deliveries purged")

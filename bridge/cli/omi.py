@@ -10,7 +10,7 @@ from __future__ import annotations
 import rich_click as click
 
 from ..client.control import ring
-from .base import SECRET_WORDS, home_of, main, read_secret, refuse_secret_words
+from .base import SECRET_WORDS, done, home_of, main, read_secret, refuse_secret_words
 
 
 @main.group()
@@ -27,7 +27,7 @@ def omi_password(ctx: click.Context) -> None:
 
     refuse_secret_words(ctx, "omi password")
     set_password(home_of(ctx), read_secret("Password", confirm=True))
-    click.echo("OMi password stored")
+    done(ctx, "OMi password stored")
 
 
 @omi.command("test")

@@ -11,7 +11,7 @@ from ..client import control
 from ..errors import BridgeError, NotRunning, UsageError
 from ..eventcore.nodes import short_checksum
 from ..ombacksync import integrations
-from .base import ROW_ID, core, home_of, listing, main
+from .base import ROW_ID, audited, core, done, home_of, listing, main
 
 
 def _tell_supervisor(ctx: click.Context) -> None:
@@ -43,7 +43,7 @@ def integration_add(ctx: click.Context, name: str, file: Path) -> None:
     the result would not compile. Example: `ombridge integration add vendor-a /opt/vendor-a/OMBackSync.pl`
     """
     replaced = integrations.add(home_of(ctx), name, file)
-    click.echo(f"integration {name} {'replaced' if replaced else 'added'}")
+    done(ctx, f"integration {name} {'replaced' if replaced else 'added'}")
     _tell_supervisor(ctx)
 
 
@@ -53,7 +53,7 @@ def integration_add(ctx: click.Context, name: str, file: Path) -> None:
 def integration_remove(ctx: click.Context, name: str) -> None:
     """Take integration NAME out of the home's script. Example: `ombridge integration remove vendor-a`"""
     integrations.remove(home_of(ctx), name)
-    click.echo(f"integration {name} removed")
+    done(ctx, f"integration {name} removed")
     _tell_supervisor(ctx)
 
 
@@ -96,7 +96,9 @@ def context_add(ctx: click.Context, pattern: str, table_name: str, db_path: str 
     """
     from ..eventcore.contexts import add_context
 
-    click.echo(add_context(core(ctx), pattern, table_name, dict(_pair(p) for p in pairs), db_path))
+    context_id = add_context(core(ctx), pattern, table_name, dict(_pair(p) for p in pairs), db_path)
+    audited(ctx, f"context {context_id} added ({pattern}: {table_name})")
+    click.echo(context_id)
 
 
 @context.command("list")
@@ -120,7 +122,7 @@ def context_remove(ctx: click.Context, context_id: int) -> None:
     from ..eventcore.contexts import remove_context
 
     remove_context(core(ctx), context_id)
-    click.echo(f"context {context_id} removed")
+    done(ctx, f"context {context_id} removed")
 
 
 @main.group()
@@ -151,7 +153,7 @@ def nodes_forget(ctx: click.Context, name: str) -> None:
     from ..eventcore.nodes import forget
 
     released = forget(core(ctx), name)
-    click.echo(f"node {name} forgotten; {released} of its claims are due again")
+    done(ctx, f"node {name} forgotten; {released} of its claims are due again")
 
 
 @main.command()
@@ -172,7 +174,7 @@ def prune(ctx: click.Context, age: str | None, everything: bool) -> None:
     if not everything and older_than <= 0:
         raise UsageError("--older-than 0 would prune everything: say --all for that")
     counts = prune_store(core(ctx), older_than)
-    click.echo(f"pruned {counts['deliveries']} deliveries, {counts['attempts']} attempts, {counts['events']} events")
+    done(ctx, f"pruned {counts['deliveries']} deliveries, {counts['attempts']} attempts, {counts['events']} events")
 
 
 @main.command()

@@ -17,7 +17,7 @@ from ..eventcore.nodes import short_checksum
 from ..eventcore.retention import parse_age
 from ..home import Home
 from ..model import DeliveryStatus, HostState, ListenerState, NodeState, SupervisorState
-from ..wording import restarted
+from ..wording import paused_since, restarted
 from .base import core, home_of, main, print_json
 from .report import describe_fault, fail
 
@@ -208,6 +208,9 @@ def _print_status(s: dict) -> None:
                        f"{web['events']} events in {web['commits']} commits, {web['auth_failures']} auth failures")
     click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed" if bl else "backlog       unknown (the event core "
                "cannot be read)")
+    for p in s.get("paused") or ():
+        click.echo(f"paused        subscriber {p['id']} ({p['action']}), {paused_since(p['paused_at'], p['paused_by'])}, "
+                   f"holding {p['held']} open; ombridge subscriber resume {p['id']}")
     _print_nodes(s.get("nodes") or [])
     for reason in s.get("degraded") or ():
         click.echo(f"degraded      {reason}")

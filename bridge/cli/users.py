@@ -12,6 +12,7 @@ from ..errors import UsageError
 from .base import (
     SECRET_WORDS,
     core,
+    done,
     json_option,
     listing,
     main,
@@ -43,7 +44,7 @@ def user_add(ctx: click.Context, name: str) -> None:
     if _exists(conn, name):  # said before a password is typed for nothing (add_user checks again)
         raise UsageError(f"user {name} exists (change the password with: ombridge user passwd {name})")
     add_user(conn, name, read_secret("Password", confirm=True))
-    click.echo(f"user {name} added")
+    done(ctx, f"user {name} added")
 
 
 def _exists(conn: object, name: str) -> bool:
@@ -68,7 +69,7 @@ def user_passwd(ctx: click.Context, name: str) -> None:
     if not _exists(conn, name):  # said before a password is typed for nothing
         raise NotFound(f"no user {name}")
     set_password(conn, name, read_secret("Password", confirm=True))
-    click.echo(f"password of {name} changed")
+    done(ctx, f"password of {name} changed")
 
 
 @user.command("list")
@@ -91,4 +92,4 @@ def user_remove(ctx: click.Context, name: str) -> None:
     from ..web.users import remove_user
 
     remove_user(core(ctx), name)
-    click.echo(f"user {name} removed")
+    done(ctx, f"user {name} removed")

@@ -5,7 +5,9 @@ client's half (the supervisor's is :mod:`bridge.daemon.controlserver`).
 
 - ``run/control.sock`` (stream): one JSON request line, one JSON reply line:
   ``{"command": "status"}`` -> ``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": "..."}``.
-  Commands: ``status``, ``stop`` (``"now": true`` to stop at once), ``restart`` (``"what"``).
+  Commands: ``status``, ``stop`` (``"now": true`` to stop at once), ``restart`` (``"what"``). A stop
+  and a restart are written to the audit trail naming the peer's user (``SO_PEERCRED``), and the
+  console user a console asks for (``"by"``).
 - ``run/doorbell.sock`` (datagram): any datagram wakes the Event Manager. ``send`` rings it after
   storing deliveries, so they start within milliseconds; polling is only the fallback.
 """

@@ -90,12 +90,13 @@ def offline_status(home: Home) -> dict[str, Any]:
     backlog: dict[str, int] | None = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
     nodes: list[dict[str, Any]] = []
     troubles: list[str] = []
+    paused: list[dict[str, Any]] = []
     if home.db.exists() or store.location(home)[0]:  # (a shared store: other nodes may run)
-        backlog, nodes, troubles = stored_backlog(home)
+        backlog, nodes, troubles, paused = stored_backlog(home)
     return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
             "ombacksync": {"state": HostState.STOPPED.value},
-            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "nodes": nodes,
-            "degraded": troubles}
+            "eventmanager": {"state": ManagerState.STOPPED.value}, "backlog": backlog, "paused": paused,
+            "nodes": nodes, "degraded": troubles}
 
 
 def is_alive(pid: int) -> bool:

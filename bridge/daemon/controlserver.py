@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from ..channel import CONTROL
 from ..doorbell import DOORBELL, SocketAddress
 from ..errors import BridgeError
+from ..eventcore import audit
 
 log = logging.getLogger("ombridge.supervisor")
 
@@ -99,12 +100,19 @@ def answer(client: socket.socket, target: Controlled) -> None:
                 reply: dict[str, Any] = {"ok": True, "result": target.status()}
             elif command == "stop":
                 # Answered first: a stop-now exits the process before it could answer.
+                audit.record(_who(client, req), "stop" + (" now" if req.get("now") else "") + " asked for")
                 _send(client, {"ok": True, "result": {"pid": os.getpid()}})
                 target.request_stop(now=bool(req.get("now")))
                 return
             elif command == "restart":
                 client.settimeout(None)  # a restart waits for perl -c and Init
-                reply = {"ok": True, "result": target.restart(str(req.get("what", "ombacksync")))}
+                what = str(req.get("what", "ombacksync"))
+                try:
+                    reply = {"ok": True, "result": target.restart(what)}
+                except BridgeError as exc:
+                    audit.record(_who(client, req), f"restart {what} refused: {exc}")
+                    raise
+                audit.record(_who(client, req), f"restart {what}: done")
             else:
                 reply = {"ok": False, "error": f"unknown command {command!r}"}
         except BridgeError as exc:
@@ -116,6 +124,12 @@ def answer(client: socket.socket, target: Controlled) -> None:
             _send(client, reply)
         except OSError:
             pass
+
+
+def _who(client: socket.socket, req: dict[str, Any]) -> str:
+    # The peer's user (SO_PEERCRED); a console of this supervisor says for whom it asks.
+    peer = audit.peer_user(client)
+    return f"{audit.console_user(str(req['by']))} (through {peer})" if req.get("by") else peer
 
 
 def _read_request(client: socket.socket) -> dict[str, Any] | None:

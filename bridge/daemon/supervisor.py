@@ -40,7 +40,7 @@ from ..errors import (
     StoreError,
     UsageError,
 )
-from ..eventcore import builtins, nodes
+from ..eventcore import audit, builtins, nodes
 from ..eventcore.backlog import stored_backlog
 from ..home import Home
 from ..model import (
@@ -75,7 +75,7 @@ def setup_logging(home: Home, to_stderr: bool) -> None:
     ``log/`` is owner-only: what the script prints lands there, and scripts may print secrets.
     """
     home.private_dir(home.log_dir)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = logging.Formatter(audit.LOG_FORMAT)  # (the command line appends its audit lines in it too)
     root = logging.getLogger("ombridge")
     root.setLevel(logging.INFO)
     for handler in list(root.handlers):
@@ -442,7 +442,7 @@ class Supervisor:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         degraded = []
-        backlog, nodes_now, troubles = stored_backlog(self.home)
+        backlog, nodes_now, troubles, paused = stored_backlog(self.home)
         degraded += troubles
         if self.heartbeat is not None and self.heartbeat.last_error:
             degraded.append(f"the heartbeat of node {self.node.name if self.node else '?'} failed: "
@@ -468,6 +468,7 @@ class Supervisor:
             "eventmanager": manager_status,
             "listener": listener_status,
             "backlog": backlog,
+            "paused": paused,
             "nodes": nodes_now,
             "degraded": degraded,
         }

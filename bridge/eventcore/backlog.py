@@ -9,24 +9,26 @@ from typing import Any
 from .. import conf, store
 from ..errors import BridgeError
 from ..home import Home
-from . import catalog, ledger, nodes
+from . import catalog, ledger, nodes, pauses
 
 
-def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, Any]], list[str]]:
-    """(open and failed deliveries, the nodes, what is wrong in words) from the event core, or
-    (None, [], [why it cannot be read]). What is wrong: a disabled system subscriber (its events
-    are refused), dead nodes, scripts that differ between nodes."""
+def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+    """(open and failed deliveries, the nodes, what is wrong in words, the paused subscribers)
+    from the event core, or (None, [], [why it cannot be read], []). What is wrong: a disabled
+    system subscriber (its events are refused), dead nodes, scripts that differ between nodes. A
+    pause is not: an operator chose it, and status says it on a line of its own."""
     settings = conf.problem(home.root)  # (a broken file is said as such, not only as "cannot be read")
     said = [settings] if settings else []
     try:
         conn = store.connect(home)
         try:
             listing = nodes.listing(conn)
-            return ledger.backlog(conn), listing, said + disabled_system(conn) + nodes.troubles(listing)
+            troubles = said + disabled_system(conn) + nodes.troubles(listing)
+            return ledger.backlog(conn), listing, troubles, pauses.listing(conn)
         finally:
             conn.close()
     except (BridgeError, *store.failures()) as exc:
-        return None, [], said or [f"the event core cannot be read: {exc}"]
+        return None, [], said or [f"the event core cannot be read: {exc}"], []
 
 
 def disabled_system(conn: Any) -> list[str]:

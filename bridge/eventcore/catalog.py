@@ -24,7 +24,7 @@ from ..names import (
     variable_name,
 )
 from ..store import Connection, Row, now, transaction
-from . import contexts, deliveries, ledger, substitution
+from . import contexts, deliveries, ledger, pauses, substitution
 from .events import candidate_patterns
 from .filters import compile_filter
 
@@ -255,21 +255,24 @@ def list_subscribers(conn: Connection) -> list[dict[str, Any]]:
         topics.setdefault(sid, []).append(pattern + (" (sync)" if sync else ""))
     counts = ledger.per_subscriber(conn)
     empty = {DeliveryStatus.OPEN.value: 0, DeliveryStatus.FAILED.value: 0}
-    return [{**_shown(r), "topics": ", ".join(topics[r["id"]]) if r["id"] in topics else None,
+    paused = pauses.paused(conn)
+    return [{**_shown(r, paused), "topics": ", ".join(topics[r["id"]]) if r["id"] in topics else None,
              **counts.get(r["id"], empty)} for r in rows]
 
 
-def _shown(row: Row) -> dict[str, Any]:
-    # A subscriber as listings show it: the names of its secret headers, never their values.
+def _shown(row: Row, paused: dict[int, tuple[float, str]]) -> dict[str, Any]:
+    # A subscriber as listings show it: the names of its secret headers, never their values; since
+    # when and by whom it is paused (None, None: it runs).
     shown = dict(row)
     shown["secret_headers"] = sorted(json.loads(shown["secret_headers"])) if shown.get("secret_headers") else []
+    shown["paused_at"], shown["paused_by"] = paused.get(row["id"], (None, None))
     return shown
 
 
 def show_subscriber(conn: Connection, subscriber_id: int) -> dict[str, Any]:
     """A subscriber with its topics and their filters."""
     sub = _shown(conn.execute("SELECT * FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()
-                 or _missing(subscriber_id))
+                 or _missing(subscriber_id), pauses.paused(conn))
     sub["topics"] = []
     for st in conn.execute("SELECT * FROM subscriber_topics WHERE subscriber_id = ? ORDER BY id", (subscriber_id,)):
         filters = conn.execute(
@@ -323,6 +326,7 @@ def remove_subscriber(conn: Connection, subscriber_id: int, force: bool = False)
             raise UsageError(f"subscriber {subscriber_id} is a system subscriber and cannot be removed "
                              "(its deliveries can be purged; it can be disabled, but then closes are refused)")
         deliveries.delete_for_subscriber(conn, subscriber_id, force=force)
+        pauses.forget(conn, subscriber_id)
         for (st_id,) in conn.execute("SELECT id FROM subscriber_topics WHERE subscriber_id = ?",
                                      (subscriber_id,)).fetchall():
             _delete_subscriber_topic(conn, st_id)

@@ -155,26 +155,33 @@ def _claims(rows: list[tuple[Any, ...]]) -> list[Claimed]:
 def claim(conn: Connection, *, limit: int = 1, at: float | None = None, lane: Lane | None = None,
           owner: str | None = None, skip: Sequence[int] = ()) -> list[Claimed]:
     """Claim up to ``limit`` due open subscriber events (of ``lane``, or of any), oldest due
-    first, for ``owner``; none of the subscribers in ``skip`` (those at their share of the lanes)."""
+    first, for ``owner``; none of a paused subscriber, nor of those in ``skip`` (those at their
+    share of the action lanes)."""
     at = wall_now(conn) if at is None else at
     of_lane, args = _of_lane(lane, skip)
     # A read first: a lane woken for another lane's work (or for nothing) takes no write lock.
     if conn.execute(f"SELECT 1 FROM subscriber_events se WHERE {of_lane}se.status = '{_OPEN}' "
                     "AND se.next_attempt_at <= ? LIMIT 1", (*args, at)).fetchone() is None:
         return []
+    held = _held(conn, lane)
+    if held is None:
+        return []
     with transaction(conn):
-        return _claim(conn, limit, at, lane, owner, skip)
+        return _claim(conn, limit, at, lane, owner, held, skip)
 
 
 def _claim(conn: Connection, limit: int, at: float, lane: Lane | None, owner: str | None,
-           skip: Sequence[int] = ()) -> list[Claimed]:
-    # Inside the caller's transaction.
+           held: tuple[str, list[int]] | None = None, skip: Sequence[int] = ()) -> list[Claimed]:
+    # Inside the caller's transaction; ``held``: _held's answer when the caller read it already.
+    held = _held(conn, lane) if held is None else held
+    if held is None:
+        return []  # every subscriber of the lane is paused
     of_lane, args = _of_lane(lane, skip)
     cur = conn.cursor()
     cur.row_factory = None  # tuples (see _claims)
     rows = cur.execute(
-        _CLAIMED_SELECT + f"WHERE {of_lane}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
-        "ORDER BY se.next_attempt_at, se.id LIMIT ?" + conn.dialect.skip_locked, (*args, at, limit)
+        _CLAIMED_SELECT + f"WHERE {of_lane}{held[0]}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
+        "ORDER BY se.next_attempt_at, se.id LIMIT ?" + conn.dialect.skip_locked, (*args, *held[1], at, limit)
     ).fetchall()
     # Count the attempt now and hold the rows for a lease: one statement per lease length.
     by_lease: dict[float, list[int]] = {}
@@ -435,10 +442,37 @@ def prune(conn: Connection, cutoff: float, chunk: int) -> tuple[int, int]:
 
 
 def next_due(conn: Connection, lane: Lane | None = None) -> float | None:
-    """When the next open delivery (of ``lane``, or of any) is due, if any."""
+    """When the next open delivery (of ``lane``, or of any) is due, if any; a paused
+    subscriber's deliveries are not (they wait for a resume, which wakes the lanes)."""
+    held = _held(conn, lane)
+    if held is None:
+        return None
     of_lane, args = _of_lane(lane)
     return conn.execute(f"SELECT min(se.next_attempt_at) FROM subscriber_events se "
-                        f"WHERE {of_lane}se.status = '{_OPEN}'", args).fetchone()[0]
+                        f"WHERE {of_lane}{held[0]}se.status = '{_OPEN}'", (*args, *held[1])).fetchone()[0]
+
+
+# A paused subscriber's deliveries are handed out by no claim (bridge/eventcore/pauses.py). While
+# none is paused (nearly always) the claim's SQL is what it was: one read of the tiny
+# subscriber_pauses table decides it, and the burst checks nothing per row. A lane whose every
+# subscriber is paused (the backsync lane in a maintenance window, its whole backlog held) claims
+# nothing without walking its index; only a partly paused action lane walks past the paused
+# deliveries that are due (`NOT IN` the paused ids).
+def _held(conn: Connection, lane: Lane | None) -> tuple[str, list[int]] | None:
+    """The claim's condition on paused subscribers, with its arguments: ``("", [])`` while none
+    is paused; None when every subscriber of ``lane`` is (nothing of it may be claimed)."""
+    ids = [r[0] for r in conn.execute("SELECT subscriber_id FROM subscriber_pauses")]
+    if not ids:
+        return "", []
+    marks = ", ".join("?" * len(ids))
+    if lane is not None:
+        own = [ActionKind.BACKSYNC.value] if lane is Lane.BACKSYNC else [ActionKind.OMI.value] \
+            if lane is Lane.OMI else [ActionKind.BACKSYNC.value, ActionKind.OMI.value]
+        kinds = f"action {'NOT ' if lane is Lane.ACTIONS else ''}IN ({', '.join('?' * len(own))})"
+        if conn.execute(f"SELECT 1 FROM subscribers WHERE {kinds} AND id NOT IN ({marks}) LIMIT 1",
+                        (*own, *ids)).fetchone() is None:
+            return None
+    return f"se.subscriber_id NOT IN ({marks}) AND ", ids
 
 
 def _of_lane(lane: Lane | None, skip: Sequence[int] = ()) -> tuple[str, list[Any]]:

@@ -251,8 +251,9 @@ def _subscriptions(conn: Connection, topic: str) -> list[_Subscription]:
     patterns = candidate_patterns(topic)
     rows = conn.execute(
         "SELECT st.id, st.subscriber_id, st.synchronized, st.pattern, s.action, s.target, s.timeout, s.retries, "
-        "s.secret_headers, s.disabled "
+        "s.secret_headers, s.disabled, p.subscriber_id IS NOT NULL AS paused "
         "FROM subscriber_topics st JOIN subscribers s ON s.id = st.subscriber_id "
+        "LEFT JOIN subscriber_pauses p ON p.subscriber_id = s.id "
         f"WHERE st.pattern IN ({','.join('?' * len(patterns))}) AND (s.disabled = 0 OR s.system = 1)",
         patterns,
     ).fetchall()
@@ -265,9 +266,11 @@ def _subscriptions(conn: Connection, topic: str) -> list[_Subscription]:
             filters.setdefault(f[0], []).append((f[1], _compiled(f[2])))
     rank = {p: i for i, p in enumerate(patterns)}
     rows = sorted(rows, key=lambda r: (r["subscriber_id"], rank[r["pattern"]]))
-    return [_Subscription(r["id"], r["subscriber_id"], bool(r["synchronized"]), r["action"], r["target"],
-                          r["timeout"], r["retries"], tuple(filters.get(r["id"], ())), r["secret_headers"],
-                          bool(r["disabled"]))
+    # A paused subscriber's synchronized call is not made by the sender: it waits, an ordinary
+    # open delivery, for the resume (bridge/eventcore/pauses.py).
+    return [_Subscription(r["id"], r["subscriber_id"], bool(r["synchronized"] and not r["paused"]), r["action"],
+                          r["target"], r["timeout"], r["retries"], tuple(filters.get(r["id"], ())),
+                          r["secret_headers"], bool(r["disabled"]))
             for r in rows]
 
 

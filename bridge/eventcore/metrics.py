@@ -12,7 +12,7 @@ from typing import Any
 
 from ..model import DeliveryStatus, HostState
 from ..store import Connection, now
-from . import ledger
+from . import ledger, pauses
 
 
 def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
@@ -38,6 +38,12 @@ def render(conn: Connection, status: dict[str, Any] | None) -> str:
     _metric(lines, "ombridge_attempts", "gauge", "Delivery attempts stored, by result.",
             [('{result="ok"}', attempts[True]), ('{result="failed"}', attempts[False])])
     _metric(lines, "ombridge_events", "gauge", "Events stored.", [("", events)])
+    subscribers = pauses.states(conn)
+    _metric(lines, "ombridge_subscriber_paused", "gauge", "1 while the subscriber is paused (its deliveries wait).",
+            [(f'{{subscriber="{sid}",action="{action}"}}', int(at is not None)) for sid, action, at in subscribers])
+    _metric(lines, "ombridge_subscriber_paused_since_seconds", "gauge", "When a paused subscriber was paused "
+            "(Unix time).", [(f'{{subscriber="{sid}",action="{action}"}}', int(at)) for sid, action, at in subscribers
+                             if at is not None])
     if status is not None:
         ob, em = status["ombacksync"], status["eventmanager"]
         _metric(lines, "ombridge_ombacksync_state", "gauge", "1 for ombacksync's current state.",

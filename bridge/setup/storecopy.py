@@ -34,15 +34,16 @@ from ..model import ActionKind
 from ..store import dialect, urls
 
 # The event core in foreign-key order (a row's parents are copied before it).
-TABLES = ("topics", "subscribers", "subscriber_topics", "event_filters", "contexts", "users", "events",
-          "subscriber_events", "attempts", "omi_events", "console_sessions")
-KEYS = {"topics": "name", "users": "name", "omi_events": "omi_id"}  # the others: id
+TABLES = ("topics", "subscribers", "subscriber_pauses", "subscriber_topics", "event_filters", "contexts", "users",
+          "events", "subscriber_events", "attempts", "omi_events", "console_sessions")
+KEYS = {"topics": "name", "users": "name", "omi_events": "omi_id", "subscriber_pauses": "subscriber_id"}  # others: id
 CHUNK = 5_000  # rows read and written at a time: memory stays bounded for any size
 # What ``ombridge init`` (or any command's first connection) creates itself: not "holding" anything.
 SEED_TOPICS = builtins.SEED_TOPICS
 SEED_ACTIONS = (ActionKind.BACKSYNC.value, ActionKind.OMI.value)
 # Tables that must be empty, and what an operator calls their rows.
 NOUNS = {"events": "event", "subscriber_events": "delivery", "attempts": "attempt", "users": "user",
+         "subscriber_pauses": "paused subscriber",
          "console_sessions": "console session", "omi_events": "OMi mapping", "contexts": "context"}
 _SEED_SUBSCRIBERS = f"SELECT id FROM subscribers WHERE system = 1 AND action IN ({', '.join('?' * len(SEED_ACTIONS))})"
 _SEED_PAIRS = f"SELECT id FROM subscriber_topics WHERE subscriber_id IN ({_SEED_SUBSCRIBERS}) AND pattern IN " \
@@ -168,7 +169,7 @@ def _copy_all(src: Any, tgt: Any, result: Copied) -> None:
             held = holdings(tgt)
             if held:
                 raise StoreError(f"{result.target} holds {', '.join(held)}: copy only into an empty store")
-            for table in ("event_filters", "subscriber_topics", "subscribers", "topics"):  # (the seed)
+            for table in ("event_filters", "subscriber_topics", "subscribers", "topics"):  # (the seed; no pause)
                 tgt.execute(f"DELETE FROM {table}")
             for table in TABLES:
                 result.counts.append((table, _copy_table(src, tgt, table)))

@@ -218,7 +218,14 @@ def _v13(db: Any) -> None:
                "(SELECT id FROM subscribers WHERE action = ?)", [Lane.OMI.value, Lane.ACTIONS.value, ActionKind.OMI.value])
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12, _v13]
+def _v14(db: Any) -> None:
+    # Paused subscribers (bridge/eventcore/pauses.py; PostgreSQL: 0014_subscriber_pauses.sql): a row
+    # while a subscriber is paused. The claims skip its deliveries, which stay open in their place.
+    db.execute("CREATE TABLE IF NOT EXISTS subscriber_pauses (subscriber_id INTEGER PRIMARY KEY "
+               "REFERENCES subscribers (id), paused_at REAL NOT NULL, paused_by TEXT NOT NULL)")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12, _v13, _v14]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -27,7 +27,7 @@ from starlette.responses import (
 
 from ... import store
 from ...errors import BridgeError, NotFound, UsageError
-from ...eventcore import nodes
+from ...eventcore import audit, nodes
 from ...home import Home
 from ...wording import (
     attempt_rounds,
@@ -35,6 +35,7 @@ from ...wording import (
     duration,
     eventmanager_facts,
     history_header,
+    paused_since,
     status_name,
     when,
 )
@@ -92,7 +93,7 @@ class Console:
         self.env.filters.update(when=when, clock=clock, duration=duration, pretty_json=pretty_json,
                                 compact_json=compact_json, eventmanager_facts=eventmanager_facts,
                                 history_header=history_header, attempt_rounds=attempt_rounds, status_name=status_name,
-                                short_checksum=nodes.short_checksum)
+                                short_checksum=nodes.short_checksum, paused_since=paused_since)
 
     # -- the library, off the event loop ---------------------------------------------------------
 
@@ -141,11 +142,13 @@ class Console:
         return response
 
     async def act(self, request: Request, to: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Response:
-        """Run the action ``fn(conn, ...)`` (it returns the sentence to show) and go back to ``to``."""
+        """Run the action ``fn(conn, ...)`` (it returns the sentence to show) and go back to ``to``;
+        what it did is written to the audit trail, naming the console user."""
         try:
             message = await self.core(fn, *args, **kwargs)
         except BridgeError as exc:
             return self.back(request, to, False, str(exc))
+        audit.record(audit.console_user(request.scope["console_user"][0]), str(message))
         return self.back(request, to, True, str(message))
 
     # -- guards ----------------------------------------------------------------------------------

@@ -12,11 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ...doorbell import ring
 from ...errors import BridgeError, UsageError
-from ...eventcore import catalog
+from ...eventcore import audit, catalog, pauses
 from ...model import ActionKind
 from ...ombacksync import integrations
 from ...store import Connection
+from ...wording import pause_answer, paused_since
 from .base import Console, Refusal, form, number, path_int
 
 ACTIONS = (ActionKind.COMMAND, ActionKind.PROGRAM, ActionKind.WEB)  # what an operator's subscriber can run
@@ -35,6 +37,20 @@ def _action(text: str) -> ActionKind:
 def _fields(text: str) -> list[str]:
     """Key fields typed as ``APPC, TASK`` or one a line."""
     return [f for f in text.replace(",", " ").split() if f]
+
+
+def pause_question(s: dict[str, Any], what: str) -> dict[str, str]:
+    """The confirmation page's words before subscriber ``s`` is paused or resumed."""
+    sid, action = s["id"], s["action"]
+    if what == "resume":
+        return {"title": f"Resume subscriber {sid}?", "button": "Yes, resume it",
+                "text": f"The {action} subscriber is {paused_since(s['paused_at'], s['paused_by']) or 'not paused'}. "
+                        "Resumed, every node runs its waiting deliveries at once, oldest first."}
+    what_waits = ("OMi's closes and `ombridge close` are still accepted and stored; no Close runs"
+                  if action == ActionKind.BACKSYNC.value else "Its events are still stored; none of its deliveries runs")
+    return {"title": f"Pause subscriber {sid}?", "button": "Yes, pause it",
+            "text": f"{what_waits} on any node until it is resumed (a maintenance window of the system it calls). "
+                    "Deliveries already running finish. Unlike Disable, nothing is refused and nothing is lost."}
 
 
 class Unconfirmed(Exception):
@@ -139,16 +155,19 @@ class Maintenance:
         return await self.c.act(request, f"/ui/subscribers/{sid}", edit)
 
     async def subscriber_confirm(self, request: Request) -> Response:
-        """The question before a subscriber is removed, or before a system subscriber is disabled
-        (a disabled backsync refuses every close: OMi is answered 503 until it is enabled)."""
+        """The question before a subscriber is removed, paused or resumed, or before a system
+        subscriber is disabled (a disabled backsync refuses every close: OMi is answered 503 until
+        it is enabled)."""
         sid = path_int(request, "subscriber_id")
         what = request.path_params["what"]
-        if what not in ("remove", "disable"):
+        if what not in ("remove", "disable", "pause", "resume"):
             raise Refusal(404, f"no action {what!r}")
 
         def read(conn: Connection) -> dict[str, Any]:
             s = catalog.show_subscriber(conn, sid)
             page = {"action": f"/ui/subscribers/{sid}/{what}", "fields": {}, "cancel": f"/ui/subscribers/{sid}"}
+            if what in ("pause", "resume"):
+                return {**page, **pause_question(s, what)}
             if what == "remove":
                 return {**page, "title": f"Remove subscriber {sid}?", "button": "Yes, remove it",
                         "text": f"Subscriber {sid} ({s['action']} {s['target']}) is removed with its deliveries "
@@ -157,7 +176,7 @@ class Maintenance:
                     "text": f"While the {s['action']} subscriber is disabled, the events it takes are refused, not "
                             "stored: OMi's closes are answered 503 (OMi keeps them and sends them again) and "
                             "`ombridge close` fails. Open deliveries stay open. To hold the work instead, "
-                            "keep it enabled and stop the supervisor for the window."}
+                            "pause it: its events are then stored and wait."}
 
         return await self.c.view(request, "confirm.html", read, gone="/ui/subscribers")
 
@@ -166,13 +185,16 @@ class Maintenance:
         only once confirmed too."""
         sid = path_int(request, "subscriber_id")
         what = request.path_params["what"]
-        if what not in ("enable", "disable", "remove"):
+        if what not in ("enable", "disable", "remove", "pause", "resume"):
             raise Refusal(404, f"no action {what!r}")
         confirmed = form(request).get("confirm") == "yes"
-        if what == "remove" and not confirmed:
-            return RedirectResponse(f"/ui/subscribers/{sid}/remove", status_code=303)
+        if what in ("remove", "pause", "resume") and not confirmed:
+            return RedirectResponse(f"/ui/subscribers/{sid}/{what}", status_code=303)
+        user = request.scope["console_user"][0]
 
         def switch(conn: Connection) -> str:
+            if what in ("pause", "resume"):
+                return self._pause(conn, sid, what, user)
             if what == "remove":
                 catalog.remove_subscriber(conn, sid)
                 return f"subscriber {sid} removed"
@@ -186,6 +208,16 @@ class Maintenance:
                                     switch)
         except Unconfirmed:
             return RedirectResponse(f"/ui/subscribers/{sid}/disable", status_code=303)
+
+    def _pause(self, conn: Connection, sid: int, what: str, user: str) -> str:
+        """``ombridge subscriber pause|resume ID`` for the console user ``user``; an unchanged one
+        is refused with its sentence (nothing to write to the audit trail)."""
+        change = pauses.pause(conn, sid, audit.console_user(user)) if what == "pause" else pauses.resume(conn, sid)
+        if not change.changed:
+            raise UsageError(pause_answer(change))
+        if what == "resume":
+            ring(self.c.home.root)  # (other nodes: woken by the resume's NOTIFY)
+        return pause_answer(change)
 
     # -- subscriber topics and filters ----------------------------------------------------------
 

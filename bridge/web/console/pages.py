@@ -139,7 +139,8 @@ class Pages:
         what = form(request).get("what", "")
         try:
             result = await run_in_threadpool(control.request, self.c.home.root, "restart",
-                                             timeout=control.RESTART_TIMEOUT + 30, what=what)
+                                             timeout=control.RESTART_TIMEOUT + 30, what=what,
+                                             by=request.scope["console_user"][0])  # (named in the audit line)
         except BridgeError as exc:
             return self.c.back(request, "/ui/status", False, str(exc))
         return self.c.back(request, "/ui/status", True, restarted(what, result))
