@@ -29,13 +29,20 @@ ROUNDS = 4  # in-process runs; one burst fewer, between them
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
 
 
-def _latency(home) -> tuple[float, float]:
+def ping_subscriber(home) -> tuple[Path, object]:
+    """A command subscriber of topic bench/ping that writes &N to a FIFO as it starts: (the FIFO,
+    a connection to the home's event core)."""
     fifo = home.root / "started.fifo"
     os.mkfifo(fifo)
     conn = store.connect(home)
     catalog.add_topic(conn, "bench/ping", ["N"])
     sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"echo &N > {fifo}")
     catalog.attach_topic(conn, sid, "bench/ping")
+    return fifo, conn
+
+
+def _latency(home) -> tuple[float, float]:
+    fifo, conn = ping_subscriber(home)
     launcher.spawn(home)
     returned: dict[int, float] = {}
     try:

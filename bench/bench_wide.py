@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -23,14 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench_supervisor import _burst
+from bench_supervisor import _burst, ping_subscriber
 from common import bench_home, table
 
 from bridge import store
 from bridge.client import control, launcher
 from bridge.delivery import backsync
 from bridge.eventcore import catalog, events, omimap
-from bridge.model import ActionKind
 from bridge.syncback.omitopic import send_close
 
 OMBRIDGE = str(Path(sys.executable).parent / "ombridge")
@@ -258,12 +256,7 @@ def late_gateway() -> list[str]:
         (home.root / "conf" / "ombridge.conf").write_text(f'[omi]\ngateway = "{gateway.url}"\nuser = "bench"\n')
         subprocess.run([OMBRIDGE, "--home", str(home.root), "omi", "password"], input=b"Bench-Pa55word\n" * 2,
                        check=True, capture_output=True)
-        fifo = home.root / "ping.fifo"
-        os.mkfifo(fifo)
-        conn = store.connect(home)
-        catalog.add_topic(conn, "bench/ping", ["N"])
-        sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"echo &N > {fifo}")
-        catalog.attach_topic(conn, sid, "bench/ping")
+        fifo, conn = ping_subscriber(home)
         with store.transaction(conn):
             omimap.remember(conn, [(f"omi-{n}", f"INC-{n}", None) for n in range(10)])
         _start(home, "--workers", "1")
