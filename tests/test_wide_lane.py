@@ -237,3 +237,66 @@ def test_a_late_gateway_holds_up_no_command(home: Home, listening, tmp_path: Pat
     finally:
         release.set()
         gateway.stop()
+
+
+TICKET_SCRIPT = r"""use strict;
+use warnings;
+use HTTP::Tiny;
+my $http;
+sub OMBackSync {
+    my ($op, $id) = @_;
+    if ($op eq 'Init') { $http = HTTP::Tiny->new(timeout => 30, keep_alive => 1); return 1 }
+    my $r = $http->get("http://127.0.0.1:PORT/close/$id");
+    die "the ticket system answered $r->{status}\n" unless $r->{success};
+    return 1;
+}
+1;
+"""
+
+
+@pytest.mark.both_stores
+def test_four_children_close_tickets_in_a_loopback_ticket_system(home: Home, started) -> None:
+    # A real ticket system stand-in: a threaded HTTP server on 127.0.0.1 answering in 50 ms,
+    # counting how many requests each ticket got and how many were open at once.
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: dict[str, int] = {}
+    busy, most = [0], [0]
+    lock = threading.Lock()
+
+    class Tickets(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            with lock:
+                busy[0] += 1
+                most[0] = max(most[0], busy[0])
+            threading.Event().wait(0.05)  # (the ticket system's latency)
+            with lock:
+                busy[0] -= 1
+                seen[self.path] = seen.get(self.path, 0) + 1
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tickets)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        wide(home, 4, TICKET_SCRIPT.replace("PORT", str(server.server_address[1])))
+        started()
+        ids = [f"INC-{n}" for n in range(60)]
+        omb(home, "close", "-", stdin="".join(i + "\n" for i in ids))
+        wait_for(lambda: len(seen) == len(ids), timeout=60, what="every ticket closed")
+        wait_for(lambda: json.loads(omb(home, "deliveries", "list", "--status", "open", "--json").stdout) == [],
+                 what="every outcome recorded")
+    finally:
+        server.shutdown()
+    assert seen == {f"/close/{i}": 1 for i in ids}  # each ticket once
+    assert most[0] >= 2  # side by side
+    closes = [c["closes"] for c in status(home)["ombacksync"]["children"]]
+    assert sum(closes) == len(ids) and sum(1 for c in closes if c) >= 2
