@@ -211,7 +211,14 @@ def _autoincrement(conn: Any, table: str) -> None:
         conn.execute(index)
 
 
-MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12]
+def _v13(db: Any) -> None:
+    # A subscriber's deliveries newest first, a page at a time (the console's deliveries of one
+    # subscriber, keyset paging): without it the listing sorted every row of the subscriber
+    # (PostgreSQL: 0004_console_indexes.sql). (Issue 32: numbered 15 once 13 and 14 are in.)
+    db.execute("CREATE INDEX IF NOT EXISTS subscriber_events_subscriber ON subscriber_events (subscriber_id, id)")
+
+
+MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12, _v13]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
