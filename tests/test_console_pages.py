@@ -109,3 +109,26 @@ def test_several_children_are_a_row_each_and_system_subscribers_go_by_name() -> 
     system = {"system": 1, "action": ActionKind.BACKSYNC.value, "description": builtins.BACKSYNC.description}
     assert builtins.display_name(system) == "ombacksync"
     assert builtins.display_name({"system": 0, "action": "command", "description": "", "target": "true"}) == "true"
+
+
+def test_buttons_only_where_they_do_something_and_start_names_the_console(home: Home, listening) -> None:
+    srv = listening()
+    omb(home, "topic", "add", "task/change", "--key", "N")
+    sid = omb(home, "subscriber", "add", "--command", "true").stdout.strip()
+    c = login(srv)
+    assert "Purge open" not in c.get(f"/ui/subscribers/{sid}").text  # nothing open: no purge offered
+    purge = c.get(f"/ui/subscribers/{sid}/purge").text
+    assert 'id="nothing-to-purge"' in purge and 'id="confirm-purge"' not in purge
+    assert "Purge open deliveries of subscriber" not in c.get(f"/ui/deliveries?subscriber={sid}").text
+    topics = c.get("/ui/topics").text
+    for system in builtins.SEED_TOPICS:  # a system subscriber's topic cannot be removed: not offered
+        assert f"remove?name={system}\"" not in topics
+    assert 'remove?name=task/change"' in topics
+    assert 'class="flash' not in topics
+    omb(home, "stop")
+    started = omb(home, "start", "--listen", "127.0.0.1:0").stdout
+    try:
+        url = re.search(r"listening on (\S+)", started).group(1)
+        assert f"console: {url}/ui/" in started
+    finally:
+        omb(home, "stop")

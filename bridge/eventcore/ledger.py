@@ -157,7 +157,8 @@ def of_events(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[dict
     result: dict[int, list[dict[str, Any]]] = {i: [] for i in event_ids}
     if event_ids:
         for r in conn.execute(
-                "SELECT se.id, se.event_id, se.subscriber_id, s.description AS subscriber, se.status, se.attempts, "
+                "SELECT se.id, se.event_id, se.subscriber_id, s.description AS subscriber, s.system AS subscriber_system, "
+                "s.action AS subscriber_action, se.status, se.attempts, "
                 "se.last_error, se.updated_at FROM subscriber_events se JOIN subscribers s ON s.id = se.subscriber_id "
                 f"WHERE se.event_id IN ({','.join('?' * len(event_ids))}) ORDER BY se.id", list(event_ids)):
             result[r["event_id"]].append(dict(r))

@@ -29,7 +29,7 @@ from starlette.responses import (
 
 from ... import store
 from ...errors import BridgeError, NotFound, UsageError
-from ...eventcore import nodes
+from ...eventcore import builtins, nodes
 from ...home import Home
 from ...outage import Outage
 from ...wording import (
@@ -101,7 +101,7 @@ class Console:
         self.env.filters.update(when=when, clock=clock, duration=duration, pretty_json=pretty_json,
                                 compact_json=compact_json, eventmanager_facts=eventmanager_facts,
                                 history_header=history_header, attempt_rounds=attempt_rounds, status_name=status_name,
-                                short_checksum=nodes.short_checksum)
+                                short_checksum=nodes.short_checksum, subscriber_name=builtins.display_name)
 
     # -- the library, off the event loop ---------------------------------------------------------
 

@@ -6,6 +6,7 @@ retry and purge. Each action calls the ``bridge.eventcore.deliveries`` function 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -53,7 +54,7 @@ class Queue:
             more = len(rows) > limit  # one more than a page: is there a page beyond, the way we went?
             rows = (rows[1:] if after is not None else rows[:-1]) if more else rows
             going_newer = after is not None
-            return {"deliveries": rows, "subscribers": catalog.list_subscribers(conn),
+            return {"deliveries": rows, "subscribers": catalog.list_subscribers(conn), "now": time.time(),
                     "statuses": [st.value for st in DeliveryStatus],
                     "filter": {"status": status or "", "subscriber": subscriber}, "limit": limit,
                     "older": rows[-1]["id"] if rows and (more or going_newer) else None,
@@ -67,7 +68,7 @@ class Queue:
         """One delivery with every attempt (start, end, exit status, output tail, error)."""
         delivery_id = path_int(request, "delivery_id")
         return await self.c.view(request, "delivery.html",
-                                 lambda conn: {"delivery": ledger.show(conn, delivery_id)})
+                                 lambda conn: {"delivery": ledger.show(conn, delivery_id), "now": time.time()})
 
     async def retry_one(self, request: Request) -> Response:
         """A failed delivery back to open, due now (the Event Manager is woken)."""
@@ -76,10 +77,16 @@ class Queue:
         return await self.c.act(request, to, self._retry_one, delivery_id)
 
     def _retry_one(self, conn: Connection, delivery_id: int) -> str:
-        if not deliveries.retry_failed(conn, delivery_ids=[delivery_id]):
-            raise UsageError(f"delivery {delivery_id} is not failed: nothing to retry")
+        """A failed delivery reopened (a new round), or an open one waiting in backoff made due
+        now (*Retry now*: its round goes on); both due at once."""
+        if deliveries.retry_failed(conn, delivery_ids=[delivery_id]):
+            said = f"delivery {delivery_id} is open again and due now"
+        elif deliveries.due_now(conn, [delivery_id]):
+            said = f"delivery {delivery_id} is due now: its next attempt starts without waiting out the backoff"
+        else:
+            raise UsageError(f"delivery {delivery_id} is neither failed nor waiting in backoff: nothing to retry")
         ring(self.c.home.root)
-        return f"delivery {delivery_id} is open again and due now"
+        return said
 
     async def chosen(self, request: Request) -> Response:
         """The list's buttons: retry one row, retry or purge the ticked rows, retry all failed."""

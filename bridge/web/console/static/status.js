@@ -14,8 +14,9 @@
     el.textContent = v == null ? none : Array.isArray(v) ? v.join("; ") : String(v);
     if (el.hasAttribute("data-alarm")) { el.classList.toggle("alarm", Number(v) > 0); }
   }
-  function cell(c) {
+  function cell(c, label) {
     var td = document.createElement("td"), into = td;
+    td.setAttribute("data-label", label || "");
     if (c.href) { into = document.createElement("a"); into.setAttribute("href", c.href); td.appendChild(into); }
     into.textContent = c.text;
     if (c.alarm) { td.className = "alarm"; }
@@ -23,10 +24,11 @@
   }
   function table(el, t) {
     var body = el.tBodies[0], rows = document.createDocumentFragment();
+    var heads = Array.prototype.map.call(el.tHead.rows[0].cells, function (th) { return th.textContent; });
     t.rows.forEach(function (r) {
       var tr = document.createElement("tr");
       if (r["class"]) { tr.className = r["class"]; }
-      r.cells.forEach(function (c) { tr.appendChild(cell(c)); });
+      r.cells.forEach(function (c, i) { tr.appendChild(cell(c, heads[i])); });
       rows.appendChild(tr);
     });
     body.replaceChildren(rows);
