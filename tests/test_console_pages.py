@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import re
 
+import pytest
 from console_support import login
 from web_support import omb
 
@@ -132,3 +133,34 @@ def test_buttons_only_where_they_do_something_and_start_names_the_console(home: 
         assert f"console: {url}/ui/" in started
     finally:
         omb(home, "stop")
+
+
+def test_through_an_outage_a_session_is_kept_only_if_confirmed_just_before_it() -> None:
+    import asyncio
+
+    from bridge.errors import StoreError
+    from bridge.web.console.session import KNOWN_GRACE, Sessions
+
+    clock, down = [1000.0], [False]
+
+    async def core(fn, digest, at):  # the console_sessions table, as session_user reads it
+        if down[0]:
+            raise StoreError("the event core cannot be reached")
+        return {"recent": ("alice", 5000.0), "old": ("bob", 5000.0)}.get(digest)
+
+    sessions = Sessions(None, core, clock=lambda: clock[0])  # type: ignore[arg-type]
+
+    def who(digest: str) -> str | None:
+        return asyncio.run(sessions._session_user(digest))
+
+    assert who("old") == "bob"
+    clock[0] += KNOWN_GRACE + 60
+    assert who("recent") == "alice" and who("unknown") is None
+    down[0], clock[0] = True, clock[0] + 30
+    assert who("recent") == "alice"  # confirmed 30 s before the outage: still in
+    for digest in ("old", "unknown"):  # confirmed too long before, or never: the outage is said
+        with pytest.raises(StoreError):
+            who(digest)
+    clock[0] = 5001.0
+    with pytest.raises(StoreError):
+        who("recent")  # expired meanwhile

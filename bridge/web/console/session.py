@@ -45,6 +45,7 @@ SESSION_SECONDS = 12 * 3600
 FLASH_MAX = 3000  # characters of a message carried to the next page (perl's message fits)
 COOKIE_PATH = "/ui"
 KNOWN_MAX = 1000  # sessions remembered for an outage of the event core
+KNOWN_GRACE = 120.0  # seconds before an outage a session must have been confirmed in, to be kept
 
 
 def _b64(data: bytes) -> str:
@@ -70,7 +71,8 @@ class Sessions:
         # Sessions this process found valid, with when they expire: while the event core cannot
         # be reached (and so nobody can log out, be removed or change a password either) the
         # console still knows who is logged in, and shows its outage page instead of a login.
-        self._known: dict[str, tuple[str, float]] = {}
+        self._known: dict[str, tuple[str, float, float]] = {}  # digest -> (user, expires, confirmed at)
+        self._failing_since: float | None = None
 
     # -- signing ----------------------------------------------------------------------------------
 
@@ -135,16 +137,20 @@ class Sessions:
         try:
             found = await self.core(session_user, digest, now)
         except store.failures():
-            known = self._known.get(digest)
-            if known is None or known[1] <= now:
+            # The event core is away: a session confirmed here shortly before the outage began is
+            # taken as it was then (a logout elsewhere before that would have been seen).
+            self._failing_since = self._failing_since or now
+            user, expires, confirmed = self._known.get(digest, ("", 0.0, 0.0))
+            if not user or expires <= now or confirmed < self._failing_since - KNOWN_GRACE:
                 raise
-            return known[0]  # the event core is away: as it was when last seen
+            return user
+        self._failing_since = None
         if found is None:
             self._known.pop(digest, None)
             return None
-        if len(self._known) >= KNOWN_MAX:
+        if len(self._known) >= KNOWN_MAX and digest not in self._known:
             self._known.pop(next(iter(self._known)))
-        self._known[digest] = found
+        self._known[digest] = (found[0], found[1], now)
         return found[0]
 
     async def _check(self, header: bytes, address: str) -> str | None:
