@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_backsync  # noqa: E402
 import bench_capture  # noqa: E402
+import bench_console  # noqa: E402
 import bench_events  # noqa: E402
 import bench_flood  # noqa: E402
 import bench_pg  # noqa: E402
@@ -17,7 +18,8 @@ import bench_web  # noqa: E402
 import bench_wide  # noqa: E402
 from common import machine  # noqa: E402
 
-BENCHES = [bench_backsync, bench_events, bench_supervisor, bench_wide, bench_web, bench_flood, bench_capture, bench_pg]
+BENCHES = [bench_backsync, bench_events, bench_supervisor, bench_wide, bench_web, bench_console, bench_flood,
+           bench_capture, bench_pg]
 
 
 def main() -> None:

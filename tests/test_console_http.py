@@ -237,7 +237,7 @@ def test_retry_and_purge_through_the_console(home: Home, listening, tmp_path) ->
     c.post("/ui/deliveries/1/retry", data={"csrf": csrf_of(c)})
     wait_for(lambda: c_json(srv, "/ui/deliveries/1")["delivery"]["status"] == "done", what="delivery 1 done")
     c.post("/ui/deliveries/1/retry", data={"csrf": csrf_of(c)})
-    assert "delivery 1 is not failed: nothing to retry" in c.get("/ui/deliveries/1").text
+    assert "delivery 1 is neither failed nor waiting in backoff: nothing to retry" in c.get("/ui/deliveries/1").text
     fixed.unlink()
     c.post(f"/ui/subscribers/{sid}/retry", data={"csrf": csrf_of(c)})
     assert f"subscriber {sid}: 2 failed deliveries reopened" in c.get("/ui/deliveries").text

@@ -39,7 +39,7 @@ def all_failed(home: Home, n: int) -> None:
 def flash_after(c, r) -> str:
     assert r.status_code == 303, (r.status_code, r.text)
     page = c.get(r.headers["location"]).text
-    found = re.search(r'<div class="flash [a-z]+" role="status"><pre>(.*?)</pre>', page, re.S)
+    found = re.search(r'<div class="flash [a-z]+" role="status"><p>(.*?)</p>', page, re.S)
     assert found, page[:500]
     return html.unescape(found.group(1))
 

@@ -396,10 +396,11 @@ def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> 
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 14
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 15
     assert [r[0] for r in migrated.execute("SELECT lane FROM subscriber_events")] == ["backsync"]
     indexes = {r[1] for r in migrated.execute("PRAGMA index_list(subscriber_events)")}
     assert "subscriber_events_open" in indexes and "subscriber_events_ended" in indexes
+    assert "subscriber_events_subscriber" in indexes  # (13: a subscriber's deliveries, a page at a time)
     assert "subscriber_events_lane_due" not in indexes and "subscriber_events_due" not in indexes
     assert ledger.backlog(migrated) == {"open": 1, "failed": 0}  # through the new indexes
     assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]

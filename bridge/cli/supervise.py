@@ -113,6 +113,7 @@ def _report_started(status: dict) -> None:
     web = status.get("listener", {})
     if web.get("state") == ListenerState.LISTENING.value:
         click.echo(f"listening on {web['url']} (OMi base {web['url']}{web['omi_base']})")
+        click.echo(f"console: {web['url']}/ui/ (log in as a user of `ombridge user add`)")
     if ob["state"] not in (HostState.RUNNING.value, HostState.STARTING.value):
         click.echo(f"ombridge: warning: ombacksync is {ob['state']}: {ob['last_error']}\n"
                    "Close deliveries wait until the script is fixed and `ombridge restart ombacksync`.", err=True)

@@ -27,6 +27,7 @@ class SystemSubscriber:
     """A built-in subscriber: what it runs, its settings as first made, its topics and filters."""
 
     action: ActionKind
+    name: str  # what listings call it (its description is a sentence)
     description: str
     timeout: float
     retries: int
@@ -36,7 +37,7 @@ class SystemSubscriber:
 
 
 BACKSYNC = SystemSubscriber(
-    ActionKind.BACKSYNC, "ombacksync: OMBackSync('Close', &ID) for closed events, in the persistent perl child",
+    ActionKind.BACKSYNC, "ombacksync", "ombacksync: OMBackSync('Close', &ID) for closed events, in the persistent perl child",
     timeout=30.0,  # seconds one OMBackSync call may take (the perl host's per-call timeout)
     retries=10,
     topics=((UPDATE_TOPIC, ["ID", "STATE"], "an event changed; STATE closed means OMBackSync('Close', ID) is called"),
@@ -47,7 +48,7 @@ BACKSYNC = SystemSubscriber(
     pattern=(UPDATE_TOPIC, "closed events"), filters=(("STATE", "closed", "only closed events"),))
 
 OMI = SystemSubscriber(
-    ActionKind.OMI, "OMi sync back: omi/change -> POST event_change/<OMi id> to OMi's gateway",
+    ActionKind.OMI, "OMi sync back", "OMi sync back: omi/change -> POST event_change/<OMi id> to OMi's gateway",
     timeout=30.0,
     retries=300,  # with the backoff capped at 5 minutes: about a day of an unreachable gateway
     topics=((CHANGE_TOPIC, ["ID"], "a change for OMi: ID is the external id (OMI_ID optional); STATE, SEVERITY, "
@@ -56,6 +57,19 @@ OMI = SystemSubscriber(
 
 ALL = (BACKSYNC, OMI)
 SEED_TOPICS = tuple(name for s in ALL for name, _, _ in s.topics)  # what a new event core holds
+NAMES = {s.action.value: s.name for s in ALL}
+
+
+def display_name(subscriber: dict) -> str:
+    """What a listing calls a subscriber: a system subscriber by its name, another by its
+    description, or what it runs when it has none. Takes a row with ``system``, ``action``,
+    ``description`` and ``target`` (or the same prefixed ``subscriber_``, as the ledger joins them)."""
+    def get(name: str) -> object:
+        return subscriber.get(name, subscriber.get(f"subscriber_{name}"))
+
+    if get("system") and get("action") in NAMES:
+        return NAMES[str(get("action"))]
+    return str(subscriber.get("description") or subscriber.get("subscriber") or get("target") or "")
 
 
 def ensure(conn: Connection, which: SystemSubscriber) -> int:

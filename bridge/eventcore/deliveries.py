@@ -371,6 +371,19 @@ def retry_failed(conn: Connection, *, subscriber_id: int | None = None, event_id
         return count
 
 
+def due_now(conn: Connection, delivery_ids: Sequence[int]) -> int:
+    """Make those of ``delivery_ids`` that are open and waiting in backoff (not claimed now) due at
+    once: *retry now*, the attempt count kept (the round goes on). Returns how many."""
+    at = wall_now(conn)
+    sql = (f"UPDATE subscriber_events SET next_attempt_at = ?, updated_at = ? WHERE status = '{_OPEN}' "
+           "AND claimed_by IS NULL AND next_attempt_at > ? AND id IN ({ids})")
+    with transaction(conn):
+        count = _count_ids(conn, sql, (at, at, at), delivery_ids)
+        if count:
+            conn.dialect.announce(conn)
+        return count
+
+
 def purge(conn: Connection, subscriber_id: int) -> int:
     """Drop a subscriber's open deliveries (status ``purged``) inside the caller's transaction;
     returns how many. A delivery in flight finishes, but its outcome no longer changes the row."""

@@ -29,20 +29,31 @@ def equal_conditions(pairs: list[tuple[str, Any]]) -> tuple[list[str], list[Any]
 
 
 def list_deliveries(conn: Connection, status: DeliveryStatus | str | None = None,
-                    subscriber_id: int | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Subscriber events, newest first, with the event's topic and key and the last error."""
+                    subscriber_id: int | None = None, limit: int = 100, *, before: int | None = None,
+                    after: int | None = None) -> list[dict[str, Any]]:
+    """Subscriber events, newest first, with the event's topic and key and the last error: the
+    newest ``limit``, or those with ids below ``before`` (the next page, older), or the ``limit``
+    just above ``after`` (the page before, newer). Keyset paging: every page costs the same
+    however deep it is (the index ``subscriber_events_subscriber`` serves a subscriber's)."""
     if status is not None:
         try:
             status = DeliveryStatus(status).value
         except ValueError:
             raise UsageError(f"bad status {status!r}: one of {', '.join(s.value for s in DeliveryStatus)}") from None
     where, args = equal_conditions([("se.status", status), ("se.subscriber_id", subscriber_id)])
+    if before is not None:
+        where, args = [*where, "se.id < ?"], [*args, before]
+    if after is not None:
+        where, args = [*where, "se.id > ?"], [*args, after]
     sql = ("SELECT se.id, se.event_id, e.topic, e.key, se.subscriber_id, s.description AS subscriber, "
-           "se.status, se.attempts, se.next_attempt_at, se.last_error, se.created_at, se.updated_at "
+           "s.system AS subscriber_system, s.action AS subscriber_action, "
+           "se.status, se.attempts, se.next_attempt_at, se.last_error, se.created_at, se.updated_at, se.claimed_by "
            "FROM subscriber_events se JOIN events e ON e.id = se.event_id "
            "JOIN subscribers s ON s.id = se.subscriber_id "
-           + (f"WHERE {' AND '.join(where)} " if where else "") + "ORDER BY se.id DESC LIMIT ?")
-    return [dict(r) for r in conn.execute(sql, (*args, limit))]
+           + (f"WHERE {' AND '.join(where)} " if where else "")
+           + f"ORDER BY se.id {'ASC' if after is not None else 'DESC'} LIMIT ?")
+    rows = [dict(r) for r in conn.execute(sql, (*args, limit))]
+    return rows[::-1] if after is not None else rows
 
 
 def show(conn: Connection, delivery_id: int) -> dict[str, Any]:
@@ -117,13 +128,13 @@ def attempt_totals(conn: Connection) -> dict[bool, int]:
 
 
 def per_subscriber(conn: Connection) -> dict[int, dict[str, int]]:
-    """Open and failed deliveries of every subscriber that has any."""
-    result: dict[int, dict[str, int]] = {}
-    for sid, status, count in conn.execute(
-            "SELECT subscriber_id, status, count(*) FROM subscriber_events "
-            f"WHERE status IN ('{_OPEN}', '{_FAILED}') GROUP BY subscriber_id, status"):
-        result.setdefault(sid, {_OPEN: 0, _FAILED: 0})[status] = count
-    return result
+    """Open and failed deliveries of every subscriber. Counted a subscriber and a status at a time,
+    each a range of the (subscriber, status) index: as long as the backlog, however many done rows
+    pile up (one ``GROUP BY`` over both statuses read the whole index)."""
+    return {sid: {_OPEN: open_count, _FAILED: failed} for sid, open_count, failed in conn.execute(
+        f"SELECT s.id, (SELECT count(*) FROM subscriber_events WHERE subscriber_id = s.id AND status = '{_OPEN}'), "
+        f"(SELECT count(*) FROM subscriber_events WHERE subscriber_id = s.id AND status = '{_FAILED}') "
+        "FROM subscribers s")}
 
 
 def per_event(conn: Connection, event_ids: Iterable[int]) -> dict[int, dict[str, int]]:
@@ -146,7 +157,8 @@ def of_events(conn: Connection, event_ids: Sequence[int]) -> dict[int, list[dict
     result: dict[int, list[dict[str, Any]]] = {i: [] for i in event_ids}
     if event_ids:
         for r in conn.execute(
-                "SELECT se.id, se.event_id, se.subscriber_id, s.description AS subscriber, se.status, se.attempts, "
+                "SELECT se.id, se.event_id, se.subscriber_id, s.description AS subscriber, s.system AS subscriber_system, "
+                "s.action AS subscriber_action, se.status, se.attempts, "
                 "se.last_error, se.updated_at FROM subscriber_events se JOIN subscribers s ON s.id = se.subscriber_id "
                 f"WHERE se.event_id IN ({','.join('?' * len(event_ids))}) ORDER BY se.id", list(event_ids)):
             result[r["event_id"]].append(dict(r))
@@ -157,8 +169,11 @@ def _first_id_from(conn: Connection, table: str, column: str, at: float) -> int 
     # Rows are inserted in time order (a batch may be a few seconds out of order), so the first row
     # at or after ``at`` is found by bisecting the rowid: a few index lookups instead of a scan of
     # millions of rows, with no index on the time column.
-    lo, hi = conn.execute(f"SELECT min(id), max(id) FROM {table}").fetchone()
-    if lo is None:
+    # (min and max asked apart: each is then one lookup at an end of the primary key, where
+    # SQLite reads a whole index to answer both in one query)
+    lo = conn.execute(f"SELECT min(id) FROM {table}").fetchone()[0]
+    hi = conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0]
+    if lo is None or hi is None:
         return None
     hi += 1
     while lo < hi:

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ...home import Home
@@ -45,6 +45,10 @@ def create_console(home: Home, authenticator: Authenticator,
 
     async def root(request: Request) -> Response:
         return RedirectResponse("/ui/status", status_code=303)
+
+    async def not_found(request: Request) -> Response:
+        """Any other path under /ui: the console's own 404 page (for a user)."""
+        return console.refusal(request, 404, f"no page {request.url.path[:200]}")
 
     get, post = ["GET"], ["POST"]
     routes = [
@@ -80,10 +84,15 @@ def create_console(home: Home, authenticator: Authenticator,
         Route("/ui/subscribers/{subscriber_id}/{what}", g(maint.subscriber_confirm), methods=get),
         Route("/ui/subscribers/{subscriber_id}/{what}", g(maint.subscriber_switch), methods=post),
         Route("/ui/integrations", g(maint.integrations), methods=get),
+        Mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes)
+    missing = g(not_found)
+
+    async def no_route(request: Request, exc: Exception) -> Response:
+        return await missing(request)
+
+    app = Starlette(routes=routes, exception_handlers={404: no_route})
     app.router.redirect_slashes = False
-    app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
 
 

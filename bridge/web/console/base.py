@@ -9,6 +9,8 @@ CSRF token, calls one library function, and redirects to a page that shows the a
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,9 @@ from starlette.responses import (
 
 from ... import store
 from ...errors import BridgeError, NotFound, UsageError
-from ...eventcore import audit, nodes
+from ...eventcore import audit, builtins, nodes
 from ...home import Home
+from ...outage import Outage
 from ...wording import (
     attempt_rounds,
     clock,
@@ -45,6 +48,9 @@ from .session import COOKIE_PATH, FLASH_COOKIE, Sessions
 HERE = Path(__file__).resolve().parent
 MAX_FORM = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
+TITLES = {400: "Bad request", 401: "Not logged in", 403: "Refused", 404: "Not found", 405: "Not allowed",
+          413: "Too large", 415: "Wrong form", 429: "Wait", 500: "Failed", 503: "The event core cannot be reached"}
+log = logging.getLogger("ombridge.web")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -88,12 +94,16 @@ class Console:
         self.home = home
         self.sessions = Sessions(authenticator, self.core)
         self.status = status
+        # the event core's outage as this console met it: since when (wall clock), and why
+        self.outage = Outage(log, "the console", clock=time.time)
+        self.outage_reason = ""
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters.update(when=when, clock=clock, duration=duration, pretty_json=pretty_json,
                                 compact_json=compact_json, eventmanager_facts=eventmanager_facts,
                                 history_header=history_header, attempt_rounds=attempt_rounds, status_name=status_name,
-                                short_checksum=nodes.short_checksum, paused_since=paused_since)
+                                short_checksum=nodes.short_checksum, paused_since=paused_since,
+                                subscriber_name=builtins.display_name)
 
     # -- the library, off the event loop ---------------------------------------------------------
 
@@ -103,7 +113,19 @@ class Console:
         def run() -> Any:
             with store.lend(self.home) as conn:
                 return fn(conn, *args, **kwargs)
-        return await run_in_threadpool(run)
+        try:
+            result = await run_in_threadpool(run)
+        except store.failures() as exc:
+            self.outage_reason = " ".join(str(exc).split())
+            self.outage.failed(self.outage_reason)
+            raise
+        self.outage.recovered()
+        return result
+
+    def outage_facts(self) -> dict[str, Any] | None:
+        """The event core's outage as the pages show it (since when, why), or None."""
+        since = self.outage.began
+        return None if since is None else {"since": since, "reason": self.outage_reason}
 
     # -- answers ---------------------------------------------------------------------------------
 
@@ -119,6 +141,38 @@ class Console:
         if FLASH_COOKIE in request.cookies:
             response.delete_cookie(FLASH_COOKIE, path=COOKIE_PATH)
         return response
+
+    def refusal(self, request: Request, status: int, message: str,
+                headers: dict[str, str] | None = None) -> Response:
+        """An error as the asker reads it: a page of the console (with its navigation) for a
+        browser, ``{"error": ...}`` for a JSON twin, one line of text for anyone else (curl)."""
+        if request.query_params.get("format") == "json":
+            return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+        if not wants_html(request):
+            return PlainTextResponse(f"{message}\n", status_code=status, headers=headers)
+        user, session_id = request.scope.get("console_user", ("", ""))
+        html = self.env.get_template("error.html").render(
+            code=status, title=TITLES.get(status, "Error"), message=message, user=user, flash=None,
+            csrf=self.sessions.csrf_token(session_id), path=request.url.path, outage=None)
+        return HTMLResponse(html, status_code=status, headers=headers)
+
+    def unreachable(self, request: Request, exc: BaseException) -> Response:
+        """503 while the event core cannot be reached: the console's outage page (the reason and
+        since when, and what still works) for a browser; the reason only for a user."""
+        facts = self.outage_facts() or {"since": time.time(), "reason": " ".join(str(exc).split())}
+        user, session_id = request.scope.get("console_user", ("", ""))
+        if not user:  # (the reason names the database's host: for users only)
+            facts = {**facts, "reason": ""}
+        headers = {"Retry-After": "5"}
+        message = "the event core cannot be reached now" + (f": {facts['reason']}" if facts["reason"] else "")
+        if request.query_params.get("format") == "json":
+            return JSONResponse({"error": message, "status": 503, "outage": facts}, status_code=503, headers=headers)
+        if not wants_html(request):
+            return PlainTextResponse(f"{message} (503)\n", status_code=503, headers=headers)
+        html = self.env.get_template("error.html").render(
+            code=503, title=TITLES[503], message="", user=user, flash=None, outage=facts,
+            csrf=self.sessions.csrf_token(session_id), path=request.url.path)
+        return HTMLResponse(html, status_code=503, headers=headers)
 
     async def view(self, request: Request, template: str, read: Callable[..., dict[str, Any]], *args: Any,
                    refuse: int = 404, gone: str | None = None) -> Response:
@@ -159,8 +213,7 @@ class Console:
             try:
                 return await guarded_call(request)
             except store.failures() as exc:  # the database is away: try again soon
-                return PlainTextResponse(f"the event core cannot be reached now: {' '.join(str(exc).split())} (503)\n",
-                                         status_code=503, headers={"Retry-After": "5"})
+                return self.unreachable(request, exc)
 
         async def guarded_call(request: Request) -> Response:
             try:
@@ -185,11 +238,16 @@ class Console:
                     request.scope["console_form_lists"] = lists
                 return await handler(request)
             except Refusal as exc:
-                return PlainTextResponse(str(exc) + "\n", status_code=exc.status)
+                return self.refusal(request, exc.status, str(exc))
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
         return endpoint
+
+
+def wants_html(request: Request) -> bool:
+    """Whether the asker is a browser (it asks for HTML by name; curl and httpx ask ``*/*``)."""
+    return "text/html" in request.headers.get("accept", "")
 
 
 def is_tls(request: Request) -> bool:

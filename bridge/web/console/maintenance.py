@@ -14,13 +14,14 @@ from starlette.responses import RedirectResponse, Response
 
 from ...doorbell import ring
 from ...errors import BridgeError, UsageError
-from ...eventcore import audit, catalog, pauses
-from ...model import ActionKind
+from ...eventcore import audit, builtins, catalog, ledger, pauses
+from ...model import ActionKind, DeliveryStatus
 from ...ombacksync import integrations
 from ...store import Connection
 from ...wording import pause_answer, paused_since
 from .base import Console, Refusal, form, number, path_int
 
+NO_BACKLOG = dict.fromkeys((DeliveryStatus.OPEN.value, DeliveryStatus.FAILED.value), 0)
 ACTIONS = (ActionKind.COMMAND, ActionKind.PROGRAM, ActionKind.WEB)  # what an operator's subscriber can run
 
 
@@ -67,7 +68,8 @@ class Maintenance:
 
     async def topics(self, request: Request) -> Response:
         """Every topic with its key fields; the form to add one."""
-        return self.c.page(request, "topics.html", {"topics": await self.c.core(catalog.list_topics)})
+        return self.c.page(request, "topics.html", {"topics": await self.c.core(catalog.list_topics),
+                                                    "system_topics": list(builtins.SEED_TOPICS)})
 
     async def topic_add(self, request: Request) -> Response:
         """``ombridge topic add NAME --key F ... --description D``."""
@@ -130,6 +132,7 @@ class Maintenance:
 
         def read(conn: Connection) -> dict[str, Any]:
             return {"subscriber": catalog.show_subscriber(conn, sid),
+                    "backlog": ledger.per_subscriber(conn).get(sid, NO_BACKLOG),
                     "topics": [t["name"] for t in catalog.list_topics(conn)],
                     "actions": [a.value for a in ACTIONS]}
 

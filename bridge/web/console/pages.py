@@ -28,6 +28,7 @@ from ...ombacksync.perlhost import check_syntax
 from ...store import Connection
 from ...wording import restarted
 from ..auth import Throttled
+from . import statusview
 from .base import Console, Refusal, form, is_tls, number, read_form
 from .chart import render, summary, table
 from .session import COOKIE_PATH, LOGIN_COOKIE, SESSION_COOKIE, set_cookie
@@ -102,16 +103,26 @@ class Pages:
     # -- status ---------------------------------------------------------------------------------
 
     async def status(self, request: Request) -> Response:
-        """Supervisor, ombacksync, Event Manager lanes, listener, backlog: ``ombridge status``; in
-        HTML also the chart's window and its numbers (the JSON twin, refreshed every few seconds,
-        reads no chart)."""
+        """Supervisor, ombacksync, Event Manager lanes, listener, backlog: ``ombridge status``, with
+        the headline counters and the tables (``view``) the live refresh puts in place; in HTML
+        also the chart's window and its numbers (the JSON twin, refreshed every few seconds, reads
+        no chart). While the event core cannot be reached the page still answers, from the
+        supervisor's memory, with the outage said on top."""
         window = chart_window(request)
         st = await run_in_threadpool(self.c.status) if self.c.status else {}
-        data: dict[str, Any] = {"status": st, "now": time.time(), "window": window}
+        now = time.time()
+        try:
+            per_subscriber = await self.c.core(catalog.list_subscribers)
+        except store.failures():
+            per_subscriber = None
+        data: dict[str, Any] = {"status": st, "now": now, "window": window,
+                                "view": statusview.view(st, per_subscriber, now), "outage": self.c.outage_facts()}
         if request.query_params.get("format") != "json":
-            until = time.time()
-            activity = await self.c.core(ledger.activity, until - WINDOWS[window], until)
-            data.update(windows=list(WINDOWS), numbers=table(activity, WINDOWS[window] / 12))
+            try:
+                activity = await self.c.core(ledger.activity, now - WINDOWS[window], now)
+            except store.failures():
+                activity = None
+            data.update(windows=list(WINDOWS), numbers=table(activity, WINDOWS[window] / 12) if activity else None)
         return self.c.page(request, "status.html", data)
 
     async def chart(self, request: Request) -> Response:

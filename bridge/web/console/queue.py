@@ -6,6 +6,7 @@ retry and purge. Each action calls the ``bridge.eventcore.deliveries`` function 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.requests import Request
@@ -19,6 +20,7 @@ from ...store import Connection
 from .base import Console, Refusal, form, form_ids, number, path_int, row_id
 
 LIST = "/ui/deliveries"
+PAGE, MAX_PAGE = 100, 1000  # deliveries a page: by default, and at most (?limit=)
 
 
 def _back(to: str | None) -> str:
@@ -33,22 +35,30 @@ class Queue:
         self.c = console
 
     async def deliveries(self, request: Request) -> Response:
-        """Deliveries by status and subscriber, newest first."""
+        """Deliveries by status and subscriber, newest first, a page at a time: *Older* below the
+        last one shown (``before``), *Newer* above the first (``after``), as deep as the data goes."""
         q = request.query_params
         status = q.get("status") or None
         try:
             subscriber = number(q.get("subscriber"), "subscriber")
+            before, after = number(q.get("before"), "before"), number(q.get("after"), "after")
             limit = number(q.get("limit"), "limit")
-            limit = 100 if limit is None else limit
-            if not 1 <= limit <= 1000:
-                raise UsageError(f"limit must be between 1 and 1000, not {limit}")
+            limit = PAGE if limit is None else limit
+            if not 1 <= limit <= MAX_PAGE:
+                raise UsageError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
         except UsageError as exc:
             raise Refusal(400, str(exc)) from exc
 
         def read(conn: Connection) -> dict[str, Any]:
-            return {"deliveries": ledger.list_deliveries(conn, status, subscriber, limit),
-                    "subscribers": catalog.list_subscribers(conn), "statuses": [st.value for st in DeliveryStatus],
+            rows = ledger.list_deliveries(conn, status, subscriber, limit + 1, before=before, after=after)
+            more = len(rows) > limit  # one more than a page: is there a page beyond, the way we went?
+            rows = (rows[1:] if after is not None else rows[:-1]) if more else rows
+            going_newer = after is not None
+            return {"deliveries": rows, "subscribers": catalog.list_subscribers(conn), "now": time.time(),
+                    "statuses": [st.value for st in DeliveryStatus],
                     "filter": {"status": status or "", "subscriber": subscriber}, "limit": limit,
+                    "older": rows[-1]["id"] if rows and (more or going_newer) else None,
+                    "newer": rows[0]["id"] if rows and ((more and going_newer) or before is not None) else None,
                     "backlog": ledger.backlog(conn), "here": str(request.url.path)
                     + (f"?{request.url.query}" if request.url.query else "")}
 
@@ -58,7 +68,7 @@ class Queue:
         """One delivery with every attempt (start, end, exit status, output tail, error)."""
         delivery_id = path_int(request, "delivery_id")
         return await self.c.view(request, "delivery.html",
-                                 lambda conn: {"delivery": ledger.show(conn, delivery_id)})
+                                 lambda conn: {"delivery": ledger.show(conn, delivery_id), "now": time.time()})
 
     async def retry_one(self, request: Request) -> Response:
         """A failed delivery back to open, due now (the Event Manager is woken)."""
@@ -67,10 +77,16 @@ class Queue:
         return await self.c.act(request, to, self._retry_one, delivery_id)
 
     def _retry_one(self, conn: Connection, delivery_id: int) -> str:
-        if not deliveries.retry_failed(conn, delivery_ids=[delivery_id]):
-            raise UsageError(f"delivery {delivery_id} is not failed: nothing to retry")
+        """A failed delivery reopened (a new round), or an open one waiting in backoff made due
+        now (*Retry now*: its round goes on); both due at once."""
+        if deliveries.retry_failed(conn, delivery_ids=[delivery_id]):
+            said = f"delivery {delivery_id} is open again and due now"
+        elif deliveries.due_now(conn, [delivery_id]):
+            said = f"delivery {delivery_id} is due now: its next attempt starts without waiting out the backoff"
+        else:
+            raise UsageError(f"delivery {delivery_id} is neither failed nor waiting in backoff: nothing to retry")
         ring(self.c.home.root)
-        return f"delivery {delivery_id} is open again and due now"
+        return said
 
     async def chosen(self, request: Request) -> Response:
         """The list's buttons: retry one row, retry or purge the ticked rows, retry all failed."""
@@ -117,7 +133,7 @@ class Queue:
 
         def read(conn: Connection) -> dict[str, Any]:
             sub = catalog.show_subscriber(conn, sid)
-            open_count = ledger.counts(conn, subscriber_id=sid)[DeliveryStatus.OPEN.value]
+            open_count = ledger.per_subscriber(conn).get(sid, {}).get(DeliveryStatus.OPEN.value, 0)
             return {"subscriber": sub, "open_count": open_count}
 
         return await self.c.view(request, "purge.html", read)

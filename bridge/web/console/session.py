@@ -34,6 +34,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ... import store
 from ...store import transaction
 from ..auth import Authenticator, Throttled
 
@@ -43,6 +44,8 @@ FLASH_COOKIE = "ombridge_flash"
 SESSION_SECONDS = 12 * 3600
 FLASH_MAX = 3000  # characters of a message carried to the next page (perl's message fits)
 COOKIE_PATH = "/ui"
+KNOWN_MAX = 1000  # sessions remembered for an outage of the event core
+KNOWN_GRACE = 120.0  # seconds before an outage a session must have been confirmed in, to be kept
 
 
 def _b64(data: bytes) -> str:
@@ -65,6 +68,11 @@ class Sessions:
         self.core = core
         self.clock = clock
         self._key = secrets.token_bytes(32)
+        # Sessions this process found valid, with when they expire: while the event core cannot
+        # be reached (and so nobody can log out, be removed or change a password either) the
+        # console still knows who is logged in, and shows its outage page instead of a login.
+        self._known: dict[str, tuple[str, float, float]] = {}  # digest -> (user, expires, confirmed at)
+        self._failing_since: float | None = None
 
     # -- signing ----------------------------------------------------------------------------------
 
@@ -114,7 +122,7 @@ class Sessions:
         (:class:`Throttled` for Basic credentials from an address that must wait)."""
         session_id = request.cookies.get(SESSION_COOKIE)
         if session_id:
-            user = await self.core(session_user, _digest(session_id), self.clock())
+            user = await self._session_user(_digest(session_id))
             return (user, session_id) if user is not None else None
         header = request.headers.get("authorization")
         if header and header[:6].lower() == "basic ":
@@ -123,6 +131,27 @@ class Sessions:
             if user is not None:
                 return user, ""
         return None
+
+    async def _session_user(self, digest: str) -> str | None:
+        now = self.clock()
+        try:
+            found = await self.core(session_user, digest, now)
+        except store.failures():
+            # The event core is away: a session confirmed here shortly before the outage began is
+            # taken as it was then (a logout elsewhere before that would have been seen).
+            self._failing_since = self._failing_since or now
+            user, expires, confirmed = self._known.get(digest, ("", 0.0, 0.0))
+            if not user or expires <= now or confirmed < self._failing_since - KNOWN_GRACE:
+                raise
+            return user
+        self._failing_since = None
+        if found is None:
+            self._known.pop(digest, None)
+            return None
+        if len(self._known) >= KNOWN_MAX and digest not in self._known:
+            self._known.pop(next(iter(self._known)))
+        self._known[digest] = (found[0], found[1], now)
+        return found[0]
 
     async def _check(self, header: bytes, address: str) -> str | None:
         user, wait = await self.auth.attempt(header, address)
@@ -133,6 +162,7 @@ class Sessions:
     async def end(self, session_id: str) -> None:
         """Log out: the session is refused from now on, even if its cookie was copied."""
         if session_id:
+            self._known.pop(_digest(session_id), None)
             await self.core(end_session, _digest(session_id), self.clock())
 
     # -- CSRF -------------------------------------------------------------------------------------
@@ -184,13 +214,13 @@ def open_session(conn: Any, digest: str, user: str, at: float) -> bool:
                             (digest, at, at + SESSION_SECONDS, user)).rowcount == 1
 
 
-def session_user(conn: Any, digest: str, at: float) -> str | None:
-    """Whose session this is, while it holds: not ended, not expired, the user still there with
-    the password they logged in with."""
-    row = conn.execute("SELECT s.user_name FROM console_sessions s JOIN users u ON u.name = s.user_name "
+def session_user(conn: Any, digest: str, at: float) -> tuple[str, float] | None:
+    """Whose session this is and until when, while it holds: not ended, not expired, the user
+    still there with the password they logged in with."""
+    row = conn.execute("SELECT s.user_name, s.expires_at FROM console_sessions s JOIN users u ON u.name = s.user_name "
                        "WHERE s.id = ? AND s.ended_at IS NULL AND s.expires_at > ? AND u.updated_at <= s.created_at",
                        (digest, at)).fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None
 
 
 def end_session(conn: Any, digest: str, at: float) -> None:
