@@ -326,7 +326,10 @@ class BacksyncLane:
         batches: dict[int, list[tuple[deliveries.Claimed, str]]] = {}
         blocked: set[str] = set()
         keep: deque[tuple[deliveries.Claimed, str]] = deque()
-        for item in stream.waiting:
+        free = sum(r for r in room.values() if r > 0)
+        waiting = stream.waiting
+        while waiting and free:  # (once every child is full, the rest waits as it is, unread)
+            item = waiting.popleft()
             close_id = item[1]
             held = stream.running.get(close_id)
             child = held[0] if held else max(room, key=room.__getitem__)
@@ -335,11 +338,13 @@ class BacksyncLane:
                 keep.append(item)
                 continue
             room[child] -= 1
+            free -= 1
             batches.setdefault(child, []).append(item)
             if held:
                 held[1] += 1
             else:
                 stream.running[close_id] = [child, 1]
+        keep.extend(waiting)
         stream.waiting = keep
         for child, batch in batches.items():
             stream.in_flight[child].extend(c for c, _ in batch)
