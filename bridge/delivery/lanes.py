@@ -1,9 +1,10 @@
-"""The Event Manager's two kinds of lane, each one step at a time (:mod:`bridge.delivery.manager` runs them).
+"""The backsync lane, one step at a time (:mod:`bridge.delivery.manager` runs it; the action
+lanes' step is :mod:`bridge.delivery.actionlanes`).
 
-- :func:`step_actions` claims one due command/program/web delivery, runs it, records the attempt.
-- :class:`BacksyncLane` streams Closes through the persistent perl child. It owns every decision
-  of the stream: when to claim, when to push, when to record and when to wait; the perl host
-  (:meth:`PerlHost.push` / :meth:`PerlHost.poll`) only carries requests and replies.
+:class:`BacksyncLane` streams Closes through the persistent perl children. It owns every decision
+of the stream: when to claim, which child takes which Close, when to push, when to record and
+when to wait; the perl hosts (:meth:`PerlHost.push` / :meth:`PerlHost.poll`) only carry requests
+and replies.
 
 One backsync stream, step by step (:meth:`BacksyncLane.step` does one of these and returns)::
 
@@ -27,20 +28,18 @@ from __future__ import annotations
 
 import logging
 import select
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from .. import store
 from ..eventcore import deliveries
 from ..eventcore.events import stored_field
 from ..model import Attempt, Lane, Settlement
-from ..names import value_text
 from ..ombacksync.perlpool import PerlPool
 from ..store import Connection
-from .actions import Performer, perform
+from .actionlanes import Counter, log_settled
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,80 +57,6 @@ LOOK_EVERY = 0.05  # with several children: seconds between two looks for new Cl
 RECORD_SECONDS = 0.25  # with several children, the oldest outcome waits this long for its record at most
 POLL_SLICE = 0.1  # seconds one step waits for outcomes (a stop is seen between two)
 SUMMARY_EVERY = 10.0  # seconds between two log lines of Closes that went well
-
-Counter = Callable[[int, int], None]  # (succeeded, failed)
-
-
-def log_settled(c: deliveries.Claimed, result: Attempt, settled: Settlement) -> None:
-    """One log line for one recorded attempt (a line per success on the action lanes only)."""
-    if result.ok:
-        log.info("delivery %d (event %d, subscriber %d, attempt %d): %s", c.id, c.event.id, c.subscriber_id,
-                 c.attempt, settled.value)
-        return
-    level = logging.ERROR if settled is Settlement.FAILED else logging.WARNING
-    close_id = f", ID {value_text(c.event.key['ID'])!r}" if "ID" in c.event.key else ""
-    log.log(level, "delivery %d (event %d%s, subscriber %d, attempt %d) %s: %s", c.id, c.event.id, close_id,
-            c.subscriber_id, c.attempt,
-            "failed, retries used up" if settled is Settlement.FAILED else "failed, will retry"
-            if settled is Settlement.RETRY else settled.value, result.error)
-
-
-class Shares:
-    """How many action lanes each subscriber holds on this node. A subscriber holding ``limit``
-    is skipped by the next claim, so that one slow destination never takes every lane: another
-    subscriber's delivery always finds a free one while the slow one is at its share."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = max(1, limit)
-        self._held: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def claim(self, conn: Connection, lane: Lane, owner: str) -> deliveries.Claimed | None:
-        """Claim one due delivery of ``lane`` whose subscriber is below its share, and count it held."""
-        with self._lock:  # (claims of the action lanes take turns: two never both take the last share)
-            skip = [s for s, n in self._held.items() if n >= self.limit]
-            claims = deliveries.claim(conn, limit=1, lane=lane, owner=owner, skip=skip)
-            if claims:
-                sid = claims[0].subscriber_id
-                self._held[sid] = self._held.get(sid, 0) + 1
-        return claims[0] if claims else None
-
-    def release(self, subscriber_id: int) -> None:
-        with self._lock:
-            left = self._held.get(subscriber_id, 0) - 1
-            if left > 0:
-                self._held[subscriber_id] = left
-            else:
-                self._held.pop(subscriber_id, None)
-
-    def held(self) -> dict[int, int]:
-        """Subscriber id -> the action lanes it holds now."""
-        with self._lock:
-            return dict(self._held)
-
-
-def step_actions(conn: Connection, owner: str, cwd: str, count: Counter,
-                 others: Mapping[str, Performer] | None = None, *, shares: Shares | None = None,
-                 lane: Lane = Lane.ACTIONS) -> int:
-    """Claim and deliver one due command/program/web (or ``others``') delivery of ``lane``;
-    returns how many (0 or 1). With ``shares``, no subscriber holds more than its share."""
-    if shares is not None:
-        c = shares.claim(conn, lane, owner)
-    else:
-        claims = deliveries.claim(conn, limit=1, lane=lane, owner=owner)
-        c = claims[0] if claims else None
-    if c is None:
-        return 0
-    try:
-        result = perform(c.action, c.target, c.event, c.timeout, cwd, c.headers, others)
-    finally:
-        if shares is not None:
-            shares.release(c.subscriber_id)
-    settled = deliveries.finish(conn, [(c, result)])[0]
-    count(int(result.ok), int(not result.ok))
-    log_settled(c, result, settled)
-    return 1
-
 
 class _Summary:
     """Closes that went well, logged as one line per :data:`SUMMARY_EVERY` seconds instead of one

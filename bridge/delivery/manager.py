@@ -39,8 +39,9 @@ from ..model import (
 from ..ombacksync.perlhost import PerlHost
 from ..ombacksync.perlpool import PerlPool
 from ..store import Connection
+from .actionlanes import Shares, step_actions
 from .actions import Performer
-from .lanes import BacksyncLane, Shares, step_actions
+from .lanes import BacksyncLane
 
 log = logging.getLogger("ombridge.manager")
 
