@@ -144,6 +144,23 @@ def test_a_hung_close_costs_only_its_own_child(home: Home, started) -> None:
     assert len(kept) == 1 and hung[0]["pid"] not in after  # only the hung one was replaced
 
 
+def test_a_child_killed_mid_stream_starts_again_while_the_others_go_on(home: Home, started) -> None:
+    # A storm keeps the stream going: the killed child must not wait for its end to come back.
+    import os
+    import signal
+
+    wide(home, 2)
+    started()
+    omb(home, "close", "-", stdin="".join(f"S{n}-100ms\n" for n in range(150)))  # ~7.5 s on two children
+    wait_for(lambda: len(ended(home)) >= 4, what="the storm under way")
+    victim = child_pids(home)[1]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in child_pids(home) and status(home)["ombacksync"]["state"] == "running",
+             timeout=30, what="the killed child started again")
+    assert len(set(ended(home))) < 150  # (while the storm still ran)
+    wait_for(lambda: len(set(ended(home))) == 150, timeout=60, what="every Close of the storm ran")
+
+
 def test_restart_restarts_every_child_and_a_refused_one_keeps_them_all(home: Home, started) -> None:
     wide(home, 3)
     started()

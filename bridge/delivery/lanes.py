@@ -53,6 +53,7 @@ WINDOW = 2 * RECORD_EVERY  # Closes perl may run ahead of the last record: what 
 BATCH_SECONDS = 0.5  # a stream tops up for this long at most
 QUEUE_SECONDS = 0.005  # with several children: the work one child may hold queued behind its Close
 PREFETCH_SECONDS = 0.1  # with several children: Closes claimed ahead, in seconds of their rate
+REVIVE_EVERY = 0.5  # with several children: seconds between two looks for a child to start again mid-stream
 LOOK_EVERY = 0.05  # with several children: seconds between two looks for new Closes while a child has room
 RECORD_SECONDS = 0.25  # with several children, the oldest outcome waits this long for its record at most
 POLL_SLICE = 0.1  # seconds one step waits for outcomes (a stop is seen between two)
@@ -124,6 +125,7 @@ class BacksyncLane:
         self.host = self.hosts[0]
         self.wide = self.pool is not None and self.pool.wide
         self.call_seconds = 1.0  # with several children: a Close's time, on average lately (sets the depth)
+        self._revive_at = 0.0  # with several children: when to look for one to start again (see _widen)
         self._swept_at = 0.0  # with several children: when each busy one was last polled (see _poll)
         self.rate = 0.0  # with several children: Closes a second, the last stream's (sets the prefetch)
         self.owner = owner
@@ -365,6 +367,9 @@ class BacksyncLane:
             stream.given_back += [c for c, _ in stream.waiting]
             stream.waiting.clear()
             return
+        if self.clock() >= self._revive_at:  # a child that died or faulted mid-stream starts again now,
+            self._revive_at = self.clock() + REVIVE_EVERY  # not once the stream (a storm: hours) has ended
+            self._revive()
         self._dispatch()
         room = self._target() - stream.flying() - len(stream.waiting)
         if stream.topping and room > 0 and not stream.outcomes and self.clock() >= stream.look_at:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import BridgeError, PerlStartError, ScriptSyntaxError
+from ..errors import BridgeError, ScriptSyntaxError
 from ..home import Home
 from ..model import HostState
 from .perlenv import HostSettings
@@ -216,7 +216,7 @@ class PerlPool:
     def _revive(self, index: int) -> None:
         try:
             self.hosts[index].ensure_running()  # (a failed start is logged and set to backoff there)
-        except (PerlStartError, BridgeError):
+        except BridgeError:  # (PerlStartError included)
             pass
         except Exception:  # a start never takes the pool down
             log.exception("%s: the start failed", self.hosts[index].name)
