@@ -260,10 +260,10 @@ def sync_back() -> dict[str, float]:
             events.send_many(conn, burst, on_stored=lambda: ring(home.root))
             gateway.wait({f"omi-burst-{n}" for n in range(SYNC_EVENTS)})
             rate = SYNC_EVENTS / (time.perf_counter() - start)
-            latencies = []
+            latencies, where = [], store.Store(home)
             for n in range(SYNC_CLOSES):
                 sent = time.time()
-                omitopic.send_close(home, f"INC-{n}", on_stored=lambda: ring(home.root))
+                omitopic.send_close(where, f"INC-{n}", on_stored=lambda: ring(home.root))
                 gateway.wait({f"omi-close-{n}"})
                 latencies.append(gateway.received[f"omi-close-{n}"] - sent)
         finally:

@@ -261,9 +261,9 @@ def late_gateway() -> list[str]:
             omimap.remember(conn, [(f"omi-{n}", f"INC-{n}", None) for n in range(10)])
         _start(home, "--workers", "1")
         try:
-            idle = _ping_latency(home, conn, fifo, 20)
+            idle, where = _ping_latency(home, conn, fifo, 20), store.Store(home)
             for n in range(10):
-                send_close(home, f"INC-{n}", on_stored=lambda: control.ring(home.root))
+                send_close(where, f"INC-{n}", on_stored=lambda: control.ring(home.root))
             time.sleep(0.3)  # the sync back is waiting for the gateway
             busy = _ping_latency(home, conn, fifo, 20)
         finally:

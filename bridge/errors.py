@@ -73,7 +73,13 @@ class ProtocolError(PerlFault):
 
 
 class StoreError(BridgeError):
-    """The event core's SQLite file cannot be used as it is."""
+    """The event core cannot be used as it is (a damaged or full file, a bad store URL, the
+    database away)."""
+
+
+class StoreUnavailable(StoreError):
+    """The event core's database cannot be reached now (a server away or restarting): a new
+    connection later may succeed. The one error the store seam raises for it."""
 
 
 class NotRunning(BridgeError):

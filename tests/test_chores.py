@@ -24,7 +24,7 @@ class Clock:
 
 def make(home: Home, clock: Clock, **options: object) -> Chores:
     settings = {"retention_seconds": 3600.0, "metrics_textfile": None, "metrics_interval": 15.0, **options}
-    return Chores(home, status=lambda: {}, clock=clock, **settings)  # type: ignore[arg-type]
+    return Chores(store.Store(home), status=lambda: {}, clock=clock, **settings)  # type: ignore[arg-type]
 
 
 def test_each_chore_is_due_on_its_own_schedule(home: Home) -> None:

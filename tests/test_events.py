@@ -16,6 +16,7 @@ from bridge.errors import NotFound, StoreError, UsageError
 from bridge.eventcore import catalog, deliveries, events, ledger
 from bridge.home import Home
 from bridge.model import ActionKind
+from bridge.store import sqlschema
 
 pytestmark = pytest.mark.all_stores  # on PostgreSQL too in `make test-stores` (tests/conftest_pg.py)
 
@@ -44,7 +45,7 @@ def test_store_is_owner_only_wal_and_versioned(home: Home, conn: sqlite3.Connect
     assert stat.S_IMODE(home.db.stat().st_mode) == 0o600
     assert stat.S_IMODE(home.datafiles.stat().st_mode) == 0o700
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlschema.SCHEMA_VERSION
     indexes = {r[1] for r in conn.execute("PRAGMA index_list(subscriber_events)")}
     # the claim query's (open only: lane, next_attempt_at, id), the chart's and the failed count's
     assert {"subscriber_events_open", "subscriber_events_ended", "subscriber_events_failed"} <= indexes
@@ -53,7 +54,7 @@ def test_store_is_owner_only_wal_and_versioned(home: Home, conn: sqlite3.Connect
 
 @pytest.mark.sqlite_only
 def test_newer_schema_is_refused(home: Home, conn: sqlite3.Connection) -> None:
-    conn.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {sqlschema.SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="upgrade ombridge"):
         store.connect(home)
 
@@ -396,7 +397,7 @@ def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> 
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 15
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == sqlschema.SCHEMA_VERSION == 15
     assert [r[0] for r in migrated.execute("SELECT lane FROM subscriber_events")] == ["backsync"]
     indexes = {r[1] for r in migrated.execute("PRAGMA index_list(subscriber_events)")}
     assert "subscriber_events_open" in indexes and "subscriber_events_ended" in indexes

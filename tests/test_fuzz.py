@@ -114,7 +114,7 @@ def test_any_id_reaches_the_script_byte_identical_through_the_event_core(core, e
     record = home.tmp / "ids.hex"
     record.unlink(missing_ok=True)
     backsync.close_events(conn, [event_id])
-    EventManager(home, host, owner="fuzz").drain(conn)
+    EventManager(home, store.Store(home), host, owner="fuzz").drain(conn)
     assert record.read_text().split() == [event_id.encode("utf-8").hex()]
 
 

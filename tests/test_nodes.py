@@ -12,6 +12,7 @@ import pytest
 from conftest import run_ombridge as omb
 from conftest import status, wait_for
 
+from bridge import store
 from bridge.errors import BridgeError, UsageError
 from bridge.eventcore import nodes
 from bridge.home import Home
@@ -80,7 +81,7 @@ def test_a_clean_stop_is_no_death_and_different_scripts_degrade(conn) -> None:
 def test_a_bad_node_name_in_the_conf_is_one_sentence(home: Home, name: str) -> None:
     (home.root / "conf" / "ombridge.conf").write_text(f"[store]\nnode = {json.dumps(name)}\n")
     with pytest.raises(UsageError, match="a node name is 1 to 200 characters, without '#' or control characters"):
-        nodes.this_node(home)
+        nodes.this_node(home, store.Store(home))
 
 
 def test_the_supervisor_is_its_homes_node_and_says_so_in_status(home: Home) -> None:

@@ -171,7 +171,7 @@ def test_context_from_the_event_core_and_async_delivery(home: Home, conn) -> Non
     catalog.attach_topic(conn, catalog.add_subscriber(conn, ActionKind.COMMAND, "printf '%s/%s' &FISHFD &FIPGMR"), "task/add")
     events.send(conn, "task/add", {"APPC": "KE1", "TASK": "T1"})
     from bridge.delivery.manager import EventManager
-    EventManager(home, None, owner="test").drain(conn)
+    EventManager(home, store.Store(home), None, owner="test").drain(conn)
     assert conn.execute("SELECT output FROM attempts").fetchone()[0] == "fix the login/carol"
 
 

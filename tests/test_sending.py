@@ -76,7 +76,7 @@ def test_the_reporter_stores_in_order_and_a_close_ends_a_slow_synchronized_call(
     backsync.ensure_backsync(conn)
     started = home.root / "started.txt"
     sid = subscriber(conn, backsync.ERROR_TOPIC, f"printf '%s\\n' &MESSAGE >> {started}; sleep 20")
-    reporter = Reporter(home)
+    reporter = Reporter(home, store.Store(home))
     try:
         before = time.monotonic()
         reporter.report("first")

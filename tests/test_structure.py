@@ -217,6 +217,21 @@ def test_no_driver_is_named_and_no_store_asked_what_it_is_outside_the_store_seam
     assert not found, "driver names or store identity outside bridge/store/:\n" + "\n".join(found)
 
 
+def test_the_event_core_is_opened_through_the_process_store() -> None:
+    # One Store per process (bridge.store.Store), passed to everything: above the seam, only the
+    # `ombridge send` fast path (entry.py, one connection and done) opens the event core through
+    # the module's shortcuts; nobody else asks where the store is.
+    shortcuts = {"connect", "describe", "location", "default_node"}
+    found = [f"{path.relative_to(PACKAGE)}:{node.lineno}: store.{node.func.attr}()"
+             for path, tree in MODULES.items()
+             if path.relative_to(PACKAGE).parts[0] != "store" and path.name != "entry.py"
+             for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and isinstance(node.func.value, ast.Name) and node.func.value.id == "store"
+             and node.func.attr in shortcuts]
+    assert not found, "the event core opened around the process's Store:\n" + "\n".join(found)
+
+
 def test_the_settings_file_has_one_reader() -> None:
     readers = sorted(str(p.relative_to(PACKAGE)) for p, tree in MODULES.items() for node in ast.walk(tree)
                      if isinstance(node, (ast.Import, ast.ImportFrom))

@@ -246,7 +246,7 @@ def test_authenticator_remembers_matches_and_sees_changes() -> None:
 
 def test_group_commit_shares_transactions_and_isolates_a_bad_request(home: Home) -> None:
     woken = []
-    committer = GroupCommitter(home, wake=lambda: woken.append(1))
+    committer = GroupCommitter(store.Store(home), wake=lambda: woken.append(1))
     committer.start()
 
     async def many() -> list[object]:
@@ -268,7 +268,7 @@ def test_group_commit_shares_transactions_and_isolates_a_bad_request(home: Home)
 
 
 def test_commit_refused_once_stopping(home: Home) -> None:
-    committer = GroupCommitter(home)
+    committer = GroupCommitter(store.Store(home))
     committer.start()
     committer.stop()
 

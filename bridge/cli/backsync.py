@@ -17,7 +17,7 @@ from ..ombacksync import protocol
 from ..ombacksync.perlenv import load_settings
 from ..ombacksync.perlhost import DEFAULT_TIMEOUT, PerlHost, check_syntax
 from ..syncback import omisync
-from .base import SECONDS, home_of, main, print_json, setup_logging, stdin_ids
+from .base import SECONDS, home_of, main, print_json, setup_logging, stdin_ids, store_of
 from .report import fail
 
 _PERL_OPTION = click.option("--perl", "perl", metavar="PATH", default=None,
@@ -55,9 +55,9 @@ def check(ctx: click.Context, database: bool, perl: str | None) -> None:
     """
     home = home_of(ctx)
     if database:
-        conn = store.connect(home)
+        conn = store_of(ctx).connect()
         damage, orphans = store.integrity(conn), nodes.audit(conn)
-        where = store.describe(home)
+        where = store_of(ctx).describe()
         click.echo("\n".join([*damage[:20], *orphans]), err=True) if damage or orphans else None
         if damage:
             fail(f"{where}: {len(damage)} problem(s) in the event core: {store.recovery(conn)}", 1)

@@ -131,12 +131,20 @@ def main(ctx: click.Context, home: str | None, store_url: str | None) -> None:
     ctx.obj = {"home_option": home}
 
 
+def store_of(ctx: click.Context) -> store.Store:
+    """The store of this invocation's home: one :class:`bridge.store.Store` per process."""
+    obj = ctx.find_root().obj
+    if "store" not in obj:
+        obj["store"] = store.Store(home_of(ctx))
+    return obj["store"]
+
+
 def core(ctx: click.Context) -> Connection:
     """The home's event core, opened once per invocation (with its built-in topics and the
     backsync subscriber, which exist as soon as a home does)."""
     obj = ctx.find_root().obj
     if "conn" not in obj:
-        conn = store.connect(home_of(ctx))
+        conn = store_of(ctx).connect()
         backsync.ensure_backsync(conn)
         obj["conn"] = conn
     return obj["conn"]

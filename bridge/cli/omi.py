@@ -10,7 +10,15 @@ from __future__ import annotations
 import rich_click as click
 
 from ..client.control import ring
-from .base import SECRET_WORDS, done, home_of, main, read_secret, refuse_secret_words
+from .base import (
+    SECRET_WORDS,
+    done,
+    home_of,
+    main,
+    read_secret,
+    refuse_secret_words,
+    store_of,
+)
 
 
 @main.group()
@@ -53,5 +61,5 @@ def omi_close(ctx: click.Context, external_id: str, annotation: str | None) -> N
     from ..syncback.omitopic import send_close
 
     root = home_of(ctx).root
-    event = send_close(home_of(ctx), external_id, annotation, on_stored=lambda: ring(root))
+    event = send_close(store_of(ctx), external_id, annotation, on_stored=lambda: ring(root))
     click.echo(f"event {event} stored: the close of {external_id} goes to OMi")

@@ -11,7 +11,7 @@ from ..client import control
 from ..errors import BridgeError, NotRunning, UsageError
 from ..eventcore.nodes import short_checksum
 from ..ombacksync import integrations
-from .base import ROW_ID, audited, core, done, home_of, listing, main
+from .base import ROW_ID, audited, core, done, home_of, listing, main, store_of
 
 
 def _tell_supervisor(ctx: click.Context) -> None:
@@ -203,7 +203,7 @@ def backup(ctx: click.Context, target: str) -> None:
     """Copy the event core to FILE with SQLite's online backup, while ombridge runs (owner-only;
     an existing FILE is never overwritten). Example: `ombridge backup /var/backups/ombridge.db`
     """
-    store.backup(store.connect(home_of(ctx)), target)
+    store.backup(store_of(ctx).connect(), target)
     click.echo(f"event core copied to {target}")
 
 

@@ -91,7 +91,7 @@ def offline_status(home: Home) -> dict[str, Any]:
     nodes: list[dict[str, Any]] = []
     troubles: list[str] = []
     paused: list[dict[str, Any]] = []
-    if home.db.exists() or store.location(home)[0]:  # (a shared store: other nodes may run)
+    if home.db.exists() or store.Store(home).shared:  # (a shared store: other nodes may run)
         backlog, nodes, troubles, paused = stored_backlog(home)
     return {"supervisor": {"state": SupervisorState.STOPPED.value, "pid": None},
             "ombacksync": {"state": HostState.STOPPED.value},

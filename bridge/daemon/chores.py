@@ -18,9 +18,8 @@ from typing import Any
 from .. import store
 from ..errors import BridgeError
 from ..eventcore import metrics, retention
-from ..home import Home
 from ..outage import Outage
-from ..store import Connection
+from ..store import Connection, Store
 from .service import Service
 
 log = logging.getLogger("ombridge.supervisor")
@@ -33,10 +32,10 @@ CHORES = ("checkpoint", "prune", "metrics")
 class Chores(Service):
     """When each chore is due next, and the thread that runs the due ones."""
 
-    def __init__(self, home: Home, *, retention_seconds: float | None, metrics_textfile: str | None,
+    def __init__(self, store: Store, *, retention_seconds: float | None, metrics_textfile: str | None,
                  metrics_interval: float, status: Callable[[], dict[str, Any]],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(home, "chores", log, "the periodic chores")
+        super().__init__(store, "chores", log, "the periodic chores")
         self.retention = retention_seconds  # None or 0: keep everything
         self.metrics_textfile = metrics_textfile
         self.metrics_interval = metrics_interval
@@ -82,7 +81,7 @@ class Chores(Service):
 
     def _run_one(self, conn: Connection, chore: str) -> None:
         if chore == "checkpoint":
-            if conn.dialect.checkpoints:
+            if self.store.checkpoints:
                 store.checkpoint(conn)
             else:  # (PostgreSQL checkpoints itself: no chore, no connection a second for it)
                 self.next_at.pop("checkpoint", None)

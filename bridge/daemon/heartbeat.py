@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..eventcore.nodes import DEAD_AFTER, HEARTBEAT_EVERY, Node, NodeReplaced, beat
-from ..home import Home
+from ..store import Store
 from .service import Service
 
 log = logging.getLogger("ombridge.nodes")
@@ -19,9 +19,9 @@ log = logging.getLogger("ombridge.nodes")
 class Heartbeat(Service):
     """The thread that keeps this node alive in the table and takes over dead nodes' claims."""
 
-    def __init__(self, home: Home, me: Node, checksum: Callable[[], str | None],
+    def __init__(self, store: Store, me: Node, checksum: Callable[[], str | None],
                  on_taken: Any = None, every: float = HEARTBEAT_EVERY, on_replaced: Any = None) -> None:
-        super().__init__(home, "heartbeat", log, f"the heartbeat of node {me.name} failed")
+        super().__init__(store, "heartbeat", log, f"the heartbeat of node {me.name} failed")
         self.me = me
         self.checksum = checksum  # of the script the node's perl loaded (None: none loaded)
         self.on_taken = on_taken  # called after claims were taken over (wake the lanes)

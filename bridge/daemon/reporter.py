@@ -21,7 +21,7 @@ from .. import store
 from ..delivery import actions, backsync, sending
 from ..errors import BridgeError
 from ..home import Home
-from ..store import Connection
+from ..store import Connection, Store
 from .service import Service
 
 log = logging.getLogger("ombridge.supervisor")
@@ -30,8 +30,9 @@ log = logging.getLogger("ombridge.supervisor")
 class Reporter(Service):
     """Stores and delivers ``ombacksync/error`` events, in order, off the main loop."""
 
-    def __init__(self, home: Home, on_stored: Callable[[], None] | None = None) -> None:
-        super().__init__(home, "reporter", log, "the ombacksync/error report failed")
+    def __init__(self, home: Home, store: Store, on_stored: Callable[[], None] | None = None) -> None:
+        super().__init__(store, "reporter", log, "the ombacksync/error report failed")
+        self.home = home
         self.on_stored = on_stored  # wakes the Event Manager
         self._queue: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
         self.start()

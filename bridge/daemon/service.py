@@ -1,6 +1,6 @@
 """The one shape of the daemon's background services (the heartbeat, the wake-ups listener):
 start and stop, an interruptible wait, a connection to the event core kept through the store's
-one reconnect path (:func:`bridge.store.using`), and one policy for saying an outage
+one reconnect path (:meth:`bridge.store.Store.using`), and one policy for saying an outage
 (:class:`bridge.outage.Outage`: once, then once a minute, and its end once).
 
 A service is its :meth:`Service.run` loop, which waits with :meth:`Service.wait` (False once
@@ -14,16 +14,15 @@ import logging
 import threading
 from typing import Any
 
-from .. import store
-from ..home import Home
 from ..outage import Outage
+from ..store import Store
 
 
 class Service:
     """A thread of the daemon with a stop flag, a store connection and an outage log."""
 
-    def __init__(self, home: Home, name: str, log: logging.Logger, what: str) -> None:
-        self.home = home
+    def __init__(self, store: Store, name: str, log: logging.Logger, what: str) -> None:
+        self.store = store  # the process's one Store
         self.name = name
         self.conn: Any = None  # the service's own connection (None until first used)
         self.last_error: str | None = None  # what failed last, while it still fails (status shows it)
@@ -52,7 +51,7 @@ class Service:
 
     def use(self, work: Any) -> Any:
         """``work(conn)`` on the service's connection, a new one when the database restarted."""
-        self.conn, result = store.using(self.home, self.conn, work)
+        self.conn, result = self.store.using(self.conn, work)
         return result
 
     def failed(self, exc: BaseException) -> None:

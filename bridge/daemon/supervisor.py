@@ -63,7 +63,7 @@ from .wakeups import Wakeups
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    ListenerFactory = Callable[..., Any]  # (home, wake=, status=) -> a listener: start(), stop(), status()
+    ListenerFactory = Callable[..., Any]  # (home, store=, wake=, status=) -> a listener: start(), stop(), status()
 
 log = logging.getLogger("ombridge.supervisor")
 DEFAULT_RETENTION = 30 * 86400.0
@@ -120,6 +120,7 @@ class Supervisor:
                  metrics_interval: float = 15.0, listen: ListenerFactory | None = None,
                  perl: str | None = None) -> None:
         self.home = home
+        self.store = store.Store(home)  # this process's one Store, passed to everything that uses it
         self.perl = perl  # --perl: which perl runs the script (beats conf/ombridge.conf)
         self.listen = listen  # makes the HTTP listener (the command line's: it knows the web); None: nothing listens
         self.listener: Any = None
@@ -128,7 +129,7 @@ class Supervisor:
         self.poll = poll
         self.retention = retention  # seconds; None or 0: keep everything
         self.metrics_textfile = metrics_textfile
-        self.chores = Chores(home, retention_seconds=retention, metrics_textfile=metrics_textfile,
+        self.chores = Chores(self.store, retention_seconds=retention, metrics_textfile=metrics_textfile,
                              metrics_interval=metrics_interval, status=self.status)
         self.log_to_stderr = log_to_stderr
         self.owner = f"{nodes.OWNER_PREFIX}{os.getpid()}"  # until the node joins (nodes.Node.owner)
@@ -181,7 +182,7 @@ class Supervisor:
         self._lock_fd = fd
 
     def _run(self) -> int:
-        conn = store.connect(self.home)
+        conn = self.store.connect()
         try:
             damage = store.integrity(conn, quick=True)
             if damage:
@@ -190,13 +191,12 @@ class Supervisor:
                                  "see `ombridge check --db` and the recovery procedure in docs/operations.md")
             builtins.ensure_all(conn)
             taken = self._join(conn)
-            shared = conn.dialect.shared  # other nodes may make work due
             timeout = backsync.close_timeout(conn)
         finally:
             conn.close()
         if taken:
             log.warning("took back %d deliveries claimed by a supervisor that died", taken)
-        self.heartbeat = Heartbeat(self.home, self.node, lambda: self.host.loaded_checksum if self.host else None,
+        self.heartbeat = Heartbeat(self.store, self.node, lambda: self.host.loaded_checksum if self.host else None,
                                          on_taken=lambda: self.manager.wake() if self.manager else None,
                                          on_replaced=lambda why: self._command(Command.STOP))
         self.heartbeat.start()
@@ -205,21 +205,21 @@ class Supervisor:
         settings = load_settings(self.home, self.perl)
         self.host = PerlPool.create(self.home, settings.children, timeout=timeout, settings=settings,
                                     on_state=lambda old, new, why: self._command(Command.HOST_CHANGED, (old, new, why)))
-        self.manager = EventManager(self.home, self.host, owner=self.owner, workers=self.workers, poll=self.poll,
+        self.manager = EventManager(self.home, self.store, self.host, owner=self.owner, workers=self.workers, poll=self.poll,
                                     per_subscriber=self.per_subscriber,
-                                    others={ActionKind.OMI: omisync.SyncBack(self.home).deliver})
-        self.reporter = Reporter(self.home, on_stored=self.manager.wake)
+                                    others={ActionKind.OMI: omisync.SyncBack(self.home, self.store).deliver})
+        self.reporter = Reporter(self.home, self.store, on_stored=self.manager.wake)
         if self.listen is not None:
             # Before perl starts, so that a busy port or a bad certificate fails the start at once.
-            self.listener = self.listen(self.home, wake=self.manager.wake, status=self.status)
+            self.listener = self.listen(self.home, store=self.store, wake=self.manager.wake, status=self.status)
             self.listener.start()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         log.info("supervisor %d started in %s (ombridge %s)", os.getpid(), self.home.root, __version__)
         lifecycle = threading.Thread(target=self._lifecycle, name="lifecycle", daemon=True)
         lifecycle.start()
         self.manager.start()
-        if shared:
-            self.wakeups = Wakeups(self.home, lambda: store.connect(self.home), self.manager.wake)
+        if self.store.shared:  # other nodes may make work due
+            self.wakeups = Wakeups(self.store, self.manager.wake)
             self.wakeups.start()
         self._change_state(SupervisorState.RUNNING)
         self._jobs.put((self._start_ombacksync, None))
@@ -236,9 +236,9 @@ class Supervisor:
     def _join(self, conn: Any) -> int:
         # This supervisor is the home's node in the store: it takes back what its earlier runs
         # left claimed (on SQLite, whatever any supervisor of the home left: one box, one node).
-        self.node = nodes.this_node(self.home)
+        self.node = nodes.this_node(self.home, self.store)
         self.owner = self.node.owner
-        everything = None if conn.dialect.shared else nodes.OWNER_PREFIX
+        everything = None if self.store.shared else nodes.OWNER_PREFIX
         return nodes.join(conn, self.node, version=__version__, checksum=None,  # (perl has loaded nothing yet)
                           reclaim_prefix=everything)
 
@@ -288,11 +288,8 @@ class Supervisor:
         if self.node is None:
             return
         try:
-            conn = store.connect(self.home)
-            try:
+            with self.store.lend() as conn:
                 nodes.leave(conn, self.node)
-            finally:
-                conn.close()
         except (BridgeError, *store.failures()) as exc:
             log.warning("could not record the stop of node %s: %s", self.node.name, exc)
 
@@ -340,6 +337,7 @@ class Supervisor:
                 self._host_changed(*arg)
 
     def _cleanup(self) -> None:
+        self.store.close()
         controlserver.unlink(self.home.run_dir)
         if self._lock_fd is not None:
             try:
@@ -413,11 +411,8 @@ class Supervisor:
         if self.state is not SupervisorState.RUNNING:
             raise BridgeError(f"ombridge is {self.state.value}: nothing is restarted")
         if what in ("ombacksync", "all"):
-            conn = store.connect(self.home)
-            try:
+            with self.store.lend() as conn:
                 self.host.timeout = backsync.close_timeout(conn)  # `subscriber set 1 --timeout` applies here
-            finally:
-                conn.close()
             if self.host.any_running():
                 try:
                     self.host.restart()  # a broken script raises here, the old children serving on
@@ -442,7 +437,7 @@ class Supervisor:
         """What ``ombridge status`` shows (answered at once, whatever the lifecycle is doing)."""
         host, manager = self.host, self.manager
         degraded = []
-        backlog, nodes_now, troubles, paused = stored_backlog(self.home)
+        backlog, nodes_now, troubles, paused = stored_backlog(self.home, self.store)
         degraded += troubles
         if self.heartbeat is not None and self.heartbeat.last_error:
             degraded.append(f"the heartbeat of node {self.node.name if self.node else '?'} failed: "

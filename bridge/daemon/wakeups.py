@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from ..home import Home
+from ..store import Store
 from ..store.dialect import WAKE_CHANNEL
 from .service import Service
 
@@ -28,11 +27,10 @@ BACKOFF_MAX = 10.0
 
 class Wakeups(Service):
     """The thread that listens for ``NOTIFY ombridge_due`` and calls ``wake``. Its connection is
-    one of its own that listens (``connect``), not the service's store connection."""
+    one of its own that listens, not the service's store connection."""
 
-    def __init__(self, home: Home, connect: Callable[[], Any], wake: Callable[[], None]) -> None:
-        super().__init__(home, "wakeups", log, "listening for other nodes' wake-ups failed (polling meanwhile)")
-        self.connect = connect  # () -> a PostgreSQL connection of its own (bridge.store.pgstore)
+    def __init__(self, store: Store, wake: Callable[[], None]) -> None:
+        super().__init__(store, "wakeups", log, "listening for other nodes' wake-ups failed (polling meanwhile)")
         self.wake = wake
         self.received = 0
         self.connected = False
@@ -55,7 +53,7 @@ class Wakeups(Service):
                 self.wait(min(BACKOFF_MAX, 0.5 * 2 ** min(failures, 5)))
 
     def _listen(self) -> None:
-        conn = self.connect()
+        conn = self.store.connect()  # (one of its own, which listens)
         try:
             conn.execute(f"LISTEN {WAKE_CHANNEL}")
             self.connected = True

@@ -178,7 +178,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises the 3xx as an HTTPError
 
 
-Performer = Callable[[EventContext, float, "str | None"], Attempt]  # an action kind delivered by a layer above
+Performer = Callable[[EventContext, float], Attempt]  # an action kind a layer above delivers (it knows its home)
 
 
 def perform(action: str, target: str, event: EventContext, timeout: float, cwd: str | None = None,
@@ -193,6 +193,6 @@ def perform(action: str, target: str, event: EventContext, timeout: float, cwd: 
     if action == ActionKind.WEB:
         return run_web(target, event, timeout, headers)
     if others and action in others:
-        return others[action](event, timeout, cwd)
+        return others[action](event, timeout)
     now = time.time()
     return Attempt(False, now, now, error=f"action {action!r} is run by the supervisor, not here")

@@ -38,7 +38,7 @@ from ..model import (
 )
 from ..ombacksync.perlhost import PerlHost
 from ..ombacksync.perlpool import PerlPool
-from ..store import Connection
+from ..store import Connection, Store
 from .actionlanes import Shares, step_actions
 from .actions import Performer
 from .lanes import BacksyncLane
@@ -58,10 +58,11 @@ def default_share(workers: int) -> int:
 class EventManager:
     """Delivers subscriber events: action lanes and one backsync lane."""
 
-    def __init__(self, home: Home, host: PerlHost | PerlPool | None, *, owner: str, workers: int = DEFAULT_WORKERS,
+    def __init__(self, home: Home, store: Store, host: PerlHost | PerlPool | None, *, owner: str, workers: int = DEFAULT_WORKERS,
                  poll: float = 30.0, on_error: Callable[[BaseException], None] | None = None,
                  others: Mapping[str, Performer] | None = None, per_subscriber: int | None = None) -> None:
         self.home = home
+        self.store = store  # the process's one Store: each lane's connection comes from it
         self.host = host
         self.others = others or {}  # action kinds a layer above delivers (the daemon's: the sync back to OMi)
         self.owner = owner
@@ -175,7 +176,7 @@ class EventManager:
     def _lane(self, name: str, step: Callable[[Connection], int], lane: Lane,
               wake: threading.Event) -> None:
         try:
-            conn = store.connect(self.home, lane=True)  # acknowledgements without an fsync each: see store.connect
+            conn = self.store.connect(lane=True)  # acknowledgements without an fsync each: see Store.connect
         except Exception as exc:
             self._lane_failed(name, exc)
             self._set_lane(name, LaneState.STOPPED)
@@ -204,9 +205,9 @@ class EventManager:
             log.info("lane %s stopped", name)
 
     def _step(self, step: Callable[[Connection], int], conn: Any) -> tuple[Any, int]:
-        """One step on a working connection (:func:`bridge.store.using`: a new one when the
+        """One step on a working connection (:meth:`bridge.store.Store.using`: a new one when the
         database restarted, before anything is reported)."""
-        return store.using(self.home, conn, step, lane=True)
+        return self.store.using(conn, step, lane=True)
 
     def _streaming(self) -> bool:
         # A stop finishes the stream in flight (its Closes ran or are running: record them).

@@ -6,28 +6,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import conf, store
+from .. import conf
 from ..errors import BridgeError
 from ..home import Home
+from ..store import Store, failures
 from . import catalog, ledger, nodes, pauses
 
 
-def stored_backlog(home: Home) -> tuple[dict[str, int] | None, list[dict[str, Any]], list[str], list[dict[str, Any]]]:
+def stored_backlog(home: Home, store: Store | None = None) -> tuple[dict[str, int] | None, list[dict[str, Any]], list[str], list[dict[str, Any]]]:
     """(open and failed deliveries, the nodes, what is wrong in words, the paused subscribers)
     from the event core, or (None, [], [why it cannot be read], []). What is wrong: a disabled
     system subscriber (its events are refused), dead nodes, scripts that differ between nodes. A
-    pause is not: an operator chose it, and status says it on a line of its own."""
+    pause is not: an operator chose it, and status says it on a line of its own. ``store``: the
+    process's (:class:`bridge.store.Store`; a new one for a process that has none)."""
     settings = conf.problem(home.root)  # (a broken file is said as such, not only as "cannot be read")
     said = [settings] if settings else []
     try:
-        conn = store.connect(home)
-        try:
+        with (store or Store(home)).lend() as conn:
             listing = nodes.listing(conn)
             troubles = said + disabled_system(conn) + nodes.troubles(listing)
             return ledger.backlog(conn), listing, troubles, pauses.listing(conn)
-        finally:
-            conn.close()
-    except (BridgeError, *store.failures()) as exc:
+    except (BridgeError, *failures()) as exc:
         return None, [], said or [f"the event core cannot be read: {exc}"], []
 
 

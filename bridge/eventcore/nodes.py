@@ -39,6 +39,7 @@ from .. import conf, store
 from ..errors import BridgeError, UsageError
 from ..home import Home
 from ..model import DeliveryStatus, NodeState
+from ..store import Store
 from . import deliveries
 
 log = logging.getLogger("ombridge.nodes")
@@ -96,14 +97,14 @@ def check_name(name: str, where: str) -> str:
     return name
 
 
-def this_node(home: Home, pid: int | None = None) -> Node:
-    """This home's node: named by ``[store] node`` in ``conf/ombridge.conf``, else ``<hostname>:<home>``."""
+def this_node(home: Home, where: Store, pid: int | None = None) -> Node:
+    """This home's node in the store ``where``: named by ``[store] node`` in ``conf/ombridge.conf``,
+    else ``<hostname>:<home>``."""
     host = os.uname().nodename
-    _, configured = store.location(home)
-    if configured:
-        name = check_name(configured, f"{conf.path(home.root)}: [store] node")
+    if where.configured_node:
+        name = check_name(where.configured_node, f"{conf.path(home.root)}: [store] node")
     else:
-        name = store.default_node(str(home.root))
+        name = where.node
     return Node(name, host, str(home.root), os.getpid() if pid is None else pid)
 
 

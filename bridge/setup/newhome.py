@@ -48,7 +48,7 @@ def create_home(root: str | os.PathLike[str]) -> Home:
         home.ensure_layout()
         home.private_dir(home.log_dir)
         home.private_dir(home.run_dir)
-        conn = store.connect(home)
+        conn = store.Store(home).connect()
         try:
             builtins.ensure_all(conn)
         finally:

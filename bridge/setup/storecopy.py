@@ -65,17 +65,17 @@ def copy(home: Home, to: str) -> Copied:
     """Copy the event core of ``home`` into the empty store ``to`` (see the module); returns
     what was copied. Raises :class:`StoreError` / :class:`UsageError` with one sentence, the
     target unchanged, when it refuses or fails."""
-    url, _ = store.location(home)
+    source = store.Store(home)
     target_url = urls.target(home, to)
-    source_name, target_name = store.describe(home), urls.name_of(target_url)
-    if urls.same(home, url, target_url):
+    source_name, target_name = source.describe(), urls.name_of(target_url)
+    if urls.same(home, source.url, target_url):
         raise StoreError(f"{target_name} is the home's store already: copy it to another one")
     with _no_supervisor(home):
-        src = store.connect(home)
+        src = source.connect()
         try:
             _refuse_live_nodes(src, source_name, "other nodes could be writing into it")
             with _new_file_undone(target_url):
-                tgt = _open(home, target_url, target_name)  # (migrated to the current schema)
+                tgt = _open(source, target_url, target_name)  # (migrated to the current schema)
                 try:
                     _refuse_live_nodes(tgt, target_name, "copy only into a store no node uses")
                     result = Copied(source_name, target_name, target_url)
@@ -131,9 +131,9 @@ def _refuse_live_nodes(conn: Any, name: str, why: str) -> None:
         raise StoreError(f"{name} has live nodes ({', '.join(alive)}): stop them first; {why}")
 
 
-def _open(home: Home, url: str, name: str) -> Any:
+def _open(source: store.Store, url: str, name: str) -> Any:
     try:
-        return urls.open_url(url, store.default_node(str(home.root)))
+        return urls.open_url(url, source.node)  # (who applied the target's migrations: this node)
     except OSError as exc:
         raise StoreError(f"{name} cannot be created: {exc.strerror or exc}") from None
 

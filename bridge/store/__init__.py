@@ -1,20 +1,27 @@
-"""The event core's store: which one (:func:`connect`), and the SQLite file's settings (its
-schema and migrations: :mod:`bridge.store.sqlschema`).
+"""The event core's store, one object per process: :class:`Store`.
 
-By default the event core is one file under the home (``datafiles/ombridge.db``), WAL, a busy
-timeout, owner-only. The schema is created and migrated with sqlite-utils (imported only when a
-migration is due, so that ``ombridge send`` stays light); the hot paths (send, claim) use the
-stdlib connection directly. With a ``postgresql://`` store URL (``--store``, ``OMBRIDGE_STORE`` or
-``[store] url`` in ``conf/ombridge.conf``) it lives in PostgreSQL instead (:mod:`bridge.store.pgstore`);
-what differs between the two is :mod:`bridge.store.dialect`'s. docs/store.md describes every table for
-operators; docs/multinode.md the PostgreSQL store.
+A process (the supervisor, a command, the listener) makes one :class:`Store` for its home and
+passes it to everything that touches the event core. The store knows where the event core is
+(its URL and this node's name, read once), opens the connections (:meth:`Store.connect`), keeps
+the long-lived ones working through one reconnect path (:meth:`Store.using`), lends short ones
+to requests (:meth:`Store.lend`), and answers what the store can do (:attr:`Store.shared`,
+:attr:`Store.checkpoints`, :attr:`Store.backs_up`) instead of which database it is. A database
+that cannot be reached is one error at the seam, :class:`~bridge.errors.StoreUnavailable`;
+``except store.failures()`` catches every failure of the store (:mod:`bridge.store.failures`).
+
+By default the event core is one file under the home (``datafiles/ombridge.db``,
+:mod:`bridge.store.sqlitestore`; its schema :mod:`bridge.store.sqlschema`). With a
+``postgresql://`` store URL (``--store``, ``OMBRIDGE_STORE`` or ``[store] url`` in
+``conf/ombridge.conf``) it lives in PostgreSQL instead (:mod:`bridge.store.pgstore`, its schema
+:mod:`bridge.store.pgschema`); what differs in SQL is :mod:`bridge.store.dialect`'s. Nothing
+above ``bridge/store/`` names a driver (tests/test_structure.py). docs/store.md describes every
+table for operators; docs/multinode.md the PostgreSQL store.
 """
 
 from __future__ import annotations
 
-import _thread  # (C-level, free to import: `ombridge send` pays nothing for the write lock)
+import _thread
 import os
-import sqlite3
 import time
 
 TYPE_CHECKING = False  # typing is not imported at run time: `ombridge send` starts faster
@@ -25,30 +32,16 @@ if TYPE_CHECKING:
     T = TypeVar("T")
 
 from .. import conf
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from ..home import DB_FILE, Home
-from . import dialect
-from .dialect import BUSY_TIMEOUT, SQLITE, Busy
+from . import dialect, sqlitestore
+from .dialect import BUSY_TIMEOUT, POSTGRESQL, SQLITE, Busy
 from .failures import failures, unreachable
-from .sqlschema import SCHEMA_VERSION
+from .sqlitestore import Connection, Row, open_file, open_readonly
 
-__all__ = ["BUSY_TIMEOUT", "Busy", "Connection", "connect", "failures", "transaction", "unreachable"]
-Connection = sqlite3.Connection  # (for annotations above the seam: either store's connection reads like it)
-Row = sqlite3.Row  # (a row of either store reads like it: by name and by index)
+__all__ = ["BUSY_TIMEOUT", "Busy", "Connection", "Row", "Store", "StoreUnavailable", "connect", "failures",
+           "open_file", "open_readonly", "transaction", "unreachable"]
 STORE_ENV = "OMBRIDGE_STORE"  # the store URL; `ombridge --store URL` sets it for what it starts
-
-# One write lock per event core per process. Threads of one process (the supervisor's lanes and
-# the HTTP listener's committer) queue on it and are handed the write lock the instant it is
-# free, instead of meeting in SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between
-# retries and so turns contention into idle milliseconds. Other processes still meet there.
-_WRITE_LOCKS: dict[str, Any] = {}
-
-
-class _Connection(sqlite3.Connection):
-    """A connection that knows its event core's in-process write lock."""
-
-    write_lock: Any = None
-    dialect = SQLITE
 
 
 def now(conn: Any = None) -> float:
@@ -96,156 +89,169 @@ def default_node(root: str) -> str:
     return f"{os.uname().nodename}:{root}".replace("#", "_")
 
 
-def describe(home: Home | str) -> str:
-    """The event core of a home as an operator names it: its SQLite file, or "the database D on
-    H:P" (never a password)."""
-    root = _root(home)
-    url, _ = location(root)
-    if url in ("", "sqlite:"):
-        return os.path.join(root, DB_FILE)
-    from . import pgstore
-
-    return pgstore.where(url)
-
-
-def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> sqlite3.Connection:
-    """Open the event core of a home (a :class:`Home` or its root path): the SQLite file of the
-    home, created or migrated first when needed, or the PostgreSQL database its store URL names
-    (:func:`location`; :func:`bridge.store.pgstore.connect`). The connection is in autocommit mode;
-    write through :func:`transaction`.
-
-    Every commit is synced to disk (``synchronous=FULL``): a send that returned survives a power
-    cut. ``lane=True`` is for the Event Manager's lanes, whose writes are all
-    :mod:`bridge.eventcore.deliveries`' claims and acknowledgements:
-
-    - ``synchronous=NORMAL`` (WAL): they survive any crash of a process, and a power cut can only
-      forget the last ones, so that those deliveries are made again — a duplicate, never a loss —
-      while a batch of Closes does not wait for an fsync per record;
-    - no foreign-key checks (a fifth of the work of recording a Close): those writes change no
-      key, and record an attempt only for a delivery seen in the same transaction;
-    - no checkpoints: SQLite copies the WAL back into the database in the commit that crosses
-      1,000 pages, tens of milliseconds while perl waits; the supervisor checkpoints in a thread
-      of its own instead (:func:`checkpoint`);
-    - statement journals in memory (a multi-row write inside a transaction keeps one), not in a
-      temporary file each time.
-    """
-    root = _root(home)
-    url, node = location(root)
-    if is_postgresql(url):
-        from . import pgstore
-
-        return pgstore.connect(url, node=node or default_node(root), lane=lane)
-    if url not in ("", "sqlite:"):
-        raise StoreError(f"unknown store {url!r}: a postgresql://USER@HOST/DATABASE URL, or sqlite: for the "
-                         "home's own file (the default)")
-    return _sqlite(os.path.join(root, DB_FILE), create, lane)
-
-
 def is_postgresql(url: str) -> bool:
     """Whether the store URL ``url`` names a PostgreSQL database (a URL, or libpq's key=value)."""
     return url.startswith(("postgresql://", "postgres://")) or "=" in url
 
 
-class lend:  # noqa: N801 - used like a function: `with lend(home) as conn:`
-    """A connection to the event core of ``home`` for one short request (a console page,
-    ``/metrics``): on PostgreSQL lent by this process's pool (:class:`bridge.store.pgstore.Lender`,
-    made at the first request), on SQLite a new connection (opening the file costs ~0.1 ms),
-    closed after. Raises as :func:`connect` does while the store cannot be reached."""
+class Store:
+    """The event core of one home, as one process uses it (see the module).
+
+    Made once per process, cheaply (no connection is opened until asked; ``ombridge send`` makes
+    one too); raises :class:`~bridge.errors.StoreError` when the store's settings cannot be read
+    or name an unknown store."""
 
     def __init__(self, home: Home | str) -> None:
         self.root = _root(home)
-        self.conn: Any = None
-        self.lent: Any = None
+        self.url, self.configured_node = location(self.root)
+        self.node = self.configured_node or default_node(self.root)  # this node's name in a shared store
+        if is_postgresql(self.url):
+            self.dialect = POSTGRESQL
+        elif self.url in ("", "sqlite:"):
+            self.dialect = SQLITE
+        else:
+            raise StoreError(f"unknown store {self.url!r}: a postgresql://USER@HOST/DATABASE URL, or sqlite: for "
+                             "the home's own file (the default)")
+        self._lender: Any = None  # PostgreSQL: the pool lend() lends from (made at the first request)
+        self._lender_lock = _thread.allocate_lock()
 
-    def __enter__(self) -> Any:
-        url, node = location(self.root)
-        if not is_postgresql(url):
-            self.conn = connect(self.root)
-            return self.conn
-        lender = _LENDERS.get((url, node))
+    # -- what the store can do (asked instead of "which database is this") --
+
+    @property
+    def shared(self) -> bool:
+        """Whether several nodes may share it (nodes, leases across hosts, LISTEN/NOTIFY wake-ups)."""
+        return self.dialect.shared
+
+    @property
+    def checkpoints(self) -> bool:
+        """Whether its log is copied back by a checkpoint of ours (:func:`checkpoint`)."""
+        return self.dialect.checkpoints
+
+    @property
+    def backs_up(self) -> bool:
+        """Whether ``ombridge backup`` copies it (a file; a database server is pg_dump's)."""
+        return not self.dialect.shared
+
+    @property
+    def file(self) -> str:
+        """The SQLite file of the event core ('' in a database server)."""
+        return "" if self.dialect.shared else os.path.join(self.root, DB_FILE)
+
+    def describe(self) -> str:
+        """The event core as an operator names it: its SQLite file, or "the database D on H:P"
+        (never a password)."""
+        if not self.dialect.shared:
+            return self.file
+        from . import pgstore
+
+        return pgstore.where(self.url)
+
+    # -- connections --
+
+    def connect(self, *, create: bool = True, lane: bool = False) -> Connection:
+        """A new connection to the event core, in autocommit mode (write through
+        :func:`transaction`): the home's SQLite file, created or migrated first when needed, or
+        the PostgreSQL database, its schema migrated first. Raises
+        :class:`~bridge.errors.StoreUnavailable` while the database cannot be reached.
+
+        Every commit is synced to disk: a send that returned survives a power cut. ``lane=True``
+        is for the Event Manager's lanes, whose writes are all :mod:`bridge.eventcore.deliveries`'
+        claims and acknowledgements:
+
+        - they do not wait for the disk (SQLite ``synchronous=NORMAL`` in WAL, PostgreSQL
+          ``synchronous_commit=off``): they survive any crash of a process, and a power cut (or a
+          crash of the server) can only forget the last ones, so that those deliveries are made
+          again — a duplicate, never a loss;
+        - SQLite: no foreign-key checks (a fifth of the work of recording a Close: those writes
+          change no key), no checkpoints in a commit (the supervisor checkpoints in a thread of
+          its own, :func:`checkpoint`), statement journals in memory.
+        """
+        if self.dialect.shared:
+            from . import pgstore
+
+            return pgstore.connect(self.url, node=self.node, lane=lane)
+        return sqlitestore.connect(self.file, create=create, lane=lane)
+
+    def reopen(self, conn: Any, *, lane: bool = False) -> Any:
+        """``conn`` if it still works, else a new connection (the old one closed; None: none
+        yet). Raises as :meth:`connect` does while the database cannot be reached."""
+        if conn is not None and not broken(conn):
+            return conn
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+                pass
+        return self.connect(lane=lane)
+
+    def using(self, conn: Any, work: Callable[[Any], T], *, lane: bool = False) -> tuple[Any, T]:
+        """``work(conn)`` on a working connection: the one reconnect path of every long-lived
+        connection (lanes, the services, the sync back, the listener's committer). ``conn``
+        (None: none yet) is replaced by a new one when the database restarted; one that the
+        server dropped while it lay idle only says so at its first statement, so then ``work``
+        gets one new connection and one more try. Returns the connection to keep and what
+        ``work`` returned; a database still away is :class:`~bridge.errors.StoreUnavailable`."""
+        conn = self.reopen(conn, lane=lane)
+        try:
+            return conn, work(conn)
+        except unreachable():
+            if not broken(conn):
+                raise
+        conn = self.reopen(conn, lane=lane)
+        try:
+            return conn, work(conn)
+        except dialect.unavailable() as exc:
+            raise StoreUnavailable(f"the event core in {self.describe()} is unreachable "
+                                   f"({' '.join(str(exc).split())})") from exc
+
+    def lend(self) -> Any:
+        """A connection for one short request (a console page, ``/metrics``), as a ``with``
+        block: on PostgreSQL lent by this store's pool (:class:`bridge.store.pgstore.Lender`,
+        made at the first request), on SQLite a new connection (opening the file costs ~0.1 ms),
+        closed after. Raises as :meth:`connect` does while the store cannot be reached."""
+        if not self.dialect.shared:
+            return _closing(self.connect())
+        lender = self._lender
         if lender is None:  # made outside the lock: a server that does not answer holds up one request, not all
             from .pgstore import Lender
 
-            made = Lender(url, node or default_node(self.root))
-            with _LENDERS_LOCK:
-                lender = _LENDERS.setdefault((url, node), made)
+            made = Lender(self.url, self.node)
+            with self._lender_lock:
+                if self._lender is None:
+                    self._lender = made
+                lender = self._lender
             if lender is not made:
                 made.close()
-        self.lent = lender.lend()
-        return self.lent.__enter__()
+        return lender.lend()
 
-    def __exit__(self, kind: object, value: object, traceback: object) -> None:
-        if self.lent is not None:
-            self.lent.__exit__(kind, value, traceback)
-        else:
-            self.conn.close()
-
-
-def close_lent() -> None:
-    """Close the pools :class:`lend` made (the listener stops)."""
-    with _LENDERS_LOCK:
-        lenders = list(_LENDERS.values())
-        _LENDERS.clear()
-    for lender in lenders:
-        lender.close()
+    def close(self) -> None:
+        """Close what this store keeps open (the pool :meth:`lend` made); it may be used again."""
+        with self._lender_lock:
+            lender, self._lender = self._lender, None
+        if lender is not None:
+            lender.close()
 
 
-_LENDERS: dict[tuple[str, str], Any] = {}
-_LENDERS_LOCK = _thread.allocate_lock()
+class _closing:  # noqa: N801 - contextlib alone costs `ombridge send` ~1 ms
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()
 
 
-def open_readonly(path: str) -> sqlite3.Connection:
-    """A SQLite file of the operator's, read only (a context table kept in a file of its own)."""
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+def connect(home: Home | str, *, create: bool = True, lane: bool = False) -> Connection:
+    """A new connection to the event core of ``home`` (:meth:`Store.connect`), for a process
+    that needs exactly one (``ombridge send``, a test)."""
+    return Store(home).connect(create=create, lane=lane)
 
 
-def open_file(path: str) -> sqlite3.Connection:
-    """The event core in the SQLite file ``path`` (any file, not only a home's: ``ombridge store
-    copy --to sqlite:PATH``), created owner-only and migrated first when needed. Unlike a home's
-    ``datafiles/``, its directory is left as it was: no mode change, no lock file left behind."""
-    path = os.path.abspath(path)
-    lock = os.path.join(os.path.dirname(path), ".migrate.lock")
-    litter = not os.path.exists(lock)
-    if not os.path.exists(path):
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    try:
-        return _sqlite(path, False, False)
-    finally:
-        if litter and os.path.exists(lock):
-            os.unlink(lock)
-
-
-def _sqlite(path: str, create: bool, lane: bool) -> sqlite3.Connection:
-    if not os.path.exists(path):
-        if not create:
-            raise StoreError(f"no event core at {path}")
-        datafiles = os.path.dirname(path)
-        if not os.path.isdir(datafiles):  # (a directory that exists is the operator's: /tmp stays /tmp)
-            os.makedirs(datafiles, exist_ok=True)
-            os.chmod(datafiles, 0o700)
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)  # owner-only before sqlite writes a byte
-        os.close(fd)
-    try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False,
-                               factory=_Connection)
-        conn.write_lock = _WRITE_LOCKS.setdefault(path, _thread.RLock())
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = FULL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} is not a usable event core: {exc}") from exc
-    if version > SCHEMA_VERSION:
-        conn.close()
-        raise StoreError(f"{path} has schema version {version}; this ombridge knows up to {SCHEMA_VERSION}: upgrade ombridge")
-    if version < SCHEMA_VERSION:
-        from .sqlschema import migrate
-
-        migrate(os.path.dirname(path), conn)
-    if lane:  # (after a migration, whose index builds may sort more than memory should hold)
-        for pragma in ("foreign_keys = OFF", "synchronous = NORMAL", "wal_autocheckpoint = 0", "temp_store = MEMORY"):
-            conn.execute(f"PRAGMA {pragma}")
-    return conn
+def describe(home: Home | str) -> str:
+    """The event core of ``home`` as an operator names it (:meth:`Store.describe`)."""
+    return Store(home).describe()
 
 
 class transaction:  # noqa: N801 - used like a function: `with transaction(conn):`
@@ -263,14 +269,14 @@ class transaction:  # noqa: N801 - used like a function: `with transaction(conn)
     contextlib generator: contextlib alone costs ``ombridge send`` ~1 ms.
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, wait: bool = True, catalog: bool = False) -> None:
+    def __init__(self, conn: Connection, *, wait: bool = True, catalog: bool = False) -> None:
         self.conn = conn
         self.lock = getattr(conn, "write_lock", None)
         self.dialect = dialect.of(conn)
         self.wait = wait  # False: raise Busy at once if another writer holds the lock
         self.catalog = catalog
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> Connection:
         conn = self.conn
         if self.lock is not None and not self.lock.acquire(self.wait):
             raise Busy  # (threads of this process queue here, handed the lock at once)
@@ -312,61 +318,24 @@ def broken(conn: Any) -> bool:
     return bool(getattr(conn, "closed", False))
 
 
-def reopen(home: Home | str, conn: Any, *, lane: bool = False) -> Any:
-    """``conn`` if it still works, else a new connection to the same store (the old one closed);
-    raises as :func:`connect` does while the store cannot be reached."""
-    if conn is not None and not broken(conn):
-        return conn
-    if conn is not None:
-        try:
-            conn.close()
-        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
-            pass
-    return connect(home, lane=lane)
+def checkpoint(conn: Connection) -> None:
+    """Copy what a SQLite WAL holds back into the database, without waiting for or blocking
+    anyone. PostgreSQL checkpoints on its own: nothing to do there (:attr:`Store.checkpoints`)."""
+    if dialect.of(conn).checkpoints:
+        sqlitestore.checkpoint(conn)
 
 
-def using(home: Home | str, conn: Any, work: Callable[[Any], T], *, lane: bool = False) -> tuple[Any, T]:
-    """``work(conn)`` on a working connection: the one reconnect path of every long-lived
-    connection (lanes, chores, the sync back). ``conn`` (None: none yet) is replaced by a new one
-    when the database restarted; one that the server dropped while it lay idle only says so at
-    its first statement, so then ``work`` gets one new connection and one more try. Returns the
-    connection to keep and what ``work`` returned; raises as ``work`` does otherwise."""
-    conn = reopen(home, conn, lane=lane)
-    try:
-        return conn, work(conn)
-    except unreachable():
-        if not broken(conn):
-            raise
-    conn = reopen(home, conn, lane=lane)
-    return conn, work(conn)
-
-
-def checkpoint(conn: sqlite3.Connection) -> None:
-    """Copy what the WAL holds back into the database, without waiting for or blocking anyone
-    (a passive checkpoint: what readers still use is copied next time). PostgreSQL checkpoints
-    on its own: nothing to do there."""
-    if dialect.of(conn) is not SQLITE:
-        return
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-
-
-def integrity(conn: sqlite3.Connection, quick: bool = False) -> list[str]:
-    """What SQLite's integrity check finds wrong with the event core ([] when it is sound).
+def integrity(conn: Connection, quick: bool = False) -> list[str]:
+    """What the store's integrity check finds wrong with the event core ([] when it is sound).
     PostgreSQL guards its own pages: the supervisor's ``quick`` check at start finds nothing
     there, and the full one (``check --db``) is :func:`bridge.store.pgschema.check`."""
-    if dialect.of(conn) is not SQLITE:
-        if quick:
-            return []
-        from . import pgschema
+    if dialect.of(conn) is SQLITE:
+        return sqlitestore.integrity(conn, quick)
+    if quick:
+        return []
+    from . import pgschema
 
-        return pgschema.check(conn)
-    try:
-        rows = [r[0] for r in conn.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check")]
-    except sqlite3.DatabaseError as exc:
-        return [str(exc)]
-    # one problem a line ("*** in database main ***" is a heading, not a problem)
-    problems = [line for row in rows for line in str(row).splitlines() if line and not line.startswith("***")]
-    return [] if rows == ["ok"] else problems or rows
+    return pgschema.check(conn)
 
 
 def recovery(conn: Any) -> str:
@@ -376,15 +345,9 @@ def recovery(conn: Any) -> str:
     return "each line says what repairs it; \"Checking the database\" in docs/multinode.md says more"
 
 
-def backup(conn: sqlite3.Connection, target: str) -> None:
-    """Copy the event core to ``target`` with SQLite's online backup (consistent while it is in
-    use); the copy is owner-only. Refuses to overwrite an existing file, and a PostgreSQL store."""
-    if dialect.of(conn) is not SQLITE:
+def backup(conn: Connection, target: str) -> None:
+    """Copy the event core to ``target`` (owner-only, never over an existing file) while it is in
+    use; refused for a PostgreSQL store (:attr:`Store.backs_up`)."""
+    if dialect.of(conn).shared:
         raise StoreError("the event core is in PostgreSQL: back it up with pg_dump, or store copy")
-    fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)  # FileExistsError: never overwrite
-    os.close(fd)
-    copy = sqlite3.connect(target)
-    try:
-        conn.backup(copy)
-    finally:
-        copy.close()
+    sqlitestore.backup(conn, target)

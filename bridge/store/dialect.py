@@ -236,6 +236,7 @@ def quote(name: str) -> str:
 
 
 SQLITE = Dialect()
+POSTGRESQL = PostgreSQL()
 
 
 def of(conn: Any) -> Dialect:

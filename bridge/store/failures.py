@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from . import dialect
 
 
@@ -21,8 +21,8 @@ def failures() -> tuple[type[BaseException], ...]:
 
 def unreachable() -> tuple[type[BaseException], ...]:
     """The exceptions that mean "the database cannot be reached now" (a server that went away or
-    restarted; none on SQLite): a new connection may succeed."""
-    return dialect.unavailable()
+    restarted; never on SQLite): a new connection may succeed."""
+    return (StoreUnavailable, *dialect.unavailable())
 
 
 def describe(exc: BaseException) -> str | None:

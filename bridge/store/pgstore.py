@@ -27,11 +27,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreUnavailable
 from . import pgschema
-from .dialect import PostgreSQL
+from .dialect import POSTGRESQL
 
-POSTGRESQL = PostgreSQL()
 CONNECT_TIMEOUT = 10  # seconds: an unreachable server is said so, not waited for
 CLOCK_EVERY = 30.0  # seconds between two measures of a connection's clock against the database's
 
@@ -157,7 +156,7 @@ def connect(url: str, *, node: str = "", lane: bool = False) -> Connection:
         conn = Connection.connect(url, **_settings())
     except psycopg.OperationalError as exc:
         reason = " ".join(str(exc).split())
-        raise StoreError(f"the event core in {where(url)} is unreachable ({reason})") from None
+        raise StoreUnavailable(f"the event core in {where(url)} is unreachable ({reason})") from None
     try:
         conn.cursor_factory = psycopg.Cursor  # the migrator's own queries use %s
         try:
@@ -210,7 +209,7 @@ class Lender:
         try:
             conn = self.pool.getconn()
         except PoolTimeout:
-            raise StoreError(f"the event core in {self.where} is unreachable (no connection within "
+            raise StoreUnavailable(f"the event core in {self.where} is unreachable (no connection within "
                              f"{self.WAIT:.0f}s)") from None
         try:
             yield conn

@@ -39,12 +39,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from .. import conf, store
+from .. import conf
 from ..errors import UsageError
 from ..eventcore import omimap
 from ..home import Home
 from ..model import OUTPUT_TAIL, Attempt
-from ..store import Connection
+from ..store import Connection, Store
 
 PASSWORD_FILE = os.path.join("conf", "omi-password")
 SYNC_PATH = "/opr-gateway/rest/9.10/synchronization/"
@@ -252,11 +252,12 @@ def change_body(omi_id: str, key: Mapping[str, Any]) -> bytes:
 class SyncBack:
     """The sync back of one home: the Event Manager's performer for ``omi`` actions (the daemon
     hands it over: ``others``). It keeps, for each action lane (a thread), a connection to the
-    event core, reconnected by :func:`bridge.store.using` when the database restarted, and the
+    event core, reconnected by :meth:`bridge.store.Store.using` when the database restarted, and the
     ``[omi]`` settings with the password, read again only when their files changed."""
 
-    def __init__(self, home: Home) -> None:
+    def __init__(self, home: Home, store: Store) -> None:
         self.home = home
+        self.store = store  # the process's one Store
         self._local = threading.local()  # each lane thread: its connection
         self._read: tuple[tuple[float, float], OmiConfig, str] | None = None  # (stamps, settings, credentials)
 
@@ -269,7 +270,7 @@ class SyncBack:
             read = self._read = (stamps, config, _credentials(self.home, config))
         return read[1], read[2]
 
-    def deliver(self, event: Any, timeout: float, cwd: str | None = None) -> Attempt:
+    def deliver(self, event: Any, timeout: float) -> Attempt:
         """Deliver one ``omi/change`` event (an :class:`~bridge.eventcore.deliveries.EventContext`)
         to OMi's gateway."""
         from . import omihttp
@@ -298,7 +299,7 @@ class SyncBack:
         return Attempt(True, started, time.time(), 200, "\n".join(outputs)[-OUTPUT_TAIL:])
 
     def _use(self, work: Any) -> Any:
-        self._local.conn, result = store.using(self.home, getattr(self._local, "conn", None), work)
+        self._local.conn, result = self.store.using(getattr(self._local, "conn", None), work)
         return result
 
 

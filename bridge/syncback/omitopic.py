@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .. import store
 from ..errors import UsageError
 from ..eventcore import builtins
 from ..eventcore.builtins import CHANGE_TOPIC
-from ..home import Home
-from ..store import Connection
+from ..store import Connection, Store
 
 
 def ensure_subscriber(conn: Connection) -> int:
@@ -32,7 +30,7 @@ def close_key(external_id: str, annotation: str | None = None) -> dict[str, str]
     return key
 
 
-def send_close(home: Home, external_id: str, annotation: str | None = None,
+def send_close(where: Store, external_id: str, annotation: str | None = None,
                on_stored: Callable[[], None] | None = None) -> int:
     """Store ``omi/change`` for a close of ``external_id``; returns the event id. Refused at once
     (:class:`bridge.syncback.omisync.Unsendable`, nothing stored) when no OMi event is known behind it."""
@@ -40,11 +38,11 @@ def send_close(home: Home, external_id: str, annotation: str | None = None,
     from .omisync import targets
 
     key = close_key(external_id, annotation)
-    conn = store.connect(home)
+    conn = where.connect()
     try:
         targets(conn, key)
         ensure_subscriber(conn)
-        result = send(conn, CHANGE_TOPIC, key, force=True, cwd=str(home.root), on_stored=on_stored)
+        result = send(conn, CHANGE_TOPIC, key, force=True, cwd=where.root, on_stored=on_stored)
     finally:
         conn.close()
     assert result.event_id is not None

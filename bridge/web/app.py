@@ -45,6 +45,7 @@ from ..errors import BridgeError, NotFound, UsageError
 from ..eventcore import events, metrics
 from ..home import Home
 from ..names import check_topic_name
+from ..store import Store
 from ..syncback import omisync, omitopic
 from . import omi
 from .auth import Authenticator, BasicAuthMiddleware
@@ -65,6 +66,7 @@ class WebContext:
     """What the routes need: the home, the committer, the settings, the supervisor's status."""
 
     home: Home
+    store: Store  # the process's one Store
     committer: GroupCommitter
     authenticator: Authenticator
     omi_base: str = "/omi"
@@ -97,12 +99,12 @@ def failure(exc: BaseException) -> Refused | None:
     return None
 
 
-def store_trouble(home: Any) -> str | None:
+def store_trouble(where: Store) -> str | None:
     """Why the event core cannot be used now (None when it answers): ``/healthz``'s probe. A
     connection of its own, not one lent by the console's pool: a node whose pool is busy with
     slow pages still answers its load balancer."""
     try:
-        conn = store.connect(home)
+        conn = where.connect()
         try:
             conn.execute("SELECT 1 FROM topics LIMIT 1").fetchall()
         finally:
@@ -112,7 +114,7 @@ def store_trouble(home: Any) -> str | None:
     return None
 
 
-async def sendable_change(home: Home, topic: str, key: dict[str, Any]) -> None:
+async def sendable_change(where: Store, topic: str, key: dict[str, Any]) -> None:
     """422 for an ``omi/change`` that could never reach OMi (no OMi event known behind its ID, an
     OMi id that cannot be put in a URL): refused now rather than retried for a day. Other topics,
     and a change without ID (the event core's 422 says so), pass."""
@@ -120,7 +122,7 @@ async def sendable_change(home: Home, topic: str, key: dict[str, Any]) -> None:
         return
 
     def check() -> None:
-        with store.lend(home) as conn:
+        with where.lend() as conn:
             omisync.targets(conn, key)
     try:
         await run_in_threadpool(check)
@@ -226,13 +228,13 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
     async def healthz(request: Request) -> Response:
         """Load balancers: 200 while the listener serves and the event core answers; 503 (with
         the reason) while it cannot be reached, so that a balancer sends OMi to another node."""
-        trouble = await run_in_threadpool(store_trouble, ctx.home)
+        trouble = await run_in_threadpool(store_trouble, ctx.store)
         return _unreachable(trouble) if trouble else PlainTextResponse("ok\n")
 
     async def metrics_text(request: Request) -> Response:
         """The Prometheus text of ``ombridge metrics``."""
         def render() -> str:
-            with store.lend(ctx.home) as conn:
+            with ctx.store.lend() as conn:
                 return metrics.render(conn, ctx.status() if ctx.status else None)
         try:
             text = await run_in_threadpool(render)
@@ -245,7 +247,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
         """JSON ``{"topic", "key", "force"}`` -> the event core's send."""
         require_media(request, "json")
         topic, key, force = _event_request(await read_body(request, ctx.max_body))
-        await sendable_change(ctx.home, topic, key)
+        await sendable_change(ctx.store, topic, key)
         try:
             (result,) = await ctx.committer.commit([(topic, key)], force=force)
         except NotFound as exc:
@@ -277,7 +279,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
     # -- the operator console (bridge/web/console): /ui authenticates itself (login, session) --
     from .console import mount
 
-    served = mount(served, ctx.home, ctx.authenticator, ctx.status)
+    served = mount(served, ctx.home, ctx.store, ctx.authenticator, ctx.status)
     # --
     return CountingMiddleware(served, ctx)
 

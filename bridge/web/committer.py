@@ -24,8 +24,8 @@ from .. import store
 from ..delivery.sending import deliver
 from ..errors import BridgeError, UsageError
 from ..eventcore import builtins, events
-from ..home import Home
 from ..outage import Outage
+from ..store import Store
 from . import forwarded
 
 log = logging.getLogger("ombridge.web")
@@ -61,8 +61,8 @@ def _resolve(works: list[_Work]) -> None:
 class GroupCommitter:
     """One thread that stores what concurrent requests hand it, a batch per transaction."""
 
-    def __init__(self, home: Home, wake: Callable[[], None] | None = None, wake_every: float = WAKE_EVERY) -> None:
-        self.home = home
+    def __init__(self, store: Store, wake: Callable[[], None] | None = None, wake_every: float = WAKE_EVERY) -> None:
+        self.store = store  # the process's one Store
         self.wake = wake
         self.wake_every = wake_every
         self.commits = 0
@@ -75,7 +75,7 @@ class GroupCommitter:
 
     def start(self) -> None:
         """Open the event core (defining the built-in topics if missing) and start the thread."""
-        conn = store.connect(self.home)
+        conn = self.store.connect()
         builtins.ensure_all(conn)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, args=(conn,), name="group-commit", daemon=True)
@@ -158,7 +158,7 @@ class GroupCommitter:
         if not batch:
             return conn, False
         try:
-            conn = store.reopen(self.home, conn)
+            conn = self.store.reopen(conn)
         except (BridgeError, *store.failures()) as exc:
             error = self._failed(exc)
             for w in batch:
@@ -213,7 +213,7 @@ class GroupCommitter:
 
     def _send(self, conn: Any, items: list[tuple[str, Any]], force: bool) -> list[events.SendResult]:
         # Stored (the caller's transaction holds the OMi mapping too), then the synchronized calls.
-        results = deliver(conn, forwarded.store_all(conn, items, force), cwd=str(self.home.root))
+        results = deliver(conn, forwarded.store_all(conn, items, force), cwd=self.store.root)
         self.commits += 1
         self.events += len(items)
         return results

@@ -32,6 +32,7 @@ from .. import store
 from ..errors import BridgeError
 from ..home import Home
 from ..model import LISTENER_MOVES, ListenerState, check_transition
+from ..store import Store
 from ..syncback import omisync
 from . import tls, users
 from .app import WebContext, create_app
@@ -131,18 +132,19 @@ def _route_uvicorn_logs() -> None:
 class Listener:
     """start() / stop() / status() of the HTTP listener; the supervisor calls nothing else."""
 
-    def __init__(self, home: Home, config: ListenConfig, *, wake: Callable[[], None] | None = None,
-                 status: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, home: Home, config: ListenConfig, *, store: Store | None = None,
+                 wake: Callable[[], None] | None = None, status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.home = home
+        self.store = store or Store(home)  # the supervisor's (the process's one), or its own standing alone
         self.config = config
         self.state = ListenerState.STOPPED
         self._state_lock = threading.Lock()
-        self.committer = GroupCommitter(home, wake)
+        self.committer = GroupCommitter(self.store, wake)
         self._users_conn = None
         self._users: dict[str, str] | None = None  # the users last read
         self._users_stale = False  # the last reading failed (and said so)
         self.authenticator = Authenticator(self._load_users)
-        self.ctx = WebContext(home, self.committer, self.authenticator, config.omi_base, config.max_body, status,
+        self.ctx = WebContext(home, self.store, self.committer, self.authenticator, config.omi_base, config.max_body, status,
                               omisync.load_config(home).external_id, config.tls)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -163,7 +165,7 @@ class Listener:
         # While the database is away (or restarting), the users read last keep serving: OMi's
         # requests are then refused with 503 by the commit, not with 401.
         try:
-            self._users_conn = store.reopen(self.home, self._users_conn)
+            self._users_conn = self.store.reopen(self._users_conn)
             self._users = users.hashes(self._users_conn)
             self._users_stale = False
         except (BridgeError, *store.failures()) as exc:
@@ -268,7 +270,7 @@ class Listener:
         if self._users_conn is not None:
             self._users_conn.close()
             self._users_conn = None
-        store.close_lent()
+        self.store.close()
         self._server = None
         if self.state is not ListenerState.FAILED:
             self._change_state(ListenerState.STOPPED)

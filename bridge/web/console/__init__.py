@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ...home import Home
+from ...store import Store
 from ..auth import Authenticator
 from .base import HERE, Console
 from .maintenance import Maintenance
@@ -36,10 +37,10 @@ HEADERS = [(b"content-security-policy", b"default-src 'self'; img-src 'self' dat
            (b"referrer-policy", b"same-origin"), (b"cache-control", b"no-store")]
 
 
-def create_console(home: Home, authenticator: Authenticator,
+def create_console(home: Home, store: Store, authenticator: Authenticator,
                    status: Callable[[], dict[str, Any]] | None = None) -> Starlette:
     """The console's ASGI application (its routes carry the full ``/ui/...`` paths)."""
-    console = Console(home, authenticator, status)
+    console = Console(home, store, authenticator, status)
     pages, maint, queue = Pages(console), Maintenance(console), Queue(console)
     g = console.guarded
 
@@ -117,7 +118,7 @@ class Mounted:
             await self.rest(scope, receive, send)
 
 
-def mount(rest: Any, home: Home, authenticator: Authenticator,
+def mount(rest: Any, home: Home, store: Store, authenticator: Authenticator,
           status: Callable[[], dict[str, Any]] | None = None) -> Mounted:
     """The listener's application ``rest`` with the console in front of it under ``/ui``."""
-    return Mounted(create_console(home, authenticator, status), rest)
+    return Mounted(create_console(home, store, authenticator, status), rest)

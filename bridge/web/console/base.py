@@ -32,6 +32,7 @@ from ...errors import BridgeError, NotFound, UsageError
 from ...eventcore import audit, builtins, nodes
 from ...home import Home
 from ...outage import Outage
+from ...store import Store
 from ...wording import (
     attempt_rounds,
     clock,
@@ -89,9 +90,10 @@ def compact_json(value: Any) -> str:
 class Console:
     """The console's shared parts: the home, the users' sessions, the supervisor's status, templates."""
 
-    def __init__(self, home: Home, authenticator: Authenticator,
+    def __init__(self, home: Home, store: Store, authenticator: Authenticator,
                  status: Callable[[], dict[str, Any]] | None) -> None:
         self.home = home
+        self.store = store  # the process's one Store: pages borrow its connections
         self.sessions = Sessions(authenticator, self.core)
         self.status = status
         # the event core's outage as this console met it: since when (wall clock), and why
@@ -108,10 +110,10 @@ class Console:
     # -- the library, off the event loop ---------------------------------------------------------
 
     async def core(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """``fn(conn, *args, **kwargs)`` on a connection to the event core (:class:`store.lend`),
+        """``fn(conn, *args, **kwargs)`` on a connection to the event core (:meth:`Store.lend`),
         in a worker thread."""
         def run() -> Any:
-            with store.lend(self.home) as conn:
+            with self.store.lend() as conn:
                 return fn(conn, *args, **kwargs)
         try:
             result = await run_in_threadpool(run)
