@@ -109,16 +109,18 @@ def _cpu(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def _perl_cpu(pid: int) -> float:
-    """CPU seconds of the supervisor's running children (the perl child)."""
+def _children_cpu(pid: int, listeners: bool) -> float:
+    """CPU seconds of the supervisor's running children: its perl children, or (``listeners``)
+    its listener processes."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                listener = b"bridge.web.worker" in open(f"/proc/{entry}/cmdline", "rb").read()
             except OSError:
                 continue
-            if int(fields[1]) == pid:
+            if int(fields[1]) == pid and listener == listeners:
                 total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
 
@@ -128,26 +130,27 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e3
 
 
-def measure() -> dict[str, float]:
-    """Run both loads against one supervisor; figures in a dict."""
+def measure(processes: int = 0) -> dict[str, float]:
+    """Run both loads against one supervisor (its listener in ``processes`` of its own, or in
+    it); figures in a dict (CPU: the supervisor's and its listener processes')."""
     with bench_home() as home:
         conn = store.connect(home)
         users.add_user(conn, USER, PASSWORD)
-        st = launcher.spawn(home, ["--listen", "127.0.0.1:0"])
+        st = launcher.spawn(home, ["--listen", "127.0.0.1:0", "--listen-processes", str(processes)])
         port, pid = st["listener"]["port"], st["supervisor"]["pid"]
         try:
             noop = _noops(NOOP_PER_CLIENT)
             asyncio.run(_load(port, [r[:50] for r in noop]))  # warm up: credentials checked once, connections
-            cpu = _cpu(pid)
+            cpu = _cpu(pid) + _children_cpu(pid, True)
             noop_s, noop_lat, _ = asyncio.run(_load(port, noop))
-            noop_cpu = _cpu(pid) - cpu
+            noop_cpu = _cpu(pid) + _children_cpu(pid, True) - cpu
             closes = _closes(CLOSES_PER_CLIENT, "BENCH")
-            cpu, perl = _cpu(pid), _perl_cpu(pid)
+            cpu, perl = _cpu(pid) + _children_cpu(pid, True), _children_cpu(pid, False)
             close_s, close_lat, acked = asyncio.run(_load(port, closes))
             deadline = time.monotonic() + 60
             while control.request(home.root, "status")["backlog"]["open"] and time.monotonic() < deadline:
                 time.sleep(0.05)
-            close_cpu, perl_cpu = _cpu(pid) - cpu, _perl_cpu(pid) - perl
+            close_cpu, perl_cpu = _cpu(pid) + _children_cpu(pid, True) - cpu, _children_cpu(pid, False) - perl
             web = control.request(home.root, "status")["listener"]
         finally:
             launcher.stop(home)

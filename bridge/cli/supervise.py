@@ -50,13 +50,16 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
               help="PEM private key of --tls-cert (keep it chmod 600).")
 @click.option("--max-body", type=click.IntRange(min=1024), default=None, metavar="BYTES",
               help="Largest request body accepted (default 1048576); larger ones get 413.")
+@click.option("--listen-processes", "listen_processes", type=click.IntRange(min=0, max=16), default=None,
+              metavar="N", help="Serve HTTP from N processes of its own beside the supervisor (default: "
+                                "listen.processes in conf/ombridge.conf, else 0: in the supervisor). See docs/omi.md.")
 @click.option("--perl", "perl", metavar="PATH", default=None,
               help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.conf, else perl).")
 @click.pass_context
 def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: int, per_subscriber: int | None,
           poll: float, retention: str,
           metrics_textfile: str | None, metrics_interval: float, listen: str | None, tls_cert: str | None,
-          tls_key: str | None, max_body: int | None, perl: str | None) -> None:
+          tls_key: str | None, max_body: int | None, listen_processes: int | None, perl: str | None) -> None:
     """Start the supervisor: the Event Manager, ombacksync and, when asked, the HTTP listener.
 
     Returns once it is up, or fails with the reason. The listener's settings may also live in the
@@ -70,7 +73,8 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
     textfile = os.path.abspath(metrics_textfile) if metrics_textfile else None
     if textfile and not os.path.isdir(os.path.dirname(textfile)):
         raise UsageError(f"--metrics-textfile {textfile}: the folder {os.path.dirname(textfile)} does not exist")
-    listen_config = web_config.resolve(home, listen, tls_cert, tls_key, max_body)  # refused here, before spawning
+    listen_config = web_config.resolve(home, listen, tls_cert, tls_key, max_body,  # refused here, before spawning
+                                       processes=listen_processes)
     if foreground:
         from ..daemon import (
             supervisor,  # the daemon, loaded only by the process that runs it
@@ -79,8 +83,11 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
         make_listener = None
         if listen_config is not None:  # (the web stack is imported only here: nothing of it loads unless asked)
             from ..web.listener import Listener
+            from ..web.workers import ListenerProcesses
 
-            def make_listener(home: Home, **hooks: Any) -> Listener:
+            def make_listener(home: Home, **hooks: Any) -> Listener | ListenerProcesses:
+                if listen_config.processes:
+                    return ListenerProcesses(home, listen_config, **hooks)
                 return Listener(home, listen_config, **hooks)
 
         if per_subscriber is not None and per_subscriber > workers:
@@ -92,7 +99,8 @@ def start(ctx: click.Context, foreground: bool, no_stderr_log: bool, workers: in
         sys.exit(sup.run())
     listen_options = [*(["--listen", listen] if listen else []), *(["--tls-cert", tls_cert] if tls_cert else []),
                       *(["--tls-key", tls_key] if tls_key else []),
-                      *(["--max-body", str(max_body)] if max_body is not None else [])]
+                      *(["--max-body", str(max_body)] if max_body is not None else []),
+                      *(["--listen-processes", str(listen_processes)] if listen_processes is not None else [])]
     if per_subscriber is not None and per_subscriber > workers:
         raise UsageError(f"--per-subscriber {per_subscriber} is more than the {workers} action lanes (--workers)")
     options = ["--workers", str(workers), *(["--per-subscriber", str(per_subscriber)] if per_subscriber else []),

@@ -74,6 +74,7 @@ class WebContext:
     status: Callable[[], dict[str, Any]] | None = None
     external_id: tuple[str, ...] = omi.DEFAULT_EXTERNAL_ID  # [omi] external_id's candidates
     tls: bool = False  # HSTS on every answer when the listener speaks HTTPS
+    session_key: bytes | None = None  # the console's signing key (None: one of this process's)
     requests: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
 
@@ -279,7 +280,7 @@ def create_app(ctx: WebContext, extra_routes: list[BaseRoute] | None = None) -> 
     # -- the operator console (bridge/web/console): /ui authenticates itself (login, session) --
     from .console import mount
 
-    served = mount(served, ctx.home, ctx.store, ctx.authenticator, ctx.status)
+    served = mount(served, ctx.home, ctx.store, ctx.authenticator, ctx.status, ctx.session_key)
     # --
     return CountingMiddleware(served, ctx)
 

@@ -155,7 +155,8 @@ class FailureThrottle:
 class Authenticator:
     """Checks Basic credentials against the users table, remembering the ones that matched."""
 
-    def __init__(self, load: Callable[[], dict[str, str]], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, load: Callable[[], dict[str, str]], clock: Callable[[], float] = time.monotonic,
+                 throttle: FailureThrottle | None = None) -> None:
         self._load = load
         self.clock = clock
         self._users: dict[str, str] = {}
@@ -163,7 +164,7 @@ class Authenticator:
         self._key = secrets.token_bytes(32)
         self._matched: OrderedDict[bytes, str] = OrderedDict()
         self._checks = asyncio.Semaphore(2)
-        self.throttle = FailureThrottle(clock)
+        self.throttle = FailureThrottle(clock) if throttle is None else throttle  # (the listener processes': the supervisor's)
         self.failures = 0
         self.throttled = 0
         self._pending: dict[bytes, asyncio.Future[bool]] = {}  # credentials being checked now

@@ -28,7 +28,8 @@ from ..home import Home
 
 DEFAULT_BASE = "/omi"
 DEFAULT_MAX_BODY = 1 << 20
-_KEYS = {"address", "tls_cert", "tls_key", "omi_base", "max_body", "trusted_proxies"}
+_KEYS = {"address", "tls_cert", "tls_key", "omi_base", "max_body", "trusted_proxies", "processes"}
+MAX_PROCESSES = 16
 _BASE_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 _ADDRESS_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]\s]+)):(?P<port>\d{1,5})")
 
@@ -44,6 +45,7 @@ class ListenConfig:
     omi_base: str = DEFAULT_BASE
     max_body: int = DEFAULT_MAX_BODY
     trusted_proxies: tuple[str, ...] = ()  # networks, as written by trusted_proxies()
+    processes: int = 0  # listener processes of its own (bridge/web/workers.py); 0: in the supervisor
 
     @property
     def tls(self) -> bool:
@@ -81,19 +83,24 @@ def read_file(home: Home) -> dict[str, object]:
 
 
 def resolve(home: Home, address: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-            max_body: int | None = None, omi_base: str | None = None) -> ListenConfig | None:
+            max_body: int | None = None, omi_base: str | None = None, processes: int | None = None) -> ListenConfig | None:
     """The listener to run: the command line's options over the config file's; None when neither
     names an address. Raises :class:`UsageError` for anything inconsistent."""
-    conf = read_file(home)
-    address = address or _text(conf, "address")
-    cert = tls_cert or _text(conf, "tls_cert")
-    key = tls_key or _text(conf, "tls_key")
-    base = omi_base or _text(conf, "omi_base") or DEFAULT_BASE
+    section = read_file(home)
+    address = address or _text(section, "address")
+    cert = tls_cert or _text(section, "tls_cert")
+    key = tls_key or _text(section, "tls_key")
+    base = omi_base or _text(section, "omi_base") or DEFAULT_BASE
     if max_body is None:
-        raw = conf.get("max_body", DEFAULT_MAX_BODY)
+        raw = section.get("max_body", DEFAULT_MAX_BODY)
         if isinstance(raw, bool) or not isinstance(raw, int):
             raise UsageError(f"{conf.CONF_FILE}: listen.max_body is a number of bytes")
         max_body = raw
+    if processes is None:
+        processes = section.get("processes", 0)
+        if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= MAX_PROCESSES:
+            raise UsageError(f"{conf.CONF_FILE}: listen.processes is a number from 0 (the listener in the supervisor) "
+                             f"to {MAX_PROCESSES}")
     if not address:
         if cert or key:
             raise UsageError("--tls-cert and --tls-key need --listen HOST:PORT "
@@ -110,7 +117,7 @@ def resolve(home: Home, address: str | None = None, tls_cert: str | None = None,
     if base.startswith(("/api/", "/healthz", "/metrics")) or base == "/api":
         raise UsageError(f"the OMi base path {base} would hide one of ombridge's own paths")
     return ListenConfig(host, port, _under(home, cert), _under(home, key), base, max_body,
-                        trusted_proxies(conf.get("trusted_proxies", [])))
+                        trusted_proxies(section.get("trusted_proxies", [])), processes)
 
 
 def trusted_proxies(value: object) -> tuple[str, ...]:
@@ -131,8 +138,8 @@ def trusted_proxies(value: object) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _text(conf: dict[str, object], name: str) -> str | None:
-    value = conf.get(name)
+def _text(section: dict[str, object], name: str) -> str | None:
+    value = section.get(name)
     if value is not None and not isinstance(value, str):
         raise UsageError(f"{conf.CONF_FILE}: listen.{name} must be a string")
     return value or None

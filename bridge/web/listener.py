@@ -36,7 +36,7 @@ from ..store import Store
 from ..syncback import omisync
 from . import tls, users
 from .app import WebContext, create_app
-from .auth import Authenticator
+from .auth import Authenticator, FailureThrottle
 from .committer import GroupCommitter
 from .config import ListenConfig
 
@@ -129,12 +129,39 @@ def _route_uvicorn_logs() -> None:
 
 
 
+def bind(cfg: ListenConfig) -> socket.socket:
+    """The listener's socket, bound and listening (non-blocking): in the supervisor's thread, so
+    that a busy port fails ``ombridge start`` with the reason; a listener process inherits it."""
+    try:
+        infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, addr = infos[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(addr)
+            sock.listen(1024)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise BridgeError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
+    sock.setblocking(False)
+    return sock
+
+
 class Listener:
     """start() / stop() / status() of the HTTP listener; the supervisor calls nothing else."""
 
     def __init__(self, home: Home, config: ListenConfig, *, store: Store | None = None,
-                 wake: Callable[[], None] | None = None, status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 wake: Callable[[], None] | None = None, status: Callable[[], dict[str, Any]] | None = None,
+                 sock: socket.socket | None = None, throttle: FailureThrottle | None = None,
+                 session_key: bytes | None = None) -> None:
+        """``sock``, ``throttle``, ``session_key``: a listener process's (:mod:`bridge.web.worker`):
+        the socket the supervisor bound, the login throttle and console key every process shares."""
         self.home = home
+        self._given = sock
         self.store = store or Store(home)  # the supervisor's (the process's one), or its own standing alone
         self.config = config
         self.state = ListenerState.STOPPED
@@ -143,9 +170,10 @@ class Listener:
         self._users_conn = None
         self._users: dict[str, str] | None = None  # the users last read
         self._users_stale = False  # the last reading failed (and said so)
-        self.authenticator = Authenticator(self._load_users)
+        self.authenticator = Authenticator(self._load_users, throttle=throttle)
         self.ctx = WebContext(home, self.store, self.committer, self.authenticator, config.omi_base, config.max_body, status,
-                              omisync.load_config(home).external_id, config.tls)
+                              omisync.load_config(home).external_id, config.tls,
+                              session_key=session_key)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -183,7 +211,8 @@ class Listener:
         cfg = self.config
         context = tls.server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         self._load_users()  # now: the users serve even if the database is away at the first request
-        sock = self._bind()
+        sock = self._given or bind(cfg)
+        self.address = sock.getsockname()[:2]
         try:
             # ssl_context_factory (uvicorn's public hook): our context, Mozilla intermediate
             # X-Forwarded-For/-Proto only from the proxies named in listen.trusted_proxies (uvicorn
@@ -215,27 +244,6 @@ class Listener:
         self.started_at = time.time()
         log.info("listening on %s (OMi base %s, body limit %d bytes, X-Forwarded-For/-Proto believed from %s)",
                  self.url, cfg.omi_base, cfg.max_body, ", ".join(cfg.trusted_proxies) or "no proxy")
-
-    def _bind(self) -> socket.socket:
-        cfg = self.config
-        try:
-            infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-            family, kind, proto, _, addr = infos[0]
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                sock.bind(addr)
-                sock.listen(1024)
-            except OSError:
-                sock.close()
-                raise
-        except OSError as exc:
-            raise BridgeError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
-        sock.setblocking(False)
-        self.address = sock.getsockname()[:2]
-        return sock
 
     @staticmethod
     def _warn_if_readable(path: str) -> None:

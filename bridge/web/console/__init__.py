@@ -38,9 +38,9 @@ HEADERS = [(b"content-security-policy", b"default-src 'self'; img-src 'self' dat
 
 
 def create_console(home: Home, store: Store, authenticator: Authenticator,
-                   status: Callable[[], dict[str, Any]] | None = None) -> Starlette:
+                   status: Callable[[], dict[str, Any]] | None = None, session_key: bytes | None = None) -> Starlette:
     """The console's ASGI application (its routes carry the full ``/ui/...`` paths)."""
-    console = Console(home, store, authenticator, status)
+    console = Console(home, store, authenticator, status, session_key)
     pages, maint, queue = Pages(console), Maintenance(console), Queue(console)
     g = console.guarded
 
@@ -119,6 +119,6 @@ class Mounted:
 
 
 def mount(rest: Any, home: Home, store: Store, authenticator: Authenticator,
-          status: Callable[[], dict[str, Any]] | None = None) -> Mounted:
+          status: Callable[[], dict[str, Any]] | None = None, session_key: bytes | None = None) -> Mounted:
     """The listener's application ``rest`` with the console in front of it under ``/ui``."""
-    return Mounted(create_console(home, store, authenticator, status), rest)
+    return Mounted(create_console(home, store, authenticator, status, session_key), rest)

@@ -91,10 +91,10 @@ class Console:
     """The console's shared parts: the home, the users' sessions, the supervisor's status, templates."""
 
     def __init__(self, home: Home, store: Store, authenticator: Authenticator,
-                 status: Callable[[], dict[str, Any]] | None) -> None:
+                 status: Callable[[], dict[str, Any]] | None, session_key: bytes | None = None) -> None:
         self.home = home
         self.store = store  # the process's one Store: pages borrow its connections
-        self.sessions = Sessions(authenticator, self.core)
+        self.sessions = Sessions(authenticator, self.core, key=session_key)
         self.status = status
         # the event core's outage as this console met it: since when (wall clock), and why
         self.outage = Outage(log, "the console", clock=time.time)

@@ -60,14 +60,14 @@ Core = Callable[..., Awaitable[Any]]  # (fn, *args): fn(conn, *args) on the even
 
 
 class Sessions:
-    """Opens, checks and ends console sessions (in the event core); signs flash messages with a
-    per-process key."""
+    """Opens, checks and ends console sessions (in the event core); signs flash messages and CSRF
+    tokens with a key of the listener's (shared by its processes)."""
 
-    def __init__(self, authenticator: Authenticator, core: Core, clock: Any = time.time) -> None:
+    def __init__(self, authenticator: Authenticator, core: Core, clock: Any = time.time, key: bytes | None = None) -> None:
         self.auth = authenticator
         self.core = core
         self.clock = clock
-        self._key = secrets.token_bytes(32)
+        self._key = key or secrets.token_bytes(32)  # (one for every listener process: given)
         # Sessions this process found valid, with when they expire: while the event core cannot
         # be reached (and so nobody can log out, be removed or change a password either) the
         # console still knows who is logged in, and shows its outage page instead of a login.
