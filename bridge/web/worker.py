@@ -56,7 +56,7 @@ class RemoteThrottle(FailureThrottle):
         self._ask("release", address, ok, refused=None)
 
     def failed(self, address: str) -> int:  # noqa: D102
-        return int(self._ask("failed", address, refused=0))
+        return int(self._ask(FailureThrottle.failed.__name__, address, refused=0))
 
     def succeeded(self, address: str) -> None:  # noqa: D102
         self._ask("succeeded", address, refused=None)

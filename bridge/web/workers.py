@@ -38,6 +38,9 @@ from .pipes import Pipe, PipeClosed
 log = logging.getLogger("ombridge.web")
 REVIVE_EVERY = 0.5  # seconds between two looks for a listener process that died
 SUMMED = ("requests", "auth_failures", "auth_throttled", "commits", "events", "pending")
+# what a listener process may call of the throttle (RemoteThrottle's methods; "size": len())
+THROTTLE_CALLS = {f.__name__ for f in (FailureThrottle.admit, FailureThrottle.release, FailureThrottle.failed,
+                                       FailureThrottle.succeeded, FailureThrottle.count, FailureThrottle.delay)}
 
 
 class _Process:
@@ -141,10 +144,12 @@ class ListenerProcesses:
         if op == "status":
             return self.supervisor_status() if self.supervisor_status else None
         if op == "throttle":
-            method = "__len__" if args["method"] == "size" else args["method"]
-            if method not in ("admit", "release", "failed", "succeeded", "count", "delay", "__len__"):
-                raise ValueError(f"unknown throttle call {method!r}")
+            method = args["method"]
             with self._throttle_lock:
+                if method == "size":
+                    return len(self.throttle)
+                if method not in THROTTLE_CALLS:
+                    raise ValueError(f"unknown throttle call {method!r}")
                 return getattr(self.throttle, method)(*args.get("args", []))
         raise ValueError(f"unknown call {op!r}")
 
