@@ -127,8 +127,19 @@ def test_resolve_merges_the_file_and_the_command_line(home: Home, tmp_path) -> N
     (home.root / "conf" / "ombridge.conf").write_text(
         '[listen]\naddress = "0.0.0.0:8443"\ntls_cert = "conf/c.pem"\ntls_key = "conf/c.pem"\nomi_base = "opr/"\n')
     got = config.resolve(home)
-    assert got == config.ListenConfig("0.0.0.0", 8443, str(cert), str(cert), "/opr", 1 << 20) and got.tls
+    assert got == config.ListenConfig("0.0.0.0", 8443, str(cert), str(cert), "/opr", 1 << 20,
+                                      processes=config.default_processes()) and got.tls
     assert config.resolve(home, "127.0.0.1:9000", max_body=4096).port == 9000
+    assert config.resolve(home, processes=0).processes == 0
+    for bad, said in (('max_body = "big"', "listen.max_body is a number of bytes"),
+                      ('omi_base = 5', "listen.omi_base must be a string"),
+                      ('processes = 17', "listen.processes is a number from 0"),
+                      ('processes = true', "listen.processes is a number from 0")):
+        (home.root / "conf" / "ombridge.conf").write_text(f'[listen]\naddress = "0.0.0.0:8443"\n{bad}\n')
+        with pytest.raises(UsageError, match=said):  # (one sentence, never a traceback)
+            config.resolve(home)
+    (home.root / "conf" / "ombridge.conf").write_text(
+        '[listen]\naddress = "0.0.0.0:8443"\ntls_cert = "conf/c.pem"\ntls_key = "conf/c.pem"\nomi_base = "opr/"\n')
     with pytest.raises(UsageError, match="between 1024 bytes"):
         config.resolve(home, max_body=10)
     with pytest.raises(UsageError, match="hide one of ombridge's own paths"):

@@ -51,8 +51,9 @@ CLOSE_COMMIT_EVERY = 2000  # `close -`: IDs per commit (each commit wakes the Ev
 @click.option("--max-body", type=click.IntRange(min=1024), default=None, metavar="BYTES",
               help="Largest request body accepted (default 1048576); larger ones get 413.")
 @click.option("--listen-processes", "listen_processes", type=click.IntRange(min=0, max=16), default=None,
-              metavar="N", help="Serve HTTP from N processes of its own beside the supervisor (default: "
-                                "listen.processes in conf/ombridge.conf, else 0: in the supervisor). See docs/omi.md.")
+              metavar="N", help="Serve HTTP from N processes of its own beside the supervisor; 0: in the "
+                                "supervisor (default: listen.processes in conf/ombridge.conf, else 2 on a machine "
+                                "of 2 cores or more). See docs/omi.md.")
 @click.option("--perl", "perl", metavar="PATH", default=None,
               help="The perl that runs the script (default: [ombacksync] perl in conf/ombridge.conf, else perl).")
 @click.pass_context

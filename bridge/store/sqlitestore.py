@@ -9,39 +9,83 @@ A home's file is ``datafiles/ombridge.db``, WAL, a busy timeout, owner-only.
 from __future__ import annotations
 
 import _thread  # (C-level, free to import: `ombridge send` pays nothing for the write lock)
+import fcntl
 import os
 import sqlite3
-
-TYPE_CHECKING = False  # typing is not imported at run time: `ombridge send` starts faster
-if TYPE_CHECKING:
-    from typing import Any
 
 from ..errors import StoreError
 from .dialect import BUSY_TIMEOUT, SQLITE
 from .sqlschema import SCHEMA_VERSION
 
-# One write lock per event core per process. Threads of one process (the supervisor's lanes and
-# the HTTP listener's committer) queue on it and are handed the write lock the instant it is
-# free, instead of meeting in SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between
-# retries and so turns contention into idle milliseconds. Other processes still meet there.
-_WRITE_LOCKS: dict[str, Any] = {}
+_WRITE_LOCKS: dict[str, WriteLock] = {}
+
+
+class WriteLock:
+    """The event core's write lock as writers queue for it, taken before SQLite's own.
+
+    SQLite's busy handler sleeps 1, 2, 5, 10... ms between retries, so two writers that meet
+    there turn contention into idle milliseconds. Instead, threads of one process queue on an
+    in-process lock, and processes (the supervisor, its listener processes, ``ombridge send``,
+    ``close -``) on an ``flock`` of ``<file>.writer`` (owner-only) beside the file: each writer is
+    handed the lock the instant it is free. SQLite's own lock still guards the file (a writer
+    that takes neither meets it as before); this one only orders the queue. Re-entrant."""
+
+    def __init__(self, path: str, across_processes: bool = True) -> None:
+        self._threads = _thread.RLock()
+        self._depth = 0  # the holding thread's nested holds
+        self._fd = -1
+        self._path = path + ".writer" if across_processes else ""
+        self._locked = False  # the file lock is held
+
+    def acquire(self, blocking: bool = True) -> bool:
+        """Take it (False at once when ``blocking`` is False and another writer holds it)."""
+        if not self._threads.acquire(blocking):
+            return False
+        if self._depth == 0:
+            try:
+                self._locked = self._lock_file(blocking)
+            except BlockingIOError:  # another process writes now
+                self._threads.release()
+                return False
+        self._depth += 1
+        return True
+
+    def _lock_file(self, blocking: bool) -> bool:
+        if self._fd < 0:
+            if not self._path:
+                return False
+            try:
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:  # a read-only home: SQLite's own lock alone (which then refuses the write)
+                return False
+        fcntl.flock(self._fd, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+
+    def release(self) -> None:
+        """Give it back (the file lock with the last of a thread's nested holds)."""
+        self._depth -= 1
+        if self._depth == 0 and self._locked:
+            self._locked = False
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
 _LANE_PRAGMAS = ("foreign_keys = OFF", "synchronous = NORMAL", "wal_autocheckpoint = 0", "temp_store = MEMORY")
-
-
 Row = sqlite3.Row  # (for annotations above the seam: a row of either store reads like it, by name and index)
 
 
 class Connection(sqlite3.Connection):
-    """A connection that knows its event core's in-process write lock."""
+    """A connection that knows its event core's write lock."""
 
-    write_lock: Any = None
+    write_lock: WriteLock | None = None
     dialect = SQLITE
 
 
-def connect(path: str, *, create: bool = True, lane: bool = False) -> Connection:
+def connect(path: str, *, create: bool = True, lane: bool = False, queue: bool = True) -> Connection:
     """The event core in the file ``path``, created (owner-only, in an owner-only directory of
     its own when that is new) and migrated first when needed; in autocommit mode. See
-    :meth:`bridge.store.Store.connect` for what ``lane`` changes."""
+    :meth:`bridge.store.Store.connect` for what ``lane`` changes; ``queue=False``: writers of
+    other processes are not expected (no ``.writer`` file, :class:`WriteLock`)."""
     if not os.path.exists(path):
         if not create:
             raise StoreError(f"no event core at {path}")
@@ -54,7 +98,7 @@ def connect(path: str, *, create: bool = True, lane: bool = False) -> Connection
     try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False,
                                factory=Connection)
-        conn.write_lock = _WRITE_LOCKS.setdefault(path, _thread.RLock())
+        conn.write_lock = _WRITE_LOCKS.get(path) or _WRITE_LOCKS.setdefault(path, WriteLock(path, queue))
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = FULL")
@@ -89,7 +133,7 @@ def open_file(path: str) -> Connection:
     if not os.path.exists(path):
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     try:
-        return connect(path, create=False)
+        return connect(path, create=False, queue=False)
     finally:
         if litter and os.path.exists(lock):
             os.unlink(lock)

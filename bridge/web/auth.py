@@ -165,6 +165,7 @@ class Authenticator:
         self._matched: OrderedDict[bytes, str] = OrderedDict()
         self._checks = asyncio.Semaphore(2)
         self.throttle = FailureThrottle(clock) if throttle is None else throttle  # (the listener processes': the supervisor's)
+        self._remote = throttle is not None  # its calls cross a pipe: made off the event loop
         self.failures = 0
         self.throttled = 0
         self._pending: dict[bytes, asyncio.Future[bool]] = {}  # credentials being checked now
@@ -180,10 +181,15 @@ class Authenticator:
                 ok = await asyncio.to_thread(users.verify_password, password, stored or users.DUMMY_HASH)
             ok = ok and stored is not None
         finally:
-            self.throttle.release(address, ok)
+            await self._throttle(self.throttle.release, address, ok)
             del self._pending[token]
             shared.set_result(ok)
         return ok
+
+    async def _throttle(self, call: Callable[..., Any], *args: Any) -> Any:
+        # A listener process's throttle is the supervisor's (a call through a pipe, which may wait
+        # for a busy supervisor): in a thread, so that the event loop serves the others meanwhile.
+        return await asyncio.to_thread(call, *args) if self._remote else call(*args)
 
     def users(self) -> dict[str, str]:
         """name -> hash, re-read when older than :data:`REFRESH` seconds."""
@@ -220,7 +226,7 @@ class Authenticator:
         if shared is not None:  # the same credentials are being checked: share that check's outcome
             ok = await asyncio.shield(shared)
         else:
-            wait = self.throttle.admit(address)
+            wait = await self._throttle(self.throttle.admit, address)
             if wait:
                 self.throttled += 1
                 return None, wait
@@ -232,7 +238,8 @@ class Authenticator:
                 self._matched.popitem(last=False)
             return name, 0.0
         self.failures += 1
-        log.warning("authentication failed from %s (user %r, failure %d)", address, name, self.throttle.count(address))
+        count = await self._throttle(self.throttle.count, address)
+        log.warning("authentication failed from %s (user %r, failure %d)", address, name, count)
         return None, 0.0
 
 

@@ -64,6 +64,13 @@ class ListenConfig:
         return allowed
 
 
+def default_processes() -> int:
+    """Listener processes when neither ``--listen-processes`` nor ``listen.processes`` says: two
+    on a machine of two cores or more (HTTP and the group commit beside the Event Manager, not
+    under its GIL), else none (the listener in the supervisor)."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 0
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
     m = _ADDRESS_RE.fullmatch(text.strip())
@@ -97,7 +104,7 @@ def resolve(home: Home, address: str | None = None, tls_cert: str | None = None,
             raise UsageError(f"{conf.CONF_FILE}: listen.max_body is a number of bytes")
         max_body = raw
     if processes is None:
-        processes = section.get("processes", 0)
+        processes = section.get("processes", default_processes())
         if isinstance(processes, bool) or not isinstance(processes, int) or not 0 <= processes <= MAX_PROCESSES:
             raise UsageError(f"{conf.CONF_FILE}: listen.processes is a number from 0 (the listener in the supervisor) "
                              f"to {MAX_PROCESSES}")

@@ -72,17 +72,18 @@ class RemoteThrottle(FailureThrottle):
 
 
 class _PipeLog(logging.Handler):
-    """Log records sent to the supervisor, which logs them into the home's log."""
+    """Log records sent to the supervisor, which logs them into the home's log as they are (an
+    audit line reads the same whichever process wrote it)."""
 
-    def __init__(self, pipe: Pipe, index: int) -> None:
+    def __init__(self, pipe: Pipe) -> None:
         super().__init__()
-        self.pipe, self.index = pipe, index
+        self.pipe = pipe
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + logging.Formatter().formatException(record.exc_info)
-        self.pipe.note(log=record.name, level=record.levelno, message=f"[listener process {self.index}] {text}")
+        self.pipe.note(log=record.name, level=record.levelno, message=text)
 
 
 def _pipe_ends() -> tuple[Any, Any]:
@@ -126,18 +127,19 @@ def main() -> int:
     pipe = Pipe(reading, writing, f"listener process {index}", handle, on_close=done.set)
     signal.signal(signal.SIGTERM, stopping)
     ours = logging.getLogger("ombridge")
-    ours.handlers = [_PipeLog(pipe, index)]
+    ours.handlers = [_PipeLog(pipe)]
     ours.setLevel(logging.INFO)
     ours.propagate = False
     pipe.start()
-    sock = socket.socket(fileno=spec["fd"])
-    listener = holder["listener"] = Listener(
-        home, config, store=Store(home), wake=lambda: ring(home.root), status=lambda: pipe.call("status"),
-        sock=sock, throttle=RemoteThrottle(pipe), session_key=bytes.fromhex(spec["session_key"]))
     try:
+        listener = holder["listener"] = Listener(
+            home, config, store=Store(home), wake=lambda: ring(home.root), status=lambda: pipe.call("status"),
+            sock=socket.socket(fileno=spec["fd"]), throttle=RemoteThrottle(pipe),
+            session_key=bytes.fromhex(spec["session_key"]))
         listener.start()
     except Exception as exc:  # noqa: BLE001 - said to the supervisor, which fails its start with it
         pipe.note(started=False, reason=str(exc))
+        pipe.close()
         return 1
     pipe.note(started=True, pid=os.getpid())
     done.wait()
