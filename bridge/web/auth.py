@@ -170,21 +170,30 @@ class Authenticator:
         self.throttled = 0
         self._pending: dict[bytes, asyncio.Future[bool]] = {}  # credentials being checked now
 
-    async def _verify(self, token: bytes, password: bytes, stored: str | None, address: str) -> bool:
-        """One scrypt check (at most two at a time), its outcome shared with identical requests
-        arriving meanwhile: 16 connections opened at once by OMi cost one check, not sixteen."""
-        shared: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    async def _verify(self, token: bytes, password: bytes, stored: str | None, address: str) -> tuple[bool, float]:
+        """(ok, seconds to wait: > 0 when throttled, unchecked) of one scrypt check (at most two at
+        a time), admitted by the throttle; its outcome shared with identical requests arriving
+        meanwhile (from the admission on): 16 connections opened at once by OMi cost one check."""
+        shared: asyncio.Future[tuple[bool, float]] = asyncio.get_running_loop().create_future()
         self._pending[token] = shared
-        ok = False
+        outcome = (False, 0.0)
         try:
-            async with self._checks:
-                ok = await asyncio.to_thread(users.verify_password, password, stored or users.DUMMY_HASH)
-            ok = ok and stored is not None
+            wait = await self._throttle(self.throttle.admit, address)
+            if wait:
+                outcome = (False, wait)
+                return outcome
+            ok = False
+            try:
+                async with self._checks:
+                    ok = await asyncio.to_thread(users.verify_password, password, stored or users.DUMMY_HASH)
+                ok = ok and stored is not None
+            finally:
+                await self._throttle(self.throttle.release, address, ok)
+            outcome = (ok, 0.0)
+            return outcome
         finally:
-            await self._throttle(self.throttle.release, address, ok)
             del self._pending[token]
-            shared.set_result(ok)
-        return ok
+            shared.set_result(outcome)
 
     async def _throttle(self, call: Callable[..., Any], *args: Any) -> Any:
         # A listener process's throttle is the supervisor's (a call through a pipe, which may wait
@@ -224,13 +233,12 @@ class Authenticator:
             return name, 0.0
         shared = self._pending.get(token)
         if shared is not None:  # the same credentials are being checked: share that check's outcome
-            ok = await asyncio.shield(shared)
+            ok, wait = await asyncio.shield(shared)
         else:
-            wait = await self._throttle(self.throttle.admit, address)
-            if wait:
-                self.throttled += 1
-                return None, wait
-            ok = await self._verify(token, password, stored, address)
+            ok, wait = await self._verify(token, password, stored, address)
+        if wait:
+            self.throttled += 1
+            return None, wait
         if ok:
             assert stored is not None
             self._matched[token] = stored
