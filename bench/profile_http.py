@@ -24,38 +24,48 @@ from bridge import store
 from bridge.client import launcher
 from bridge.web import users
 
-RATE = 250  # samples per second and process
-SECONDS = 8
-# A sample's stage: the first of these found on its stack, from the innermost frame out
-# (the order settles a frame that is in two: a COMMIT inside the committer is "store").
+RATE = 200  # samples per second and process
+SECONDS = 6
+PER_CLIENT = 1000  # closes per client: the load outlasts the samples
+# A sample's stage: the innermost frame of its stack that one of these names (file, or function
+# in a file); py-spy samples only threads that are running, so idle threads add nothing.
 STAGES = [
-    ("XML parse", ("omi.py:parse", "omi.py:_parse", "xml.etree", "omi.py:change_from", "omi.py:read_change")),
-    ("store: BEGIN/COMMIT", ("__init__.py:__enter__", "__init__.py:__exit__")),
-    ("store: events and their deliveries", ("events.py:", "forwarded.py:", "omimap.py:", "deliveries.py:enqueue")),
-    ("claim", ("deliveries.py:claim", "deliveries.py:_claim", "deliveries.py:_held", "deliveries.py:next_due",
-               "deliveries.py:_claims", "actionlanes.py:")),
-    ("record", ("deliveries.py:_finish", "deliveries.py:finish", "deliveries.py:_record", "deliveries.py:_where")),
-    ("perl (the protocol, the children's output)", ("perlhost.py:", "perlchild.py:", "perlpool.py:", "protocol.py:",
-                                                    "scriptlog.py:")),
-    ("HTTP (uvicorn, httptools, auth, the answer)", ("uvicorn", "httptools", "starlette", "auth.py:", "app.py:",
-                                                    "asyncio", "listener.py:", "selectors.py:")),
-    ("waking and the doorbell", ("doorbell.py:", "manager.py:wake", "supervisor.py:")),
-    ("pipes and status", ("pipes.py:", "workers.py:", "worker.py:")),
+    ("store: BEGIN/COMMIT (and the write lock)", ("transaction.__enter__ (bridge/store/", "transaction.__exit__ (bridge/store/",
+                                                  "WriteLock.")),
+    ("XML parse", ("bridge/web/omi.py", "xml/etree")),
+    ("claim", ("claim (bridge/eventcore/deliveries.py", "_claim (bridge/eventcore/deliveries.py", "_claims (bridge/eventcore",
+               "_held (bridge/eventcore", "next_due (bridge/eventcore", "_of_lane (bridge/eventcore", "Shares.")),
+    ("record", ("_finish (bridge/eventcore", "finish (bridge/eventcore", "finish_and_claim (bridge/eventcore",
+                "_record_attempts (bridge/eventcore", "settle (bridge/eventcore")),
+    ("store: events, deliveries, OMi ids", ("bridge/eventcore/", "bridge/web/forwarded.py", "bridge/web/committer.py",
+                                            "bridge/delivery/sending.py")),
+    ("perl: the protocol, the stream, the children's output", ("bridge/ombacksync/", "bridge/delivery/lanes.py")),
+    ("HTTP: uvicorn, httptools, auth, routes, the answer", ("uvicorn/", "httptools", "starlette/", "asyncio/",
+                                                            "bridge/web/auth.py", "bridge/web/app.py",
+                                                            "bridge/web/listener.py", "selectors.py")),
+    ("pipes: the listener processes and the supervisor", ("bridge/web/pipes.py", "bridge/web/workers.py",
+                                                         "bridge/web/worker.py", "json/")),
+    ("the doorbell, waking, the main loop", ("bridge/doorbell.py", "bridge/daemon/", "bridge/delivery/manager.py")),
 ]
-IDLE = ("threading.py:wait", "select", "epoll", "poll", "queue.py:get", "_worker (concurrent", "lock.acquire",
-        "sleep")
+
+
+WAITING = {"WriteLock._lock_file": "waiting: for the write lock (flock)"}
+IDLE = ("Condition.wait", "Event.wait", "EpollSelector.select", "SelectSelector.select", "Queue.get", "sleep",
+        "BaseEventLoop.select", "_worker ")
 
 
 def _stage(stack: str) -> str:
     frames = stack.split(";")
-    inner = frames[-1]
-    if any(mark in inner for mark in IDLE):
-        return "idle (waiting)"
+    inner = frames[-1].split(" (")[0]
+    if inner in WAITING:
+        return WAITING[inner]
+    if inner.startswith(IDLE) or inner in ("select", "poll", "epoll"):
+        return "waiting: idle (a condition, select, a queue)"
     for frame in reversed(frames):
         for name, marks in STAGES:
             if any(mark in frame for mark in marks):
                 return name
-    return "other"
+    return "other (threading, logging, ...)"
 
 
 def _record(pid: int, out: str) -> subprocess.Popen[bytes]:
@@ -75,13 +85,13 @@ def profile(processes: int) -> dict[str, collections.Counter[str]]:
         workers = st["listener"].get("pids", [])
         try:
             asyncio.run(_load(port, _closes(50, "WARM")))
-            load = threading.Thread(target=lambda: asyncio.run(_load(port, _closes(4000, "PROF"))), daemon=True)
+            load = threading.Thread(target=lambda: asyncio.run(_load(port, _closes(PER_CLIENT, "PROF"))))
             load.start()
-            spies = {f"supervisor-{pid}": _record(pid, os.path.join(tmp, "s.txt"))}
-            for n, w in enumerate(workers):
-                spies[f"listener-{w}"] = _record(w, os.path.join(tmp, f"w{n}.txt"))
-            for spy in spies.values():
+            spies = [_record(pid, os.path.join(tmp, "s.txt"))]
+            spies += [_record(w, os.path.join(tmp, f"w{n}.txt")) for n, w in enumerate(workers)]
+            for spy in spies:
                 spy.wait()
+            load.join()
         finally:
             launcher.stop(home)
         for name in ("s.txt", *(f"w{n}.txt" for n in range(len(workers)))):
@@ -98,12 +108,13 @@ def main() -> None:
     counts = profile(processes)
     rows = []
     for who, counter in counts.items():
-        busy = sum(n for stage, n in counter.items() if stage != "idle (waiting)")
-        for stage, n in counter.most_common():
-            if stage != "idle (waiting)":
-                rows.append([who, stage, f"{100 * n / busy:.0f} %", f"{n / (RATE * SECONDS):.2f}"])
+        busy = sum(n for stage, n in counter.items() if not stage.startswith("waiting"))
+        rows.append([who, "**running, all stages**", "100 %", f"{busy / (RATE * SECONDS):.2f}"])
+        for stage, n in sorted(counter.items(), key=lambda kv: (kv[0].startswith("waiting"), -kv[1])):
+            share = "" if stage.startswith("waiting") else f"{100 * n / busy:.0f} %"
+            rows.append([who, stage, share, f"{n / (RATE * SECONDS):.2f}"])
     print(table(f"Where an HTTP close's time goes: {processes} listener processes, {CLIENTS} clients",
-                ["process", "stage", "share of its busy samples", "cores busy (thread-samples / s / rate)"], rows))
+                ["process", "stage", "share of its running samples", "threads (samples / s / rate)"], rows))
 
 
 if __name__ == "__main__":
