@@ -213,8 +213,10 @@ def _print_status(s: dict) -> None:
         if web["state"] == ListenerState.OFF.value:
             click.echo("listener      off (ombridge start --listen HOST:PORT)")
         else:
+            where = (f"in {web['serving']} of {web['processes']} processes" if web.get("processes") else
+                     "in the supervisor")
             click.echo(f"listener      {web['state']}, {web['url']}{web['omi_base']}, "
-                       f"{'TLS' if web['tls'] else 'plain HTTP'}, {web['requests']} requests served, "
+                       f"{'TLS' if web['tls'] else 'plain HTTP'}, {where}, {web['requests']} requests served, "
                        f"{web['events']} events in {web['commits']} commits, {web['auth_failures']} auth failures")
     click.echo(f"backlog       {bl[OPEN]} open, {bl[FAILED]} failed" if bl else "backlog       unknown (the event core "
                "cannot be read)")

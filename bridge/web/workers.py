@@ -58,8 +58,8 @@ class ListenerProcesses:
     def __init__(self, home: Home, config: ListenConfig, *, store: Any = None,
                  wake: Callable[[], None] | None = None, status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.home = home
-        self.config = config
-        self.supervisor_status = status  # what a process's console and /metrics show (wake: the doorbell's)
+        self.config = config  # (store, wake: each process has a Store of its own and rings the doorbell)
+        self.supervisor_status = status  # what a process's console and /metrics show
         self.state = ListenerState.STOPPED
         self._state_lock = threading.Lock()
         self.throttle = FailureThrottle()  # every process's, through its pipe
