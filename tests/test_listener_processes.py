@@ -51,7 +51,9 @@ def test_closes_are_acknowledged_once_stored_and_status_sees_one_listener(home: 
     assert web["requests"] >= 40 and web["by_status"]["200"] >= 40 and web["events"] == 40
     assert sum(web["per_process"]) == web["requests"] and len(web["per_process"]) == 2
     r = omb(home, "status")
-    assert "listening" in r.stdout and "40 events" in r.stdout
+    assert "listening" in r.stdout and "in 2 of 2 processes" in r.stdout and "40 events" in r.stdout
+    metrics = httpx.get(srv.url + "/metrics", auth=(USER, PASSWORD)).text
+    assert "ombridge_http_listener_processes 2" in metrics and "ombridge_http_events_total 40" in metrics
 
 
 def test_the_login_throttle_counts_across_processes(home: Home, listening) -> None:

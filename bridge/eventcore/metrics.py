@@ -72,6 +72,9 @@ def render(conn: Connection, status: dict[str, Any] | None) -> str:
                     [("", web["events"])])
             _metric(lines, "ombridge_http_commits_total", "counter", "Transactions that stored them (group commit).",
                     [("", web["commits"])])
+            if web.get("processes"):  # (a process started again counts from 0: a counter reset)
+                _metric(lines, "ombridge_http_listener_processes", "gauge", "Listener processes serving now, of "
+                        "listen.processes.", [("", web["serving"])])
     return "\n".join(lines) + "\n"
 
 
