@@ -85,7 +85,12 @@ def test_a_console_session_and_its_csrf_token_hold_in_every_process(home: Home, 
 
 def test_a_listener_process_that_dies_is_started_again(home: Home, listening) -> None:
     srv = listening(*TWO)
-    victim = srv.status["listener"]["pids"][0]
+    with _fresh(srv) as client:
+        for n in range(10):
+            assert client.post(change_path(f"BEFORE-{n}"), content=change_body(), headers=XML).status_code == 200
+    before = status(home)["listener"]
+    assert before["events"] == 10
+    victim = before["pids"][0]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: status(home)["listener"]["revived"] == 1 and status(home)["listener"]["serving"] == 2, timeout=15)
     web = status(home)["listener"]
@@ -93,6 +98,8 @@ def test_a_listener_process_that_dies_is_started_again(home: Home, listening) ->
     with _fresh(srv) as client:
         for n in range(10):
             assert client.post(change_path(f"AFTER-{n}"), content=change_body(), headers=XML).status_code == 200
+    after = status(home)["listener"]
+    assert after["events"] == 20 and after["requests"] >= before["requests"] + 10  # the dead one's counts kept
     assert "exited with status -9: starting it again" in (home.log_dir / "ombridge.log").read_text()
 
 

@@ -50,6 +50,7 @@ class _Process:
         self.index, self.proc, self.pipe = index, proc, pipe
         self.started = threading.Event()
         self.failure: str | None = None
+        self.last: dict[str, Any] = {}  # its status when last asked (carried over when it dies)
 
 
 class ListenerProcesses:
@@ -72,6 +73,7 @@ class ListenerProcesses:
         self.address: tuple[str, int] | None = None
         self.started_at: float | None = None
         self.revived = 0
+        self._carried: dict[str, Any] = {"by_status": {}}  # counts of processes that died, as last seen
 
     def _change_state(self, new: ListenerState) -> None:
         """The one place the listener's state changes (guarded by :data:`model.LISTENER_MOVES`)."""
@@ -162,6 +164,8 @@ class ListenerProcesses:
                 log.error("listener process %d (pid %d) exited with status %s: starting it again",
                           p.index, p.proc.pid, p.proc.returncode)
                 p.pipe.close()
+                self._carry(p.last)
+                p.last = {}
                 try:
                     fresh = self._spawn(p.index)
                     self._wait_started(fresh)
@@ -170,6 +174,14 @@ class ListenerProcesses:
                     continue
                 self._processes[n] = fresh
                 self.revived += 1
+
+    def _carry(self, last: dict[str, Any]) -> None:
+        # A dead process's counts stay in the totals (those since status last asked it are lost).
+        for key in SUMMED:
+            if key != "pending":
+                self._carried[key] = self._carried.get(key, 0) + (last.get(key) or 0)
+        for code, n in last.get("by_status", {}).items():
+            self._carried["by_status"][code] = self._carried["by_status"].get(code, 0) + n
 
     def stop(self, timeout: float = DRAIN_TIMEOUT + 5) -> None:
         """Drain every process (each stops accepting, finishes its requests, commits what it
@@ -220,15 +232,16 @@ class ListenerProcesses:
         seen = []
         for p in list(self._processes):
             try:
-                seen.append(p.pipe.call("status", timeout=2.0))
+                p.last = p.pipe.call("status", timeout=2.0)
+                seen.append(p.last)
             except PipeClosed:
                 pass
         state = self.state
         if state is ListenerState.LISTENING and len(seen) < len(self._processes):
             state = ListenerState.FAILED
         host, port = self.address or (self.config.host, self.config.port)
-        total: dict[str, Any] = {k: sum(s.get(k) or 0 for s in seen) for k in SUMMED}
-        by_status: dict[str, int] = {}
+        total: dict[str, Any] = {k: self._carried.get(k, 0) + sum(s.get(k) or 0 for s in seen) for k in SUMMED}
+        by_status: dict[str, int] = dict(self._carried["by_status"])
         for s in seen:
             for code, count in s.get("by_status", {}).items():
                 by_status[code] = by_status.get(code, 0) + count
