@@ -94,7 +94,10 @@ class Pipe:
                         else:
                             waiting.set_result(message.get("result"))
                 elif "call" in message:
-                    self._pool.submit(self._answer, message)
+                    try:
+                        self._pool.submit(self._answer, message)
+                    except RuntimeError:  # closed meanwhile: the caller's wait ends with the pipe
+                        pass
                 elif self.on_note is not None:
                     self.on_note(message)
         except (OSError, ValueError) as exc:

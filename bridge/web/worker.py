@@ -117,6 +117,13 @@ def main() -> int:
         done.set()
         return True
 
+    def supervisor_status() -> dict[str, Any]:
+        # What the console's pages and /metrics show; {} (as with no supervisor) while it stops
+        try:
+            return pipe.call("status") or {}
+        except PipeClosed:
+            return {}
+
     def handle(op: str, args: dict[str, Any]) -> Any:
         if op == "status":
             return holder["listener"].status()
@@ -133,7 +140,7 @@ def main() -> int:
     pipe.start()
     try:
         listener = holder["listener"] = Listener(
-            home, config, store=Store(home), wake=lambda: ring(home.root), status=lambda: pipe.call("status"),
+            home, config, store=Store(home), wake=lambda: ring(home.root), status=supervisor_status,
             sock=socket.socket(fileno=spec["fd"]), throttle=RemoteThrottle(pipe),
             session_key=bytes.fromhex(spec["session_key"]))
         listener.start()
