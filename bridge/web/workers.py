@@ -94,8 +94,10 @@ class ListenerProcesses:
         self._sock = bind(cfg)
         self.address = self._sock.getsockname()[:2]
         self._stopping.clear()
+        self._processes = []
         try:
-            self._processes = [self._spawn(i) for i in range(cfg.processes)]
+            for index in range(cfg.processes):  # (one by one: those started are ended if one fails)
+                self._processes.append(self._spawn(index))
             for p in self._processes:
                 self._wait_started(p)
         except BaseException:
