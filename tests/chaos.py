@@ -108,60 +108,78 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False, chil
     catalog.add_filter(conn, sid, "event/update", "STATE", "closed")
     catalog.update_subscriber(conn, 1, retries=50)
     ids = [f"CHAOS-{seed}-{n}" for n in range(events)]
-    started = time.monotonic()
-    launcher.spawn(home)
-    done_sending = threading.Event()
-    kills = {"supervisor": 0, "perl": 0}
+    try:
+        started = time.monotonic()
+        launcher.spawn(home)
+        done_sending = threading.Event()
+        kills = {"supervisor": 0, "perl": 0}
 
-    def send() -> None:
-        c = store.connect(home)
-        for i in range(0, events, 100):
-            backsync.close_events(c, ids[i:i + 100], on_stored=lambda: control.ring(home.root))
-            time.sleep(rng.uniform(0, 0.01))
-        c.close()
-        done_sending.set()
+        def send() -> None:
+            c = store.connect(home)
+            for i in range(0, events, 100):
+                backsync.close_events(c, ids[i:i + 100], on_stored=lambda: control.ring(home.root))
+                time.sleep(rng.uniform(0, 0.01))
+            c.close()
+            done_sending.set()
 
-    sender = threading.Thread(target=send)
-    sender.start()
-    for _ in range(crashes):
-        time.sleep(rng.uniform(0.05, 0.6))
-        st = _status(home)
-        if st is None:
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        for _ in range(crashes):
+            time.sleep(rng.uniform(0.05, 0.6))
+            st = _status(home)
+            if st is None:
+                launcher.spawn(home)
+                continue
+            perls = [c["pid"] for c in st["ombacksync"].get("children") or [] if c["pid"]]
+            if rng.random() < 0.3 and perls:
+                os.kill(rng.choice(perls), signal.SIGKILL)  # a perl child alone
+                kills["perl"] += 1
+                continue
+            os.kill(st["supervisor"]["pid"], signal.SIGKILL)
+            kills["supervisor"] += 1
+            deadline = time.monotonic() + 10
+            while launcher.is_alive(st["supervisor"]["pid"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.3))
             launcher.spawn(home)
-            continue
-        perls = [c["pid"] for c in st["ombacksync"].get("children") or [] if c["pid"]]
-        if rng.random() < 0.3 and perls:
-            os.kill(rng.choice(perls), signal.SIGKILL)  # a perl child alone
-            kills["perl"] += 1
-            continue
-        os.kill(st["supervisor"]["pid"], signal.SIGKILL)
-        kills["supervisor"] += 1
-        deadline = time.monotonic() + 10
-        while launcher.is_alive(st["supervisor"]["pid"]) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0, 0.3))
-        launcher.spawn(home)
-    sender.join()
-    if _status(home) is None:
-        launcher.spawn(home)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if ledger.backlog(conn)["open"] == 0:
-            break
-        time.sleep(0.05)
-    elapsed = time.monotonic() - started
-    launcher.stop(home)
-    orphan_deadline = time.monotonic() + 5
-    while perls_of(home) and time.monotonic() < orphan_deadline:
-        time.sleep(0.05)
-    orphans = len(perls_of(home))
-    got_backsync, got_command = _lines(tmp / "tmp" / "backsync.txt"), _lines(out)
-    lost = sum(1 for i in ids if not got_backsync[i]) + sum(1 for i in ids if not got_command[i])
-    duplicates = sum(n - 1 for n in got_backsync.values() if n > 1) + sum(n - 1 for n in got_command.values() if n > 1)
-    conn.close()
+        sender.join()
+        if _status(home) is None:
+            launcher.spawn(home)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if ledger.backlog(conn)["open"] == 0:
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        launcher.stop(home)
+        orphan_deadline = time.monotonic() + 5
+        while perls_of(home) and time.monotonic() < orphan_deadline:
+            time.sleep(0.05)
+        orphans = len(perls_of(home))
+        got_backsync, got_command = _lines(tmp / "tmp" / "backsync.txt"), _lines(out)
+        lost = sum(1 for i in ids if not got_backsync[i]) + sum(1 for i in ids if not got_command[i])
+        duplicates = sum(n - 1 for n in got_backsync.values() if n > 1) + sum(n - 1 for n in got_command.values() if n > 1)
+        conn.close()
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Trial(events, kills["supervisor"], kills["perl"], lost, duplicates, elapsed, orphans)
+    except BaseException:  # interrupted (^C, SIGTERM): no supervisor or home left behind
+        _abandon(home, tmp, keep)
+        raise
+
+
+def _abandon(home: Home, tmp: Path, keep: bool) -> None:
+    try:
+        launcher.stop(home)
+    except Exception:  # noqa: BLE001 - not running, or already stopping
+        pass
+    for pid in perls_of(home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     if not keep:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Trial(events, kills["supervisor"], kills["perl"], lost, duplicates, elapsed, orphans)
 
 
 def main() -> None:
@@ -173,6 +191,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--children", type=int, default=1, help="[ombacksync] children")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # (a timeout's TERM cleans up as ^C does)
     print(f"[ombacksync] children = {args.children}\n")
     print("| trial | events | supervisor kills | perl kills | lost | duplicates | dup/crash | orphans | seconds |")
     print("|---|---|---|---|---|---|---|---|---|")
