@@ -164,7 +164,8 @@ class Authenticator:
         self._key = secrets.token_bytes(32)
         self._matched: OrderedDict[bytes, str] = OrderedDict()
         self._checks = asyncio.Semaphore(2)
-        self.throttle = FailureThrottle(clock) if throttle is None else throttle  # (the listener processes': the supervisor's)
+        # (a listener process's throttle: the supervisor's, one for every process)
+        self.throttle = FailureThrottle(clock) if throttle is None else throttle
         self._remote = throttle is not None  # its calls cross a pipe: made off the event loop
         self.failures = 0
         self.throttled = 0

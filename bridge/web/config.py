@@ -90,7 +90,8 @@ def read_file(home: Home) -> dict[str, object]:
 
 
 def resolve(home: Home, address: str | None = None, tls_cert: str | None = None, tls_key: str | None = None,
-            max_body: int | None = None, omi_base: str | None = None, processes: int | None = None) -> ListenConfig | None:
+            max_body: int | None = None, omi_base: str | None = None,
+            processes: int | None = None) -> ListenConfig | None:
     """The listener to run: the command line's options over the config file's; None when neither
     names an address. Raises :class:`UsageError` for anything inconsistent."""
     section = read_file(home)

@@ -151,6 +151,22 @@ def bind(cfg: ListenConfig) -> socket.socket:
     return sock
 
 
+def url_of(cfg: ListenConfig, address: tuple[str, int] | None) -> str:
+    """Where OMi reaches a listener of ``cfg`` bound to ``address`` (the base of the connected
+    server is this + the OMi base)."""
+    host, port = address or (cfg.host, cfg.port)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if cfg.tls else 'http'}://{host}:{port}"
+
+
+def described(cfg: ListenConfig, address: tuple[str, int] | None, state: ListenerState) -> dict[str, Any]:
+    """The settings part of a listener's status (either kind: in the supervisor, or its processes)."""
+    host, port = address or (cfg.host, cfg.port)
+    return {"state": state.value, "host": host, "port": port, "url": url_of(cfg, address), "tls": cfg.tls,
+            "omi_base": cfg.omi_base, "max_body": cfg.max_body, "trusted_proxies": list(cfg.trusted_proxies)}
+
+
 class Listener:
     """start() / stop() / status() of the HTTP listener; the supervisor calls nothing else."""
 
@@ -171,9 +187,8 @@ class Listener:
         self._users: dict[str, str] | None = None  # the users last read
         self._users_stale = False  # the last reading failed (and said so)
         self.authenticator = Authenticator(self._load_users, throttle=throttle)
-        self.ctx = WebContext(home, self.store, self.committer, self.authenticator, config.omi_base, config.max_body, status,
-                              omisync.load_config(home).external_id, config.tls,
-                              session_key=session_key)
+        self.ctx = WebContext(home, self.store, self.committer, self.authenticator, config.omi_base, config.max_body,
+                              status, omisync.load_config(home).external_id, config.tls, session_key=session_key)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
@@ -288,21 +303,15 @@ class Listener:
 
     @property
     def url(self) -> str:
-        """Where OMi reaches the listener (the base of the connected server is this + the OMi base)."""
-        host, port = self.address or (self.config.host, self.config.port)
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{'https' if self.config.tls else 'http'}://{host}:{port}"
+        """Where OMi reaches the listener (:func:`url_of`)."""
+        return url_of(self.config, self.address)
 
     def status(self) -> dict[str, Any]:
         """The listener's part of ``ombridge status``."""
         state = self.state
         if state is ListenerState.LISTENING and self._thread is not None and not self._thread.is_alive():
             state = ListenerState.FAILED
-        host, port = self.address or (self.config.host, self.config.port)
-        return {"state": state.value, "host": host, "port": port, "url": self.url, "tls": self.config.tls,
-                "omi_base": self.config.omi_base, "max_body": self.config.max_body,
-                "trusted_proxies": list(self.config.trusted_proxies),
-                "requests": self.ctx.requests, "by_status": {str(k): v for k, v in sorted(self.ctx.by_status.items())},
+        return {**described(self.config, self.address, state), "requests": self.ctx.requests,
+                "by_status": {str(k): v for k, v in sorted(self.ctx.by_status.items())},
                 "auth_failures": self.authenticator.failures, "auth_throttled": self.authenticator.throttled,
                 **self.committer.status()}

@@ -32,7 +32,7 @@ from ..model import LISTENER_MOVES, ListenerState, check_transition
 from . import tls
 from .auth import FailureThrottle
 from .config import ListenConfig
-from .listener import DRAIN_TIMEOUT, START_TIMEOUT, bind
+from .listener import DRAIN_TIMEOUT, START_TIMEOUT, bind, described, url_of
 from .pipes import Pipe, PipeClosed
 
 log = logging.getLogger("ombridge.web")
@@ -223,10 +223,7 @@ class ListenerProcesses:
     @property
     def url(self) -> str:
         """Where OMi reaches the listener."""
-        host, port = self.address or (self.config.host, self.config.port)
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{'https' if self.config.tls else 'http'}://{host}:{port}"
+        return url_of(self.config, self.address)
 
     def status(self) -> dict[str, Any]:
         """The listener's part of ``ombridge status``: one listener, its processes' figures added
@@ -241,16 +238,13 @@ class ListenerProcesses:
         state = self.state
         if state is ListenerState.LISTENING and len(seen) < len(self._processes):
             state = ListenerState.FAILED
-        host, port = self.address or (self.config.host, self.config.port)
         total: dict[str, Any] = {k: self._carried.get(k, 0) + sum(s.get(k) or 0 for s in seen) for k in SUMMED}
         by_status: dict[str, int] = dict(self._carried["by_status"])
         for s in seen:
             for code, count in s.get("by_status", {}).items():
                 by_status[code] = by_status.get(code, 0) + count
         total["events_per_commit"] = round(total["events"] / total["commits"], 1) if total["commits"] else None
-        return {"state": state.value, "host": host, "port": port, "url": self.url, "tls": self.config.tls,
-                "omi_base": self.config.omi_base, "max_body": self.config.max_body,
-                "trusted_proxies": list(self.config.trusted_proxies), **total,
+        return {**described(self.config, self.address, state), **total,
                 "by_status": dict(sorted(by_status.items(), key=lambda kv: int(kv[0]))),
                 "processes": len(self._processes), "serving": len(seen),
                 "per_process": [s.get("requests") or 0 for s in seen],

@@ -63,7 +63,8 @@ class Sessions:
     """Opens, checks and ends console sessions (in the event core); signs flash messages and CSRF
     tokens with a key of the listener's (shared by its processes)."""
 
-    def __init__(self, authenticator: Authenticator, core: Core, clock: Any = time.time, key: bytes | None = None) -> None:
+    def __init__(self, authenticator: Authenticator, core: Core, clock: Any = time.time,
+                 key: bytes | None = None) -> None:
         self.auth = authenticator
         self.core = core
         self.clock = clock
