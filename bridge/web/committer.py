@@ -32,10 +32,17 @@ log = logging.getLogger("ombridge.web")
 
 MAX_BATCH = 5000  # events in one transaction
 WAKE_EVERY = 0.002  # seconds: the Event Manager is woken at most this often
+PROBE_EVERY = 2.0  # seconds between two looks at the event core while an outage is said and no request comes
 
 
 class CommitFailed(BridgeError):
     """The event core could not store the events (disk full, I/O error): nothing was acknowledged."""
+
+
+class _Stale(Exception):
+    """The committer's connection was dropped by the server while it lay idle (a database
+    restart seen by no request of this process): the group was not stored; a new connection
+    gets one more try."""
 
 
 class _Work:
@@ -126,9 +133,13 @@ class GroupCommitter:
         try:
             while True:
                 timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+                if self.outage.began is not None:  # an outage said: its end is said too, request or not
+                    timeout = PROBE_EVERY if timeout is None else min(timeout, PROBE_EVERY)
                 batch = self._take(timeout)
                 if batch is None:
                     break
+                if not batch and self.outage.began is not None:
+                    conn = self._probe(conn)
                 conn, stored = self._store_batch(conn, batch)
                 if stored and wake_at is None:
                     wake_at = max(time.monotonic(), last_wake + self.wake_every)
@@ -152,6 +163,16 @@ class GroupCommitter:
         finally:
             conn.close()
 
+    def _probe(self, conn: Any) -> Any:
+        # While no request comes (another listener process may take them all), the end of an
+        # outage is found by asking the event core, and said as a commit would say it.
+        try:
+            conn, _ = self.store.using(conn, lambda c: c.execute("SELECT 1").fetchall())
+        except (BridgeError, *store.failures()):
+            return conn
+        self.outage.recovered()
+        return conn
+
     def _store_batch(self, conn: Any, batch: list[_Work]) -> tuple[Any, bool]:
         """Store a batch on ``conn``, or on a new connection when the database restarted (a batch
         that finds it still away fails with the reason: 503, OMi sends it again)."""
@@ -159,24 +180,30 @@ class GroupCommitter:
             return conn, False
         try:
             conn = self.store.reopen(conn)
+            try:
+                return conn, self._store(conn, batch, retry=True)
+            except _Stale:  # (as Store.using does for the other long-lived connections)
+                conn = self.store.reopen(conn)
+                self._store(conn, [w for w in batch if w.results is None and w.error is None])
+                return conn, any(r.deliveries for w in batch if w.results for r in w.results)
         except (BridgeError, *store.failures()) as exc:
             error = self._failed(exc)
             for w in batch:
-                w.error = error
+                if w.results is None:
+                    w.error = error
             return conn, False
-        return conn, self._store(conn, batch)
 
-    def _store(self, conn: Any, batch: list[_Work]) -> bool:
+    def _store(self, conn: Any, batch: list[_Work], retry: bool = False) -> bool:
         """Store a batch (forced and unforced requests in a transaction each); True when
         deliveries were created."""
         stored = False
         for force in (True, False):
             group = [w for w in batch if w.force is force]
             if group:
-                stored = self._commit(conn, group, force) or stored
+                stored = self._commit(conn, group, force, retry=retry) or stored
         return stored
 
-    def _commit(self, conn: Any, group: list[_Work], force: bool, sift: bool = True) -> bool:
+    def _commit(self, conn: Any, group: list[_Work], force: bool, sift: bool = True, retry: bool = False) -> bool:
         """Store ``group`` in one transaction; True when deliveries were created."""
         items = [item for w in group for item in w.items]
         try:
@@ -190,6 +217,9 @@ class GroupCommitter:
                 return bool(good) and self._commit(conn, good, force, sift=False)
             return any([self._commit(conn, [w], force, sift=False) for w in group])
         except Exception as exc:  # noqa: BLE001 - the disk, the database: nothing was stored
+            stale = isinstance(exc, store.unreachable()) and store.broken(conn) and not store.failed_at_commit(exc)
+            if retry and stale:
+                raise _Stale from exc
             error = self._failed(exc)
             for w in group:
                 w.error = error

@@ -186,9 +186,9 @@ def test_the_database_restarted_mid_burst_loses_nothing_and_both_nodes_recover(c
              timeout=30, what="both nodes heartbeating again")
     assert status(a)["degraded"] == [] and status(b)["degraded"] == []
     said = [line for line in (a.root / "log" / "ombridge.log").read_text().splitlines()
-            if "could not store events received over HTTP" in line]
+            if "could not store events received over HTTP" in line and "answers again" not in line]
     assert len(said) == 1 and "ERROR" in said[0], said  # not one line per refused request
-    with httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=30) as web:  # the next commit ends it
+    with httpx.Client(base_url=url, auth=(USER, PASSWORD), timeout=30) as web:  # (said by a commit or a probe)
         r = web.post("/api/v1/events", json={"topic": "event/update", "key": {"ID": "AFTER-1", "STATE": "open"},
                                               "force": True})
         assert r.status_code == 201, r.text
