@@ -134,8 +134,9 @@ def _failover(server: PgServer) -> tuple[float, float]:
             killed = time.monotonic()
             conn = store.connect(a)
             held = {r[0] for r in conn.execute(
-                "SELECT e.key FROM subscriber_events se JOIN events e ON e.id = se.event_id WHERE status = 'open' "
-                "AND substr(se.claimed_by, 1, length(?)) = ?", (nodes.claim_prefix("a"), nodes.claim_prefix("a")))}
+                "SELECT e.key FROM subscriber_events se JOIN events e ON e.id = se.event_id JOIN claims c "
+                "ON c.delivery_id = se.id WHERE se.status = 'open' AND c.attempt > se.attempts "
+                "AND substr(c.owner, 1, length(?)) = ?", (nodes.claim_prefix("a"), nodes.claim_prefix("a")))}
             lease = backsync.close_timeout(conn) + 30.0
             conn.close()
             wanted = {f" {json.loads(k)['ID']}\n".encode() for k in held}

@@ -391,19 +391,20 @@ def test_a_version_1_store_is_migrated(home: Home, conn: sqlite3.Connection) -> 
         conn.execute(f"DROP INDEX {index}")  # back to what version 1 had
     conn.execute("CREATE INDEX subscriber_events_due ON subscriber_events (status, next_attempt_at, id)")
     conn.execute("ALTER TABLE subscriber_events DROP COLUMN lane")
-    conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")
+    conn.execute("DROP TABLE claims")
     conn.execute("ALTER TABLE events DROP COLUMN context")
     conn.execute("DROP TABLE contexts")
     conn.execute("PRAGMA user_version = 1")
     conn.close()
     migrated = store.connect(home)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == sqlschema.SCHEMA_VERSION == 15
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == sqlschema.SCHEMA_VERSION == 16
     assert [r[0] for r in migrated.execute("SELECT lane FROM subscriber_events")] == ["backsync"]
     indexes = {r[1] for r in migrated.execute("PRAGMA index_list(subscriber_events)")}
     assert "subscriber_events_open" in indexes and "subscriber_events_ended" in indexes
     assert "subscriber_events_subscriber" in indexes  # (13: a subscriber's deliveries, a page at a time)
     assert "subscriber_events_lane_due" not in indexes and "subscriber_events_due" not in indexes
     assert ledger.backlog(migrated) == {"open": 1, "failed": 0}  # through the new indexes
-    assert "claimed_by" in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]
+    assert "claimed_by" not in [r[1] for r in migrated.execute("PRAGMA table_info(subscriber_events)")]  # (16)
+    assert migrated.execute("SELECT count(*) FROM claims").fetchone()[0] == 0
     assert "context" in [r[1] for r in migrated.execute("PRAGMA table_info(events)")]
     assert migrated.execute("SELECT count(*) FROM contexts").fetchone()[0] == 0

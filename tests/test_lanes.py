@@ -13,6 +13,7 @@ import sqlite3
 from collections import deque
 
 import pytest
+from queue_support import DELIVERIES
 
 from bridge import store
 from bridge.delivery import backsync, lanes
@@ -314,7 +315,7 @@ def test_a_failed_record_while_stopping_gives_the_stream_up_and_no_reply_is_take
         monkeypatch.undo()
         lane.step(core)
         assert lane.orphans == []
-        rows = core.execute(f"SELECT claimed_by, attempts FROM subscriber_events WHERE id IN "
+        rows = core.execute(f"SELECT claimed_by, attempts FROM {DELIVERIES} WHERE id IN "
                             f"({','.join(str(c.id) for c in held)})").fetchall()
         assert all(r[0] != "supervisor:test" or r[1] == 2 for r in rows)  # free, or claimed anew by that turn
 

@@ -60,7 +60,7 @@ def test_a_vanished_row_never_fails_the_batch_of_its_siblings(conn: sqlite3.Conn
     claims = deliveries.claim(conn, limit=2, owner="test")
     # The claimer stalls past its leases (time travel: the leases ran out), so the rows are no
     # longer in flight and the subscriber may go while the claimer still holds its results.
-    conn.execute("UPDATE subscriber_events SET next_attempt_at = 0")
+    conn.execute("UPDATE claims SET lease_until = 0")
     catalog.remove_subscriber(conn, gone, force=True)
     settled = deliveries.finish(conn, [(c, OK) for c in claims])
     assert settled == [Settlement.DONE if c.subscriber_id == keep else Settlement.STALE for c in claims]

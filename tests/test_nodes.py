@@ -11,6 +11,7 @@ import time
 import pytest
 from conftest import run_ombridge as omb
 from conftest import status, wait_for
+from queue_support import DELIVERIES
 
 from bridge import store
 from bridge.errors import BridgeError, UsageError
@@ -30,7 +31,7 @@ def age(conn, name: str, seconds: float) -> None:
 
 
 def claimed_by(conn, owner: str) -> int:
-    return conn.execute("SELECT count(*) FROM subscriber_events WHERE claimed_by = ?", (owner,)).fetchone()[0]
+    return conn.execute(f"SELECT count(*) FROM {DELIVERIES} WHERE claimed_by = ?", (owner,)).fetchone()[0]
 
 
 def test_a_name_in_use_by_a_live_node_elsewhere_is_refused(home: Home, conn) -> None:
@@ -131,8 +132,8 @@ def test_forgetting_a_node_gone_for_good_releases_every_claim_it_names(home: Hom
     from bridge.eventcore import deliveries
 
     assert len(deliveries.claim(conn, limit=3, lane=Lane.BACKSYNC, owner=A.owner)) == 3
-    conn.execute("UPDATE subscriber_events SET next_attempt_at = 0 WHERE id IN "
-                 "(SELECT min(id) FROM subscriber_events WHERE claimed_by = ?)", (A.owner,))  # one lease ended
+    conn.execute("UPDATE claims SET lease_until = 0 WHERE delivery_id IN "
+                 "(SELECT min(delivery_id) FROM claims WHERE owner = ?)", (A.owner,))  # one lease ended
     r = omb(home, "nodes", "forget", A.name, check=False)
     assert r.returncode == 1 and "node 'connector-a' runs on host-a in /srv/a" in r.stderr and "stop it first" in r.stderr
     assert claimed_by(conn, A.owner) == 3  # refused: nothing changed

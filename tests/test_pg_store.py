@@ -17,7 +17,7 @@ from pg_support import PgServer, free_port
 
 from bridge import store
 from bridge.errors import SchemaTooNew, StoreError
-from bridge.eventcore import catalog, deliveries, events
+from bridge.eventcore import catalog, claims, deliveries, events
 from bridge.home import Home
 from bridge.model import ActionKind, Attempt, Lane
 from bridge.store import pgschema, pgstore
@@ -104,16 +104,22 @@ def test_check_db_on_postgresql_finds_what_ours_can_break(home: Home, pg: Any) -
     # A sequence left behind its table (a copy that forgot it), an index gone, and claims of a
     # node nobody knows:
     pg.execute("SELECT setval(pg_get_serial_sequence('events', 'id'), 1)")
-    pg.execute("UPDATE subscriber_events SET claimed_by = 'supervisor:ghost#12', next_attempt_at = ? "
-               "WHERE id = (SELECT min(id) FROM subscriber_events)", (time.time() + 60,))
+    pg.execute("INSERT INTO claims (delivery_id, attempt, owner, lease_until) VALUES "
+               "((SELECT min(id) FROM subscriber_events), 1, 'supervisor:ghost#12', ?)", (time.time() + 60,))
     pg.execute("DROP INDEX subscriber_events_ended")
+    # rows the references no longer checked row by row (0016) would have refused
+    pg.execute("INSERT INTO attempts (subscriber_event_id, number, started_at, ended_at, ok) VALUES (9999, 1, 0, 0, 0)")
+    pg.execute("INSERT INTO subscriber_events (event_id, subscriber_id, lane, next_attempt_at, created_at, updated_at) "
+               "SELECT 9999, subscriber_id, lane, 0, 0, 0 FROM subscriber_events LIMIT 1")
     r = omb(home, "check", "--db", check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "the id sequence of events is behind its largest id 3" in r.stderr
     assert "index subscriber_events_ended is missing" in r.stderr
     assert "1 open claim(s) name node 'ghost', which is not in the nodes table" in r.stderr
+    assert "1 deliveries name an event that is gone (they can never be delivered): DELETE FROM" in r.stderr
+    assert "1 attempts name a delivery that is gone: DELETE FROM attempts" in r.stderr
     assert r.stderr.splitlines()[-1] == (f"ombridge: error: the database {pg.info.dbname} on 127.0.0.1:{pg.info.port}: "
-                                         "2 problem(s) in the event core: each line says what repairs it; "
+                                         "4 problem(s) in the event core: each line says what repairs it; "
                                          "\"Checking the database\" in docs/multinode.md says more")
 
 
@@ -134,7 +140,7 @@ def test_two_connections_claim_disjoint_rows_without_waiting(home: Home, pg: Any
             theirs = deliveries.claim(other, limit=10, lane=Lane.ACTIONS, owner="b")  # SKIP LOCKED: no wait
         assert len(mine) == 6 and len(theirs) == 4
         assert not {c.id for c in mine} & {c.id for c in theirs}
-        owners = dict(pg.execute("SELECT claimed_by, count(*) FROM subscriber_events GROUP BY claimed_by").fetchall())
+        owners = dict(pg.execute("SELECT owner, count(*) FROM claims GROUP BY owner").fetchall())
         assert owners == {"a": 6, "b": 4}
     finally:
         other.close()
@@ -211,8 +217,8 @@ def test_the_claim_reads_the_partial_index_of_open_deliveries(home: Home, pg: An
     pg.execute("UPDATE subscriber_events SET status = 'done' WHERE id % 10 <> 0")
     pg.execute("ANALYZE")
     sql = (deliveries._CLAIMED_SELECT + "WHERE se.lane = ? AND se.status = 'open' AND se.next_attempt_at <= ? "
-           "ORDER BY se.next_attempt_at, se.id LIMIT ?" + pg.dialect.skip_locked)
-    plan = "\n".join(r[0] for r in pg.execute("EXPLAIN " + sql, ("actions", store.now(), 20)))
+           f"AND {claims.FREE} ORDER BY se.next_attempt_at, se.id LIMIT ?" + pg.dialect.skip_locked)
+    plan = "\n".join(r[0] for r in pg.execute("EXPLAIN " + sql, ("actions", store.now(), store.now(), 20)))
     assert "subscriber_events_open" in plan and "LockRows" in plan, plan
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from queue_support import DELIVERIES
 
 from bridge import store
 from bridge.daemon.reporter import Reporter
@@ -28,7 +29,7 @@ def subscriber(conn: sqlite3.Connection, pattern: str, command: str, sync: bool 
 
 
 def rows(conn: sqlite3.Connection) -> list[tuple]:
-    return [tuple(r) for r in conn.execute("SELECT status, attempts, claimed_by IS NULL FROM subscriber_events")]
+    return [tuple(r) for r in conn.execute(f"SELECT status, attempts, claimed_by IS NULL FROM {DELIVERIES}")]
 
 
 def test_events_stores_and_hands_back_the_synchronized_delivery_unmade(conn: sqlite3.Connection,
@@ -91,7 +92,7 @@ def test_the_reporter_stores_in_order_and_a_close_ends_a_slow_synchronized_call(
     stored = [e["key"] for e in events.list_events(conn, topic=backsync.ERROR_TOPIC)]
     assert [k.split('"MESSAGE":')[1] for k in reversed(stored)] == ['"first"}', '"second"}']
     assert started.read_text() == "first\n"  # the second was handed over, not made while stopping
-    deliveries = conn.execute("SELECT attempts, status, claimed_by IS NULL FROM subscriber_events "
+    deliveries = conn.execute(f"SELECT attempts, status, claimed_by IS NULL FROM {DELIVERIES} "
                               "WHERE subscriber_id = ? ORDER BY id", (sid,)).fetchall()
     assert [tuple(d) for d in deliveries] == [(1, "open", 1), (0, "open", 1)]  # both left to the manager
     killed = conn.execute("SELECT ok FROM attempts").fetchall()

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from queue_support import DELIVERIES
 
 from bridge import store
-from bridge.eventcore import catalog, deliveries, events, ledger, omimap
+from bridge.eventcore import catalog, claims, deliveries, events, ledger, omimap
 from bridge.model import ActionKind, Attempt, Lane
 
 pytestmark = pytest.mark.both_stores
@@ -83,8 +84,8 @@ def test_reclaiming_a_prefix_does_not_treat_underscore_as_a_wildcard(conn: Any) 
         events.send(conn, "t/x", {"K": str(n)})
     deliveries.claim(conn, limit=1, lane=Lane.ACTIONS, owner="node_a/supervisor:1")
     deliveries.claim(conn, limit=1, lane=Lane.ACTIONS, owner="nodeXa/supervisor:2")
-    assert deliveries.reclaim_abandoned(conn, "node_a/", keep="node_a/supervisor:9") == 1
-    left = [r[0] for r in conn.execute("SELECT claimed_by FROM subscriber_events WHERE claimed_by IS NOT NULL")]
+    assert claims.reclaim_abandoned(conn, "node_a/", keep="node_a/supervisor:9") == 1
+    left = [r[0] for r in conn.execute(f"SELECT claimed_by FROM {DELIVERIES} WHERE claimed_by IS NOT NULL")]
     assert left == ["nodeXa/supervisor:2"]
 
 

@@ -1,7 +1,8 @@
 """The house rules of the package, checked on its source: one owner per state and per table.
 
 - no state or status is spelled as a literal outside ``bridge/model.py``;
-- only ``bridge/eventcore/deliveries.py`` writes ``subscriber_events`` and ``attempts`` (the migrations aside);
+- only ``bridge/eventcore/deliveries.py`` writes ``subscriber_events`` and ``attempts``, and only
+  ``bridge/eventcore/claims.py`` writes ``claims`` (the migrations aside);
 - no import cycle between the package's modules, lazy imports inside functions included;
 - nothing under ``bridge/web/`` imports the command line (``bridge.cli``): the wording both use is
   ``bridge/wording.py``'s;
@@ -57,8 +58,17 @@ def test_only_the_queue_writes_its_tables() -> None:
                       for node in ast.walk(tree)
                       if isinstance(node, ast.Constant) and isinstance(node.value, str) and write.search(node.value)})
     # sqlschema.py: the schema's migrations, nothing else (storecopy.py names tables at run time: it
-    # only fills an empty store with whole rows, see its docstring)
-    assert writers == ["eventcore/deliveries.py", "store/sqlschema.py"]
+    # only fills an empty store with whole rows, see its docstring); pgschema.py: the repairs
+    # `check --db` prints for an operator, never run by ombridge
+    assert writers == ["eventcore/deliveries.py", "store/pgschema.py", "store/sqlschema.py"]
+
+
+def test_only_the_claims_module_writes_claims() -> None:
+    write = re.compile(r"\b(INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+claims\b", re.I)
+    writers = sorted({str(p.relative_to(PACKAGE)) for p, tree in MODULES.items()
+                      for node in ast.walk(tree)
+                      if isinstance(node, ast.Constant) and isinstance(node.value, str) and write.search(node.value)})
+    assert writers == ["eventcore/claims.py", "store/sqlschema.py"]
 
 
 def imports_of(path: Path, tree: ast.AST) -> set[str]:

@@ -1,14 +1,16 @@
 """Subscriber events as a durable queue: the only writer of ``subscriber_events`` and ``attempts``.
 
 A subscriber event is ``open`` until it is ``done``, ``failed`` (retries used up) or ``purged``
-(:class:`bridge.model.DeliveryStatus`). Claiming one moves its ``next_attempt_at`` past now by a
-lease, names its claimer and counts the attempt *at claim time*; so a claimer that dies (kill -9
-at any instant) leaves a row that is simply due again when the lease runs out (or at once, when
-the next supervisor takes back a dead one's claims), and its attempt still counts. Finishing is
-fenced by the attempt number: a claimer whose lease was lost and re-claimed cannot overwrite the
-newer claim's outcome. Nothing is deleted on read; a row that is claimed cannot be deleted
-(removing its subscriber is refused until the claim is released). Every attempt is recorded.
-Operators' reads of these tables (listings, history, backlog, chart) are :mod:`bridge.eventcore.ledger`'s.
+(:class:`bridge.model.DeliveryStatus`). Its row is written twice: inserted when the event is sent,
+updated when an outcome is recorded. Claiming it writes a row of ``claims`` instead
+(:mod:`bridge.eventcore.claims`: a lease, the claimer, and the attempt counted *at claim time*), so
+a claimer that dies (kill -9 at any instant) leaves a delivery that is simply free again when the
+lease runs out (or at once, when the next supervisor takes back a dead one's claims), its attempt
+still counted. Recording an outcome is fenced by the attempt number: a claimer whose lease was lost
+and re-claimed cannot overwrite the newer claim's outcome. Nothing is deleted on read; a
+delivery that is claimed cannot be deleted (removing its subscriber is refused until the claim is
+released). Every attempt is recorded. Operators' reads of these tables (listings, history,
+backlog, chart) are :mod:`bridge.eventcore.ledger`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..model import ActionKind, Attempt, DeliveryStatus, Lane, Settlement
 from ..names import value_text
 from ..store import Connection, transaction
 from ..store import now as wall_now
+from . import claims as leases
 
 # `ombridge send` enqueues through this module: typing, random and the actions are imported only
 # where they are needed (see bench/bench_events.py for the startup figure).
@@ -91,7 +94,7 @@ class Claimed:
 
 class Delivery:
     """A subscriber event to create: :func:`enqueue` writes one row per delivery. A synchronized
-    one is created already claimed by its sender (``claimed_by``)."""
+    one is created already claimed by its sender (``claimed_by``: the claim's owner)."""
 
     __slots__ = ("event_id", "subscriber_id", "subscriber_topic_id", "timeout", "lane", "claimed_by")
 
@@ -122,34 +125,43 @@ def enqueue(conn: Connection, rows: Sequence[Delivery], at: float) -> list[int]:
         if r.claimed_by is not None:
             claimed.append(int(conn.execute(
                 "INSERT INTO subscriber_events (event_id, subscriber_id, subscriber_topic_id, lane, synchronized, "
-                "status, attempts, next_attempt_at, created_at, updated_at, claimed_by) "
-                f"VALUES (?, ?, ?, ?, 1, '{_OPEN}', 1, ?, ?, ?, ?) RETURNING id",
-                (r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at + r.timeout + LEASE_MARGIN,
-                 at, at, r.claimed_by)).fetchone()[0]))
+                f"status, attempts, next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, 1, '{_OPEN}', 0, ?, ?, ?) "
+                "RETURNING id", (r.event_id, r.subscriber_id, r.subscriber_topic_id, r.lane.value, at, at, at)
+            ).fetchone()[0]))
+            leases.take(conn, [(claimed[-1], 1, at + r.timeout + LEASE_MARGIN)], r.claimed_by)
     return claimed
 
 
 _CLAIMED_SELECT = (
-    "SELECT se.id, se.attempts, se.subscriber_id, e.id AS event_id, e.topic, e.key, e.depth, e.context, "
+    "SELECT se.id, se.attempts, c.attempt, se.subscriber_id, e.id AS event_id, e.topic, e.key, e.depth, e.context, "
     "s.action, s.target, s.timeout, s.retries, s.secret_headers "
     "FROM subscriber_events se JOIN events e ON e.id = se.event_id JOIN subscribers s ON s.id = se.subscriber_id "
+    + leases.JOIN
 )
 
 
 _ACTION_KINDS = {kind.value: kind for kind in ActionKind}
 
 
-def _claims(rows: list[tuple[Any, ...]]) -> list[Claimed]:
+def _claims(rows: list[tuple[Any, ...]], taken: set[int]) -> list[Claimed]:
     # Plain tuples in _CLAIMED_SELECT's order: a burst claims thousands of rows at a time, and
-    # reading Row by name costs a third of building a claim.
+    # reading Row by name costs a third of building a claim. Only those of ``taken``.
     loads = json.loads
     claimed = []
-    for (se_id, attempts, subscriber_id, event_id, topic, key, depth, context, action, target, timeout, retries,
-         secret_headers) in rows:
+    for (se_id, attempts, counted, subscriber_id, event_id, topic, key, depth, context, action, target, timeout,
+         retries, secret_headers) in rows:
+        if se_id not in taken:
+            continue
         event = EventContext(event_id, topic, None, key, depth, loads(context) if context else None)
-        claimed.append(Claimed(se_id, attempts + 1, event, subscriber_id, _ACTION_KINDS[action], target, timeout,
-                               retries, loads(secret_headers) if secret_headers else None))
+        claimed.append(Claimed(se_id, _next_attempt(attempts, counted), event, subscriber_id, _ACTION_KINDS[action],
+                               target, timeout, retries, loads(secret_headers) if secret_headers else None))
     return claimed
+
+
+def _next_attempt(attempts: int, counted: int | None) -> int:
+    # The attempt a new claim makes: one past those recorded, or past the last claim's (one that
+    # ran out, its attempt counted), whichever is further.
+    return max(attempts, counted or 0) + 1
 
 
 def claim(conn: Connection, *, limit: int = 1, at: float | None = None, lane: Lane | None = None,
@@ -160,8 +172,8 @@ def claim(conn: Connection, *, limit: int = 1, at: float | None = None, lane: La
     at = wall_now(conn) if at is None else at
     of_lane, args = _of_lane(lane, skip)
     # A read first: a lane woken for another lane's work (or for nothing) takes no write lock.
-    if conn.execute(f"SELECT 1 FROM subscriber_events se WHERE {of_lane}se.status = '{_OPEN}' "
-                    "AND se.next_attempt_at <= ? LIMIT 1", (*args, at)).fetchone() is None:
+    if conn.execute(f"SELECT 1 FROM subscriber_events se {leases.JOIN}WHERE {of_lane}se.status = '{_OPEN}' "
+                    f"AND se.next_attempt_at <= ? AND {leases.FREE} LIMIT 1", (*args, at, at)).fetchone() is None:
         return []
     held = _held(conn, lane)
     if held is None:
@@ -181,16 +193,14 @@ def _claim(conn: Connection, limit: int, at: float, lane: Lane | None, owner: st
     cur.row_factory = None  # tuples (see _claims)
     rows = cur.execute(
         _CLAIMED_SELECT + f"WHERE {of_lane}{held[0]}se.status = '{_OPEN}' AND se.next_attempt_at <= ? "
-        "ORDER BY se.next_attempt_at, se.id LIMIT ?" + conn.dialect.skip_locked, (*args, *held[1], at, limit)
+        f"AND {leases.FREE} ORDER BY se.next_attempt_at, se.id LIMIT ?" + conn.dialect.skip_locked,
+        (*args, *held[1], at, at, limit)
     ).fetchall()
-    # Count the attempt now and hold the rows for a lease: one statement per lease length.
-    by_lease: dict[float, list[int]] = {}
-    for r in rows:
-        by_lease.setdefault(at + r[10] + LEASE_MARGIN, []).append(r[0])  # timeout, id
-    for lease, ids in by_lease.items():
-        _where_ids(conn, "UPDATE subscriber_events SET attempts = attempts + 1, next_attempt_at = ?, "
-                         "updated_at = ?, claimed_by = ? WHERE id IN ({ids})", (lease, at, owner), ids)
-    return _claims(rows)
+    # Count the attempt now and hold the deliveries for a lease (timeout + margin): a row of
+    # claims each, the queue rows untouched. On PostgreSQL, one another node claimed since the
+    # read is not taken (its claim's count moved on).
+    taken = leases.take(conn, [(r[0], _next_attempt(r[1], r[2]), at + r[11] + LEASE_MARGIN) for r in rows], owner)
+    return _claims(rows, taken)
 
 
 def _where_ids(conn: Connection, sql: str, args: tuple[Any, ...], ids: Sequence[int]) -> list[Any]:
@@ -243,27 +253,39 @@ def finish_and_claim(conn: Connection, done: Sequence[tuple[Claimed, Attempt]], 
         return settled, _claim(conn, limit, at, lane, owner) if limit > 0 else []
 
 
+# An outcome is recorded only for the claim that holds the delivery now: its attempt is the one
+# in ``claims`` (a claim taken over meanwhile moved it on), and no outcome of it is recorded yet
+# (the row's attempts are below it); the row is open (not finished or purged meanwhile). The
+# status is compared inside the claim's subquery: as a condition of its own, `status = 'open'`
+# lets PostgreSQL's planner answer `id = ANY(...)` by walking the whole partial index of open
+# deliveries (its predicate) while the table has no statistics yet (a burst into a new or empty
+# queue: 270 ms a statement instead of 1, for the minute until autovacuum analyzes it).
+_CURRENT = ("attempts < ? AND (SELECT c.attempt FROM claims c WHERE c.delivery_id = subscriber_events.id "
+            f"AND subscriber_events.status = '{_OPEN}') = ?")
+
+
 def _finish(conn: Connection, done: Sequence[tuple[Claimed, Attempt]], at: float) -> list[Settlement]:
     # Inside the caller's transaction. Each outcome's write is fenced by the attempt number its
-    # claim counted (`attempts = ?`, in the UPDATE itself): a claim taken over meanwhile (the
-    # number moved on) or finished changes nothing and is stale. Successes, the common case, go
-    # in with one UPDATE per attempt number (the backsync records hundreds of Closes at a time);
-    # on PostgreSQL, a concurrent takeover is seen by the UPDATE's own re-check of its row.
+    # claim counted (_CURRENT, in the UPDATE itself): a claim taken over meanwhile or finished
+    # changes nothing and is stale. Successes, the common case, go in with one UPDATE per attempt
+    # number (the backsync records hundreds of Closes at a time); on PostgreSQL, a concurrent
+    # change of the row is seen by the UPDATE's own re-check of it.
     by_attempt: dict[int, list[int]] = {}
     for c, r in done:
         if r.ok:
             by_attempt.setdefault(c.attempt, []).append(c.id)
     current = {(row[0], attempt) for attempt, ids in by_attempt.items() for row in _where_ids(
-        conn, "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = NULL, updated_at = ?, "
-              f"claimed_by = NULL WHERE status = '{_OPEN}' AND attempts = ? AND id IN ({{ids}}) RETURNING id",
-        (Settlement.DONE.value, at, at, attempt), ids)}
+        conn, "UPDATE subscriber_events SET status = ?, attempts = ?, next_attempt_at = ?, last_error = NULL, "
+              f"updated_at = ? WHERE {_CURRENT} AND id IN ({{ids}}) RETURNING id",
+        (Settlement.DONE.value, attempt, at, at, attempt, attempt), ids)}
     settled = []
     for c, r in done:
         s = settle(c, r)
         if not r.ok and conn.execute(
-                "UPDATE subscriber_events SET status = ?, next_attempt_at = ?, last_error = ?, updated_at = ?, "
-                f"claimed_by = NULL WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
-                (s.value, at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at, c.id,
+                "UPDATE subscriber_events SET status = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
+                f"updated_at = ? WHERE id = ? AND {_CURRENT}",
+                (s.value, c.attempt,
+                 at + retry_delay(c.attempt) if s is Settlement.RETRY else at, r.error, at, c.id, c.attempt,
                  c.attempt)).rowcount:
             current.add((c.id, c.attempt))
         settled.append(s if (c.id, c.attempt) in current else Settlement.STALE)
@@ -300,54 +322,20 @@ def _exists(conn: Connection, delivery_id: int) -> bool:
     return conn.execute("SELECT 1 FROM subscriber_events WHERE id = ?", (delivery_id,)).fetchone() is not None
 
 
-def release(conn: Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
-    """Give back claims that were never attempted (the attempt is not counted), due at ``at``."""
-    at = wall_now(conn) if at is None else at
+def release(conn: Connection, claims: Sequence[Claimed]) -> None:
+    """Give back claims that were never attempted: the attempt is not counted, the delivery is
+    free at once, at its place in the queue."""
     with transaction(conn):
-        conn.executemany(
-            "UPDATE subscriber_events SET attempts = attempts - 1, next_attempt_at = ?, claimed_by = NULL, "
-            f"updated_at = ? WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
-            [(at, at, c.id, c.attempt) for c in claims])
+        leases.release(conn, [(c.id, c.attempt) for c in claims])
 
 
-# Claims made due again go back to their place in the queue (oldest due first), not behind the
-# backlog: a node's Closes taken over by another come before what arrived after them.
-_AT_ITS_TURN = "CASE WHEN created_at < ? THEN created_at ELSE ? END"
-
-
-def due_again(conn: Connection, claims: Sequence[Claimed], at: float | None = None) -> None:
-    """Make due again claims whose outcomes could not be recorded (the stream that held them
-    failed); their attempts stay counted: they may have run. A claim taken over meanwhile (its
-    attempt number moved on) or finished is left alone."""
-    at = wall_now(conn) if at is None else at
+def due_again(conn: Connection, claims: Sequence[Claimed]) -> None:
+    """Make free again, at their places in the queue, claims whose outcomes could not be recorded
+    (the stream that held them failed); their attempts stay counted: they may have run. A claim
+    taken over meanwhile (its attempt number moved on) or finished is left alone."""
     with transaction(conn):
-        conn.executemany(
-            f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, "
-            f"updated_at = ? WHERE id = ? AND attempts = ? AND status = '{_OPEN}'",
-            [(at, at, at, c.id, c.attempt) for c in claims])
+        leases.end_leases(conn, [(c.id, c.attempt) for c in claims])
         conn.dialect.announce(conn)
-
-
-def reclaim_abandoned(conn: Connection, owner_prefix: str, keep: str) -> int:
-    """Make due now the claims of owners named ``owner_prefix*`` other than ``keep``: the claims
-    of a supervisor that died (only one runs per home). Their attempts stay counted."""
-    with transaction(conn):
-        return release_claims(conn, owner_prefix, keep)
-
-
-def release_claims(conn: Connection, owner_prefix: str, keep: str = "", *, ended_too: bool = False) -> int:
-    """:func:`reclaim_abandoned` inside the caller's transaction; with ``ended_too``, also the
-    claims whose lease already ended (so that none names that owner any more)."""
-    at = wall_now(conn)
-    leased = "" if ended_too else "AND next_attempt_at > ? "
-    taken: int = conn.execute(
-        f"UPDATE subscriber_events SET next_attempt_at = {_AT_ITS_TURN}, claimed_by = NULL, updated_at = ? "
-        f"WHERE status = '{_OPEN}' {leased}AND substr(claimed_by, 1, length(?)) = ? "
-        "AND claimed_by != ?",  # (not LIKE: a `_` in a name would be a wildcard)
-        (at, at, at, *(() if ended_too else (at,)), owner_prefix, owner_prefix, keep)).rowcount
-    if taken:
-        conn.dialect.announce(conn)
-    return taken
 
 
 def retry_failed(conn: Connection, *, subscriber_id: int | None = None, event_id: int | None = None,
@@ -359,24 +347,27 @@ def retry_failed(conn: Connection, *, subscriber_id: int | None = None, event_id
 
     where, args = equal_conditions([("subscriber_id", subscriber_id), ("event_id", event_id)])
     at = wall_now(conn)
-    sql = (f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ?, "
-           f"claimed_by = NULL WHERE status = '{_FAILED}'" + "".join(f" AND {w}" for w in where))
+    sql = (f"UPDATE subscriber_events SET status = '{_OPEN}', attempts = 0, next_attempt_at = ?, updated_at = ? "
+           f"WHERE status = '{_FAILED}'" + "".join(f" AND {w}" for w in where))
     with transaction(conn):
         if delivery_ids is None:
-            count = conn.execute(sql, (at, at, *args)).rowcount
+            ids = [r[0] for r in conn.execute(sql + " RETURNING id", (at, at, *args))]
         else:
-            count = _count_ids(conn, sql + " AND id IN ({ids})", (at, at, *args), delivery_ids)
-        if count:
+            ids = [r[0] for r in _where_ids(conn, sql + " AND id IN ({ids}) RETURNING id", (at, at, *args),
+                                            list(delivery_ids))]
+        if ids:
+            leases.forget(conn, ids)  # (the count starts again: no claim goes on from the last one)
             conn.dialect.announce(conn)
-        return count
+        return len(ids)
 
 
 def due_now(conn: Connection, delivery_ids: Sequence[int]) -> int:
-    """Make those of ``delivery_ids`` that are open and waiting in backoff (not claimed now) due at
-    once: *retry now*, the attempt count kept (the round goes on). Returns how many."""
+    """Make those of ``delivery_ids`` that are open and waiting in backoff due at once: *retry
+    now*, the attempt count kept (the round goes on). Returns how many. (A claimed delivery is
+    not waiting: it was claimed because it was due.)"""
     at = wall_now(conn)
     sql = (f"UPDATE subscriber_events SET next_attempt_at = ?, updated_at = ? WHERE status = '{_OPEN}' "
-           "AND claimed_by IS NULL AND next_attempt_at > ? AND id IN ({ids})")
+           "AND next_attempt_at > ? AND id IN ({ids})")
     with transaction(conn):
         count = _count_ids(conn, sql, (at, at, at), delivery_ids)
         if count:
@@ -389,8 +380,8 @@ def purge(conn: Connection, subscriber_id: int) -> int:
     returns how many. A delivery in flight finishes, but its outcome no longer changes the row."""
     at = wall_now(conn)
     return conn.execute(
-        f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, updated_at = ?, "
-        f"claimed_by = NULL WHERE subscriber_id = ? AND status = '{_OPEN}'", (at, at, subscriber_id)).rowcount
+        f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, updated_at = ? "
+        f"WHERE subscriber_id = ? AND status = '{_OPEN}'", (at, at, subscriber_id)).rowcount
 
 
 def purge_chosen(conn: Connection, delivery_ids: Sequence[int]) -> int:
@@ -400,7 +391,7 @@ def purge_chosen(conn: Connection, delivery_ids: Sequence[int]) -> int:
     with transaction(conn):
         return _count_ids(
             conn, f"UPDATE subscriber_events SET status = '{DeliveryStatus.PURGED.value}', next_attempt_at = ?, "
-                  f"updated_at = ?, claimed_by = NULL WHERE status IN ('{_OPEN}', '{_FAILED}') AND id IN ({{ids}})",
+                  f"updated_at = ? WHERE status IN ('{_OPEN}', '{_FAILED}') AND id IN ({{ids}})",
             (at, at), delivery_ids)
 
 
@@ -408,13 +399,6 @@ def _count_ids(conn: Connection, sql: str, args: tuple[Any, ...], ids: Sequence[
     """Run the write ``sql`` (holding ``IN ({ids})``) over ``ids``; how many rows it changed."""
     return sum(conn.execute(chunk_sql, chunk_args).rowcount
                for chunk_sql, chunk_args in conn.dialect.in_ids(sql, args, list(ids)))
-
-
-def in_flight(conn: Connection, subscriber_id: int) -> int:
-    """How many of a subscriber's deliveries are claimed under a lease that has not run out."""
-    return conn.execute(
-        f"SELECT count(*) FROM subscriber_events WHERE subscriber_id = ? AND status = '{_OPEN}' "
-        "AND claimed_by IS NOT NULL AND next_attempt_at > ?", (subscriber_id, wall_now(conn))).fetchone()[0]
 
 
 def delete_for_subscriber(conn: Connection, subscriber_id: int, *, force: bool = False) -> None:
@@ -425,7 +409,7 @@ def delete_for_subscriber(conn: Connection, subscriber_id: int, *, force: bool =
     """
     from .ledger import counts
 
-    flying = in_flight(conn, subscriber_id)
+    flying = leases.in_flight(conn, subscriber_id)
     if flying:
         raise UsageError(f"subscriber {subscriber_id} has {flying} deliveries in flight: try again when they "
                          "have finished (ombridge deliveries list --subscriber ID shows them)")
@@ -435,6 +419,7 @@ def delete_for_subscriber(conn: Connection, subscriber_id: int, *, force: bool =
                          "purge them first (ombridge subscriber purge) or remove with --force")
     conn.execute("DELETE FROM attempts WHERE subscriber_event_id IN "
                  "(SELECT id FROM subscriber_events WHERE subscriber_id = ?)", (subscriber_id,))
+    leases.forget_subscriber(conn, subscriber_id)
     conn.execute("DELETE FROM subscriber_events WHERE subscriber_id = ?", (subscriber_id,))
 
 
@@ -448,6 +433,7 @@ def prune(conn: Connection, cutoff: float, chunk: int) -> tuple[int, int]:
         if not ids:
             return 0, 0
         attempts = _count_ids(conn, "DELETE FROM attempts WHERE subscriber_event_id IN ({ids})", (), ids)
+        leases.forget(conn, ids)
         return _count_ids(conn, "DELETE FROM subscriber_events WHERE id IN ({ids})", (), ids), attempts
 
 
@@ -460,9 +446,18 @@ def next_due(conn: Connection, lane: Lane | None = None) -> float | None:
     held = _held(conn, lane)
     if held is None:
         return None
+    at = wall_now(conn)
     of_lane, args = _of_lane(lane)
-    return conn.execute(f"SELECT min(se.next_attempt_at) FROM subscriber_events se "
-                        f"WHERE {of_lane}{held[0]}se.status = '{_OPEN}'", (*args, *held[1])).fetchone()[0]
+    where = f"FROM subscriber_events se {leases.JOIN}WHERE {of_lane}{held[0]}se.status = '{_OPEN}' "
+    row = conn.execute(f"SELECT se.next_attempt_at {where}AND {leases.FREE} ORDER BY se.next_attempt_at, se.id "
+                       "LIMIT 1", (*args, *held[1], at)).fetchone()
+    if row is not None and row[0] <= at:
+        return row[0]
+    # Nothing free is due: the next is the first due later, or the first claim whose lease ends
+    # (claimed deliveries are due ones: this walks the claims in flight).
+    lease = conn.execute(f"SELECT min(c.lease_until) {where}AND se.next_attempt_at <= ? AND {leases.HELD}",
+                         (*args, *held[1], at, at)).fetchone()[0]
+    return min((t for t in (None if row is None else row[0], lease) if t is not None), default=None)
 
 
 # A paused subscriber's deliveries are handed out by no claim (bridge/eventcore/pauses.py). While

@@ -13,6 +13,7 @@ from typing import Any
 from ..errors import UsageError
 from ..model import DeliveryStatus
 from ..store import Connection
+from . import claims
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,9 +48,9 @@ def list_deliveries(conn: Connection, status: DeliveryStatus | str | None = None
         where, args = [*where, "se.id > ?"], [*args, after]
     sql = ("SELECT se.id, se.event_id, e.topic, e.key, se.subscriber_id, s.description AS subscriber, "
            "s.system AS subscriber_system, s.action AS subscriber_action, "
-           "se.status, se.attempts, se.next_attempt_at, se.last_error, se.created_at, se.updated_at, se.claimed_by "
+           f"se.status, {claims.VIEW}, se.last_error, se.created_at, se.updated_at "
            "FROM subscriber_events se JOIN events e ON e.id = se.event_id "
-           "JOIN subscribers s ON s.id = se.subscriber_id "
+           f"JOIN subscribers s ON s.id = se.subscriber_id {claims.JOIN}"
            + (f"WHERE {' AND '.join(where)} " if where else "")
            + f"ORDER BY se.id {'ASC' if after is not None else 'DESC'} LIMIT ?")
     rows = [dict(r) for r in conn.execute(sql, (*args, limit))]
@@ -61,9 +62,11 @@ def show(conn: Connection, delivery_id: int) -> dict[str, Any]:
     from ..errors import NotFound
 
     row = conn.execute(
-        "SELECT se.*, e.topic, e.key, e.context, e.created_at AS event_created_at, s.description AS subscriber, "
-        "s.action, s.target, s.retries FROM subscriber_events se JOIN events e ON e.id = se.event_id "
-        "JOIN subscribers s ON s.id = se.subscriber_id WHERE se.id = ?", (delivery_id,)).fetchone()
+        "SELECT se.id, se.event_id, se.subscriber_id, se.subscriber_topic_id, se.synchronized, se.status, "
+        f"{claims.VIEW}, se.last_error, se.created_at, se.updated_at, se.lane, e.topic, e.key, e.context, "
+        "e.created_at AS event_created_at, s.description AS subscriber, s.action, s.target, s.retries "
+        "FROM subscriber_events se JOIN events e ON e.id = se.event_id JOIN subscribers s ON s.id = se.subscriber_id "
+        f"{claims.JOIN}WHERE se.id = ?", (delivery_id,)).fetchone()
     if row is None:
         raise NotFound(f"no delivery {delivery_id} (ombridge deliveries list shows them)")
     attempts = conn.execute(

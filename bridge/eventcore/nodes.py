@@ -38,9 +38,9 @@ from typing import Any
 from .. import conf, store
 from ..errors import BridgeError, UsageError
 from ..home import Home
-from ..model import DeliveryStatus, NodeState
+from ..model import NodeState
 from ..store import Store
-from . import deliveries
+from . import claims
 
 log = logging.getLogger("ombridge.nodes")
 
@@ -65,7 +65,7 @@ class Node:
 
     @property
     def owner(self) -> str:
-        """What this run's claims carry in ``subscriber_events.claimed_by`` (and its row in ``nodes``)."""
+        """What this run's claims carry in ``claims.owner`` (and its row in ``nodes``)."""
         return f"{claim_prefix(self.name)}{self.pid}.{self.instance}"
 
 
@@ -138,7 +138,7 @@ def join(conn: Any, me: Node, *, version: str, checksum: str | None, listener: s
                               f"{at - row[3]:.0f}s ago): give this home a name of its own ([store] node in "
                               f"{conf.CONF_FILE})")
         _running(conn, me, version, checksum, listener, at, offset)
-    return deliveries.reclaim_abandoned(conn, reclaim_prefix or claim_prefix(me.name), me.owner)
+    return claims.reclaim_abandoned(conn, reclaim_prefix or claim_prefix(me.name), me.owner)
 
 
 def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
@@ -158,7 +158,7 @@ def beat(conn: Any, me: Node, checksum: str | None) -> dict[str, int]:
             _come_back(conn, me, checksum, at, offset)
     dead = [r[0] for r in conn.execute("SELECT name FROM nodes WHERE stopped_at IS NULL AND last_seen < ? "
                                        "AND name != ?", (at - DEAD_AFTER, me.name))]
-    taken = {name: deliveries.reclaim_abandoned(conn, claim_prefix(name), me.owner) for name in dead}
+    taken = {name: claims.reclaim_abandoned(conn, claim_prefix(name), me.owner) for name in dead}
     return {name: n for name, n in taken.items() if n}
 
 
@@ -208,7 +208,7 @@ def forget(conn: Any, name: str) -> int:
                 raise BridgeError(f"node {name!r} runs on {row[0]} in {row[1]} (pid {row[2]}, seen "
                                   f"{at - row[3]:.0f}s ago): stop it first (`ombridge stop` there)")
             # (not in the table, but claims name it: the orphans `check --db` reports)
-        released = deliveries.release_claims(conn, claim_prefix(name), ended_too=True)
+        released = claims.end_owners(conn, claim_prefix(name), ended_too=True)
     log.info("node %s forgotten: %d of its claims are due again", name, released)
     return released
 
@@ -258,11 +258,8 @@ def audit(conn: Any) -> list[str]:
 
 def _claims_by_node(conn: Any, leased_at: float | None = None) -> dict[str, int]:
     """{node: open claims it made} (with ``leased_at``, only those whose lease runs past it)."""
-    lease = "" if leased_at is None else " AND next_attempt_at > ?"
-    args = (DeliveryStatus.OPEN.value,) if leased_at is None else (DeliveryStatus.OPEN.value, leased_at)
     found: dict[str, int] = {}
-    for owner, count in conn.execute("SELECT claimed_by, count(*) FROM subscriber_events WHERE status = ?"
-                                     f"{lease} AND claimed_by IS NOT NULL GROUP BY claimed_by", args):
+    for owner, count in claims.by_owner(conn, leased_at).items():
         if owner.startswith(OWNER_PREFIX) and "#" in owner:
             name = owner[len(OWNER_PREFIX):].rsplit("#", 1)[0]
             found[name] = found.get(name, 0) + count

@@ -49,7 +49,7 @@ def resume(conn: Connection, subscriber_id: int) -> PauseChange:
 
 def _switch(conn: Connection, subscriber_id: int, paused: bool, by: str) -> PauseChange:
     # The one place the pause of a subscriber changes: running -> paused, paused -> running.
-    from .deliveries import in_flight
+    from .claims import in_flight
 
     with transaction(conn, catalog=True):
         row = conn.execute("SELECT action FROM subscribers WHERE id = ?", (subscriber_id,)).fetchone()

@@ -28,21 +28,22 @@ from typing import Any
 
 from .. import store
 from ..errors import AlreadyRunning, StoreError
-from ..eventcore import builtins, deliveries, nodes
+from ..eventcore import builtins, claims, nodes
 from ..home import Home
 from ..model import ActionKind
 from ..store import dialect, urls
 
 # The event core in foreign-key order (a row's parents are copied before it).
 TABLES = ("topics", "subscribers", "subscriber_pauses", "subscriber_topics", "event_filters", "contexts", "users",
-          "events", "subscriber_events", "attempts", "omi_events", "console_sessions")
-KEYS = {"topics": "name", "users": "name", "omi_events": "omi_id", "subscriber_pauses": "subscriber_id"}  # others: id
+          "events", "subscriber_events", "claims", "attempts", "omi_events", "console_sessions")
+KEYS = {"topics": "name", "users": "name", "omi_events": "omi_id", "subscriber_pauses": "subscriber_id",
+        "claims": "delivery_id"}  # others: id
 CHUNK = 5_000  # rows read and written at a time: memory stays bounded for any size
 # What ``ombridge init`` (or any command's first connection) creates itself: not "holding" anything.
 SEED_TOPICS = builtins.SEED_TOPICS
 SEED_ACTIONS = (ActionKind.BACKSYNC.value, ActionKind.OMI.value)
 # Tables that must be empty, and what an operator calls their rows.
-NOUNS = {"events": "event", "subscriber_events": "delivery", "attempts": "attempt", "users": "user",
+NOUNS = {"events": "event", "subscriber_events": "delivery", "claims": "claim", "attempts": "attempt", "users": "user",
          "subscriber_pauses": "paused subscriber",
          "console_sessions": "console session", "omi_events": "OMi mapping", "contexts": "context"}
 _SEED_SUBSCRIBERS = f"SELECT id FROM subscribers WHERE system = 1 AND action IN ({', '.join('?' * len(SEED_ACTIONS))})"
@@ -174,7 +175,7 @@ def _copy_all(src: Any, tgt: Any, result: Copied) -> None:
             for table in TABLES:
                 result.counts.append((table, _copy_table(src, tgt, table)))
             # No node of the target holds a claim: each is due again at its own place in the queue.
-            result.released = deliveries.release_claims(tgt, "", ended_too=True)  # ("": every owner)
+            result.released = claims.end_owners(tgt, "", ended_too=True)  # ("": every owner)
             for table in _context_tables(src):
                 result.counts.append((table, _copy_context_table(src, tgt, table)))
             _move_sequences(src, tgt)

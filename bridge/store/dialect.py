@@ -66,6 +66,18 @@ class Dialect:
         marks = ", ".join("?" * (columns.count(",") + 1))
         conn.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
+    def upsert_rows(self, conn: Any, table: str, columns: str, types: Sequence[str], conflict: str,
+                    rows: Sequence[Sequence[Any]]) -> set[Any]:
+        """Insert ``rows`` into ``table``, each one whose key (the first of ``columns``) is taken
+        going to ``ON CONFLICT (key) <conflict>`` (``DO UPDATE ... WHERE``); returns the keys of
+        the rows inserted or updated. ``types``: the columns' SQL types (PostgreSQL's arrays)."""
+        key = columns.split(",", 1)[0].strip()
+        marks = ", ".join("?" * len(types))
+        sql = f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT ({key}) {conflict}"
+        if conn.executemany(sql, rows).rowcount == len(rows):
+            return {r[0] for r in rows}  # (the caller's write lock: always, unless a caller's bug)
+        raise RuntimeError(f"{table}: {len(rows)} rows to write, not all written under the write lock")
+
     def begin(self, conn: Any, wait: bool = True, catalog: bool = False) -> None:
         """Start a write transaction (``BEGIN IMMEDIATE``). Waiting for another process's write
         lock never happens in SQLite's busy handler, which sleeps 10 to 100 ms at a time once a
@@ -158,7 +170,8 @@ class PostgreSQL(Dialect):
 
     def insertion_order(self, first_column: str) -> str:
         return quote(first_column)
-    # Two nodes claiming at once take disjoint rows and never wait for each other.
+    # Two nodes claiming at once take disjoint deliveries and never wait for each other: the
+    # candidates are locked (a lock, not a new version of the row: nothing of it is rewritten).
     skip_locked = " FOR UPDATE OF se SKIP LOCKED"
 
     def begin(self, conn: Any, wait: bool = True, catalog: bool = False) -> None:
@@ -184,6 +197,15 @@ class PostgreSQL(Dialect):
         with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def upsert_rows(self, conn: Any, table: str, columns: str, types: Sequence[str], conflict: str,
+                    rows: Sequence[Sequence[Any]]) -> set[Any]:
+        # One statement, each column as one array; the rows a conflict refused are not returned.
+        key = columns.split(",", 1)[0].strip()
+        arrays = ", ".join(f"?::{t}[]" for t in types)
+        return {r[0] for r in conn.execute(
+            f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) ON CONFLICT ({key}) {conflict} "
+            f"RETURNING {key}", [list(column) for column in zip(*rows)])}
 
     def announce(self, conn: Any) -> None:
         # Delivered at the commit, to every connection that listens (bridge/daemon/wakeups.py); several

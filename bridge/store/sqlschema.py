@@ -232,8 +232,34 @@ def _v15(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS subscriber_events_subscriber ON subscriber_events (subscriber_id, id)")
 
 
+def _v16(db: Any) -> None:
+    # Claims in a table of their own (bridge/eventcore/claims.py; PostgreSQL: 0016_queue_writes.sql): the
+    # queue row is written when sent and when finished, no more. A claim held now moves there as it
+    # was (its attempt counted, its owner, its lease); its row is due again at its own turn (when it
+    # was created: the claim had moved its due time to the lease's end) and counts one attempt
+    # less, the claim's own being in the claim. Then claimed_by goes.
+    if "claimed_by" not in db["subscriber_events"].columns_dict:
+        return  # (done already)
+    open_ = DeliveryStatus.OPEN.value
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS claims (delivery_id INTEGER PRIMARY KEY, attempt INTEGER NOT NULL, "
+                     "owner TEXT, lease_until REAL NOT NULL)")
+        conn.execute("INSERT OR REPLACE INTO claims (delivery_id, attempt, owner, lease_until) SELECT id, attempts, "
+                     f"claimed_by, next_attempt_at FROM subscriber_events WHERE status = '{open_}' "
+                     "AND claimed_by IS NOT NULL AND attempts > 0")
+        conn.execute("UPDATE subscriber_events SET attempts = attempts - 1, next_attempt_at = created_at "
+                     f"WHERE status = '{open_}' AND claimed_by IS NOT NULL AND attempts > 0")
+        conn.execute("ALTER TABLE subscriber_events DROP COLUMN claimed_by")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 MIGRATIONS: list[Callable[[Any], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12, _v13, _v14,
-                                          _v15]
+                                          _v15, _v16]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
