@@ -177,3 +177,31 @@ def test_a_store_of_schema_15_keeps_its_claims_in_flight(home: Home, conn: sqlit
     again = deliveries.claim(migrated, limit=3, lane=Lane.ACTIONS, owner="supervisor:b#2")
     assert [(c.id, c.attempt) for c in again] == [(taken[0].id, 2), (taken[1].id + 1, 1)]  # at its turn, counted
     migrated.close()
+
+
+@pytest.mark.parametrize("store_kind", ["postgresql"], indirect=True)
+def test_an_outcome_that_began_before_a_takeover_committed_is_fenced(home: Home, conn: Any) -> None:
+    # Claimer a's lease ran out and node b claimed the delivery again; a's outcome arrives while
+    # b's claim is not committed yet. It must wait for it and then be stale, not overwrite it.
+    from conftest import wait_for
+
+    _due(conn, 1)
+    (first,) = deliveries.claim(conn, lane=Lane.ACTIONS, owner="supervisor:a#1")
+    conn.execute("UPDATE claims SET lease_until = 0")
+    b, watcher = store.connect(home), store.connect(home)
+    settled: list[list[Settlement]] = []
+    try:
+        with store.transaction(b):
+            (second,) = deliveries._claim(b, 1, store.now(), Lane.ACTIONS, "supervisor:b#2")
+            t = threading.Thread(target=lambda: settled.append(deliveries.finish(conn, [(first, _failed(first))])))
+            t.start()
+            wait_for(lambda: watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND datname = current_database()").fetchone()[0] == 1,
+                     what="a's outcome waiting for b's claim")
+        t.join(10)
+        assert settled == [[Settlement.STALE]]
+        assert deliveries.finish(b, [(second, _ok(second))]) == [Settlement.DONE]
+        assert _seen(conn) == [(first.id, "done", 2, None)]
+    finally:
+        b.close()
+        watcher.close()

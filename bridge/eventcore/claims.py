@@ -98,11 +98,13 @@ def end_owners(conn: Connection, owner_prefix: str, keep: str = "", *, ended_too
     also those whose lease had already ended. The claims name no owner any more; a claim's attempt
     stays counted. Returns how many. (Not LIKE: a ``_`` in a name would be a wildcard.)"""
     at = wall_now(conn)
-    leased = "" if ended_too else "AND c.lease_until > ? "
+    # The owner (and lease) conditions are on the updated row too, not only in the subquery: on
+    # PostgreSQL a claim made again meanwhile by a live node is re-checked against them, and kept.
+    leased, args = ("", ()) if ended_too else ("lease_until > ? AND ", (at,))
     taken: int = conn.execute(
-        f"UPDATE claims SET owner = NULL, lease_until = 0 WHERE delivery_id IN (SELECT c.delivery_id {_UNSETTLED} "
-        f"{leased}AND substr(c.owner, 1, length(?)) = ? AND c.owner != ?)",
-        (at, *(() if ended_too else (at,)), owner_prefix, owner_prefix, keep)).rowcount
+        f"UPDATE claims SET owner = NULL, lease_until = 0 WHERE {leased}substr(owner, 1, length(?)) = ? "
+        f"AND owner != ? AND delivery_id IN (SELECT c.delivery_id {_UNSETTLED})",
+        (*args, owner_prefix, owner_prefix, keep, at)).rowcount
     if taken:
         conn.dialect.announce(conn)
     return taken

@@ -268,8 +268,11 @@ def _finish(conn: Connection, done: Sequence[tuple[Claimed, Attempt]], at: float
     # Inside the caller's transaction. Each outcome's write is fenced by the attempt number its
     # claim counted (_CURRENT, in the UPDATE itself): a claim taken over meanwhile or finished
     # changes nothing and is stale. Successes, the common case, go in with one UPDATE per attempt
-    # number (the backsync records hundreds of Closes at a time); on PostgreSQL, a concurrent
-    # change of the row is seen by the UPDATE's own re-check of it.
+    # number (the backsync records hundreds of Closes at a time). On PostgreSQL the rows are
+    # locked first: a claimer locks them too before it claims (skip_locked), so once they are ours
+    # no claim can come between, and one that came before is committed and seen by the fence's
+    # next statement (an UPDATE's subquery sees the claims as they were when it began).
+    conn.dialect.lock_rows(conn, "subscriber_events", sorted({c.id for c, _ in done}))
     by_attempt: dict[int, list[int]] = {}
     for c, r in done:
         if r.ok:

@@ -66,6 +66,11 @@ class Dialect:
         marks = ", ".join("?" * (columns.count(",") + 1))
         conn.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
 
+    def lock_rows(self, conn: Any, table: str, ids: Sequence[int]) -> None:
+        """Lock the rows ``ids`` of ``table`` until the caller's transaction ends (in id order, so
+        that two lockers never wait for each other in a circle): nothing on SQLite, whose write
+        lock the transaction already holds."""
+
     def upsert_rows(self, conn: Any, table: str, columns: str, types: Sequence[str], conflict: str,
                     rows: Sequence[Sequence[Any]]) -> set[Any]:
         """Insert ``rows`` into ``table``, each one whose key (the first of ``columns``) is taken
@@ -197,6 +202,10 @@ class PostgreSQL(Dialect):
         with conn.cursor().copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def lock_rows(self, conn: Any, table: str, ids: Sequence[int]) -> None:
+        if ids:
+            conn.execute(f"SELECT 1 FROM {table} WHERE id = ANY(?) ORDER BY id FOR UPDATE", (list(ids),)).fetchall()
 
     def upsert_rows(self, conn: Any, table: str, columns: str, types: Sequence[str], conflict: str,
                     rows: Sequence[Sequence[Any]]) -> set[Any]:

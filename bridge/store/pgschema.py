@@ -173,7 +173,7 @@ def check(conn: Any) -> list[str]:
         if largest is not None and (last is None or last[0] is None or last[0] < largest):
             found.append(f"the id sequence of {table} is behind its largest id {largest}: new rows would fail; "
                          f"SELECT setval('{sequence}', {largest}) repairs it")
-    if {"events", "subscriber_events", "attempts"} <= present:
+    if {"events", "subscriber_events", "attempts", "claims"} <= present:
         found += _orphans(conn)
     return found
 
@@ -188,6 +188,9 @@ _ORPHANS = (
      "(SELECT 1 FROM subscriber_events se WHERE se.id = a.subscriber_event_id)",
      "attempts name a delivery that is gone",
      "DELETE FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM subscriber_events se WHERE se.id = a.subscriber_event_id)"),
+    ("SELECT count(*) FROM claims c WHERE NOT EXISTS (SELECT 1 FROM subscriber_events se WHERE se.id = c.delivery_id)",
+     "claims name a delivery that is gone",
+     "DELETE FROM claims c WHERE NOT EXISTS (SELECT 1 FROM subscriber_events se WHERE se.id = c.delivery_id)"),
 )
 
 
