@@ -58,6 +58,7 @@ LOOK_EVERY = 0.05  # with several children: seconds between two looks for new Cl
 RECORD_SECONDS = 0.25  # with several children, the oldest outcome waits this long for its record at most
 POLL_SLICE = 0.1  # seconds one step waits for outcomes (a stop is seen between two)
 SUMMARY_EVERY = 10.0  # seconds between two log lines of Closes that went well
+HEAD_EVERY = 1.0  # seconds a stream looks for Closes after those it claimed before it looks from the head again
 
 class _Summary:
     """Closes that went well, logged as one line per :data:`SUMMARY_EVERY` seconds instead of one
@@ -138,6 +139,10 @@ class BacksyncLane:
         self.batch = 1 << 62 if self.wide else 10
         self.stream: _Stream | None = None
         self.orphans: list[deliveries.Claimed] = []  # claims of a stream a failure ended, not yet due again
+        # The place in the queue this lane's claims reached (due, id), and when it last looked from
+        # the head: its claims in flight stay at the head (see deliveries._of_lane).
+        self.reached: tuple[float, int] | None = None
+        self._head_at = 0.0
 
     def _ready_at(self) -> float | None:
         return self.pool.ready_at() if self.pool else self.host.ready_at()
@@ -150,7 +155,7 @@ class BacksyncLane:
         if due > self.host.clock():
             return max(0.0, min(poll, due - self.host.clock()))
         wait = min(poll, 2.0)  # look at the child now and then, even with nothing to close
-        next_at = deliveries.next_due(conn, Lane.BACKSYNC)
+        next_at = deliveries.next_due(conn, Lane.BACKSYNC, self._after())
         if next_at is not None:
             wait = min(wait, max(0.0, next_at - store.now(conn)) + 0.001)  # (due times: the store's clock)
         return wait
@@ -185,6 +190,7 @@ class BacksyncLane:
             return
         stream, self.stream = self.stream, None
         self.orphans += stream.held()
+        self.reached = None
         for host, flying in zip(self.hosts, stream.in_flight):
             if flying:
                 host.abandon(reason)
@@ -197,8 +203,9 @@ class BacksyncLane:
             return 0
         stream = _Stream(self.clock(), self.batch, len(self.hosts))
         self.stream = stream
+        self.reached = None  # (from the head: nothing of this lane is in flight)
         self._push(conn, deliveries.claim(conn, limit=min(self._target(), stream.budget), lane=Lane.BACKSYNC,
-                                          owner=self.owner))
+                                          owner=self.owner, after=self._after()))
         if not stream.claimed:
             self.stream = None
             if self.wide:
@@ -215,11 +222,20 @@ class BacksyncLane:
             if self.pool.needs_start(n):
                 self.pool.revive(n)
 
+    def _after(self) -> tuple[float, int] | None:
+        """Where the next look for Closes starts: after this lane's claims, or from the head of the
+        queue once every HEAD_EVERY (what was given back or freed behind them is found then)."""
+        if self.clock() - self._head_at >= HEAD_EVERY:
+            self._head_at, self.reached = self.clock(), None
+        return self.reached
+
     def _push(self, conn: Connection, claims: list[deliveries.Claimed]) -> None:
         """Hand the IDs of new ``claims`` to the children (a claim without an ID fails at once)."""
         stream = self.stream
         assert stream is not None
         stream.claimed += len(claims)
+        if claims and (self.reached is None or claims[-1].position > self.reached):  # type: ignore[operator]
+            self.reached = claims[-1].position
         without_id = []
         for c in claims:
             close_id = stored_field(c.event.key_json, "ID")  # the key's ID field, not the event's row id
@@ -374,7 +390,8 @@ class BacksyncLane:
         room = self._target() - stream.flying() - len(stream.waiting)
         if stream.topping and room > 0 and not stream.outcomes and self.clock() >= stream.look_at:
             stream.look_at = self.clock() + LOOK_EVERY
-            self._push(conn, deliveries.claim(conn, limit=room, lane=Lane.BACKSYNC, owner=self.owner))
+            self._push(conn, deliveries.claim(conn, limit=room, lane=Lane.BACKSYNC, owner=self.owner,
+                                              after=self._after()))
 
     def _record(self, conn: Connection, *, wait: bool) -> None:
         """Record the outcomes and claim enough more to keep the children a full window ahead, in
@@ -386,7 +403,7 @@ class BacksyncLane:
         try:
             settled, claims = deliveries.finish_and_claim(
                 conn, stream.outcomes, limit=max(0, min(want, stream.budget - stream.claimed)), lane=Lane.BACKSYNC,
-                owner=self.owner, wait=wait)
+                owner=self.owner, wait=wait, after=self._after())
         except store.Busy:
             return
         done, stream.outcomes = stream.outcomes, []
@@ -415,6 +432,7 @@ class BacksyncLane:
         stream = self.stream
         assert stream is not None
         self.stream = None
+        self.reached = None
         if stream.given_back:
             deliveries.release(conn, stream.given_back)  # never reached the script: no attempt counted
         took = self.clock() - stream.started
