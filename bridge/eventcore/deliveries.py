@@ -23,10 +23,10 @@ from ..names import value_text
 from ..store import Connection, transaction
 from ..store import now as wall_now
 from . import claims as leases
-from .pauses import held_back
 
-# `ombridge send` enqueues through this module: typing, random and the actions are imported only
-# where they are needed (see bench/bench_events.py for the startup figure).
+# `ombridge send` enqueues through this module: typing, random, the actions and pauses (held_back:
+# its module needs typing) are imported only where they are needed (see bench/bench_events.py for
+# the startup figure).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -173,6 +173,8 @@ def claim(conn: Connection, *, limit: int = 1, at: float | None = None, lane: La
     """Claim up to ``limit`` due open subscriber events (of ``lane``, or of any), oldest due
     first, for ``owner``; none of a paused subscriber, nor of those in ``skip`` (those at their
     share of the action lanes), nor of those before ``after`` in the queue (see :func:`_of_lane`)."""
+    from .pauses import held_back
+
     at = wall_now(conn) if at is None else at
     of_lane, args = _of_lane(lane, skip, after)
     # A read first: a lane woken for another lane's work (or for nothing) takes no write lock.
@@ -190,6 +192,8 @@ def _claim(conn: Connection, limit: int, at: float, lane: Lane | None, owner: st
            held: tuple[str, list[int]] | None = None, skip: Sequence[int] = (),
            after: tuple[float, int] | None = None) -> list[Claimed]:
     # Inside the caller's transaction; ``held``: held_back's answer when the caller read it already.
+    from .pauses import held_back
+
     held = held_back(conn, lane) if held is None else held
     if held is None:
         return []  # every subscriber of the lane is paused
@@ -454,6 +458,8 @@ def next_due(conn: Connection, lane: Lane | None = None, after: tuple[float, int
     subscriber's deliveries are not (they wait for a resume, which wakes the lanes). With
     ``after``, only of those after it in the queue, and not when a claim's lease ends (a lane
     that passes it looks again within seconds)."""
+    from .pauses import held_back
+
     held = held_back(conn, lane)
     if held is None:
         return None
