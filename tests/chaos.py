@@ -160,7 +160,9 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False, chil
         lost = sum(1 for i in ids if not got_backsync[i]) + sum(1 for i in ids if not got_command[i])
         duplicates = sum(n - 1 for n in got_backsync.values() if n > 1) + sum(n - 1 for n in got_command.values() if n > 1)
         conn.close()
-        if not keep:
+        if lost:  # the store of a trial that lost is what explains it: kept, and named
+            print(f"trial of seed {seed} lost {lost}: its home is kept in {tmp}", file=sys.stderr)
+        elif not keep:
             shutil.rmtree(tmp, ignore_errors=True)
         return Trial(events, kills["supervisor"], kills["perl"], lost, duplicates, elapsed, orphans)
     except BaseException:  # interrupted (^C, SIGTERM): no supervisor or home left behind
