@@ -65,9 +65,11 @@ def take(conn: Connection, wanted: Sequence[tuple[int, int, float]], owner: str 
 def release(conn: Connection, claims: Sequence[tuple[int, int]]) -> None:
     """Give back, inside the caller's transaction, claims ``(delivery id, attempt)`` that were never
     attempted: the attempt is not counted, and the delivery is free at once. A claim made again
-    meanwhile is left alone."""
-    conn.executemany("UPDATE claims SET attempt = attempt - 1, owner = NULL, lease_until = 0 WHERE delivery_id = ? AND attempt = ?",
-                     claims)
+    meanwhile is left alone, and so is one whose outcome is recorded already (counting it down
+    would take the count below the row's, and no later claim could be made)."""
+    conn.executemany("UPDATE claims SET attempt = attempt - 1, owner = NULL, lease_until = 0 WHERE delivery_id = ? "
+                     "AND attempt = ? AND attempt > (SELECT se.attempts FROM subscriber_events se "
+                     "WHERE se.id = claims.delivery_id)", claims)
 
 
 def end_leases(conn: Connection, claims: Sequence[tuple[int, int]]) -> None:
