@@ -160,14 +160,37 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False, chil
         lost = sum(1 for i in ids if not got_backsync[i]) + sum(1 for i in ids if not got_command[i])
         duplicates = sum(n - 1 for n in got_backsync.values() if n > 1) + sum(n - 1 for n in got_command.values() if n > 1)
         conn.close()
-        if lost:  # the store of a trial that lost is what explains it: kept, and named
+        if lost:  # the store of a trial that lost is what explains it: kept, named, and read
             print(f"trial of seed {seed} lost {lost}: its home is kept in {tmp}", file=sys.stderr)
+            missing = [(i, "backsync") for i in ids if not got_backsync[i]] + [(i, "command") for i in ids
+                                                                             if not got_command[i]]
+            explain(home, missing[:20])
         elif not keep:
             shutil.rmtree(tmp, ignore_errors=True)
         return Trial(events, kills["supervisor"], kills["perl"], lost, duplicates, elapsed, orphans)
     except BaseException:  # interrupted (^C, SIGTERM): no supervisor or home left behind
         _abandon(home, tmp, keep)
         raise
+
+
+def explain(home: Home, missing: list[tuple[str, str]]) -> None:
+    """Print, on stderr, what the store says of each (ID, subscriber) that never reached its
+    output: the delivery's row, its claim and its attempts."""
+    import sqlite3
+
+    db = sqlite3.connect(home.db)
+    for close_id, kind in missing:
+        print(f"-- {close_id} ({kind}):", file=sys.stderr)
+        for row in db.execute(
+                "SELECT se.id, se.status, se.attempts, se.next_attempt_at, se.updated_at, s.action, "
+                "c.attempt, c.owner, c.lease_until FROM events e JOIN subscriber_events se ON se.event_id = e.id "
+                "JOIN subscribers s ON s.id = se.subscriber_id LEFT JOIN claims c ON c.delivery_id = se.id "
+                "WHERE json_extract(e.key, '$.ID') = ?", (close_id,)):
+            print(f"   delivery {row}", file=sys.stderr)
+            for attempt in db.execute("SELECT number, started_at, ended_at, ok, exit_status, error, output "
+                                      "FROM attempts WHERE subscriber_event_id = ? ORDER BY rowid", (row[0],)):
+                print(f"      attempt {attempt}", file=sys.stderr)
+    db.close()
 
 
 def _abandon(home: Home, tmp: Path, keep: bool) -> None:

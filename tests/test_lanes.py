@@ -45,6 +45,7 @@ class StandInHost:
         self.down = False
         self.abandoned: list[str] = []
         self.high_water = 0  # the most Closes ever in perl
+        self.name = "ombacksync"
 
     def ready_at(self) -> float | None:
         return self.ready
@@ -181,6 +182,33 @@ def test_a_record_declined_while_another_writer_holds_the_lock_is_offered_again(
         lanes.deliveries.finish_and_claim = real  # type: ignore[attr-defined]
         other.close()
     assert recorded(core) == {i: 1 for i in ids}  # each once, the declined ones included
+
+
+def test_an_outcome_that_names_another_id_is_taken_for_no_close(core: sqlite3.Connection,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    # A guard: the host answers in push order, so this never happens; if its bookkeeping and the
+    # lane's ever disagreed, an outcome taken for the Close due would record a Close that never ran.
+    ids = close(core, 50)
+    clock = Clock()
+    host = StandInHost(clock, per_poll=10)
+    answer, skewed = host.poll, []
+
+    def poll(timeout: float) -> list[Attempt]:
+        out = answer(timeout)
+        if out and not skewed:
+            skewed.append(out[0].subject)
+            out[0] = Attempt(True, 1.0, 2.0, subject="ANOTHER")
+        return out
+
+    host.poll = poll  # type: ignore[method-assign]
+    lane = make_lane(host, clock)
+    for _ in range(5):
+        run_stream(lane, core)
+    assert ledger.backlog(core)["open"] == 0
+    assert len(host.abandoned) == 1 and "answered for ID 'ANOTHER' where 'C-0' was due" in host.abandoned[0]
+    assert host.pushed.count(skewed[0]) == 2  # what was in flight there ran again
+    assert recorded(core) == {i: 1 for i in ids}  # (the first claim of each rerun left no attempt row)
+    assert "answered for ID 'ANOTHER'" in caplog.text
 
 
 def test_a_stream_tops_up_for_batch_seconds_then_finishes_what_is_in_flight(core: sqlite3.Connection) -> None:

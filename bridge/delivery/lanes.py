@@ -97,7 +97,8 @@ class _Stream:
         self.claimed = 0
         self.topping = True  # still claims more as it records
         self.waiting: deque[tuple[deliveries.Claimed, str]] = deque()  # claimed, for the next free child
-        self.in_flight: list[deque[deliveries.Claimed]] = [deque() for _ in range(children)]  # pushed, in order
+        # pushed to each child, in order, with the ID each was pushed as
+        self.in_flight: list[deque[tuple[deliveries.Claimed, str]]] = [deque() for _ in range(children)]
         self.running: dict[str, list[int]] = {}  # ID -> [its child, its Closes in flight there]
         self.outcomes: list[tuple[deliveries.Claimed, Attempt]] = []  # back from perl, not recorded
         self.first_outcome_at = 0.0  # when the oldest of them came back
@@ -111,7 +112,7 @@ class _Stream:
 
     def held(self) -> list[deliveries.Claimed]:
         """Every claim the stream holds and has not recorded."""
-        return [*(c for q in self.in_flight for c in q), *(c for c, _ in self.outcomes), *self.given_back,
+        return [*(c for q in self.in_flight for c, _ in q), *(c for c, _ in self.outcomes), *self.given_back,
                 *(c for c, _ in self.waiting)]
 
 
@@ -290,24 +291,23 @@ class BacksyncLane:
         keep.extend(waiting)
         stream.waiting = keep
         for child, batch in batches.items():
-            stream.in_flight[child].extend(c for c, _ in batch)
+            stream.in_flight[child].extend(batch)
             ids = [i for _, i in batch]
             self._take(child, self.hosts[child].push(ids, start=False) if self.wide else self.host.push(ids))
 
     def _take(self, child: int, outcomes: list[Attempt]) -> None:
-        """Pair a child's outcomes (in push order) with their claims. Those never sent go to
-        another child (with several) or are given back."""
+        """Pair a child's outcomes (in push order) with their claims, each checked against the ID
+        its claim was pushed as (:meth:`_misaligned`). Those never sent go to another child (with
+        several) or are given back."""
         stream = self.stream
         assert stream is not None
         again: list[tuple[deliveries.Claimed, str]] = []
         for outcome in outcomes:
-            claim = stream.in_flight[child].popleft()
-            close_id = outcome.subject if isinstance(outcome.subject, str) else str(outcome.subject)
-            held = stream.running.get(close_id)
-            if held:
-                held[1] -= 1
-                if not held[1]:
-                    del stream.running[close_id]
+            claim, close_id = stream.in_flight[child].popleft()
+            if outcome.subject != close_id:
+                self._misaligned(child, (claim, close_id), outcome.subject)
+                break
+            self._ran(close_id)
             if outcome.attempted:
                 if not stream.outcomes:
                     stream.first_outcome_at = self.clock()
@@ -321,6 +321,32 @@ class BacksyncLane:
                 stream.topping = False  # ombacksync is down: claim nothing more now
         if again:
             stream.waiting.extendleft(reversed(again))
+
+    def _ran(self, close_id: str) -> None:
+        # One Close of ``close_id`` is no longer in its child.
+        held = self.stream.running.get(close_id)  # type: ignore[union-attr]
+        if held:
+            held[1] -= 1
+            if not held[1]:
+                del self.stream.running[close_id]  # type: ignore[union-attr]
+
+    def _misaligned(self, child: int, expected: tuple[deliveries.Claimed, str], subject: object) -> None:
+        """A child's outcome names another ID than the Close it should answer: which outcome is
+        whose cannot be told any more, so none of that child's is taken. Its Closes in flight are
+        made due again (attempts counted: they may have run), and the child is killed so that no
+        later reply of it is read either. Never expected: a guard against a silent loss."""
+        stream = self.stream
+        assert stream is not None
+        lost = [expected, *stream.in_flight[child]]
+        stream.in_flight[child].clear()
+        for _, close_id in lost:
+            self._ran(close_id)
+        self.orphans += [c for c, _ in lost]
+        self.reached = None  # (made due again behind the lane's place in the queue: look from the head)
+        reason = (f"{self.hosts[child].name} answered for ID {subject!r} where {expected[1]!r} was due: its "
+                  f"{len(lost)} Close(s) in flight run again")
+        log.error("backsync: %s", reason)
+        self.hosts[child].abandon(reason)
 
     def _poll(self) -> None:
         """Take the outcomes the children have, waiting up to POLL_SLICE for the first."""
