@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -43,7 +44,7 @@ sub OMBackSync {
     my ($op, $id) = @_;
     return 1 if $op eq 'Init';
     open(my $fh, '>>', "$ENV{OvDataDir}/tmp/backsync.txt") or die $!;
-    print {$fh} "$id\n";
+    print {$fh} "<$id>\n";
     close $fh or die $!;
     return 1;
 }
@@ -62,6 +63,7 @@ class Trial:
     duplicates: int
     seconds: float
     orphans: int
+    torn: int = 0  # lines a writer killed mid-write left torn (see _delivered)
 
 
 def _status(home: Home) -> dict | None:
@@ -71,8 +73,20 @@ def _status(home: Home) -> dict | None:
         return None
 
 
-def _lines(path: Path) -> Counter[str]:
-    return Counter(path.read_text().splitlines()) if path.exists() else Counter()
+def _delivered(path: Path) -> tuple[Counter[str], int]:
+    """(how often each ID was written to ``path``, how many lines are torn). Each writer appends
+    ``<ID>`` and a newline in one write; a writer killed by SIGKILL inside a write that crosses a
+    page boundary leaves the first page's part of it (the kernel stops between pages), and the
+    next writer's line follows that fragment on the same line. So IDs are counted where they stand
+    whole between their marks, never by lines (a line count took the ID after a fragment for lost)."""
+    if not path.exists():
+        return Counter(), 0
+    lines = path.read_text().splitlines()
+    return Counter(m for line in lines for m in _WHOLE.findall(line)), sum(1 for x in lines if not _LINE.fullmatch(x))
+
+
+_WHOLE = re.compile(r"<(CHAOS-\d+-\d+)>")
+_LINE = re.compile(r"<CHAOS-\d+-\d+>")
 
 
 def perls_of(home: Home) -> list[int]:
@@ -83,9 +97,11 @@ def perls_of(home: Home) -> list[int]:
             try:
                 cmdline = (entry / "cmdline").read_bytes()
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                exe = os.readlink(entry / "exe") if state != "Z" else ""
             except OSError:
                 continue
-            if str(home.root).encode() in cmdline and b"perl" in cmdline and state != "Z":
+            # (a perl host's command line is its script's path: it sets $0 as perl would)
+            if str(home.root).encode() in cmdline and "perl" in os.path.basename(exe):
                 found.append(int(entry.name))
     return found
 
@@ -103,7 +119,7 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False, chil
     (tmp / "tmp").mkdir()
     conn = store.connect(home)
     backsync.ensure_backsync(conn)
-    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"echo &ID >> {out}", retries=50)
+    sid = catalog.add_subscriber(conn, ActionKind.COMMAND, f"printf '<%s>\\n' &ID >> {out}", retries=50)
     catalog.attach_topic(conn, sid, "event/update")
     catalog.add_filter(conn, sid, "event/update", "STATE", "closed")
     catalog.update_subscriber(conn, 1, retries=50)
@@ -156,7 +172,7 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False, chil
         while perls_of(home) and time.monotonic() < orphan_deadline:
             time.sleep(0.05)
         orphans = len(perls_of(home))
-        got_backsync, got_command = _lines(tmp / "tmp" / "backsync.txt"), _lines(out)
+        (got_backsync, torn_backsync), (got_command, torn_command) = _delivered(tmp / "tmp" / "backsync.txt"), _delivered(out)
         lost = sum(1 for i in ids if not got_backsync[i]) + sum(1 for i in ids if not got_command[i])
         duplicates = sum(n - 1 for n in got_backsync.values() if n > 1) + sum(n - 1 for n in got_command.values() if n > 1)
         conn.close()
@@ -167,7 +183,8 @@ def run_trial(events: int, seed: int, crashes: int = 4, keep: bool = False, chil
             explain(home, missing[:20])
         elif not keep:
             shutil.rmtree(tmp, ignore_errors=True)
-        return Trial(events, kills["supervisor"], kills["perl"], lost, duplicates, elapsed, orphans)
+        return Trial(events, kills["supervisor"], kills["perl"], lost, duplicates, elapsed, orphans,
+                     torn_backsync + torn_command)
     except BaseException:  # interrupted (^C, SIGTERM): no supervisor or home left behind
         _abandon(home, tmp, keep)
         raise
@@ -218,20 +235,21 @@ def main() -> None:
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # (a timeout's TERM cleans up as ^C does)
     print(f"[ombacksync] children = {args.children}\n")
-    print("| trial | events | supervisor kills | perl kills | lost | duplicates | dup/crash | orphans | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| trial | events | supervisor kills | perl kills | lost | duplicates | dup/crash | orphans | torn lines "
+          "| seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     total = Trial(0, 0, 0, 0, 0, 0.0, 0)
     for n in range(args.trials):
         t = run_trial(args.events, args.seed + n, args.crashes, children=args.children)
         kills = t.crashes + t.perl_kills
         print(f"| {n + 1} | {t.events:,} | {t.crashes} | {t.perl_kills} | {t.lost} | {t.duplicates} | "
-              f"{t.duplicates / max(1, kills):.1f} | {t.orphans} | {t.seconds:.1f} |", flush=True)
+              f"{t.duplicates / max(1, kills):.1f} | {t.orphans} | {t.torn} | {t.seconds:.1f} |", flush=True)
         total = Trial(total.events + t.events, total.crashes + t.crashes, total.perl_kills + t.perl_kills,
                       total.lost + t.lost, total.duplicates + t.duplicates, total.seconds + t.seconds,
-                      total.orphans + t.orphans)
+                      total.orphans + t.orphans, total.torn + t.torn)
     kills = total.crashes + total.perl_kills
     print(f"| all | {total.events:,} | {total.crashes} | {total.perl_kills} | **{total.lost}** | {total.duplicates} | "
-          f"{total.duplicates / max(1, kills):.1f} | {total.orphans} | {total.seconds:.1f} |")
+          f"{total.duplicates / max(1, kills):.1f} | {total.orphans} | {total.torn} | {total.seconds:.1f} |")
     sys.exit(1 if total.lost or total.orphans else 0)
 
 
