@@ -19,6 +19,7 @@ connection, refusing a schema newer than this ombridge.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -182,7 +183,9 @@ class Lender:
     ``/metrics``), from a psycopg pool: a new connection costs ~13 ms (TCP, SCRAM, the schema's
     check) where a query costs ~0.1 ms. A connection is checked before it is lent (one round
     trip: a server restart leaves no broken connection in the pool), rolled back if a request
-    left a transaction open, and the pool keeps at least one open."""
+    left a transaction open, and the pool keeps at least one open. After an outage the pool
+    tries again with a backoff that doubles (1, 2, 4 ... s: half a minute and more after a long
+    one); a request that finds it still waiting while the server answers again gets a new pool."""
 
     MAX_SIZE = 8  # a console's requests are short; more than this wait for one (WAIT seconds)
     WAIT = 2.0  # then the request is refused (503): the server is away, or every connection busy
@@ -190,15 +193,20 @@ class Lender:
     def __init__(self, url: str, node: str) -> None:
         import logging
 
-        from psycopg_pool import ConnectionPool
-
         # The pool would log each failed reconnection while the server is away; the requests it
         # refuses meanwhile (503) and `status` already say so.
         logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         connect(url, node=node).close()  # the URL checked, the schema migrated: once, here
+        self.url = url
         self.where = where(url)
-        self.pool = ConnectionPool(
-            url, min_size=1, max_size=self.MAX_SIZE, timeout=self.WAIT, open=True, name="ombridge",
+        self._renewing = threading.Lock()
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        return ConnectionPool(
+            self.url, min_size=1, max_size=self.MAX_SIZE, timeout=self.WAIT, open=True, name="ombridge",
             connection_class=Connection, check=ConnectionPool.check_connection, kwargs=_settings())
 
     @contextmanager
@@ -206,15 +214,37 @@ class Lender:
         """One connection for the ``with`` block (a :class:`StoreError` when none comes in time)."""
         from psycopg_pool import PoolTimeout
 
+        pool = self.pool
         try:
-            conn = self.pool.getconn()
+            conn = pool.getconn()
         except PoolTimeout:
-            raise StoreUnavailable(f"the event core in {self.where} is unreachable (no connection within "
-                             f"{self.WAIT:.0f}s)") from None
+            pool, conn = self._renewed(pool)
         try:
             yield conn
         finally:
-            self.pool.putconn(conn)  # (rolled back if a transaction was left open; dropped if broken)
+            pool.putconn(conn)  # (rolled back if a transaction was left open; dropped if broken, or
+            # closed if its pool was replaced meanwhile)
+
+    def _renewed(self, waited: Any) -> tuple[Any, Connection]:
+        """(a new pool, a connection of it) once ``waited`` gave none in time although it may grow
+        (its reconnection backs off after an outage) and the server answers a connection of our
+        own; else the request is refused. A pool at its size with every connection lent is busy,
+        not stale: it is kept."""
+        stats = waited.get_stats()
+        refused = StoreUnavailable(f"the event core in {self.where} is unreachable (no connection within "
+                                   f"{self.WAIT:.0f}s)")
+        if stats.get("pool_size", 0) >= stats.get("pool_max", self.MAX_SIZE):
+            raise refused
+        try:
+            Connection.connect(self.url, **_settings()).close()
+        except psycopg.OperationalError:
+            raise refused from None
+        with self._renewing:
+            if self.pool is waited:  # (another request may have renewed it already)
+                self.pool = self._new_pool()
+                waited.close(timeout=0)
+            pool = self.pool
+        return pool, pool.getconn()
 
     def close(self) -> None:
         """Close every connection (the listener stops)."""
