@@ -179,3 +179,30 @@ def test_without_a_mark_output_only_goes_to_the_log(records: Callable[[], list[s
     out.join(5)
     assert out.take_calls(2) == ["", ""] and out.take_leftover() == ""
     assert records() == ["L: a", "L: " + MARK.decode() + "b"]
+
+
+def test_the_reader_looks_for_a_note_due_within_a_window_though_another_thread_read_the_lines(
+        records: Callable[[], list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race: this reader's thread waits in select with nothing to note; the caller's take_calls
+    # reads a flood past the budget and empties the pipe before select looks again. Its wait must
+    # end within a window all the same (it ended only at the script's next output). The select is
+    # spied on: the race itself is not one a test can time.
+    import types
+
+    waits: list[float | None] = []
+    real = scriptlog.select.select
+
+    def spy(r: list[int], w: list[int], x: list[int], timeout: float | None = None) -> object:
+        waits.append(timeout)
+        return real(r, w, x, timeout)
+
+    monkeypatch.setattr(scriptlog, "select", types.SimpleNamespace(select=spy))
+    out, pipe = reader(budget=10, window=0.2)
+    wait_for(lambda: waits, timeout=5, what="the reader waiting")
+    with out._lock:  # the caller reads first, and reads it all
+        os.write(pipe, b"first line\n" * 5)
+        out._read(until_empty=True)
+    wait_for(lambda: any(NOTE.match(r) for r in records()), timeout=5, what="the note")
+    assert None not in waits
+    os.close(pipe)
+    out.join(5)

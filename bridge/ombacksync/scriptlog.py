@@ -215,7 +215,12 @@ class OutputReader:
     def _run(self) -> None:
         nap = NAPS[0]
         while True:
+            # A note falls due a window after lines were dropped; when the caller's take_calls
+            # read them (and emptied the pipe) while this thread waited in select, this thread
+            # never saw them: it looks again at least once a window, or the note would wait for
+            # the script's next output, however long that is.
             wait = self._lines.seconds_to_note()
+            wait = self._lines.window if wait is None else wait
             began = time.monotonic()
             if not select.select([self._fd], [], [], wait)[0]:
                 with self._lock:
