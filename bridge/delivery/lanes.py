@@ -110,6 +110,14 @@ class _Stream:
     def flying(self) -> int:
         return sum(len(q) for q in self.in_flight)
 
+    def ran(self, close_id: str) -> None:
+        """One Close of ``close_id`` is no longer in its child."""
+        held = self.running.get(close_id)
+        if held:
+            held[1] -= 1
+            if not held[1]:
+                del self.running[close_id]
+
     def held(self) -> list[deliveries.Claimed]:
         """Every claim the stream holds and has not recorded."""
         return [*(c for q in self.in_flight for c, _ in q), *(c for c, _ in self.outcomes), *self.given_back,
@@ -307,7 +315,7 @@ class BacksyncLane:
             if outcome.subject != close_id:
                 self._misaligned(child, (claim, close_id), outcome.subject)
                 break
-            self._ran(close_id)
+            stream.ran(close_id)
             if outcome.attempted:
                 if not stream.outcomes:
                     stream.first_outcome_at = self.clock()
@@ -322,14 +330,6 @@ class BacksyncLane:
         if again:
             stream.waiting.extendleft(reversed(again))
 
-    def _ran(self, close_id: str) -> None:
-        # One Close of ``close_id`` is no longer in its child.
-        held = self.stream.running.get(close_id)  # type: ignore[union-attr]
-        if held:
-            held[1] -= 1
-            if not held[1]:
-                del self.stream.running[close_id]  # type: ignore[union-attr]
-
     def _misaligned(self, child: int, expected: tuple[deliveries.Claimed, str], subject: object) -> None:
         """A child's outcome names another ID than the Close it should answer: which outcome is
         whose cannot be told any more, so none of that child's is taken. Its Closes in flight are
@@ -340,7 +340,7 @@ class BacksyncLane:
         lost = [expected, *stream.in_flight[child]]
         stream.in_flight[child].clear()
         for _, close_id in lost:
-            self._ran(close_id)
+            stream.ran(close_id)
         self.orphans += [c for c, _ in lost]
         self.reached = None  # (made due again behind the lane's place in the queue: look from the head)
         reason = (f"{self.hosts[child].name} answered for ID {subject!r} where {expected[1]!r} was due: its "
